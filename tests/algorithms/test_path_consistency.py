@@ -1,0 +1,191 @@
+"""The vectorized path-consistency kernel against a naive per-window loop (float64)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from zarrl.algorithms import path_consistency, segment_marks
+
+
+def _random_batch(B: int = 7, T: int = 13, seed: int = 0, dtype=torch.float64) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    reward = torch.randn(B, T, generator=g, dtype=dtype)
+    log_prob = -torch.rand(B, T, generator=g, dtype=dtype) * 3
+    ref_log_prob = -torch.rand(B, T, generator=g, dtype=dtype) * 3
+    value = torch.randn(B, T, generator=g, dtype=dtype)
+    next_value = torch.randn(B, T, generator=g, dtype=dtype)
+    terminated = torch.rand(B, T, generator=g) < 0.12
+    truncated = torch.rand(B, T, generator=g) < 0.08
+    is_init = torch.rand(B, T, generator=g) < 0.05
+    valid = torch.ones(B, T, dtype=torch.bool)
+    if B >= 7 and T >= 10:
+        valid[1, 9:] = False  # trailing padding
+        valid[3, 4:7] = False  # padding in the middle of a row
+        valid[5, :] = False  # an all-padding row in the middle of the batch
+        terminated[2, 5] = True
+        truncated[4, 6] = True
+    return dict(
+        reward=reward,
+        log_prob=log_prob,
+        ref_log_prob=ref_log_prob,
+        value=value,
+        next_value=next_value,
+        terminated=terminated,
+        truncated=truncated,
+        valid=valid,
+        is_init=is_init,
+    )
+
+
+def _naive(batch: dict, gamma, tau_h, lam, d, first_only: bool) -> torch.Tensor:
+    r, lp, rlp = batch["reward"], batch["log_prob"], batch["ref_log_prob"]
+    V, NV = batch["value"], batch["next_value"]
+    term, trunc, valid, init = (
+        batch["terminated"],
+        batch["truncated"],
+        batch["valid"],
+        batch["is_init"],
+    )
+    B, T = r.shape
+    out = torch.zeros(B, T, dtype=torch.float64)
+
+    def ends(b, i):
+        return bool(
+            term[b, i] or trunc[b, i] or i == T - 1 or not valid[b, i + 1] or init[b, i + 1]
+        )
+
+    for b in range(B):
+        for t in range(T):
+            if not valid[b, t]:
+                continue
+            is_first = t == 0 or not valid[b, t - 1] or ends(b, t - 1) or bool(init[b, t])
+            if first_only and not is_first:
+                continue
+            total = -float(V[b, t])
+            i = t
+            n = 0
+            while True:
+                x = float(r[b, i]) - (tau_h + lam) * float(lp[b, i]) + lam * float(rlp[b, i])
+                total += gamma**n * x
+                n += 1
+                if ends(b, i) or (d != "full" and n == d):
+                    break
+                i += 1
+            if not term[b, i]:
+                total += gamma**n * float(NV[b, i])
+            out[b, t] = total
+    return out
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.9])
+@pytest.mark.parametrize("first_only", [False, True])
+def test_kernel_matches_naive_loop_for_every_rollout_length(gamma, first_only):
+    batch = _random_batch()
+    T = batch["reward"].shape[-1]
+    for d in [*range(1, T + 1), "full"]:
+        got = path_consistency(
+            **batch,
+            gamma=gamma,
+            entropy_coef=0.3,
+            kl_coef=0.7,
+            rollout=d,
+            window_starts="first" if first_only else "all",
+        )
+        want = _naive(batch, gamma, 0.3, 0.7, d, first_only)
+        err = (got - want).abs().max() / want.abs().max()
+        assert err <= 1e-10, (d, float(err))
+
+
+def test_kernel_is_zero_on_padding_and_ignores_garbage_there():
+    batch = _random_batch()
+    valid = batch["valid"]
+    ref = path_consistency(**batch, gamma=0.95, kl_coef=0.5, rollout=4)
+    poisoned = dict(batch)
+    for key in ("reward", "log_prob", "ref_log_prob", "value", "next_value"):
+        poisoned[key] = torch.where(valid, batch[key], torch.full_like(batch[key], float("nan")))
+    got = path_consistency(**poisoned, gamma=0.95, kl_coef=0.5, rollout=4)
+    assert torch.equal(got, ref)
+    assert torch.all(got[~valid] == 0)
+
+
+def test_terminal_next_value_is_never_read():
+    batch = _random_batch()
+    nv = batch["next_value"].clone()
+    nv[batch["terminated"]] = float("nan")
+    got = path_consistency(**{**batch, "next_value": nv}, rollout="full", kl_coef=1.0)
+    assert torch.isfinite(got).all()
+
+
+def test_flat_slices_with_truncation_marks_equal_the_reshaped_layout():
+    batch = _random_batch(B=4, T=10, seed=3)
+    batch["valid"] = torch.ones(4, 10, dtype=torch.bool)
+    batch["is_init"] = torch.zeros(4, 10, dtype=torch.bool)
+    shaped = path_consistency(**batch, gamma=0.9, entropy_coef=0.1, kl_coef=0.2, rollout=5)
+    flat = {k: v.reshape(1, -1) for k, v in batch.items()}
+    flat["truncated"] = flat["truncated"].clone().reshape(4, 10)
+    flat["truncated"][:, -1] = True  # SliceSampler marks every slice end
+    flat["truncated"] = flat["truncated"].reshape(1, -1)
+    got = path_consistency(**flat, gamma=0.9, entropy_coef=0.1, kl_coef=0.2, rollout=5)
+    torch.testing.assert_close(got.reshape(4, 10), shaped, rtol=1e-12, atol=1e-12)
+    # and the same with a 1-D batch (no leading dims)
+    got_1d = path_consistency(
+        **{k: v.reshape(-1) for k, v in flat.items()},
+        gamma=0.9,
+        entropy_coef=0.1,
+        kl_coef=0.2,
+        rollout=5,
+    )
+    torch.testing.assert_close(got_1d.reshape(4, 10), shaped, rtol=1e-12, atol=1e-12)
+
+
+def test_float32_matches_float64_and_keeps_dtype_and_gradients():
+    batch = _random_batch()
+    b32 = {k: (v.float() if v.is_floating_point() else v) for k, v in batch.items()}
+    b32["log_prob"] = b32["log_prob"].clone().requires_grad_()
+    got = path_consistency(**b32, gamma=0.99, kl_coef=0.3, rollout=6)
+    assert got.dtype == torch.float32
+    want = path_consistency(**batch, gamma=0.99, kl_coef=0.3, rollout=6)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    got.sum().backward()
+    assert b32["log_prob"].grad is not None and torch.isfinite(b32["log_prob"].grad).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_kernel_on_cuda_matches_cpu():
+    batch = _random_batch()
+    cpu = path_consistency(**batch, gamma=0.9, kl_coef=0.5, rollout=3)
+    gpu = path_consistency(
+        **{k: v.cuda() for k, v in batch.items()}, gamma=0.9, kl_coef=0.5, rollout=3
+    )
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-10, atol=1e-10)
+
+
+def test_segment_marks_find_starts_and_ends():
+    term = torch.tensor([[False, True, False, False, False]])
+    trunc = torch.tensor([[False, False, False, True, False]])
+    valid = torch.tensor([[True, True, True, True, False]])
+    start, end, end_index = segment_marks(term, trunc, valid)
+    assert start.tolist() == [[True, False, True, False, False]]
+    assert end.tolist() == [[False, True, False, True, False]]
+    assert end_index[0, :4].tolist() == [1, 1, 3, 3]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(value=torch.zeros(3, 4)), "value has shape"),
+        (dict(ref_log_prob=None), "ref_log_prob is required"),
+        (dict(rollout=0), "rollout must be"),
+        (dict(rollout="all"), "rollout must be"),
+        (dict(gamma=0.0), "gamma must be"),
+        (dict(truncated=torch.zeros(7, 3, dtype=torch.bool)), "truncated has shape"),
+    ],
+)
+def test_kernel_rejects_bad_input_with_a_clear_message(change, message):
+    batch = _random_batch()
+    kwargs = dict(gamma=0.9, kl_coef=0.5, rollout=2)
+    for key in ("rollout", "gamma"):
+        if key in change:
+            kwargs[key] = change.pop(key)
+    with pytest.raises(ValueError, match=message):
+        path_consistency(**{**batch, **change}, **kwargs)
