@@ -1,0 +1,376 @@
+"""Experiment configuration: typed sections loaded from YAML with dotted command-line overrides.
+
+A config file is a YAML mapping whose top-level keys are the sections below. Every key is checked at
+load time: unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the
+dotted key, the value and what was expected. The ``loss`` section is open (its keys are the keyword
+arguments of the chosen loss class) and is checked against that class's signature by the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "BufferConfig",
+    "CollectorConfig",
+    "Config",
+    "ConfigError",
+    "EnvConfig",
+    "EvalConfig",
+    "LogConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RunConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "load_config",
+    "save_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid; the message names the key and the value."""
+
+
+@dataclass
+class RunConfig:
+    """Where the run lives and what it runs on."""
+
+    name: str = "run"
+    dir: str = "runs"  # the run folder is <dir>/<name>
+    seed: int = 0
+    device: str = "auto"  # learner device: auto | cpu | cuda | cuda:N
+    num_threads: int = 1  # torch intra-op threads (0 keeps torch's default)
+
+
+@dataclass
+class EnvConfig:
+    name: str = "CartPole-v1"
+    num_envs: int = 1
+    normalize_obs: bool = False
+
+
+@dataclass
+class ModelConfig:
+    hidden: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"  # tanh | relu | elu
+
+
+@dataclass
+class BufferConfig:
+    path: str | None = None  # default: <run folder>/buffer.zarr
+    max_size: int | None = 1_000_000  # None: unbounded, growing store
+    cache: str | None = "ram"  # None | "ram" (full in-RAM mirror)
+    flush_every_rows: int | None = None
+    flush_every_seconds: float | None = 30.0
+
+
+@dataclass
+class CollectorConfig:
+    frames_per_batch: int = 200
+    init_random_frames: int = 0  # first frames collected with uniformly random actions
+    max_episode_steps: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    mode: str = "online"  # online | offline | mixed
+    total_frames: int = 100_000  # environment steps (online / mixed)
+    total_updates: int | None = None  # learner updates (required offline; optional cap otherwise)
+    updates_per_frame: float = 0.1  # update-to-data ratio
+    warmup_frames: int = 1_000  # no update before the buffer holds this many rows
+    batch_size: int = 64  # sub-trajectories per update
+    slice_len: int = 16  # steps per sub-trajectory (>= loss rollout)
+    reference_lag: float = 0.95  # EMA coefficient kappa of the lagged reference / target networks
+    checkpoint_every_updates: int = 2_000
+    log_every_updates: int = 100
+    stop_at_target: bool = False  # stop once eval.target_return is reached
+
+
+@dataclass
+class OptimConfig:
+    lr_policy: float = 1e-3
+    lr_value: float = 1e-3
+    lr_log_z: float = 1e-2
+    adam_eps: float = 2e-4
+    grad_clip: float | None = 10.0  # global grad-norm clip; None disables
+
+
+@dataclass
+class EvalConfig:
+    episodes: int = 20
+    every_frames: int = 10_000  # online / mixed
+    every_updates: int = 2_000  # offline
+    deterministic: bool = True
+    target_return: float | None = None
+
+
+@dataclass
+class LogConfig:
+    backend: str = "csv"  # csv | tensorboard
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    """The whole experiment. ``loss`` is ``{"name": ..., **kwargs of that loss class}``."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    collector: CollectorConfig = field(default_factory=CollectorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: dict[str, Any] = field(default_factory=lambda: {"name": "trust_pcl"})
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.dir) / self.run.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        """Build and validate a config from a nested mapping (missing keys take defaults)."""
+        config = _build(cls, data, prefix="")
+        validate(config)
+        return config
+
+
+_CHOICES = {
+    "run.device": None,  # checked by _check_device
+    "model.activation": ("tanh", "relu", "elu"),
+    "buffer.cache": (None, "ram"),
+    "train.mode": ("online", "offline", "mixed"),
+    "log.backend": ("csv", "tensorboard"),
+}
+_POSITIVE = (
+    "env.num_envs",
+    "collector.frames_per_batch",
+    "train.batch_size",
+    "train.slice_len",
+    "train.checkpoint_every_updates",
+    "train.log_every_updates",
+    "eval.episodes",
+    "eval.every_frames",
+    "eval.every_updates",
+    "optim.lr_policy",
+    "optim.lr_value",
+    "optim.lr_log_z",
+    "optim.adam_eps",
+)
+_NON_NEGATIVE = (
+    "train.total_frames",
+    "train.updates_per_frame",
+    "train.warmup_frames",
+    "collector.init_random_frames",
+    "run.num_threads",
+)
+
+
+def _describe(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (ints accepted for floats)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as err:
+                errors.append(err)
+        raise ConfigError(f"{key}: got {value!r}, expected {_describe(tp)}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: got {value!r}, expected a list of {_describe(item_tp)}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is Any or tp is dict or origin is dict:
+        return value
+    raise ConfigError(f"{key}: got {value!r} ({type(value).__name__}), expected {_describe(tp)}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        where = prefix.rstrip(".") or "config"
+        raise ConfigError(f"{where}: got {data!r}, expected a mapping")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise ConfigError(
+                f"{prefix}{key}: unknown key{hint}; valid keys here: {', '.join(names)}"
+            )
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        tp = hints[f.name]
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, data[f.name], prefix=f"{key}.")
+        elif f.name == "loss" and cls is Config:
+            value = data[f.name]
+            if not isinstance(value, dict):
+                raise ConfigError(f"loss: got {value!r}, expected a mapping of loss arguments")
+            value = {"name": "trust_pcl", **value}
+            if not isinstance(value["name"], str):
+                raise ConfigError(f"loss.name: got {value['name']!r}, expected a loss name")
+            kwargs[f.name] = value
+        else:
+            kwargs[f.name] = _coerce(data[f.name], tp, key)
+    return cls(**kwargs)
+
+
+def _get(config: Config, dotted: str) -> Any:
+    obj: Any = config
+    for part in dotted.split("."):
+        obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
+    return obj
+
+
+def _check_device(value: str) -> None:
+    if value in ("auto", "cpu", "cuda") or value.startswith("cuda:"):
+        return
+    raise ConfigError(f"run.device: got {value!r}, expected auto, cpu, cuda or cuda:N")
+
+
+def validate(config: Config) -> None:
+    """Range and cross-field checks; raises :class:`ConfigError` naming the key and value."""
+    for key, choices in _CHOICES.items():
+        value = _get(config, key)
+        if key == "run.device":
+            _check_device(value)
+        elif value not in choices:
+            raise ConfigError(f"{key}: got {value!r}, expected one of {list(choices)}")
+    for key in _POSITIVE:
+        value = _get(config, key)
+        if value <= 0:
+            raise ConfigError(f"{key}: got {value!r}, expected a value > 0")
+    for key in _NON_NEGATIVE:
+        value = _get(config, key)
+        if value < 0:
+            raise ConfigError(f"{key}: got {value!r}, expected a value >= 0")
+    if not 0.0 <= config.train.reference_lag < 1.0:
+        raise ConfigError(
+            f"train.reference_lag: got {config.train.reference_lag!r}, expected 0 <= lag < 1"
+        )
+    if config.buffer.max_size is not None and config.buffer.max_size <= 0:
+        raise ConfigError(f"buffer.max_size: got {config.buffer.max_size!r}, expected > 0 or null")
+    if config.optim.grad_clip is not None and config.optim.grad_clip <= 0:
+        raise ConfigError(f"optim.grad_clip: got {config.optim.grad_clip!r}, expected > 0 or null")
+    if any(h <= 0 for h in config.model.hidden):
+        raise ConfigError(f"model.hidden: got {config.model.hidden!r}, expected positive widths")
+    if config.train.total_updates is not None and config.train.total_updates < 0:
+        raise ConfigError(
+            f"train.total_updates: got {config.train.total_updates!r}, expected >= 0 or null"
+        )
+    if config.train.mode == "offline":
+        if config.buffer.path is None:
+            raise ConfigError(
+                "buffer.path: got None, expected the path of an existing Zarr buffer in offline mode"
+            )
+        if config.train.total_updates is None:
+            raise ConfigError(
+                "train.total_updates: got None, expected a number of updates in offline mode"
+            )
+    if config.train.mode == "mixed" and config.buffer.path is None:
+        raise ConfigError(
+            "buffer.path: got None, expected the path of an existing Zarr buffer in mixed mode"
+        )
+    if not config.run.name or "/" in config.run.name:
+        raise ConfigError(f"run.name: got {config.run.name!r}, expected a non-empty folder name")
+
+
+def _parse_scalar(text: str) -> Any:
+    """Parse an override value with YAML rules (``1e-3`` -> float, ``null`` -> None)."""
+    value = yaml.safe_load(text) if text != "" else ""
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value for c in "eE.") else value
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides to a nested mapping (returns a new mapping)."""
+    result = yaml.safe_load(yaml.safe_dump(data)) or {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected the form section.key=value")
+        dotted, text = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        if len(parts) < 2 or not all(parts):
+            raise ConfigError(f"override {item!r}: expected the form section.key=value")
+        node = result
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+            node = child
+        node[parts[-1]] = _parse_scalar(text)
+    return result
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start from defaults), apply overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(path)!r}: expected a mapping of sections")
+    data = apply_overrides(data, overrides or [])
+    return Config.from_dict(data)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (readable back with :func:`load_config`)."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
