@@ -29,6 +29,8 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "zarrl-checkpoint"
 CHECKPOINT_VERSION = 1
+# NumPy's global (legacy) generator: the state that library code seeded with np.random.seed uses
+_LEGACY_NUMPY_RNG = np.random
 
 
 class CheckpointError(RuntimeError):
@@ -37,7 +39,7 @@ class CheckpointError(RuntimeError):
 
 def capture_rng_state() -> dict[str, Any]:
     """The state of Python's, NumPy's, torch's CPU and (if present) CUDA generators."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    kind, keys, pos, has_gauss, cached = _LEGACY_NUMPY_RNG.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {
@@ -59,7 +61,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     np_state = state["numpy"]
-    np.random.set_state(
+    _LEGACY_NUMPY_RNG.set_state(
         (
             np_state["kind"],
             np_state["keys"].numpy().astype(np.uint32),

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from zarrl.engine.config import Config, ConfigError, apply_overrides, load_config, save_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
