@@ -74,15 +74,33 @@ class GaussianMixture:
         n: int,
         generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
+        stratified: bool = False,
     ) -> torch.Tensor:
-        """Draw ``n`` exact samples -> ``[n, 2]`` float32 on ``device``.
+        """Draw ``n`` samples -> ``[n, 2]`` float32 on ``device``.
 
-        The generator, when given, must live on ``device``.
+        ``stratified=False``: exact i.i.d. samples. ``stratified=True``: the number of samples per
+        component is fixed to ``n·w_k`` (largest remainders), in random order — a low-variance
+        reference sample for distances between empirical distributions. The generator, when given,
+        must live on ``device``.
         """
         weights = self.weights.to(device)
-        comp = torch.multinomial(weights, n, replacement=True, generator=generator)
+        if stratified:
+            comp = self._stratified_components(n, generator, device)
+        else:
+            comp = torch.multinomial(weights, n, replacement=True, generator=generator)
         noise = torch.randn(n, 2, generator=generator, device=device)
         return self.means.to(device)[comp] + math.sqrt(self.variance) * noise
+
+    def _stratified_components(
+        self, n: int, generator: torch.Generator | None, device: torch.device | str
+    ) -> torch.Tensor:
+        expected = self.weights.double() * n
+        counts = expected.floor().long()
+        remainder = n - int(counts.sum())
+        if remainder > 0:
+            counts[torch.argsort(expected - counts, descending=True)[:remainder]] += 1
+        comp = torch.repeat_interleave(torch.arange(len(counts)), counts).to(device)
+        return comp[torch.randperm(n, generator=generator, device=device)]
 
 
 PRIOR = GaussianMixture(GRID_MEANS, torch.ones(25), MODE_VARIANCE)
@@ -113,14 +131,20 @@ def log_reward(x: torch.Tensor) -> torch.Tensor:
 
 
 def sample_prior(
-    n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+    n: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    stratified: bool = False,
 ) -> torch.Tensor:
-    """``n`` exact samples of p₂₅ -> ``[n, 2]``."""
-    return PRIOR.sample(n, generator=generator, device=device)
+    """``n`` samples of p₂₅ -> ``[n, 2]`` (exact i.i.d., or stratified over the components)."""
+    return PRIOR.sample(n, generator=generator, device=device, stratified=stratified)
 
 
 def sample_target(
-    n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+    n: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    stratified: bool = False,
 ) -> torch.Tensor:
-    """``n`` exact samples of g₉ -> ``[n, 2]``."""
-    return TARGET.sample(n, generator=generator, device=device)
+    """``n`` samples of g₉ -> ``[n, 2]`` (exact i.i.d., or stratified over the components)."""
+    return TARGET.sample(n, generator=generator, device=device, stratified=stratified)

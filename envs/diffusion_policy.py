@@ -1,0 +1,380 @@
+"""The Gaussian diffusion policy of the GMM task: a drift network, its TorchRL probabilistic actor,
+batched scoring of ``[B, T]`` transitions, and a fast no-grad sampler of full trajectories.
+
+A step of the sampler is ``x_{i+1} ~ N(x_i + dt·f(x_i, t_i), (σ²·dt + e²)·I)`` with ``t_i = i/T``,
+``dt = 1/T`` and an optional extra exploration std ``e`` (0 for the policy itself). The time embedding
+is computed once per distinct time value and shared across the batch, so scoring all ``B·T``
+transitions of a batch is a handful of large matrix products.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModule
+from torch import nn
+from torchrl.modules import ProbabilisticActor
+from torchrl.modules.distributions import IndependentNormal
+
+from .gmm import log_reward as gmm_log_reward
+
+#: Diffusion coefficient σ² of the task.
+SIGMA2 = 5.0
+#: Number of steps T of the task.
+NUM_STEPS = 100
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class SinusoidalTimeFeatures(nn.Module):
+    """``t: [K] -> [K, 2·num_freqs]`` features ``[sin(f·t + φ), cos(f·t + φ)]`` with frequencies
+    ``f`` log... linearly spaced in ``[min_freq, max_freq]`` and a learnable phase ``φ``."""
+
+    def __init__(self, num_freqs: int = 64, min_freq: float = 0.1, max_freq: float = 100.0) -> None:
+        super().__init__()
+        self.register_buffer("freqs", torch.linspace(min_freq, max_freq, num_freqs))
+        self.phase = nn.Parameter(torch.randn(num_freqs))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        arg = t.unsqueeze(-1) * self.freqs + self.phase
+        return torch.cat([arg.sin(), arg.cos()], dim=-1)
+
+
+class DriftNetwork(nn.Module):
+    """The reference drift network ``f(x, t)`` (about 21k parameters).
+
+    time features (128) -> Linear -> GELU -> Linear (64); state -> Linear (64); sum -> GELU ->
+    2 × [Linear(64, 64), GELU] -> Linear(64, 2), the last layer zero-initialized (zero drift).
+
+    ``forward(x: [*B, 2], t: [*B, 1] or [*B]) -> [*B, 2]``; ``t`` is the time in ``[0, 1]``.
+    """
+
+    def __init__(self, hidden: int = 64, num_freqs: int = 64, dim: int = 2) -> None:
+        super().__init__()
+        self.dim = dim
+        self.time_features = SinusoidalTimeFeatures(num_freqs)
+        self.time_mlp = nn.Sequential(
+            nn.Linear(2 * num_freqs, hidden), nn.GELU(), nn.Linear(hidden, hidden)
+        )
+        self.state_embed = nn.Linear(dim, hidden)
+        self.trunk = nn.Sequential(
+            nn.GELU(),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, dim),
+        )
+        nn.init.zeros_(self.trunk[-1].weight)
+        nn.init.zeros_(self.trunk[-1].bias)
+
+    def time_embedding(self, t: torch.Tensor) -> torch.Tensor:
+        """``t: [K] -> [K, hidden]`` (compute it once per distinct time, share it across a batch)."""
+        return self.time_mlp(self.time_features(t))
+
+    def drift_from_embedding(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+        """``x: [*B, 2]`` and a time embedding broadcastable to ``[*B, hidden]`` -> ``[*B, 2]``."""
+        return self.trunk(self.state_embed(x) + t_emb)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.dim:
+            raise ValueError(
+                f"state must have last dimension {self.dim}, got shape {tuple(x.shape)}"
+            )
+        if t.shape == x.shape[:-1] + (1,):
+            t = t.squeeze(-1)
+        if t.shape != x.shape[:-1]:
+            raise ValueError(
+                f"time must have shape {tuple(x.shape[:-1])} or {tuple(x.shape[:-1]) + (1,)} "
+                f"to match state {tuple(x.shape)}, got {tuple(t.shape)}"
+            )
+        return self.drift_from_embedding(x, self._shared_time_embedding(t))
+
+    def _shared_time_embedding(self, t: torch.Tensor) -> torch.Tensor:
+        """Embedding of ``t: [*B]`` broadcastable to ``[*B, hidden]``, computed on distinct times only."""
+        flat = t.reshape(-1)
+        if flat.numel() == 0:
+            return self.time_embedding(flat).reshape(*t.shape, -1)
+        if bool((flat == flat[0]).all()):  # one time step for the whole batch (env stepping)
+            return self.time_embedding(flat[:1])
+        if t.ndim >= 2:
+            rows = t.reshape(-1, t.shape[-1])
+            if bool((rows == rows[:1]).all()):  # [B, T] trajectories on a shared time grid
+                return self.time_embedding(rows[0])
+        unique, inverse = torch.unique(flat, return_inverse=True)
+        return self.time_embedding(unique)[inverse].reshape(*t.shape, -1)
+
+
+class DiffusionStep(nn.Module):
+    """``(observation: [*B, 2], time: [*B, 1]) -> (loc, scale)`` of one Gaussian diffusion step.
+
+    ``loc = x + dt·f(x, t)``, ``scale = sqrt(σ²·dt + extra_std²)`` broadcast to ``loc``'s shape.
+    """
+
+    def __init__(
+        self,
+        drift_net: DriftNetwork,
+        sigma2: float = SIGMA2,
+        num_steps: int = NUM_STEPS,
+        extra_std: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if sigma2 <= 0:
+            raise ValueError(f"sigma2 must be positive, got {sigma2}")
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        self.drift_net = drift_net
+        self.sigma2 = float(sigma2)
+        self.num_steps = int(num_steps)
+        self.dt = 1.0 / self.num_steps
+        self.extra_std = extra_std
+
+    @property
+    def extra_std(self) -> float:
+        return self._extra_std
+
+    @extra_std.setter
+    def extra_std(self, value: float) -> None:
+        if value < 0 or not math.isfinite(value):
+            raise ValueError(f"extra_std must be a finite non-negative float, got {value}")
+        self._extra_std = float(value)
+
+    @property
+    def policy_std(self) -> float:
+        """Per-step std of the policy itself, sqrt(σ²·dt)."""
+        return math.sqrt(self.sigma2 * self.dt)
+
+    @property
+    def behaviour_std(self) -> float:
+        """Per-step std actually sampled with, sqrt(σ²·dt + extra_std²)."""
+        return math.sqrt(self.sigma2 * self.dt + self._extra_std**2)
+
+    def loc(self, observation: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        return observation + self.dt * self.drift_net(observation, time)
+
+    def forward(
+        self, observation: torch.Tensor, time: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        loc = self.loc(observation, time)
+        scale = loc.new_full((1,), self.behaviour_std).expand_as(loc)
+        return loc, scale
+
+
+def gaussian_step_log_prob(action: torch.Tensor, loc: torch.Tensor, std: float) -> torch.Tensor:
+    """log N(action; loc, std²·I) summed over the last dim (nats): ``[*B, D] -> [*B]``."""
+    d = action.shape[-1]
+    z = (action - loc) / std
+    return -0.5 * z.pow(2).sum(-1) - d * (math.log(std) + 0.5 * _LOG_2PI)
+
+
+class DiffusionActor(ProbabilisticActor):
+    """TorchRL probabilistic actor of the diffusion policy.
+
+    Reads ``observation`` ``[*B, 2]`` and ``time`` ``[*B, 1]``, writes ``loc``, ``scale``, ``action``
+    ``[*B, 2]`` and ``action_log_prob`` ``[*B]`` (summed over the 2 dims, under the behaviour std, i.e.
+    including ``extra_std``). ``get_dist(td)`` works for any batch shape, e.g. ``[B]`` and ``[B, T]``.
+
+    Args:
+        drift_net: the drift network (shared, not copied).
+        sigma2: diffusion coefficient σ².
+        num_steps: T; the step size is ``dt = 1/T``.
+        extra_std: extra exploration std ``e``; samples use std ``sqrt(σ²·dt + e²)``. Settable.
+    """
+
+    def __init__(
+        self,
+        drift_net: DriftNetwork,
+        *,
+        sigma2: float = SIGMA2,
+        num_steps: int = NUM_STEPS,
+        extra_std: float = 0.0,
+        observation_key: str = "observation",
+        time_key: str = "time",
+        action_key: str = "action",
+    ) -> None:
+        step = DiffusionStep(drift_net, sigma2=sigma2, num_steps=num_steps, extra_std=extra_std)
+        module = TensorDictModule(
+            step, in_keys=[observation_key, time_key], out_keys=["loc", "scale"]
+        )
+        super().__init__(
+            module,
+            in_keys=["loc", "scale"],
+            out_keys=[action_key],
+            distribution_class=IndependentNormal,
+            distribution_kwargs={"tanh_loc": False, "validate_args": False},
+            return_log_prob=True,
+            log_prob_key=f"{action_key}_log_prob",
+        )
+        self.step = step
+        self.observation_key = observation_key
+        self.time_key = time_key
+        self.action_key = action_key
+
+    @property
+    def drift_net(self) -> DriftNetwork:
+        return self.step.drift_net
+
+    @property
+    def extra_std(self) -> float:
+        return self.step.extra_std
+
+    @extra_std.setter
+    def extra_std(self, value: float) -> None:
+        self.step.extra_std = value
+
+    def transition_log_prob(self, td: TensorDictBase) -> torch.Tensor:
+        """log π(action | observation, time) of every transition under the policy's own std
+        (``extra_std`` ignored), in one batched call: ``td`` of batch ``[*B]`` -> ``[*B]`` nats."""
+        for key in (self.observation_key, self.time_key, self.action_key):
+            if key not in td:
+                raise KeyError(f"transition_log_prob needs key {key!r}; td has {sorted(td.keys())}")
+        loc = self.step.loc(td.get(self.observation_key), td.get(self.time_key))
+        return gaussian_step_log_prob(td.get(self.action_key), loc, self.step.policy_std)
+
+    def trajectory_log_prob(self, td: TensorDictBase) -> torch.Tensor:
+        """Sum of :meth:`transition_log_prob` over the last batch dim: ``[B, T] -> [B]`` nats."""
+        return self.transition_log_prob(td).sum(-1)
+
+    def sample_trajectories(
+        self,
+        num: int,
+        *,
+        extra_std: float | None = None,
+        log_reward: Callable[[torch.Tensor], torch.Tensor] | None = gmm_log_reward,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> TensorDict:
+        """Sample ``num`` full trajectories without autograd -> TensorDict ``[num, T]``.
+
+        See :func:`sample_trajectories`; ``extra_std`` defaults to this actor's.
+        """
+        return sample_trajectories(
+            self.drift_net,
+            num,
+            sigma2=self.step.sigma2,
+            num_steps=self.step.num_steps,
+            extra_std=self.extra_std if extra_std is None else extra_std,
+            log_reward=log_reward,
+            generator=generator,
+            device=device,
+        )
+
+
+def time_grid(num_steps: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Times ``t_i = i/T`` for ``i = 0..T`` -> ``[T + 1]`` float32."""
+    return torch.arange(num_steps + 1, device=device, dtype=torch.float32) / num_steps
+
+
+@torch.no_grad()
+def integrate(
+    drift_net: DriftNetwork,
+    num: int,
+    *,
+    sigma2: float = SIGMA2,
+    num_steps: int = NUM_STEPS,
+    extra_std: float = 0.0,
+    drift_correction: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Run the sampler from ``x_0 = 0``: returns ``(xs [num, T + 1, 2], noise [num, T, 2], std)``.
+
+    ``x_{i+1} = x_i + dt·(f(x_i, t_i) + c(x_i, i)) + noise_i`` with ``noise_i ~ N(0, std²·I)``,
+    ``std = sqrt(σ²·dt + extra_std²)``, ``c`` the optional ``drift_correction(x, i)``. The time
+    embedding of all T steps is computed in one call; the noise is drawn in one call.
+    """
+    if num < 1:
+        raise ValueError(f"num must be >= 1, got {num}")
+    if device is None:
+        device = next(drift_net.parameters()).device
+    dt = 1.0 / num_steps
+    std = math.sqrt(sigma2 * dt + extra_std**2)
+    t_emb = drift_net.time_embedding(time_grid(num_steps, device)[:-1])  # [T, H]
+    noise = torch.randn(num, num_steps, 2, generator=generator, device=device).mul_(std)
+    xs = torch.zeros(num, num_steps + 1, 2, device=device)
+    x = xs[:, 0]
+    for i in range(num_steps):
+        drift = drift_net.drift_from_embedding(x, t_emb[i])
+        if drift_correction is not None:
+            with torch.enable_grad():
+                drift = drift + drift_correction(x, i)
+        x = x + dt * drift + noise[:, i]
+        xs[:, i + 1] = x
+    return xs, noise, std
+
+
+def trajectories_to_tensordict(
+    xs: torch.Tensor,
+    behaviour_log_prob: torch.Tensor,
+    log_reward: Callable[[torch.Tensor], torch.Tensor] | None = gmm_log_reward,
+) -> TensorDict:
+    """Pack ``xs: [N, T + 1, 2]`` into the env's ``[N, T]`` key layout.
+
+    Keys: ``observation`` ``[N, T, 2]``, ``time`` ``[N, T, 1]``, ``action`` ``[N, T, 2]``,
+    ``action_log_prob`` ``[N, T]``, ``done``/``terminated`` ``[N, T, 1]`` (False), and under ``next``:
+    ``observation``, ``time``, ``reward`` ``[N, T, 1]`` (``log r(x_T)`` at the last step, else 0),
+    ``done``/``terminated`` (True at the last step).
+    """
+    n, t1, _ = xs.shape
+    num_steps = t1 - 1
+    device = xs.device
+    times = time_grid(num_steps, device).view(1, t1, 1).expand(n, t1, 1)
+    reward = torch.zeros(n, num_steps, 1, device=device)
+    if log_reward is not None:
+        reward[:, -1, 0] = log_reward(xs[:, -1])
+    last = torch.zeros(n, num_steps, 1, dtype=torch.bool, device=device)
+    last[:, -1] = True
+    not_done = torch.zeros_like(last)
+    return TensorDict(
+        {
+            "observation": xs[:, :-1],
+            "time": times[:, :-1],
+            "action": xs[:, 1:],
+            "action_log_prob": behaviour_log_prob,
+            "done": not_done,
+            "terminated": not_done.clone(),
+            "next": TensorDict(
+                {
+                    "observation": xs[:, 1:],
+                    "time": times[:, 1:],
+                    "reward": reward,
+                    "done": last,
+                    "terminated": last.clone(),
+                },
+                batch_size=[n, num_steps],
+            ),
+        },
+        batch_size=[n, num_steps],
+        device=device,
+    )
+
+
+@torch.no_grad()
+def sample_trajectories(
+    drift_net: DriftNetwork,
+    num: int,
+    *,
+    sigma2: float = SIGMA2,
+    num_steps: int = NUM_STEPS,
+    extra_std: float = 0.0,
+    log_reward: Callable[[torch.Tensor], torch.Tensor] | None = gmm_log_reward,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> TensorDict:
+    """Sample ``num`` full trajectories without autograd -> TensorDict ``[num, T]`` in the env's key
+    layout (see :func:`trajectories_to_tensordict`), with ``action_log_prob`` of the behaviour policy
+    (std ``sqrt(σ²·dt + extra_std²)``). Terminal reward ``log_reward(x_T)`` (``None``: all zeros)."""
+    xs, noise, std = integrate(
+        drift_net,
+        num,
+        sigma2=sigma2,
+        num_steps=num_steps,
+        extra_std=extra_std,
+        generator=generator,
+        device=device,
+    )
+    log_prob = gaussian_step_log_prob(noise, torch.zeros((), device=noise.device), std)
+    return trajectories_to_tensordict(xs, log_prob, log_reward)

@@ -1,0 +1,125 @@
+"""Tests for zarrl.envs.diffusion_policy: the drift network, the probabilistic actor, batched scoring
+and the fast trajectory sampler."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from zarrl.envs.diffusion_policy import (
+    NUM_STEPS,
+    SIGMA2,
+    DiffusionActor,
+    DriftNetwork,
+    gaussian_step_log_prob,
+    sample_trajectories,
+)
+from zarrl.envs.gmm import log_reward
+
+
+def _random_net(seed: int = 0) -> DriftNetwork:
+    torch.manual_seed(seed)
+    net = DriftNetwork()
+    torch.nn.init.normal_(net.trunk[-1].weight, std=0.5)  # non-zero drift
+    return net
+
+
+@pytest.fixture(scope="module")
+def actor() -> DiffusionActor:
+    return DiffusionActor(_random_net())
+
+
+@pytest.fixture(scope="module")
+def batch(actor) -> torch.Tensor:
+    return actor.sample_trajectories(64, extra_std=0.3, generator=torch.Generator().manual_seed(0))
+
+
+def test_drift_network_has_reference_size_and_starts_at_zero_drift():
+    net = DriftNetwork()
+    n_params = sum(p.numel() for p in net.parameters())
+    assert 20_000 < n_params < 22_000
+    assert torch.equal(net(torch.randn(5, 2), torch.rand(5, 1)), torch.zeros(5, 2))
+
+
+def test_shared_time_embedding_equals_per_row_embedding():
+    net = _random_net(1)
+    x = torch.randn(6, 10, 2)
+    grid = torch.arange(10.0) / 10
+    shared = net(x, grid.expand(6, 10).unsqueeze(-1))  # [B, T] on one time grid
+    mixed_t = torch.rand(6, 10, 1)  # arbitrary times: unique/gather path
+    mixed = net(x, mixed_t)
+    for b in range(6):
+        for i in range(10):
+            t_one = grid[i].view(1)
+            expected = net.drift_from_embedding(x[b, i], net.time_embedding(t_one)[0])
+            assert torch.allclose(shared[b, i], expected, atol=1e-5)
+            expected = net.drift_from_embedding(x[b, i], net.time_embedding(mixed_t[b, i])[0])
+            assert torch.allclose(mixed[b, i], expected, atol=1e-5)
+
+
+def test_batched_scoring_equals_step_by_step_scoring(actor, batch):
+    batched = actor.transition_log_prob(batch)  # [B, T], one call
+    assert batched.shape == (64, NUM_STEPS)
+    stepwise = torch.stack(
+        [actor.get_dist(batch[:, i]).log_prob(batch[:, i]["action"]) for i in range(NUM_STEPS)], 1
+    )
+    assert torch.allclose(batched, stepwise, atol=1e-4)
+    dist_bt = actor.get_dist(batch)  # the actor's distribution on a [B, T] batch
+    assert torch.allclose(dist_bt.log_prob(batch["action"]), batched, atol=1e-4)
+    assert torch.allclose(actor.trajectory_log_prob(batch), batched.sum(-1), atol=1e-3)
+
+
+def test_scoring_ignores_exploration_std_but_sampling_uses_it(batch):
+    net = _random_net()
+    explorer = DiffusionActor(net, extra_std=0.5)
+    plain = DiffusionActor(net)
+    assert torch.allclose(
+        explorer.transition_log_prob(batch), plain.transition_log_prob(batch), atol=1e-6
+    )
+    td = explorer(batch[:, 5].select("observation", "time").clone())
+    assert torch.allclose(td["scale"], torch.full((64, 2), math.sqrt(SIGMA2 / NUM_STEPS + 0.25)))
+    expected = gaussian_step_log_prob(td["action"], td["loc"], math.sqrt(SIGMA2 / NUM_STEPS + 0.25))
+    assert torch.allclose(td["action_log_prob"], expected, atol=1e-5)
+
+
+def test_sampler_log_prob_is_behaviour_log_prob(actor, batch):
+    # sampled with extra_std 0.3: the stored log-prob uses std sqrt(σ²dt + 0.09)
+    std = math.sqrt(SIGMA2 / NUM_STEPS + 0.09)
+    loc = batch["observation"] + actor.drift_net(batch["observation"], batch["time"]) / NUM_STEPS
+    expected = gaussian_step_log_prob(batch["action"], loc, std)
+    assert torch.allclose(batch["action_log_prob"], expected, atol=1e-4)
+
+
+def test_sampler_layout_matches_the_environment(actor, batch):
+    assert batch.batch_size == (64, NUM_STEPS)
+    assert torch.equal(batch["observation"][:, 0], torch.zeros(64, 2))
+    assert torch.equal(batch["observation"][:, 1:], batch["next", "observation"][:, :-1])
+    assert torch.equal(batch["action"], batch["next", "observation"])
+    assert torch.allclose(batch["time"][0, :, 0], torch.arange(NUM_STEPS) / NUM_STEPS)
+    assert batch["next", "done"][:, -1].all() and not batch["next", "done"][:, :-1].any()
+    reward = batch["next", "reward"]
+    assert torch.allclose(reward[:, -1, 0], log_reward(batch["action"][:, -1]))
+    assert torch.equal(reward[:, :-1], torch.zeros(64, NUM_STEPS - 1, 1))
+
+
+def test_sampler_is_reproducible_and_runs_without_autograd(actor):
+    a = actor.sample_trajectories(8, generator=torch.Generator().manual_seed(5))
+    b = sample_trajectories(actor.drift_net, 8, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a["action"], b["action"])
+    assert not a["action"].requires_grad and not a["action_log_prob"].requires_grad
+
+
+def test_zero_drift_sampler_has_brownian_terminal_variance():
+    td = sample_trajectories(DriftNetwork(), 4000, generator=torch.Generator().manual_seed(2))
+    x_t = td["next", "observation"][:, -1]
+    assert x_t.var(0).sub(SIGMA2).abs().max() < 0.4  # Var x_1 = σ²·1
+
+
+def test_actor_rejects_bad_exploration_std_and_missing_keys(actor, batch):
+    with pytest.raises(ValueError, match="extra_std"):
+        actor.extra_std = -1.0
+    with pytest.raises(KeyError, match="action"):
+        actor.transition_log_prob(batch.exclude("action"))
+    with pytest.raises(ValueError, match="time"):
+        actor.drift_net(torch.zeros(4, 2), torch.zeros(3))
