@@ -12,6 +12,8 @@ from zarrl.envs.diffusion_env import DiffusionSamplerEnv
 from zarrl.envs.diffusion_policy import DiffusionActor, DriftNetwork
 from zarrl.envs.gmm import log_reward
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def _actor(seed: int = 0, extra_std: float = 0.0) -> DiffusionActor:
     torch.manual_seed(seed)

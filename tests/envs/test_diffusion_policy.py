@@ -17,6 +17,8 @@ from zarrl.envs.diffusion_policy import (
 )
 from zarrl.envs.gmm import log_reward
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def _random_net(seed: int = 0) -> DriftNetwork:
     torch.manual_seed(seed)

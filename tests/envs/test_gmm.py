@@ -21,6 +21,8 @@ from zarrl.envs.gmm import (
     target_log_prob,
 )
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def _grid(step: float = 0.05, half_width: float = 13.0) -> torch.Tensor:
     axis = torch.arange(-half_width, half_width + step / 2, step, dtype=torch.float64)
