@@ -1,5 +1,23 @@
 """zarrl.algorithms"""
 
+from zarrl.algorithms.equivalence import LogZValue, rtb_from_trust_pcl, trust_pcl_from_rtb
+from zarrl.algorithms.kl_budget import KLBudgetLambda, lambda_for_kl_budget, reweighted_kl
+from zarrl.algorithms.kl_reinforce import KLReinforceLoss
 from zarrl.algorithms.path_consistency import path_consistency, segment_marks
+from zarrl.algorithms.rtb import RTBLoss
+from zarrl.algorithms.trust_pcl import PCLLoss, TrustPCLLoss
 
-__all__ = ["path_consistency", "segment_marks"]
+__all__ = [
+    "path_consistency",
+    "segment_marks",
+    "TrustPCLLoss",
+    "PCLLoss",
+    "RTBLoss",
+    "KLReinforceLoss",
+    "KLBudgetLambda",
+    "lambda_for_kl_budget",
+    "reweighted_kl",
+    "LogZValue",
+    "trust_pcl_from_rtb",
+    "rtb_from_trust_pcl",
+]

@@ -1,0 +1,152 @@
+"""Shared plumbing of the zarrl losses: reading ``[*B, T]`` step tensors, scoring actions, frozen
+networks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tensordict import NestedKey, TensorDict, TensorDictBase, is_tensor_collection
+from tensordict.nn import TensorDictModuleBase, TensorDictParams
+from torch import Tensor
+
+__all__ = ["StepBatch", "read_steps", "score_actions", "frozen_params", "segment_sum"]
+
+
+def _fmt(key: NestedKey) -> str:
+    return repr(key)
+
+
+def step_tensor(td: TensorDictBase, key: NestedKey, *, required: bool = True) -> Tensor | None:
+    """``td[key]`` as a ``td.batch_size`` tensor (a trailing singleton dim is squeezed)."""
+    value = td.get(key, None)
+    if value is None:
+        if required:
+            raise KeyError(
+                f"the loss needs the entry {_fmt(key)} in the input TensorDict "
+                f"(found keys {sorted(map(str, td.keys(True, True)))})"
+            )
+        return None
+    shape = td.batch_size
+    if value.shape != shape:
+        if value.shape[:-1] == shape and value.shape[-1] == 1:
+            value = value.squeeze(-1)
+        else:
+            raise ValueError(
+                f"entry {_fmt(key)} has shape {tuple(value.shape)}, expected {tuple(shape)} "
+                f"or {(*shape, 1)} for a batch of shape {tuple(shape)}"
+            )
+    return value
+
+
+@dataclass
+class StepBatch:
+    """The per-step tensors of a ``[*B, T]`` batch of (sub-)trajectories, T the last batch dim."""
+
+    reward: Tensor
+    terminated: Tensor
+    truncated: Tensor
+    valid: Tensor | None
+    is_init: Tensor | None
+
+
+def read_steps(td: TensorDictBase, keys) -> StepBatch:
+    """Rewards and episode marks from ``td`` using the loss's ``tensor_keys``.
+
+    Reads ``("next", reward)``, ``("next", terminated)``, ``("next", truncated)`` (or derives it from
+    ``("next", done)``), the padding ``mask`` and ``is_init`` when present.
+    """
+    if td.batch_dims < 1:
+        raise ValueError("the loss needs a batch with a time dimension: [*B, T] or flat [N]")
+    nxt = td.get("next", None)
+    if nxt is None:
+        raise KeyError("the loss needs the 'next' sub-TensorDict (reward, terminated, ...)")
+    reward = step_tensor(nxt, keys.reward)
+    terminated = step_tensor(nxt, keys.terminated).to(torch.bool)
+    truncated = step_tensor(nxt, keys.truncated, required=False)
+    if truncated is None:
+        done = step_tensor(nxt, keys.done, required=False)
+        truncated = (
+            torch.zeros_like(terminated) if done is None else done.to(torch.bool) & ~terminated
+        )
+    valid = step_tensor(td, keys.mask, required=False) if keys.mask is not None else None
+    is_init = step_tensor(td, keys.is_init, required=False) if keys.is_init is not None else None
+    return StepBatch(
+        reward=reward,
+        terminated=terminated,
+        truncated=truncated.to(torch.bool),
+        valid=None if valid is None else valid.to(torch.bool),
+        is_init=None if is_init is None else is_init.to(torch.bool),
+    )
+
+
+def score_actions(
+    module: TensorDictModuleBase,
+    params: TensorDictBase | None,
+    td: TensorDictBase,
+    action_key: NestedKey,
+) -> tuple[Tensor, torch.distributions.Distribution]:
+    """log π(a|s) ``[*B]`` of the stored actions under ``module`` with ``params``, in one call.
+
+    The log-probability is summed over the action dims (all dims past the batch dims).
+    """
+    if not hasattr(module, "get_dist"):
+        raise TypeError(f"{type(module).__name__} has no get_dist(td); use a ProbabilisticActor")
+    work = td.copy()
+    if params is None:
+        dist = module.get_dist(work)
+    else:
+        with params.to_module(module, preserve_module_state=False):
+            dist = module.get_dist(work)
+    action = td.get(action_key, None)
+    if action is None:
+        raise KeyError(f"the loss needs the action entry {_fmt(action_key)}")
+    log_prob = dist.log_prob(action)
+    if is_tensor_collection(log_prob):
+        log_prob = sum(log_prob.values(True, True))
+    batch_dims = td.batch_dims
+    if log_prob.ndim > batch_dims:
+        log_prob = log_prob.reshape(*log_prob.shape[:batch_dims], -1).sum(-1)
+    if log_prob.shape != td.batch_size:
+        raise ValueError(
+            f"log_prob has shape {tuple(log_prob.shape)}, expected the batch shape "
+            f"{tuple(td.batch_size)}"
+        )
+    return log_prob, dist
+
+
+def entropy_estimate(dist, log_prob: Tensor, mask: Tensor) -> Tensor:
+    """Mean entropy of ``dist`` over valid steps (``−mean log π`` when it has no closed form)."""
+    try:
+        ent = dist.entropy()
+        if ent.ndim > mask.ndim:
+            ent = ent.reshape(*mask.shape, -1).sum(-1)
+        ent = ent.detach()
+    except (NotImplementedError, AttributeError, RuntimeError):
+        ent = -log_prob.detach()
+    return masked_mean(ent, mask)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    x = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    return x.sum() / mask.sum().clamp(min=1)
+
+
+def frozen_params(module: torch.nn.Module) -> TensorDictParams:
+    """The module's parameters as non-trainable buffers (shared storage, no gradient)."""
+    params = TensorDict.from_module(module, as_module=True)
+    frozen = params.apply(lambda p: p.data, filter_empty=False)
+    return TensorDictParams(frozen, no_convert=True)
+
+
+def segment_sum(x: Tensor, start: Tensor, end_index: Tensor) -> Tensor:
+    """Sum of ``x`` ``[*B, T]`` over each segment, written at its start step (0 elsewhere).
+
+    ``start`` and ``end_index`` come from :func:`~zarrl.algorithms.segment_marks`; ``x`` must be 0 on
+    padding.
+    """
+    T = x.shape[-1]
+    prefix = torch.cat([torch.zeros_like(x[..., :1]), x.cumsum(-1)], dim=-1)
+    last = end_index.clamp(max=T - 1)
+    total = prefix.gather(-1, last + 1) - prefix[..., :T]
+    return torch.where(start, total, torch.zeros((), dtype=x.dtype, device=x.device))

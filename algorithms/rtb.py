@@ -1,0 +1,178 @@
+"""Relative trajectory balance (Venkatraman et al. 2024) for sequential generative models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from tensordict import NestedKey, TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModule, TensorDictModuleBase, TensorDictParams
+from torch import Tensor, nn
+from torchrl.objectives import LossModule
+from zarrl.algorithms._common import (
+    frozen_params,
+    masked_mean,
+    read_steps,
+    score_actions,
+    segment_sum,
+)
+from zarrl.algorithms.path_consistency import path_consistency, segment_marks
+
+__all__ = ["RTBLoss", "check_complete_trajectories"]
+
+
+def check_complete_trajectories(steps, loss_name: str) -> tuple[Tensor, Tensor]:
+    """Segment starts of a batch of whole trajectories; raise if one does not end in a terminal."""
+    start, end, _ = segment_marks(steps.terminated, steps.truncated, steps.valid, steps.is_init)
+    incomplete = end & ~steps.terminated
+    if incomplete.any():
+        where = tuple(int(i) for i in incomplete.nonzero()[0])
+        raise ValueError(
+            f"{loss_name} needs complete trajectories, but the segment ending at batch index "
+            f"{where} stops without a terminal state (truncated, slice end or padding); sample "
+            "whole episodes (slice_len = episode length) or use TrustPCLLoss"
+        )
+    if steps.is_init is not None:
+        mid = start & ~steps.is_init
+        if mid.any() and steps.is_init.any():
+            where = tuple(int(i) for i in mid.nonzero()[0])
+            raise ValueError(
+                f"{loss_name} needs complete trajectories, but the segment starting at batch "
+                f"index {where} is not marked is_init (it starts mid-episode)"
+            )
+    return start, end
+
+
+class RTBLoss(LossModule):
+    """Relative trajectory balance: ½·mean δ(τ)² over whole trajectories, with
+
+        δ(τ) = log Z + Σ_t log q(a_t|s_t) − Σ_t log p(a_t|s_t) − β·Σ_t r_t
+
+    (the rewards sum to log r(x), nats). At the optimum q(x) ∝ p(x)·r(x)^β and
+    log Z = log Σ_x p(x)·r(x)^β. Trajectories may come from any behaviour policy.
+
+    Args:
+        actor_network: the trained policy q (``get_dist(td)``).
+        prior_network: the fixed prior p (its parameters are frozen copies-by-reference).
+        beta: reward exponent β > 0.
+        log_z_init: initial value of the learned scalar ``log_z`` (an ``nn.Parameter`` of this
+            module, in the actor's dtype; put it in its own optimizer group, usually with a larger learning rate).
+        reduction: ``"mean"`` over trajectories, ``"sum"``, or ``"none"`` (``[*B, T]``, δ²/2 at the
+            first step of each trajectory).
+    """
+
+    @dataclass
+    class _AcceptedKeys:
+        """Configurable input keys (see :class:`~zarrl.algorithms.TrustPCLLoss`)."""
+
+        action: NestedKey = "action"
+        reward: NestedKey = "reward"
+        done: NestedKey = "done"
+        terminated: NestedKey = "terminated"
+        truncated: NestedKey = "truncated"
+        is_init: NestedKey | None = "is_init"
+        mask: NestedKey | None = ("collector", "mask")
+
+    default_keys = _AcceptedKeys
+    tensor_keys: _AcceptedKeys
+    actor_network: TensorDictModule
+    actor_network_params: TensorDictParams
+    target_actor_network_params: TensorDictParams
+    prior_network: TensorDictModule
+    prior_network_params: TensorDictParams
+
+    def __init__(
+        self,
+        actor_network: TensorDictModuleBase,
+        prior_network: TensorDictModuleBase,
+        beta: float,
+        log_z_init: float = 0.0,
+        *,
+        reduction: Literal["mean", "sum", "none"] = "mean",
+    ):
+        super().__init__()
+        if beta <= 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        self.beta, self.reduction = float(beta), reduction
+        self.convert_to_functional(actor_network, "actor_network")
+        self.__dict__["prior_network"] = prior_network
+        self.prior_network_params = frozen_params(prior_network)
+        dtype = next(
+            (p.dtype for p in actor_network.parameters() if p.is_floating_point()),
+            torch.get_default_dtype(),
+        )
+        self.log_z = nn.Parameter(torch.tensor(float(log_z_init), dtype=dtype))
+
+    def _forward_value_estimator_keys(self, **kwargs) -> None:
+        pass
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        keys = self.tensor_keys
+        return [keys.action, *self.actor_network.in_keys, ("next", keys.reward)]
+
+    @property
+    def out_keys(self) -> list[str]:
+        return ["loss_objective", "log_z", "delta_abs", "kl_estimate", "num_trajectories"]
+
+    def trajectory_balance(self, tensordict: TensorDictBase) -> tuple[Tensor, Tensor, Tensor]:
+        """δ ``[*B, T]`` (at the first step of each trajectory, 0 elsewhere), the start mask
+        ``[*B, T]``, and the detached trajectory log-ratio Σ(log q − log p) at the starts."""
+        steps = read_steps(tensordict, self.tensor_keys)
+        start, _ = check_complete_trajectories(steps, type(self).__name__)
+        log_q, _ = score_actions(
+            self.actor_network, self.actor_network_params, tensordict, self.tensor_keys.action
+        )
+        with torch.no_grad():
+            log_p, _ = score_actions(
+                self.prior_network, self.prior_network_params, tensordict, self.tensor_keys.action
+            )
+        log_z = self.log_z.to(log_q.dtype).expand_as(log_q)
+        # δ = −C of the whole-trajectory window with γ=1, τ_H=0, λ=1, V(s0)=log Z, rewards β·r.
+        residual = path_consistency(
+            self.beta * steps.reward.to(log_q.dtype),
+            log_q,
+            log_p,
+            log_z,
+            torch.zeros_like(log_q),
+            terminated=steps.terminated,
+            truncated=steps.truncated,
+            valid=steps.valid,
+            is_init=steps.is_init,
+            gamma=1.0,
+            entropy_coef=0.0,
+            kl_coef=1.0,
+            rollout="full",
+            window_starts="first",
+        )
+        _, _, end_index = segment_marks(
+            steps.terminated, steps.truncated, steps.valid, steps.is_init
+        )
+        ratio = (log_q - log_p).detach()
+        if steps.valid is not None:
+            ratio = torch.where(steps.valid, ratio, torch.zeros_like(ratio))
+        return -residual, start, segment_sum(ratio, start, end_index)
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDict:
+        delta, start, log_ratio = self.trajectory_balance(tensordict)
+        per_traj = 0.5 * delta.pow(2)
+        n = start.sum()
+        if self.reduction == "mean":
+            loss = per_traj.sum() / n.clamp(min=1)
+        elif self.reduction == "sum":
+            loss = per_traj.sum()
+        else:
+            loss = per_traj
+        return TensorDict(
+            {
+                "loss_objective": loss,
+                "log_z": self.log_z.detach().clone(),
+                "delta_abs": masked_mean(delta.detach().abs(), start),
+                "kl_estimate": masked_mean(log_ratio, start),
+                "num_trajectories": n.detach().to(torch.float32),
+            },
+            batch_size=[],
+        )

@@ -1,0 +1,359 @@
+"""Trust-PCL and PCL: d-step path-consistency losses on ``[*B, T]`` sub-trajectories."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from tensordict import NestedKey, TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModule, TensorDictModuleBase, TensorDictParams
+from torch import Tensor
+from torchrl.objectives import LossModule, SoftUpdate
+from zarrl.algorithms._common import (
+    entropy_estimate,
+    frozen_params,
+    masked_mean,
+    read_steps,
+    score_actions,
+    step_tensor,
+)
+from zarrl.algorithms.kl_budget import KLBudgetLambda
+from zarrl.algorithms.path_consistency import path_consistency, segment_marks
+
+__all__ = ["TrustPCLLoss", "PCLLoss"]
+
+
+class TrustPCLLoss(LossModule):
+    """Trust-PCL (Nachum et al. 2018): multi-step path consistency with a relative-entropy term.
+
+    For every window of ``rollout`` steps (or to the segment end) the residual
+
+        C = −V(s_t) + γ^d·V(s_{t+d}) + Σ γ^i·[r − (τ_H+λ)·log π + λ·log π̃]
+
+    is driven to zero; the loss is ½·mean C² over windows. The policy receives
+    ``clip(C)·∇C`` (``advantage_clip``), the value network ``critic_coef·C·∇C``; the reported
+    ``loss_objective`` is always ½·mean C².
+
+    Args:
+        actor_network: a TensorDictModule with ``get_dist(td)`` (e.g. ``ProbabilisticActor``), scored
+            on the stored ``action`` of a whole ``[*B, T]`` batch in one call.
+        value_network: a TensorDictModule writing ``"state_value"`` (``[*B]`` or ``[*B, 1]``).
+        reference_network: a fixed reference policy π̃ (a prior). ``None``: a lagged EMA copy of the
+            actor, kept in ``target_actor_network_params`` and moved by :meth:`make_target_updater`.
+        reference_lag: κ of the EMA θ̃ ← κ·θ̃ + (1−κ)·θ used by :meth:`make_target_updater`.
+        gamma: discount γ.
+        entropy_coef: τ_H ≥ 0.
+        kl_coef: fixed λ ≥ 0. Exclusive with ``kl_budget``.
+        kl_budget: ε > 0: λ is tuned by :meth:`update_lambda` from recent episode returns.
+        lambda_tuner_kwargs: extra arguments of :class:`~zarrl.algorithms.KLBudgetLambda`.
+        rollout: window length d (int ≥ 1) or ``"full"``.
+        window_starts: ``"all"`` steps start a window, or only the ``"first"`` of each segment.
+        critic_coef: weight of the value network's gradient.
+        advantage_clip: clip C to ``[−c, c]`` in the policy gradient (``None``: no clipping).
+        bootstrap_from_target: bootstrap values V(s_{t+d}) from a lagged copy of the value network.
+        reduction: ``"mean"`` over windows, ``"sum"``, or ``"none"`` (per-step ``[*B, T]``).
+    """
+
+    @dataclass
+    class _AcceptedKeys:
+        """Configurable input keys (``set_keys``).
+
+        Attributes:
+            action: the stored action, scored by the actor. Default ``"action"``.
+            value: what the value network writes. Default ``"state_value"``.
+            reward, done, terminated, truncated: step entries, read under ``"next"``.
+            is_init: first step of an episode (optional). Default ``"is_init"``.
+            mask: validity mask of padded slices (optional). Default ``("collector", "mask")``.
+        """
+
+        action: NestedKey = "action"
+        value: NestedKey = "state_value"
+        reward: NestedKey = "reward"
+        done: NestedKey = "done"
+        terminated: NestedKey = "terminated"
+        truncated: NestedKey = "truncated"
+        is_init: NestedKey | None = "is_init"
+        mask: NestedKey | None = ("collector", "mask")
+
+    default_keys = _AcceptedKeys
+    tensor_keys: _AcceptedKeys
+
+    actor_network: TensorDictModule
+    actor_network_params: TensorDictParams
+    target_actor_network_params: TensorDictParams
+    value_network: TensorDictModule
+    value_network_params: TensorDictParams
+    target_value_network_params: TensorDictParams
+    reference_network: TensorDictModule | None
+    reference_network_params: TensorDictParams | None
+
+    def __init__(
+        self,
+        actor_network: TensorDictModuleBase,
+        value_network: TensorDictModuleBase,
+        *,
+        reference_network: TensorDictModuleBase | None = None,
+        reference_lag: float = 0.95,
+        gamma: float = 1.0,
+        entropy_coef: float = 0.0,
+        kl_coef: float | None = None,
+        kl_budget: float | None = None,
+        lambda_tuner_kwargs: dict | None = None,
+        rollout: int | Literal["full"] = 1,
+        window_starts: Literal["all", "first"] = "all",
+        critic_coef: float = 1.0,
+        advantage_clip: float | None = None,
+        bootstrap_from_target: bool = False,
+        reduction: Literal["mean", "sum", "none"] = "mean",
+    ):
+        super().__init__()
+        if kl_coef is not None and kl_budget is not None:
+            raise ValueError("give kl_coef (fixed λ) or kl_budget (tuned λ), not both")
+        if kl_coef is not None and kl_coef < 0:
+            raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
+        if entropy_coef < 0:
+            raise ValueError(f"entropy_coef must be >= 0, got {entropy_coef}")
+        if not 0.0 < gamma <= 1.0:
+            raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+        if rollout != "full" and not (isinstance(rollout, int) and rollout >= 1):
+            raise ValueError(f"rollout must be an int >= 1 or 'full', got {rollout!r}")
+        if window_starts not in ("all", "first"):
+            raise ValueError(f"window_starts must be 'all' or 'first', got {window_starts!r}")
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        if advantage_clip is not None and advantage_clip <= 0:
+            raise ValueError(f"advantage_clip must be > 0 or None, got {advantage_clip}")
+        if not 0.0 <= reference_lag < 1.0:
+            raise ValueError(f"reference_lag must be in [0, 1), got {reference_lag}")
+        self.gamma, self.entropy_coef = float(gamma), float(entropy_coef)
+        self.rollout, self.window_starts = rollout, window_starts
+        self.critic_coef, self.advantage_clip = float(critic_coef), advantage_clip
+        self.bootstrap_from_target, self.reduction = bootstrap_from_target, reduction
+        self.reference_lag = reference_lag
+
+        self.lambda_tuner = None
+        if kl_budget is not None:
+            self.lambda_tuner = KLBudgetLambda(kl_budget, **(lambda_tuner_kwargs or {}))
+            initial = self.lambda_tuner.value
+        else:
+            initial = 0.0 if kl_coef is None else float(kl_coef)
+        self.register_buffer("kl_coef", torch.tensor(initial))
+        self.uses_reference = kl_budget is not None or (kl_coef is not None and kl_coef != 0)
+
+        lagged_reference = self.uses_reference and reference_network is None
+        self.convert_to_functional(
+            actor_network, "actor_network", create_target_params=lagged_reference
+        )
+        self.convert_to_functional(
+            value_network, "value_network", create_target_params=bootstrap_from_target
+        )
+        if reference_network is not None:
+            self.__dict__["reference_network"] = reference_network
+            self.reference_network_params = frozen_params(reference_network)
+        else:
+            self.__dict__["reference_network"] = None
+            self.reference_network_params = None
+
+    def _forward_value_estimator_keys(self, **kwargs) -> None:
+        pass
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        keys = self.tensor_keys
+        return [
+            keys.action,
+            *self.actor_network.in_keys,
+            *self.value_network.in_keys,
+            *[("next", k) for k in self.value_network.in_keys],
+            ("next", keys.reward),
+            ("next", keys.terminated),
+            ("next", keys.truncated),
+        ]
+
+    @property
+    def out_keys(self) -> list[str]:
+        return [
+            "loss_objective",
+            "residual_abs",
+            "kl_estimate",
+            "entropy",
+            "kl_coef",
+            "num_windows",
+        ]
+
+    # -- λ -------------------------------------------------------------------------------------
+    def update_lambda(self, episode_returns, episode_lengths) -> float:
+        """Feed finished episodes' returns (nats) and lengths to the KL-budget tuner; returns λ."""
+        if self.lambda_tuner is None:
+            raise RuntimeError("update_lambda needs a loss built with kl_budget=ε")
+        value = self.lambda_tuner.update(episode_returns, episode_lengths)
+        self.kl_coef.fill_(value)
+        return value
+
+    def make_target_updater(self) -> SoftUpdate:
+        """A TorchRL ``SoftUpdate`` moving the lagged reference / values: θ̃ ← κ·θ̃ + (1−κ)·θ."""
+        return SoftUpdate(self, eps=self.reference_lag)
+
+    # -- pieces ----------------------------------------------------------------------------------
+    def _values(self, td: TensorDictBase) -> tuple[Tensor, Tensor]:
+        key = self.tensor_keys.value
+        in_keys = self.value_network.in_keys
+        nxt = td.get("next")
+        if self.bootstrap_from_target:
+            with self.value_network_params.to_module(
+                self.value_network, preserve_module_state=False
+            ):
+                cur = self.value_network(td.select(*in_keys, strict=False).copy())
+            with (
+                torch.no_grad(),
+                self.target_value_network_params.to_module(
+                    self.value_network, preserve_module_state=False
+                ),
+            ):
+                nv = self.value_network(nxt.select(*in_keys, strict=False).copy())
+            return step_tensor(cur, key), step_tensor(nv, key).detach()
+        both = torch.cat(
+            [td.select(*in_keys, strict=False), nxt.select(*in_keys, strict=False)], dim=0
+        )
+        with self.value_network_params.to_module(self.value_network, preserve_module_state=False):
+            out = self.value_network(both)
+        n = td.batch_size[0]
+        values = step_tensor(out, key)
+        return values[:n], values[n:]
+
+    def _reference_log_prob(self, td: TensorDictBase) -> Tensor | None:
+        if not self.uses_reference:
+            return None
+        with torch.no_grad():
+            if self.reference_network is None:
+                lp, _ = score_actions(
+                    self.actor_network,
+                    self.target_actor_network_params,
+                    td,
+                    self.tensor_keys.action,
+                )
+            else:
+                lp, _ = score_actions(
+                    self.reference_network,
+                    self.reference_network_params,
+                    td,
+                    self.tensor_keys.action,
+                )
+        return lp
+
+    def _residual(self, steps, log_prob, ref_log_prob, value, next_value) -> Tensor:
+        return path_consistency(
+            steps.reward,
+            log_prob,
+            ref_log_prob,
+            value,
+            next_value,
+            terminated=steps.terminated,
+            truncated=steps.truncated,
+            valid=steps.valid,
+            is_init=steps.is_init,
+            gamma=self.gamma,
+            entropy_coef=self.entropy_coef,
+            kl_coef=self.kl_coef if self.uses_reference else 0.0,
+            rollout=self.rollout,
+            window_starts=self.window_starts,
+        )
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDict:
+        td = tensordict
+        steps = read_steps(td, self.tensor_keys)
+        log_prob, dist = score_actions(
+            self.actor_network, self.actor_network_params, td, self.tensor_keys.action
+        )
+        ref_log_prob = self._reference_log_prob(td)
+        value, next_value = self._values(td)
+
+        c = self.critic_coef
+        if c != 1.0:  # scale the value gradient, keep the value
+            value = c * value + (1.0 - c) * value.detach()
+            next_value = c * next_value + (1.0 - c) * next_value.detach()
+        if self.advantage_clip is None:
+            residual = self._residual(steps, log_prob, ref_log_prob, value, next_value)
+            per_window = 0.5 * residual.pow(2)
+            residual_value = residual.detach()
+        else:
+            c_pi = self._residual(
+                steps, log_prob, ref_log_prob, value.detach(), next_value.detach()
+            )
+            c_v = self._residual(steps, log_prob.detach(), ref_log_prob, value, next_value)
+            residual_value = c_pi.detach()
+            clipped = residual_value.clamp(-self.advantage_clip, self.advantage_clip)
+            per_window = (
+                0.5 * residual_value.pow(2)
+                + clipped * (c_pi - residual_value)
+                + residual_value * (c_v - residual_value)
+            )
+
+        if self.window_starts == "first":
+            windows = segment_marks(steps.terminated, steps.truncated, steps.valid, steps.is_init)[
+                0
+            ]
+        else:
+            windows = (
+                torch.ones_like(steps.terminated) if steps.valid is None else steps.valid.clone()
+            )
+        num_windows = windows.sum()
+        if self.reduction == "mean":
+            loss = per_window.sum() / num_windows.clamp(min=1)
+        elif self.reduction == "sum":
+            loss = per_window.sum()
+        else:
+            loss = per_window
+
+        valid = torch.ones_like(steps.terminated) if steps.valid is None else steps.valid
+        out = {
+            "loss_objective": loss,
+            "residual_abs": masked_mean(residual_value.abs(), windows),
+            "entropy": entropy_estimate(dist, log_prob, valid),
+            "kl_coef": self.kl_coef.detach().clone(),
+            "num_windows": num_windows.detach().to(torch.float32),
+            "value_mean": masked_mean(value.detach(), valid),
+        }
+        if ref_log_prob is not None:
+            out["kl_estimate"] = masked_mean((log_prob - ref_log_prob).detach(), valid)
+        return TensorDict(out, batch_size=[])
+
+
+class PCLLoss(TrustPCLLoss):
+    """PCL (Nachum et al. 2017): :class:`TrustPCLLoss` with λ = 0 (entropy regularization only).
+
+    Takes the same arguments as :class:`TrustPCLLoss` except the reference policy and λ.
+    """
+
+    def __init__(
+        self,
+        actor_network: TensorDictModuleBase,
+        value_network: TensorDictModuleBase,
+        *,
+        gamma: float = 1.0,
+        entropy_coef: float = 0.01,
+        rollout: int | Literal["full"] = 1,
+        window_starts: Literal["all", "first"] = "all",
+        critic_coef: float = 1.0,
+        advantage_clip: float | None = None,
+        bootstrap_from_target: bool = False,
+        reference_lag: float = 0.95,
+        reduction: Literal["mean", "sum", "none"] = "mean",
+    ):
+        if entropy_coef <= 0:
+            raise ValueError(f"PCL needs entropy_coef > 0, got {entropy_coef}")
+        super().__init__(
+            actor_network,
+            value_network,
+            gamma=gamma,
+            entropy_coef=entropy_coef,
+            kl_coef=0.0,
+            rollout=rollout,
+            window_starts=window_starts,
+            critic_coef=critic_coef,
+            advantage_clip=advantage_clip,
+            bootstrap_from_target=bootstrap_from_target,
+            reference_lag=reference_lag,
+            reduction=reduction,
+        )
