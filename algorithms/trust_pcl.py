@@ -138,7 +138,7 @@ class TrustPCLLoss(LossModule):
             initial = self.lambda_tuner.value
         else:
             initial = 0.0 if kl_coef is None else float(kl_coef)
-        self.register_buffer("kl_coef", torch.tensor(initial))
+        self.register_buffer("kl_coef", torch.tensor(initial, dtype=torch.float64))
         self.uses_reference = kl_budget is not None or (kl_coef is not None and kl_coef != 0)
 
         lagged_reference = self.uses_reference and reference_network is None

@@ -1,0 +1,62 @@
+"""RTBLoss: δ(τ) per whole trajectory, the learned log Z, and refusal of incomplete trajectories."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from loss_builders import discrete_actor, trajectory_batch
+from zarrl.algorithms import RTBLoss
+
+
+def _manual_delta(td, actor, prior, beta, log_z):
+    valid = td["collector", "mask"]
+    lq = actor.get_dist(td.copy()).log_prob(td["action"])
+    lp = prior.get_dist(td.copy()).log_prob(td["action"])
+    zero = torch.zeros((), dtype=lq.dtype)
+    lq, lp = torch.where(valid, lq, zero), torch.where(valid, lp, zero)
+    r = torch.where(valid, td["next", "reward"].squeeze(-1), zero)
+    return log_z + lq.sum(-1) - lp.sum(-1) - beta * r.sum(-1)
+
+
+def test_rtb_loss_is_half_mean_squared_trajectory_balance():
+    actor, prior = discrete_actor(3, 4), discrete_actor(3, 4, seed=3)
+    td = trajectory_batch(seed=4)
+    loss = RTBLoss(actor, prior, beta=1.5, log_z_init=0.2)
+    out = loss(td)
+    delta = _manual_delta(td, actor, prior, 1.5, loss.log_z)
+    torch.testing.assert_close(out["loss_objective"], 0.5 * delta.pow(2).mean())
+    out["loss_objective"].backward()
+    torch.testing.assert_close(loss.log_z.grad, delta.detach().mean())
+    assert out["num_trajectories"] == 5
+    torch.testing.assert_close(out["delta_abs"], delta.detach().abs().mean())
+
+
+def test_log_z_is_a_trainable_parameter_and_the_prior_is_frozen():
+    actor, prior = discrete_actor(3, 4), discrete_actor(3, 4, seed=3)
+    loss = RTBLoss(actor, prior, beta=1.0)
+    names = dict(loss.named_parameters())
+    assert "log_z" in names and names["log_z"].requires_grad
+    prior_ids = {id(p) for p in prior.parameters()}
+    assert not prior_ids & {id(p) for p in loss.parameters()}
+    loss(trajectory_batch())["loss_objective"].backward()
+    assert all(p.grad is None for p in prior.parameters())
+
+
+def test_rtb_refuses_trajectories_that_do_not_end_in_a_terminal_state():
+    loss = RTBLoss(discrete_actor(3, 4), discrete_actor(3, 4, seed=3), beta=1.0)
+    td = trajectory_batch(lengths=[6, 6, 6, 6, 6])
+    td["next", "terminated"][2, -1] = False
+    td["next", "truncated"][2, -1] = True
+    with pytest.raises(ValueError, match="complete trajectories.*\\(2, 5\\)"):
+        loss(td)
+    mid = trajectory_batch(lengths=[6, 6, 6, 6, 6])
+    mid["is_init"][1, 0] = False
+    with pytest.raises(ValueError, match="starts mid-episode"):
+        loss(mid)
+
+
+def test_rtb_rejects_bad_settings():
+    with pytest.raises(ValueError, match="beta"):
+        RTBLoss(discrete_actor(3, 4), discrete_actor(3, 4), beta=0.0)
+    with pytest.raises(ValueError, match="reduction"):
+        RTBLoss(discrete_actor(3, 4), discrete_actor(3, 4), beta=1.0, reduction="max")
