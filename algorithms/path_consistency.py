@@ -50,20 +50,24 @@ def segment_marks(
     if len(shape) < 1:
         raise ValueError("terminated must have a time dimension [*B, T]")
     device = terminated.device
-    terminated = terminated.to(torch.bool)
-    truncated = _check_mask("truncated", truncated, shape, device)
-    if valid is None:
-        valid = torch.ones(shape, dtype=torch.bool, device=device)
-    else:
-        valid = _check_mask("valid", valid, shape, device)
-    is_init = _check_mask("is_init", is_init, shape, device)
     T = shape[-1]
-    pad = torch.zeros(*shape[:-1], 1, dtype=torch.bool, device=device)
-    next_valid = torch.cat([valid[..., 1:], pad], dim=-1)
-    next_init = torch.cat([is_init[..., 1:], pad], dim=-1)
-    end = valid & (terminated | truncated | ~next_valid | next_init)
-    prev_end = torch.cat([~pad, end[..., :-1] | ~valid[..., :-1]], dim=-1)
-    start = valid & (prev_end | is_init)
+    end = terminated.to(torch.bool).clone()
+    if truncated is not None:
+        end |= _check_mask("truncated", truncated, shape, device)
+    end[..., -1] = True
+    start = torch.zeros_like(end)
+    start[..., 0] = True
+    start[..., 1:] |= end[..., :-1]
+    if is_init is not None:
+        is_init = _check_mask("is_init", is_init, shape, device)
+        end[..., :-1] |= is_init[..., 1:]
+        start |= is_init
+    if valid is not None:
+        valid = _check_mask("valid", valid, shape, device)
+        end[..., :-1] |= ~valid[..., 1:]
+        end &= valid
+        start[..., 1:] |= ~valid[..., :-1]
+        start &= valid
     steps = torch.arange(T, device=device).expand(shape)
     idx = torch.where(end, steps, torch.full_like(steps, T))
     end_index = idx.flip(-1).cummin(-1).values.flip(-1)
@@ -153,28 +157,28 @@ def path_consistency(
     step = torch.where(valid_b, step, torch.zeros((), dtype=f64, device=device))
 
     t = torch.arange(T, device=device)
-    if gamma == 1.0:
-        disc = torch.ones(T, dtype=f64, device=device)
-    else:
-        disc = torch.full((T,), gamma, dtype=f64, device=device).pow(t.to(f64))
-    prefix = torch.cat(
-        [torch.zeros(*shape[:-1], 1, dtype=f64, device=device), (step * disc).cumsum(-1)], dim=-1
-    )
+    zero = torch.zeros((), dtype=f64, device=device)
+    discounted = gamma != 1.0
+    if discounted:  # γ^0 … γ^T
+        disc = torch.full((T + 1,), gamma, dtype=f64, device=device).pow(
+            torch.arange(T + 1, device=device, dtype=f64)
+        )
+        step = step * disc[:T]
+    prefix = torch.cat([torch.zeros(*shape[:-1], 1, dtype=f64, device=device), step.cumsum(-1)], -1)
     last = end_index.clamp(max=T - 1)
     if rollout != "full":
         last = torch.minimum(last, t + (rollout - 1))
-    window_sum = (prefix.gather(-1, last + 1) - prefix[..., :T]) / disc
-    length = (last - t + 1).to(f64)
-
-    terminal_at_last = terminated.to(torch.bool).gather(-1, last)
     boot = torch.where(
-        terminal_at_last,
-        torch.zeros((), dtype=f64, device=device),
-        next_value.to(f64).gather(-1, last),
+        terminated.to(torch.bool).gather(-1, last), zero, next_value.to(f64).gather(-1, last)
     )
-    boot_disc = boot if gamma == 1.0 else boot * torch.pow(gamma, length)
-    residual = -value.to(f64) + window_sum + boot_disc
+    if discounted:
+        boot = boot * disc.expand(*shape[:-1], T + 1).gather(-1, last + 1)
+    # Σ_{i=t}^{k} γ^{i−t}·x_i + γ^{k−t+1}·V(s_{k+1}), from the γ^i-weighted prefix sums
+    ahead = prefix.gather(-1, last + 1) - prefix[..., :T] + boot
+    if discounted:
+        ahead = ahead / disc[:T]
+    residual = ahead - value.to(f64)
 
     starts = start if window_starts == "first" else valid_b
-    residual = torch.where(starts, residual, torch.zeros((), dtype=f64, device=device))
+    residual = torch.where(starts, residual, zero)
     return residual.to(out_dtype)
