@@ -1,0 +1,236 @@
+"""A bounded pool of decoded chunks (the hot tier), addressed by physical chunk id.
+
+The pool holds ``n_slots`` chunk slots of ``chunk_rows`` rows for every stored leaf, in one
+contiguous tensor per leaf (``[n_slots * chunk_rows, *tail, *leaf_shape]``) on ``device``, so
+gathering a batch is one vectorized index per leaf. A chunk id ``c`` maps to a slot through a
+direct-mapped table of size ``map_size`` (``c % map_size``), which must exceed the span of live
+chunks. Dirty chunks (staged writes not yet flushed) are pinned; clean ones are evicted by a
+clock sweep over reference bits set at every gather.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+
+from .format import LeafSpec, torch_dtype
+
+Loader = Callable[[int], Mapping[str, np.ndarray]]
+
+
+class ChunkPool:
+    """Decoded chunks in RAM (or on a GPU): ``[n_slots * chunk_rows, ...]`` per leaf."""
+
+    def __init__(
+        self,
+        specs: Mapping[str, LeafSpec],
+        tail: tuple[int, ...],
+        chunk_rows: int,
+        n_slots: int,
+        map_size: int,
+        device: torch.device,
+    ) -> None:
+        self.specs = dict(specs)
+        self.tail = tuple(tail)
+        self.R = int(chunk_rows)
+        self.device = device
+        self.lock = threading.RLock()
+        self.n_slots = 0
+        self.data: dict[str, torch.Tensor] = {
+            k: torch.zeros((0, *self.tail, *s.shape), dtype=torch_dtype(s.dtype), device=device)
+            for k, s in self.specs.items()
+        }
+        self.slot_chunk = torch.zeros(0, dtype=torch.long)  # chunk held by each slot, -1 = free
+        self.referenced = torch.zeros(0, dtype=torch.bool)
+        self.dirty: set[int] = set()
+        self._hand = 0
+        self.map_size = 0
+        self._map_slot = torch.zeros(0, dtype=torch.long)
+        self._map_chunk = torch.zeros(0, dtype=torch.long)
+        self.grow(n_slots)
+        self.remap(map_size)
+
+    # ------------------------------------------------------------------ sizing
+    @property
+    def chunk_nbytes(self) -> int:
+        tail = int(np.prod(self.tail, dtype=np.int64))
+        return self.R * tail * sum(s.nbytes for s in self.specs.values())
+
+    def grow(self, n_slots: int) -> None:
+        """Enlarges the pool to ``n_slots`` slots, keeping resident chunks."""
+        with self.lock:
+            if n_slots <= self.n_slots:
+                return
+            extra = (n_slots - self.n_slots) * self.R
+            for k, t in self.data.items():
+                pad = torch.zeros((extra, *t.shape[1:]), dtype=t.dtype, device=t.device)
+                self.data[k] = torch.cat([t, pad])
+            self.slot_chunk = torch.cat(
+                [self.slot_chunk, torch.full((n_slots - self.n_slots,), -1, dtype=torch.long)]
+            )
+            self.referenced = torch.cat(
+                [self.referenced, torch.zeros(n_slots - self.n_slots, dtype=torch.bool)]
+            )
+            self.n_slots = n_slots
+
+    def remap(self, map_size: int) -> None:
+        """Rebuilds the chunk -> slot table with ``map_size`` entries."""
+        with self.lock:
+            self.map_size = int(map_size)
+            self._map_slot = torch.full((self.map_size,), -1, dtype=torch.long)
+            self._map_chunk = torch.full((self.map_size,), -1, dtype=torch.long)
+            live = (self.slot_chunk >= 0).nonzero().squeeze(-1)
+            chunks = self.slot_chunk[live]
+            self._map_slot[chunks % self.map_size] = live
+            self._map_chunk[chunks % self.map_size] = chunks
+
+    # ----------------------------------------------------------------- lookups
+    def slots_of(self, chunks: torch.Tensor) -> torch.Tensor:
+        """Slot of each chunk id, -1 where not resident. ``chunks``: int64 [N] (CPU)."""
+        h = chunks % self.map_size
+        hit = self._map_chunk[h] == chunks
+        return torch.where(hit, self._map_slot[h], torch.full_like(chunks, -1))
+
+    def resident(self) -> torch.Tensor:
+        return self.slot_chunk[self.slot_chunk >= 0]
+
+    def pool_rows(self, phys: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        return slots * self.R + phys % self.R
+
+    # ------------------------------------------------------------- residency
+    def _free_slot(self) -> int:
+        free = (self.slot_chunk < 0).nonzero()
+        if free.numel():
+            return int(free[0])
+        for _ in range(2 * self.n_slots):
+            s = self._hand
+            self._hand = (self._hand + 1) % self.n_slots
+            c = int(self.slot_chunk[s])
+            if c in self.dirty:
+                continue
+            if self.referenced[s]:
+                self.referenced[s] = False
+                continue
+            self.evict(c)
+            return s
+        raise MemoryError(
+            f"chunk cache full: all {self.n_slots} slots hold unflushed chunks; flush() first "
+            "or raise the cache size"
+        )
+
+    def evict(self, chunk: int) -> None:
+        with self.lock:
+            h = chunk % self.map_size
+            if int(self._map_chunk[h]) != chunk:
+                return
+            s = int(self._map_slot[h])
+            self._map_chunk[h] = -1
+            self._map_slot[h] = -1
+            self.slot_chunk[s] = -1
+            self.referenced[s] = False
+            self.dirty.discard(chunk)
+
+    def install(self, chunk: int, arrays: Mapping[str, np.ndarray] | None) -> int:
+        """Places a decoded chunk (``None`` = all zeros) in a slot; returns the slot."""
+        with self.lock:
+            slot = int(self.slots_of(torch.tensor([chunk]))[0])
+            if slot < 0:
+                slot = self._free_slot()
+                h = chunk % self.map_size
+                if int(self._map_chunk[h]) >= 0:
+                    raise RuntimeError(
+                        f"chunk map collision ({chunk} vs {int(self._map_chunk[h])}): the "
+                        "live span exceeds the map size"
+                    )
+                self._map_chunk[h] = chunk
+                self._map_slot[h] = slot
+                self.slot_chunk[slot] = chunk
+            rows = slice(slot * self.R, (slot + 1) * self.R)
+            for k, t in self.data.items():
+                if arrays is None:
+                    t[rows].zero_()
+                else:
+                    src = torch.from_numpy(np.ascontiguousarray(arrays[k]))
+                    n = src.shape[0]
+                    t[rows][:n].copy_(src, non_blocking=False)
+                    if n < self.R:
+                        t[rows][n:].zero_()
+            self.referenced[slot] = True
+            return slot
+
+    def ensure(self, chunks: torch.Tensor, loader: Loader) -> torch.Tensor:
+        """Slots for ``chunks`` (int64 [N]), loading the missing ones with ``loader``."""
+        with self.lock:
+            slots = self.slots_of(chunks)
+            missing = (slots < 0).nonzero().squeeze(-1)
+            if missing.numel():
+                need = torch.unique(chunks[missing])
+                for c in need.tolist():
+                    self.install(c, loader(c))
+                slots = self.slots_of(chunks)
+            return slots
+
+    # ------------------------------------------------------------ read/write
+    def gather(self, phys: torch.Tensor, loader: Loader, keys=None) -> dict[str, torch.Tensor]:
+        """Rows at physical positions ``phys`` (int64 [N]) for ``keys`` -> {key: [N, ...]}.
+
+        A read touching more chunks than the free slots is served in groups of chunks."""
+        keys = list(keys or self.data)
+        with self.lock:
+            chunks = phys // self.R
+            uniq = torch.unique(chunks)
+            room = self.n_slots - len(self.dirty)
+            if uniq.numel() <= room:
+                return self._gather_resident(phys, chunks, loader, keys)
+            out = {
+                k: torch.empty(
+                    (phys.numel(), *self.data[k].shape[1:]),
+                    dtype=self.data[k].dtype,
+                    device=self.device,
+                )
+                for k in keys
+            }
+            for group in uniq.split(max(1, room)):
+                mask = torch.isin(chunks, group)
+                part = self._gather_resident(phys[mask], chunks[mask], loader, keys)
+                dev_mask = mask.to(self.device)
+                for k in keys:
+                    out[k][dev_mask] = part[k]
+            return out
+
+    def _gather_resident(self, phys, chunks, loader, keys):
+        slots = self.ensure(chunks, loader)
+        self.referenced[slots] = True
+        rows = self.pool_rows(phys, slots).to(self.device)
+        return {k: self.data[k][rows] for k in keys}
+
+    def write(self, phys: torch.Tensor, values: Mapping[str, torch.Tensor], loader: Loader):
+        """Stages rows at ``phys`` (pinning their chunks as dirty until ``mark_clean``)."""
+        with self.lock:
+            chunks = phys // self.R
+            slots = self.ensure(chunks, loader)
+            self.dirty.update(torch.unique(chunks).tolist())
+            rows = self.pool_rows(phys, slots).to(self.device)
+            for k, t in self.data.items():
+                t[rows] = values[k].to(t.device)
+
+    def chunk_arrays(self, chunk: int) -> dict[str, np.ndarray]:
+        """Host copy of a resident chunk, for writing to the store."""
+        with self.lock:
+            slot = int(self.slots_of(torch.tensor([chunk]))[0])
+            rows = slice(slot * self.R, (slot + 1) * self.R)
+            return {k: t[rows].cpu().numpy() for k, t in self.data.items()}
+
+    def mark_clean(self, chunks) -> None:
+        with self.lock:
+            self.dirty.difference_update(chunks)
+
+    def drop_clean(self) -> None:
+        """Evicts every chunk that has no staged writes (readers, after a refresh)."""
+        with self.lock:
+            for c in self.resident().tolist():
+                if c not in self.dirty:
+                    self.evict(c)

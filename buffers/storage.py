@@ -1,0 +1,1026 @@
+"""``ZarrStorage``: a durable, compressed TorchRL replay storage on a Zarr v3 group.
+
+A drop-in for ``LazyMemmapStorage``: ``ReplayBuffer(storage=ZarrStorage(1_000_000, path=...))``.
+Writes are staged in a RAM chunk pool and committed data-first, metadata-last (see
+``buffers/format.py`` and ``docs/storage_format.md``); reads gather from the pool, which either
+mirrors the whole buffer (``cache="ram"``, optionally on a GPU via ``cache_device``) or keeps a
+bounded number of decoded chunks (``cache=<bytes>``). Small per-row columns (trajectory ids,
+done flags, rewards: the *index columns*) are always mirrored in RAM by ring position.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import math
+import os
+import time
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+import zarr.storage
+from tensordict import TensorDict, TensorDictBase, is_tensor_collection
+from torchrl.data.replay_buffers.storages import TensorStorage
+from torchrl.data.replay_buffers.writers import RoundRobinWriter, Writer
+
+from .chunk_pool import ChunkPool
+from .format import (
+    Commit,
+    CorruptChunkError,
+    Header,
+    LeafSpec,
+    ReadOnlyStorageError,
+    StoreFormatError,
+    codec_chain,
+    describe_codecs,
+    describe_schema,
+    key_path,
+    numpy_dtype_name,
+    path_key,
+    read_attrs,
+    torch_dtype,
+    write_attrs,
+)
+from .lazy_view import lazy_tensordict
+
+_UNBOUNDED = 2**31 - 1  # TorchRL keeps len() in an int32 shared value
+_TENSOR_KEY = "_tensor"
+_DEFAULT_CACHE_BYTES = 256 * 2**20
+_TARGET_CHUNK_BYTES = 2**20
+_INDEX_MAX_BYTES = 16  # leaves with at most this many bytes per element stay in RAM
+
+
+def _flip_list(data: list):
+    if is_tensor_collection(data[0]):
+        return torch.stack(data)
+    return torch.stack([torch.as_tensor(d) for d in data])
+
+
+class ZarrStorage(TensorStorage):
+    """A TorchRL storage whose rows live in a Zarr v3 group (one array per TensorDict leaf).
+
+    Args:
+        max_size: capacity in elements (as ``LazyMemmapStorage``); ``None`` = grow without bound.
+
+    Keyword Args:
+        path: a filesystem path or any ``zarr.abc.store.Store`` (memory, object storage...).
+        ndim: number of batch dims counted by the capacity (``2`` for ``[time, envs]`` data).
+        device: device of the tensors returned by ``get``.
+        existsok: reopen an existing zarrl store at ``path`` instead of refusing it.
+        chunk_rows: rows (along dim 0) per chunk; default targets ~1 MiB per chunk.
+        compressors: zarr bytes-to-bytes codecs; default ``format.default_compressors()``; a
+            crc32c checksum is always appended.
+        cache: ``None`` (256 MiB of decoded chunks), ``"ram"`` (mirror every live row), or a
+            budget in bytes. A buffer that fits in the budget is mirrored entirely.
+        cache_device: where the decoded chunks live (default ``device``), e.g. ``"cuda"``.
+        flush_every_rows / flush_every_seconds: extra commit triggers. By default a commit
+            happens whenever appends complete a chunk, at ``flush()``, ``dumps`` and ``close()``.
+        index_keys: leaves mirrored in RAM by position (default: leaves of at most 16 bytes
+            per element, e.g. ``("collector", "traj_ids")``, ``("next", "done")``, rewards).
+        refresh_every_seconds: read-only storages re-read the commit record this often.
+    """
+
+    def __init__(
+        self,
+        max_size: int | None,
+        *,
+        path: str | os.PathLike | zarr.abc.store.Store,
+        ndim: int = 1,
+        device: torch.device | str = "cpu",
+        existsok: bool = False,
+        chunk_rows: int | None = None,
+        compressors: list | None = None,
+        cache: None | str | int = None,
+        cache_device: torch.device | str | None = None,
+        flush_every_rows: int | None = None,
+        flush_every_seconds: float | None = None,
+        index_keys: list | None = None,
+        refresh_every_seconds: float | None = None,
+        _mode: str = "w",
+    ) -> None:
+        if max_size is not None and int(max_size) <= 0:
+            raise ValueError(f"max_size must be a positive int or None, got {max_size!r}")
+        if cache not in (None, "ram") and not (isinstance(cache, int) and cache > 0):
+            raise ValueError(f"cache must be None, 'ram' or a positive byte count, got {cache!r}")
+        super().__init__(
+            storage=None,
+            max_size=_UNBOUNDED if max_size is None else int(max_size),
+            device=device,
+            ndim=ndim,
+        )
+        self._growing = max_size is None
+        self.read_only = _mode == "r"
+        self.existsok = existsok
+        self._chunk_rows_arg = chunk_rows
+        self._compressors_arg = compressors
+        self._cache = cache
+        self.cache_device = torch.device(cache_device) if cache_device else self.device
+        self.flush_every_rows = flush_every_rows
+        self.flush_every_seconds = flush_every_seconds
+        self.refresh_every_seconds = refresh_every_seconds
+        self._index_keys_arg = None if index_keys is None else [key_path(k) for k in index_keys]
+        self._where = str(path) if not isinstance(path, zarr.abc.store.Store) else repr(path)
+        self._header: Header | None = None
+        self._commit = Commit()
+        self._wc = 0  # rows appended since ``base`` (staged, may be ahead of the commit)
+        self._base = 0
+        self._inplace_pending = False
+        self._last_commit_time = time.monotonic()
+        self._last_refresh = time.monotonic()
+        self._pool: ChunkPool | None = None
+        self._index: dict[str, torch.Tensor] = {}
+        self._arrays: dict[str, zarr.Array] = {}
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._refill: concurrent.futures.Future | None = None
+        self._closed = False
+        self._group = self._open_group(path, _mode)
+        self._attach_or_create()
+        if not self.read_only:
+            atexit.register(_flush_at_exit, weakref.ref(self))
+
+    # ================================================================ opening
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike | zarr.abc.store.Store,
+        mode: str = "r+",
+        *,
+        device: torch.device | str = "cpu",
+        **cache_options: Any,
+    ) -> ZarrStorage:
+        """Reopens an existing store: committed rows, ring cursor and index columns.
+
+        ``mode="r+"`` continues writing; ``mode="r"`` is a reader (``refresh()`` picks up new
+        commits). ``cache_options``: ``cache``, ``cache_device``, ``flush_every_rows``,
+        ``flush_every_seconds``, ``refresh_every_seconds``.
+        """
+        if mode not in ("r", "r+"):
+            raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
+        group = cls._open_group(path, "r")
+        header, _ = read_attrs(group, str(path))
+        meta = group.attrs.asdict()["zarrl"]
+        capacity_elems = meta.get("max_size")
+        ndim = header.ndim if header is not None else int(meta.get("ndim", 1))
+        return cls(
+            capacity_elems,
+            path=path,
+            ndim=ndim,
+            device=device,
+            existsok=True,
+            _mode=mode,
+            **cache_options,
+        )
+
+    @staticmethod
+    def _open_group(path, mode: str) -> zarr.Group:
+        where = str(path)
+        if isinstance(path, zarr.abc.store.Store):
+            store = path
+        else:
+            path = os.fspath(path)
+            if mode == "r" and not os.path.exists(path):
+                raise FileNotFoundError(f"no zarrl store at {where}")
+            store = zarr.storage.LocalStore(path, read_only=mode == "r")
+        try:
+            return zarr.open_group(store, mode="r" if mode == "r" else "a", zarr_format=3)
+        except (zarr.errors.GroupNotFoundError, FileNotFoundError) as err:
+            raise StoreFormatError(f"{where} is not a zarrl store (no Zarr v3 group)") from err
+        except (ValueError, zarr.errors.ContainsArrayError) as err:
+            raise StoreFormatError(f"{where} is not a zarrl store: {err}") from err
+
+    def _attach_or_create(self) -> None:
+        group = self._group
+        attrs = group.attrs.asdict()
+        has_content = bool(attrs) or any(True for _ in group.members())
+        if "zarrl" not in attrs:
+            if has_content or self.read_only:
+                raise StoreFormatError(
+                    f"{self._where} is a Zarr group but not a zarrl replay store "
+                    "(no attributes['zarrl'])"
+                )
+            self._write_meta()  # empty zarrl store, schema decided by the first write
+            return
+        header, commit = read_attrs(group, self._where)
+        if not self.existsok and not self.read_only:
+            raise FileExistsError(
+                f"a zarrl store already exists at {self._where}; pass existsok=True or use "
+                "ZarrStorage.open(path) to continue it"
+            )
+        meta = attrs["zarrl"]
+        stored_max = meta.get("max_size")
+        mine = None if self._growing else self.max_size
+        if stored_max != mine or int(meta.get("ndim", 1)) != self.ndim:
+            raise ValueError(
+                f"{self._where} holds max_size={stored_max}, ndim={meta.get('ndim')}; "
+                f"this storage was built with max_size={mine}, ndim={self.ndim}"
+            )
+        if header is not None:
+            self._setup(header)
+            self._adopt_commit(commit, full=True)
+
+    def _write_meta(self) -> None:
+        static = {"max_size": None if self._growing else self.max_size, "ndim": self.ndim}
+        if self._header is None:
+            write_attrs(self._group, None, self._commit, **static)
+        else:
+            write_attrs(self._group, self._header, self._commit, **static)
+
+    # ============================================================ layout/setup
+    @property
+    def _cap0(self) -> int | None:
+        """Capacity along dim 0 (rows), ``None`` when growing."""
+        if self._growing:
+            return None
+        tail = self._header.tail if self._header else ()
+        return -(self.max_size // -max(1, math.prod(tail)))
+
+    @property
+    def _total_shape(self):
+        if self._header is None:
+            return None
+        cap0 = self._cap0 if not self._growing else self._len_along_dim0_raw()
+        return torch.Size([cap0, *self._header.tail])
+
+    def _len_along_dim0_raw(self) -> int:
+        tail = math.prod(self._header.tail) if self._header else 1
+        return -(self._len // -max(1, tail))
+
+    def _infer_header(self, element: TensorDictBase) -> Header:
+        tail = tuple(element.batch_size)
+        if len(tail) != self.ndim - 1:
+            raise ValueError(
+                f"expected one element to have {self.ndim - 1} batch dims for ndim={self.ndim}, "
+                f"got batch_size={tuple(element.batch_size)}"
+            )
+        schema = {}
+        for key, leaf in element.items(include_nested=True, leaves_only=True):
+            if not isinstance(leaf, torch.Tensor):
+                raise ValueError(f"key {key!r}: only tensors can be stored, got {type(leaf)}")
+            schema[key_path(key)] = LeafSpec(
+                numpy_dtype_name(leaf.dtype, key), tuple(leaf.shape[len(tail) :])
+            )
+        if not schema:
+            raise ValueError("cannot store a TensorDict without tensor leaves")
+        tail_n = max(1, math.prod(tail))
+        row_bytes = tail_n * sum(s.nbytes for s in schema.values())
+        if self._chunk_rows_arg is not None:
+            chunk_rows = int(self._chunk_rows_arg)
+        else:
+            chunk_rows = 2 ** int(math.log2(max(1, _TARGET_CHUNK_BYTES // max(1, row_bytes))))
+            chunk_rows = int(min(max(chunk_rows, 16), 65536))
+        if self._index_keys_arg is not None:
+            missing = set(self._index_keys_arg) - set(schema)
+            if missing:
+                raise ValueError(f"index_keys {sorted(missing)} are not in the data")
+            index_keys = list(self._index_keys_arg)
+        else:
+            index_keys = [k for k, s in schema.items() if s.nbytes <= _INDEX_MAX_BYTES]
+        comps, _ = codec_chain(self._compressors_arg)
+        return Header(
+            capacity=self._cap0_for(tail),
+            ndim=self.ndim,
+            tail=tail,
+            chunk_rows=chunk_rows,
+            schema=schema,
+            index_keys=index_keys,
+            tensor_root=False,
+            codec={"compressors": describe_codecs(comps)},
+        )
+
+    def _cap0_for(self, tail) -> int | None:
+        if self._growing:
+            return None
+        return -(self.max_size // -max(1, math.prod(tail)))
+
+    def _setup(self, header: Header, create: bool = False) -> None:
+        """Builds arrays (when ``create``), the chunk pool and the RAM index for ``header``."""
+        self._header = header
+        R, tail = header.chunk_rows, header.tail
+        if create:
+            comps, _ = codec_chain(self._compressors_arg)
+            for path, spec in header.schema.items():
+                parent, _, name = path.rpartition("/")
+                grp = self._group.require_group(parent) if parent else self._group
+                grp.create_array(
+                    name,
+                    shape=(0, *tail, *spec.shape),
+                    chunks=(R, *tail, *spec.shape),
+                    dtype=spec.dtype,
+                    compressors=comps,
+                    fill_value=0,
+                    overwrite=False,
+                )
+        self._arrays = {}
+        for path in header.schema:
+            try:
+                self._arrays[path] = self._group[path]
+            except KeyError:
+                raise StoreFormatError(
+                    f"{self._where}: array {path!r} listed in the schema is missing"
+                ) from None
+        cap0 = header.capacity
+        live_chunks = None if cap0 is None else -(cap0 // -R) + 2
+        pool_specs = header.schema
+        chunk_bytes = R * max(1, math.prod(tail)) * sum(s.nbytes for s in pool_specs.values())
+        if self._cache == "ram":
+            n_slots = live_chunks if live_chunks is not None else 8
+        else:
+            budget = _DEFAULT_CACHE_BYTES if self._cache is None else int(self._cache)
+            n_slots = max(4, budget // max(1, chunk_bytes))
+            if live_chunks is not None:
+                n_slots = min(n_slots, live_chunks)
+        map_size = live_chunks if live_chunks is not None else max(64, 2 * n_slots)
+        self._pool = ChunkPool(pool_specs, tail, R, n_slots, map_size, self.cache_device)
+        idx_rows = cap0 if cap0 is not None else 1024
+        self._index = {
+            k: torch.zeros(
+                (idx_rows, *tail, *header.schema[k].shape),
+                dtype=torch_dtype(header.schema[k].dtype),
+            )
+            for k in header.index_keys
+        }
+        self.initialized = True
+
+    @property
+    def is_ram_mirror(self) -> bool:
+        """Whether every live chunk fits in the pool (no eviction ever needed)."""
+        cap0 = self._header.capacity if self._header else None
+        if cap0 is None:
+            return self._cache == "ram"
+        return self._pool.n_slots >= -(cap0 // -self._header.chunk_rows) + 2
+
+    # ============================================================ index maths
+    def _phys(self, pos: torch.Tensor) -> torch.Tensor:
+        """Physical row (write-order log) of each ring position ``pos`` (int64)."""
+        cap0 = self._header.capacity
+        if cap0 is None:
+            return pos + self._base
+        gen = torch.div(self._wc - 1 - pos, cap0, rounding_mode="floor").clamp_min(0)
+        return self._base + gen * cap0 + pos
+
+    def _len0(self) -> int:
+        return self._len_along_dim0_raw()
+
+    def _rows_and_reindex(self, index):
+        """dim-0 positions [N] to read + how to index the gathered ``[N, *tail]`` block."""
+        rest = ()
+        if isinstance(index, tuple):
+            if len(index) == 0:
+                index = slice(None)
+            else:
+                index, rest = index[0], tuple(index[1:])
+        n0 = self._len0()
+        if index is Ellipsis:
+            index = slice(None)
+        if isinstance(index, (int, np.integer)) or (
+            isinstance(index, torch.Tensor) and index.ndim == 0 and not index.is_floating_point()
+        ):
+            i = int(index)
+            if i < -n0 or i >= n0:
+                raise IndexError(f"index {i} out of range for a storage of {n0} rows")
+            rows = torch.tensor([i % n0 if i < 0 else i])
+            return rows, (0, *rest)
+        if isinstance(index, slice):
+            rows = torch.arange(*index.indices(n0))
+            return rows, ((slice(None), *rest) if rest else None)
+        idx = torch.as_tensor(np.asarray(index) if isinstance(index, list) else index)
+        if idx.dtype == torch.bool:
+            idx = idx.nonzero().squeeze(-1)
+        idx = idx.to("cpu", torch.long)
+        if idx.numel() and (int(idx.max()) >= n0 or int(idx.min()) < -n0):
+            raise IndexError(f"index out of range for a storage of {n0} rows")
+        idx = torch.where(idx < 0, idx + n0, idx)
+        flat = idx.reshape(-1)
+        if rest:
+            return flat, (torch.arange(flat.numel()).reshape(idx.shape), *rest)
+        return flat, ("reshape", tuple(idx.shape))
+
+    @staticmethod
+    def _apply_reindex(td: TensorDictBase, reindex):
+        if reindex is None:
+            return td
+        if isinstance(reindex, tuple) and reindex and isinstance(reindex[0], str):
+            shape = reindex[1]
+            return td if len(shape) == 1 else td.reshape(*shape, *td.batch_size[1:])
+        return td[reindex]
+
+    # ================================================================== reads
+    def _load_chunk(self, chunk: int) -> dict[str, np.ndarray] | None:
+        """Decodes one physical chunk of every leaf from the store (zeros past the extent)."""
+        R = self._header.chunk_rows
+        start = chunk * R
+        out = {}
+        for path, arr in self._arrays.items():
+            stop = min(start + R, arr.shape[0])
+            if start >= stop:
+                out[path] = np.zeros((0, *arr.shape[1:]), dtype=arr.dtype)
+                continue
+            try:
+                out[path] = arr[start:stop]
+            except Exception as err:  # zarr raises various codec errors on corrupt bytes
+                raise CorruptChunkError(
+                    f"{self._where}: array {path!r}, chunk {chunk} (rows {start}:{stop}) could "
+                    f"not be decoded or failed its crc32c checksum: {err}"
+                ) from err
+        return out
+
+    def _gather(self, rows: torch.Tensor, keys=None) -> dict[str, torch.Tensor]:
+        """Leaves at ring positions ``rows`` -> {path: [N, *tail, *shape]} on ``self.device``."""
+        keys = list(self._header.schema) if keys is None else keys
+        out = {}
+        big = [k for k in keys if k not in self._index]
+        if big:
+            phys = self._phys(rows)
+            got = self._pool.gather(phys, self._load_chunk, big)
+            if self.read_only:
+                self._check_not_stale(phys)
+            out.update(got)
+        for k in keys:
+            if k in self._index:
+                out[k] = self._index[k][rows]
+        return {k: out[k].to(self.device, non_blocking=True) for k in keys}
+
+    def _check_not_stale(self, phys: torch.Tensor) -> None:
+        """A reader's rows may have been recycled by the writer since its last refresh."""
+        if self._header.capacity is None or not phys.numel():
+            return
+        _, commit = read_attrs(self._group_fresh(), self._where)
+        live_start = commit.base + max(0, commit.write_count - self._header.capacity)
+        if int(phys.min()) < live_start - self._header.chunk_rows:
+            raise RuntimeError(
+                f"{self._where}: rows read by this reader were recycled by the writer; call "
+                "refresh() more often (or set refresh_every_seconds)"
+            )
+
+    def _group_fresh(self) -> zarr.Group:
+        return zarr.open_group(self._group.store, mode="r", zarr_format=3)
+
+    def _to_td(self, leaves: Mapping[str, torch.Tensor], batch) -> TensorDictBase | torch.Tensor:
+        if self._header.tensor_root:
+            return leaves[_TENSOR_KEY]
+        return TensorDict(
+            {path_key(k): v for k, v in leaves.items()}, batch_size=batch, device=self.device
+        )
+
+    def get(self, index) -> TensorDictBase | torch.Tensor:
+        if self._header is None:
+            raise RuntimeError("Cannot get elements out of a non-initialized storage.")
+        self._maybe_auto_refresh()
+        if self._is_full_view(index):
+            return self._full_view()
+        rows, reindex = self._rows_and_reindex(index)
+        leaves = self._gather(rows)
+        td = self._to_td_any(leaves, [rows.numel(), *self._header.tail])
+        return self._apply_reindex(td, reindex)
+
+    def _to_td_any(self, leaves, batch):
+        if self._header.tensor_root:
+            return TensorDict({_TENSOR_KEY: leaves[_TENSOR_KEY]}, batch_size=batch)[_TENSOR_KEY]
+        return self._to_td(leaves, batch)
+
+    def _is_full_view(self, index) -> bool:
+        if isinstance(index, tuple) and len(index) == 1:
+            index = index[0]
+        return isinstance(index, slice) and index == slice(None) and not self._header.tensor_root
+
+    def _full_view(self) -> TensorDictBase:
+        """``storage[:]``: index columns are RAM views, other leaves load on first access."""
+        n0 = self._len0()
+        rows = torch.arange(n0)
+        eager = {k: v[:n0].to(self.device) for k, v in self._index.items()}
+
+        def loader(path):
+            return lambda: self._gather(rows, [path])[path]
+
+        lazy = {k: loader(k) for k in self._header.schema if k not in self._index}
+        return lazy_tensordict(eager, lazy, [n0, *self._header.tail], self.device)
+
+    def _rand_given_ndim(self, batch_size: int):
+        """Uniform positions; when the buffer exceeds the cache, uniform over cached rows."""
+        self._maybe_auto_refresh()
+        if self._header is None or self.is_ram_mirror or not self._pool.specs:
+            return super()._rand_given_ndim(batch_size)
+        pos = self._sample_resident(batch_size)
+        self._schedule_refill()
+        if self.ndim == 1:
+            return pos.to(self.device)
+        others = tuple(
+            torch.randint(d, (batch_size,), generator=self._rng) for d in self._header.tail
+        )
+        return tuple(t.to(self.device) for t in (pos, *others))
+
+    def _live_phys_range(self) -> tuple[int, int]:
+        cap0 = self._header.capacity
+        n0 = self._len0()
+        end = self._base + self._wc
+        start = end - n0 if cap0 is None else self._base + max(0, self._wc - cap0)
+        if cap0 is not None and n0 < min(self._wc, cap0):
+            start = end - n0
+        return start, max(start, end)
+
+    def _sample_resident(self, batch_size: int) -> torch.Tensor:
+        R = self._header.chunk_rows
+        start, end = self._live_phys_range()
+        with self._pool.lock:
+            chunks = self._pool.resident()
+        lo = torch.clamp(chunks * R, min=start)
+        hi = torch.clamp((chunks + 1) * R, max=end)
+        counts = (hi - lo).clamp_min(0)
+        if int(counts.sum()) == 0:  # nothing cached yet: load a few chunks synchronously
+            first, last = start // R, (end - 1) // R
+            want = torch.randint(first, last + 1, (min(4, self._pool.n_slots),))
+            self._pool.ensure(torch.unique(want), self._load_chunk)
+            return self._sample_resident(batch_size)
+        pick = torch.multinomial(counts.double(), batch_size, replacement=True, generator=self._rng)
+        off = (torch.rand(batch_size, generator=self._rng) * counts[pick]).long()
+        phys = lo[pick] + off
+        return self._pos_of_phys(phys)
+
+    def _pos_of_phys(self, phys: torch.Tensor) -> torch.Tensor:
+        cap0 = self._header.capacity
+        rel = phys - self._base
+        return rel if cap0 is None else rel % cap0
+
+    def _schedule_refill(self) -> None:
+        """Background refill: swap a few random uncached live chunks into the cache."""
+        if self._refill is not None and not self._refill.done():
+            return
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, "zarrl-refill")
+        R = self._header.chunk_rows
+        start, end = self._live_phys_range()
+        first, last = start // R, (end - 1) // R
+        n = max(1, self._pool.n_slots // 8)
+        want = torch.randint(first, last + 1, (n,), generator=self._rng).tolist()
+
+        def refill():
+            for c in set(want):
+                if int(self._pool.slots_of(torch.tensor([c]))[0]) >= 0:
+                    continue
+                arrays = self._load_chunk(c)  # decode outside the pool lock
+                with self._pool.lock:
+                    if int(self._pool.slots_of(torch.tensor([c]))[0]) < 0:
+                        self._pool.install(c, arrays)
+
+        self._refill = self._executor.submit(refill)
+
+    # ================================================================= writes
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyStorageError(
+                f"{self._where} was opened read-only (mode='r'); reopen with mode='r+' to write"
+            )
+        if self._closed:
+            raise RuntimeError(f"{self._where}: the storage is closed")
+
+    def _as_td(self, data, batched: bool) -> TensorDictBase:
+        if is_tensor_collection(data):
+            return data
+        if isinstance(data, torch.Tensor):
+            nb = (1 if batched else 0) + self.ndim - 1
+            return TensorDict({_TENSOR_KEY: data}, batch_size=data.shape[:nb])
+        raise TypeError(f"ZarrStorage stores TensorDicts or tensors, got {type(data)}")
+
+    def _validate(self, td: TensorDictBase) -> dict[str, torch.Tensor]:
+        """Leaves of ``td`` keyed by path, checked against the schema (raises, writes nothing)."""
+        header = self._header
+        leaves = {}
+        for key, leaf in td.items(include_nested=True, leaves_only=True):
+            if not isinstance(leaf, torch.Tensor):
+                raise ValueError(f"key {key!r}: only tensors can be stored, got {type(leaf)}")
+            leaves[key_path(key)] = leaf
+        got = {
+            k: LeafSpec(numpy_dtype_name(v.dtype, k), tuple(v.shape[td.batch_dims :]))
+            for k, v in leaves.items()
+        }
+        if got != header.schema:
+            bad = sorted(set(got) ^ set(header.schema)) or sorted(
+                k for k in got if got[k] != header.schema[k]
+            )
+            raise ValueError(
+                f"data does not match the stored schema at key(s) {bad}: stored schema "
+                f"{describe_schema(header.schema)}, data schema {describe_schema(got)}; "
+                "nothing was written"
+            )
+        tail = tuple(td.batch_size[1:])
+        if tail != header.tail:
+            raise ValueError(
+                f"data batch dims {tuple(td.batch_size)} do not match the stored "
+                f"[rows, *{list(header.tail)}]; nothing was written"
+            )
+        return leaves
+
+    def set(self, cursor, data, *, set_cursor: bool = True):
+        self._check_writable()
+        if isinstance(data, list):
+            data = _flip_list(data)
+        is_int = isinstance(cursor, (int, np.integer)) or (
+            isinstance(cursor, torch.Tensor) and cursor.ndim == 0
+        )
+        td = self._as_td(data, batched=not is_int)
+        if is_int:
+            td = td.unsqueeze(0)
+            cursor = torch.tensor([int(cursor)])
+        if self._header is None:
+            header = self._infer_header(td[0])
+            header.tensor_root = not is_tensor_collection(data)
+            self._setup(header, create=True)
+            self._write_meta()
+        leaves = self._validate(td)
+        if isinstance(cursor, tuple) and len(cursor) > 1:
+            return self._set_partial(cursor, td, set_cursor)
+        if isinstance(cursor, tuple):
+            cursor = cursor[0]
+        if isinstance(cursor, slice):
+            cursor = torch.arange(*cursor.indices(self._header.capacity or _UNBOUNDED))
+        rows = torch.as_tensor(cursor).reshape(-1).to("cpu", torch.long)
+        if rows.numel() != td.shape[0]:
+            raise ValueError(f"{rows.numel()} positions for {td.shape[0]} rows of data")
+        if set_cursor:
+            self._set_last_cursor(cursor)
+            self._get_new_len(td, rows)
+        self._write_rows(rows, leaves, append=set_cursor)
+        self._bump_mutation_revision()
+        self._maybe_commit()
+
+    def _set_partial(self, cursor: tuple, td: TensorDictBase, set_cursor: bool):
+        """Writes a sub-row selection ``(dim0, *rest)``: read-modify-write of whole rows."""
+        rows, reindex = self._rows_and_reindex(cursor)
+        uniq, inv = torch.unique(rows, return_inverse=True)
+        block = self._to_td(self._gather(uniq), [uniq.numel(), *self._header.tail]).to("cpu")
+        block[(inv.reshape(-1), *cursor[1:])] = td.reshape(-1).to("cpu")
+        self._write_rows(uniq, self._validate(block), append=False)
+        self._bump_mutation_revision()
+        self._maybe_commit()
+
+    def _write_rows(self, rows: torch.Tensor, leaves: dict[str, torch.Tensor], append: bool):
+        cap0 = self._header.capacity
+        n = rows.numel()
+        leaves = {k: v.detach().to("cpu") for k, v in leaves.items()}
+        expected = self._wc + torch.arange(n)
+        if cap0 is not None:
+            expected = expected % cap0
+        if append and torch.equal(rows, expected):
+            phys = self._base + self._wc + torch.arange(n)
+            keep = n if cap0 is None else min(n, cap0)  # a batch larger than the ring
+            phys, rows = phys[n - keep :], rows[n - keep :]
+            leaves = {k: v[n - keep :] for k, v in leaves.items()}
+            self._wc += n
+            self._ensure_index_rows(int(rows.max()) + 1)
+        else:
+            self._ensure_index_rows(int(rows.max()) + 1)
+            phys = self._phys(rows)
+            if int(phys.min()) < self._base + self._commit.write_count:
+                self._inplace_pending = True
+        self._grow_map_for(int(phys.max()))
+        committed_end = self._base + self._commit.write_count
+        R = self._header.chunk_rows
+        stored_chunks = -(max(self._commit.extent, committed_end) // -R)
+
+        def loader(chunk: int):
+            return self._load_chunk(chunk) if chunk < stored_chunks else None
+
+        chunks = phys // R
+        uniq = torch.unique(chunks)
+        room = max(1, self._pool.n_slots // 2)
+        if uniq.numel() + len(self._pool.dirty) <= room:
+            self._pool.write(phys, leaves, loader)
+        else:  # more chunks than the cache holds: stage and write them group by group
+            self._write_dirty()
+            for group in uniq.split(room):
+                mask = torch.isin(chunks, group)
+                self._pool.write(phys[mask], {k: v[mask] for k, v in leaves.items()}, loader)
+                self._write_dirty()
+        for k, t in self._index.items():
+            t[rows] = leaves[k]
+
+    def _ensure_index_rows(self, n: int) -> None:
+        for k, t in list(self._index.items()):
+            if t.shape[0] < n:
+                new = torch.zeros((max(n, 2 * t.shape[0]), *t.shape[1:]), dtype=t.dtype)
+                new[: t.shape[0]] = t
+                self._index[k] = new
+
+    def _grow_map_for(self, max_phys: int) -> None:
+        """Growing buffers: widen the chunk map (and the pool, for ``cache='ram'``)."""
+        if self._header.capacity is not None:
+            return
+        R = self._header.chunk_rows
+        span = max_phys // R - self._base // R + 2
+        if self._cache == "ram" and span > self._pool.n_slots:
+            self._pool.grow(max(span, 2 * self._pool.n_slots))
+        if span > self._pool.map_size or self._pool.n_slots > self._pool.map_size:
+            self._pool.remap(max(span, self._pool.n_slots, 2 * self._pool.map_size))
+
+    def _get_new_len(self, data, cursor):
+        numel = data.shape[: self.ndim].numel()
+        self._len = min(self._len + numel, self.max_size)
+
+    # ============================================================ durability
+    def _maybe_commit(self) -> None:
+        R = self._header.chunk_rows
+        committed_end = self._base + self._commit.write_count
+        staged_end = self._base + self._wc
+        due = staged_end // R > committed_end // R  # appends completed a chunk
+        if self.flush_every_rows is not None:
+            due = due or staged_end - committed_end >= self.flush_every_rows
+        if self.flush_every_seconds is not None:
+            due = due or time.monotonic() - self._last_commit_time >= self.flush_every_seconds
+        pressure = len(self._pool.dirty) >= max(1, self._pool.n_slots // 2)
+        if due or pressure:
+            self.flush()
+
+    def flush(self) -> None:
+        """Writes every staged chunk, then publishes the commit record (the commit point)."""
+        if self.read_only or self._closed or self._header is None:
+            return
+        if not (
+            self._pool.dirty
+            or self._inplace_pending
+            or (self._base, self._wc, self._len)
+            != (self._commit.base, self._commit.write_count, self._commit.length)
+        ):
+            return
+        self._write_dirty()
+        previous_live_start = self._live_start_committed()
+        self._commit = Commit(
+            revision=self._commit.revision + 1,
+            base=self._base,
+            write_count=self._wc,
+            length=self._len,
+            extent=self._commit.extent,
+            inplace_revision=self._commit.inplace_revision + int(self._inplace_pending),
+        )
+        self._write_meta()
+        self._inplace_pending = False
+        self._last_commit_time = time.monotonic()
+        self._collect_garbage(previous_live_start)
+
+    def _write_dirty(self) -> None:
+        """Data half of a commit: encodes and writes every staged chunk (no commit record)."""
+        R = self._header.chunk_rows
+        with self._pool.lock:
+            dirty = sorted(self._pool.dirty)
+            end_rows = max([(c + 1) * R for c in dirty], default=0)
+            if end_rows > self._commit.extent:
+                extent = max(end_rows, 2 * self._commit.extent)
+                for arr in self._arrays.values():
+                    arr.resize((extent, *arr.shape[1:]))
+                self._commit.extent = extent
+            for run in _runs(dirty):
+                blocks = [self._pool.chunk_arrays(c) for c in run]
+                a, b = run[0] * R, (run[-1] + 1) * R
+                for path, arr in self._arrays.items():
+                    arr[a:b] = np.concatenate([blk[path] for blk in blocks])
+            self._pool.mark_clean(dirty)
+
+    def _live_start_committed(self) -> int:
+        cap0 = self._header.capacity
+        c = self._commit
+        if cap0 is None:
+            return c.base
+        return c.base + max(0, c.write_count - cap0)
+
+    def _collect_garbage(self, previous_live_start: int) -> None:
+        """Deletes chunks that were already dead before the previous commit (one-commit lag,
+        so a reader that refreshes at every commit never loses a row it can see)."""
+        R = self._header.chunk_rows
+        dead_below = previous_live_start // R  # chunks < this are wholly dead
+        first = getattr(self, "_gc_done", 0)
+        if dead_below <= first:
+            return
+        for c in range(first, dead_below):
+            self._pool.evict(c)
+            for arr in self._arrays.values():
+                if c * R < arr.shape[0]:
+                    arr[c * R : (c + 1) * R] = 0  # all-fill chunks are deleted by zarr
+        self._gc_done = dead_below
+
+    def close(self) -> None:
+        """Flushes and releases the background thread; the storage cannot be used afterwards."""
+        if self._closed:
+            return
+        self.flush()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        self._closed = True
+
+    def __enter__(self) -> ZarrStorage:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ========================================================== concurrency
+    def refresh(self) -> bool:
+        """Re-reads the commit record; returns whether new data became visible."""
+        self._last_refresh = time.monotonic()
+        group = self._group_fresh()
+        header, commit = read_attrs(group, self._where)
+        if header is None:
+            return False
+        if self._header is None:
+            self._group = group
+            self._setup(header)
+            self._adopt_commit(commit, full=True)
+            return True
+        if commit.revision == self._commit.revision:
+            return False
+        old = self._commit
+        full = (
+            commit.inplace_revision != old.inplace_revision
+            or commit.base != old.base
+            or (
+                header.capacity is not None
+                and commit.write_count - old.write_count >= header.capacity
+            )
+        )
+        self._adopt_commit(commit, full=full, since=old)
+        return True
+
+    def _maybe_auto_refresh(self) -> None:
+        if (
+            self.read_only
+            and self.refresh_every_seconds is not None
+            and time.monotonic() - self._last_refresh >= self.refresh_every_seconds
+        ):
+            self.refresh()
+
+    def _adopt_commit(self, commit: Commit, full: bool, since: Commit | None = None) -> None:
+        """Makes ``commit`` the visible state: lengths, cursor, RAM index columns."""
+        R = self._header.chunk_rows
+        with self._pool.lock:
+            if full:
+                self._pool.drop_clean()
+            elif since is not None:
+                self._pool.evict((since.base + since.write_count) // R)  # old head chunk
+        self._commit = commit
+        self._base, self._wc = commit.base, commit.write_count
+        self._len = commit.length
+        self._gc_done = self._live_start_committed() // R
+        self._grow_map_for(self._base + self._wc)
+        cap0 = self._header.capacity
+        if self._wc:
+            self._set_last_cursor((self._wc - 1) % cap0 if cap0 else self._wc - 1)
+        start, end = self._live_phys_range()
+        if since is not None and not full:
+            start = max(start, since.base + since.write_count)
+        if self._index and end > start:
+            self._ensure_index_rows(self._len0())
+            pos = self._pos_of_phys(torch.arange(start, end))
+            for path in self._index:
+                try:
+                    values = torch.from_numpy(np.ascontiguousarray(self._arrays[path][start:end]))
+                except Exception as err:
+                    raise CorruptChunkError(
+                        f"{self._where}: array {path!r}, rows {start}:{end} could not be decoded "
+                        f"or failed its crc32c checksum: {err}"
+                    ) from err
+                self._index[path][pos] = values
+        self._bump_mutation_revision()
+
+    # ============================================================ TorchRL API
+    def attach(self, buffer: Any) -> None:
+        """Also hands the committed ring cursor to the buffer's round-robin writer, so a buffer
+        built on a reopened storage keeps appending where the previous run stopped."""
+        super().attach(buffer)
+        if self._header is None or self._wc == 0:
+            return
+        writer = buffer.__dict__.get("_writer")
+        if writer is not None:
+            self._sync_writer(writer)
+            return
+        init = getattr(buffer, "_init_writer", None) or RoundRobinWriter
+        if isinstance(init, Writer):
+            self._sync_writer(init)
+        elif callable(init) and hasattr(buffer, "_init_writer"):
+            buffer._init_writer = lambda: self._sync_writer(init())
+
+    def _sync_writer(self, writer):
+        if isinstance(writer, RoundRobinWriter) and writer._write_count == 0:
+            cap0 = self._header.capacity
+            writer._cursor = self._wc % cap0 if cap0 else self._wc
+            writer._write_count = self._wc
+        return writer
+
+    def _empty(self) -> None:
+        self._check_writable()
+        if self._header is not None:
+            R = self._header.chunk_rows
+            with self._pool.lock:
+                self._pool.dirty.clear()
+                self._pool.drop_clean()
+            self._base = -(-(self._base + self._wc) // R) * R
+            self._wc = 0
+            for t in self._index.values():
+                t.zero_()
+            self._inplace_pending = True
+        self._len = 0
+        self._bump_mutation_revision()
+        if self._header is not None:
+            self.flush()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Metadata only: where the data is and which commit it is at."""
+        self.flush()
+        return {
+            "path": self._where,
+            "initialized": self._header is not None,
+            "_len": self._len,
+            "commit": self._commit.to_json(),
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Checks the store is at the recorded commit (data lives in the store, not here)."""
+        want = Commit.from_json(state_dict["commit"])
+        if self.read_only:
+            self.refresh()
+        if (want.base, want.write_count) != (self._commit.base, self._commit.write_count):
+            raise ValueError(
+                f"{self._where} is at commit base={self._commit.base}, "
+                f"write_count={self._commit.write_count} but the state dict expects base="
+                f"{want.base}, write_count={want.write_count}; zarr stores cannot roll back"
+            )
+        self._len = int(state_dict["_len"])
+        self._bump_mutation_revision()
+
+    def dumps(self, path) -> None:
+        """Checkpoint: flush, then copy the whole store (any zarr store) to ``path``."""
+        self.flush()
+        dest = zarr.storage.LocalStore(os.fspath(path))
+        _copy_store(self._group.store, dest)
+
+    def loads(self, path) -> None:
+        """Replaces this storage's content with the store checkpointed at ``path``."""
+        self._check_writable()
+        src = self._open_group(path, "r")
+        read_attrs(src, str(path))
+        _clear_store(self._group.store)
+        _copy_store(src.store, self._group.store)
+        self._group = zarr.open_group(self._group.store, mode="a", zarr_format=3)
+        header, commit = read_attrs(self._group, self._where)
+        self._header = None
+        if header is not None:
+            self._setup(header)
+            self._adopt_commit(commit, full=True)
+
+    def __getstate__(self):
+        raise TypeError(
+            "ZarrStorage cannot be pickled to another process; open the same path there with "
+            "ZarrStorage.open(path, mode='r') to read"
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"ZarrStorage(path={self._where}, len={len(self)}, max_size="
+            f"{None if self._growing else self.max_size}, ndim={self.ndim}, "
+            f"mode={'r' if self.read_only else 'r+'})"
+        )
+
+    def __del__(self):
+        # No flush here: a collected storage may be finalised on zarr's event-loop thread.
+        # Staged rows are flushed by close(), the context manager, or at interpreter exit.
+        executor = getattr(self, "_executor", None)
+        if executor is not None:
+            executor.shutdown(wait=False)
+
+
+def _flush_at_exit(ref: weakref.ref) -> None:
+    storage = ref()
+    if storage is not None and not storage._closed and not storage.read_only:
+        storage.flush()
+
+
+def _runs(chunks: list[int]) -> list[list[int]]:
+    """Groups sorted chunk ids into runs of consecutive ids."""
+    runs: list[list[int]] = []
+    for c in chunks:
+        if runs and runs[-1][-1] == c - 1:
+            runs[-1].append(c)
+        else:
+            runs.append([c])
+    return runs
+
+
+def _copy_store(src, dst) -> None:
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    async def copy():
+        proto = default_buffer_prototype()
+        async for key in src.list():
+            buf = await src.get(key, prototype=proto)
+            if buf is not None:
+                await dst.set(key, buf)
+
+    sync(copy())
+
+
+def _clear_store(store) -> None:
+    from zarr.core.sync import sync
+
+    sync(store.clear())

@@ -1,0 +1,252 @@
+"""Contract suite: every test runs against LazyMemmapStorage and ZarrStorage (three cache modes)
+with identical assertions, plus ZarrStorage-only behaviour (reopen, errors, readers)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.data import (
+    LazyTensorStorage,
+    PrioritizedSampler,
+    PrioritizedSliceSampler,
+    RandomSampler,
+    ReplayBuffer,
+    SamplerWithoutReplacement,
+    SliceSampler,
+    SliceSamplerWithoutReplacement,
+    TensorDictReplayBuffer,
+)
+
+TRAJ_LEN = 10
+
+
+def trajectories(n_rows: int, start: int = 0, n_envs: int | None = None) -> TensorDict:
+    """Rows ``start..start+n_rows``: obs[i] = [i, -i, 2i], trajectories of TRAJ_LEN steps."""
+    i = torch.arange(start, start + n_rows)
+    batch = [n_rows]
+    if n_envs is not None:
+        i = i[:, None] * 100 + torch.arange(n_envs)
+        batch = [n_rows, n_envs]
+    traj = (
+        torch.div(i, TRAJ_LEN, rounding_mode="floor")
+        if n_envs is None
+        else (torch.div(i // 100, TRAJ_LEN, rounding_mode="floor") * 100 + i % 100)
+    )
+    step = i if n_envs is None else i // 100
+    done = (step % TRAJ_LEN == TRAJ_LEN - 1).unsqueeze(-1)
+    return TensorDict(
+        {
+            "obs": torch.stack([i, -i, 2 * i], -1).float(),
+            "pixels": (i.reshape(*batch, 1, 1) % 251).expand(*batch, 4, 4).to(torch.uint8),
+            "traj": traj,
+            ("next", "done"): done,
+            ("next", "reward"): i.float().unsqueeze(-1),
+        },
+        batch_size=batch,
+    )
+
+
+def assert_rows_consistent(batch: TensorDict) -> None:
+    """Every sampled row is a whole, genuine row (all leaves derived from the same id)."""
+    i = batch["obs"][..., 0]
+    assert torch.equal(batch["obs"], torch.stack([i, -i, 2 * i], -1))
+    assert torch.equal(batch["next", "reward"].squeeze(-1), i)
+    assert torch.equal(batch["pixels"][..., 0, 0], (i.long() % 251).to(torch.uint8))
+
+
+def test_ring_wraps_like_lazy_tensor_storage(storage_factory):
+    reference = ReplayBuffer(storage=LazyTensorStorage(25))
+    rb = ReplayBuffer(storage=storage_factory(25))
+    for start in range(0, 70, 7):
+        data = trajectories(7, start)
+        assert torch.equal(rb.extend(data), reference.extend(data))
+    assert len(rb) == len(reference) == 25
+    assert (rb[:] == reference[:]).all()
+    assert (rb[torch.tensor([3, 24, 0, 3])] == reference[torch.tensor([3, 24, 0, 3])]).all()
+    assert (rb[5] == reference[5]).all()
+    assert rb.storage._last_cursor_index == reference.storage._last_cursor_index
+    assert 24 in rb.storage and 25 not in rb.storage
+
+
+def test_add_single_rows_and_set_without_cursor(storage_factory):
+    rb = ReplayBuffer(storage=storage_factory(8))
+    for j in range(5):
+        rb.add(trajectories(1, j)[0])
+    assert len(rb) == 5
+    rb[2] = trajectories(1, 40)[0]  # in-place update, cursor unchanged
+    assert rb[:]["obs"][:, 0].tolist() == [0, 1, 40, 3, 4]
+    rb.extend(trajectories(2, 5))
+    assert rb[:]["obs"][:, 0].tolist() == [0, 1, 40, 3, 4, 5, 6]
+
+
+def test_empty_resets_length_and_cursor(storage_factory):
+    rb = ReplayBuffer(storage=storage_factory(16))
+    rb.extend(trajectories(12))
+    rb.empty()
+    assert len(rb) == 0
+    rb.extend(trajectories(3, 100))
+    assert rb[:]["obs"][:, 0].tolist() == [100, 101, 102]
+
+
+def test_nan_and_inf_are_stored_faithfully(storage_factory):
+    rb = ReplayBuffer(storage=storage_factory(4))
+    data = trajectories(3)
+    data["obs"][0] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    rb.extend(data)
+    got = rb[:]["obs"][0]
+    assert torch.isnan(got[0]) and got[1] == float("inf") and got[2] == -float("inf")
+
+
+def test_plain_tensor_buffers(storage_factory):
+    rb = ReplayBuffer(storage=storage_factory(10), batch_size=4)
+    rb.extend(torch.arange(15))
+    assert torch.equal(rb[:], torch.tensor([10, 11, 12, 13, 14, 5, 6, 7, 8, 9]))
+    assert set(rb.sample().tolist()) <= set(range(5, 15))
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        lambda: RandomSampler(),
+        lambda: SamplerWithoutReplacement(),
+        lambda: PrioritizedSampler(200, alpha=0.7, beta=0.5),
+    ],
+    ids=["random", "without-replacement", "prioritized"],
+)
+def test_transition_samplers_return_whole_live_rows(storage_factory, sampler):
+    rb = TensorDictReplayBuffer(storage=storage_factory(60), sampler=sampler(), batch_size=16)
+    for start in range(0, 100, 20):
+        rb.extend(trajectories(20, start))
+    seen = set()
+    for _ in range(3):  # 48 rows: one epoch of the without-replacement sampler
+        batch = rb.sample()
+        assert batch.shape == (16,)
+        assert_rows_consistent(batch)
+        ids = batch["obs"][:, 0].long()
+        assert ((ids >= 40) & (ids < 100)).all()  # only rows still in the ring
+        assert torch.equal(rb[batch["index"]]["obs"], batch["obs"])
+        seen.update(ids.tolist())
+    assert len(seen) > 8
+
+
+def _slice_samplers():
+    return [
+        ("traj_key", lambda: SliceSampler(slice_len=5, traj_key="traj", strict_length=True)),
+        ("end_key", lambda: SliceSampler(slice_len=5, end_key=("next", "done"))),
+        (
+            "pad_output",
+            lambda: SliceSampler(
+                slice_len=5, traj_key="traj", strict_length=False, pad_output=True
+            ),
+        ),
+        (
+            "without_replacement",
+            lambda: SliceSamplerWithoutReplacement(slice_len=5, traj_key="traj"),
+        ),
+        (
+            "prioritized_slice",
+            lambda: PrioritizedSliceSampler(
+                max_capacity=60, alpha=0.7, beta=0.5, slice_len=5, traj_key="traj"
+            ),
+        ),
+    ]
+
+
+@pytest.mark.parametrize("name,sampler", _slice_samplers(), ids=[n for n, _ in _slice_samplers()])
+def test_slice_samplers_return_contiguous_sub_trajectories(storage_factory, name, sampler):
+    rb = TensorDictReplayBuffer(storage=storage_factory(60), sampler=sampler(), batch_size=20)
+    for start in range(0, 90, 30):  # 90 rows in a ring of 60: wraps mid-buffer
+        rb.extend(trajectories(30, start))
+    for _ in range(4):
+        batch = rb.sample()
+        assert batch.numel() % 5 == 0 and batch.numel() > 0
+        batch = batch.reshape(-1, 5)
+        assert_rows_consistent(batch)
+        ids = batch["obs"][..., 0]
+        if name == "pad_output":  # padded slots repeat a valid row; real ones are contiguous
+            mask = batch["collector", "mask"]
+            assert mask[:, 0].all()
+            steps = ids.diff(dim=1)[mask[:, 1:]]
+            assert (steps == 1).all()
+        else:
+            assert (ids.diff(dim=1) == 1).all()
+            assert (batch["traj"] == batch["traj"][:, :1]).all()
+        assert (ids >= 30).all()
+
+
+def test_ndim2_time_by_env_storage(storage_factory):
+    n_envs = 3
+    reference = TensorDictReplayBuffer(storage=LazyTensorStorage(30, ndim=2), batch_size=6)
+    rb = TensorDictReplayBuffer(
+        storage=storage_factory(30, ndim=2),
+        sampler=SliceSampler(slice_len=3, traj_key="traj", strict_length=True),
+        batch_size=6,
+    )
+    for start in range(0, 24, 8):
+        data = trajectories(8, start, n_envs=n_envs).transpose(0, 1)  # collector layout [env, t]
+        rb.extend(data)
+        reference.extend(data)
+    assert len(rb) == len(reference) == 30
+    assert rb.storage.shape == reference.storage.shape == torch.Size([10, n_envs])
+    assert (rb[:] == reference[:]).all()
+    batch = rb.sample().reshape(2, 3)
+    assert (batch["obs"][..., 0].diff(dim=1) == 100).all()
+    assert_rows_consistent(batch)
+    assert (batch["traj"] == batch["traj"][:, :1]).all()
+    flat = TensorDictReplayBuffer(storage=rb.storage, batch_size=8).sample()
+    assert_rows_consistent(flat)
+
+
+def test_dumps_and_loads_round_trip(storage_factory, tmp_path):
+    rb = TensorDictReplayBuffer(storage=storage_factory(20), batch_size=4)
+    rb.extend(trajectories(27))
+    rb.dumps(tmp_path / "ckpt")
+    restored = TensorDictReplayBuffer(storage=storage_factory(20), batch_size=4)
+    restored.loads(tmp_path / "ckpt")
+    assert len(restored) == 20
+    assert (restored[:].exclude("index") == rb[:].exclude("index")).all()
+    restored.extend(trajectories(1, 27))
+    assert restored[7]["obs"][0] == 27  # the writer cursor came back with the checkpoint
+
+
+def test_collector_writes_straight_into_the_buffer(storage_factory):
+    from torchrl.collectors import Collector
+    from torchrl.envs import GymEnv
+
+    rb = TensorDictReplayBuffer(
+        storage=storage_factory(500), sampler=SliceSampler(slice_len=4), batch_size=16
+    )
+    env = GymEnv("CartPole-v1")
+    env.set_seed(0)
+    collector = Collector(env, None, frames_per_batch=50, total_frames=200, replay_buffer=rb)
+    for _ in collector:
+        pass
+    collector.shutdown()
+    assert len(rb) == 200
+    batch = rb.sample().reshape(4, 4)
+    traj = batch["collector", "traj_ids"]
+    assert (traj == traj[:, :1]).all()
+    assert torch.equal(batch["next", "observation"][:, :-1], batch["observation"][:, 1:])
+
+
+def test_collector_with_trajs_per_batch(storage_factory):
+    from torchrl.collectors import Collector
+    from torchrl.envs import GymEnv
+
+    rb = TensorDictReplayBuffer(storage=storage_factory(2000), batch_size=8)
+    env = GymEnv("CartPole-v1")
+    env.set_seed(1)
+    collector = Collector(
+        env, None, frames_per_batch=64, trajs_per_batch=3, total_frames=300, replay_buffer=rb
+    )
+    for _ in collector:
+        pass
+    collector.shutdown()
+    data = rb[:]
+    assert len(rb) >= 3
+    done = data["next", "done"].squeeze(-1)
+    traj = data["collector", "traj_ids"]
+    ends = torch.nonzero(done).squeeze(-1)
+    assert ends.numel() >= 3
+    assert (traj[ends[:-1] + 1] != traj[ends[:-1]]).all()
