@@ -53,8 +53,9 @@ class StepBatch:
 def read_steps(td: TensorDictBase, keys) -> StepBatch:
     """Rewards and episode marks from ``td`` using the loss's ``tensor_keys``.
 
-    Reads ``("next", reward)``, ``("next", terminated)``, ``("next", truncated)`` (or derives it from
-    ``("next", done)``), the padding ``mask`` and ``is_init`` when present.
+    Reads ``("next", reward)``, ``("next", terminated)``, and ``("next", truncated)`` /
+    ``("next", done)`` when present (a step that is done but not terminated counts as truncated),
+    the padding ``mask`` and ``is_init`` when present.
     """
     if td.batch_dims < 1:
         raise ValueError("the loss needs a batch with a time dimension: [*B, T] or flat [N]")
@@ -64,11 +65,10 @@ def read_steps(td: TensorDictBase, keys) -> StepBatch:
     reward = step_tensor(nxt, keys.reward)
     terminated = step_tensor(nxt, keys.terminated).to(torch.bool)
     truncated = step_tensor(nxt, keys.truncated, required=False)
-    if truncated is None:
-        done = step_tensor(nxt, keys.done, required=False)
-        truncated = (
-            torch.zeros_like(terminated) if done is None else done.to(torch.bool) & ~terminated
-        )
+    truncated = torch.zeros_like(terminated) if truncated is None else truncated.to(torch.bool)
+    done = step_tensor(nxt, keys.done, required=False)
+    if done is not None:  # a done that is not a termination ends the segment too
+        truncated = truncated | (done.to(torch.bool) & ~terminated)
     valid = step_tensor(td, keys.mask, required=False) if keys.mask is not None else None
     is_init = step_tensor(td, keys.is_init, required=False) if keys.is_init is not None else None
     return StepBatch(
