@@ -56,6 +56,7 @@ class EnvConfig:
     name: str = "CartPole-v1"
     num_envs: int = 1
     normalize_obs: bool = False
+    max_episode_steps: int | None = None  # extra time limit (truncation) on top of Gymnasium's
 
 
 @dataclass
@@ -77,7 +78,6 @@ class BufferConfig:
 class CollectorConfig:
     frames_per_batch: int = 200
     init_random_frames: int = 0  # first frames collected with uniformly random actions
-    max_episode_steps: int | None = None
 
 
 @dataclass
@@ -89,7 +89,6 @@ class TrainConfig:
     warmup_frames: int = 1_000  # no update before the buffer holds this many rows
     batch_size: int = 64  # sub-trajectories per update
     slice_len: int = 16  # steps per sub-trajectory (>= loss rollout)
-    reference_lag: float = 0.95  # EMA coefficient kappa of the lagged reference / target networks
     checkpoint_every_updates: int = 2_000
     log_every_updates: int = 100
     stop_at_target: bool = False  # stop once eval.target_return is reached
@@ -106,7 +105,7 @@ class OptimConfig:
 
 @dataclass
 class EvalConfig:
-    episodes: int = 20
+    episodes: int = 20  # 0 disables evaluation
     every_frames: int = 10_000  # online / mixed
     every_updates: int = 2_000  # offline
     deterministic: bool = True
@@ -163,7 +162,6 @@ _POSITIVE = (
     "train.slice_len",
     "train.checkpoint_every_updates",
     "train.log_every_updates",
-    "eval.episodes",
     "eval.every_frames",
     "eval.every_updates",
     "optim.lr_policy",
@@ -177,6 +175,7 @@ _NON_NEGATIVE = (
     "train.warmup_frames",
     "collector.init_random_frames",
     "run.num_threads",
+    "eval.episodes",
 )
 
 
@@ -292,10 +291,6 @@ def validate(config: Config) -> None:
         value = _get(config, key)
         if value < 0:
             raise ConfigError(f"{key}: got {value!r}, expected a value >= 0")
-    if not 0.0 <= config.train.reference_lag < 1.0:
-        raise ConfigError(
-            f"train.reference_lag: got {config.train.reference_lag!r}, expected 0 <= lag < 1"
-        )
     if config.buffer.max_size is not None and config.buffer.max_size <= 0:
         raise ConfigError(f"buffer.max_size: got {config.buffer.max_size!r}, expected > 0 or null")
     if config.optim.grad_clip is not None and config.optim.grad_clip <= 0:

@@ -52,7 +52,7 @@ def test_yaml_string_scientific_notation_is_read_as_float(tmp_path):
         ("train.bach_size=4", "did you mean train.batch_size"),
         ("train.mode=sometimes", "train.mode: got 'sometimes'"),
         ("run.device=tpu", "run.device: got 'tpu'"),
-        ("train.reference_lag=1.5", "train.reference_lag: got 1.5"),
+        ("train.slice_len=0", "train.slice_len: got 0"),
         ("model.hidden=[64,0]", "model.hidden"),
         ("log.progress=3", "log.progress: got 3"),
         ("nosection.key=1", "nosection: unknown key"),

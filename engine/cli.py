@@ -1,0 +1,241 @@
+"""The ``zarrl`` command: collect, train, inspect, eval, demo.
+
+Exit codes: 0 success; 2 bad command line or config (the message names the key and value);
+1 a path or checkpoint that cannot be used (missing, foreign, or would be overwritten); 130 when
+interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 with usage: keep that, be concise
+        self.print_usage(sys.stderr)
+        print(f"zarrl: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="zarrl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("collect", help="collect environment steps into a Zarr buffer")
+    p.add_argument("--env", required=True, help="Gymnasium id, e.g. CartPole-v1")
+    p.add_argument("--policy", default="random", help="'random' or a run folder")
+    p.add_argument("--frames", type=int, required=True, help="environment steps to collect")
+    p.add_argument("--buffer", required=True, help="path of the Zarr store to write")
+    p.add_argument("--append", action="store_true", help="append to an existing store")
+    p.add_argument("--max-size", type=int, default=None, help="ring capacity (default unbounded)")
+    p.add_argument("--num-envs", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("train", help="train from a config (online, offline or mixed)")
+    p.add_argument("config", nargs="?", help="YAML config (optional with --resume)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.gamma=0.99")
+    p.add_argument("--offline", action="store_true", help="train from --buffer only")
+    p.add_argument("--mixed", action="store_true", help="start from --buffer, keep collecting")
+    p.add_argument("--buffer", help="Zarr buffer path (sets buffer.path)")
+    p.add_argument("--resume", help="run folder to continue from its last checkpoint")
+    p.add_argument("--device", help="learner device: auto, cpu, cuda (sets run.device)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or table")
+
+    p = sub.add_parser("inspect", help="describe a Zarr buffer")
+    p.add_argument("buffer")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = sub.add_parser("eval", help="evaluate the policy of a run folder")
+    p.add_argument("run_dir")
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--checkpoint", default="last", help="last, final, or a .pt path")
+    p.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
+    p.add_argument("--seed", type=int, default=12345)
+
+    p = sub.add_parser("demo", help="the main job: Trust-PCL on CartPole into a local Zarr store")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of configs/demo.yaml")
+    p.add_argument("--runs", default="runs", help="parent folder of the run")
+
+    from zarrl.engine.gmm_experiment import add_experiment_parser, main_experiment
+
+    add_experiment_parser(sub).set_defaults(handler=main_experiment)
+    return parser
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from zarrl.engine.collect import collect
+    from zarrl.engine.reporting import format_table
+
+    if args.frames <= 0:
+        raise _UsageError(f"--frames: got {args.frames}, expected a positive number of steps")
+    if args.policy != "random" and not Path(args.policy).is_dir():
+        raise _UsageError(f"--policy: got {args.policy!r}, expected 'random' or a run folder")
+    result = collect(
+        args.env,
+        args.buffer,
+        args.frames,
+        policy=args.policy,
+        seed=args.seed,
+        append=args.append,
+        max_size=args.max_size,
+        num_envs=args.num_envs,
+        progress=not args.quiet,
+    )
+    print(format_table({"buffer": args.buffer, **result}, title="zarrl collect"))
+    return EXIT_OK
+
+
+def _train_overrides(args: argparse.Namespace) -> list[str]:
+    overrides = list(args.overrides)
+    if args.offline and args.mixed:
+        raise _UsageError("--offline and --mixed are exclusive")
+    if args.offline:
+        overrides.append("train.mode=offline")
+    if args.mixed:
+        overrides.append("train.mode=mixed")
+    if args.buffer:
+        overrides.append(f"buffer.path={args.buffer}")
+    if args.device:
+        overrides.append(f"run.device={args.device}")
+    if args.quiet:
+        overrides.append("log.progress=false")
+    return overrides
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from zarrl.engine.config import load_config
+    from zarrl.engine.trainer import Trainer
+
+    if args.config and "=" in args.config:  # `zarrl train --resume run/ key=value`
+        args.overrides.insert(0, args.config)
+        args.config = None
+    overrides = _train_overrides(args)
+    if args.resume:
+        trainer = Trainer.resume(args.resume, overrides)
+    else:
+        if not args.config:
+            raise _UsageError("train: give a config file, or --resume RUN_FOLDER")
+        trainer = Trainer(load_config(args.config, overrides))
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    _print_locations(trainer)
+    return EXIT_OK
+
+
+def _print_locations(trainer) -> None:
+    layout = trainer.layout
+    print(f"buffer:      {trainer.buffer_path}")
+    print(f"checkpoints: {layout.checkpoints}")
+    print(f"logs:        {layout.scalars(trainer.config.run.name)}")
+    print(f"plot:        {layout.plot}")
+    print(f"config:      {layout.config}")
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from zarrl.engine.inspect_buffer import describe_buffer, format_description
+
+    info = describe_buffer(args.buffer)
+    print(json.dumps(info, indent=2, default=str) if args.json else format_description(info))
+    return EXIT_OK
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+    from zarrl.engine.collect import load_policy
+    from zarrl.engine.evaluate import evaluate_policy
+    from zarrl.engine.registry import make_environment
+    from zarrl.engine.reporting import format_table
+
+    if args.episodes <= 0:
+        raise _UsageError(f"--episodes: got {args.episodes}, expected > 0")
+    if not Path(args.run_dir).is_dir():
+        raise _RuntimeFailure(f"run folder {args.run_dir!r} does not exist")
+    actor, config, obs_norm = load_policy(args.run_dir, checkpoint=args.checkpoint)
+    torch.manual_seed(args.seed)
+    env = make_environment(config.env, seed=args.seed, num_envs=1, obs_norm=obs_norm)
+    returns = evaluate_policy(env, actor, args.episodes, deterministic=not args.stochastic)
+    rows = {
+        "run folder": args.run_dir,
+        "env": config.env.name,
+        "episodes": args.episodes,
+        "mean return": float(returns.mean()),
+        "std return": float(returns.std()) if args.episodes > 1 else 0.0,
+        "min return": float(returns.min()),
+        "max return": float(returns.max()),
+    }
+    print(format_table(rows, title="zarrl eval"))
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from zarrl.engine.config import load_config
+    from zarrl.engine.trainer import Trainer
+
+    path = REPO_CONFIGS / "demo.yaml"
+    config = load_config(path, [f"run.dir={args.runs}", *args.overrides])
+    base, n = config.run.name, 1
+    while config.run_dir.exists():  # never overwrite an earlier demo
+        n += 1
+        config.run.name = f"{base}-{n}"
+    print(
+        f"zarrl demo: {config.loss['name']} on {config.env.name}, "
+        f"{config.train.total_frames} env steps, run folder {config.run_dir}"
+    )
+    trainer = Trainer(config)
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    _print_locations(trainer)
+    return EXIT_OK
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _RuntimeFailure(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``zarrl`` command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    from zarrl.engine.checkpoint import CheckpointError
+    from zarrl.engine.config import ConfigError
+    from zarrl.engine.registry import BufferPathError
+    from zarrl.engine.trainer import RunFolderError
+
+    handlers = {
+        "collect": _cmd_collect,
+        "train": _cmd_train,
+        "inspect": _cmd_inspect,
+        "eval": _cmd_eval,
+        "demo": _cmd_demo,
+    }
+    try:
+        return handlers.get(args.command, getattr(args, "handler", None))(args)
+    except (ConfigError, _UsageError) as err:
+        print(f"zarrl {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except (BufferPathError, CheckpointError, RunFolderError, _RuntimeFailure) as err:
+        print(f"zarrl {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        print(f"zarrl {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

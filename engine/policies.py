@@ -1,0 +1,38 @@
+"""Behaviour policies for collection: the uniform-random policy used for warm-up and
+``zarrl collect --policy random``, with the same keys as the learned policy."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torchrl.modules import ProbabilisticActor
+from zarrl.engine.models import StateIndependentScale
+
+__all__ = ["uniform_policy_like"]
+
+
+@torch.no_grad()
+def uniform_policy_like(actor: ProbabilisticActor) -> ProbabilisticActor:
+    """A copy of ``actor`` whose output ignores the observation: uniform logits for discrete
+    actions, ``loc = 0`` and unit scale before the tanh squashing for continuous ones.
+
+    It writes the same keys (``action``, ``action_log_prob``, distribution parameters), so the
+    rows it collects share the buffer's schema with the learned policy's rows.
+    """
+    random_actor = copy.deepcopy(actor)
+    last_linear = None
+    for module in random_actor.modules():
+        if isinstance(module, nn.Linear):
+            last_linear = module
+        if isinstance(module, StateIndependentScale):
+            module.log_std.zero_()
+    if last_linear is None:
+        raise ValueError("uniform_policy_like: the actor holds no linear layer to zero")
+    last_linear.weight.zero_()
+    if last_linear.bias is not None:
+        last_linear.bias.zero_()
+    for param in random_actor.parameters():
+        param.requires_grad_(False)
+    return random_actor

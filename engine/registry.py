@@ -1,0 +1,176 @@
+"""Adapters from config sections to the other zarrl packages: losses (``zarrl.algorithms``),
+environments (``zarrl.envs``) and Zarr replay storages (``zarrl.buffers``).
+
+Each builder checks the section against what the target accepts and raises
+:class:`~zarrl.engine.config.ConfigError` naming the bad key and value.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from zarrl.engine.config import BufferConfig, ConfigError, EnvConfig
+
+__all__ = [
+    "BufferPathError",
+    "LOSSES",
+    "build_loss",
+    "create_storage",
+    "loss_class",
+    "make_environment",
+    "observation_norm_state",
+    "open_storage",
+]
+
+# config name -> attribute of zarrl.algorithms
+LOSSES = {
+    "trust_pcl": "TrustPCLLoss",
+    "pcl": "PCLLoss",
+    "rtb": "RTBLoss",
+    "kl_reinforce": "KLReinforceLoss",
+}
+
+
+class BufferPathError(RuntimeError):
+    """A buffer path is missing, is not a zarrl store, or would be overwritten."""
+
+
+def loss_class(name: str) -> type[nn.Module]:
+    if name not in LOSSES:
+        raise ConfigError(f"loss.name: got {name!r}, expected one of {sorted(LOSSES)}")
+    import zarrl.algorithms as algorithms
+
+    return getattr(algorithms, LOSSES[name])
+
+
+def loss_arguments(cls: type) -> dict[str, inspect.Parameter]:
+    """The keyword arguments a loss class accepts (beyond the networks)."""
+    params = inspect.signature(cls).parameters
+    return {
+        name: p for name, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    }
+
+
+def build_loss(section: dict[str, Any], actor: nn.Module, value: nn.Module) -> nn.Module:
+    """Instantiate ``zarrl.algorithms.<LOSSES[section['name']]>`` with the section's other keys."""
+    section = dict(section)
+    name = section.pop("name")
+    cls = loss_class(name)
+    accepted = loss_arguments(cls)
+    networks = {"actor_network", "value_network", "actor", "policy", "prior", "reference_network"}
+    for key in section:
+        if key not in accepted or key in networks:
+            valid = sorted(k for k in accepted if k not in networks)
+            raise ConfigError(
+                f"loss.{key}: unknown argument of {cls.__name__}; valid keys: {', '.join(valid)}"
+            )
+    positional = [
+        p for p in accepted if accepted[p].kind == inspect.Parameter.POSITIONAL_OR_KEYWORD
+    ]
+    args: list[Any] = []
+    if positional[:2] == ["actor_network", "value_network"]:
+        args = [actor, value]
+    elif positional[:1] in (["actor_network"], ["actor"], ["policy"]):
+        args = [actor]
+    else:
+        raise ConfigError(f"loss.name: {cls.__name__} takes networks {positional}, unsupported")
+    try:
+        return cls(*args, **section)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"loss: {cls.__name__} rejected {section}: {err}") from err
+
+
+def make_environment(
+    section: EnvConfig,
+    *,
+    seed: int,
+    num_envs: int | None = None,
+    obs_norm: dict[str, torch.Tensor] | None = None,
+):
+    """A TorchRL environment for ``section`` (CPU; collectors stay on CPU).
+
+    ``obs_norm`` (from :func:`observation_norm_state` of another env) replaces the observation
+    statistics, so that every env of a run (collector, evaluation, resumed run) normalizes alike.
+    """
+    from zarrl.envs import make_env
+
+    try:
+        env = make_env(
+            section.name,
+            num_envs=section.num_envs if num_envs is None else num_envs,
+            seed=seed,
+            device="cpu",
+            normalize_obs=section.normalize_obs,
+            max_episode_steps=section.max_episode_steps,
+        )
+    except Exception as err:
+        raise ConfigError(f"env.name: cannot make {section.name!r}: {err}") from err
+    if obs_norm is not None:
+        norm = _observation_norm(env)
+        if norm is not None:
+            norm.loc.copy_(obs_norm["loc"])
+            norm.scale.copy_(obs_norm["scale"])
+    return env
+
+
+def _observation_norm(env):
+    from torchrl.envs import ObservationNorm
+
+    transform = getattr(env, "transform", None)
+    if transform is None:
+        return None
+    for t in transform.modules():
+        if isinstance(t, ObservationNorm):
+            return t
+    return None
+
+
+def observation_norm_state(env) -> dict[str, torch.Tensor] | None:
+    """``{"loc", "scale"}`` of the env's ``ObservationNorm`` (``None`` without one)."""
+    norm = _observation_norm(env)
+    if norm is None or norm.loc is None:
+        return None
+    return {"loc": norm.loc.detach().clone(), "scale": norm.scale.detach().clone()}
+
+
+def _storage_kwargs(section: BufferConfig, device: torch.device) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "cache": section.cache,
+        "flush_every_rows": section.flush_every_rows,
+        "flush_every_seconds": section.flush_every_seconds,
+    }
+    if section.cache is not None and device.type == "cuda":
+        kwargs["cache_device"] = device
+    return kwargs
+
+
+def create_storage(path: str | Path, *, config: BufferConfig, device: torch.device):
+    """A new, empty ``ZarrStorage`` at ``path``; refuses to overwrite anything there."""
+    from zarrl.buffers import ZarrStorage
+
+    path = Path(path)
+    if path.exists():
+        raise BufferPathError(
+            f"buffer path {str(path)!r} already exists; refusing to overwrite it "
+            "(use mode=mixed or --resume to append to it, or choose another buffer.path)"
+        )
+    return ZarrStorage(
+        config.max_size, path=str(path), existsok=False, **_storage_kwargs(config, device)
+    )
+
+
+def open_storage(path: str | Path, *, mode: str, config: BufferConfig, device: torch.device):
+    """Open the existing zarrl store at ``path`` (``mode`` ``"r"`` or ``"r+"``)."""
+    from zarrl.buffers import ZarrStorage
+
+    path = Path(path)
+    if not path.exists():
+        raise BufferPathError(f"buffer path {str(path)!r} does not exist")
+    try:
+        return ZarrStorage.open(str(path), mode=mode)
+    except Exception as err:
+        raise BufferPathError(f"buffer path {str(path)!r} cannot be opened: {err}") from err

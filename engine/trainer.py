@@ -1,0 +1,636 @@
+"""The Trainer: collector -> Zarr replay buffer -> slice sampler -> loss -> optimizer, with
+evaluation, logging, checkpoints and exact resume.
+
+Read ``run()`` top to bottom: it is the whole training loop. Modes:
+
+- ``online``: a TorchRL ``Collector`` (CPU) writes into a ``ZarrStorage`` replay buffer; after every
+  collected batch the learner performs ``updates_per_frame * frames`` updates (fractions carry over)
+  once the buffer holds ``warmup_frames`` rows, then syncs the collector's policy weights.
+- ``offline``: no collector; the buffer at ``buffer.path`` is opened read-only and the learner
+  performs ``train.total_updates`` updates (evaluation in an environment is optional).
+- ``mixed``: like online, but starting from the existing buffer at ``buffer.path`` (its rows are
+  sampled from the first update on and new rows are appended to it).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from torch import nn
+from torchrl.collectors import Collector
+from torchrl.data import SliceSampler, TensorDictReplayBuffer
+from torchrl.record.loggers import CSVLogger, Logger
+from tqdm.auto import tqdm
+from zarrl.engine.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from zarrl.engine.config import Config, ConfigError, apply_overrides, save_config
+from zarrl.engine.evaluate import evaluate_policy
+from zarrl.engine.layout import RunLayout
+from zarrl.engine.models import build_actor, build_value
+from zarrl.engine.policies import uniform_policy_like
+from zarrl.engine.registry import (
+    build_loss,
+    create_storage,
+    make_environment,
+    observation_norm_state,
+    open_storage,
+)
+from zarrl.engine.reporting import format_table, plot_learning_curve
+
+__all__ = ["RunFolderError", "Trainer", "resolve_device"]
+
+TRAJ_KEY = ("collector", "traj_ids")
+RECENT_EPISODES = 100
+
+
+class RunFolderError(RuntimeError):
+    """The run folder cannot be used (would overwrite a run, or holds no run to resume)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> ``cuda`` when available, else ``cpu``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"run.device: got {name!r}, but CUDA is not available here")
+    return device
+
+
+class Trainer:
+    """Train a policy from a config; ``Trainer(config).run()`` returns the summary figures.
+
+    Args:
+        config: the validated experiment config.
+        resume: a run folder to continue from its last checkpoint (see :meth:`Trainer.resume`,
+            which also restores the run's saved config).
+    """
+
+    def __init__(self, config: Config, *, resume: str | Path | None = None) -> None:
+        checkpoint = None
+        if resume is not None:
+            checkpoint = load_checkpoint(latest_checkpoint(resume))
+            self.layout = RunLayout(Path(resume))
+        else:
+            self.layout = RunLayout(config.run_dir)
+            if self.layout.has_checkpoint():
+                raise RunFolderError(
+                    f"run folder {str(self.layout.root)!r} already holds a run; resume it with "
+                    "--resume or choose another run.name"
+                )
+        self.config = config
+        self.device = resolve_device(config.run.device)
+        if config.run.num_threads:
+            torch.set_num_threads(config.run.num_threads)
+        torch.manual_seed(config.run.seed)
+        self.counters = {
+            "frames": 0,
+            "updates": 0,
+            "episodes": 0,
+            "batches": 0,
+            "traj_id_offset": 0,
+            "wall_time": 0.0,
+            "update_credit": 0.0,
+        }
+        self.eval_history: list[tuple[int, int, float]] = []  # (frames, updates, mean return)
+        self.recent_returns: collections.deque[float] = collections.deque(maxlen=RECENT_EPISODES)
+        self.recent_lengths: collections.deque[float] = collections.deque(maxlen=RECENT_EPISODES)
+        self.frames_to_target: int | None = None
+        self.online = config.train.mode in ("online", "mixed")
+
+        self._obs_norm = None if checkpoint is None else checkpoint["extra"].get("obs_norm")
+        self._build_environments()
+        self._build_learner()
+        self._build_buffer(resuming=checkpoint is not None)
+        if checkpoint is not None:
+            self._load_state(checkpoint)
+        if self.online:
+            self.counters["traj_id_offset"] = self._next_trajectory_id()
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        save_config(config, self.layout.config)
+        self.logger = self._build_logger()
+        self.collector = self._build_collector() if self.online else None
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, overrides: list[str] | None = None) -> Trainer:
+        """Continue the run in ``run_dir`` from its last checkpoint, with the checkpoint's config
+        (plus ``overrides``, e.g. ``train.total_frames=200000`` to extend it)."""
+        checkpoint = load_checkpoint(latest_checkpoint(run_dir))
+        data = apply_overrides(checkpoint["config"], overrides or [])
+        return cls(Config.from_dict(data), resume=run_dir)
+
+    # ------------------------------------------------------------------ construction
+    def _build_environments(self) -> None:
+        cfg = self.config
+        self.env = make_environment(cfg.env, seed=cfg.run.seed, obs_norm=self._obs_norm)
+        if self._obs_norm is None:
+            self._obs_norm = observation_norm_state(self.env)
+        self.eval_env = None
+        if cfg.eval.episodes > 0:
+            self.eval_env = make_environment(
+                cfg.env, seed=cfg.run.seed + 10_000, num_envs=1, obs_norm=self._obs_norm
+            )
+
+    def _build_learner(self) -> None:
+        cfg = self.config
+        spec_env = self.env  # specs only: offline runs take no step in it
+        self.actor = build_actor(spec_env, cfg.model)
+        self.value = build_value(cfg.model)
+        # initialise lazy shapes with one reset of the spec environment
+        with torch.no_grad():
+            td = spec_env.fake_tensordict().reshape(-1)[:1]
+            self.actor(td)
+            self.value(td)
+        self.actor.to(self.device)
+        self.value.to(self.device)
+        self.loss = build_loss(cfg.loss, self.actor, self.value).to(self.device)
+        # lagged reference policy / target values: theta~ <- kappa theta~ + (1 - kappa) theta
+        make_updater = getattr(self.loss, "make_target_updater", None)
+        self.target_updater = (
+            make_updater() if make_updater is not None and _has_targets(self.loss) else None
+        )
+        self.optimizer = torch.optim.Adam(_param_groups(self.loss, cfg), eps=cfg.optim.adam_eps)
+        # the collector acts with its own CPU copy of the policy, synced after every update round
+        self.collector_policy = build_actor(spec_env, cfg.model)
+        with torch.no_grad():
+            self.collector_policy(spec_env.fake_tensordict().reshape(-1)[:1])
+        self._sync_collector_policy(initial=True)
+
+    def _build_buffer(self, resuming: bool) -> None:
+        cfg = self.config
+        path = Path(cfg.buffer.path) if cfg.buffer.path else self.layout.default_buffer
+        self.buffer_path = path
+        if cfg.train.mode == "offline":
+            self.storage = open_storage(path, mode="r", config=cfg.buffer, device=self.device)
+        elif resuming or cfg.train.mode == "mixed":
+            self.storage = open_storage(path, mode="r+", config=cfg.buffer, device=self.device)
+        else:
+            self.storage = create_storage(path, config=cfg.buffer, device=self.device)
+        sampler = SliceSampler(
+            slice_len=cfg.train.slice_len,
+            traj_key=TRAJ_KEY,
+            strict_length=False,
+            pad_output=True,
+        )
+        self.buffer = TensorDictReplayBuffer(
+            storage=self.storage,
+            sampler=sampler,
+            batch_size=cfg.train.batch_size * cfg.train.slice_len,
+        )
+
+    def _build_logger(self) -> Logger:
+        cfg = self.config
+        if cfg.log.backend == "tensorboard":
+            from torchrl.record.loggers import TensorboardLogger
+
+            return TensorboardLogger(exp_name=cfg.run.name, log_dir=str(self.layout.logs))
+        return CSVLogger(exp_name=cfg.run.name, log_dir=str(self.layout.logs))
+
+    def _build_collector(self) -> Collector:
+        cfg = self.config
+        self._random_policy = uniform_policy_like(self.collector_policy)
+        self._acting = _SwitchPolicy(self.collector_policy, self._random_policy)
+        env_cfg, obs_norm = cfg.env, self._obs_norm
+        seed = cfg.run.seed + 1_000 * (self.counters["batches"] + 1)
+
+        def make() -> Any:
+            return make_environment(env_cfg, seed=seed, obs_norm=obs_norm)
+
+        return Collector(
+            make,
+            self._acting,
+            frames_per_batch=cfg.collector.frames_per_batch,
+            total_frames=-1,
+            replay_buffer=self.buffer,
+            postproc=self._postprocess_batch,
+            post_collect_hook=self._record_episodes,
+            auto_register_policy_transforms=False,
+            storing_device="cpu",
+            env_device="cpu",
+            policy_device="cpu",
+        )
+
+    # ------------------------------------------------------------------ collection hooks
+    def _postprocess_batch(self, batch: TensorDictBase) -> TensorDictBase:
+        """Flatten ``[E, T]`` batches env-major (each env's steps stay contiguous) and make the
+        trajectory ids unique across resumes."""
+        batch = batch.reshape(-1)
+        if TRAJ_KEY in batch.keys(include_nested=True):
+            batch[TRAJ_KEY] = batch[TRAJ_KEY] + self.counters["traj_id_offset"]
+        return batch
+
+    def _record_episodes(self, batch: TensorDictBase) -> None:
+        done = batch["next", "done"].reshape(-1)
+        if not done.any():
+            return
+        returns = batch["next", "episode_reward"].reshape(-1)[done]
+        lengths = batch["next", "step_count"].reshape(-1)[done]
+        self.recent_returns.extend(returns.tolist())
+        self.recent_lengths.extend(lengths.to(torch.float64).tolist())
+        self.counters["episodes"] += int(done.sum())
+        self._new_episode_returns.extend(returns.tolist())
+        self._new_episode_lengths.extend(lengths.to(torch.float64).tolist())
+
+    # ------------------------------------------------------------------ learner
+    def _sync_collector_policy(self, initial: bool = False) -> None:
+        """Copy the learner's policy weights into the CPU acting policy, then let the collector
+        propagate them to its internal copy (TorchRL ``update_policy_weights_``)."""
+        learner = TensorDict.from_module(self.actor).data
+        TensorDict.from_module(self.collector_policy).data.update_(learner.to("cpu"))
+        if not initial and getattr(self, "collector", None) is not None:
+            self.collector.update_policy_weights_()
+
+    def _sample(self) -> TensorDictBase:
+        batch = self.buffer.sample()
+        cfg = self.config.train
+        batch = batch.reshape(cfg.batch_size, cfg.slice_len)
+        return batch.to(self.device, non_blocking=True)
+
+    def update(self) -> dict[str, float]:
+        """One learner step: sample, loss, backward, clip, Adam, reference/target update."""
+        batch = self._sample()
+        out = self.loss(batch)
+        loss = sum(v for k, v in out.items() if k.startswith("loss_"))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float("nan")
+        if self.config.optim.grad_clip is not None:
+            grad_norm = float(
+                nn.utils.clip_grad_norm_(self.loss.parameters(), self.config.optim.grad_clip)
+            )
+        self.optimizer.step()
+        if self.target_updater is not None:
+            self.target_updater.step()
+        self.counters["updates"] += 1
+        stats = {
+            k: float(v.detach().float())
+            for k, v in out.items()
+            if isinstance(v, torch.Tensor) and v.numel() == 1
+        }
+        stats["loss"] = float(loss.detach())
+        stats["grad_norm"] = grad_norm
+        return stats
+
+    def _update_lambda(self, returns: list[float], lengths: list[float]) -> None:
+        """Feed the episodes finished since the last call to the loss's KL-budget λ tuner."""
+        if getattr(self.loss, "lambda_tuner", None) is None or not returns:
+            return
+        self.loss.update_lambda(
+            torch.tensor(returns, dtype=torch.float64), torch.tensor(lengths, dtype=torch.float64)
+        )
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, episodes: int | None = None) -> torch.Tensor:
+        """Returns ``[episodes]`` returns of the current policy in the evaluation environment."""
+        if self.eval_env is None:
+            raise ConfigError("env.name: got None, expected an environment to evaluate in")
+        self.collector_policy.eval()
+        self._sync_collector_policy(initial=True)
+        return evaluate_policy(
+            self.eval_env,
+            self.collector_policy,
+            episodes or self.config.eval.episodes,
+            deterministic=self.config.eval.deterministic,
+        )
+
+    def _maybe_evaluate(self, force: bool = False) -> float | None:
+        cfg = self.config.eval
+        if self.eval_env is None or cfg.episodes == 0:
+            return None
+        if self.online:
+            due = self.counters["frames"] - self._last_eval_frames >= cfg.every_frames
+        else:
+            due = self.counters["updates"] - self._last_eval_updates >= cfg.every_updates
+        if not (due or force):
+            return None
+        self._last_eval_frames = self.counters["frames"]
+        self._last_eval_updates = self.counters["updates"]
+        returns = self.evaluate()
+        mean = float(returns.mean())
+        step = self.counters["frames"] if self.online else self.counters["updates"]
+        self.logger.log_scalar("eval/return_mean", mean, step=step)
+        self.logger.log_scalar("eval/return_std", float(returns.std()), step=step)
+        self.eval_history.append((self.counters["frames"], self.counters["updates"], mean))
+        target = cfg.target_return
+        if target is not None and mean >= target and self.frames_to_target is None:
+            self.frames_to_target = self.counters["frames"]
+            self.time_to_target = self.counters["wall_time"] + time.monotonic() - self._t0
+        return mean
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        counters = dict(self.counters)
+        counters["wall_time"] = self.counters["wall_time"] + time.monotonic() - self._t0
+        counters["buffer_writes"] = self._rows_written()
+        return {
+            "config": self.config.to_dict(),
+            "counters": counters,
+            "modules": {
+                "loss": self.loss.state_dict(),
+                "actor": {k: v.cpu() for k, v in self.actor.state_dict().items()},
+            },
+            "optimizers": {"adam": self.optimizer.state_dict()},
+            "rng": capture_rng_state(),
+            "extra": {
+                "eval_history": [list(e) for e in self.eval_history],
+                "recent_returns": list(self.recent_returns),
+                "recent_lengths": list(self.recent_lengths),
+                "frames_to_target": self.frames_to_target,
+                "time_to_target": getattr(self, "time_to_target", None),
+                "buffer_rows": len(self.storage),
+                "lambda_tuner": _tuner_state(self.loss),
+                "obs_norm": self._obs_norm,
+                "buffer_path": str(self.buffer_path),
+            },
+        }
+
+    def save(self, final: bool = False) -> Path:
+        """Flush the buffer (durable first), then write the checkpoint atomically."""
+        if self.online:
+            self.storage.flush()
+        state = self.state_dict()
+        path = save_checkpoint(self.layout.last_checkpoint, state)
+        if final:
+            save_checkpoint(self.layout.final_checkpoint, state)
+        return path
+
+    def _load_state(self, checkpoint: dict[str, Any]) -> None:
+        self.loss.load_state_dict(checkpoint["modules"]["loss"])
+        self.optimizer.load_state_dict(checkpoint["optimizers"]["adam"])
+        restore_rng_state(checkpoint["rng"])
+        self.counters.update(checkpoint["counters"])
+        extra = checkpoint["extra"]
+        self.eval_history = [tuple(e) for e in extra["eval_history"]]
+        self.recent_returns.extend(extra["recent_returns"])
+        self.recent_lengths.extend(extra["recent_lengths"])
+        self.frames_to_target = extra["frames_to_target"]
+        tuner = getattr(self.loss, "lambda_tuner", None)
+        if tuner is not None and extra.get("lambda_tuner") is not None:
+            tuner.load_state_dict(extra["lambda_tuner"])
+        if extra["time_to_target"] is not None:
+            self.time_to_target = extra["time_to_target"]
+        if self.online:
+            # rows committed after the checkpoint (before a crash) are kept: count them as
+            # collected so that the buffer length and the frame counter stay consistent.
+            extra_rows = self._rows_written() - _rows_written_at(checkpoint)
+            if extra_rows < 0:
+                raise CheckpointError(
+                    f"buffer {str(self.buffer_path)!r} holds fewer rows than the checkpoint "
+                    f"recorded ({self._rows_written()} < {_rows_written_at(checkpoint)})"
+                )
+            self.counters["frames"] += extra_rows
+            self.counters["buffer_writes"] = self._rows_written()
+        self._sync_collector_policy(initial=True)
+
+    def _next_trajectory_id(self) -> int:
+        """One more than the largest trajectory id stored, so new trajectories never merge with
+        stored ones (a new collector numbers its trajectories from 0)."""
+        n = len(self.storage)
+        if n == 0:
+            return 0
+        stored = self.storage[n - 1 : n]
+        if TRAJ_KEY not in stored.keys(include_nested=True):
+            return 0
+        largest = 0
+        for start in range(0, n, 65_536):
+            ids = self.storage[start : min(n, start + 65_536)].get(TRAJ_KEY)
+            largest = max(largest, int(ids.max()))
+        return largest + 1
+
+    def _rows_written(self) -> int:
+        """Rows ever written to the buffer (its writer's count; the storage restores it on open)."""
+        return int(self.buffer.write_count)
+
+    # ------------------------------------------------------------------ main loop
+    def _done(self) -> bool:
+        cfg = self.config.train
+        if cfg.total_updates is not None and self.counters["updates"] >= cfg.total_updates:
+            return True
+        if cfg.stop_at_target and self.frames_to_target is not None:
+            return True
+        if self.online:
+            return self.counters["frames"] >= cfg.total_frames
+        return False
+
+    def run(self) -> dict[str, Any]:
+        """Train until the configured budget is spent; returns the summary figures."""
+        cfg = self.config
+        self._t0 = time.monotonic()
+        self._last_eval_frames = self.counters["frames"]
+        self._last_eval_updates = self.counters["updates"]
+        self._last_ckpt_updates = self.counters["updates"]
+        self._new_episode_returns: list[float] = []
+        self._new_episode_lengths: list[float] = []
+        last_log_updates = self.counters["updates"]
+        stats: dict[str, float] = {}
+        total = cfg.train.total_frames if self.online else (cfg.train.total_updates or 0)
+        start = self.counters["frames"] if self.online else self.counters["updates"]
+        bar = tqdm(
+            total=total,
+            initial=min(start, total),
+            disable=not cfg.log.progress,
+            unit="frames" if self.online else "updates",
+            dynamic_ncols=True,
+        )
+        iterator = iter(self.collector) if self.collector is not None else None
+        collect_time = learn_time = 0.0
+        frames_in_window = updates_in_window = 0
+        try:
+            while not self._done():
+                # 1. collect one batch into the replay buffer (online / mixed)
+                if iterator is not None:
+                    rows_before = self._rows_written()
+                    self._acting.random = self.counters["frames"] < cfg.collector.init_random_frames
+                    t = time.perf_counter()
+                    next(iterator)
+                    collect_time += time.perf_counter() - t
+                    new = self._rows_written() - rows_before
+                    self.counters["frames"] += new
+                    self.counters["batches"] += 1
+                    frames_in_window += new
+                    bar.update(new)
+                    if self._new_episode_returns:
+                        mean_ret = sum(self._new_episode_returns) / len(self._new_episode_returns)
+                        self.logger.log_scalar(
+                            "train/episode_return", mean_ret, step=self.counters["frames"]
+                        )
+                        self._update_lambda(self._new_episode_returns, self._new_episode_lengths)
+                        self._new_episode_returns.clear()
+                        self._new_episode_lengths.clear()
+                    if len(self.storage) >= cfg.train.warmup_frames:  # UTD counts after warm-up
+                        self.counters["update_credit"] += new * cfg.train.updates_per_frame
+                    n_updates = int(self.counters["update_credit"])
+                    self.counters["update_credit"] -= n_updates
+                else:
+                    n_updates = min(
+                        cfg.train.log_every_updates,
+                        (cfg.train.total_updates or 0) - self.counters["updates"],
+                    )
+                # 2. learn
+                if len(self.storage) >= cfg.train.warmup_frames and n_updates > 0:
+                    t = time.perf_counter()
+                    for _ in range(n_updates):
+                        stats = self.update()
+                    learn_time += time.perf_counter() - t
+                    updates_in_window += n_updates
+                    if self.collector is not None:
+                        self._sync_collector_policy()
+                    if not self.online:
+                        bar.update(n_updates)
+                # 3. evaluate, log, checkpoint
+                mean_eval = self._maybe_evaluate()
+                if self.counters["updates"] - last_log_updates >= cfg.train.log_every_updates or (
+                    not self.online
+                ):
+                    last_log_updates = self.counters["updates"]
+                    self._log_stats(
+                        stats, frames_in_window, collect_time, updates_in_window, learn_time
+                    )
+                    frames_in_window = updates_in_window = 0
+                    collect_time = learn_time = 0.0
+                postfix = {"upd": self.counters["updates"]}
+                if self.recent_returns:
+                    postfix["ret100"] = f"{sum(self.recent_returns) / len(self.recent_returns):.1f}"
+                if self.eval_history:
+                    postfix["eval"] = f"{self.eval_history[-1][2]:.1f}"
+                if "loss" in stats:
+                    postfix["loss"] = f"{stats['loss']:.3g}"
+                bar.set_postfix(postfix, refresh=False)
+                if mean_eval is not None and cfg.log.progress:
+                    bar.refresh()
+                if (
+                    self.counters["updates"] - self._last_ckpt_updates
+                    >= cfg.train.checkpoint_every_updates
+                ):
+                    self._last_ckpt_updates = self.counters["updates"]
+                    self.save()
+            self._maybe_evaluate(force=not self.eval_history or self._eval_is_stale())
+            self.save(final=True)
+        finally:
+            bar.close()
+            if self.collector is not None:
+                self.collector.shutdown()
+        return self._finish()
+
+    def _eval_is_stale(self) -> bool:
+        last = self.eval_history[-1]
+        return (last[0], last[1]) != (self.counters["frames"], self.counters["updates"])
+
+    def _log_stats(
+        self,
+        stats: dict[str, float],
+        frames: int,
+        collect_time: float,
+        updates: int,
+        learn_time: float,
+    ) -> None:
+        step = self.counters["frames"] if self.online else self.counters["updates"]
+        for key, value in stats.items():
+            if math.isfinite(value):
+                self.logger.log_scalar(f"train/{key}", value, step=step)
+        if collect_time > 0:
+            self.logger.log_scalar("perf/frames_per_s", frames / collect_time, step=step)
+        if learn_time > 0:
+            self.logger.log_scalar("perf/updates_per_s", updates / learn_time, step=step)
+        self.logger.log_scalar("train/updates", self.counters["updates"], step=step)
+
+    def summary(self) -> dict[str, Any]:
+        last_eval = self.eval_history[-1][2] if self.eval_history else None
+        best_eval = max((e[2] for e in self.eval_history), default=None)
+        return {
+            "run folder": str(self.layout.root),
+            "mode": self.config.train.mode,
+            "env": self.config.env.name,
+            "loss": self.config.loss["name"],
+            "env steps": self.counters["frames"],
+            "updates": self.counters["updates"],
+            "episodes": self.counters["episodes"],
+            "wall time (s)": round(self.counters["wall_time"], 1),
+            "final eval return": last_eval,
+            "best eval return": best_eval,
+            "steps to target": self.frames_to_target,
+            "time to target (s)": getattr(self, "time_to_target", None),
+            "buffer rows": len(self.storage),
+        }
+
+    def _finish(self) -> dict[str, Any]:
+        self.counters["wall_time"] += time.monotonic() - self._t0
+        self._t0 = time.monotonic()
+        summary = self.summary()
+        self.layout.summary.write_text(json.dumps(summary, indent=2))
+        plot_learning_curve(
+            self.layout.scalars(self.config.run.name),
+            self.layout.plot,
+            title=f"{self.config.loss['name']} on {self.config.env.name}",
+            target=self.config.eval.target_return,
+        )
+        if self.config.log.progress:
+            print(format_table(summary, title="zarrl run summary"))
+        return summary
+
+    def close(self) -> None:
+        if self.collector is not None:
+            self.collector.shutdown()
+        close = getattr(self.storage, "close", None)
+        if close is not None:
+            close()
+
+
+class _SwitchPolicy(TensorDictModuleBase):
+    """Acts with ``random_policy`` while ``random`` is set (warm-up), else with ``policy``."""
+
+    def __init__(self, policy: nn.Module, random_policy: nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+        self.random_policy = random_policy
+        self.random = False
+        self.in_keys = policy.in_keys
+        self.out_keys = policy.out_keys
+
+    def forward(self, td: TensorDictBase) -> TensorDictBase:
+        return self.random_policy(td) if self.random else self.policy(td)
+
+
+def _has_targets(loss: nn.Module) -> bool:
+    return any("target_" in name for name, _ in loss.named_buffers()) or any(
+        "target_" in name for name, _ in loss.named_parameters()
+    )
+
+
+def _param_groups(loss: nn.Module, cfg: Config) -> list[dict[str, Any]]:
+    """Adam parameter groups: policy, value and log Z, each with its own learning rate."""
+    groups: dict[str, list[torch.nn.Parameter]] = {"policy": [], "value": [], "log_z": []}
+    for name, param in loss.named_parameters():
+        if not param.requires_grad or "target_" in name:
+            continue
+        if "log_z" in name.lower():
+            groups["log_z"].append(param)
+        elif "value" in name:
+            groups["value"].append(param)
+        else:
+            groups["policy"].append(param)
+    lrs = {"policy": cfg.optim.lr_policy, "value": cfg.optim.lr_value, "log_z": cfg.optim.lr_log_z}
+    return [{"params": p, "lr": lrs[k], "name": k} for k, p in groups.items() if p]
+
+
+def _tuner_state(loss: nn.Module) -> dict[str, Any] | None:
+    tuner = getattr(loss, "lambda_tuner", None)
+    return None if tuner is None else tuner.state_dict()
+
+
+def _rows_written_at(checkpoint: dict[str, Any]) -> int:
+    return int(checkpoint["counters"].get("buffer_writes", checkpoint["extra"]["buffer_rows"]))
