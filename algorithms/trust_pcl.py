@@ -191,6 +191,14 @@ class TrustPCLLoss(LossModule):
         self.kl_coef.fill_(value)
         return value
 
+    def get_extra_state(self) -> dict:
+        """The λ tuner's episode history travels with ``state_dict()``."""
+        return {} if self.lambda_tuner is None else {"lambda_tuner": self.lambda_tuner.state_dict()}
+
+    def set_extra_state(self, state: dict) -> None:
+        if self.lambda_tuner is not None and state.get("lambda_tuner") is not None:
+            self.lambda_tuner.load_state_dict(state["lambda_tuner"])
+
     def make_target_updater(self) -> SoftUpdate:
         """A TorchRL ``SoftUpdate`` moving the lagged reference / values: θ̃ ← κ·θ̃ + (1−κ)·θ."""
         return SoftUpdate(self, eps=self.reference_lag)

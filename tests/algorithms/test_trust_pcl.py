@@ -186,6 +186,10 @@ def test_update_lambda_moves_kl_coef_from_the_budget():
     lam = loss.update_lambda(torch.randn(20, generator=g) * 30, torch.full((20,), 100))
     assert float(loss.kl_coef) == pytest.approx(lam) and lam != 50.0
     assert "kl_coef" in loss.state_dict()
+    restored = TrustPCLLoss(actor, value, kl_budget=0.01)
+    restored.load_state_dict(loss.state_dict())
+    assert float(restored.kl_coef) == pytest.approx(lam)
+    assert list(restored.lambda_tuner.returns) == list(loss.lambda_tuner.returns)
     fixed = TrustPCLLoss(actor, value, kl_coef=0.1)
     with pytest.raises(RuntimeError, match="kl_budget"):
         fixed.update_lambda([1.0], [1])
