@@ -40,8 +40,9 @@ def observation_dim(env) -> int:
     return int(torch.Size(spec.shape[len(env.batch_size) :]).numel())
 
 
-def _mlp(out_features: int, config: ModelConfig) -> MLP:
+def _mlp(in_features: int, out_features: int, config: ModelConfig) -> MLP:
     return MLP(
+        in_features=in_features,
         out_features=out_features,
         num_cells=list(config.hidden),
         activation_class=_ACTIVATIONS[config.activation],
@@ -51,9 +52,12 @@ def _mlp(out_features: int, config: ModelConfig) -> MLP:
 def build_actor(env, config: ModelConfig) -> ProbabilisticActor:
     """A stochastic policy reading ``observation`` and writing ``action`` and ``action_log_prob``."""
     spec = env.full_action_spec["action"]
+    obs_dim = observation_dim(env)
     if isinstance(spec, (OneHot, CategoricalSpec)):
         n = int(spec.space.n)
-        net = TensorDictModule(_mlp(n, config), in_keys=["observation"], out_keys=["logits"])
+        net = TensorDictModule(
+            _mlp(obs_dim, n, config), in_keys=["observation"], out_keys=["logits"]
+        )
         dist = OneHotCategorical if isinstance(spec, OneHot) else Categorical
         return ProbabilisticActor(
             net,
@@ -64,7 +68,7 @@ def build_actor(env, config: ModelConfig) -> ProbabilisticActor:
             spec=spec,
         )
     action_dim = int(spec.shape[-1])
-    body = nn.Sequential(_mlp(action_dim, config), StateIndependentScale(action_dim))
+    body = nn.Sequential(_mlp(obs_dim, action_dim, config), StateIndependentScale(action_dim))
     net = TensorDictModule(body, in_keys=["observation"], out_keys=["loc", "scale"])
     return ProbabilisticActor(
         net,
@@ -77,6 +81,8 @@ def build_actor(env, config: ModelConfig) -> ProbabilisticActor:
     )
 
 
-def build_value(config: ModelConfig) -> ValueOperator:
+def build_value(env, config: ModelConfig) -> ValueOperator:
     """A state-value network ``V(s)`` reading ``observation``, writing ``state_value`` ``[*B, 1]``."""
-    return ValueOperator(_mlp(1, config), in_keys=["observation"], out_keys=["state_value"])
+    return ValueOperator(
+        _mlp(observation_dim(env), 1, config), in_keys=["observation"], out_keys=["state_value"]
+    )

@@ -149,7 +149,7 @@ class Trainer:
         cfg = self.config
         spec_env = self.env  # specs only: offline runs take no step in it
         self.actor = build_actor(spec_env, cfg.model)
-        self.value = build_value(cfg.model)
+        self.value = build_value(spec_env, cfg.model)
         # initialise lazy shapes with one reset of the spec environment
         with torch.no_grad():
             td = spec_env.fake_tensordict().reshape(-1)[:1]
@@ -323,7 +323,8 @@ class Trainer:
         mean = float(returns.mean())
         step = self.counters["frames"] if self.online else self.counters["updates"]
         self.logger.log_scalar("eval/return_mean", mean, step=step)
-        self.logger.log_scalar("eval/return_std", float(returns.std()), step=step)
+        if returns.numel() > 1:
+            self.logger.log_scalar("eval/return_std", float(returns.std()), step=step)
         self.eval_history.append((self.counters["frames"], self.counters["updates"], mean))
         target = cfg.target_return
         if target is not None and mean >= target and self.frames_to_target is None:

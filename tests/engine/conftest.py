@@ -14,7 +14,7 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny():
     """``tiny(tmp_path, *overrides)`` -> a fast CartPole config."""
     return tiny_config

@@ -6,6 +6,7 @@ real command line to pin the process exit codes.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -20,26 +21,40 @@ def _files(path):
     return {p: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture
-def random_buffer(tmp_path):
-    path = tmp_path / "cp.zarr"
-    assert (
-        main(
-            ["collect", "--env", "CartPole-v1", "--frames", "300", "--buffer", str(path), "--quiet"]
-        )
-        == 0
-    )
+@pytest.fixture(scope="module")
+def shared_buffer(tmp_path_factory):
+    """300 random CartPole steps, collected once for the module (tests must not modify it)."""
+    path = tmp_path_factory.mktemp("buffers") / "cp.zarr"
+    argv = ["collect", "--env", "CartPole-v1", "--frames", "300", "--buffer", str(path), "--quiet"]
+    assert main(argv) == 0
     return path
 
 
 @pytest.fixture
-def trained_run(tmp_path, tiny):
+def random_buffer(shared_buffer, tmp_path):
+    """A private copy of the shared buffer."""
+    path = tmp_path / "cp.zarr"
+    shutil.copytree(shared_buffer, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def shared_run(tmp_path_factory, tiny):
     from zarrl.engine.trainer import Trainer
 
-    trainer = Trainer(tiny(tmp_path, "train.total_frames=300", "eval.episodes=0"))
+    tmp = tmp_path_factory.mktemp("run")
+    trainer = Trainer(tiny(tmp, "train.total_frames=300", "eval.episodes=0"))
     trainer.run()
     trainer.close()
     return trainer.layout.root
+
+
+@pytest.fixture
+def trained_run(shared_run, tmp_path):
+    """A private copy of a finished 300-step run folder."""
+    path = tmp_path / "run"
+    shutil.copytree(shared_run, path)
+    return path
 
 
 def _write_config(tmp_path, data) -> str:
@@ -236,5 +251,10 @@ def test_command_line_exit_codes_in_real_processes(tmp_path):
         [*run, "inspect", str(tmp_path / "none.zarr")], capture_output=True, text=True, timeout=120
     )
     assert missing.returncode == 1 and "does not exist" in missing.stderr
-    usage = subprocess.run([*run, "frobnicate"], capture_output=True, text=True, timeout=120)
-    assert usage.returncode == 2 and "invalid choice" in usage.stderr
+
+
+def test_unknown_subcommand_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["frobnicate"])
+    assert info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
