@@ -7,7 +7,9 @@ its episode segment),
            + γ^{k-t+1}·V(s_{k+1})·(1 - terminated_k)
 
 All windows are computed at once from a discounted prefix sum along T: O(B·T) work, no loop over
-t, d or the batch. Quantities are accumulated in float64 and returned in the input dtype.
+t, d or the batch. Quantities are accumulated in float64 and returned in the input dtype; discounts
+are anchored at each segment's start, so accuracy depends on the segment (episode or slice) length,
+not on the length of a flattened row.
 """
 
 from __future__ import annotations
@@ -159,11 +161,18 @@ def path_consistency(
     t = torch.arange(T, device=device)
     zero = torch.zeros((), dtype=f64, device=device)
     discounted = gamma != 1.0
-    if discounted:  # γ^0 … γ^T
-        disc = torch.full((T + 1,), gamma, dtype=f64, device=device).pow(
+    if discounted:
+        # weight step i by γ^(i − start of its segment): windows never leave their segment, so the
+        # prefix-sum differences only ever divide by γ^(segment age), not by γ^t of the whole row
+        table = torch.full((T + 1,), gamma, dtype=f64, device=device).pow(
             torch.arange(T + 1, device=device, dtype=f64)
         )
-        step = step * disc[:T]
+        table = table.expand(*shape[:-1], T + 1)
+        anchor = start | ~valid_b  # padding restarts the count too
+        seg_start = torch.where(anchor, t, torch.zeros_like(t)).cummax(-1).values
+        age = t - seg_start
+        weight = table.gather(-1, age)
+        step = step * weight
     prefix = torch.cat([torch.zeros(*shape[:-1], 1, dtype=f64, device=device), step.cumsum(-1)], -1)
     last = end_index.clamp(max=T - 1)
     if rollout != "full":
@@ -172,11 +181,11 @@ def path_consistency(
         terminated.to(torch.bool).gather(-1, last), zero, next_value.to(f64).gather(-1, last)
     )
     if discounted:
-        boot = boot * disc.expand(*shape[:-1], T + 1).gather(-1, last + 1)
-    # Σ_{i=t}^{k} γ^{i−t}·x_i + γ^{k−t+1}·V(s_{k+1}), from the γ^i-weighted prefix sums
+        boot = boot * table.gather(-1, age.gather(-1, last) + 1)
+    # Σ_{i=t}^{k} γ^{i−t}·x_i + γ^{k−t+1}·V(s_{k+1}), from the weighted prefix sums
     ahead = prefix.gather(-1, last + 1) - prefix[..., :T] + boot
     if discounted:
-        ahead = ahead / disc[:T]
+        ahead = ahead / weight
     residual = ahead - value.to(f64)
 
     starts = start if window_starts == "first" else valid_b

@@ -189,3 +189,35 @@ def test_kernel_rejects_bad_input_with_a_clear_message(change, message):
             kwargs[key] = change.pop(key)
     with pytest.raises(ValueError, match=message):
         path_consistency(**{**batch, **change}, **kwargs)
+
+
+def test_long_flat_rows_stay_accurate_with_strong_discounting():
+    """Discounts are anchored per segment: a flat row of 100 slices × 50 steps with γ = 0.8
+    (γ^-5000 overflows float64) matches the reshaped [100, 50] batch."""
+    batch = _random_batch(B=100, T=50, seed=11)
+    batch["valid"] = torch.ones(100, 50, dtype=torch.bool)
+    batch["valid"][7, 30:] = False
+    batch["truncated"][:, -1] = True
+    shaped = path_consistency(**batch, gamma=0.8, entropy_coef=0.1, kl_coef=0.2, rollout="full")
+    flat = path_consistency(
+        **{k: v.reshape(-1) for k, v in batch.items()},
+        gamma=0.8,
+        entropy_coef=0.1,
+        kl_coef=0.2,
+        rollout="full",
+    )
+    assert torch.isfinite(flat).all()
+    err = (flat.reshape(100, 50) - shaped).abs().max() / shaped.abs().max()
+    assert err <= 1e-10
+    want = _naive(batch, 0.8, 0.1, 0.2, "full", False)
+    assert (shaped - want).abs().max() / want.abs().max() <= 1e-10
+
+
+def test_gradients_stay_finite_across_long_padding():
+    batch = _random_batch(B=2, T=400, seed=12)
+    batch["valid"] = torch.ones(2, 400, dtype=torch.bool)
+    batch["valid"][0, 5:] = False  # 395 padded steps: γ^395 ≈ 1e-18 must never be divided by
+    batch["value"] = batch["value"].clone().requires_grad_()
+    c = path_consistency(**batch, gamma=0.9, kl_coef=0.1, rollout=3)
+    c.pow(2).sum().backward()
+    assert torch.isfinite(batch["value"].grad).all()
