@@ -154,7 +154,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
     from zarrl.engine.collect import load_policy
     from zarrl.engine.evaluate import evaluate_policy
-    from zarrl.engine.registry import make_environment
+    from zarrl.engine.registry import episode_step_limit, make_environment
     from zarrl.engine.reporting import format_table
 
     if args.episodes <= 0:
@@ -163,8 +163,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise _RuntimeFailure(f"run folder {args.run_dir!r} does not exist")
     actor, config, obs_norm = load_policy(args.run_dir, checkpoint=args.checkpoint)
     torch.manual_seed(args.seed)
-    env = make_environment(config.env, seed=args.seed, num_envs=1, obs_norm=obs_norm)
-    returns = evaluate_policy(env, actor, args.episodes, deterministic=not args.stochastic)
+    env = make_environment(
+        config.env, seed=args.seed, num_envs=min(args.episodes, 20), obs_norm=obs_norm
+    )
+    returns = evaluate_policy(
+        env,
+        actor,
+        args.episodes,
+        deterministic=not args.stochastic,
+        max_steps=episode_step_limit(config.env),
+    )
     rows = {
         "run folder": args.run_dir,
         "env": config.env.name,

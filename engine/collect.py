@@ -79,11 +79,10 @@ def collect(
         actor, run_config, obs_norm = load_policy(policy)
         env_cfg.normalize_obs = run_config.env.normalize_obs
     buf_cfg = BufferConfig(max_size=max_size, cache=None)
-    device = torch.device("cpu")
     if append:
-        storage = open_storage(buffer, mode="r+", config=buf_cfg, device=device)
+        storage = open_storage(buffer, mode="r+", config=buf_cfg)
     else:
-        storage = create_storage(buffer, config=buf_cfg, device=device)
+        storage = create_storage(buffer, config=buf_cfg)
     rb = TensorDictReplayBuffer(storage=storage)
     offset = 0
     if len(storage):

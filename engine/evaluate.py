@@ -16,30 +16,36 @@ def evaluate_policy(
     episodes: int,
     *,
     deterministic: bool = True,
-    max_steps: int = 100_000,
+    max_steps: int = 1_000,
 ) -> torch.Tensor:
-    """Returns ``[episodes]`` (float64) of undiscounted episode returns.
+    """Returns ``[episodes]`` (float64) undiscounted returns of complete episodes.
 
-    Episodes run one after another in ``env`` (a batched env contributes one episode per
-    sub-env per rollout). ``deterministic`` takes the mode of the policy's distribution.
+    A batched env (``[E]`` sub-envs) plays ``E`` episodes per rollout of ``max_steps`` steps;
+    ``max_steps`` must cover the env's time limit (episodes still running after it are dropped
+    and played again). ``deterministic`` takes the mode of the policy's distribution.
     """
     exploration = ExplorationType.DETERMINISTIC if deterministic else ExplorationType.RANDOM
     returns: list[torch.Tensor] = []
-    n_parallel = max(int(torch.Size(env.batch_size).numel()), 1)
+    found, attempts = 0, 0
     with set_exploration_type(exploration):
-        while sum(r.numel() for r in returns) < episodes:
+        while found < episodes:
             rollout = env.rollout(
-                max_steps,
-                policy,
-                break_when_any_done=False,
-                break_when_all_done=True,
-                auto_cast_to_device=True,
+                max_steps, policy, break_when_any_done=False, auto_cast_to_device=True
             )
-            reward = rollout["next", "reward"].to(torch.float64)  # [*E, T, 1]
-            done = rollout["next", "done"]
-            # keep the reward up to (and including) each sub-env's first done step
-            first_done = done.cumsum(-2) - done.to(torch.int64)
-            alive = first_done == 0
-            ret = (reward * alive).sum(dim=(-2, -1))
-            returns.append(ret.reshape(n_parallel))
+            if not env.batch_size:
+                rollout = rollout.unsqueeze(0)
+            rollout = rollout.reshape(-1, rollout.shape[-1])  # [E, T]
+            reward = rollout["next", "reward"].reshape(*rollout.shape).to(torch.float64)
+            done = rollout["next", "done"].reshape(*rollout.shape)
+            # rewards up to (and including) each sub-env's first done step
+            alive = (done.cumsum(-1) - done.to(torch.int64)) == 0
+            finished = done.any(-1)
+            ret = (reward * alive).sum(-1)[finished]
+            returns.append(ret)
+            found += ret.numel()
+            attempts += 1
+            if attempts > 10 and found == 0:
+                raise RuntimeError(
+                    f"no episode ended within {max_steps} steps; raise max_steps to the time limit"
+                )
     return torch.cat(returns)[:episodes]

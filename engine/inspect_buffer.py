@@ -51,7 +51,7 @@ def episode_returns(
 def describe_buffer(path: str | Path) -> dict[str, Any]:
     """Open the store read-only and summarise it (no data is modified)."""
     path = Path(path)
-    storage = open_storage(path, mode="r", config=BufferConfig(cache=None), device="cpu")
+    storage = open_storage(path, mode="r", config=BufferConfig(cache=None))
     try:
         n = len(storage)
         info: dict[str, Any] = {

@@ -7,6 +7,7 @@ Each builder checks the section against what the target accepts and raises
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ __all__ = [
     "LOSSES",
     "build_loss",
     "create_storage",
+    "episode_step_limit",
     "loss_class",
     "make_environment",
     "observation_norm_state",
@@ -117,6 +119,17 @@ def make_environment(
     return env
 
 
+def episode_step_limit(section: EnvConfig, default: int = 1_000) -> int:
+    """The longest an episode of ``section`` can last (its time limit), for evaluation rollouts."""
+    import gymnasium as gym
+
+    limits = [section.max_episode_steps]
+    with contextlib.suppress(gym.error.Error):  # unregistered ids are reported by make_env
+        limits.append(gym.spec(section.name).max_episode_steps)
+    limits = [n for n in limits if n]
+    return min(limits) if limits else default
+
+
 def _observation_norm(env):
     from torchrl.envs import ObservationNorm
 
@@ -137,19 +150,16 @@ def observation_norm_state(env) -> dict[str, torch.Tensor] | None:
     return {"loc": norm.loc.detach().clone(), "scale": norm.scale.detach().clone()}
 
 
-def _storage_kwargs(section: BufferConfig, device: torch.device) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
-        "cache": section.cache,
-        "flush_every_rows": section.flush_every_rows,
-        "flush_every_seconds": section.flush_every_seconds,
-    }
-    if section.cache is not None and device.type == "cuda":
-        kwargs["cache_device"] = device
+def _storage_kwargs(section: BufferConfig, writable: bool = True) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"cache": section.cache}
+    if writable:
+        kwargs["flush_every_rows"] = section.flush_every_rows
+        kwargs["flush_every_seconds"] = section.flush_every_seconds
     return kwargs
 
 
-def create_storage(path: str | Path, *, config: BufferConfig, device: torch.device):
-    """A new, empty ``ZarrStorage`` at ``path``; refuses to overwrite anything there."""
+def create_storage(path: str | Path, *, config: BufferConfig):
+    """A new, empty ``ZarrStorage`` at ``path`` (CPU tensors); refuses to overwrite anything."""
     from zarrl.buffers import ZarrStorage
 
     path = Path(path)
@@ -158,19 +168,17 @@ def create_storage(path: str | Path, *, config: BufferConfig, device: torch.devi
             f"buffer path {str(path)!r} already exists; refusing to overwrite it "
             "(use mode=mixed or --resume to append to it, or choose another buffer.path)"
         )
-    return ZarrStorage(
-        config.max_size, path=str(path), existsok=False, **_storage_kwargs(config, device)
-    )
+    return ZarrStorage(config.max_size, path=str(path), existsok=False, **_storage_kwargs(config))
 
 
-def open_storage(path: str | Path, *, mode: str, config: BufferConfig, device: torch.device):
-    """Open the existing zarrl store at ``path`` (``mode`` ``"r"`` or ``"r+"``)."""
+def open_storage(path: str | Path, *, mode: str, config: BufferConfig):
+    """Open the existing zarrl store at ``path`` (``mode`` ``"r"`` or ``"r+"``, CPU tensors)."""
     from zarrl.buffers import ZarrStorage
 
     path = Path(path)
     if not path.exists():
         raise BufferPathError(f"buffer path {str(path)!r} does not exist")
     try:
-        return ZarrStorage.open(str(path), mode=mode)
+        return ZarrStorage.open(str(path), mode=mode, **_storage_kwargs(config, mode == "r+"))
     except Exception as err:
         raise BufferPathError(f"buffer path {str(path)!r} cannot be opened: {err}") from err

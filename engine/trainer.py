@@ -45,6 +45,7 @@ from zarrl.engine.policies import uniform_policy_like
 from zarrl.engine.registry import (
     build_loss,
     create_storage,
+    episode_step_limit,
     make_environment,
     observation_norm_state,
     open_storage,
@@ -55,6 +56,7 @@ __all__ = ["RunFolderError", "Trainer", "resolve_device"]
 
 TRAJ_KEY = ("collector", "traj_ids")
 RECENT_EPISODES = 100
+EVAL_PARALLEL_ENVS = 20
 
 
 class RunFolderError(RuntimeError):
@@ -105,6 +107,8 @@ class Trainer:
             "traj_id_offset": 0,
             "wall_time": 0.0,
             "update_credit": 0.0,
+            "collect_seconds": 0.0,  # time inside the collector (acting, env steps, buffer writes)
+            "learn_seconds": 0.0,  # time inside learner updates (sampling, loss, optimizer)
         }
         self.eval_history: list[tuple[int, int, float]] = []  # (frames, updates, mean return)
         self.recent_returns: collections.deque[float] = collections.deque(maxlen=RECENT_EPISODES)
@@ -141,8 +145,12 @@ class Trainer:
             self._obs_norm = observation_norm_state(self.env)
         self.eval_env = None
         if cfg.eval.episodes > 0:
+            # evaluation episodes play side by side in one vectorized env
             self.eval_env = make_environment(
-                cfg.env, seed=cfg.run.seed + 10_000, num_envs=1, obs_norm=self._obs_norm
+                cfg.env,
+                seed=cfg.run.seed + 10_000,
+                num_envs=min(cfg.eval.episodes, EVAL_PARALLEL_ENVS),
+                obs_norm=self._obs_norm,
             )
 
     def _build_learner(self) -> None:
@@ -175,11 +183,11 @@ class Trainer:
         path = Path(cfg.buffer.path) if cfg.buffer.path else self.layout.default_buffer
         self.buffer_path = path
         if cfg.train.mode == "offline":
-            self.storage = open_storage(path, mode="r", config=cfg.buffer, device=self.device)
+            self.storage = open_storage(path, mode="r", config=cfg.buffer)
         elif resuming or cfg.train.mode == "mixed":
-            self.storage = open_storage(path, mode="r+", config=cfg.buffer, device=self.device)
+            self.storage = open_storage(path, mode="r+", config=cfg.buffer)
         else:
-            self.storage = create_storage(path, config=cfg.buffer, device=self.device)
+            self.storage = create_storage(path, config=cfg.buffer)
         sampler = SliceSampler(
             slice_len=cfg.train.slice_len,
             traj_key=TRAJ_KEY,
@@ -258,7 +266,9 @@ class Trainer:
         batch = self.buffer.sample()
         cfg = self.config.train
         batch = batch.reshape(cfg.batch_size, cfg.slice_len)
-        return batch.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":  # page-locked host memory, asynchronous copy
+            return batch.pin_memory().to(self.device, non_blocking=True)
+        return batch.to(self.device)
 
     def update(self) -> dict[str, float]:
         """One learner step: sample, loss, backward, clip, Adam, reference/target update."""
@@ -305,6 +315,7 @@ class Trainer:
             self.collector_policy,
             episodes or self.config.eval.episodes,
             deterministic=self.config.eval.deterministic,
+            max_steps=episode_step_limit(self.config.env),
         )
 
     def _maybe_evaluate(self, force: bool = False) -> float | None:
@@ -458,7 +469,9 @@ class Trainer:
                     self._acting.random = self.counters["frames"] < cfg.collector.init_random_frames
                     t = time.perf_counter()
                     next(iterator)
-                    collect_time += time.perf_counter() - t
+                    elapsed = time.perf_counter() - t
+                    collect_time += elapsed
+                    self.counters["collect_seconds"] += elapsed
                     new = self._rows_written() - rows_before
                     self.counters["frames"] += new
                     self.counters["batches"] += 1
@@ -486,7 +499,9 @@ class Trainer:
                     t = time.perf_counter()
                     for _ in range(n_updates):
                         stats = self.update()
-                    learn_time += time.perf_counter() - t
+                    elapsed = time.perf_counter() - t
+                    learn_time += elapsed
+                    self.counters["learn_seconds"] += elapsed
                     updates_in_window += n_updates
                     if self.collector is not None:
                         self._sync_collector_policy()
@@ -561,6 +576,10 @@ class Trainer:
             "updates": self.counters["updates"],
             "episodes": self.counters["episodes"],
             "wall time (s)": round(self.counters["wall_time"], 1),
+            "frames/s (collecting)": _rate(
+                self.counters["frames"], self.counters["collect_seconds"]
+            ),
+            "updates/s (learning)": _rate(self.counters["updates"], self.counters["learn_seconds"]),
             "final eval return": last_eval,
             "best eval return": best_eval,
             "steps to target": self.frames_to_target,
@@ -626,6 +645,10 @@ def _param_groups(loss: nn.Module, cfg: Config) -> list[dict[str, Any]]:
             groups["policy"].append(param)
     lrs = {"policy": cfg.optim.lr_policy, "value": cfg.optim.lr_value, "log_z": cfg.optim.lr_log_z}
     return [{"params": p, "lr": lrs[k], "name": k} for k, p in groups.items() if p]
+
+
+def _rate(count: float, seconds: float) -> float | None:
+    return round(count / seconds, 1) if seconds > 0 else None
 
 
 def _tuner_state(loss: nn.Module) -> dict[str, Any] | None:
