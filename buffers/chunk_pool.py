@@ -32,6 +32,7 @@ class ChunkPool:
         n_slots: int,
         map_size: int,
         device: torch.device,
+        max_slots: int | None = None,
     ) -> None:
         self.specs = dict(specs)
         self.tail = tuple(tail)
@@ -50,6 +51,7 @@ class ChunkPool:
         self.map_size = 0
         self._map_slot = torch.zeros(0, dtype=torch.long)
         self._map_chunk = torch.zeros(0, dtype=torch.long)
+        self.max_slots = max(n_slots, max_slots or n_slots)
         self.grow(n_slots)
         self.remap(map_size)
 
@@ -62,6 +64,7 @@ class ChunkPool:
     def grow(self, n_slots: int) -> None:
         """Enlarges the pool to ``n_slots`` slots, keeping resident chunks."""
         with self.lock:
+            self.max_slots = max(self.max_slots, n_slots)
             if n_slots <= self.n_slots:
                 return
             extra = (n_slots - self.n_slots) * self.R
@@ -101,15 +104,19 @@ class ChunkPool:
         return slots * self.R + phys % self.R
 
     # ------------------------------------------------------------- residency
-    def _free_slot(self) -> int:
+    def _free_slot(self, protect: frozenset = frozenset()) -> int:
         free = (self.slot_chunk < 0).nonzero()
         if free.numel():
             return int(free[0])
+        if self.n_slots < self.max_slots:  # allocate lazily, up to the budget
+            first_new = self.n_slots
+            self.grow(min(self.max_slots, max(2 * self.n_slots, 4)))
+            return first_new
         for _ in range(2 * self.n_slots):
             s = self._hand
             self._hand = (self._hand + 1) % self.n_slots
             c = int(self.slot_chunk[s])
-            if c in self.dirty:
+            if c in self.dirty or c in protect:
                 continue
             if self.referenced[s]:
                 self.referenced[s] = False
@@ -133,12 +140,15 @@ class ChunkPool:
             self.referenced[s] = False
             self.dirty.discard(chunk)
 
-    def install(self, chunk: int, arrays: Mapping[str, np.ndarray] | None) -> int:
-        """Places a decoded chunk (``None`` = all zeros) in a slot; returns the slot."""
+    def install(
+        self, chunk: int, arrays: Mapping[str, np.ndarray] | None, protect: frozenset = frozenset()
+    ) -> int:
+        """Places a decoded chunk (``None`` = all zeros) in a slot, never evicting a chunk in
+        ``protect``; returns the slot."""
         with self.lock:
             slot = int(self.slots_of(torch.tensor([chunk]))[0])
             if slot < 0:
-                slot = self._free_slot()
+                slot = self._free_slot(protect)
                 h = chunk % self.map_size
                 if int(self._map_chunk[h]) >= 0:
                     raise RuntimeError(
@@ -168,9 +178,11 @@ class ChunkPool:
             missing = (slots < 0).nonzero().squeeze(-1)
             if missing.numel():
                 need = torch.unique(chunks[missing])
+                protect = frozenset(torch.unique(chunks).tolist())
                 for c in need.tolist():
-                    self.install(c, loader(c))
+                    self.install(c, loader(c), protect)
                 slots = self.slots_of(chunks)
+            assert bool((slots >= 0).all()), "chunk pool lost a chunk it was asked to keep"
             return slots
 
     # ------------------------------------------------------------ read/write
@@ -182,7 +194,7 @@ class ChunkPool:
         with self.lock:
             chunks = phys // self.R
             uniq = torch.unique(chunks)
-            room = self.n_slots - len(self.dirty)
+            room = self.max_slots - len(self.dirty)
             if uniq.numel() <= room:
                 return self._gather_resident(phys, chunks, loader, keys)
             out = {

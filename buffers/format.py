@@ -108,7 +108,9 @@ class Commit:
     ``base``: physical row where the current epoch starts (after ``_empty``); ``write_count``:
     rows appended since ``base``; ``length``: TorchRL ``len(storage)`` (elements);
     ``extent``: physical rows allocated in the arrays; ``inplace_revision``: bumped by every
-    flush that rewrote already-committed rows (not appends), so readers drop their caches.
+    flush that rewrote already-committed rows (not appends), so readers drop their caches;
+    ``gc_below``: chunks wholly below this physical row may be deleted once this record is
+    published (it lags the live window by one commit).
     """
 
     revision: int = 0
@@ -117,6 +119,7 @@ class Commit:
     length: int = 0
     extent: int = 0
     inplace_revision: int = 0
+    gc_below: int = 0
     time: float = 0.0
 
     def to_json(self) -> dict:

@@ -11,9 +11,11 @@ done flags, rewards: the *index columns*) are always mirrored in RAM by ring pos
 from __future__ import annotations
 
 import atexit
+import collections
 import concurrent.futures
 import math
 import os
+import sys
 import time
 import weakref
 from collections.abc import Mapping
@@ -54,6 +56,10 @@ _TARGET_CHUNK_BYTES = 2**20
 _INDEX_MAX_BYTES = 16  # leaves with at most this many bytes per element stay in RAM
 
 
+class _StaleRead(RuntimeError):
+    """A reader loaded chunks the writer has recycled since the reader's last refresh."""
+
+
 def _flip_list(data: list):
     if is_tensor_collection(data[0]):
         return torch.stack(data)
@@ -82,6 +88,8 @@ class ZarrStorage(TensorStorage):
         index_keys: leaves mirrored in RAM by position (default: leaves of at most 16 bytes
             per element, e.g. ``("collector", "traj_ids")``, ``("next", "done")``, rewards).
         refresh_every_seconds: read-only storages re-read the commit record this often.
+        gc_grace_seconds: chunks overwritten by the ring are deleted this long after they died,
+            so concurrent readers lagging less than this never lose a row they can see.
     """
 
     def __init__(
@@ -100,6 +108,7 @@ class ZarrStorage(TensorStorage):
         flush_every_seconds: float | None = None,
         index_keys: list | None = None,
         refresh_every_seconds: float | None = None,
+        gc_grace_seconds: float = 10.0,
         _mode: str = "w",
     ) -> None:
         if max_size is not None and int(max_size) <= 0:
@@ -122,6 +131,8 @@ class ZarrStorage(TensorStorage):
         self.flush_every_rows = flush_every_rows
         self.flush_every_seconds = flush_every_seconds
         self.refresh_every_seconds = refresh_every_seconds
+        self.gc_grace_seconds = gc_grace_seconds
+        self._gc_history: collections.deque = collections.deque()
         self._index_keys_arg = None if index_keys is None else [key_path(k) for k in index_keys]
         self._where = str(path) if not isinstance(path, zarr.abc.store.Store) else repr(path)
         self._header: Header | None = None
@@ -312,7 +323,7 @@ class ZarrStorage(TensorStorage):
                     dtype=spec.dtype,
                     compressors=comps,
                     fill_value=0,
-                    overwrite=False,
+                    overwrite=True,  # only leftovers of an uncommitted first write
                 )
         self._arrays = {}
         for path in header.schema:
@@ -327,14 +338,17 @@ class ZarrStorage(TensorStorage):
         pool_specs = header.schema
         chunk_bytes = R * max(1, math.prod(tail)) * sum(s.nbytes for s in pool_specs.values())
         if self._cache == "ram":
-            n_slots = live_chunks if live_chunks is not None else 8
+            max_slots = live_chunks if live_chunks is not None else 8
         else:
             budget = _DEFAULT_CACHE_BYTES if self._cache is None else int(self._cache)
-            n_slots = max(4, budget // max(1, chunk_bytes))
+            max_slots = max(4, budget // max(1, chunk_bytes))
             if live_chunks is not None:
-                n_slots = min(n_slots, live_chunks)
-        map_size = live_chunks if live_chunks is not None else max(64, 2 * n_slots)
-        self._pool = ChunkPool(pool_specs, tail, R, n_slots, map_size, self.cache_device)
+                max_slots = min(max_slots, live_chunks)
+        n_slots = min(max_slots, 16)  # grows on demand up to max_slots
+        map_size = live_chunks if live_chunks is not None else max(64, 2 * max_slots)
+        self._pool = ChunkPool(
+            pool_specs, tail, R, n_slots, map_size, self.cache_device, max_slots=max_slots
+        )
         idx_rows = cap0 if cap0 is not None else 1024
         self._index = {
             k: torch.zeros(
@@ -351,7 +365,7 @@ class ZarrStorage(TensorStorage):
         cap0 = self._header.capacity if self._header else None
         if cap0 is None:
             return self._cache == "ram"
-        return self._pool.n_slots >= -(cap0 // -self._header.chunk_rows) + 2
+        return self._pool.max_slots >= -(cap0 // -self._header.chunk_rows) + 2
 
     # ============================================================ index maths
     def _phys(self, pos: torch.Tensor) -> torch.Tensor:
@@ -435,23 +449,31 @@ class ZarrStorage(TensorStorage):
         big = [k for k in keys if k not in self._index]
         if big:
             phys = self._phys(rows)
-            got = self._pool.gather(phys, self._load_chunk, big)
-            if self.read_only:
-                self._check_not_stale(phys)
+            loaded: list[int] = []
+
+            def load(chunk: int):
+                loaded.append(chunk)
+                return self._load_chunk(chunk)
+
+            got = self._pool.gather(phys, load, big)
+            if self.read_only and loaded:
+                fresh = torch.isin(phys // self._header.chunk_rows, torch.tensor(loaded))
+                self._check_not_stale(int(phys[fresh].min()))
             out.update(got)
         for k in keys:
             if k in self._index:
                 out[k] = self._index[k][rows]
         return {k: out[k].to(self.device, non_blocking=True) for k in keys}
 
-    def _check_not_stale(self, phys: torch.Tensor) -> None:
-        """A reader's rows may have been recycled by the writer since its last refresh."""
-        if self._header.capacity is None or not phys.numel():
-            return
+    def _check_not_stale(self, first_row: int) -> None:
+        """Readers: chunks just loaded must still be live in the newest commit (the writer may
+        have recycled them since this reader's last refresh); raises ``_StaleRead`` if not."""
         _, commit = read_attrs(self._group_fresh(), self._where)
-        live_start = commit.base + max(0, commit.write_count - self._header.capacity)
-        if int(phys.min()) < live_start - self._header.chunk_rows:
-            raise RuntimeError(
+        R = self._header.chunk_rows
+        if first_row // R < commit.gc_below // R:  # its chunk may already be deleted
+            with self._pool.lock:
+                self._pool.drop_clean()
+            raise _StaleRead(
                 f"{self._where}: rows read by this reader were recycled by the writer; call "
                 "refresh() more often (or set refresh_every_seconds)"
             )
@@ -473,7 +495,14 @@ class ZarrStorage(TensorStorage):
         if self._is_full_view(index):
             return self._full_view()
         rows, reindex = self._rows_and_reindex(index)
-        leaves = self._gather(rows)
+        for attempt in range(4):
+            try:
+                leaves = self._gather(rows)
+                break
+            except _StaleRead:  # readers only: adopt the newest commit, read the same positions
+                if attempt == 3:
+                    raise
+                self.refresh()
         td = self._to_td_any(leaves, [rows.numel(), *self._header.tail])
         return self._apply_reindex(td, reindex)
 
@@ -532,7 +561,7 @@ class ZarrStorage(TensorStorage):
         counts = (hi - lo).clamp_min(0)
         if int(counts.sum()) == 0:  # nothing cached yet: load a few chunks synchronously
             first, last = start // R, (end - 1) // R
-            want = torch.randint(first, last + 1, (min(4, self._pool.n_slots),))
+            want = torch.randint(first, last + 1, (min(4, self._pool.max_slots),))
             self._pool.ensure(torch.unique(want), self._load_chunk)
             return self._sample_resident(batch_size)
         pick = torch.multinomial(counts.double(), batch_size, replacement=True, generator=self._rng)
@@ -554,7 +583,7 @@ class ZarrStorage(TensorStorage):
         R = self._header.chunk_rows
         start, end = self._live_phys_range()
         first, last = start // R, (end - 1) // R
-        n = max(1, self._pool.n_slots // 8)
+        n = max(1, self._pool.max_slots // 8)
         want = torch.randint(first, last + 1, (n,), generator=self._rng).tolist()
 
         def refill():
@@ -630,7 +659,12 @@ class ZarrStorage(TensorStorage):
             header.tensor_root = not is_tensor_collection(data)
             self._setup(header, create=True)
             self._write_meta()
-        leaves = self._validate(td)
+        try:
+            leaves = self._validate(td)
+        except ValueError:
+            if set_cursor and not isinstance(cursor, tuple):
+                self._rollback_writers(td.shape[0])
+            raise
         if isinstance(cursor, tuple) and len(cursor) > 1:
             return self._set_partial(cursor, td, set_cursor)
         if isinstance(cursor, tuple):
@@ -646,6 +680,16 @@ class ZarrStorage(TensorStorage):
         self._write_rows(rows, leaves, append=set_cursor)
         self._bump_mutation_revision()
         self._maybe_commit()
+
+    def _rollback_writers(self, n: int) -> None:
+        """A refused write must not leave a hole: round-robin writers move their cursor before
+        calling ``set``, so move the attached buffers' writers back."""
+        cap0 = self._header.capacity
+        for buffer in self._attached_entities:
+            writer = getattr(buffer, "__dict__", {}).get("_writer")
+            if isinstance(writer, RoundRobinWriter) and writer._write_count >= n:
+                writer._write_count -= n
+                writer._cursor = (writer._cursor - n) % cap0 if cap0 else writer._cursor - n
 
     def _set_partial(self, cursor: tuple, td: TensorDictBase, set_cursor: bool):
         """Writes a sub-row selection ``(dim0, *rest)``: read-modify-write of whole rows."""
@@ -686,7 +730,7 @@ class ZarrStorage(TensorStorage):
 
         chunks = phys // R
         uniq = torch.unique(chunks)
-        room = max(1, self._pool.n_slots // 2)
+        room = max(1, self._pool.max_slots // 2)
         if uniq.numel() + len(self._pool.dirty) <= room:
             self._pool.write(phys, leaves, loader)
         else:  # more chunks than the cache holds: stage and write them group by group
@@ -711,10 +755,10 @@ class ZarrStorage(TensorStorage):
             return
         R = self._header.chunk_rows
         span = max_phys // R - self._base // R + 2
-        if self._cache == "ram" and span > self._pool.n_slots:
-            self._pool.grow(max(span, 2 * self._pool.n_slots))
-        if span > self._pool.map_size or self._pool.n_slots > self._pool.map_size:
-            self._pool.remap(max(span, self._pool.n_slots, 2 * self._pool.map_size))
+        if self._cache == "ram" and span > self._pool.max_slots:
+            self._pool.max_slots = max(span, 2 * self._pool.max_slots)
+        if span > self._pool.map_size or self._pool.max_slots > self._pool.map_size:
+            self._pool.remap(max(span, self._pool.max_slots, 2 * self._pool.map_size))
 
     def _get_new_len(self, data, cursor):
         numel = data.shape[: self.ndim].numel()
@@ -730,7 +774,7 @@ class ZarrStorage(TensorStorage):
             due = due or staged_end - committed_end >= self.flush_every_rows
         if self.flush_every_seconds is not None:
             due = due or time.monotonic() - self._last_commit_time >= self.flush_every_seconds
-        pressure = len(self._pool.dirty) >= max(1, self._pool.n_slots // 2)
+        pressure = len(self._pool.dirty) >= max(1, self._pool.max_slots // 2)
         if due or pressure:
             self.flush()
 
@@ -746,7 +790,7 @@ class ZarrStorage(TensorStorage):
         ):
             return
         self._write_dirty()
-        previous_live_start = self._live_start_committed()
+        gc_below = self._gc_threshold()
         self._commit = Commit(
             revision=self._commit.revision + 1,
             base=self._base,
@@ -754,11 +798,22 @@ class ZarrStorage(TensorStorage):
             length=self._len,
             extent=self._commit.extent,
             inplace_revision=self._commit.inplace_revision + int(self._inplace_pending),
+            gc_below=gc_below,
         )
         self._write_meta()
+        self._gc_history.append((time.monotonic(), self._live_start_committed()))
         self._inplace_pending = False
         self._last_commit_time = time.monotonic()
-        self._collect_garbage(previous_live_start)
+        self._collect_garbage(gc_below)
+
+    def _gc_threshold(self) -> int:
+        """Physical row below which chunks may be deleted: the live start of the newest commit
+        at least ``gc_grace_seconds`` old, so readers that lag less than that never miss a row."""
+        horizon = time.monotonic() - self.gc_grace_seconds
+        below = self._commit.gc_below
+        while self._gc_history and self._gc_history[0][0] <= horizon:
+            below = max(below, self._gc_history.popleft()[1])
+        return below
 
     def _write_dirty(self) -> None:
         """Data half of a commit: encodes and writes every staged chunk (no commit record)."""
@@ -785,11 +840,10 @@ class ZarrStorage(TensorStorage):
             return c.base
         return c.base + max(0, c.write_count - cap0)
 
-    def _collect_garbage(self, previous_live_start: int) -> None:
-        """Deletes chunks that were already dead before the previous commit (one-commit lag,
-        so a reader that refreshes at every commit never loses a row it can see)."""
+    def _collect_garbage(self, gc_below: int) -> None:
+        """Deletes the chunks wholly below ``gc_below`` (published in the commit record)."""
         R = self._header.chunk_rows
-        dead_below = previous_live_start // R  # chunks < this are wholly dead
+        dead_below = gc_below // R
         first = getattr(self, "_gc_done", 0)
         if dead_below <= first:
             return
@@ -839,6 +893,9 @@ class ZarrStorage(TensorStorage):
                 and commit.write_count - old.write_count >= header.capacity
             )
         )
+        if commit.extent != old.extent:  # the writer resized the arrays: reload their metadata
+            self._group = group
+            self._arrays = {path: group[path] for path in self._header.schema}
         self._adopt_commit(commit, full=full, since=old)
         return True
 
@@ -861,7 +918,7 @@ class ZarrStorage(TensorStorage):
         self._commit = commit
         self._base, self._wc = commit.base, commit.write_count
         self._len = commit.length
-        self._gc_done = self._live_start_committed() // R
+        self._gc_done = commit.gc_below // R
         self._grow_map_for(self._base + self._wc)
         cap0 = self._header.capacity
         if self._wc:
@@ -991,8 +1048,12 @@ class ZarrStorage(TensorStorage):
 
 def _flush_at_exit(ref: weakref.ref) -> None:
     storage = ref()
-    if storage is not None and not storage._closed and not storage.read_only:
+    if storage is None or storage._closed or storage.read_only:
+        return
+    try:
         storage.flush()
+    except Exception as err:  # the store may be gone (temporary directories) at exit
+        print(f"zarrl: could not flush {storage._where} at exit: {err}", file=sys.stderr)
 
 
 def _runs(chunks: list[int]) -> list[list[int]]:

@@ -1,0 +1,98 @@
+"""Crash safety and concurrent readers, with real subprocesses.
+
+A writer process is SIGKILLed at random moments many times; after each kill the store must open
+without error at its last commit, every visible row bit-exact and whole."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from zarrl.buffers import ZarrStorage
+
+sys.path.insert(0, str(Path(__file__).parent))
+from store_worker import check_rows, rows  # noqa: E402
+
+WORKER = str(Path(__file__).parent / "store_worker.py")
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def zygote():
+    """One pre-imported process that forks writer children (start-up paid once)."""
+    proc = subprocess.Popen(
+        [sys.executable, WORKER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    yield proc
+    proc.stdin.write("quit 0\n")
+    proc.stdin.flush()
+    proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("max_size", [150, None], ids=["ring", "growing"])
+def test_sigkilled_writer_leaves_store_at_last_commit(tmp_path, zygote, max_size):
+    path = str(tmp_path / "crash.zarr")
+    rng = random.Random(0)
+    last_wc, kills = 0, 0
+    if True:
+        for round_ in range(10):
+            zygote.stdin.write(f"go {round_} {path} {str(max_size).lower()}\n")
+            zygote.stdin.flush()
+            pid = int(zygote.stdout.readline())
+            time.sleep(rng.uniform(0.15, 0.6))
+            os.kill(pid, signal.SIGKILL)
+            kills += 1
+            if not os.path.exists(path):
+                continue
+            storage = ZarrStorage.open(path, mode="r")  # must not raise
+            wc = storage._wc
+            assert wc >= last_wc  # commits never go backwards
+            n = len(storage)
+            assert n == (wc if max_size is None else min(wc, max_size))
+            if n:
+                ids = check_rows(storage[torch.arange(n)])
+                assert sorted(ids.tolist()) == list(range(wc - n, wc))
+            last_wc = wc
+    assert kills == 10 and last_wc > 0
+
+
+def test_reader_process_sees_new_commits_and_never_a_torn_row(tmp_path, zygote):
+    path = str(tmp_path / "shared.zarr")
+    writer = ZarrStorage(120, path=path, chunk_rows=16)
+    writer.set(torch.arange(5), rows(0, 5))
+    writer.flush()
+    batches, n = 80, 9
+    target = 5 + batches * n
+    zygote.stdin.write(f"read {target} {path} -\n")  # a forked reader process
+    zygote.stdin.flush()
+    assert zygote.stdout.readline().strip() == "ready"
+    next_id = 5
+    for _ in range(batches):  # ring of 120: recycles rows while the reader follows
+        positions = (next_id + torch.arange(n)) % 120
+        writer.set(positions, rows(next_id, n))
+        next_id += n
+        writer.flush()
+        time.sleep(0.02)
+    ready, _, _ = select.select([zygote.stdout], [], [], 60)
+    assert ready, "the reader process did not finish"
+    summary = json.loads(zygote.stdout.readline())
+    assert "error" not in summary, summary["error"]
+    assert summary["states"] >= 3  # it saw several successive commits
+    assert summary["wc"] == next_id  # and ends on the writer's last one
+    assert summary["checked"] > 0
