@@ -236,3 +236,41 @@ def test_forward_rejects_malformed_batches():
         loss(no_next)
     with pytest.raises(KeyError, match="action"):
         loss(td.exclude("action"))
+
+
+def test_padded_slices_from_torchrl_slice_sampler():
+    """SliceSampler(pad_output=True) returns a flat [B·T] batch with ("collector", "mask"): only
+    the real steps start windows, and each slice equals the loss of its unpadded steps."""
+    from tensordict import TensorDict
+    from torchrl.data import LazyTensorStorage, SliceSampler, TensorDictReplayBuffer
+
+    lengths = [3, 9, 5, 12]
+    episodes = [trajectory_batch(B=1, T=n, lengths=[n], seed=i)[0] for i, n in enumerate(lengths)]
+    for i, ep in enumerate(episodes):
+        ep["traj"] = torch.full((ep.shape[0],), i)
+        ep.pop("collector")
+    data = torch.cat(episodes)
+    rb = TensorDictReplayBuffer(
+        storage=LazyTensorStorage(100),
+        sampler=SliceSampler(slice_len=6, traj_key="traj", strict_length=False, pad_output=True),
+        batch_size=24,
+    )
+    rb.extend(data)
+    batch = rb.sample()
+    mask = batch["collector", "mask"].reshape(-1)
+    assert not mask.all()  # the 3-step episode was padded
+    actor, value, prior = discrete_actor(3, 4), value_net(3), discrete_actor(3, 4, seed=4)
+    loss = TrustPCLLoss(actor, value, reference_network=prior, kl_coef=0.3, gamma=0.9, rollout=2)
+    out = loss(batch)
+    assert out["num_windows"] == mask.sum()
+    # the same windows computed slice by slice on the real steps only
+    per_slice = loss.__class__(
+        actor, value, reference_network=prior, kl_coef=0.3, gamma=0.9, rollout=2, reduction="sum"
+    )
+    total = 0.0
+    for row in batch.reshape(4, 6).unbind(0):
+        real = row[row["collector", "mask"]]
+        real = TensorDict({k: v for k, v in real.items() if k != "collector"}, real.batch_size)
+        real["next", "truncated"][-1] = True
+        total = total + per_slice(real)["loss_objective"]
+    torch.testing.assert_close(out["loss_objective"], total / mask.sum())
