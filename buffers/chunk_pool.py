@@ -193,6 +193,11 @@ class ChunkPool:
         keys = list(keys or self.data)
         with self.lock:
             chunks = phys // self.R
+            slots = self.slots_of(chunks)
+            if bool((slots >= 0).all()):  # hot path: everything cached
+                self.referenced[slots] = True
+                rows = self.pool_rows(phys, slots).to(self.device)
+                return {k: self.data[k][rows] for k in keys}
             uniq = torch.unique(chunks)
             room = self.max_slots - len(self.dirty)
             if uniq.numel() <= room:

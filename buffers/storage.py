@@ -16,6 +16,7 @@ import concurrent.futures
 import math
 import os
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Mapping
@@ -151,7 +152,7 @@ class ZarrStorage(TensorStorage):
         self._group = self._open_group(path, _mode)
         self._attach_or_create()
         if not self.read_only:
-            atexit.register(_flush_at_exit, weakref.ref(self))
+            _register_exit_flush(weakref.ref(self))
 
     # ================================================================ opening
     @classmethod
@@ -1044,6 +1045,18 @@ class ZarrStorage(TensorStorage):
         executor = getattr(self, "_executor", None)
         if executor is not None:
             executor.shutdown(wait=False)
+
+
+def _register_exit_flush(ref: weakref.ref) -> None:
+    """Flush staged rows at interpreter exit. zarr's I/O runs on executors that Python shuts down
+    before ``atexit`` handlers, so hook in just before them when the interpreter allows it."""
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        if register is None:
+            raise RuntimeError
+        register(_flush_at_exit, ref)
+    except RuntimeError:  # threading already shutting down, or no hook: best effort
+        atexit.register(_flush_at_exit, ref)
 
 
 def _flush_at_exit(ref: weakref.ref) -> None:
