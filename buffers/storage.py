@@ -10,6 +10,7 @@ done flags, rewards: the *index columns*) are always mirrored in RAM by ring pos
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import collections
 import concurrent.futures
@@ -428,19 +429,21 @@ class ZarrStorage(TensorStorage):
         """Decodes one physical chunk of every leaf from the store (zeros past the extent)."""
         R = self._header.chunk_rows
         start = chunk * R
-        out = {}
+        reads = {}
         for path, arr in self._arrays.items():
             stop = min(start + R, arr.shape[0])
-            if start >= stop:
-                out[path] = np.zeros((0, *arr.shape[1:]), dtype=arr.dtype)
-                continue
-            try:
-                out[path] = arr[start:stop]
-            except Exception as err:  # zarr raises various codec errors on corrupt bytes
+            reads[path] = (arr, slice(start, max(start, stop)))
+        values = _run_io(
+            [arr._async_array.getitem(sel) for arr, sel in reads.values()], return_exceptions=True
+        )
+        out = {}
+        for (path, (_arr, sel)), value in zip(reads.items(), values):
+            if isinstance(value, BaseException):  # zarr raises codec errors on corrupt bytes
                 raise CorruptChunkError(
-                    f"{self._where}: array {path!r}, chunk {chunk} (rows {start}:{stop}) could "
-                    f"not be decoded or failed its crc32c checksum: {err}"
-                ) from err
+                    f"{self._where}: array {path!r}, chunk {chunk} (rows {sel.start}:{sel.stop}) "
+                    f"could not be decoded or failed its crc32c checksum: {value!r}"
+                ) from value
+            out[path] = np.asarray(value)
         return out
 
     def _gather(self, rows: torch.Tensor, keys=None) -> dict[str, torch.Tensor]:
@@ -776,8 +779,26 @@ class ZarrStorage(TensorStorage):
         if self.flush_every_seconds is not None:
             due = due or time.monotonic() - self._last_commit_time >= self.flush_every_seconds
         pressure = len(self._pool.dirty) >= max(1, self._pool.max_slots // 2)
-        if due or pressure:
+        if due and not pressure and not self._inplace_pending:
+            self._commit_whole_chunks()
+        elif due or pressure:
             self.flush()
+
+    def _commit_whole_chunks(self) -> None:
+        """Automatic commit up to the last completed chunk: the partly filled head chunk stays
+        staged, so it is written once when full instead of at every commit."""
+        R = self._header.chunk_rows
+        staged_end = self._base + self._wc
+        head = staged_end // R
+        if staged_end % R == 0 or head * R - self._base <= self._commit.write_count:
+            self.flush()
+            return
+        wc = head * R - self._base
+        cap0 = self._header.capacity
+        tail_n = max(1, math.prod(self._header.tail))
+        length = min(self._len, (wc if cap0 is None else min(wc, cap0)) * tail_n)
+        self._write_dirty(skip=head)
+        self._publish(wc, max(length, self._commit.length))
 
     def flush(self) -> None:
         """Writes every staged chunk, then publishes the commit record (the commit point)."""
@@ -791,12 +812,16 @@ class ZarrStorage(TensorStorage):
         ):
             return
         self._write_dirty()
+        self._publish(self._wc, self._len)
+
+    def _publish(self, write_count: int, length: int) -> None:
+        """The commit point: one atomic rewrite of the group attributes."""
         gc_below = self._gc_threshold()
         self._commit = Commit(
             revision=self._commit.revision + 1,
             base=self._base,
-            write_count=self._wc,
-            length=self._len,
+            write_count=write_count,
+            length=length,
             extent=self._commit.extent,
             inplace_revision=self._commit.inplace_revision + int(self._inplace_pending),
             gc_below=gc_below,
@@ -816,22 +841,25 @@ class ZarrStorage(TensorStorage):
             below = max(below, self._gc_history.popleft()[1])
         return below
 
-    def _write_dirty(self) -> None:
-        """Data half of a commit: encodes and writes every staged chunk (no commit record)."""
+    def _write_dirty(self, skip: int | None = None) -> None:
+        """Data half of a commit: encodes and writes every staged chunk but ``skip`` (no commit
+        record), all arrays concurrently."""
         R = self._header.chunk_rows
         with self._pool.lock:
-            dirty = sorted(self._pool.dirty)
+            dirty = sorted(c for c in self._pool.dirty if c != skip)
             end_rows = max([(c + 1) * R for c in dirty], default=0)
             if end_rows > self._commit.extent:
                 extent = max(end_rows, 2 * self._commit.extent)
                 for arr in self._arrays.values():
                     arr.resize((extent, *arr.shape[1:]))
                 self._commit.extent = extent
+            writes = []
             for run in _runs(dirty):
                 blocks = [self._pool.chunk_arrays(c) for c in run]
                 a, b = run[0] * R, (run[-1] + 1) * R
                 for path, arr in self._arrays.items():
-                    arr[a:b] = np.concatenate([blk[path] for blk in blocks])
+                    writes.append((arr, slice(a, b), np.concatenate([blk[path] for blk in blocks])))
+            _run_io([arr._async_array.setitem(sel, value) for arr, sel, value in writes])
             self._pool.mark_clean(dirty)
 
     def _live_start_committed(self) -> int:
@@ -1067,6 +1095,16 @@ def _flush_at_exit(ref: weakref.ref) -> None:
         storage.flush()
     except Exception as err:  # the store may be gone (temporary directories) at exit
         print(f"zarrl: could not flush {storage._where} at exit: {err}", file=sys.stderr)
+
+
+def _run_io(coroutines: list, return_exceptions: bool = False) -> list:
+    """Runs zarr array coroutines concurrently on zarr's event loop (one round trip)."""
+    from zarr.core.sync import sync
+
+    async def gather():
+        return await asyncio.gather(*coroutines, return_exceptions=return_exceptions)
+
+    return sync(gather()) if coroutines else []
 
 
 def _runs(chunks: list[int]) -> list[list[int]]:
