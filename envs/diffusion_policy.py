@@ -31,7 +31,7 @@ _LOG_2PI = math.log(2 * math.pi)
 
 class SinusoidalTimeFeatures(nn.Module):
     """``t: [K] -> [K, 2·num_freqs]`` features ``[sin(f·t + φ), cos(f·t + φ)]`` with frequencies
-    ``f`` log... linearly spaced in ``[min_freq, max_freq]`` and a learnable phase ``φ``."""
+    ``f`` linearly spaced in ``[min_freq, max_freq]`` and a learnable phase ``φ`` (one per frequency)."""
 
     def __init__(self, num_freqs: int = 64, min_freq: float = 0.1, max_freq: float = 100.0) -> None:
         super().__init__()

@@ -76,7 +76,8 @@ def test_collector_rollouts_land_in_a_zarr_replay_buffer(name, tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mujoco") is None, reason="mujoco extra not installed")
-def test_mujoco_half_cheetah_works_when_the_extra_is_installed():
+def test_mujoco_half_cheetah_works_when_the_extra_is_installed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes MUJOCO_LOG.TXT into the working directory
     env = make_env("HalfCheetah-v5", num_envs=2, seed=0)
     check_env_specs(env, seed=0)
     td = env.rollout(3, break_when_any_done=False)
