@@ -1,0 +1,52 @@
+"""The decoded-chunk pool: bounded slots, pinned dirty chunks, reads larger than the pool."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from zarrl.buffers.chunk_pool import ChunkPool
+from zarrl.buffers.format import LeafSpec
+
+R = 4
+
+
+def loader(calls: list):
+    def load(chunk: int):
+        calls.append(chunk)
+        rows = np.arange(chunk * R, (chunk + 1) * R)
+        return {"x": rows.astype("float32")[:, None].repeat(3, 1)}
+
+    return load
+
+
+def make_pool(n_slots: int) -> ChunkPool:
+    return ChunkPool({"x": LeafSpec("float32", (3,))}, (), R, n_slots, 64, torch.device("cpu"))
+
+
+def test_gather_reads_each_missing_chunk_once_and_serves_hits_from_ram():
+    pool, calls = make_pool(4), []
+    phys = torch.tensor([0, 5, 1, 6, 13])
+    assert torch.equal(pool.gather(phys, loader(calls))["x"][:, 0], phys.float())
+    assert sorted(calls) == [0, 1, 3]
+    pool.gather(torch.tensor([2, 7]), loader(calls))
+    assert sorted(calls) == [0, 1, 3]
+
+
+def test_a_read_touching_more_chunks_than_slots_is_served_in_groups():
+    pool, calls = make_pool(2), []
+    phys = torch.arange(0, 40, 3)  # 10 chunks through a 2-slot pool
+    assert torch.equal(pool.gather(phys, loader(calls))["x"][:, 0], phys.float())
+    assert pool.n_slots == 2
+
+
+def test_dirty_chunks_are_never_evicted_until_marked_clean():
+    pool, calls = make_pool(2), []
+    pool.write(torch.tensor([0, 1]), {"x": torch.full((2, 3), -1.0)}, lambda c: None)
+    pool.write(torch.tensor([4]), {"x": torch.full((1, 3), -2.0)}, lambda c: None)
+    with pytest.raises(MemoryError, match="unflushed"):
+        pool.install(9, None)
+    pool.mark_clean([1])
+    pool.gather(torch.tensor([36]), loader(calls))  # evicts chunk 1, keeps dirty chunk 0
+    assert pool.gather(torch.tensor([0]), loader(calls))["x"][0, 0] == -1.0
+    assert 0 in pool.dirty and calls == [9]
