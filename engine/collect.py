@@ -10,15 +10,14 @@ from tensordict import TensorDictBase
 from torchrl.collectors import Collector
 from torchrl.data import TensorDictReplayBuffer
 from torchrl.modules import ProbabilisticActor
+from tqdm.auto import tqdm
 from zarrl.engine.checkpoint import latest_checkpoint, load_checkpoint
 from zarrl.engine.config import BufferConfig, Config, EnvConfig, ModelConfig
 from zarrl.engine.models import build_actor
-from zarrl.engine.policies import uniform_policy_like
+from zarrl.engine.policies import TRAJ_KEY, next_trajectory_id, uniform_policy_like
 from zarrl.engine.registry import create_storage, make_environment, open_storage
 
 __all__ = ["collect", "load_policy"]
-
-TRAJ_KEY = ("collector", "traj_ids")
 
 
 def load_policy(
@@ -61,7 +60,7 @@ def collect(
     frames_per_batch: int = 1_000,
     num_envs: int = 1,
     progress: bool = True,
-) -> dict[str, float]:
+) -> dict[str, int | float]:
     """Collect ``frames`` environment steps into the Zarr buffer at ``buffer``.
 
     ``policy`` is ``"random"`` (uniform actions) or a run folder whose last checkpoint supplies the
@@ -84,9 +83,7 @@ def collect(
     else:
         storage = create_storage(buffer, config=buf_cfg)
     rb = TensorDictReplayBuffer(storage=storage)
-    offset = 0
-    if len(storage):
-        offset = int(storage[: len(storage)][TRAJ_KEY].max()) + 1
+    offset = next_trajectory_id(storage)
     episode_returns: list[float] = []
 
     def postproc(batch: TensorDictBase) -> TensorDictBase:
@@ -108,18 +105,13 @@ def collect(
         post_collect_hook=record,
         auto_register_policy_transforms=False,
     )
-    from tqdm.auto import tqdm
-
-    written = 0
+    start = rb.write_count
     with tqdm(total=frames, disable=not progress, unit="frames") as bar:
-        before = len(storage)
         for _ in collector:
-            now = len(storage)
-            bar.update(now - before if now >= before else frames_per_batch)
-            written += now - before
-            before = now
+            bar.update(rb.write_count - start - bar.n)
+    written = rb.write_count - start
     collector.shutdown()
     storage.flush()
     storage.close()
     mean = sum(episode_returns) / len(episode_returns) if episode_returns else float("nan")
-    return {"rows": float(written), "episodes": float(len(episode_returns)), "mean_return": mean}
+    return {"rows": written, "episodes": len(episode_returns), "mean_return": mean}

@@ -8,11 +8,12 @@ from typing import Any
 
 import torch
 from zarrl.engine.config import BufferConfig
+from zarrl.engine.policies import TRAJ_KEY
 from zarrl.engine.registry import open_storage
 
 __all__ = ["describe_buffer", "episode_returns", "format_description"]
 
-TRAJ_KEY = ("collector", "traj_ids")
+
 READ_ROWS = 65_536  # rows read per step while scanning the index columns
 
 
@@ -57,7 +58,9 @@ def describe_buffer(path: str | Path) -> dict[str, Any]:
         info: dict[str, Any] = {
             "path": str(path),
             "rows": n,
-            "capacity": None if storage.max_size >= 2**62 else int(storage.max_size),
+            "capacity": None
+            if storage.max_size >= 2**31 - 1
+            else int(storage.max_size),  # None: growing
             "size on disk (MB)": round(_disk_bytes(path) / 2**20, 3),
         }
         if n == 0:

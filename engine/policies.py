@@ -10,7 +10,10 @@ from torch import nn
 from torchrl.modules import ProbabilisticActor
 from zarrl.engine.models import StateIndependentScale
 
-__all__ = ["uniform_policy_like"]
+__all__ = ["TRAJ_KEY", "next_trajectory_id", "uniform_policy_like"]
+
+TRAJ_KEY = ("collector", "traj_ids")  # written by TorchRL collectors
+SCAN_ROWS = 65_536
 
 
 @torch.no_grad()
@@ -36,3 +39,19 @@ def uniform_policy_like(actor: ProbabilisticActor) -> ProbabilisticActor:
     for param in random_actor.parameters():
         param.requires_grad_(False)
     return random_actor
+
+
+def next_trajectory_id(storage) -> int:
+    """One more than the largest trajectory id in ``storage`` (0 when empty or without ids).
+
+    A new collector numbers its trajectories from 0; offsetting them by this value keeps them from
+    merging with stored trajectories in the slice sampler. Reads the id column in blocks.
+    """
+    n = len(storage)
+    if n == 0 or TRAJ_KEY not in storage[n - 1 : n].keys(include_nested=True):
+        return 0
+    largest = 0
+    for start in range(0, n, SCAN_ROWS):
+        ids = storage[start : min(n, start + SCAN_ROWS)].get(TRAJ_KEY)
+        largest = max(largest, int(ids.max()))
+    return largest + 1

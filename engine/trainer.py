@@ -41,7 +41,7 @@ from zarrl.engine.config import Config, ConfigError, apply_overrides, save_confi
 from zarrl.engine.evaluate import evaluate_policy
 from zarrl.engine.layout import RunLayout
 from zarrl.engine.models import build_actor, build_value
-from zarrl.engine.policies import uniform_policy_like
+from zarrl.engine.policies import TRAJ_KEY, next_trajectory_id, uniform_policy_like
 from zarrl.engine.registry import (
     build_loss,
     create_storage,
@@ -54,7 +54,7 @@ from zarrl.engine.reporting import format_table, plot_learning_curve
 
 __all__ = ["RunFolderError", "Trainer", "resolve_device"]
 
-TRAJ_KEY = ("collector", "traj_ids")
+
 RECENT_EPISODES = 100
 EVAL_PARALLEL_ENVS = 20
 
@@ -123,7 +123,7 @@ class Trainer:
         if checkpoint is not None:
             self._load_state(checkpoint)
         if self.online:
-            self.counters["traj_id_offset"] = self._next_trajectory_id()
+            self.counters["traj_id_offset"] = next_trajectory_id(self.storage)
         self.layout.root.mkdir(parents=True, exist_ok=True)
         save_config(config, self.layout.config)
         self.logger = self._build_logger()
@@ -407,21 +407,6 @@ class Trainer:
             self.counters["frames"] += extra_rows
             self.counters["buffer_writes"] = self._rows_written()
         self._sync_collector_policy(initial=True)
-
-    def _next_trajectory_id(self) -> int:
-        """One more than the largest trajectory id stored, so new trajectories never merge with
-        stored ones (a new collector numbers its trajectories from 0)."""
-        n = len(self.storage)
-        if n == 0:
-            return 0
-        stored = self.storage[n - 1 : n]
-        if TRAJ_KEY not in stored.keys(include_nested=True):
-            return 0
-        largest = 0
-        for start in range(0, n, 65_536):
-            ids = self.storage[start : min(n, start + 65_536)].get(TRAJ_KEY)
-            largest = max(largest, int(ids.max()))
-        return largest + 1
 
     def _rows_written(self) -> int:
         """Rows ever written to the buffer (its writer's count; the storage restores it on open)."""
