@@ -58,30 +58,29 @@ def loss_arguments(cls: type) -> dict[str, inspect.Parameter]:
 
 
 def build_loss(section: dict[str, Any], actor: nn.Module, value: nn.Module) -> nn.Module:
-    """Instantiate ``zarrl.algorithms.<LOSSES[section['name']]>`` with the section's other keys."""
+    """Instantiate ``zarrl.algorithms.<LOSSES[section['name']]>(actor, value, **other keys)``."""
     section = dict(section)
     name = section.pop("name")
     cls = loss_class(name)
     accepted = loss_arguments(cls)
-    networks = {"actor_network", "value_network", "actor", "policy", "prior", "reference_network"}
+    positional = [
+        p for p in accepted if accepted[p].kind == inspect.Parameter.POSITIONAL_OR_KEYWORD
+    ]
+    if positional[:2] != ["actor_network", "value_network"]:
+        raise ConfigError(
+            f"loss.name: {name!r} ({cls.__name__}) takes ({', '.join(positional)}): it needs a "
+            "fixed prior policy, which the Gym trainer does not build; use trust_pcl or pcl here "
+            "(RTB and KL-REINFORCE run in `zarrl experiment gmm-posterior`)"
+        )
+    networks = {"actor_network", "value_network", "reference_network"}
     for key in section:
         if key not in accepted or key in networks:
             valid = sorted(k for k in accepted if k not in networks)
             raise ConfigError(
                 f"loss.{key}: unknown argument of {cls.__name__}; valid keys: {', '.join(valid)}"
             )
-    positional = [
-        p for p in accepted if accepted[p].kind == inspect.Parameter.POSITIONAL_OR_KEYWORD
-    ]
-    args: list[Any] = []
-    if positional[:2] == ["actor_network", "value_network"]:
-        args = [actor, value]
-    elif positional[:1] in (["actor_network"], ["actor"], ["policy"]):
-        args = [actor]
-    else:
-        raise ConfigError(f"loss.name: {cls.__name__} takes networks {positional}, unsupported")
     try:
-        return cls(*args, **section)
+        return cls(actor, value, **section)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"loss: {cls.__name__} rejected {section}: {err}") from err
 

@@ -131,6 +131,11 @@ def test_unknown_loss_argument_is_rejected_naming_the_key(tmp_path, tiny):
     assert not (tmp_path / "runs" / "tiny" / "buffer.zarr").exists()
 
 
+def test_losses_that_need_a_prior_policy_are_refused_with_a_pointer(tmp_path, tiny):
+    with pytest.raises(ConfigError, match="loss.name: 'rtb'.*fixed prior"):
+        Trainer(tiny(tmp_path, "loss.name=rtb"))
+
+
 def test_invalid_loss_value_is_reported_as_a_config_error(tmp_path, tiny):
     with pytest.raises(ConfigError, match="gamma"):
         Trainer(tiny(tmp_path, "loss.gamma=1.5"))
