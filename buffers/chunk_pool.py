@@ -18,7 +18,8 @@ import torch
 
 from .format import LeafSpec, torch_dtype
 
-Loader = Callable[[int], Mapping[str, np.ndarray]]
+# decodes a list of chunk ids -> one {leaf: rows} mapping (or None = zeros) per chunk
+Loader = Callable[[list], list]
 
 
 class ChunkPool:
@@ -179,8 +180,9 @@ class ChunkPool:
             if missing.numel():
                 need = torch.unique(chunks[missing])
                 protect = frozenset(torch.unique(chunks).tolist())
-                for c in need.tolist():
-                    self.install(c, loader(c), protect)
+                need = need.tolist()
+                for c, arrays in zip(need, loader(need)):  # decoded concurrently
+                    self.install(c, arrays, protect)
                 slots = self.slots_of(chunks)
             assert bool((slots >= 0).all()), "chunk pool lost a chunk it was asked to keep"
             return slots

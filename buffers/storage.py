@@ -426,26 +426,31 @@ class ZarrStorage(TensorStorage):
         return td[reindex]
 
     # ================================================================== reads
-    def _load_chunk(self, chunk: int) -> dict[str, np.ndarray] | None:
-        """Decodes one physical chunk of every leaf from the store (zeros past the extent)."""
+    def _load_chunk(self, chunk: int) -> dict[str, np.ndarray]:
+        return self._load_chunks([chunk])[0]
+
+    def _load_chunks(self, chunks: list[int]) -> list[dict[str, np.ndarray]]:
+        """Decodes physical chunks of every leaf from the store, all reads concurrently (zeros
+        past the extent); a chunk that fails its checksum raises ``CorruptChunkError``."""
         R = self._header.chunk_rows
-        start = chunk * R
-        reads = {}
-        for path, arr in self._arrays.items():
-            stop = min(start + R, arr.shape[0])
-            reads[path] = (arr, slice(start, max(start, stop)))
+        reads = []
+        for chunk in chunks:
+            start = chunk * R
+            for path, arr in self._arrays.items():
+                stop = max(start, min(start + R, arr.shape[0]))
+                reads.append((chunk, path, arr, slice(start, stop)))
         values = _run_io(
-            [arr._async_array.getitem(sel) for arr, sel in reads.values()], return_exceptions=True
+            [arr._async_array.getitem(sel) for _, _, arr, sel in reads], return_exceptions=True
         )
-        out = {}
-        for (path, (_arr, sel)), value in zip(reads.items(), values):
+        out: dict[int, dict[str, np.ndarray]] = {c: {} for c in chunks}
+        for (chunk, path, _, sel), value in zip(reads, values):
             if isinstance(value, BaseException):  # zarr raises codec errors on corrupt bytes
                 raise CorruptChunkError(
                     f"{self._where}: array {path!r}, chunk {chunk} (rows {sel.start}:{sel.stop}) "
                     f"could not be decoded or failed its crc32c checksum: {value!r}"
                 ) from value
-            out[path] = np.asarray(value)
-        return out
+            out[chunk][path] = np.asarray(value)
+        return [out[c] for c in chunks]
 
     def _gather(self, rows: torch.Tensor, keys=None) -> dict[str, torch.Tensor]:
         """Leaves at ring positions ``rows`` -> {path: [N, *tail, *shape]} on ``self.device``."""
@@ -456,9 +461,9 @@ class ZarrStorage(TensorStorage):
             phys = self._phys(rows)
             loaded: list[int] = []
 
-            def load(chunk: int):
-                loaded.append(chunk)
-                return self._load_chunk(chunk)
+            def load(chunks: list[int]):
+                loaded.extend(chunks)
+                return self._load_chunks(chunks)
 
             got = self._pool.gather(phys, load, big)
             if self.read_only and loaded:
@@ -567,7 +572,7 @@ class ZarrStorage(TensorStorage):
         if int(counts.sum()) == 0:  # nothing cached yet: load a few chunks synchronously
             first, last = start // R, (end - 1) // R
             want = torch.randint(first, last + 1, (min(4, self._pool.max_slots),))
-            self._pool.ensure(torch.unique(want), self._load_chunk)
+            self._pool.ensure(torch.unique(want), self._load_chunks)
             return self._sample_resident(batch_size)
         pick = torch.multinomial(counts.double(), batch_size, replacement=True, generator=self._rng)
         off = (torch.rand(batch_size, generator=self._rng) * counts[pick]).long()
@@ -600,11 +605,10 @@ class ZarrStorage(TensorStorage):
 
         def refill():
             t0 = time.monotonic()
-            for c in want:
-                if int(self._pool.slots_of(torch.tensor([c]))[0]) >= 0:
-                    continue
-                arrays = self._load_chunk(c)  # decode outside the pool lock
-                with self._pool.lock:
+            missing = [c for c in want if int(self._pool.slots_of(torch.tensor([c]))[0]) < 0]
+            decoded = self._load_chunks(missing)  # decode outside the pool lock
+            with self._pool.lock:
+                for c, arrays in zip(missing, decoded):
                     if int(self._pool.slots_of(torch.tensor([c]))[0]) < 0:
                         self._pool.install(c, arrays)
             self._next_refill = time.monotonic() + 3 * (time.monotonic() - t0)
@@ -739,8 +743,10 @@ class ZarrStorage(TensorStorage):
         R = self._header.chunk_rows
         stored_chunks = -(max(self._commit.extent, committed_end) // -R)
 
-        def loader(chunk: int):
-            return self._load_chunk(chunk) if chunk < stored_chunks else None
+        def loader(chunks: list[int]):
+            stored = [c for c in chunks if c < stored_chunks]
+            decoded = dict(zip(stored, self._load_chunks(stored)))
+            return [decoded.get(c) for c in chunks]
 
         chunks = phys // R
         uniq = torch.unique(chunks)
