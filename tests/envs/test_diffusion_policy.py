@@ -60,6 +60,19 @@ def test_shared_time_embedding_equals_per_row_embedding():
             assert torch.allclose(mixed[b, i], expected, atol=1e-5)
 
 
+def test_no_graph_drift_of_a_frozen_or_no_grad_network_equals_the_autograd_drift():
+    net = _random_net(2)
+    x, t = torch.randn(5, 7, 2), (torch.arange(7.0) / 7).expand(5, 7).unsqueeze(-1)
+    with_graph = net(x, t)
+    assert with_graph.requires_grad
+    with torch.no_grad():
+        assert torch.allclose(net(x, t), with_graph, atol=1e-5)
+    net.requires_grad_(False)
+    frozen = net(x, t)
+    assert not frozen.requires_grad
+    assert torch.allclose(frozen, with_graph, atol=1e-5)
+
+
 def test_batched_scoring_equals_step_by_step_scoring(actor, batch):
     batched = actor.transition_log_prob(batch)  # [B, T], one call
     assert batched.shape == (64, NUM_STEPS)
