@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 import zarr
+import zarr.abc.store
 import zarr.storage
 from tensordict import TensorDict, TensorDictBase, is_tensor_collection
 from torchrl.data.replay_buffers.storages import TensorStorage

@@ -12,10 +12,10 @@ R = 4
 
 
 def loader(calls: list):
-    def load(chunk: int):
-        calls.append(chunk)
-        rows = np.arange(chunk * R, (chunk + 1) * R)
-        return {"x": rows.astype("float32")[:, None].repeat(3, 1)}
+    def load(chunks: list[int]):
+        calls.extend(chunks)
+        rows = [np.arange(c * R, (c + 1) * R) for c in chunks]
+        return [{"x": r.astype("float32")[:, None].repeat(3, 1)} for r in rows]
 
     return load
 
@@ -42,8 +42,8 @@ def test_a_read_touching_more_chunks_than_slots_is_served_in_groups():
 
 def test_dirty_chunks_are_never_evicted_until_marked_clean():
     pool, calls = make_pool(2), []
-    pool.write(torch.tensor([0, 1]), {"x": torch.full((2, 3), -1.0)}, lambda c: None)
-    pool.write(torch.tensor([4]), {"x": torch.full((1, 3), -2.0)}, lambda c: None)
+    pool.write(torch.tensor([0, 1]), {"x": torch.full((2, 3), -1.0)}, lambda cs: [None] * len(cs))
+    pool.write(torch.tensor([4]), {"x": torch.full((1, 3), -2.0)}, lambda cs: [None] * len(cs))
     with pytest.raises(MemoryError, match="unflushed"):
         pool.install(9, None)
     pool.mark_clean([1])

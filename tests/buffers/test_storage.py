@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import zarr
 from tensordict import TensorDict
 from torchrl.data import (
     LazyTensorStorage,
@@ -346,3 +347,16 @@ def test_ram_mirror_on_cache_device_returns_batches_on_device(tmp_path):
     batch = rb.sample()
     assert batch["pixels"].device.type == device
     assert_rows_consistent(batch.cpu())
+
+
+def test_any_zarr_store_works_not_only_local_paths(tmp_path):
+    store = zarr.storage.MemoryStore()
+    storage = ZarrStorage(30, path=store, chunk_rows=8)
+    rb = TensorDictReplayBuffer(storage=storage, batch_size=8)
+    rb.extend(trajectories(40))
+    storage.flush()
+    assert_rows_consistent(rb.sample())
+    reader = ZarrStorage.open(store, mode="r")
+    assert len(reader) == 30 and (reader[:]["obs"] == storage[:]["obs"]).all()
+    storage.dumps(tmp_path / "ckpt.zarr")  # checkpoint a memory store to disk
+    assert len(ZarrStorage.open(tmp_path / "ckpt.zarr", mode="r")) == 30
