@@ -45,7 +45,6 @@ from .format import (
     describe_schema,
     key_path,
     numpy_dtype_name,
-    path_key,
     read_attrs,
     torch_dtype,
     write_attrs,
@@ -495,9 +494,7 @@ class ZarrStorage(TensorStorage):
     def _to_td(self, leaves: Mapping[str, torch.Tensor], batch) -> TensorDictBase | torch.Tensor:
         if self._header.tensor_root:
             return leaves[_TENSOR_KEY]
-        return TensorDict(
-            {path_key(k): v for k, v in leaves.items()}, batch_size=batch, device=self.device
-        )
+        return _nested_td(leaves, torch.Size(batch), self.device)
 
     def get(self, index) -> TensorDictBase | torch.Tensor:
         if self._header is None:
@@ -1112,6 +1109,24 @@ def _flush_at_exit(ref: weakref.ref) -> None:
         storage.flush()
     except Exception as err:  # the store may be gone (temporary directories) at exit
         print(f"zarrl: could not flush {storage._where} at exit: {err}", file=sys.stderr)
+
+
+def _nested_td(leaves: Mapping[str, torch.Tensor], batch: torch.Size, device) -> TensorDict:
+    """TensorDict from ``{"next/obs": tensor}`` leaves, without per-key validation (the leaves
+    come from the store's own schema, already checked)."""
+    tree: dict = {}
+    for path, value in leaves.items():
+        *parents, name = path.split("/")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[name] = value
+
+    def build(node: dict) -> TensorDict:
+        source = {k: build(v) if isinstance(v, dict) else v for k, v in node.items()}
+        return TensorDict._new_unsafe(source=source, batch_size=batch, device=device)
+
+    return build(tree)
 
 
 def _run_io(coroutines: list, return_exceptions: bool = False) -> list:
