@@ -35,9 +35,13 @@ def read_scalar(scalars_dir: str | Path, name: str) -> tuple[list[float], list[f
 
 
 def plot_learning_curve(
-    scalars_dir: str | Path, path: str | Path, title: str, target: float | None = None
+    scalars_dir: str | Path,
+    path: str | Path,
+    title: str,
+    target: float | None = None,
+    xlabel: str = "environment steps",
 ) -> Path:
-    """Plot evaluation and training episode returns against environment steps into a PNG."""
+    """Plot evaluation and training episode returns against the logging step into a PNG."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     train_x, train_y = read_scalar(scalars_dir, "train/episode_return")
     eval_x, eval_y = read_scalar(scalars_dir, "eval/return_mean")
@@ -47,7 +51,7 @@ def plot_learning_curve(
         ax.plot(eval_x, eval_y, "o-", color="tab:orange", label="evaluation (mean)")
     if target is not None:
         ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target {target:g}")
-    ax.set_xlabel("environment steps")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("episode return")
     ax.set_title(title)
     if train_x or eval_x:

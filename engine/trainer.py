@@ -114,6 +114,7 @@ class Trainer:
         self.recent_returns: collections.deque[float] = collections.deque(maxlen=RECENT_EPISODES)
         self.recent_lengths: collections.deque[float] = collections.deque(maxlen=RECENT_EPISODES)
         self.frames_to_target: int | None = None
+        self.updates_to_target: int | None = None
         self.online = config.train.mode in ("online", "mixed")
 
         self._obs_norm = None if checkpoint is None else checkpoint["extra"].get("obs_norm")
@@ -340,6 +341,7 @@ class Trainer:
         target = cfg.target_return
         if target is not None and mean >= target and self.frames_to_target is None:
             self.frames_to_target = self.counters["frames"]
+            self.updates_to_target = self.counters["updates"]
             self.time_to_target = self.counters["wall_time"] + time.monotonic() - self._t0
         return mean
 
@@ -362,6 +364,7 @@ class Trainer:
                 "recent_returns": list(self.recent_returns),
                 "recent_lengths": list(self.recent_lengths),
                 "frames_to_target": self.frames_to_target,
+                "updates_to_target": self.updates_to_target,
                 "time_to_target": getattr(self, "time_to_target", None),
                 "buffer_rows": len(self.storage),
                 "lambda_tuner": _tuner_state(self.loss),
@@ -390,6 +393,7 @@ class Trainer:
         self.recent_returns.extend(extra["recent_returns"])
         self.recent_lengths.extend(extra["recent_lengths"])
         self.frames_to_target = extra["frames_to_target"]
+        self.updates_to_target = extra.get("updates_to_target")
         tuner = getattr(self.loss, "lambda_tuner", None)
         if tuner is not None and extra.get("lambda_tuner") is not None:
             tuner.load_state_dict(extra["lambda_tuner"])
@@ -568,6 +572,7 @@ class Trainer:
             "final eval return": last_eval,
             "best eval return": best_eval,
             "steps to target": self.frames_to_target,
+            "updates to target": self.updates_to_target,
             "time to target (s)": getattr(self, "time_to_target", None),
             "buffer rows": len(self.storage),
         }
@@ -582,6 +587,7 @@ class Trainer:
             self.layout.plot,
             title=f"{self.config.loss['name']} on {self.config.env.name}",
             target=self.config.eval.target_return,
+            xlabel="environment steps" if self.online else "learner updates",
         )
         if self.config.log.progress:
             print(format_table(summary, title="zarrl run summary"))
