@@ -42,7 +42,14 @@ from zarrl.engine.gmm_reporting import (
 from zarrl.engine.gmm_runner import evaluate_learner, resolve_device, run_method
 from zarrl.envs import DiffusionActor, load_prior, sample_target
 
-__all__ = ["add_experiment_parser", "main_experiment", "method_configs", "run_experiment"]
+__all__ = [
+    "add_experiment_parser",
+    "collect_summaries",
+    "main_experiment",
+    "method_configs",
+    "run_experiment",
+    "write_report",
+]
 
 DEFAULT_SEEDS = (0, 1, 2)
 
@@ -122,14 +129,47 @@ def run_experiment(
             summaries.setdefault(method, []).append(summary)
     result: dict[str, Any] = {"root": root, "summaries": summaries}
     if report:
-        result.update(write_report(root, summaries, first, prior_net))
+        result.update(write_report(root, first, prior_net))
     return result
 
 
-def write_report(
-    root: Path, summaries: dict[str, list[dict]], config: GMMConfig, prior_net
-) -> dict[str, Any]:
-    """Results table, sample panels and learning curves of finished runs in ``root``."""
+def collect_summaries(root: str | Path) -> dict[str, list[dict]]:
+    """``{method: [summary per seed]}`` of every run under ``root``, in report order.
+
+    A finished run contributes its ``summary.json``; an unfinished one (still running, or
+    interrupted) its latest ``curve.csv`` row, with ``updates`` = the updates it reached and
+    ``partial`` = True."""
+    root = Path(root)
+    found: dict[str, list[dict]] = {}
+    for method in METHODS:
+        for folder in sorted((root / method).glob("seed*"), key=lambda p: int(p.name[4:] or 0)):
+            if (folder / "summary.json").is_file():
+                found.setdefault(method, []).append(
+                    json.loads((folder / "summary.json").read_text())
+                )
+                continue
+            curve = read_curve(folder / "curve.csv")
+            if not curve.get("update"):
+                continue
+            last = {k: v[-1] for k, v in curve.items()}
+            update, train_s = int(last["update"]), last["train_s"]
+            summary = {
+                **last,
+                "method": method,
+                "seed": int(folder.name[4:]),
+                "updates": update,
+                "updates_per_s": update / train_s if train_s > 0 else float("nan"),
+                "partial": True,
+            }
+            found.setdefault(method, []).append(summary)
+    return found
+
+
+def write_report(root: str | Path, config: GMMConfig, prior_net) -> dict[str, Any]:
+    """Results table, sample panels and learning curves of every run found in ``root``
+    (finished or not, see :func:`collect_summaries`)."""
+    root = Path(root)
+    summaries = collect_summaries(root)
     rows = aggregate_summaries(summaries)
     md, csv_path = write_results(rows, root)
     num = config.eval.num_samples
@@ -177,22 +217,37 @@ def add_experiment_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--run-dir", default="runs/gmm-posterior", help="experiment folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="only (re)write the table and figures from the runs found in --run-dir",
+    )
     return p
 
 
 def main_experiment(args: argparse.Namespace) -> int:
     """Handler of ``zarrl experiment``; prints the results table and where everything is."""
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    result = run_experiment(
-        methods,
-        _int_list(args.seeds),
-        args.overrides,
-        run_dir=args.run_dir,
-        updates=args.updates,
-        batch_size=args.batch_size,
-        device=args.device,
-        progress=False if args.quiet else None,
-    )
+    if args.report_only:
+        config = next(
+            iter(method_configs(methods[:1], args.overrides, run_dir=args.run_dir).values())
+        )
+        root = Path(args.run_dir)
+        if not root.is_dir():
+            raise ConfigError(f"--run-dir: got {str(root)!r}, which does not exist")
+        prior_net = load_prior(config.prior, device=resolve_device(args.device or "cpu"))
+        result = write_report(root, config, prior_net)
+    else:
+        result = run_experiment(
+            methods,
+            _int_list(args.seeds),
+            args.overrides,
+            run_dir=args.run_dir,
+            updates=args.updates,
+            batch_size=args.batch_size,
+            device=args.device,
+            progress=False if args.quiet else None,
+        )
     print(format_results_markdown(result["rows"]))
     for key, path in result["paths"].items():
         print(f"{key + ':':<9}{path}")

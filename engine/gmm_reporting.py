@@ -58,7 +58,8 @@ def aggregate_summaries(summaries: Mapping[str, Sequence[Mapping[str, Any]]]) ->
         row: dict[str, Any] = {
             "method": method,
             "seeds": len(runs),
-            "updates": runs[0].get("updates", 0),
+            "updates": min(int(r.get("updates", 0)) for r in runs),
+            "partial": any(r.get("partial", False) for r in runs),
         }
         for key, _ in TABLE_COLUMNS:
             mean, std = _mean_std([float(r.get(key, math.nan)) for r in runs])
@@ -81,7 +82,8 @@ def format_results_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     head = ["method", "seeds", "updates", *[title for _, title in TABLE_COLUMNS]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [str(row["method"]), str(row["seeds"]), str(row["updates"])]
+        updates = f"{row['updates']} (running)" if row.get("partial") else str(row["updates"])
+        cells = [str(row["method"]), str(row["seeds"]), updates]
         cells += [
             _cell(row[f"{k}_mean"], row[f"{k}_std"], row["seeds"], k) for k, _ in TABLE_COLUMNS
         ]
@@ -94,7 +96,7 @@ def write_results(rows: Sequence[Mapping[str, Any]], folder: str | Path) -> tupl
     folder = Path(folder)
     md, csv_path = folder / "results.md", folder / "results.csv"
     md.write_text(format_results_markdown(rows))
-    fields = ["method", "seeds", "updates"]
+    fields = ["method", "seeds", "updates", "partial"]
     fields += [f"{k}_{s}" for k, _ in TABLE_COLUMNS for s in ("mean", "std")]
     with open(csv_path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")

@@ -237,6 +237,7 @@ def run_method(
             **metrics,
         }
         curve.append(row)
+        torch.save(x, layout.root / "samples.pt")  # the latest on-policy samples (figure panels)
         return row, x
 
     if start == 0:
@@ -291,7 +292,6 @@ def run_method(
         row, x = evaluate(updates, math.nan)
     if buffer is not None:
         buffer.storage.close()
-    torch.save(x, layout.root / "samples.pt")
     summary = {
         "method": config.name,
         "seed": seed,
