@@ -32,6 +32,7 @@ from tensordict import TensorDict, TensorDictBase, is_tensor_collection
 from torchrl.data.replay_buffers.storages import TensorStorage
 from torchrl.data.replay_buffers.writers import RoundRobinWriter, Writer
 
+from .chunk_codec import ChunkCodec, delete_chunks, read_chunks, write_chunks
 from .chunk_pool import ChunkPool
 from .format import (
     Commit,
@@ -432,6 +433,34 @@ class ZarrStorage(TensorStorage):
     def _load_chunks(self, chunks: list[int]) -> list[dict[str, np.ndarray]]:
         """Decodes physical chunks of every leaf from the store, all reads concurrently (zeros
         past the extent); a chunk that fails its checksum raises ``CorruptChunkError``."""
+        R = self._header.chunk_rows
+        codecs = self._chunk_codecs()
+        if not all(c.supported for c in codecs.values()):
+            return self._load_chunks_zarr(chunks)
+        reads = [(chunk, path) for chunk in chunks for path in self._arrays]
+        raws = _run_io(
+            [read_chunks([(codecs[path], chunk) for chunk, path in reads])], return_exceptions=True
+        )[0]
+        if isinstance(raws, BaseException):
+            raise raws
+        out: dict[int, dict[str, np.ndarray]] = {c: {} for c in chunks}
+        for (chunk, path), raw in zip(reads, raws):
+            codec = codecs[path]
+            if raw is None:  # never written, or deleted as all-zero: the fill value
+                out[chunk][path] = np.zeros(codec.chunk_shape, codec.dtype)
+                continue
+            try:
+                out[chunk][path] = codec.decode(raw)
+            except Exception as err:  # zarr's codecs raise on corrupt bytes and bad checksums
+                raise CorruptChunkError(
+                    f"{self._where}: array {path!r}, chunk {chunk} (rows {chunk * R}:"
+                    f"{(chunk + 1) * R}) could not be decoded or failed its crc32c checksum: "
+                    f"{err!r}"
+                ) from err
+        return [out[c] for c in chunks]
+
+    def _load_chunks_zarr(self, chunks: list[int]) -> list[dict[str, np.ndarray]]:
+        """``_load_chunks`` through zarr's own read path (codecs without a sync path)."""
         R = self._header.chunk_rows
         reads = []
         for chunk in chunks:
@@ -856,25 +885,47 @@ class ZarrStorage(TensorStorage):
         return below
 
     def _write_dirty(self, skip: int | None = None) -> None:
-        """Data half of a commit: encodes and writes every staged chunk but ``skip`` (no commit
-        record), all arrays concurrently."""
+        """Data half of a commit: encodes every staged chunk but ``skip`` (whole chunks, the
+        arrays' own codec chain) and stores them, with any array resize, in one concurrent
+        event-loop call (no commit record)."""
         R = self._header.chunk_rows
         with self._pool.lock:
             dirty = sorted(c for c in self._pool.dirty if c != skip)
-            end_rows = max([(c + 1) * R for c in dirty], default=0)
+            if not dirty:
+                return
+            io = []
+            end_rows = (dirty[-1] + 1) * R
             if end_rows > self._commit.extent:
                 extent = max(end_rows, 2 * self._commit.extent)
-                for arr in self._arrays.values():
-                    arr.resize((extent, *arr.shape[1:]))
+                io += [
+                    arr._async_array.resize((extent, *arr.shape[1:]))
+                    for arr in self._arrays.values()
+                ]
                 self._commit.extent = extent
-            writes = []
-            for run in _runs(dirty):
-                blocks = [self._pool.chunk_arrays(c) for c in run]
-                a, b = run[0] * R, (run[-1] + 1) * R
+            codecs = self._chunk_codecs()
+            fallback = []
+            encoded = []
+            for c in dirty:
+                block = self._pool.chunk_arrays(c)
                 for path, arr in self._arrays.items():
-                    writes.append((arr, slice(a, b), np.concatenate([blk[path] for blk in blocks])))
-            _run_io([arr._async_array.setitem(sel, value) for arr, sel, value in writes])
+                    codec = codecs[path]
+                    if codec.supported:
+                        encoded.append((codec, c, codec.encode(block[path])))
+                    else:
+                        fallback.append((arr, slice(c * R, (c + 1) * R), block[path]))
+            if encoded:
+                io.append(write_chunks(encoded))
+            io += [arr._async_array.setitem(sel, value) for arr, sel, value in fallback]
+            _run_io(io)
             self._pool.mark_clean(dirty)
+
+    def _chunk_codecs(self) -> dict[str, ChunkCodec]:
+        """Whole-chunk codecs of the current arrays (rebuilt when the arrays are reloaded)."""
+        cached = getattr(self, "_codecs", None)
+        if cached is None or cached[0] is not self._arrays:
+            cached = (self._arrays, {p: ChunkCodec(a) for p, a in self._arrays.items()})
+            self._codecs = cached
+        return cached[1]
 
     def _live_start_committed(self) -> int:
         cap0 = self._header.capacity
@@ -890,11 +941,12 @@ class ZarrStorage(TensorStorage):
         first = getattr(self, "_gc_done", 0)
         if dead_below <= first:
             return
+        codecs = self._chunk_codecs()
+        dead = []
         for c in range(first, dead_below):
             self._pool.evict(c)
-            for arr in self._arrays.values():
-                if c * R < arr.shape[0]:
-                    arr[c * R : (c + 1) * R] = 0  # all-fill chunks are deleted by zarr
+            dead += [(codecs[p], c) for p, arr in self._arrays.items() if c * R < arr.shape[0]]
+        _run_io([delete_chunks(dead)])  # absent chunks read back as the fill value 0
         self._gc_done = dead_below
 
     def close(self) -> None:
@@ -1137,17 +1189,6 @@ def _run_io(coroutines: list, return_exceptions: bool = False) -> list:
         return await asyncio.gather(*coroutines, return_exceptions=return_exceptions)
 
     return sync(gather()) if coroutines else []
-
-
-def _runs(chunks: list[int]) -> list[list[int]]:
-    """Groups sorted chunk ids into runs of consecutive ids."""
-    runs: list[list[int]] = []
-    for c in chunks:
-        if runs and runs[-1][-1] == c - 1:
-            runs[-1].append(c)
-        else:
-            runs.append([c])
-    return runs
 
 
 def _copy_store(src, dst) -> None:
