@@ -32,7 +32,7 @@ from tensordict import TensorDict, TensorDictBase, is_tensor_collection
 from torchrl.data.replay_buffers.storages import TensorStorage
 from torchrl.data.replay_buffers.writers import RoundRobinWriter, Writer
 
-from .chunk_codec import ChunkCodec, delete_chunks, read_chunks, write_chunks
+from .chunk_codec import ChunkCodec, drop_chunks, fetch_chunks, store_chunks
 from .chunk_pool import ChunkPool
 from .format import (
     Commit,
@@ -327,6 +327,8 @@ class ZarrStorage(TensorStorage):
                     dtype=spec.dtype,
                     compressors=comps,
                     fill_value=0,
+                    # flat chunk files (c.<row chunk>.0...): no directory per chunk
+                    chunk_key_encoding={"name": "default", "separator": "."},
                     overwrite=True,  # only leftovers of an uncommitted first write
                 )
         self._arrays = {}
@@ -438,11 +440,7 @@ class ZarrStorage(TensorStorage):
         if not all(c.supported for c in codecs.values()):
             return self._load_chunks_zarr(chunks)
         reads = [(chunk, path) for chunk in chunks for path in self._arrays]
-        raws = _run_io(
-            [read_chunks([(codecs[path], chunk) for chunk, path in reads])], return_exceptions=True
-        )[0]
-        if isinstance(raws, BaseException):
-            raise raws
+        raws = fetch_chunks([(codecs[path], chunk) for chunk, path in reads], _run_io)
         out: dict[int, dict[str, np.ndarray]] = {c: {} for c in chunks}
         for (chunk, path), raw in zip(reads, raws):
             codec = codecs[path]
@@ -913,8 +911,7 @@ class ZarrStorage(TensorStorage):
                         encoded.append((codec, c, codec.encode(block[path])))
                     else:
                         fallback.append((arr, slice(c * R, (c + 1) * R), block[path]))
-            if encoded:
-                io.append(write_chunks(encoded))
+            io += store_chunks(encoded)
             io += [arr._async_array.setitem(sel, value) for arr, sel, value in fallback]
             _run_io(io)
             self._pool.mark_clean(dirty)
@@ -946,7 +943,7 @@ class ZarrStorage(TensorStorage):
         for c in range(first, dead_below):
             self._pool.evict(c)
             dead += [(codecs[p], c) for p, arr in self._arrays.items() if c * R < arr.shape[0]]
-        _run_io([delete_chunks(dead)])  # absent chunks read back as the fill value 0
+        _run_io(drop_chunks(dead))  # absent chunks read back as the fill value 0
         self._gc_done = dead_below
 
     def close(self) -> None:

@@ -103,9 +103,9 @@ def test_mismatched_capacity_on_reopen_is_refused(filled):
 
 
 def _chunk_file(path: Path, array: str, chunk: int) -> Path:
-    files = sorted((path / array / "c").rglob("*"))
-    target = path / array / "c" / str(chunk)
-    return next(f for f in files if f.is_file() and (f == target or target in f.parents))
+    """Chunk files are ``c.<chunk>.0...`` (flat chunk keys, the default separator ".")."""
+    files = sorted((path / array).glob(f"c.{chunk}*"))
+    return next(f for f in files if f.is_file() and f.name.split(".")[1] == str(chunk))
 
 
 @pytest.mark.parametrize("array", ["obs", "next/done"])
