@@ -19,7 +19,35 @@ from zarrl.algorithms._common import (
 )
 from zarrl.algorithms.path_consistency import path_consistency, segment_marks
 
-__all__ = ["RTBLoss", "check_complete_trajectories"]
+__all__ = ["RTBLoss", "check_complete_trajectories", "score_batch"]
+
+
+def score_batch(
+    module: TensorDictModuleBase,
+    params: TensorDictBase | None,
+    td: TensorDictBase,
+    action_key: NestedKey,
+) -> Tensor:
+    """log π(a|s) ``[*B]`` (nats, summed over action dims) of ``td[action_key]`` under ``module``.
+
+    Scoring hook: a policy exposing ``batched_log_prob(td, action_key) -> [*B]`` (same value as
+    ``get_dist(td).log_prob(action)`` summed over the action dims, e.g. a fused kernel for
+    ``[B, T]`` trajectories) is scored through it; any other TorchRL actor through ``get_dist``.
+    """
+    hook = getattr(module, "batched_log_prob", None)
+    if hook is None:
+        return score_actions(module, params, td, action_key)[0]
+    if params is None:
+        log_prob = hook(td, action_key)
+    else:
+        with params.to_module(module, preserve_module_state=False):
+            log_prob = hook(td, action_key)
+    if log_prob.shape != td.batch_size:
+        raise ValueError(
+            f"{type(module).__name__}.batched_log_prob returned shape {tuple(log_prob.shape)}, "
+            f"expected the batch shape {tuple(td.batch_size)}"
+        )
+    return log_prob
 
 
 def check_complete_trajectories(steps, loss_name: str) -> tuple[Tensor, Tensor]:
@@ -123,11 +151,11 @@ class RTBLoss(LossModule):
         ``[*B, T]``, and the detached trajectory log-ratio Σ(log q − log p) at the starts."""
         steps = read_steps(tensordict, self.tensor_keys)
         start, _ = check_complete_trajectories(steps, type(self).__name__)
-        log_q, _ = score_actions(
+        log_q = score_batch(
             self.actor_network, self.actor_network_params, tensordict, self.tensor_keys.action
         )
         with torch.no_grad():
-            log_p, _ = score_actions(
+            log_p = score_batch(
                 self.prior_network, self.prior_network_params, tensordict, self.tensor_keys.action
             )
         log_z = self.log_z.to(log_q.dtype).expand_as(log_q)

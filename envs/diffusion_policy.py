@@ -19,6 +19,7 @@ from torch import nn
 from torchrl.modules import ProbabilisticActor
 from torchrl.modules.distributions import IndependentNormal
 
+from .diffusion_scoring import fused_step_log_prob
 from .gmm import log_reward as gmm_log_reward
 
 #: Diffusion coefficient σ² of the task.
@@ -250,6 +251,46 @@ class DiffusionActor(ProbabilisticActor):
                 raise KeyError(f"transition_log_prob needs key {key!r}; td has {sorted(td.keys())}")
         loc = self.step.loc(td.get(self.observation_key), td.get(self.time_key))
         return gaussian_step_log_prob(td.get(self.action_key), loc, self.step.policy_std)
+
+    def batched_log_prob(self, td: TensorDictBase, action_key=None) -> torch.Tensor:
+        """``get_dist(td).log_prob(td[action_key])`` summed over the action dims, for ``td`` of any
+        batch shape ``[*B]`` (e.g. ``[B, T]``) -> ``[*B]`` nats, under the behaviour std (as
+        ``get_dist``) — computed without building a distribution.
+
+        The scoring hook of zarrl's losses (see :class:`~zarrl.algorithms.RTBLoss`): when
+        gradients are needed the drift MLP and the Gaussian log-density run as one fused autograd
+        function (hand-written backward), with the time embedding computed once per distinct time.
+        """
+        action_key = self.action_key if action_key is None else action_key
+        for key in (self.observation_key, self.time_key, action_key):
+            if key not in td:
+                raise KeyError(f"batched_log_prob needs key {key!r}; td has {sorted(td.keys())}")
+        obs, time, action = td.get(self.observation_key), td.get(self.time_key), td.get(action_key)
+        net, std = self.drift_net, self.step.behaviour_std
+        fused = type(net).drift_from_embedding is DriftNetwork.drift_from_embedding and (
+            torch.is_grad_enabled() and net._builds_graph()
+        )
+        if not fused or obs.shape != action.shape or obs.shape[-1] != net.dim:
+            loc = self.step.loc(obs, time)
+            return gaussian_step_log_prob(action, loc, std)
+        if time.shape == obs.shape[:-1] + (1,):
+            time = time.squeeze(-1)
+        if time.shape != obs.shape[:-1]:
+            raise ValueError(
+                f"time must have shape {tuple(obs.shape[:-1])} or {tuple(obs.shape[:-1]) + (1,)}"
+                f" to match state {tuple(obs.shape)}, got {tuple(time.shape)}"
+            )
+        cond = net._shared_time_embedding(time)
+        cond = cond.reshape(-1, cond.shape[-1])  # [1 | T | N, H]: row i uses cond[i % K]
+        log_prob = fused_step_log_prob(
+            net,
+            obs.reshape(-1, net.dim),
+            action.reshape(-1, net.dim),
+            cond,
+            self.step.dt,
+            std,
+        )
+        return log_prob.reshape(time.shape)
 
     def trajectory_log_prob(self, td: TensorDictBase) -> torch.Tensor:
         """Sum of :meth:`transition_log_prob` over the last batch dim: ``[B, T] -> [B]`` nats."""

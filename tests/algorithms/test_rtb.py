@@ -60,3 +60,39 @@ def test_rtb_rejects_bad_settings():
         RTBLoss(discrete_actor(3, 4), discrete_actor(3, 4), beta=0.0)
     with pytest.raises(ValueError, match="reduction"):
         RTBLoss(discrete_actor(3, 4), discrete_actor(3, 4), beta=1.0, reduction="max")
+
+
+def test_rtb_scores_through_the_batched_log_prob_hook_with_the_same_loss_and_gradients():
+    from zarrl.envs import DiffusionActor, DriftNetwork
+
+    torch.manual_seed(0)
+    net = DriftNetwork().double()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    prior = DiffusionActor(DriftNetwork().double().requires_grad_(False))
+    td = DiffusionActor(net.float()).sample_trajectories(5)
+    td = td.apply(lambda t: t.double() if t.is_floating_point() else t)
+    net.double()
+    losses, grads = [], []
+    for use_hook in (True, False):
+        actor = DiffusionActor(net)
+        if not use_hook:
+            actor.batched_log_prob = None  # hide the hook: get_dist scoring
+        loss = RTBLoss(actor, prior, beta=1.0, log_z_init=0.3)
+        out = loss(td)["loss_objective"]
+        losses.append(out)
+        grads.append(torch.autograd.grad(out, list(net.parameters())))
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-12, atol=1e-12)
+    for g, g_ref in zip(*grads, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-12)
+
+
+def test_rtb_rejects_a_hook_returning_the_wrong_shape():
+    from zarrl.envs import DiffusionActor, DriftNetwork
+
+    actor = DiffusionActor(DriftNetwork())
+    prior = DiffusionActor(DriftNetwork().requires_grad_(False))
+    td = actor.sample_trajectories(3)
+    actor.batched_log_prob = lambda td, key: torch.zeros(3)
+    with pytest.raises(ValueError, match="batched_log_prob returned shape"):
+        RTBLoss(actor, prior, beta=1.0)(td)
