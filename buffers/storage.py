@@ -541,6 +541,28 @@ class ZarrStorage(TensorStorage):
         td = self._to_td_any(leaves, [rows.numel(), *self._header.tail])
         return self._apply_reindex(td, reindex)
 
+    def __getitem__(self, index) -> TensorDictBase | torch.Tensor:
+        """``storage[index]`` (what samplers use to read flags): the RAM index columns are
+        gathered at once, other leaves only when first looked up (``get`` stays eager)."""
+        if (
+            self._header is None
+            or self._header.tensor_root
+            or self.read_only
+            or self._is_full_view(index)
+            or not self._index
+        ):
+            return self.get(index)
+        rows, reindex = self._rows_and_reindex(index)
+        if reindex is not None and not (isinstance(reindex[0], str) and len(reindex[1]) == 1):
+            return self.get(index)
+        eager = {k: v[rows].to(self.device) for k, v in self._index.items()}
+
+        def loader(path):
+            return lambda: self._gather(rows, [path])[path]
+
+        lazy = {k: loader(k) for k in self._header.schema if k not in self._index}
+        return lazy_tensordict(eager, lazy, [rows.numel(), *self._header.tail], self.device)
+
     def _to_td_any(self, leaves, batch):
         if self._header.tensor_root:
             return TensorDict({_TENSOR_KEY: leaves[_TENSOR_KEY]}, batch_size=batch)[_TENSOR_KEY]
