@@ -1141,8 +1141,12 @@ class ZarrStorage(TensorStorage):
 
     def __getstate__(self):
         raise TypeError(
-            "ZarrStorage cannot be pickled to another process; open the same path there with "
-            "ZarrStorage.open(path, mode='r') to read"
+            f"ZarrStorage({self._where}) cannot be pickled to another process (it holds open "
+            "zarr stores, a chunk cache and a background thread), so MultiSyncCollector/"
+            "MultiAsyncCollector cannot write through a replay buffer built on it. Workaround: "
+            "build the multi-process collector without replay_buffer= and extend the buffer "
+            "in this process (`for data in collector: rb.extend(data)`); other processes read "
+            "the store with ZarrStorage.open(path, mode='r')"
         )
 
     def __repr__(self) -> str:

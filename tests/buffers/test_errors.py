@@ -3,6 +3,7 @@ foreign or newer stores, existing stores, corrupt chunks."""
 
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 
@@ -127,3 +128,12 @@ def test_non_tensor_and_unsupported_dtypes_are_rejected_with_the_key(tmp_path):
     rb = TensorDictReplayBuffer(storage=ZarrStorage(10, path=tmp_path / "b.zarr"))
     with pytest.raises(ValueError, match="'halfish'.*bfloat16"):
         rb.extend(TensorDict({"halfish": torch.zeros(3, dtype=torch.bfloat16)}, [3]))
+
+
+def test_pickling_for_multiprocess_collectors_names_the_workaround(filled):
+    _, storage, _ = filled
+    rb = TensorDictReplayBuffer(storage=storage)
+    with pytest.raises(TypeError, match="MultiSyncCollector") as err:
+        pickle.dumps(rb)
+    assert "rb.extend(data)" in str(err.value)
+    assert "mode='r'" in str(err.value)
