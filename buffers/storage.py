@@ -599,6 +599,21 @@ class ZarrStorage(TensorStorage):
         )
         return tuple(t.to(self.device) for t in (pos, *others))
 
+    def resident_positions(self) -> torch.Tensor | None:
+        """bool ``[len along dim 0]``: whether each ring position's chunk is cached; ``None``
+        when the pool mirrors every live row (everything is cached)."""
+        if self._header is None or self.is_ram_mirror:
+            return None
+        with self._pool.lock:
+            chunks = self._pool.resident()
+        phys = self._phys(torch.arange(self._len0()))
+        return torch.isin(phys // self._header.chunk_rows, chunks)
+
+    def request_refill(self) -> None:
+        """Schedules a background cache refill (samplers that draw from cached rows only)."""
+        if self._header is not None and not self.is_ram_mirror:
+            self._schedule_refill()
+
     def _live_phys_range(self) -> tuple[int, int]:
         cap0 = self._header.capacity
         n0 = self._len0()
