@@ -19,7 +19,7 @@ from torch import nn
 from torchrl.modules import ProbabilisticActor
 from torchrl.modules.distributions import IndependentNormal
 
-from .diffusion_scoring import fused_step_log_prob
+from .diffusion_scoring import fused_step_log_prob, keep_activations, reuse_activations
 from .gmm import log_reward as gmm_log_reward
 
 #: Diffusion coefficient σ² of the task.
@@ -280,6 +280,19 @@ class DiffusionActor(ProbabilisticActor):
                 f"time must have shape {tuple(obs.shape[:-1])} or {tuple(obs.shape[:-1]) + (1,)}"
                 f" to match state {tuple(obs.shape)}, got {tuple(time.shape)}"
             )
+        cached = reuse_activations(net, obs, time, self.step.num_steps)
+        if cached is not None:  # the sampler's own trajectories: reuse its forward pass
+            cond = net.time_embedding(time[0])  # [T, H], rows time-major below
+            log_prob = fused_step_log_prob(
+                net,
+                obs.transpose(0, 1).reshape(-1, net.dim),
+                action.transpose(0, 1).reshape(-1, net.dim),
+                cond,
+                self.step.dt,
+                std,
+                cached,
+            )
+            return log_prob.view(time.shape[1], time.shape[0]).t()
         cond = net._shared_time_embedding(time)
         cond = cond.reshape(-1, cond.shape[-1])  # [1 | T | N, H]: row i uses cond[i % K]
         log_prob = fused_step_log_prob(
@@ -370,7 +383,11 @@ def _integrate_fused(
 ) -> torch.Tensor:
     """Euler-Maruyama loop with the network unrolled into fused ``addmm`` calls: the state
     embedding's bias is folded into the time embedding, ``dt`` and the output bias into the last
-    layer and the noise. Same result as ``x + dt·f(x, t) + noise`` step by step -> ``[N, T + 1, 2]``."""
+    layer and the noise. Same result as ``x + dt·f(x, t) + noise`` step by step -> ``[N, T + 1, 2]``.
+
+    For a trainable network the hidden activations of every step are written into ``[T, N, H]``
+    tables kept on the network (:func:`~zarrl.envs.diffusion_scoring.keep_activations`), so
+    scoring these very transitions with the same parameters skips the posterior's forward pass."""
     num, num_steps, dim = noise.shape
     embed, l1, l2, out = net.state_embed, net.trunk[1], net.trunk[3], net.trunk[5]
     cond = t_emb + embed.bias  # [T, H]
@@ -378,12 +395,18 @@ def _integrate_fused(
     w_out = out.weight.t() * dt  # [H, D]
     shift = (noise + out.bias * dt).transpose(0, 1).contiguous()  # [T, N, D]
     xs = noise.new_zeros(num_steps + 1, num, dim)
-    gelu = torch.nn.functional.gelu
+    gelu = torch.ops.aten.gelu.out
+    hidden = cond.shape[-1]
+    keep = net._builds_graph()
+    tables = [noise.new_empty(num_steps if keep else 1, num, hidden) for _ in range(6)]
     for i in range(num_steps):
-        h = gelu(torch.addmm(cond[i], xs[i], w_in))
-        h = gelu(torch.addmm(l1.bias, h, w1))
-        h = gelu(torch.addmm(l2.bias, h, w2))
-        torch.addmm(xs[i] + shift[i], h, w_out, out=xs[i + 1])
+        h0, g0, h1, g1, h2, g2 = (table[i if keep else 0] for table in tables)
+        gelu(torch.addmm(cond[i], xs[i], w_in, out=h0), out=g0)
+        gelu(torch.addmm(l1.bias, g0, w1, out=h1), out=g1)
+        gelu(torch.addmm(l2.bias, g1, w2, out=h2), out=g2)
+        torch.addmm(xs[i] + shift[i], g2, w_out, out=xs[i + 1])
+    if keep:
+        keep_activations(net, xs, tables)
     return xs.transpose(0, 1)
 
 

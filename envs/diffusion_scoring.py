@@ -26,20 +26,24 @@ class _FusedGaussianStepLogProb(torch.autograd.Function):
     ``K`` rows of ``cond`` repeating fastest."""
 
     @staticmethod
-    def forward(ctx, x, a, cond, w_in, b_in, w1, b1, w2, b2, w_out, b_out, dt, std):
+    def forward(ctx, x, a, cond, w_in, b_in, w1, b1, w2, b2, w_out, b_out, dt, std, cached):
         n, d = x.shape
         k, hidden = cond.shape
-        h0 = torch.mm(x, w_in.t()).view(n // k, k, hidden).add_(cond + b_in).view(n, hidden)
-        g0 = _gelu(h0)
-        h1 = torch.addmm(b1, g0, w1.t())
-        g1 = _gelu(h1)
-        h2 = torch.addmm(b2, g1, w2.t())
-        g2 = _gelu(h2)
+        if cached is not None:  # the sampler's activations of these rows, cond repeating slowest
+            h0, g0, h1, g1, h2, g2 = cached
+        else:
+            h0 = torch.mm(x, w_in.t()).view(n // k, k, hidden).add_(cond + b_in).view(n, hidden)
+            g0 = _gelu(h0)
+            h1 = torch.addmm(b1, g0, w1.t())
+            g1 = _gelu(h1)
+            h2 = torch.addmm(b2, g1, w2.t())
+            g2 = _gelu(h2)
         # z = (a − x − dt·f) / std with f = g2·w_outᵀ + b_out
         z = torch.addmm(b_out, g2, w_out.t(), alpha=dt, beta=dt).sub_(a - x).div_(-std)
         log_prob = z.pow(2).sum(-1).mul_(-0.5).sub_(d * (math.log(std) + 0.5 * _LOG_2PI))
         ctx.save_for_backward(x, w_in, w1, w2, w_out, h0, g0, h1, g1, h2, g2, z)
         ctx.shape = (n, k, hidden)
+        ctx.cond_slowest = cached is not None
         ctx.dt, ctx.std = dt, std
         return log_prob
 
@@ -61,7 +65,12 @@ class _FusedGaussianStepLogProb(torch.autograd.Function):
         grad_b1 = dh1.sum(0)
         dh0 = _gelu_backward(torch.mm(dh1, w1), h0)
         grad_w_in = torch.mm(x.t(), dh0).t() if need[3] else None  # [D, N] first: 4x faster
-        grad_cond = dh0.view(n // k, k, hidden).sum(0) if (need[2] or need[4]) else None
+        if not (need[2] or need[4]):
+            grad_cond = None
+        elif ctx.cond_slowest:
+            grad_cond = dh0.view(k, n // k, hidden).sum(1)
+        else:
+            grad_cond = dh0.view(n // k, k, hidden).sum(0)
         grad_b_in = grad_cond.sum(0) if need[4] else None
         grad_x = torch.addmm(grad_loc, dh0, w_in) if need[0] else None
         grad_a = -grad_loc if need[1] else None
@@ -79,17 +88,27 @@ class _FusedGaussianStepLogProb(torch.autograd.Function):
             grad_b_out,
             None,
             None,
+            None,
         )
 
 
 def fused_step_log_prob(
-    net, x: Tensor, action: Tensor, cond: Tensor, dt: float, std: float
+    net,
+    x: Tensor,
+    action: Tensor,
+    cond: Tensor,
+    dt: float,
+    std: float,
+    cached: tuple[Tensor, ...] | None = None,
 ) -> Tensor:
     """log N(action; x + dt·net(x, t), std²·I) summed over the last dim -> ``[N]`` nats.
 
     ``net`` is a :class:`~zarrl.envs.DriftNetwork`; ``x``, ``action``: ``[N, D]``; ``cond``: the
     time embedding ``[K, H]`` of the ``N`` rows, row ``i`` using ``cond[i % K]`` (``K = T`` for
     flattened ``[B, T]`` trajectories on a shared time grid, ``K = N`` in general).
+    ``cached``: the six ``[N, H]`` activations ``(h0, gelu(h0), h1, gelu(h1), h2, gelu(h2))`` of
+    these rows under the current parameters (from the sampler), rows then ordered time-major
+    (row ``i`` uses ``cond[i // (N / K)]``); the forward pass is skipped.
     """
     embed, l1, l2, out = net.state_embed, net.trunk[1], net.trunk[3], net.trunk[5]
     if x.shape[0] % cond.shape[0]:
@@ -110,4 +129,39 @@ def fused_step_log_prob(
         out.bias,
         float(dt),
         float(std),
+        cached,
     )
+
+
+_CACHE = "_sampled_activations"
+
+
+def _signature(net) -> tuple:
+    return tuple((p.data_ptr(), p._version, p.dtype) for p in net.parameters())
+
+
+def keep_activations(net, xs: Tensor, tables: list[Tensor]) -> None:
+    """Remember the sampler's states ``xs`` ``[T + 1, N, D]`` and hidden activations (six
+    ``[T, N, H]`` tables) of ``net`` under its current parameters (replacing earlier ones)."""
+    net.__dict__[_CACHE] = (_signature(net), xs, tables)
+
+
+def reuse_activations(net, obs: Tensor, time: Tensor, num_steps: int) -> tuple[Tensor, ...] | None:
+    """The six remembered activation tables, flattened time-major ``[T·N, H]``, when ``obs``
+    ``[N, T, D]`` and ``time`` ``[N, T]`` are exactly the last sampled trajectories on the grid
+    ``t_i = i / num_steps`` and ``net``'s parameters have not changed since (else ``None``)."""
+    entry = net.__dict__.get(_CACHE)
+    if entry is None or obs.ndim != 3 or torch.is_grad_enabled() is False:
+        return None
+    signature, xs, tables = entry
+    if tables[0].shape[0] != num_steps:
+        return None
+    num = tables[0].shape[1]
+    if obs.shape[:2] != (num, num_steps) or obs.dtype != xs.dtype or obs.device != xs.device:
+        return None
+    if signature != _signature(net) or not torch.equal(obs, xs[:-1].transpose(0, 1)):
+        return None
+    grid = torch.arange(num_steps, device=time.device, dtype=time.dtype) / num_steps
+    if not torch.equal(time, grid.expand(num, num_steps)):
+        return None
+    return tuple(table.view(num_steps * num, -1) for table in tables)

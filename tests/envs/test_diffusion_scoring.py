@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from zarrl.envs.diffusion_policy import DiffusionActor, DriftNetwork
+from zarrl.envs.diffusion_scoring import reuse_activations
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -76,3 +77,51 @@ def test_batched_log_prob_names_a_missing_key_and_a_bad_time_shape():
     bad.set("time", torch.zeros(6, 100, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="time must have shape"):
         actor.batched_log_prob(bad)
+
+
+def _sampled(seed=0):
+    torch.manual_seed(seed)
+    net = DriftNetwork()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    actor = DiffusionActor(net)
+    td = actor.sample_trajectories(8, extra_std=0.3, generator=torch.Generator().manual_seed(2))
+    return actor, net, td
+
+
+def _log_prob_and_grads(actor, net, td):
+    lp = actor.batched_log_prob(td)
+    return lp, torch.autograd.grad(lp.sum(-1).pow(2).sum(), list(net.parameters()))
+
+
+def test_scoring_the_sampled_trajectories_reuses_the_sampler_activations_with_same_result():
+    actor, net, td = _sampled()
+    obs, time = td["observation"], td["time"].squeeze(-1)
+    assert reuse_activations(net, obs, time, actor.step.num_steps) is not None
+    reused, reused_grads = _log_prob_and_grads(actor, net, td.clone())
+    net.__dict__.pop("_sampled_activations")
+    fresh, fresh_grads = _log_prob_and_grads(actor, net, td)
+    torch.testing.assert_close(reused, fresh, rtol=0, atol=1e-5)
+    for g, g_ref in zip(reused_grads, fresh_grads, strict=True):  # float32 summation order
+        torch.testing.assert_close(g, g_ref, rtol=1e-3, atol=1e-4 * float(g_ref.abs().max()))
+
+
+def test_sampler_activations_are_not_reused_after_a_parameter_update_or_for_other_states():
+    actor, net, td = _sampled()
+    obs, time, steps = td["observation"], td["time"].squeeze(-1), actor.step.num_steps
+    assert reuse_activations(net, obs + 1e-3, time, steps) is None
+    assert reuse_activations(net, obs[:4], time[:4], steps) is None
+    assert reuse_activations(net, obs, time.flip(-1), steps) is None
+    with torch.no_grad():
+        net.trunk[1].bias.add_(0.1)  # an optimizer step is in place
+    assert reuse_activations(net, obs, time, steps) is None
+    fresh, _ = _log_prob_and_grads(actor, net, td)  # recomputed under the new parameters
+    torch.testing.assert_close(fresh, _get_dist_log_prob(actor, td), rtol=0, atol=1e-4)
+
+
+def test_a_frozen_network_keeps_no_sampler_activations():
+    actor, net, _ = _sampled()
+    net.requires_grad_(False)
+    net.__dict__.pop("_sampled_activations")
+    actor.sample_trajectories(4)
+    assert "_sampled_activations" not in net.__dict__
