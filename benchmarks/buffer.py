@@ -3,7 +3,9 @@
 For three data shapes (vector transitions, pixel transitions, token generations) it measures
 extend throughput (durable: the Zarr numbers include the final commit), the time to sample a
 RandomSampler batch of 256 and a SliceSampler batch of 32 slices x 8 steps, and bytes on disk,
-then prints one table with ratios to LazyMemmapStorage. A second table compares chunk codecs
+then prints one table with ratios to LazyMemmapStorage. The row "Zarr 1/4 CachedSlice" is the
+"Zarr cache=1/4" store sampled with ``zarrl.buffers.CachedSliceSampler`` for the slice column
+(slices from cached trajectories only, see docs/storage_format.md). A second table compares chunk codecs
 (compression ratio, encode and decode speed), which is how the default codec was chosen.
 
     python benchmarks/buffer.py            # full run
@@ -32,7 +34,7 @@ from torchrl.data import (
     SliceSampler,
     TensorDictReplayBuffer,
 )
-from zarrl.buffers import ZarrStorage
+from zarrl.buffers import CachedSliceSampler, ZarrStorage
 
 
 # ----------------------------------------------------------------------------- data
@@ -160,7 +162,9 @@ def sample_times(stores: dict[str, object], repeats: int) -> dict[str, dict]:
             ).sample,
             "slice ms": TensorDictReplayBuffer(
                 storage=storage,
-                sampler=SliceSampler(num_slices=32, traj_key="episode"),
+                sampler=(CachedSliceSampler if "CachedSlice" in name else SliceSampler)(
+                    num_slices=32, traj_key="episode"
+                ),
                 batch_size=256,
             ).sample,
         }
@@ -173,6 +177,9 @@ def sample_times(stores: dict[str, object], repeats: int) -> dict[str, dict]:
                 if round_ >= 2:  # two warm-up rounds
                     times[name][kind].append(time.perf_counter() - t0)
     return {n: {k: 1e3 * float(np.median(v)) for k, v in d.items()} for n, d in times.items()}
+
+
+_CACHED_SLICE = "Zarr 1/4 CachedSlice"
 
 
 def storages(data_bytes: int) -> dict[str, Callable]:
@@ -247,6 +254,9 @@ def main() -> None:
             for name, make in storages(data.bytes()).items():
                 path = root / shape / name.replace(" ", "_")
                 stores[name], results[shape, name] = fill(make, data, batch, path)
+            # the same larger-than-cache store, sliced with CachedSliceSampler
+            stores[_CACHED_SLICE] = stores["Zarr cache=1/4"]
+            results[shape, _CACHED_SLICE] = dict(results[shape, "Zarr cache=1/4"])
             for name, row in sample_times(stores, repeats).items():
                 results[shape, name].update(row)
             for storage in stores.values():
@@ -260,7 +270,7 @@ def main() -> None:
     cols = ["rows/s", "MB/s", "random ms", "slice ms", "disk MB"]
     print(f"\nReplay storages, measured side by side (torch threads=1, {os.cpu_count()} cores)")
     print(
-        f"{'shape':7} {'storage':18} "
+        f"{'shape':7} {'storage':20} "
         + " ".join(f"{c:>10}" for c in cols)
         + "   ratios to memmap: extend  random   slice    disk"
     )
@@ -273,7 +283,7 @@ def main() -> None:
             row["disk MB"] / ref["disk MB"],
         )
         print(
-            f"{shape:7} {name:18} "
+            f"{shape:7} {name:20} "
             + " ".join(f"{row[c]:10.3g}" for c in cols)
             + "                     "
             + " ".join(f"{r:7.2f}" for r in ratio)
