@@ -104,8 +104,10 @@ class DriftNetwork(nn.Module):
         """Same as :meth:`drift_from_embedding` when no graph is needed (a frozen prior, sampling):
         biases folded, GELUs in place, ``addmm`` on the flattened batch (about 25 % faster)."""
         hidden = self.state_embed.out_features
-        h = torch.matmul(x, self.state_embed.weight.t()).add_(t_emb + self.state_embed.bias)
-        h = torch.ops.aten.gelu_(h).reshape(-1, hidden)
+        # mm on the flattened rows: a strided [B, T, 2] input would otherwise go through a slow bmm
+        h = torch.mm(x.reshape(-1, self.dim), self.state_embed.weight.t())
+        h = h.view(*x.shape[:-1], hidden).add_(t_emb + self.state_embed.bias)
+        h = torch.ops.aten.gelu_(h).view(-1, hidden)
         for layer in (self.trunk[1], self.trunk[3]):
             h = torch.ops.aten.gelu_(torch.addmm(layer.bias, h, layer.weight.t()))
         out = self.trunk[5]
