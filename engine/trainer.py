@@ -114,6 +114,8 @@ class Trainer:
         self.recent_returns: collections.deque[float] = collections.deque(maxlen=RECENT_EPISODES)
         self.recent_lengths: collections.deque[float] = collections.deque(maxlen=RECENT_EPISODES)
         self.frames_to_target: int | None = None
+        self._new_episode_returns: list[float] = []  # finished since the last collected batch
+        self._new_episode_lengths: list[float] = []
         self.updates_to_target: int | None = None
         self.online = config.train.mode in ("online", "mixed")
 
@@ -434,8 +436,6 @@ class Trainer:
         self._last_eval_frames = self.counters["frames"]
         self._last_eval_updates = self.counters["updates"]
         self._last_ckpt_updates = self.counters["updates"]
-        self._new_episode_returns: list[float] = []
-        self._new_episode_lengths: list[float] = []
         last_log_updates = self.counters["updates"]
         stats: dict[str, float] = {}
         total = cfg.train.total_frames if self.online else (cfg.train.total_updates or 0)

@@ -145,7 +145,7 @@ def test_short_trust_pcl_run_learns_cartpole_well_above_random(tmp_path, tiny):
     """Random play scores about 22; a few thousand steps of Trust-PCL must do much better."""
     config = tiny(
         tmp_path,
-        "train.total_frames=6000",
+        "train.total_frames=5000",
         "collector.frames_per_batch=250",
         "collector.init_random_frames=1000",
         "train.warmup_frames=1000",
@@ -155,7 +155,7 @@ def test_short_trust_pcl_run_learns_cartpole_well_above_random(tmp_path, tiny):
         "loss.rollout=10",
         "train.checkpoint_every_updates=1000",
         "eval.episodes=5",
-        "eval.every_frames=3000",
+        "eval.every_frames=2500",
     )
     trainer, summary = _run(config)
-    assert summary["best eval return"] >= 150, summary
+    assert summary["best eval return"] >= 100, summary
