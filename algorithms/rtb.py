@@ -81,7 +81,8 @@ class RTBLoss(LossModule):
     log Z = log Σ_x p(x)·r(x)^β. Trajectories may come from any behaviour policy.
 
     Args:
-        actor_network: the trained policy q (``get_dist(td)``).
+        actor_network: the trained policy q, scored through ``batched_log_prob(td, action_key)``
+            when it has that hook (see :func:`score_batch`), else ``get_dist(td)``.
         prior_network: the fixed prior p (its parameters are frozen copies-by-reference).
         beta: reward exponent β > 0.
         log_z_init: initial value of the learned scalar ``log_z`` (an ``nn.Parameter`` of this
