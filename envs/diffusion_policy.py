@@ -19,7 +19,13 @@ from torch import nn
 from torchrl.modules import ProbabilisticActor
 from torchrl.modules.distributions import IndependentNormal
 
-from .diffusion_scoring import fused_step_log_prob, keep_activations, reuse_activations
+from .diffusion_scoring import (
+    MAX_KEPT_ACTIVATION_BYTES,
+    forget_activations,
+    fused_step_log_prob,
+    keep_activations,
+    reuse_activations,
+)
 from .gmm import log_reward as gmm_log_reward
 
 #: Diffusion coefficient σ² of the task.
@@ -399,7 +405,10 @@ def _integrate_fused(
     xs = noise.new_zeros(num_steps + 1, num, dim)
     gelu = torch.ops.aten.gelu.out
     hidden = cond.shape[-1]
-    keep = net._builds_graph()
+    keep = net._builds_graph() and 6 * noise[..., :1].numel() * hidden * noise.element_size() <= (
+        MAX_KEPT_ACTIVATION_BYTES
+    )
+    forget_activations(net)
     tables = [noise.new_empty(num_steps if keep else 1, num, hidden) for _ in range(6)]
     for i in range(num_steps):
         h0, g0, h1, g1, h2, g2 = (table[i if keep else 0] for table in tables)

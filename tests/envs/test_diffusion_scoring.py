@@ -125,3 +125,12 @@ def test_a_frozen_network_keeps_no_sampler_activations():
     net.__dict__.pop("_sampled_activations")
     actor.sample_trajectories(4)
     assert "_sampled_activations" not in net.__dict__
+
+
+def test_samples_too_large_for_the_activation_budget_are_not_kept(monkeypatch):
+    import zarrl.envs.diffusion_policy as policy
+
+    actor, net, _ = _sampled()
+    monkeypatch.setattr(policy, "MAX_KEPT_ACTIVATION_BYTES", 6 * 8 * 100 * 64 * 4 - 1)
+    actor.sample_trajectories(8)
+    assert "_sampled_activations" not in net.__dict__
