@@ -149,13 +149,19 @@ class ChunkPool:
         with self.lock:
             slot = int(self.slots_of(torch.tensor([chunk]))[0])
             if slot < 0:
-                slot = self._free_slot(protect)
                 h = chunk % self.map_size
-                if int(self._map_chunk[h]) >= 0:
-                    raise RuntimeError(
-                        f"chunk map collision ({chunk} vs {int(self._map_chunk[h])}): the "
-                        "live span exceeds the map size"
-                    )
+                occupant = int(self._map_chunk[h])
+                if occupant >= 0:
+                    # Chunks sharing an entry are >= map_size apart and the map covers the live
+                    # span, so an older occupant is dead (its rows were overwritten) and only
+                    # lingers until garbage collection: drop it from the cache.
+                    if occupant in protect or (occupant > chunk and occupant in self.dirty):
+                        raise RuntimeError(
+                            f"chunk map collision ({chunk} vs {occupant}): the live span "
+                            "exceeds the map size"
+                        )
+                    self.evict(occupant)
+                slot = self._free_slot(protect)
                 self._map_chunk[h] = chunk
                 self._map_slot[h] = slot
                 self.slot_chunk[slot] = chunk
