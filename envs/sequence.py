@@ -23,6 +23,8 @@ from zarrl.envs.tree_solver import (
     MAX_NODES,
     SequenceTree,
     TabularReward,
+    check_tree_shape,
+    level_offsets,
     synthetic_tree_rewards,
 )
 
@@ -58,12 +60,7 @@ class SequenceEnv(EnvBase):
         device: torch.device | str | None = None,
         with_node: bool | None = None,
     ):
-        if vocab_size < 2:
-            raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
-        if max_length < 1:
-            raise ValueError(f"max_length must be >= 1, got {max_length}")
-        if end_token is not None and not 0 <= end_token < vocab_size:
-            raise ValueError(f"end_token must be in [0, {vocab_size}), got {end_token}")
+        check_tree_shape(vocab_size, max_length, end_token)
         if not callable(reward_fn):
             raise TypeError(f"reward_fn must be callable, got {type(reward_fn).__name__}")
         batch_size = torch.Size(batch_size)
@@ -72,17 +69,15 @@ class SequenceEnv(EnvBase):
         super().__init__(device=device, batch_size=batch_size)
         self.vocab_size, self.max_length, self.end_token = vocab_size, max_length, end_token
         self.reward_fn = reward_fn
-        num_nodes = sum(vocab_size**level for level in range(max_length + 1))
+        offsets = level_offsets(vocab_size, max_length)
+        num_nodes = int(offsets[-1])
         if with_node is None:
             with_node = num_nodes <= MAX_NODES
         elif with_node and num_nodes > MAX_NODES:
             raise ValueError(f"with_node=True but the tree has {num_nodes} > {MAX_NODES} nodes")
         self.with_node = with_node
         self.num_nodes = num_nodes
-        offsets = [0]
-        for level in range(max_length + 1):
-            offsets.append(offsets[-1] + vocab_size**level)
-        self._offsets = torch.tensor(offsets, dtype=torch.long, device=self.device)
+        self._offsets = offsets.to(self.device)
         self._make_specs()
 
     def _make_specs(self) -> None:

@@ -23,6 +23,8 @@ from torch import Tensor
 __all__ = [
     "SequenceTree",
     "SoftOptimalSolution",
+    "check_tree_shape",
+    "level_offsets",
     "solve_soft_optimal",
     "synthetic_tree_rewards",
     "random_log_policy",
@@ -33,6 +35,26 @@ __all__ = [
 ]
 
 MAX_NODES = 5_000_000
+
+
+def check_tree_shape(vocab_size: int, max_length: int, end_token: int | None) -> None:
+    """Raises ``ValueError`` naming the bad argument of a token tree."""
+    if vocab_size < 2:
+        raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    if end_token is not None and not 0 <= end_token < vocab_size:
+        raise ValueError(f"end_token must be in [0, {vocab_size}), got {end_token}")
+
+
+def level_offsets(vocab_size: int, max_length: int) -> Tensor:
+    """First node id of each prefix length: int64 ``[L + 2]`` (the last entry is the node count).
+
+    Node ids number prefixes level by level; the child of node ``n`` at level ``l`` by token
+    ``a`` is ``offsets[l + 1] + (n - offsets[l])·V + a``.
+    """
+    sizes = torch.tensor([vocab_size**level for level in range(max_length + 1)], dtype=torch.long)
+    return torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
 
 
 class SequenceTree:
@@ -55,15 +77,11 @@ class SequenceTree:
     """
 
     def __init__(self, vocab_size: int, max_length: int, end_token: int | None = None):
-        if vocab_size < 2:
-            raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
-        if max_length < 1:
-            raise ValueError(f"max_length must be >= 1, got {max_length}")
-        if end_token is not None and not 0 <= end_token < vocab_size:
-            raise ValueError(f"end_token must be in [0, {vocab_size}), got {end_token}")
+        check_tree_shape(vocab_size, max_length, end_token)
         V, L = vocab_size, max_length
-        sizes = [V**level for level in range(L + 1)]
-        num_nodes = sum(sizes)
+        offsets = level_offsets(V, L)
+        sizes = offsets.diff().tolist()
+        num_nodes = int(offsets[-1])
         if num_nodes > MAX_NODES:
             raise ValueError(
                 f"a tree with vocab_size={V}, max_length={L} has {num_nodes} nodes, "
@@ -71,7 +89,7 @@ class SequenceTree:
             )
         self.vocab_size, self.max_length, self.end_token = V, L, end_token
         self.num_nodes = num_nodes
-        self.offsets = torch.tensor([0, *torch.tensor(sizes).cumsum(0).tolist()], dtype=torch.long)
+        self.offsets = offsets
         length = torch.cat([torch.full((s,), lvl, dtype=torch.long) for lvl, s in enumerate(sizes)])
         tokens = torch.full((num_nodes, L), V, dtype=torch.long)
         for level in range(1, L + 1):

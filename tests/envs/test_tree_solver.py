@@ -7,6 +7,7 @@ import torch
 from zarrl.envs.tree_solver import (
     SequenceTree,
     TabularReward,
+    level_offsets,
     random_log_policy,
     solve_soft_optimal,
     synthetic_tree_rewards,
@@ -123,3 +124,21 @@ def test_solver_and_tree_reject_bad_input():
         solve_soft_optimal(tree, torch.zeros(tree.num_nodes), entropy_coef=0.0, kl_coef=0.0)
     with pytest.raises(ValueError, match="table has shape"):
         TabularReward(tree, torch.zeros(2))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [((1, 3, None), "vocab_size"), ((3, 0, None), "max_length"), ((3, 3, 3), "end_token")],
+)
+def test_tree_and_env_refuse_the_same_bad_shape_naming_the_argument(args, message):
+    from zarrl.envs import SequenceEnv
+
+    with pytest.raises(ValueError, match=message):
+        SequenceTree(*args)
+    with pytest.raises(ValueError, match=message):
+        SequenceEnv(args[0], args[1], lambda tokens, length: length.float(), end_token=args[2])
+
+
+def test_level_offsets_count_the_prefixes_of_each_length():
+    assert level_offsets(3, 2).tolist() == [0, 1, 4, 13]
+    assert SequenceTree(3, 2).num_nodes == 13
