@@ -125,6 +125,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if not args.config:
             raise _UsageError("train: give a config file, or --resume RUN_FOLDER")
         trainer = Trainer(load_config(args.config, overrides))
+    return _run(trainer)
+
+
+def _run(trainer) -> int:
+    """Runs ``trainer`` to the end (closing it even on error) and prints where its outputs went."""
     try:
         trainer.run()
     finally:
@@ -201,12 +206,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"{config.train.total_frames} env steps, run folder {config.run_dir}"
     )
     trainer = Trainer(config)
-    try:
-        trainer.run()
-    finally:
-        trainer.close()
-    _print_locations(trainer)
-    return EXIT_OK
+    return _run(trainer)
 
 
 class _UsageError(Exception):
