@@ -258,3 +258,18 @@ def test_unknown_subcommand_is_a_usage_error(capsys):
         main(["frobnicate"])
     assert info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_building_the_command_line_loads_no_torch_and_the_package_exports_resolve():
+    code = (
+        "import sys; from zarrl.engine.cli import _parser; _parser(); "
+        "print('torch' in sys.modules, 'zarrl.engine.trainer' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]  # `zarrl --help` starts in a blink
+    import zarrl.engine as engine
+
+    for name in engine.__all__:
+        assert getattr(engine, name).__name__ == name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        engine.nope  # noqa: B018
