@@ -39,16 +39,21 @@ class CachedSliceSampler(SliceSampler):
     when the ``ZarrStorage`` is larger than its cache; falls back to every trajectory when
     none is wholly cached yet."""
 
+    def sample(self, storage, batch_size: int):
+        self._batch_rows = batch_size  # refill credit earned by this batch
+        return super().sample(storage, batch_size)
+
     def _get_stop_and_length(self, storage, fallback=True):
         start, stop, lengths = super()._get_stop_and_length(storage, fallback)
         resident = getattr(storage, "resident_positions", None)
         if resident is None or start.shape[1] != 1:
             return start, stop, lengths
+        # residency changes only here, so the mask below holds until the batch is gathered
+        storage.request_refill(getattr(self, "_batch_rows", 1))
         mask = resident()
         if mask is None:  # fully mirrored: every row is cached
             return start, stop, lengths
         keep = fully_resident(start[:, 0].cpu(), lengths.cpu(), mask)
-        storage.request_refill()
         if not bool(keep.any()):
             return start, stop, lengths
         keep = keep.to(start.device)

@@ -48,6 +48,7 @@ class ChunkPool:
         self.slot_chunk = torch.zeros(0, dtype=torch.long)  # chunk held by each slot, -1 = free
         self.referenced = torch.zeros(0, dtype=torch.bool)
         self.dirty: set[int] = set()
+        self.version = 0  # bumped whenever the set of resident chunks changes
         self._hand = 0
         self.map_size = 0
         self._map_slot = torch.zeros(0, dtype=torch.long)
@@ -140,6 +141,7 @@ class ChunkPool:
             self.slot_chunk[s] = -1
             self.referenced[s] = False
             self.dirty.discard(chunk)
+            self.version += 1
 
     def install(
         self, chunk: int, arrays: Mapping[str, np.ndarray] | None, protect: frozenset = frozenset()
@@ -165,6 +167,7 @@ class ChunkPool:
                 self._map_chunk[h] = chunk
                 self._map_slot[h] = slot
                 self.slot_chunk[slot] = chunk
+                self.version += 1
             rows = slice(slot * self.R, (slot + 1) * self.R)
             for k, t in self.data.items():
                 if arrays is None:

@@ -38,8 +38,8 @@ def test_slices_come_from_cached_trajectories_and_hold_the_stored_rows(tmp_path)
         assert torch.equal(batch["episode"], (batch["obs"][:, 0] // 20).long())
         if storage._refill is not None:
             storage._refill.result()
+        start, _, lengths = sampler._get_stop_and_length(storage)  # installs the refill
         mask = storage.resident_positions()
-        start, _, lengths = sampler._get_stop_and_length(storage)
         assert bool(fully_resident(start[:, 0], lengths, mask).all())
         assert start.shape[0] < 32  # restricted to the cached subset of 32 episodes
     storage.close()

@@ -329,8 +329,8 @@ def test_bounded_cache_refills_in_the_background_to_cover_every_row(tmp_path):
         batch = rb.sample()
         assert_rows_consistent(batch)
         seen.update(batch["obs"][:, 0].long().tolist())
-        storage._refill.result()  # deterministic test: let each refill land
-        storage._next_refill = 0.0
+        if storage._refill is not None:  # deterministic test: let each refill land
+            storage._refill.result()
     assert len(seen) > 300  # sampling is not stuck on the first cached chunks
     assert storage._pool.n_slots <= 4 + 4  # memory stays bounded by the cache
 
