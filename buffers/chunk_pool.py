@@ -96,8 +96,8 @@ class ChunkPool:
     def slots_of(self, chunks: torch.Tensor) -> torch.Tensor:
         """Slot of each chunk id, -1 where not resident. ``chunks``: int64 [N] (CPU)."""
         h = chunks % self.map_size
-        hit = self._map_chunk[h] == chunks
-        return torch.where(hit, self._map_slot[h], torch.full_like(chunks, -1))
+        slots = torch.index_select(self._map_slot, 0, h)
+        return slots.masked_fill_(torch.index_select(self._map_chunk, 0, h) != chunks, -1)
 
     def resident(self) -> torch.Tensor:
         return self.slot_chunk[self.slot_chunk >= 0]
@@ -206,9 +206,9 @@ class ChunkPool:
             chunks = phys // self.R
             slots = self.slots_of(chunks)
             if bool((slots >= 0).all()):  # hot path: everything cached
-                self.referenced[slots] = True
+                self.referenced.index_fill_(0, slots, True)
                 rows = self.pool_rows(phys, slots).to(self.device)
-                return {k: self.data[k][rows] for k in keys}
+                return {k: torch.index_select(self.data[k], 0, rows) for k in keys}
             uniq = torch.unique(chunks)
             room = self.max_slots - len(self.dirty)
             if uniq.numel() <= room:
@@ -231,9 +231,9 @@ class ChunkPool:
 
     def _gather_resident(self, phys, chunks, loader, keys):
         slots = self.ensure(chunks, loader)
-        self.referenced[slots] = True
+        self.referenced.index_fill_(0, slots, True)
         rows = self.pool_rows(phys, slots).to(self.device)
-        return {k: self.data[k][rows] for k in keys}
+        return {k: torch.index_select(self.data[k], 0, rows) for k in keys}
 
     def write(self, phys: torch.Tensor, values: Mapping[str, torch.Tensor], loader: Loader):
         """Stages rows at ``phys`` (pinning their chunks as dirty until ``mark_clean``)."""

@@ -14,6 +14,7 @@ import asyncio
 import atexit
 import collections
 import concurrent.futures
+import functools
 import math
 import os
 import sys
@@ -382,7 +383,7 @@ class ZarrStorage(TensorStorage):
     def _phys(self, pos: torch.Tensor) -> torch.Tensor:
         """Physical row (write-order log) of each ring position ``pos`` (int64)."""
         cap0 = self._header.capacity
-        if cap0 is None:
+        if cap0 is None or self._wc <= cap0:  # not wrapped yet: one generation
             return pos + self._base
         gen = torch.div(self._wc - 1 - pos, cap0, rounding_mode="floor").clamp_min(0)
         return self._base + gen * cap0 + pos
@@ -392,6 +393,13 @@ class ZarrStorage(TensorStorage):
 
     def _rows_and_reindex(self, index):
         """dim-0 positions [N] to read + how to index the gathered ``[N, *tail]`` block."""
+        if (  # what samplers pass: a CPU int64 vector
+            isinstance(index, torch.Tensor)
+            and index.ndim == 1
+            and index.dtype == torch.long
+            and index.device.type == "cpu"
+        ):
+            return self._checked_rows(index), None
         rest = ()
         if isinstance(index, tuple):
             if len(index) == 0:
@@ -415,14 +423,22 @@ class ZarrStorage(TensorStorage):
         idx = torch.as_tensor(np.asarray(index) if isinstance(index, list) else index)
         if idx.dtype == torch.bool:
             idx = idx.nonzero().squeeze(-1)
-        idx = idx.to("cpu", torch.long)
-        if idx.numel() and (int(idx.max()) >= n0 or int(idx.min()) < -n0):
-            raise IndexError(f"index out of range for a storage of {n0} rows")
-        idx = torch.where(idx < 0, idx + n0, idx)
+        idx = self._checked_rows(idx.to("cpu", torch.long))
         flat = idx.reshape(-1)
         if rest:
             return flat, (torch.arange(flat.numel()).reshape(idx.shape), *rest)
         return flat, ("reshape", tuple(idx.shape))
+
+    def _checked_rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """``idx`` (CPU int64, any shape) with negative positions wrapped; raises
+        ``IndexError`` outside ``[-len0, len0)``."""
+        if not idx.numel():
+            return idx
+        n0 = self._len0()
+        lo, hi = (int(v) for v in torch.aminmax(idx))
+        if hi >= n0 or lo < -n0:
+            raise IndexError(f"index out of range for a storage of {n0} rows")
+        return torch.where(idx < 0, idx + n0, idx) if lo < 0 else idx
 
     @staticmethod
     def _apply_reindex(td: TensorDictBase, reindex):
@@ -504,7 +520,9 @@ class ZarrStorage(TensorStorage):
             out.update(got)
         for k in keys:
             if k in self._index:
-                out[k] = self._index[k][rows]
+                out[k] = torch.index_select(self._index[k], 0, rows)  # much faster than [rows]
+        if all(out[k].device == self.device for k in keys):
+            return {k: out[k] for k in keys}
         return {k: out[k].to(self.device, non_blocking=True) for k in keys}
 
     def _check_not_stale(self, first_row: int) -> None:
@@ -690,7 +708,9 @@ class ZarrStorage(TensorStorage):
         if last < first:
             return
         n = self._refill_rows() // R
-        run_start = int(torch.randint(first, max(first, last - n + 1) + 1, (1,), generator=self._rng))
+        run_start = int(
+            torch.randint(first, max(first, last - n + 1) + 1, (1,), generator=self._rng)
+        )
         want = torch.arange(run_start, min(last, run_start + n - 1) + 1)
         with self._pool.lock:
             missing = want[self._pool.slots_of(want) < 0].tolist()
@@ -1261,19 +1281,26 @@ def _flush_at_exit(ref: weakref.ref) -> None:
 def _nested_td(leaves: Mapping[str, torch.Tensor], batch: torch.Size, device) -> TensorDict:
     """TensorDict from ``{"next/obs": tensor}`` leaves, without per-key validation (the leaves
     come from the store's own schema, already checked)."""
+
+    def build(node: dict) -> TensorDict:
+        source = {k: build(v) if isinstance(v, dict) else leaves[v] for k, v in node.items()}
+        return TensorDict._new_unsafe(source=source, batch_size=batch, device=device)
+
+    return build(_path_tree(tuple(leaves)))
+
+
+@functools.lru_cache(maxsize=64)
+def _path_tree(paths: tuple[str, ...]) -> dict:
+    """Nesting of leaf paths: ``("a", "next/b")`` -> ``{"a": "a", "next": {"b": "next/b"}}``
+    (cached: the schema of a store is fixed, so each get reuses it; never mutated)."""
     tree: dict = {}
-    for path, value in leaves.items():
+    for path in paths:
         *parents, name = path.split("/")
         node = tree
         for p in parents:
             node = node.setdefault(p, {})
-        node[name] = value
-
-    def build(node: dict) -> TensorDict:
-        source = {k: build(v) if isinstance(v, dict) else v for k, v in node.items()}
-        return TensorDict._new_unsafe(source=source, batch_size=batch, device=device)
-
-    return build(tree)
+        node[name] = path
+    return tree
 
 
 def _run_io(coroutines: list, return_exceptions: bool = False) -> list:
