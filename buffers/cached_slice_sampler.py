@@ -14,8 +14,20 @@ import torch
 from torchrl.data import SliceSampler
 
 
+def resident_prefix(resident: torch.Tensor) -> torch.Tensor:
+    """Cached rows before each position of the ring read twice (so wrapping trajectories need no
+    special case): int64 ``[2 * n_rows + 1]`` from bool ``resident`` ``[n_rows]``."""
+    n = resident.numel()
+    counts = torch.zeros(2 * n + 1, dtype=torch.long)
+    counts[1:] = torch.cat([resident, resident]).long().cumsum(0)
+    return counts
+
+
 def fully_resident(
-    start: torch.Tensor, lengths: torch.Tensor, resident: torch.Tensor
+    start: torch.Tensor,
+    lengths: torch.Tensor,
+    resident: torch.Tensor,
+    prefix: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Which trajectories lie wholly in resident rows.
 
@@ -23,14 +35,13 @@ def fully_resident(
         start: first ring position of each trajectory, int64 ``[n_traj]``.
         lengths: rows per trajectory, int64 ``[n_traj]`` (a trajectory may wrap past the end).
         resident: whether each ring position is cached, bool ``[n_rows]``.
+        prefix: ``resident_prefix(resident)`` when already computed.
 
     Returns:
         bool ``[n_traj]``.
     """
-    n = resident.numel()
-    counts = torch.zeros(2 * n + 1, dtype=torch.long)
-    counts[1:] = torch.cat([resident, resident]).long().cumsum(0)
-    stop = (start + lengths).clamp_max(2 * n)
+    counts = resident_prefix(resident) if prefix is None else prefix
+    stop = (start + lengths).clamp_max(2 * resident.numel())
     return (counts[stop] - counts[start]) == lengths
 
 
@@ -38,6 +49,9 @@ class CachedSliceSampler(SliceSampler):
     """``SliceSampler`` (same arguments) that samples only trajectories whose rows are cached
     when the ``ZarrStorage`` is larger than its cache; falls back to every trajectory when
     none is wholly cached yet."""
+
+    _mask: torch.Tensor | None = None
+    _prefix: torch.Tensor | None = None
 
     def sample(self, storage, batch_size: int):
         self._batch_rows = batch_size  # refill credit earned by this batch
@@ -53,7 +67,9 @@ class CachedSliceSampler(SliceSampler):
         mask = resident()
         if mask is None:  # fully mirrored: every row is cached
             return start, stop, lengths
-        keep = fully_resident(start[:, 0].cpu(), lengths.cpu(), mask)
+        if mask is not self._mask:  # the storage returns the same mask until residency changes
+            self._mask, self._prefix = mask, resident_prefix(mask)
+        keep = fully_resident(start[:, 0].cpu(), lengths.cpu(), mask, self._prefix)
         if not bool(keep.any()):
             return start, stop, lengths
         keep = keep.to(start.device)

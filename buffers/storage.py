@@ -157,6 +157,7 @@ class ZarrStorage(TensorStorage):
         self._refill: concurrent.futures.Future | None = None
         self._refill_credit = 0.0  # rows the background refill may decode
         self._resident_cache: tuple | None = None
+        self._resident_mask: tuple | None = None
         self._closed = False
         self._group = self._open_group(path, _mode)
         self._attach_or_create()
@@ -578,7 +579,7 @@ class ZarrStorage(TensorStorage):
         rows, reindex = self._rows_and_reindex(index)
         if reindex is not None and not (isinstance(reindex[0], str) and len(reindex[1]) == 1):
             return self.get(index)
-        eager = {k: v[rows].to(self.device) for k, v in self._index.items()}
+        eager = {k: torch.index_select(v, 0, rows).to(self.device) for k, v in self._index.items()}
 
         def loader(path):
             return lambda: self._gather(rows, [path])[path]
@@ -624,13 +625,25 @@ class ZarrStorage(TensorStorage):
 
     def resident_positions(self) -> torch.Tensor | None:
         """bool ``[len along dim 0]``: whether each ring position's chunk is cached; ``None``
-        when the pool mirrors every live row (everything is cached)."""
+        when the pool mirrors every live row (everything is cached). The same tensor object is
+        returned until the residency or the live range changes (callers may cache on its
+        identity and must not modify it)."""
         if self._header is None or self.is_ram_mirror:
             return None
-        with self._pool.lock:
-            chunks = self._pool.resident()
-        phys = self._phys(torch.arange(self._len0()))
-        return torch.isin(phys // self._header.chunk_rows, chunks)
+        live = self._live_phys_range()
+        key = (self._pool, self._pool.version, live, self._base, self._len0())
+        if self._resident_mask is None or self._resident_mask[0] != key:
+            R = self._header.chunk_rows
+            first = live[0] // R
+            cached = torch.zeros(max(0, -(live[1] // -R) - first), dtype=torch.bool)
+            with self._pool.lock:
+                chunks = self._pool.resident() - first
+            cached[chunks[(chunks >= 0) & (chunks < cached.numel())]] = True
+            phys = torch.arange(*live)
+            mask = torch.zeros(self._len0(), dtype=torch.bool)
+            mask[self._pos_of_phys(phys)] = cached[phys // R - first]
+            self._resident_mask = (key, mask)
+        return self._resident_mask[1]
 
     def request_refill(self, rows: int = 1) -> None:
         """Swaps the last background refill into the cache, then earns ``rows *
