@@ -3,10 +3,14 @@
 For three data shapes (vector transitions, pixel transitions, token generations) it measures
 extend throughput (durable: the Zarr numbers include the final commit), the time to sample a
 RandomSampler batch of 256 and a SliceSampler batch of 32 slices x 8 steps, and bytes on disk,
-then prints one table with ratios to LazyMemmapStorage. The row "Zarr 1/4 CachedSlice" is the
-"Zarr cache=1/4" store sampled with ``zarrl.buffers.CachedSliceSampler`` for the slice column
-(slices from cached trajectories only, see docs/storage_format.md). A second table compares chunk codecs
-(compression ratio, encode and decode speed), which is how the default codec was chosen.
+then prints one table with ratios to LazyMemmapStorage. "Zarr cache=1/4" is a store four times
+larger than its chunk cache: its RandomSampler batches come from cached rows (refilled in the
+background, ``ZarrStorage.refill_ratio`` rows decoded per sampled row), while a plain
+SliceSampler stays exact and reads missed chunks synchronously. The row "Zarr 1/4 CachedSlice"
+is the same store sampled with ``zarrl.buffers.CachedSliceSampler`` for the slice column (slices
+from cached segments of trajectories only; semantics in docs/storage_format.md). A second table
+compares chunk codecs (compression ratio, encode and decode speed), which is how the default
+codec was chosen.
 
     python benchmarks/buffer.py            # full run
     python benchmarks/buffer.py --quick    # smaller data, fewer repeats
