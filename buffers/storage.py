@@ -156,6 +156,7 @@ class ZarrStorage(TensorStorage):
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._refill: concurrent.futures.Future | None = None
         self._refill_credit = 0.0  # rows the background refill may decode
+        self._next_refill = 0.0  # monotonic time before which no refill starts
         self._resident_cache: tuple | None = None
         self._resident_mask: tuple | None = None
         self._closed = False
@@ -710,10 +711,15 @@ class ZarrStorage(TensorStorage):
 
     def _schedule_refill(self) -> None:
         """Starts decoding a run of consecutive uncached, committed live chunks (1/8 of the
-        cache) in the background once enough credit is earned; ``_install_refill`` swaps them
+        cache) in the background once enough credit is earned and the refill thread has rested
+        3x its last run (so it works at most ~1/4 of the time); ``_install_refill`` swaps them
         in at a later sampling call."""
         R = self._header.chunk_rows
-        if self._refill is not None or self._refill_credit < self._refill_rows():
+        if (
+            self._refill is not None
+            or self._refill_credit < self._refill_rows()
+            or time.monotonic() < self._next_refill
+        ):
             return
         start, _ = self._live_phys_range()
         # whole committed chunks only: their bytes change only through in-place writes
@@ -735,12 +741,14 @@ class ZarrStorage(TensorStorage):
         version, gc_chunk = self._refill_version(), self._commit.gc_below // R
 
         def refill():
-            decoded = self._load_chunks(missing)
+            t0 = time.monotonic()
+            decoded = list(zip(missing, self._load_chunks(missing)))
             if self.read_only:  # the writer may have recycled (deleted) them since our refresh
                 _, commit = read_attrs(self._group_fresh(), self._where)
                 gc_chunk_now = max(gc_chunk, commit.gc_below // R)
-                return version, [(c, a) for c, a in zip(missing, decoded) if c >= gc_chunk_now]
-            return version, list(zip(missing, decoded))
+                decoded = [(c, a) for c, a in decoded if c >= gc_chunk_now]
+            self._next_refill = time.monotonic() + 3 * (time.monotonic() - t0)
+            return version, decoded
 
         self._refill = self._executor.submit(refill)
 

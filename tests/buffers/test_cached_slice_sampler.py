@@ -97,6 +97,7 @@ def test_slices_from_partly_cached_trajectories_never_read_synchronously(tmp_pat
         seen.update(batch["episode"].tolist())
         if storage._refill is not None:
             storage._refill.result()
+        storage._next_refill = 0.0  # no rest between refills
     assert loads == [] and len(seen) > 1
     storage.close()
 

@@ -333,6 +333,7 @@ def test_bounded_cache_refills_in_the_background_to_cover_every_row(tmp_path):
         seen.update(batch["obs"][:, 0].long().tolist())
         if storage._refill is not None:  # deterministic test: let each refill land
             storage._refill.result()
+        storage._next_refill = 0.0
     assert len(seen) > 300  # sampling is not stuck on the first cached chunks
     assert storage._pool.n_slots <= 4 + 4  # memory stays bounded by the cache
 
@@ -362,6 +363,7 @@ def test_rows_drawn_from_the_cache_stay_cached_until_gathered(tmp_path):
         pos = storage._rand_given_ndim(32)
         if storage._refill is not None:
             storage._refill.result()  # a refill lands between the draw and the gather
+        storage._next_refill = 0.0  # no rest between refills
         batch = storage.get(pos)
         assert_rows_consistent(batch)
         assert torch.equal(batch["obs"][:, 0].long(), pos)
@@ -382,6 +384,7 @@ def test_refill_work_is_earned_by_sampled_rows(tmp_path):
         rb.sample()
         if storage._refill is not None:
             storage._refill.result()
+        storage._next_refill = 0.0  # no rest between refills
     run_rows = storage._refill_rows()
     assert 0 < len(decoded) * 8 <= storage.refill_ratio * 100 * 32 + 2 * run_rows
     storage.close()
