@@ -14,7 +14,6 @@ import asyncio
 import atexit
 import collections
 import concurrent.futures
-import functools
 import math
 import os
 import sys
@@ -51,7 +50,7 @@ from .format import (
     torch_dtype,
     write_attrs,
 )
-from .lazy_view import lazy_tensordict
+from .lazy_view import lazy_tensordict, path_tree
 
 _UNBOUNDED = 2**31 - 1  # TorchRL keeps len() in an int32 shared value
 _TENSOR_KEY = "_tensor"
@@ -601,11 +600,10 @@ class ZarrStorage(TensorStorage):
     def _full_view(self) -> TensorDictBase:
         """``storage[:]``: index columns are RAM views, other leaves load on first access."""
         n0 = self._len0()
-        rows = torch.arange(n0)
         eager = {k: v[:n0].to(self.device) for k, v in self._index.items()}
 
-        def loader(path):
-            return lambda: self._gather(rows, [path])[path]
+        def loader(path):  # the row range is built only if a large column is looked up
+            return lambda: self._gather(torch.arange(n0), [path])[path]
 
         lazy = {k: loader(k) for k in self._header.schema if k not in self._index}
         return lazy_tensordict(eager, lazy, [n0, *self._header.tail], self.device)
@@ -1307,21 +1305,7 @@ def _nested_td(leaves: Mapping[str, torch.Tensor], batch: torch.Size, device) ->
         source = {k: build(v) if isinstance(v, dict) else leaves[v] for k, v in node.items()}
         return TensorDict._new_unsafe(source=source, batch_size=batch, device=device)
 
-    return build(_path_tree(tuple(leaves)))
-
-
-@functools.lru_cache(maxsize=64)
-def _path_tree(paths: tuple[str, ...]) -> dict:
-    """Nesting of leaf paths: ``("a", "next/b")`` -> ``{"a": "a", "next": {"b": "next/b"}}``
-    (cached: the schema of a store is fixed, so each get reuses it; never mutated)."""
-    tree: dict = {}
-    for path in paths:
-        *parents, name = path.split("/")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[name] = path
-    return tree
+    return build(path_tree(tuple(leaves)))
 
 
 def _run_io(coroutines: list, return_exceptions: bool = False) -> list:
