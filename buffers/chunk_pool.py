@@ -48,6 +48,7 @@ class ChunkPool:
         self.slot_chunk = torch.zeros(0, dtype=torch.long)  # chunk held by each slot, -1 = free
         self.referenced = torch.zeros(0, dtype=torch.bool)
         self.dirty: set[int] = set()
+        self.version = 0  # bumped whenever the set of resident chunks changes
         self._hand = 0
         self.map_size = 0
         self._map_slot = torch.zeros(0, dtype=torch.long)
@@ -95,8 +96,8 @@ class ChunkPool:
     def slots_of(self, chunks: torch.Tensor) -> torch.Tensor:
         """Slot of each chunk id, -1 where not resident. ``chunks``: int64 [N] (CPU)."""
         h = chunks % self.map_size
-        hit = self._map_chunk[h] == chunks
-        return torch.where(hit, self._map_slot[h], torch.full_like(chunks, -1))
+        slots = torch.index_select(self._map_slot, 0, h)
+        return slots.masked_fill_(torch.index_select(self._map_chunk, 0, h) != chunks, -1)
 
     def resident(self) -> torch.Tensor:
         return self.slot_chunk[self.slot_chunk >= 0]
@@ -140,6 +141,7 @@ class ChunkPool:
             self.slot_chunk[s] = -1
             self.referenced[s] = False
             self.dirty.discard(chunk)
+            self.version += 1
 
     def install(
         self, chunk: int, arrays: Mapping[str, np.ndarray] | None, protect: frozenset = frozenset()
@@ -165,6 +167,7 @@ class ChunkPool:
                 self._map_chunk[h] = chunk
                 self._map_slot[h] = slot
                 self.slot_chunk[slot] = chunk
+                self.version += 1
             rows = slice(slot * self.R, (slot + 1) * self.R)
             for k, t in self.data.items():
                 if arrays is None:
@@ -203,9 +206,9 @@ class ChunkPool:
             chunks = phys // self.R
             slots = self.slots_of(chunks)
             if bool((slots >= 0).all()):  # hot path: everything cached
-                self.referenced[slots] = True
+                self.referenced.index_fill_(0, slots, True)
                 rows = self.pool_rows(phys, slots).to(self.device)
-                return {k: self.data[k][rows] for k in keys}
+                return {k: torch.index_select(self.data[k], 0, rows) for k in keys}
             uniq = torch.unique(chunks)
             room = self.max_slots - len(self.dirty)
             if uniq.numel() <= room:
@@ -228,9 +231,9 @@ class ChunkPool:
 
     def _gather_resident(self, phys, chunks, loader, keys):
         slots = self.ensure(chunks, loader)
-        self.referenced[slots] = True
+        self.referenced.index_fill_(0, slots, True)
         rows = self.pool_rows(phys, slots).to(self.device)
-        return {k: self.data[k][rows] for k in keys}
+        return {k: torch.index_select(self.data[k], 0, rows) for k in keys}
 
     def write(self, phys: torch.Tensor, values: Mapping[str, torch.Tensor], loader: Loader):
         """Stages rows at ``phys`` (pinning their chunks as dirty until ``mark_clean``)."""

@@ -8,12 +8,11 @@ it is first looked up.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 
 import torch
 from tensordict import TensorDict
-
-from .format import path_key
 
 
 class _LazyLeaves(dict):
@@ -55,26 +54,33 @@ def lazy_tensordict(
     device,
 ) -> TensorDict:
     """TensorDict over leaf paths (``"next/obs"``): ``eager`` tensors + ``lazy`` loaders."""
-    tree: dict = {}
-    for path, value in list(eager.items()) + list(lazy.items()):
-        parts = path_key(path)
-        parts = (parts,) if isinstance(parts, str) else parts
-        node = tree
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = ("eager", value) if path in eager else ("lazy", value)
+    batch_size = torch.Size(batch_size)
 
     def build(node: dict) -> TensorDict:
         eager_leaves, loaders = {}, {}
         for name, child in node.items():
             if isinstance(child, dict):
                 eager_leaves[name] = build(child)
-            elif child[0] == "eager":
-                eager_leaves[name] = child[1]
+            elif child in eager:
+                eager_leaves[name] = eager[child]
             else:
-                loaders[name] = child[1]
-        td = TensorDict({}, batch_size=batch_size, device=device)
+                loaders[name] = lazy[child]
+        td = TensorDict._new_unsafe(source={}, batch_size=batch_size, device=device)
         td._tensordict = _LazyLeaves(eager_leaves, loaders)
         return td
 
-    return build(tree)
+    return build(path_tree(tuple(eager) + tuple(lazy)))
+
+
+@functools.lru_cache(maxsize=64)
+def path_tree(paths: tuple[str, ...]) -> dict:
+    """Nesting of leaf paths: ``("a", "next/b")`` -> ``{"a": "a", "next": {"b": "next/b"}}``
+    (cached, as a store's schema is fixed; callers must not modify it)."""
+    tree: dict = {}
+    for path in paths:
+        *parents, name = path.split("/")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[name] = path
+    return tree

@@ -50,7 +50,7 @@ from .format import (
     torch_dtype,
     write_attrs,
 )
-from .lazy_view import lazy_tensordict
+from .lazy_view import lazy_tensordict, path_tree
 
 _UNBOUNDED = 2**31 - 1  # TorchRL keeps len() in an int32 shared value
 _TENSOR_KEY = "_tensor"
@@ -94,6 +94,10 @@ class ZarrStorage(TensorStorage):
         gc_grace_seconds: chunks overwritten by the ring are deleted this long after they died,
             so concurrent readers lagging less than this never lose a row they can see.
     """
+
+    refill_ratio = 0.25
+    """Larger-than-cache stores: rows decoded by the background refill per row sampled from the
+    cache (each cached row is drawn about ``1 / refill_ratio`` times before it is swapped out)."""
 
     def __init__(
         self,
@@ -150,7 +154,10 @@ class ZarrStorage(TensorStorage):
         self._arrays: dict[str, zarr.Array] = {}
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._refill: concurrent.futures.Future | None = None
-        self._next_refill = 0.0
+        self._refill_credit = 0.0  # rows the background refill may decode
+        self._next_refill = 0.0  # monotonic time before which no refill starts
+        self._resident_cache: tuple | None = None
+        self._resident_mask: tuple | None = None
         self._closed = False
         self._group = self._open_group(path, _mode)
         self._attach_or_create()
@@ -377,7 +384,7 @@ class ZarrStorage(TensorStorage):
     def _phys(self, pos: torch.Tensor) -> torch.Tensor:
         """Physical row (write-order log) of each ring position ``pos`` (int64)."""
         cap0 = self._header.capacity
-        if cap0 is None:
+        if cap0 is None or self._wc <= cap0:  # not wrapped yet: one generation
             return pos + self._base
         gen = torch.div(self._wc - 1 - pos, cap0, rounding_mode="floor").clamp_min(0)
         return self._base + gen * cap0 + pos
@@ -387,6 +394,13 @@ class ZarrStorage(TensorStorage):
 
     def _rows_and_reindex(self, index):
         """dim-0 positions [N] to read + how to index the gathered ``[N, *tail]`` block."""
+        if (  # what samplers pass: a CPU int64 vector
+            isinstance(index, torch.Tensor)
+            and index.ndim == 1
+            and index.dtype == torch.long
+            and index.device.type == "cpu"
+        ):
+            return self._checked_rows(index), None
         rest = ()
         if isinstance(index, tuple):
             if len(index) == 0:
@@ -410,14 +424,22 @@ class ZarrStorage(TensorStorage):
         idx = torch.as_tensor(np.asarray(index) if isinstance(index, list) else index)
         if idx.dtype == torch.bool:
             idx = idx.nonzero().squeeze(-1)
-        idx = idx.to("cpu", torch.long)
-        if idx.numel() and (int(idx.max()) >= n0 or int(idx.min()) < -n0):
-            raise IndexError(f"index out of range for a storage of {n0} rows")
-        idx = torch.where(idx < 0, idx + n0, idx)
+        idx = self._checked_rows(idx.to("cpu", torch.long))
         flat = idx.reshape(-1)
         if rest:
             return flat, (torch.arange(flat.numel()).reshape(idx.shape), *rest)
         return flat, ("reshape", tuple(idx.shape))
+
+    def _checked_rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """``idx`` (CPU int64, any shape) with negative positions wrapped; raises
+        ``IndexError`` outside ``[-len0, len0)``."""
+        if not idx.numel():
+            return idx
+        n0 = self._len0()
+        lo, hi = (int(v) for v in torch.aminmax(idx))
+        if hi >= n0 or lo < -n0:
+            raise IndexError(f"index out of range for a storage of {n0} rows")
+        return torch.where(idx < 0, idx + n0, idx) if lo < 0 else idx
 
     @staticmethod
     def _apply_reindex(td: TensorDictBase, reindex):
@@ -499,7 +521,9 @@ class ZarrStorage(TensorStorage):
             out.update(got)
         for k in keys:
             if k in self._index:
-                out[k] = self._index[k][rows]
+                out[k] = torch.index_select(self._index[k], 0, rows)  # much faster than [rows]
+        if all(out[k].device == self.device for k in keys):
+            return {k: out[k] for k in keys}
         return {k: out[k].to(self.device, non_blocking=True) for k in keys}
 
     def _check_not_stale(self, first_row: int) -> None:
@@ -555,7 +579,7 @@ class ZarrStorage(TensorStorage):
         rows, reindex = self._rows_and_reindex(index)
         if reindex is not None and not (isinstance(reindex[0], str) and len(reindex[1]) == 1):
             return self.get(index)
-        eager = {k: v[rows].to(self.device) for k, v in self._index.items()}
+        eager = {k: torch.index_select(v, 0, rows).to(self.device) for k, v in self._index.items()}
 
         def loader(path):
             return lambda: self._gather(rows, [path])[path]
@@ -576,11 +600,10 @@ class ZarrStorage(TensorStorage):
     def _full_view(self) -> TensorDictBase:
         """``storage[:]``: index columns are RAM views, other leaves load on first access."""
         n0 = self._len0()
-        rows = torch.arange(n0)
         eager = {k: v[:n0].to(self.device) for k, v in self._index.items()}
 
-        def loader(path):
-            return lambda: self._gather(rows, [path])[path]
+        def loader(path):  # the row range is built only if a large column is looked up
+            return lambda: self._gather(torch.arange(n0), [path])[path]
 
         lazy = {k: loader(k) for k in self._header.schema if k not in self._index}
         return lazy_tensordict(eager, lazy, [n0, *self._header.tail], self.device)
@@ -590,8 +613,8 @@ class ZarrStorage(TensorStorage):
         self._maybe_auto_refresh()
         if self._header is None or self.is_ram_mirror or not self._pool.specs:
             return super()._rand_given_ndim(batch_size)
+        self.request_refill(batch_size)  # residency changes here, before drawing
         pos = self._sample_resident(batch_size)
-        self._schedule_refill()
         if self.ndim == 1:
             return pos.to(self.device)
         others = tuple(
@@ -601,17 +624,38 @@ class ZarrStorage(TensorStorage):
 
     def resident_positions(self) -> torch.Tensor | None:
         """bool ``[len along dim 0]``: whether each ring position's chunk is cached; ``None``
-        when the pool mirrors every live row (everything is cached)."""
+        when the pool mirrors every live row (everything is cached). The same tensor object is
+        returned until the residency or the live range changes (callers may cache on its
+        identity and must not modify it)."""
         if self._header is None or self.is_ram_mirror:
             return None
-        with self._pool.lock:
-            chunks = self._pool.resident()
-        phys = self._phys(torch.arange(self._len0()))
-        return torch.isin(phys // self._header.chunk_rows, chunks)
+        live = self._live_phys_range()
+        key = (self._pool, self._pool.version, live, self._base, self._len0())
+        if self._resident_mask is None or self._resident_mask[0] != key:
+            R = self._header.chunk_rows
+            first = live[0] // R
+            cached = torch.zeros(max(0, -(live[1] // -R) - first), dtype=torch.bool)
+            with self._pool.lock:
+                chunks = self._pool.resident() - first
+            cached[chunks[(chunks >= 0) & (chunks < cached.numel())]] = True
+            phys = torch.arange(*live)
+            mask = torch.zeros(self._len0(), dtype=torch.bool)
+            mask[self._pos_of_phys(phys)] = cached[phys // R - first]
+            self._resident_mask = (key, mask)
+        return self._resident_mask[1]
 
-    def request_refill(self) -> None:
-        """Schedules a background cache refill (samplers that draw from cached rows only)."""
+    def request_refill(self, rows: int = 1) -> None:
+        """Swaps the last background refill into the cache, then earns ``rows *
+        refill_ratio`` rows of refill credit and schedules the next refill when it suffices.
+
+        Samplers that draw from cached rows only call it, with their batch size, *before*
+        reading ``resident_positions()``: residency changes nowhere else, so positions drawn from
+        the cache stay cached until they are gathered."""
         if self._header is not None and not self.is_ram_mirror:
+            self._install_refill()
+            self._refill_credit = min(
+                self._refill_credit + rows * self.refill_ratio, 2 * self._refill_rows()
+            )
             self._schedule_refill()
 
     def _live_phys_range(self) -> tuple[int, int]:
@@ -623,22 +667,35 @@ class ZarrStorage(TensorStorage):
             start = end - n0
         return start, max(start, end)
 
-    def _sample_resident(self, batch_size: int) -> torch.Tensor:
+    def _resident_runs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached live rows as runs, int64 ``[n_cached_chunks]`` each: ``shift`` (physical row
+        of a run minus the number of cached rows before it) and the cumulative row count, so
+        the ``u``-th cached row is ``shift[k] + u`` with ``k = searchsorted(cum, u, right)``.
+        Recomputed only when the pool's residency or the live range changed."""
         R = self._header.chunk_rows
-        start, end = self._live_phys_range()
-        with self._pool.lock:
-            chunks = self._pool.resident()
-        lo = torch.clamp(chunks * R, min=start)
-        hi = torch.clamp((chunks + 1) * R, max=end)
-        counts = (hi - lo).clamp_min(0)
-        if int(counts.sum()) == 0:  # nothing cached yet: load a few chunks synchronously
-            first, last = start // R, (end - 1) // R
-            want = torch.randint(first, last + 1, (min(4, self._pool.max_slots),))
+        live = self._live_phys_range()
+        key = (self._pool, self._pool.version, live)
+        if self._resident_cache is None or self._resident_cache[0] != key:
+            with self._pool.lock:
+                chunks = self._pool.resident()
+            lo = torch.clamp(chunks * R, min=live[0])
+            counts = (torch.clamp((chunks + 1) * R, max=live[1]) - lo).clamp_min(0)
+            lo, counts = lo[counts > 0], counts[counts > 0]
+            cum = counts.cumsum(0)
+            self._resident_cache = (key, lo - (cum - counts), cum)
+        return self._resident_cache[1], self._resident_cache[2]
+
+    def _sample_resident(self, batch_size: int) -> torch.Tensor:
+        """``batch_size`` ring positions drawn uniformly from the cached live rows."""
+        shift, cum = self._resident_runs()
+        if cum.numel() == 0:  # nothing cached yet: load a few chunks synchronously
+            R = self._header.chunk_rows
+            start, end = self._live_phys_range()
+            want = torch.randint(start // R, (end - 1) // R + 1, (min(4, self._pool.max_slots),))
             self._pool.ensure(torch.unique(want), self._load_chunks)
             return self._sample_resident(batch_size)
-        pick = torch.multinomial(counts.double(), batch_size, replacement=True, generator=self._rng)
-        off = (torch.rand(batch_size, generator=self._rng) * counts[pick]).long()
-        phys = lo[pick] + off
+        u = torch.randint(int(cum[-1]), (batch_size,), generator=self._rng)
+        phys = shift[torch.searchsorted(cum, u, right=True)] + u
         return self._pos_of_phys(phys)
 
     def _pos_of_phys(self, phys: torch.Tensor) -> torch.Tensor:
@@ -646,36 +703,75 @@ class ZarrStorage(TensorStorage):
         rel = phys - self._base
         return rel if cap0 is None else rel % cap0
 
+    def _refill_rows(self) -> int:
+        """Rows one background refill decodes: a run of 1/8 of the cache's chunks."""
+        return max(1, self._pool.max_slots // 8) * self._header.chunk_rows
+
     def _schedule_refill(self) -> None:
-        """Background refill: swap a run of consecutive uncached live chunks (1/8 of the cache)
-        into the cache, evicting the least recently used. The refill thread works at most ~1/4
-        of the time (it waits 3x its last duration), so it never starves the sampling thread."""
-        if self._refill is not None and not self._refill.done():
-            return
-        if time.monotonic() < self._next_refill:
-            return
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(1, "zarrl-refill")
+        """Starts decoding a run of consecutive uncached, committed live chunks (1/8 of the
+        cache) in the background once enough credit is earned and the refill thread has rested
+        3x its last run (so it works at most ~1/4 of the time); ``_install_refill`` swaps them
+        in at a later sampling call."""
         R = self._header.chunk_rows
-        start, end = self._live_phys_range()
-        first, last = start // R, (end - 1) // R
-        n = max(1, self._pool.max_slots // 8)
+        if (
+            self._refill is not None
+            or self._refill_credit < self._refill_rows()
+            or time.monotonic() < self._next_refill
+        ):
+            return
+        start, _ = self._live_phys_range()
+        # whole committed chunks only: their bytes change only through in-place writes
+        first, last = start // R, (self._base + self._commit.write_count) // R - 1
+        if last < first:
+            return
+        n = self._refill_rows() // R
         run_start = int(
             torch.randint(first, max(first, last - n + 1) + 1, (1,), generator=self._rng)
         )
-        want = range(run_start, min(last, run_start + n - 1) + 1)
+        want = torch.arange(run_start, min(last, run_start + n - 1) + 1)
+        with self._pool.lock:
+            missing = want[self._pool.slots_of(want) < 0].tolist()
+        if not missing:
+            return
+        self._refill_credit -= len(missing) * R
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, "zarrl-refill")
+        version, gc_chunk = self._refill_version(), self._commit.gc_below // R
 
         def refill():
             t0 = time.monotonic()
-            missing = [c for c in want if int(self._pool.slots_of(torch.tensor([c]))[0]) < 0]
-            decoded = self._load_chunks(missing)  # decode outside the pool lock
-            with self._pool.lock:
-                for c, arrays in zip(missing, decoded):
-                    if int(self._pool.slots_of(torch.tensor([c]))[0]) < 0:
-                        self._pool.install(c, arrays)
+            decoded = list(zip(missing, self._load_chunks(missing)))
+            if self.read_only:  # the writer may have recycled (deleted) them since our refresh
+                _, commit = read_attrs(self._group_fresh(), self._where)
+                gc_chunk_now = max(gc_chunk, commit.gc_below // R)
+                decoded = [(c, a) for c, a in decoded if c >= gc_chunk_now]
             self._next_refill = time.monotonic() + 3 * (time.monotonic() - t0)
+            return version, decoded
 
         self._refill = self._executor.submit(refill)
+
+    def _refill_version(self) -> tuple:
+        """Changes whenever committed chunks may have changed bytes (in-place writes, a new
+        base or a reader's full refresh), which makes a pending refill stale."""
+        c = self._commit
+        return c.inplace_revision, c.base, self._inplace_pending, self._base
+
+    def _install_refill(self) -> None:
+        """Installs the chunks of a finished refill that are still uncached and not stale."""
+        if self._refill is None or not self._refill.done():
+            return
+        future, self._refill = self._refill, None
+        version, decoded = future.result()  # a corrupt chunk raises here, in the sampler
+        if version != self._refill_version() or self._inplace_pending:
+            return
+        start, _ = self._live_phys_range()
+        R = self._header.chunk_rows
+        with self._pool.lock:
+            for c, arrays in decoded:
+                if len(self._pool.dirty) >= self._pool.max_slots:
+                    return  # every slot holds unflushed rows: nothing may be evicted
+                if c >= start // R and int(self._pool.slots_of(torch.tensor([c]))[0]) < 0:
+                    self._pool.install(c, arrays)
 
     # ================================================================= writes
     def _check_writable(self) -> None:
@@ -1204,19 +1300,12 @@ def _flush_at_exit(ref: weakref.ref) -> None:
 def _nested_td(leaves: Mapping[str, torch.Tensor], batch: torch.Size, device) -> TensorDict:
     """TensorDict from ``{"next/obs": tensor}`` leaves, without per-key validation (the leaves
     come from the store's own schema, already checked)."""
-    tree: dict = {}
-    for path, value in leaves.items():
-        *parents, name = path.split("/")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[name] = value
 
     def build(node: dict) -> TensorDict:
-        source = {k: build(v) if isinstance(v, dict) else v for k, v in node.items()}
+        source = {k: build(v) if isinstance(v, dict) else leaves[v] for k, v in node.items()}
         return TensorDict._new_unsafe(source=source, batch_size=batch, device=device)
 
-    return build(tree)
+    return build(path_tree(tuple(leaves)))
 
 
 def _run_io(coroutines: list, return_exceptions: bool = False) -> list:

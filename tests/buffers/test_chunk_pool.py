@@ -92,3 +92,15 @@ def test_ring_not_a_chunk_multiple_wraps_many_times_and_reopens_bit_exact(
     storage.close()
     reopened = ZarrStorage.open(path, mode="r")
     assert torch.equal(reopened.get(torch.arange(capacity))["x"], live)
+
+
+def test_version_changes_exactly_when_residency_changes():
+    pool, calls = make_pool(2), []
+    v0 = pool.version
+    pool.gather(torch.tensor([0, 1]), loader(calls))  # installs chunk 0
+    v1 = pool.version
+    assert v1 != v0
+    pool.gather(torch.tensor([2, 3]), loader(calls))  # a hit: residency unchanged
+    assert pool.version == v1
+    pool.evict(0)
+    assert pool.version != v1

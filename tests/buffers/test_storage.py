@@ -3,6 +3,8 @@ with identical assertions, plus ZarrStorage-only behaviour (reopen, errors, read
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 import zarr
@@ -329,10 +331,99 @@ def test_bounded_cache_refills_in_the_background_to_cover_every_row(tmp_path):
         batch = rb.sample()
         assert_rows_consistent(batch)
         seen.update(batch["obs"][:, 0].long().tolist())
-        storage._refill.result()  # deterministic test: let each refill land
+        if storage._refill is not None:  # deterministic test: let each refill land
+            storage._refill.result()
         storage._next_refill = 0.0
     assert len(seen) > 300  # sampling is not stuck on the first cached chunks
     assert storage._pool.n_slots <= 4 + 4  # memory stays bounded by the cache
+
+
+def _count_sync_loads(storage) -> list:
+    """Chunks decoded on the calling (main) thread, i.e. synchronous misses; the background
+    refill thread's decodes are not counted."""
+    calls: list = []
+    original = storage._load_chunks
+
+    def load(chunks):
+        if threading.current_thread() is threading.main_thread():
+            calls.extend(chunks)
+        return original(chunks)
+
+    storage._load_chunks = load
+    return calls
+
+
+def test_rows_drawn_from_the_cache_stay_cached_until_gathered(tmp_path):
+    storage = ZarrStorage(400, path=tmp_path / "c.zarr", chunk_rows=8, cache=1)  # 4 chunks
+    TensorDictReplayBuffer(storage=storage, batch_size=32).extend(trajectories(400))
+    storage.refill_ratio = 10.0  # a refill every batch: the cache turns over constantly
+    storage._rand_given_ndim(32)  # first draw may load a few chunks synchronously
+    loads = _count_sync_loads(storage)
+    for _ in range(60):
+        pos = storage._rand_given_ndim(32)
+        if storage._refill is not None:
+            storage._refill.result()  # a refill lands between the draw and the gather
+        storage._next_refill = 0.0  # no rest between refills
+        batch = storage.get(pos)
+        assert_rows_consistent(batch)
+        assert torch.equal(batch["obs"][:, 0].long(), pos)
+    assert loads == []  # every drawn row was served from the cache
+    storage.close()
+
+
+def test_refill_work_is_earned_by_sampled_rows(tmp_path):
+    storage = ZarrStorage(400, path=tmp_path / "c.zarr", chunk_rows=8, cache=1)
+    rb = TensorDictReplayBuffer(storage=storage, batch_size=32)
+    rb.extend(trajectories(400))
+    decoded: list = []
+    original = storage._load_chunks
+    storage._load_chunks = lambda chunks: decoded.extend(chunks) or original(chunks)
+    rb.sample()  # may load the first chunks synchronously
+    decoded.clear()
+    for _ in range(100):
+        rb.sample()
+        if storage._refill is not None:
+            storage._refill.result()
+        storage._next_refill = 0.0  # no rest between refills
+    run_rows = storage._refill_rows()
+    assert 0 < len(decoded) * 8 <= storage.refill_ratio * 100 * 32 + 2 * run_rows
+    storage.close()
+
+
+def test_cached_rows_are_drawn_uniformly_from_a_wrapped_ring(tmp_path):
+    storage = ZarrStorage(100, path=tmp_path / "w.zarr", chunk_rows=8, cache=1)  # 4 chunks
+    rb = TensorDictReplayBuffer(storage=storage, batch_size=32)
+    rb.extend(trajectories(130))  # live physical rows 30..129: chunk 3 is only partly live
+    storage.refill_ratio = 0.0  # freeze the cache contents
+    storage._pool.ensure(torch.tensor([3, 9]), storage._load_chunks)
+    mask = storage.resident_positions()
+    chunk_of_pos = storage._phys(torch.arange(100)) // 8
+    assert torch.equal(mask, torch.isin(chunk_of_pos, storage._pool.resident()))
+    assert mask[30:32].all() and mask[72:80].all()  # rows 30, 31 (chunk 3) and chunk 9
+    pos = storage._rand_given_ndim(40_000)
+    assert mask[pos].all()  # only cached, live rows
+    counts = torch.bincount(pos, minlength=100)[mask].float()
+    assert (counts > 0).all() and (counts - counts.mean()).abs().max() < 0.3 * counts.mean()
+    batch = storage.get(pos[:256])
+    assert torch.equal(batch["obs"][:, 0].long(), storage._phys(pos[:256]))  # row id = phys
+    storage.close()
+
+
+def test_a_refill_decoded_before_an_in_place_write_is_dropped(tmp_path):
+    storage = ZarrStorage(400, path=tmp_path / "s.zarr", chunk_rows=8, cache=1)
+    ReplayBuffer(storage=storage).extend(trajectories(400))
+    storage.refill_ratio = 10.0
+    while storage._refill is None:
+        storage._rand_given_ndim(32)
+    _, decoded = storage._refill.result()
+    chunk = decoded[0][0]
+    row = torch.tensor([chunk * 8])  # not wrapped: position = physical row
+    storage.set(row, trajectories(1, 1000), set_cursor=False)
+    storage.flush()
+    storage._pool.evict(chunk)  # the refill would now bring the old bytes back
+    storage.request_refill(0)
+    assert storage.get(row)["obs"][0, 0] == 1000
+    storage.close()
 
 
 def test_ram_mirror_on_cache_device_returns_batches_on_device(tmp_path):
