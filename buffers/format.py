@@ -25,6 +25,8 @@ import torch
 import zarr
 import zarr.codecs
 
+from .store_io import put_group_attributes
+
 FORMAT_NAME = "zarrl.replay"
 FORMAT_VERSION = 1
 ATTR = "zarrl"
@@ -194,8 +196,9 @@ def read_attrs(group: zarr.Group, where: str) -> tuple[Header | None, Commit]:
     return header, Commit.from_json(meta.get("commit", {}))
 
 
-def write_attrs(group: zarr.Group, header: Header | None, commit: Commit, **static) -> None:
-    """Publishes header + commit record in one atomic metadata write (the commit point)."""
+def write_attrs(group: zarr.Group, header: Header | None, commit: Commit, **static) -> list:
+    """Publishes header + commit record in one atomic ``zarr.json`` write (the commit point):
+    done here for local stores; returns the coroutines that do it for other stores."""
     commit.time = time.time()
     if header is not None:
         meta = header.to_json()
@@ -203,7 +206,7 @@ def write_attrs(group: zarr.Group, header: Header | None, commit: Commit, **stat
         meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "schema": None}
     meta.update(static)
     meta["commit"] = commit.to_json()
-    group.attrs.put({ATTR: meta})
+    return put_group_attributes(group, {ATTR: meta})
 
 
 def default_compressors(level: int = 5) -> list:

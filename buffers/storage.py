@@ -51,6 +51,7 @@ from .format import (
     write_attrs,
 )
 from .lazy_view import lazy_tensordict
+from .store_io import grow_array
 
 _UNBOUNDED = 2**31 - 1  # TorchRL keeps len() in an int32 shared value
 _TENSOR_KEY = "_tensor"
@@ -239,10 +240,7 @@ class ZarrStorage(TensorStorage):
 
     def _write_meta(self) -> None:
         static = {"max_size": None if self._growing else self.max_size, "ndim": self.ndim}
-        if self._header is None:
-            write_attrs(self._group, None, self._commit, **static)
-        else:
-            write_attrs(self._group, self._header, self._commit, **static)
+        _run_io(write_attrs(self._group, self._header, self._commit, **static))
 
     # ============================================================ layout/setup
     @property
@@ -316,29 +314,16 @@ class ZarrStorage(TensorStorage):
         self._header = header
         R, tail = header.chunk_rows, header.tail
         if create:
-            comps, _ = codec_chain(self._compressors_arg)
-            for path, spec in header.schema.items():
-                parent, _, name = path.rpartition("/")
-                grp = self._group.require_group(parent) if parent else self._group
-                grp.create_array(
-                    name,
-                    shape=(0, *tail, *spec.shape),
-                    chunks=(R, *tail, *spec.shape),
-                    dtype=spec.dtype,
-                    compressors=comps,
-                    fill_value=0,
-                    # flat chunk files (c.<row chunk>.0...): no directory per chunk
-                    chunk_key_encoding={"name": "default", "separator": "."},
-                    overwrite=True,  # only leftovers of an uncommitted first write
-                )
-        self._arrays = {}
-        for path in header.schema:
-            try:
-                self._arrays[path] = self._group[path]
-            except KeyError:
-                raise StoreFormatError(
-                    f"{self._where}: array {path!r} listed in the schema is missing"
-                ) from None
+            self._arrays = self._create_arrays(header)
+        else:
+            self._arrays = {}
+            for path in header.schema:
+                try:
+                    self._arrays[path] = self._group[path]
+                except KeyError:
+                    raise StoreFormatError(
+                        f"{self._where}: array {path!r} listed in the schema is missing"
+                    ) from None
         cap0 = header.capacity
         live_chunks = None if cap0 is None else -(cap0 // -R) + 2
         pool_specs = header.schema
@@ -364,6 +349,41 @@ class ZarrStorage(TensorStorage):
             for k in header.index_keys
         }
         self.initialized = True
+
+    def _create_arrays(self, header: Header) -> dict[str, zarr.Array]:
+        """Creates one array per leaf, all in one event-loop call. A ring buffer's arrays are
+        sized to its capacity (rounded up to whole chunks) at once, so the first pass over the
+        ring never resizes them; ``commit.extent`` records that size."""
+        R, tail = header.chunk_rows, header.tail
+        comps, _ = codec_chain(self._compressors_arg)
+        extent = 0 if header.capacity is None else -(header.capacity // -R) * R
+        extent = max(extent, self._commit.extent)
+        root = self._group._async_group
+        parents = sorted({p.rpartition("/")[0] for p in header.schema} - {""}, key=len)
+
+        async def create() -> list:
+            for parent in parents:  # nested keys: a sub-group per level, outermost first
+                await root.require_group(parent)
+            return await asyncio.gather(
+                *(
+                    root.create_array(
+                        path,
+                        shape=(extent, *tail, *spec.shape),
+                        chunks=(R, *tail, *spec.shape),
+                        dtype=spec.dtype,
+                        compressors=comps,
+                        fill_value=0,
+                        # flat chunk files (c.<row chunk>.0...): no directory per chunk
+                        chunk_key_encoding={"name": "default", "separator": "."},
+                        overwrite=True,  # only leftovers of an uncommitted first write
+                    )
+                    for path, spec in header.schema.items()
+                )
+            )
+
+        (created,) = _run_io([create()])  # one event-loop round trip for the whole layout
+        self._commit.extent = extent
+        return {path: zarr.Array(a) for path, a in zip(header.schema, created)}
 
     @property
     def is_ram_mirror(self) -> bool:
@@ -803,7 +823,7 @@ class ZarrStorage(TensorStorage):
         self._grow_map_for(int(phys.max()))
         committed_end = self._base + self._commit.write_count
         R = self._header.chunk_rows
-        stored_chunks = -(max(self._commit.extent, committed_end) // -R)
+        stored_chunks = -(committed_end // -R)  # later chunks hold no committed row
 
         def loader(chunks: list[int]):
             stored = [c for c in chunks if c < stored_chunks]
@@ -932,10 +952,8 @@ class ZarrStorage(TensorStorage):
             end_rows = (dirty[-1] + 1) * R
             if end_rows > self._commit.extent:
                 extent = max(end_rows, 2 * self._commit.extent)
-                io += [
-                    arr._async_array.resize((extent, *arr.shape[1:]))
-                    for arr in self._arrays.values()
-                ]
+                for arr in self._arrays.values():  # metadata only: no chunk is touched
+                    io += grow_array(arr, extent)
                 self._commit.extent = extent
             codecs = self._chunk_codecs()
             fallback = []

@@ -71,3 +71,38 @@ def test_attributes_hold_header_schema_commit_and_checksummed_chunks(tmp_path):
     assert "next/done" in meta["index_keys"]
     codecs = [c.to_dict()["name"] for c in group["obs"].compressors]
     assert codecs[-1] == "crc32c" and group["obs"].chunks == (4, 30)
+
+
+def test_ring_arrays_are_sized_to_capacity_then_grow_geometrically(tmp_path):
+    path = str(tmp_path / "extent.zarr")
+    storage = ZarrStorage(10, path=path, chunk_rows=4)
+    rb = ReplayBuffer(storage=storage)
+    rb.extend(rows(0, 3))
+    storage.flush()
+    group = zarr.open_group(path, mode="r")
+    assert group["obs"].shape[0] == 12  # capacity rounded up to whole chunks, no resize yet
+    assert group.attrs["zarrl"]["commit"]["extent"] == 12
+    rb.extend(rows(3, 11))  # physical rows 3..13: past the first extent
+    storage.close()
+    group = zarr.open_group(path, mode="r")
+    assert group["obs"].shape[0] == group["next/done"].shape[0] == 24
+    assert group.attrs["zarrl"]["commit"]["extent"] == 24
+    data = doc_reader()["read_replay_store"](path)
+    assert data["obs"][:, 0].tolist() == list(range(4, 14))
+
+
+def test_commit_records_and_resizes_reach_non_local_stores():
+    store = zarr.storage.MemoryStore()
+    storage = ZarrStorage(None, path=store, chunk_rows=4)
+    rb = ReplayBuffer(storage=storage)
+    rb.extend(rows(0, 6))
+    storage.flush()
+    rb.extend(rows(6, 7))
+    storage.flush()
+    meta = zarr.open_group(store, mode="r").attrs["zarrl"]
+    assert meta["commit"]["write_count"] == 13 and meta["commit"]["revision"] >= 2
+    assert zarr.open_group(store, mode="r")["obs"].shape[0] == meta["commit"]["extent"] >= 13
+    data = doc_reader()["read_replay_store"](store)
+    assert data["obs"][:, 0].tolist() == list(range(13))
+    reopened = ZarrStorage.open(store, mode="r")
+    assert torch.equal(reopened[:]["obs"], rows(0, 13)["obs"])
