@@ -28,7 +28,8 @@ import zarr.codecs
 from .store_io import put_group_attributes
 
 FORMAT_NAME = "zarrl.replay"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this zarrl reads
+PLAIN_VERSION = 1  # stores without de-duplicated leaves (``xor_previous``)
 ATTR = "zarrl"
 
 _TORCH_TO_NUMPY = {
@@ -144,11 +145,18 @@ class Header:
     index_keys: list[str]  # leaves mirrored in RAM (trajectory index, flags, rewards)
     tensor_root: bool  # the buffer stores a bare tensor under key "_tensor"
     codec: dict = field(default_factory=dict)
+    # {leaf X: "next/X"}: X is stored XORed with the previous row of next/X (``xor_rows.py``)
+    xor_previous: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def format_version(self) -> int:
+        """Version a reader needs: 2 only when the store de-duplicates leaves."""
+        return 2 if self.xor_previous else PLAIN_VERSION
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": self.format_version,
             "capacity": self.capacity,
             "ndim": self.ndim,
             "tail": list(self.tail),
@@ -158,6 +166,9 @@ class Header:
             "tensor_root": self.tensor_root,
             "codec": self.codec,
         }
+        if self.xor_previous:
+            out["xor_previous"] = dict(self.xor_previous)
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping) -> Header:
@@ -170,6 +181,7 @@ class Header:
             index_keys=list(d["index_keys"]),
             tensor_root=bool(d["tensor_root"]),
             codec=dict(d.get("codec", {})),
+            xor_previous=dict(d.get("xor_previous", {})),
         )
 
 
@@ -203,7 +215,7 @@ def write_attrs(group: zarr.Group, header: Header | None, commit: Commit, **stat
     if header is not None:
         meta = header.to_json()
     else:
-        meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "schema": None}
+        meta = {"format": FORMAT_NAME, "format_version": PLAIN_VERSION, "schema": None}
     meta.update(static)
     meta["commit"] = commit.to_json()
     return put_group_attributes(group, {ATTR: meta})

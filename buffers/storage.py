@@ -32,6 +32,7 @@ from tensordict import TensorDict, TensorDictBase, is_tensor_collection
 from torchrl.data.replay_buffers.storages import TensorStorage
 from torchrl.data.replay_buffers.writers import RoundRobinWriter, Writer
 
+from . import xor_rows
 from .chunk_codec import ChunkCodec, drop_chunks, fetch_chunks, store_chunks
 from .chunk_pool import ChunkPool
 from .format import (
@@ -94,6 +95,10 @@ class ZarrStorage(TensorStorage):
         refresh_every_seconds: read-only storages re-read the commit record this often.
         gc_grace_seconds: chunks overwritten by the ring are deleted this long after they died,
             so concurrent readers lagging less than this never lose a row they can see.
+        dedupe_next: store each leaf ``X`` that has an identical-spec ``("next", X)`` as the
+            bitwise XOR with the previous row of ``("next", X)`` (lossless, see
+            ``buffers/xor_rows.py``): the duplicated observation then costs almost no disk.
+            Such stores are format version 2; ``False`` writes version-1 stores.
     """
 
     def __init__(
@@ -113,6 +118,7 @@ class ZarrStorage(TensorStorage):
         index_keys: list | None = None,
         refresh_every_seconds: float | None = None,
         gc_grace_seconds: float = 10.0,
+        dedupe_next: bool = True,
         _mode: str = "w",
     ) -> None:
         if max_size is not None and int(max_size) <= 0:
@@ -136,6 +142,7 @@ class ZarrStorage(TensorStorage):
         self.flush_every_seconds = flush_every_seconds
         self.refresh_every_seconds = refresh_every_seconds
         self.gc_grace_seconds = gc_grace_seconds
+        self.dedupe_next = dedupe_next
         self._gc_history: collections.deque = collections.deque()
         self._index_keys_arg = None if index_keys is None else [key_path(k) for k in index_keys]
         self._where = str(path) if not isinstance(path, zarr.abc.store.Store) else repr(path)
@@ -302,6 +309,7 @@ class ZarrStorage(TensorStorage):
             index_keys=index_keys,
             tensor_root=False,
             codec={"compressors": describe_codecs(comps)},
+            xor_previous=xor_rows.pairs_for(schema, set(index_keys)) if self.dedupe_next else {},
         )
 
     def _cap0_for(self, tail) -> int | None:
@@ -475,7 +483,7 @@ class ZarrStorage(TensorStorage):
                     f"{(chunk + 1) * R}) could not be decoded or failed its crc32c checksum: "
                     f"{err!r}"
                 ) from err
-        return [out[c] for c in chunks]
+        return [xor_rows.apply(out[c], self._header.xor_previous) for c in chunks]
 
     def _load_chunks_zarr(self, chunks: list[int]) -> list[dict[str, np.ndarray]]:
         """``_load_chunks`` through zarr's own read path (codecs without a sync path)."""
@@ -497,7 +505,7 @@ class ZarrStorage(TensorStorage):
                     f"could not be decoded or failed its crc32c checksum: {value!r}"
                 ) from value
             out[chunk][path] = np.asarray(value)
-        return [out[c] for c in chunks]
+        return [xor_rows.apply(out[c], self._header.xor_previous) for c in chunks]
 
     def _gather(self, rows: torch.Tensor, keys=None) -> dict[str, torch.Tensor]:
         """Leaves at ring positions ``rows`` -> {path: [N, *tail, *shape]} on ``self.device``."""
@@ -959,7 +967,7 @@ class ZarrStorage(TensorStorage):
             fallback = []
             encoded = []
             for c in dirty:
-                block = self._pool.chunk_arrays(c)
+                block = xor_rows.apply(self._pool.chunk_arrays(c), self._header.xor_previous)
                 for path, arr in self._arrays.items():
                     codec = codecs[path]
                     if codec.supported:

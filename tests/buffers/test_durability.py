@@ -61,6 +61,8 @@ def test_sigkilled_writer_leaves_store_at_last_commit(tmp_path, zygote, max_size
             if not os.path.exists(path):
                 continue
             storage = ZarrStorage.open(path, mode="r")  # must not raise
+            if storage._header is not None:  # the duplicated next obs is stored XORed
+                assert storage._header.xor_previous == {"obs": "next/obs"}
             wc = storage._wc
             assert wc >= last_wc  # commits never go backwards
             n = len(storage)
