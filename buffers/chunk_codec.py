@@ -73,11 +73,14 @@ def _local_file(codec: ChunkCodec, chunk: int) -> Path | None:
     return local_file(codec.key(chunk))
 
 
-def store_chunks(items: Sequence[tuple[ChunkCodec, int, object]]) -> list:
-    """Writes encoded chunks ``(codec, chunk id, bytes)``. Local files are written here, each
-    atomically (temporary file + rename, as zarr's ``LocalStore`` does) without one thread hop
-    per file; returns coroutines for chunks of other stores (run them with the event loop)."""
-    return put_objects((codec.key(chunk), buf) for codec, chunk, buf in items)
+def store_chunks(items: Sequence[tuple[ChunkCodec, int, object]], fresh_from: int) -> list:
+    """Writes encoded chunks ``(codec, chunk id, bytes)``. Local files are written here without
+    one thread hop per file: chunks below ``fresh_from`` (they hold committed rows) atomically,
+    as zarr's ``LocalStore`` does, later ones in place (see ``store_io``); returns coroutines
+    for chunks of other stores (run them with the event loop)."""
+    keys = [(codec.key(chunk), chunk) for codec, chunk, _ in items]
+    fresh = frozenset(key.path for key, chunk in keys if chunk >= fresh_from)
+    return put_objects(((key, buf) for (key, _), (*_, buf) in zip(keys, items)), fresh)
 
 
 def fetch_chunks(items: Sequence[tuple[ChunkCodec, int]], run) -> list:

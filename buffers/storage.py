@@ -974,7 +974,8 @@ class ZarrStorage(TensorStorage):
                         encoded.append((codec, c, codec.encode(block[path])))
                     else:
                         fallback.append((arr, slice(c * R, (c + 1) * R), block[path]))
-            io += store_chunks(encoded)
+            committed_end = self._commit.base + self._commit.write_count  # as published
+            io += store_chunks(encoded, fresh_from=-(committed_end // -R))
             io += [arr._async_array.setitem(sel, value) for arr, sel, value in fallback]
             _run_io(io)
             self._pool.mark_clean(dirty)

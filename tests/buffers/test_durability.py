@@ -98,3 +98,30 @@ def test_reader_process_sees_new_commits_and_never_a_torn_row(tmp_path, zygote):
     assert summary["states"] >= 3  # it saw several successive commits
     assert summary["wc"] == next_id  # and ends on the writer's last one
     assert summary["checked"] > 0
+
+
+def test_only_chunks_without_committed_rows_are_written_in_place(tmp_path, monkeypatch):
+    """A chunk holding committed rows (the partly filled head chunk) and every metadata object
+    are replaced atomically; chunks past the commit are written in place."""
+    import zarrl.buffers.store_io as store_io
+
+    writes = []
+    real = store_io.write_file
+
+    def spy(path, data, atomic=True):
+        writes.append((path.parent.name, path.name, atomic))
+        real(path, data, atomic)
+
+    monkeypatch.setattr(store_io, "write_file", spy)
+    storage = ZarrStorage(100, path=str(tmp_path / "w.zarr"), chunk_rows=16)
+    storage.set(torch.arange(5), rows(0, 5))
+    storage.flush()  # chunk 0 had no committed row: in place
+    assert ("action", "c.0.0", False) in writes
+    writes.clear()
+    storage.set(torch.arange(5, 40), rows(5, 35))
+    storage.flush()  # chunk 0 now holds rows 0..4: atomic; chunks 1 and 2 are fresh
+    assert ("action", "c.0.0", True) in writes
+    assert ("action", "c.1.0", False) in writes and ("action", "c.2.0", False) in writes
+    assert all(atomic for _, name, atomic in writes if name == "zarr.json")
+    reopened = ZarrStorage.open(str(tmp_path / "w.zarr"), mode="r")
+    assert check_rows(reopened[torch.arange(40)]).tolist() == list(range(40))
