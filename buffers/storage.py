@@ -149,6 +149,7 @@ class ZarrStorage(TensorStorage):
         self._header: Header | None = None
         self._commit = Commit()
         self._wc = 0  # rows appended since ``base`` (staged, may be ahead of the commit)
+        self._written_chunks = 0  # chunk ids below this were stored by this process
         self._base = 0
         self._inplace_pending = False
         self._last_commit_time = time.monotonic()
@@ -831,7 +832,9 @@ class ZarrStorage(TensorStorage):
         self._grow_map_for(int(phys.max()))
         committed_end = self._base + self._commit.write_count
         R = self._header.chunk_rows
-        stored_chunks = -(committed_end // -R)  # later chunks hold no committed row
+        # chunks that may hold data: committed rows, or rows this process already stored
+        # past the commit; anything later is absent or a torn leftover of a crash: zeros
+        stored_chunks = max(-(committed_end // -R), self._written_chunks)
 
         def loader(chunks: list[int]):
             stored = [c for c in chunks if c < stored_chunks]
@@ -978,6 +981,7 @@ class ZarrStorage(TensorStorage):
             io += store_chunks(encoded, fresh_from=-(committed_end // -R))
             io += [arr._async_array.setitem(sel, value) for arr, sel, value in fallback]
             _run_io(io)
+            self._written_chunks = max(self._written_chunks, dirty[-1] + 1)
             self._pool.mark_clean(dirty)
 
     def _chunk_codecs(self) -> dict[str, ChunkCodec]:
@@ -1174,6 +1178,7 @@ class ZarrStorage(TensorStorage):
         read_attrs(src, str(path))
         _clear_store(self._group.store)
         _copy_store(src.store, self._group.store)
+        self._written_chunks = 0  # nothing past the loaded commit is ours
         self._group = zarr.open_group(self._group.store, mode="a", zarr_format=3)
         header, commit = read_attrs(self._group, self._where)
         self._header = None

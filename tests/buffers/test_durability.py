@@ -125,3 +125,18 @@ def test_only_chunks_without_committed_rows_are_written_in_place(tmp_path, monke
     assert all(atomic for _, name, atomic in writes if name == "zarr.json")
     reopened = ZarrStorage.open(str(tmp_path / "w.zarr"), mode="r")
     assert check_rows(reopened[torch.arange(40)]).tolist() == list(range(40))
+
+
+def test_staged_head_chunk_written_past_the_commit_is_reloaded_after_eviction(tmp_path):
+    """A write larger than the cache stores its chunks before the commit covers the partly
+    filled head chunk; if the cache then evicts that chunk, the next append must reload it
+    from the store (it is not all zeros just because no commit covers it yet)."""
+    path = str(tmp_path / "evict.zarr")
+    storage = ZarrStorage(None, path=path, chunk_rows=4, cache=1)  # a few slots only
+    storage.set(torch.arange(10), rows(0, 10))  # chunks 0..2, head chunk 2 holds rows 8, 9
+    assert storage._commit.write_count == 8
+    storage._pool.evict(2)  # as sampling other chunks would
+    storage.set(torch.arange(10, 12), rows(10, 2))
+    storage.close()
+    reopened = ZarrStorage.open(path, mode="r")
+    assert check_rows(reopened[torch.arange(12)]).tolist() == list(range(12))
