@@ -9,7 +9,7 @@ Local objects that a reader may be reading (metadata, chunks holding committed r
 atomically (a temporary file, then a rename, as ``LocalStore`` does). Chunks that hold no
 committed row yet are written in place: no commit refers to them until the commit record that
 follows, so a crash mid-write leaves a torn file that nothing reads and the next write of that
-chunk replaces (this saves a rename per chunk, a third of the file-system work of an append).
+chunk replaces (this saves a temporary name and a rename per chunk file).
 """
 
 from __future__ import annotations
@@ -36,9 +36,11 @@ def local_file(key: StorePath) -> Path | None:
 def write_file(path: Path, data: Buffer, atomic: bool = True) -> None:
     """File write; ``atomic``: readers and crashes see the old or the new bytes, never a mix."""
     if not atomic:
+        view = memoryview(data.as_buffer_like()).cast("B")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.write(fd, data.as_buffer_like())
+            while view:
+                view = view[os.write(fd, view) :]
         finally:
             os.close(fd)
         return
