@@ -90,6 +90,9 @@ class ZarrStorage(TensorStorage):
         cache_device: where the decoded chunks live (default ``device``), e.g. ``"cuda"``.
         flush_every_rows / flush_every_seconds: extra commit triggers. By default a commit
             happens whenever appends complete a chunk, at ``flush()``, ``dumps`` and ``close()``.
+        min_commit_interval: seconds; completed chunks trigger a commit at most this often, so
+            a bulk load commits a few times per second instead of once per chunk (each commit
+            rewrites the group's ``zarr.json``). ``0`` commits at every completed chunk.
         index_keys: leaves mirrored in RAM by position (default: leaves of at most 16 bytes
             per element, e.g. ``("collector", "traj_ids")``, ``("next", "done")``, rewards).
         refresh_every_seconds: read-only storages re-read the commit record this often.
@@ -115,6 +118,7 @@ class ZarrStorage(TensorStorage):
         cache_device: torch.device | str | None = None,
         flush_every_rows: int | None = None,
         flush_every_seconds: float | None = None,
+        min_commit_interval: float = 0.1,
         index_keys: list | None = None,
         refresh_every_seconds: float | None = None,
         gc_grace_seconds: float = 10.0,
@@ -140,6 +144,7 @@ class ZarrStorage(TensorStorage):
         self.cache_device = torch.device(cache_device) if cache_device else self.device
         self.flush_every_rows = flush_every_rows
         self.flush_every_seconds = flush_every_seconds
+        self.min_commit_interval = min_commit_interval
         self.refresh_every_seconds = refresh_every_seconds
         self.gc_grace_seconds = gc_grace_seconds
         self.dedupe_next = dedupe_next
@@ -180,7 +185,7 @@ class ZarrStorage(TensorStorage):
 
         ``mode="r+"`` continues writing; ``mode="r"`` is a reader (``refresh()`` picks up new
         commits). ``cache_options``: ``cache``, ``cache_device``, ``flush_every_rows``,
-        ``flush_every_seconds``, ``refresh_every_seconds``.
+        ``flush_every_seconds``, ``min_commit_interval``, ``refresh_every_seconds``.
         """
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
@@ -882,11 +887,13 @@ class ZarrStorage(TensorStorage):
         R = self._header.chunk_rows
         committed_end = self._base + self._commit.write_count
         staged_end = self._base + self._wc
-        due = staged_end // R > committed_end // R  # appends completed a chunk
+        since = time.monotonic() - self._last_commit_time
+        # appends completed a chunk (bulk loads: at most every ``min_commit_interval`` s)
+        due = staged_end // R > committed_end // R and since >= self.min_commit_interval
         if self.flush_every_rows is not None:
             due = due or staged_end - committed_end >= self.flush_every_rows
         if self.flush_every_seconds is not None:
-            due = due or time.monotonic() - self._last_commit_time >= self.flush_every_seconds
+            due = due or since >= self.flush_every_seconds
         pressure = len(self._pool.dirty) >= max(1, self._pool.max_slots // 2)
         if due and not pressure and not self._inplace_pending:
             self._commit_whole_chunks()

@@ -132,7 +132,7 @@ def test_staged_head_chunk_written_past_the_commit_is_reloaded_after_eviction(tm
     filled head chunk; if the cache then evicts that chunk, the next append must reload it
     from the store (it is not all zeros just because no commit covers it yet)."""
     path = str(tmp_path / "evict.zarr")
-    storage = ZarrStorage(None, path=path, chunk_rows=4, cache=1)  # a few slots only
+    storage = ZarrStorage(None, path=path, chunk_rows=4, cache=1, min_commit_interval=0)
     storage.set(torch.arange(10), rows(0, 10))  # chunks 0..2, head chunk 2 holds rows 8, 9
     assert storage._commit.write_count == 8
     storage._pool.evict(2)  # as sampling other chunks would
@@ -140,3 +140,18 @@ def test_staged_head_chunk_written_past_the_commit_is_reloaded_after_eviction(tm
     storage.close()
     reopened = ZarrStorage.open(path, mode="r")
     assert check_rows(reopened[torch.arange(12)]).tolist() == list(range(12))
+
+
+def test_completed_chunks_commit_at_most_every_min_commit_interval(tmp_path):
+    eager = ZarrStorage(None, path=str(tmp_path / "a.zarr"), chunk_rows=4, min_commit_interval=0)
+    eager.set(torch.arange(9), rows(0, 9))
+    assert eager._commit.write_count == 8  # every completed chunk commits
+    lazy = ZarrStorage(None, path=str(tmp_path / "b.zarr"), chunk_rows=4, min_commit_interval=60)
+    lazy.set(torch.arange(9), rows(0, 9))
+    assert lazy._commit.write_count == 0  # a bulk load within the interval: staged only
+    lazy.flush_every_rows = 12
+    lazy.set(torch.arange(9, 13), rows(9, 4))
+    assert lazy._commit.write_count == 12  # explicit triggers are not rate-limited
+    lazy.close()
+    eager.close()
+    assert ZarrStorage.open(str(tmp_path / "b.zarr"), mode="r")._wc == 13
