@@ -3,7 +3,10 @@
 For three data shapes (vector transitions, pixel transitions, token generations) it measures
 extend throughput (durable: the Zarr numbers include the final commit), the time to sample a
 RandomSampler batch of 256 and a SliceSampler batch of 32 slices x 8 steps, and bytes on disk,
-then prints one table with ratios to LazyMemmapStorage. "Zarr cache=1/4" is a store four times
+then prints one table with ratios to LazyMemmapStorage. "Zarr default" is ``ZarrStorage`` with its
+defaults: Blosc LZ4 chunks and ``dedupe_next=True`` (``observation`` stored XORed with the
+previous row's ``("next", "observation")``, see docs/storage_format.md), which is what brings the
+vector store under half of LazyMemmapStorage's bytes. "Zarr cache=1/4" is a store four times
 larger than its chunk cache: its RandomSampler batches come from cached rows (refilled in the
 background, ``ZarrStorage.refill_ratio`` rows decoded per sampled row), while a plain
 SliceSampler stays exact and reads missed chunks synchronously. The row "Zarr 1/4 CachedSlice"
@@ -208,6 +211,7 @@ def codec_table(datasets: dict[str, TensorDict]) -> list[tuple]:
             zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
         ],
         "blosc-lz4+shuffle": [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
+        "blosc-zlib5+shuffle": [zarr.codecs.BloscCodec(cname="zlib", clevel=5, shuffle="shuffle")],
         "zstd1": [zarr.codecs.ZstdCodec(level=1)],
         "zstd3": [zarr.codecs.ZstdCodec(level=3)],
     }

@@ -11,8 +11,6 @@ objects, taken from the array metadata), so any zarr v3 reader decodes them.
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +18,8 @@ import numpy as np
 import zarr
 from zarr.abc.codec import SupportsSyncCodec
 from zarr.core.buffer import default_buffer_prototype
-from zarr.storage import LocalStore
+
+from .store_io import local_file, put_objects
 
 
 class ChunkCodec:
@@ -71,35 +70,17 @@ _KNOWN_CODECS = frozenset(
 
 def _local_file(codec: ChunkCodec, chunk: int) -> Path | None:
     """File of a chunk when the array lives in a ``LocalStore`` (direct file I/O), else None."""
-    key = codec.key(chunk)
-    if isinstance(key.store, LocalStore):
-        return Path(key.store.root) / key.path
-    return None
+    return local_file(codec.key(chunk))
 
 
-def store_chunks(items: Sequence[tuple[ChunkCodec, int, object]]) -> list:
-    """Writes encoded chunks ``(codec, chunk id, bytes)``. Local files are written here, each
-    atomically (temporary file + rename, as zarr's ``LocalStore`` does) without one thread hop
-    per file; returns coroutines for chunks of other stores (run them with the event loop)."""
-    rest = []
-    made: set[Path] = set()
-    for codec, chunk, buf in items:
-        path = _local_file(codec, chunk)
-        if path is None:
-            rest.append((codec, chunk, buf))
-            continue
-        if path.parent not in made:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            made.add(path.parent)
-        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(buf.as_buffer_like())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    return [write_chunks(rest)] if rest else []
+def store_chunks(items: Sequence[tuple[ChunkCodec, int, object]], fresh_from: int) -> list:
+    """Writes encoded chunks ``(codec, chunk id, bytes)``. Local files are written here without
+    one thread hop per file: chunks below ``fresh_from`` (they hold committed rows) atomically,
+    as zarr's ``LocalStore`` does, later ones in place (see ``store_io``); returns coroutines
+    for chunks of other stores (run them with the event loop)."""
+    keys = [(codec.key(chunk), chunk) for codec, chunk, _ in items]
+    fresh = frozenset(key.path for key, chunk in keys if chunk >= fresh_from)
+    return put_objects(((key, buf) for (key, _), (*_, buf) in zip(keys, items)), fresh)
 
 
 def fetch_chunks(items: Sequence[tuple[ChunkCodec, int]], run) -> list:
@@ -135,11 +116,6 @@ def drop_chunks(items: Sequence[tuple[ChunkCodec, int]]) -> list:
         else:
             path.unlink(missing_ok=True)
     return [delete_chunks(rest)] if rest else []
-
-
-async def write_chunks(items: Sequence[tuple[ChunkCodec, int, object]]) -> None:
-    """Stores already-encoded chunks ``(codec, chunk id, bytes)`` concurrently."""
-    await asyncio.gather(*(codec.key(c).set(buf) for codec, c, buf in items))
 
 
 async def delete_chunks(items: Sequence[tuple[ChunkCodec, int]]) -> None:

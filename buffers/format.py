@@ -25,8 +25,11 @@ import torch
 import zarr
 import zarr.codecs
 
+from .store_io import put_group_attributes
+
 FORMAT_NAME = "zarrl.replay"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this zarrl reads
+PLAIN_VERSION = 1  # stores without de-duplicated leaves (``xor_previous``)
 ATTR = "zarrl"
 
 _TORCH_TO_NUMPY = {
@@ -142,11 +145,18 @@ class Header:
     index_keys: list[str]  # leaves mirrored in RAM (trajectory index, flags, rewards)
     tensor_root: bool  # the buffer stores a bare tensor under key "_tensor"
     codec: dict = field(default_factory=dict)
+    # {leaf X: "next/X"}: X is stored XORed with the previous row of next/X (``xor_rows.py``)
+    xor_previous: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def format_version(self) -> int:
+        """Version a reader needs: 2 only when the store de-duplicates leaves."""
+        return 2 if self.xor_previous else PLAIN_VERSION
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": self.format_version,
             "capacity": self.capacity,
             "ndim": self.ndim,
             "tail": list(self.tail),
@@ -156,6 +166,9 @@ class Header:
             "tensor_root": self.tensor_root,
             "codec": self.codec,
         }
+        if self.xor_previous:
+            out["xor_previous"] = dict(self.xor_previous)
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping) -> Header:
@@ -168,6 +181,7 @@ class Header:
             index_keys=list(d["index_keys"]),
             tensor_root=bool(d["tensor_root"]),
             codec=dict(d.get("codec", {})),
+            xor_previous=dict(d.get("xor_previous", {})),
         )
 
 
@@ -194,16 +208,17 @@ def read_attrs(group: zarr.Group, where: str) -> tuple[Header | None, Commit]:
     return header, Commit.from_json(meta.get("commit", {}))
 
 
-def write_attrs(group: zarr.Group, header: Header | None, commit: Commit, **static) -> None:
-    """Publishes header + commit record in one atomic metadata write (the commit point)."""
+def write_attrs(group: zarr.Group, header: Header | None, commit: Commit, **static) -> list:
+    """Publishes header + commit record in one atomic ``zarr.json`` write (the commit point):
+    done here for local stores; returns the coroutines that do it for other stores."""
     commit.time = time.time()
     if header is not None:
         meta = header.to_json()
     else:
-        meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "schema": None}
+        meta = {"format": FORMAT_NAME, "format_version": PLAIN_VERSION, "schema": None}
     meta.update(static)
     meta["commit"] = commit.to_json()
-    group.attrs.put({ATTR: meta})
+    return put_group_attributes(group, {ATTR: meta})
 
 
 def default_compressors(level: int = 5) -> list:

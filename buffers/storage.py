@@ -32,6 +32,7 @@ from tensordict import TensorDict, TensorDictBase, is_tensor_collection
 from torchrl.data.replay_buffers.storages import TensorStorage
 from torchrl.data.replay_buffers.writers import RoundRobinWriter, Writer
 
+from . import xor_rows
 from .chunk_codec import ChunkCodec, drop_chunks, fetch_chunks, store_chunks
 from .chunk_pool import ChunkPool
 from .format import (
@@ -51,6 +52,7 @@ from .format import (
     write_attrs,
 )
 from .lazy_view import lazy_tensordict, path_tree
+from .store_io import grow_array
 
 _UNBOUNDED = 2**31 - 1  # TorchRL keeps len() in an int32 shared value
 _TENSOR_KEY = "_tensor"
@@ -88,11 +90,18 @@ class ZarrStorage(TensorStorage):
         cache_device: where the decoded chunks live (default ``device``), e.g. ``"cuda"``.
         flush_every_rows / flush_every_seconds: extra commit triggers. By default a commit
             happens whenever appends complete a chunk, at ``flush()``, ``dumps`` and ``close()``.
+        min_commit_interval: seconds; completed chunks trigger a commit at most this often, so
+            a bulk load commits a few times per second instead of once per chunk (each commit
+            rewrites the group's ``zarr.json``). ``0`` commits at every completed chunk.
         index_keys: leaves mirrored in RAM by position (default: leaves of at most 16 bytes
             per element, e.g. ``("collector", "traj_ids")``, ``("next", "done")``, rewards).
         refresh_every_seconds: read-only storages re-read the commit record this often.
         gc_grace_seconds: chunks overwritten by the ring are deleted this long after they died,
             so concurrent readers lagging less than this never lose a row they can see.
+        dedupe_next: store each leaf ``X`` that has an identical-spec ``("next", X)`` as the
+            bitwise XOR with the previous row of ``("next", X)`` (lossless, see
+            ``buffers/xor_rows.py``): the duplicated observation then costs almost no disk.
+            Such stores are format version 2; ``False`` writes version-1 stores.
     """
 
     refill_ratio = 0.25
@@ -113,9 +122,11 @@ class ZarrStorage(TensorStorage):
         cache_device: torch.device | str | None = None,
         flush_every_rows: int | None = None,
         flush_every_seconds: float | None = None,
+        min_commit_interval: float = 0.1,
         index_keys: list | None = None,
         refresh_every_seconds: float | None = None,
         gc_grace_seconds: float = 10.0,
+        dedupe_next: bool = True,
         _mode: str = "w",
     ) -> None:
         if max_size is not None and int(max_size) <= 0:
@@ -137,14 +148,17 @@ class ZarrStorage(TensorStorage):
         self.cache_device = torch.device(cache_device) if cache_device else self.device
         self.flush_every_rows = flush_every_rows
         self.flush_every_seconds = flush_every_seconds
+        self.min_commit_interval = min_commit_interval
         self.refresh_every_seconds = refresh_every_seconds
         self.gc_grace_seconds = gc_grace_seconds
+        self.dedupe_next = dedupe_next
         self._gc_history: collections.deque = collections.deque()
         self._index_keys_arg = None if index_keys is None else [key_path(k) for k in index_keys]
         self._where = str(path) if not isinstance(path, zarr.abc.store.Store) else repr(path)
         self._header: Header | None = None
         self._commit = Commit()
         self._wc = 0  # rows appended since ``base`` (staged, may be ahead of the commit)
+        self._written_chunks = 0  # chunk ids below this were stored by this process
         self._base = 0
         self._inplace_pending = False
         self._last_commit_time = time.monotonic()
@@ -178,7 +192,7 @@ class ZarrStorage(TensorStorage):
 
         ``mode="r+"`` continues writing; ``mode="r"`` is a reader (``refresh()`` picks up new
         commits). ``cache_options``: ``cache``, ``cache_device``, ``flush_every_rows``,
-        ``flush_every_seconds``, ``refresh_every_seconds``.
+        ``flush_every_seconds``, ``min_commit_interval``, ``refresh_every_seconds``.
         """
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
@@ -246,10 +260,7 @@ class ZarrStorage(TensorStorage):
 
     def _write_meta(self) -> None:
         static = {"max_size": None if self._growing else self.max_size, "ndim": self.ndim}
-        if self._header is None:
-            write_attrs(self._group, None, self._commit, **static)
-        else:
-            write_attrs(self._group, self._header, self._commit, **static)
+        _run_io(write_attrs(self._group, self._header, self._commit, **static))
 
     # ============================================================ layout/setup
     @property
@@ -311,6 +322,7 @@ class ZarrStorage(TensorStorage):
             index_keys=index_keys,
             tensor_root=False,
             codec={"compressors": describe_codecs(comps)},
+            xor_previous=xor_rows.pairs_for(schema, set(index_keys)) if self.dedupe_next else {},
         )
 
     def _cap0_for(self, tail) -> int | None:
@@ -323,29 +335,16 @@ class ZarrStorage(TensorStorage):
         self._header = header
         R, tail = header.chunk_rows, header.tail
         if create:
-            comps, _ = codec_chain(self._compressors_arg)
-            for path, spec in header.schema.items():
-                parent, _, name = path.rpartition("/")
-                grp = self._group.require_group(parent) if parent else self._group
-                grp.create_array(
-                    name,
-                    shape=(0, *tail, *spec.shape),
-                    chunks=(R, *tail, *spec.shape),
-                    dtype=spec.dtype,
-                    compressors=comps,
-                    fill_value=0,
-                    # flat chunk files (c.<row chunk>.0...): no directory per chunk
-                    chunk_key_encoding={"name": "default", "separator": "."},
-                    overwrite=True,  # only leftovers of an uncommitted first write
-                )
-        self._arrays = {}
-        for path in header.schema:
-            try:
-                self._arrays[path] = self._group[path]
-            except KeyError:
-                raise StoreFormatError(
-                    f"{self._where}: array {path!r} listed in the schema is missing"
-                ) from None
+            self._arrays = self._create_arrays(header)
+        else:
+            self._arrays = {}
+            for path in header.schema:
+                try:
+                    self._arrays[path] = self._group[path]
+                except KeyError:
+                    raise StoreFormatError(
+                        f"{self._where}: array {path!r} listed in the schema is missing"
+                    ) from None
         cap0 = header.capacity
         live_chunks = None if cap0 is None else -(cap0 // -R) + 2
         pool_specs = header.schema
@@ -371,6 +370,41 @@ class ZarrStorage(TensorStorage):
             for k in header.index_keys
         }
         self.initialized = True
+
+    def _create_arrays(self, header: Header) -> dict[str, zarr.Array]:
+        """Creates one array per leaf, all in one event-loop call. A ring buffer's arrays are
+        sized to its capacity (rounded up to whole chunks) at once, so the first pass over the
+        ring never resizes them; ``commit.extent`` records that size."""
+        R, tail = header.chunk_rows, header.tail
+        comps, _ = codec_chain(self._compressors_arg)
+        extent = 0 if header.capacity is None else -(header.capacity // -R) * R
+        extent = max(extent, self._commit.extent)
+        root = self._group._async_group
+        parents = sorted({p.rpartition("/")[0] for p in header.schema} - {""}, key=len)
+
+        async def create() -> list:
+            for parent in parents:  # nested keys: a sub-group per level, outermost first
+                await root.require_group(parent)
+            return await asyncio.gather(
+                *(
+                    root.create_array(
+                        path,
+                        shape=(extent, *tail, *spec.shape),
+                        chunks=(R, *tail, *spec.shape),
+                        dtype=spec.dtype,
+                        compressors=comps,
+                        fill_value=0,
+                        # flat chunk files (c.<row chunk>.0...): no directory per chunk
+                        chunk_key_encoding={"name": "default", "separator": "."},
+                        overwrite=True,  # only leftovers of an uncommitted first write
+                    )
+                    for path, spec in header.schema.items()
+                )
+            )
+
+        (created,) = _run_io([create()])  # one event-loop round trip for the whole layout
+        self._commit.extent = extent
+        return {path: zarr.Array(a) for path, a in zip(header.schema, created)}
 
     @property
     def is_ram_mirror(self) -> bool:
@@ -477,7 +511,7 @@ class ZarrStorage(TensorStorage):
                     f"{(chunk + 1) * R}) could not be decoded or failed its crc32c checksum: "
                     f"{err!r}"
                 ) from err
-        return [out[c] for c in chunks]
+        return [xor_rows.apply(out[c], self._header.xor_previous) for c in chunks]
 
     def _load_chunks_zarr(self, chunks: list[int]) -> list[dict[str, np.ndarray]]:
         """``_load_chunks`` through zarr's own read path (codecs without a sync path)."""
@@ -499,7 +533,7 @@ class ZarrStorage(TensorStorage):
                     f"could not be decoded or failed its crc32c checksum: {value!r}"
                 ) from value
             out[chunk][path] = np.asarray(value)
-        return [out[c] for c in chunks]
+        return [xor_rows.apply(out[c], self._header.xor_previous) for c in chunks]
 
     def _gather(self, rows: torch.Tensor, keys=None) -> dict[str, torch.Tensor]:
         """Leaves at ring positions ``rows`` -> {path: [N, *tail, *shape]} on ``self.device``."""
@@ -899,7 +933,9 @@ class ZarrStorage(TensorStorage):
         self._grow_map_for(int(phys.max()))
         committed_end = self._base + self._commit.write_count
         R = self._header.chunk_rows
-        stored_chunks = -(max(self._commit.extent, committed_end) // -R)
+        # chunks that may hold data: committed rows, or rows this process already stored
+        # past the commit; anything later is absent or a torn leftover of a crash: zeros
+        stored_chunks = max(-(committed_end // -R), self._written_chunks)
 
         def loader(chunks: list[int]):
             stored = [c for c in chunks if c < stored_chunks]
@@ -947,11 +983,13 @@ class ZarrStorage(TensorStorage):
         R = self._header.chunk_rows
         committed_end = self._base + self._commit.write_count
         staged_end = self._base + self._wc
-        due = staged_end // R > committed_end // R  # appends completed a chunk
+        since = time.monotonic() - self._last_commit_time
+        # appends completed a chunk (bulk loads: at most every ``min_commit_interval`` s)
+        due = staged_end // R > committed_end // R and since >= self.min_commit_interval
         if self.flush_every_rows is not None:
             due = due or staged_end - committed_end >= self.flush_every_rows
         if self.flush_every_seconds is not None:
-            due = due or time.monotonic() - self._last_commit_time >= self.flush_every_seconds
+            due = due or since >= self.flush_every_seconds
         pressure = len(self._pool.dirty) >= max(1, self._pool.max_slots // 2)
         if due and not pressure and not self._inplace_pending:
             self._commit_whole_chunks()
@@ -1028,25 +1066,25 @@ class ZarrStorage(TensorStorage):
             end_rows = (dirty[-1] + 1) * R
             if end_rows > self._commit.extent:
                 extent = max(end_rows, 2 * self._commit.extent)
-                io += [
-                    arr._async_array.resize((extent, *arr.shape[1:]))
-                    for arr in self._arrays.values()
-                ]
+                for arr in self._arrays.values():  # metadata only: no chunk is touched
+                    io += grow_array(arr, extent)
                 self._commit.extent = extent
             codecs = self._chunk_codecs()
             fallback = []
             encoded = []
             for c in dirty:
-                block = self._pool.chunk_arrays(c)
+                block = xor_rows.apply(self._pool.chunk_arrays(c), self._header.xor_previous)
                 for path, arr in self._arrays.items():
                     codec = codecs[path]
                     if codec.supported:
                         encoded.append((codec, c, codec.encode(block[path])))
                     else:
                         fallback.append((arr, slice(c * R, (c + 1) * R), block[path]))
-            io += store_chunks(encoded)
+            committed_end = self._commit.base + self._commit.write_count  # as published
+            io += store_chunks(encoded, fresh_from=-(committed_end // -R))
             io += [arr._async_array.setitem(sel, value) for arr, sel, value in fallback]
             _run_io(io)
+            self._written_chunks = max(self._written_chunks, dirty[-1] + 1)
             self._pool.mark_clean(dirty)
 
     def _chunk_codecs(self) -> dict[str, ChunkCodec]:
@@ -1243,6 +1281,7 @@ class ZarrStorage(TensorStorage):
         read_attrs(src, str(path))
         _clear_store(self._group.store)
         _copy_store(src.store, self._group.store)
+        self._written_chunks = 0  # nothing past the loaded commit is ours
         self._group = zarr.open_group(self._group.store, mode="a", zarr_format=3)
         header, commit = read_attrs(self._group, self._where)
         self._header = None
