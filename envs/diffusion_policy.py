@@ -21,6 +21,7 @@ from torchrl.modules.distributions import IndependentNormal
 
 from .diffusion_scoring import (
     MAX_KEPT_ACTIVATION_BYTES,
+    activation_tables,
     forget_activations,
     fused_step_log_prob,
     keep_activations,
@@ -424,7 +425,7 @@ def _integrate_fused(
         MAX_KEPT_ACTIVATION_BYTES
     )
     forget_activations(net)
-    tables = [noise.new_empty(num_steps if keep else 1, num, hidden) for _ in range(6)]
+    tables = activation_tables(net, (num_steps if keep else 1, num, hidden), noise)
     for i in range(num_steps):
         h0, g0, h1, g1, h2, g2 = (table[i if keep else 0] for table in tables)
         gelu(torch.addmm(cond[i], xs[i], w_in, out=h0), out=g0)

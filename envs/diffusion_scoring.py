@@ -150,6 +150,7 @@ def fused_step_log_prob(
 
 
 _CACHE = "_sampled_activations"
+_TABLES = "_activation_tables"
 #: Largest activation tables (bytes) the sampler keeps for reuse: batch 500 × T 100 takes 77 MB;
 #: bigger samples (e.g. evaluation) are not kept.
 MAX_KEPT_ACTIVATION_BYTES = 256 << 20
@@ -163,6 +164,24 @@ def keep_activations(net, xs: Tensor, tables: list[Tensor]) -> None:
     """Remember the sampler's states ``xs`` ``[T + 1, N, D]`` and hidden activations (six
     ``[T, N, H]`` tables) of ``net`` under its current parameters (replacing earlier ones)."""
     net.__dict__[_CACHE] = (_signature(net), xs, tables)
+
+
+def activation_tables(net, shape: tuple[int, int, int], like: Tensor) -> list[Tensor]:
+    """Six ``[T, N, H]`` tables for the sampler's activations, reused from the previous call of the
+    same shape, dtype and device (fresh 10–100 MB allocations cost a page fault per 4 kB each time).
+
+    Reuse is safe: the sampler writes them in place, so a graph still holding the previous
+    tables for its backward pass fails autograd's version check instead of reading new values."""
+    tables = net.__dict__.get(_TABLES)
+    if (
+        tables is None
+        or tables[0].shape != shape
+        or tables[0].dtype != like.dtype
+        or tables[0].device != like.device
+    ):
+        tables = [like.new_empty(shape) for _ in range(6)]
+        net.__dict__[_TABLES] = tables
+    return tables
 
 
 def forget_activations(net) -> None:

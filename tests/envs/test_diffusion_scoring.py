@@ -165,3 +165,19 @@ def test_a_frozen_network_scores_large_batches_in_blocks_with_the_same_result(
     blocked = net._drift_no_graph(x, t_emb)
     torch.testing.assert_close(blocked, whole, rtol=0, atol=1e-6)
     torch.testing.assert_close(whole, net.drift_from_embedding(x, t_emb), rtol=0, atol=1e-5)
+
+
+def test_the_sampler_reuses_its_activation_tables_and_a_stale_graph_fails_loudly():
+    actor, net, td = _sampled()
+    first = [t.data_ptr() for t in net.__dict__["_activation_tables"]]
+    stale = actor.batched_log_prob(td).sum()  # its backward needs the first sample's activations
+    td2 = actor.sample_trajectories(8, extra_std=0.3, generator=torch.Generator().manual_seed(3))
+    assert [t.data_ptr() for t in net.__dict__["_activation_tables"]] == first  # no new 77 MB
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        stale.backward()
+    fresh, grads = _log_prob_and_grads(actor, net, td2.clone())  # the new sample scores fine
+    net.__dict__.pop("_sampled_activations")
+    ref, ref_grads = _log_prob_and_grads(actor, net, td2)
+    torch.testing.assert_close(fresh, ref, rtol=0, atol=1e-5)
+    for g, g_ref in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-3, atol=1e-4 * float(g_ref.abs().max()))
