@@ -10,7 +10,15 @@ from tensordict import NestedKey, TensorDict, TensorDictBase, is_tensor_collecti
 from tensordict.nn import TensorDictModuleBase, TensorDictParams
 from torch import Tensor
 
-__all__ = ["StepBatch", "read_steps", "score_actions", "frozen_params", "segment_sum"]
+__all__ = [
+    "StepBatch",
+    "frozen_params",
+    "read_steps",
+    "score",
+    "score_actions",
+    "score_batch",
+    "segment_sum",
+]
 
 
 def _fmt(key: NestedKey) -> str:
@@ -113,6 +121,45 @@ def score_actions(
             f"{tuple(td.batch_size)}"
         )
     return log_prob, dist
+
+
+def score(
+    module: TensorDictModuleBase,
+    params: TensorDictBase | None,
+    td: TensorDictBase,
+    action_key: NestedKey,
+) -> tuple[Tensor, torch.distributions.Distribution | None]:
+    """``(log π(a|s) [*B], dist or None)``: through the policy's ``batched_log_prob`` hook when it
+    has one (see :func:`score_batch`; no distribution object then), else :func:`score_actions`."""
+    hook = getattr(module, "batched_log_prob", None)
+    if hook is None:
+        return score_actions(module, params, td, action_key)
+    if params is None:
+        log_prob = hook(td, action_key)
+    else:
+        with params.to_module(module, preserve_module_state=False):
+            log_prob = hook(td, action_key)
+    if log_prob.shape != td.batch_size:
+        raise ValueError(
+            f"{type(module).__name__}.batched_log_prob returned shape {tuple(log_prob.shape)}, "
+            f"expected the batch shape {tuple(td.batch_size)}"
+        )
+    return log_prob, None
+
+
+def score_batch(
+    module: TensorDictModuleBase,
+    params: TensorDictBase | None,
+    td: TensorDictBase,
+    action_key: NestedKey,
+) -> Tensor:
+    """log π(a|s) ``[*B]`` (nats, summed over action dims) of ``td[action_key]`` under ``module``.
+
+    Scoring hook: a policy exposing ``batched_log_prob(td, action_key) -> [*B]`` (same value as
+    ``get_dist(td).log_prob(action)`` summed over the action dims, e.g. a fused kernel for
+    ``[B, T]`` trajectories) is scored through it; any other TorchRL actor through ``get_dist``.
+    """
+    return score(module, params, td, action_key)[0]
 
 
 def entropy_estimate(dist, log_prob: Tensor, mask: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ from torchrl.objectives import LossModule
 from zarrl.algorithms._common import (
     frozen_params,
     read_steps,
-    score_actions,
+    score,
     segment_sum,
     step_tensor,
 )
@@ -122,13 +122,9 @@ class KLReinforceLoss(LossModule):
             x = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
             return segment_sum(x, start, end_index)[start]
 
-        log_q_step, _ = score_actions(
-            self.actor_network, self.actor_network_params, td, keys.action
-        )
+        log_q_step, _ = score(self.actor_network, self.actor_network_params, td, keys.action)
         with torch.no_grad():
-            log_p_step, _ = score_actions(
-                self.prior_network, self.prior_network_params, td, keys.action
-            )
+            log_p_step, _ = score(self.prior_network, self.prior_network_params, td, keys.action)
         log_q = per_trajectory(log_q_step)  # [K] trajectories
         log_p = per_trajectory(log_p_step)
         ret = per_trajectory(steps.reward.to(log_q.dtype))

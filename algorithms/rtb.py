@@ -14,40 +14,12 @@ from zarrl.algorithms._common import (
     frozen_params,
     masked_mean,
     read_steps,
-    score_actions,
+    score_batch,
     segment_sum,
 )
 from zarrl.algorithms.path_consistency import path_consistency, segment_marks
 
 __all__ = ["RTBLoss", "check_complete_trajectories", "score_batch"]
-
-
-def score_batch(
-    module: TensorDictModuleBase,
-    params: TensorDictBase | None,
-    td: TensorDictBase,
-    action_key: NestedKey,
-) -> Tensor:
-    """log π(a|s) ``[*B]`` (nats, summed over action dims) of ``td[action_key]`` under ``module``.
-
-    Scoring hook: a policy exposing ``batched_log_prob(td, action_key) -> [*B]`` (same value as
-    ``get_dist(td).log_prob(action)`` summed over the action dims, e.g. a fused kernel for
-    ``[B, T]`` trajectories) is scored through it; any other TorchRL actor through ``get_dist``.
-    """
-    hook = getattr(module, "batched_log_prob", None)
-    if hook is None:
-        return score_actions(module, params, td, action_key)[0]
-    if params is None:
-        log_prob = hook(td, action_key)
-    else:
-        with params.to_module(module, preserve_module_state=False):
-            log_prob = hook(td, action_key)
-    if log_prob.shape != td.batch_size:
-        raise ValueError(
-            f"{type(module).__name__}.batched_log_prob returned shape {tuple(log_prob.shape)}, "
-            f"expected the batch shape {tuple(td.batch_size)}"
-        )
-    return log_prob
 
 
 def check_complete_trajectories(steps, loss_name: str) -> tuple[Tensor, Tensor]:

@@ -15,7 +15,7 @@ from zarrl.algorithms._common import (
     frozen_params,
     masked_mean,
     read_steps,
-    score_actions,
+    score,
     step_tensor,
 )
 from zarrl.algorithms.kl_budget import KLBudgetLambda
@@ -235,14 +235,14 @@ class TrustPCLLoss(LossModule):
             return None
         with torch.no_grad():
             if self.reference_network is None:
-                lp, _ = score_actions(
+                lp, _ = score(
                     self.actor_network,
                     self.target_actor_network_params,
                     td,
                     self.tensor_keys.action,
                 )
             else:
-                lp, _ = score_actions(
+                lp, _ = score(
                     self.reference_network,
                     self.reference_network_params,
                     td,
@@ -271,7 +271,7 @@ class TrustPCLLoss(LossModule):
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
         td = tensordict
         steps = read_steps(td, self.tensor_keys)
-        log_prob, dist = score_actions(
+        log_prob, dist = score(
             self.actor_network, self.actor_network_params, td, self.tensor_keys.action
         )
         ref_log_prob = self._reference_log_prob(td)
