@@ -686,6 +686,7 @@ class ZarrStorage(TensorStorage):
         reading ``resident_positions()``: residency changes nowhere else, so positions drawn from
         the cache stay cached until they are gathered."""
         if self._header is not None and not self.is_ram_mirror:
+            self._commit_deferred()
             self._install_refill()
             self._refill_credit = min(
                 self._refill_credit + rows * self.refill_ratio, 2 * self._refill_rows()
@@ -995,6 +996,18 @@ class ZarrStorage(TensorStorage):
             self._commit_whole_chunks()
         elif due or pressure:
             self.flush()
+
+    def _commit_deferred(self) -> None:
+        """Completed chunks whose commit ``min_commit_interval`` deferred are committed at the next
+        sampling call once the interval has passed: a burst of appends followed only by sampling
+        would otherwise stay uncommitted (not durable, and invisible to the background refill,
+        which decodes committed chunks only)."""
+        if self.read_only or self._closed:
+            return
+        R = self._header.chunk_rows
+        pending = (self._base + self._wc) // R > (self._base + self._commit.write_count) // R
+        if pending and time.monotonic() - self._last_commit_time >= self.min_commit_interval:
+            self._maybe_commit()
 
     def _commit_whole_chunks(self) -> None:
         """Automatic commit up to the last completed chunk: the partly filled head chunk stays

@@ -4,6 +4,7 @@ with identical assertions, plus ZarrStorage-only behaviour (reopen, errors, read
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -326,6 +327,7 @@ def test_bounded_cache_refills_in_the_background_to_cover_every_row(tmp_path):
     rb = TensorDictReplayBuffer(storage=storage, batch_size=32)
     rb.extend(trajectories(400))
     assert not storage.is_ram_mirror
+    time.sleep(storage.min_commit_interval)  # the first sample commits the deferred chunks
     seen = set()
     for _ in range(300):
         batch = rb.sample()
@@ -375,7 +377,7 @@ def test_refill_work_is_earned_by_sampled_rows(tmp_path):
     storage = ZarrStorage(400, path=tmp_path / "c.zarr", chunk_rows=8, cache=1)
     rb = TensorDictReplayBuffer(storage=storage, batch_size=32)
     rb.extend(trajectories(400))
-    storage.flush()  # refills decode committed chunks only; commits may lag by min_commit_interval
+    storage.flush()  # refills decode committed chunks only
     decoded: list = []
     original = storage._load_chunks
     storage._load_chunks = lambda chunks: decoded.extend(chunks) or original(chunks)
@@ -452,3 +454,22 @@ def test_any_zarr_store_works_not_only_local_paths(tmp_path):
     assert len(reader) == 30 and (reader[:]["obs"] == storage[:]["obs"]).all()
     storage.dumps(tmp_path / "ckpt.zarr")  # checkpoint a memory store to disk
     assert len(ZarrStorage.open(tmp_path / "ckpt.zarr", mode="r")) == 30
+
+
+def test_sampling_commits_chunks_that_min_commit_interval_deferred(tmp_path):
+    storage = ZarrStorage(
+        400, path=tmp_path / "d.zarr", chunk_rows=8, cache=1, min_commit_interval=3600.0
+    )
+    rb = TensorDictReplayBuffer(storage=storage, batch_size=32)
+    rb.extend(trajectories(400))
+    reader = ZarrStorage.open(tmp_path / "d.zarr", mode="r")
+    assert len(reader) < 400  # the burst's completed chunks wait for the interval
+    rb.sample()
+    reader.refresh()
+    assert len(reader) < 400  # not before the interval has passed
+    storage.min_commit_interval = 0.0
+    rb.sample()  # the next sampling call commits them: durable, and refills can decode them
+    reader.refresh()
+    assert len(reader) == 400
+    assert torch.equal(reader[:]["obs"], storage[:]["obs"])
+    storage.close()
