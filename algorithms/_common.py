@@ -88,6 +88,15 @@ def read_steps(td: TensorDictBase, keys) -> StepBatch:
     )
 
 
+def _with_params(module: TensorDictModuleBase, params: TensorDictBase | None, call):
+    """``call()`` with ``params`` (functional parameters, e.g. a loss's copy) swapped into
+    ``module`` for its duration; ``params=None`` uses the module's own."""
+    if params is None:
+        return call()
+    with params.to_module(module, preserve_module_state=False):
+        return call()
+
+
 def score_actions(
     module: TensorDictModuleBase,
     params: TensorDictBase | None,
@@ -101,11 +110,7 @@ def score_actions(
     if not hasattr(module, "get_dist"):
         raise TypeError(f"{type(module).__name__} has no get_dist(td); use a ProbabilisticActor")
     work = td.copy()
-    if params is None:
-        dist = module.get_dist(work)
-    else:
-        with params.to_module(module, preserve_module_state=False):
-            dist = module.get_dist(work)
+    dist = _with_params(module, params, lambda: module.get_dist(work))
     action = td.get(action_key, None)
     if action is None:
         raise KeyError(f"the loss needs the action entry {_fmt(action_key)}")
@@ -134,11 +139,7 @@ def score(
     hook = getattr(module, "batched_log_prob", None)
     if hook is None:
         return score_actions(module, params, td, action_key)
-    if params is None:
-        log_prob = hook(td, action_key)
-    else:
-        with params.to_module(module, preserve_module_state=False):
-            log_prob = hook(td, action_key)
+    log_prob = _with_params(module, params, lambda: hook(td, action_key))
     if log_prob.shape != td.batch_size:
         raise ValueError(
             f"{type(module).__name__}.batched_log_prob returned shape {tuple(log_prob.shape)}, "
