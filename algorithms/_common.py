@@ -88,6 +88,13 @@ def read_steps(td: TensorDictBase, keys) -> StepBatch:
     )
 
 
+def _check_batch_shape(log_prob: Tensor, td: TensorDictBase, what: str) -> None:
+    if log_prob.shape != td.batch_size:
+        raise ValueError(
+            f"{what} {tuple(log_prob.shape)}, expected the batch shape {tuple(td.batch_size)}"
+        )
+
+
 def _with_params(module: TensorDictModuleBase, params: TensorDictBase | None, call):
     """``call()`` with ``params`` (functional parameters, e.g. a loss's copy) swapped into
     ``module`` for its duration; ``params=None`` uses the module's own."""
@@ -120,11 +127,7 @@ def score_actions(
     batch_dims = td.batch_dims
     if log_prob.ndim > batch_dims:
         log_prob = log_prob.reshape(*log_prob.shape[:batch_dims], -1).sum(-1)
-    if log_prob.shape != td.batch_size:
-        raise ValueError(
-            f"log_prob has shape {tuple(log_prob.shape)}, expected the batch shape "
-            f"{tuple(td.batch_size)}"
-        )
+    _check_batch_shape(log_prob, td, "log_prob has shape")
     return log_prob, dist
 
 
@@ -140,11 +143,7 @@ def score(
     if hook is None:
         return score_actions(module, params, td, action_key)
     log_prob = _with_params(module, params, lambda: hook(td, action_key))
-    if log_prob.shape != td.batch_size:
-        raise ValueError(
-            f"{type(module).__name__}.batched_log_prob returned shape {tuple(log_prob.shape)}, "
-            f"expected the batch shape {tuple(td.batch_size)}"
-        )
+    _check_batch_shape(log_prob, td, f"{type(module).__name__}.batched_log_prob returned shape")
     return log_prob, None
 
 
