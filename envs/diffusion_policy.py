@@ -39,6 +39,18 @@ DRIFT_BLOCK_ROWS = 8192
 _LOG_2PI = math.log(2 * math.pi)
 
 
+def time_per_state(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Times ``[*B]`` or ``[*B, 1]`` of states ``x: [*B, D]`` -> ``[*B]`` (else a ValueError)."""
+    if t.shape == x.shape[:-1] + (1,):
+        t = t.squeeze(-1)
+    if t.shape != x.shape[:-1]:
+        raise ValueError(
+            f"time must have shape {tuple(x.shape[:-1])} or {tuple(x.shape[:-1]) + (1,)} "
+            f"to match state {tuple(x.shape)}, got {tuple(t.shape)}"
+        )
+    return t
+
+
 class SinusoidalTimeFeatures(nn.Module):
     """``t: [K] -> [K, 2·num_freqs]`` features ``[sin(f·t + φ), cos(f·t + φ)]`` with frequencies
     ``f`` linearly spaced in ``[min_freq, max_freq]`` and a learnable phase ``φ`` (one per frequency)."""
@@ -94,13 +106,7 @@ class DriftNetwork(nn.Module):
             raise ValueError(
                 f"state must have last dimension {self.dim}, got shape {tuple(x.shape)}"
             )
-        if t.shape == x.shape[:-1] + (1,):
-            t = t.squeeze(-1)
-        if t.shape != x.shape[:-1]:
-            raise ValueError(
-                f"time must have shape {tuple(x.shape[:-1])} or {tuple(x.shape[:-1]) + (1,)} "
-                f"to match state {tuple(x.shape)}, got {tuple(t.shape)}"
-            )
+        t = time_per_state(t, x)
         t_emb = self._shared_time_embedding(t)
         if torch.is_grad_enabled() and (x.requires_grad or self._builds_graph()):
             return self.drift_from_embedding(x, t_emb)
@@ -297,13 +303,7 @@ class DiffusionActor(ProbabilisticActor):
         if not fused or obs.shape != action.shape or obs.shape[-1] != net.dim:
             loc = self.step.loc(obs, time)
             return gaussian_step_log_prob(action, loc, std)
-        if time.shape == obs.shape[:-1] + (1,):
-            time = time.squeeze(-1)
-        if time.shape != obs.shape[:-1]:
-            raise ValueError(
-                f"time must have shape {tuple(obs.shape[:-1])} or {tuple(obs.shape[:-1]) + (1,)}"
-                f" to match state {tuple(obs.shape)}, got {tuple(time.shape)}"
-            )
+        time = time_per_state(time, obs)
         cached = reuse_activations(net, obs, time, self.step.num_steps)
         if cached is not None:  # the sampler's own trajectories: reuse its forward pass
             cond = net.time_embedding(time[0])  # [T, H], rows time-major below
