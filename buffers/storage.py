@@ -981,12 +981,10 @@ class ZarrStorage(TensorStorage):
 
     # ============================================================ durability
     def _maybe_commit(self) -> None:
-        R = self._header.chunk_rows
         committed_end = self._base + self._commit.write_count
         staged_end = self._base + self._wc
         since = time.monotonic() - self._last_commit_time
-        # appends completed a chunk (bulk loads: at most every ``min_commit_interval`` s)
-        due = staged_end // R > committed_end // R and since >= self.min_commit_interval
+        due = self._completed_chunks_due()
         if self.flush_every_rows is not None:
             due = due or staged_end - committed_end >= self.flush_every_rows
         if self.flush_every_seconds is not None:
@@ -1002,12 +1000,15 @@ class ZarrStorage(TensorStorage):
         sampling call once the interval has passed: a burst of appends followed only by sampling
         would otherwise stay uncommitted (not durable, and invisible to the background refill,
         which decodes committed chunks only)."""
-        if self.read_only or self._closed:
-            return
+        if not (self.read_only or self._closed) and self._completed_chunks_due():
+            self._maybe_commit()
+
+    def _completed_chunks_due(self) -> bool:
+        """Appends completed a chunk since the last commit, and ``min_commit_interval`` has
+        passed (bulk loads commit at most that often)."""
         R = self._header.chunk_rows
         pending = (self._base + self._wc) // R > (self._base + self._commit.write_count) // R
-        if pending and time.monotonic() - self._last_commit_time >= self.min_commit_interval:
-            self._maybe_commit()
+        return pending and time.monotonic() - self._last_commit_time >= self.min_commit_interval
 
     def _commit_whole_chunks(self) -> None:
         """Automatic commit up to the last completed chunk: the partly filled head chunk stays
