@@ -1,8 +1,10 @@
 """Fused scoring of many Gaussian diffusion transitions: the drift MLP and the Gaussian log-density in
 one custom autograd function with a hand-written backward.
 
-``log N(a; x + dt·f(x, t), std²·I)`` for ``N`` transitions costs three ``[N, 64] × [64, 64]`` matrix
-products and three exact GELUs forward, and their transposes backward; the time embedding enters as a
+``log N(a; x + dt·f(x, t), std²·I)`` for ``N`` transitions costs two ``[N, 64] × [64, 64]`` matrix
+products (and two thin ones) and three exact GELUs forward — each GELU pass also writes GELU' in place
+of its input (:mod:`~zarrl.envs.native_gelu`), so the backward multiplies instead of re-evaluating
+erf and exp — and their transposes backward; the time embedding enters as a
 ``[K, H]`` table broadcast over ``N / K`` rows (``K = T`` for ``[B, T]`` trajectories on a shared
 grid), so its gradient is one reduction. No ``Normal`` objects, no bias-broadcast copies of the
 autograd graph, no gradient for the (data) states and actions unless they require it.
@@ -15,9 +17,9 @@ import math
 import torch
 from torch import Tensor
 
+from .native_gelu import gelu_and_grad
+
 _LOG_2PI = math.log(2 * math.pi)
-_gelu = torch.ops.aten.gelu
-_gelu_backward = torch.ops.aten.gelu_backward
 #: Rows per block of the backward pass (8192 × 64 float32 = 2 MB per intermediate).
 BLOCK_ROWS = 8192
 
@@ -32,18 +34,21 @@ class _FusedGaussianStepLogProb(torch.autograd.Function):
         n, d = x.shape
         k, hidden = cond.shape
         if cached is not None:  # the sampler's activations of these rows, cond repeating slowest
-            h0, g0, h1, g1, h2, g2 = cached
-        else:
+            d0, g0, d1, g1, d2, g2 = cached
+        else:  # d = GELU'(h) replaces each pre-activation h as soon as GELU(h) is taken
             h0 = torch.mm(x, w_in.t()).view(n // k, k, hidden).add_(cond + b_in).view(n, hidden)
-            g0 = _gelu(h0)
+            g0 = torch.empty_like(h0)
+            d0 = gelu_and_grad(h0, g0, h0)
             h1 = torch.addmm(b1, g0, w1.t())
-            g1 = _gelu(h1)
+            g1 = torch.empty_like(h1)
+            d1 = gelu_and_grad(h1, g1, h1)
             h2 = torch.addmm(b2, g1, w2.t())
-            g2 = _gelu(h2)
+            g2 = torch.empty_like(h2)
+            d2 = gelu_and_grad(h2, g2, h2)
         # z = (a − x − dt·f) / std with f = g2·w_outᵀ + b_out
         z = torch.addmm(b_out, g2, w_out.t(), alpha=dt, beta=dt).sub_(a - x).div_(-std)
         log_prob = z.pow(2).sum(-1).mul_(-0.5).sub_(d * (math.log(std) + 0.5 * _LOG_2PI))
-        ctx.save_for_backward(x, w_in, w1, w2, w_out, h0, g0, h1, g1, h2, g2, z)
+        ctx.save_for_backward(x, w_in, w1, w2, w_out, d0, g0, d1, g1, d2, g2, z)
         ctx.shape = (n, k, hidden)
         ctx.cond_slowest = cached is not None
         ctx.dt, ctx.std = dt, std
@@ -51,7 +56,7 @@ class _FusedGaussianStepLogProb(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, w_in, w1, w2, w_out, h0, g0, h1, g1, h2, g2, z = ctx.saved_tensors
+        x, w_in, w1, w2, w_out, d0, g0, d1, g1, d2, g2, z = ctx.saved_tensors
         n, k, hidden = ctx.shape
         need = ctx.needs_input_grad
         # d log_prob / d loc = z / std; loc = x + dt·f
@@ -69,13 +74,13 @@ class _FusedGaussianStepLogProb(torch.autograd.Function):
             grad_f = grad_loc[s:e] * ctx.dt
             grad_w_out.addmm_(grad_f.t(), g2[s:e])
             grad_b_out.add_(grad_f.sum(0))
-            dh2 = _gelu_backward(torch.mm(grad_f, w_out), h2[s:e])
+            dh2 = torch.mm(grad_f, w_out).mul_(d2[s:e])  # dL/dh = dL/dg · GELU'(h)
             grad_w2.addmm_(dh2.t(), g1[s:e])
             grad_b2.add_(dh2.sum(0))
-            dh1 = _gelu_backward(torch.mm(dh2, w2), h1[s:e])
+            dh1 = torch.mm(dh2, w2).mul_(d1[s:e])
             grad_w1.addmm_(dh1.t(), g0[s:e])
             grad_b1.add_(dh1.sum(0))
-            dh0 = _gelu_backward(torch.mm(dh1, w1), h0[s:e])
+            dh0 = torch.mm(dh1, w1).mul_(d0[s:e])
             if need[3]:
                 grad_w_in_t.addmm_(x[s:e].t(), dh0)  # [D, rows] first: 4x faster
             if keep_dh0:
@@ -122,9 +127,10 @@ def fused_step_log_prob(
     ``net`` is a :class:`~zarrl.envs.DriftNetwork`; ``x``, ``action``: ``[N, D]``; ``cond``: the
     time embedding ``[K, H]`` of the ``N`` rows, row ``i`` using ``cond[i % K]`` (``K = T`` for
     flattened ``[B, T]`` trajectories on a shared time grid, ``K = N`` in general).
-    ``cached``: the six ``[N, H]`` activations ``(h0, gelu(h0), h1, gelu(h1), h2, gelu(h2))`` of
-    these rows under the current parameters (from the sampler), rows then ordered time-major
-    (row ``i`` uses ``cond[i // (N / K)]``); the forward pass is skipped.
+    ``cached``: the six ``[N, H]`` tables ``(GELU'(h0), GELU(h0), GELU'(h1), GELU(h1), GELU'(h2),
+    GELU(h2))`` of these rows' pre-activations ``h*`` under the current parameters (from the
+    sampler), rows then ordered time-major (row ``i`` uses ``cond[i // (N / K)]``); the forward
+    pass is skipped.
     """
     embed, l1, l2, out = net.state_embed, net.trunk[1], net.trunk[3], net.trunk[5]
     if x.shape[0] % cond.shape[0]:
@@ -161,8 +167,9 @@ def _signature(net) -> tuple:
 
 
 def keep_activations(net, xs: Tensor, tables: list[Tensor]) -> None:
-    """Remember the sampler's states ``xs`` ``[T + 1, N, D]`` and hidden activations (six
-    ``[T, N, H]`` tables) of ``net`` under its current parameters (replacing earlier ones)."""
+    """Remember the sampler's states ``xs`` ``[T + 1, N, D]`` and hidden activations of ``net``
+    under its current parameters (six ``[T, N, H]`` tables: ``GELU'(h*)`` and ``GELU(h*)`` of the
+    three pre-activations ``h*``), replacing earlier ones."""
     net.__dict__[_CACHE] = (_signature(net), xs, tables)
 
 
