@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -28,6 +29,8 @@ from .diffusion_scoring import (
     reuse_activations,
 )
 from .gmm import log_reward as gmm_log_reward
+from .native_gelu import gelu_, gelu_and_grad
+from .side_thread import caller_single_threaded, side_executor, side_thread_helps
 
 #: Diffusion coefficient σ² of the task.
 SIGMA2 = 5.0
@@ -135,9 +138,9 @@ class DriftNetwork(nn.Module):
         # mm on the flattened rows: a strided [B, T, 2] input would otherwise go through a slow bmm
         h = torch.mm(x.reshape(-1, self.dim), self.state_embed.weight.t())
         h = h.view(*x.shape[:-1], hidden).add_(t_emb + self.state_embed.bias)
-        h = torch.ops.aten.gelu_(h).view(-1, hidden)
+        h = gelu_(h.view(-1, hidden))
         for layer in (self.trunk[1], self.trunk[3]):
-            h = torch.ops.aten.gelu_(torch.addmm(layer.bias, h, layer.weight.t()))
+            h = gelu_(torch.addmm(layer.bias, h, layer.weight.t()))
         out = self.trunk[5]
         return torch.addmm(out.bias, h, out.weight.t()).reshape(x.shape)
 
@@ -339,12 +342,14 @@ class DiffusionActor(ProbabilisticActor):
         *,
         extra_std: float | None = None,
         log_reward: Callable[[torch.Tensor], torch.Tensor] | None = gmm_log_reward,
+        reference: DriftNetwork | None = None,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
     ) -> TensorDict:
         """Sample ``num`` full trajectories without autograd -> TensorDict ``[num, T]``.
 
-        See :func:`sample_trajectories`; ``extra_std`` defaults to this actor's.
+        See :func:`sample_trajectories`; ``extra_std`` defaults to this actor's; ``reference`` (a
+        prior's drift network) adds its per-step log-densities as ``ref_log_prob`` ``[num, T]``.
         """
         return sample_trajectories(
             self.drift_net,
@@ -353,6 +358,7 @@ class DiffusionActor(ProbabilisticActor):
             num_steps=self.step.num_steps,
             extra_std=self.extra_std if extra_std is None else extra_std,
             log_reward=log_reward,
+            reference=reference,
             generator=generator,
             device=device,
         )
@@ -381,16 +387,46 @@ def integrate(
     ``std = sqrt(σ²·dt + extra_std²)``, ``c`` the optional ``drift_correction(x, i)``. The time
     embedding of all T steps is computed in one call; the noise is drawn in one call.
     """
+    xs, noise, std, _ = _integrate(
+        drift_net,
+        num,
+        sigma2=sigma2,
+        num_steps=num_steps,
+        extra_std=extra_std,
+        drift_correction=drift_correction,
+        generator=generator,
+        device=device,
+    )
+    return xs, noise, std
+
+
+def _integrate(
+    drift_net: DriftNetwork,
+    num: int,
+    *,
+    sigma2: float,
+    num_steps: int,
+    extra_std: float,
+    drift_correction: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    reference: DriftNetwork | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor | None]:
+    """:func:`integrate`, plus the log-density ``[num, T]`` of every transition under
+    ``reference`` (policy std ``sqrt(σ²·dt)``) when given (else ``None``)."""
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
     if device is None:
         device = next(drift_net.parameters()).device
     dt = 1.0 / num_steps
     std = math.sqrt(sigma2 * dt + extra_std**2)
-    t_emb = drift_net.time_embedding(time_grid(num_steps, device)[:-1])  # [T, H]
+    grid = time_grid(num_steps, device)[:-1]
+    t_emb = drift_net.time_embedding(grid)  # [T, H]
     noise = torch.randn(num, num_steps, 2, generator=generator, device=device).mul_(std)
     if drift_correction is None:
-        return _integrate_fused(drift_net, t_emb, noise, dt), noise, std
+        ref = None if reference is None else (reference, math.sqrt(sigma2 * dt))
+        xs, ref_log_prob = _integrate_fused(drift_net, t_emb, noise, dt, ref)
+        return xs, noise, std, ref_log_prob
     xs = torch.zeros(num, num_steps + 1, 2, device=device)
     x = xs[:, 0]
     for i in range(num_steps):
@@ -399,42 +435,106 @@ def integrate(
             drift = drift + drift_correction(x, i)
         x = x + dt * drift + noise[:, i]
         xs[:, i + 1] = x
-    return xs, noise, std
+    ref_log_prob = None
+    if reference is not None:
+        obs = xs[:, :-1]
+        loc = obs + dt * reference(obs, grid.expand(num, num_steps))
+        ref_log_prob = gaussian_step_log_prob(xs[:, 1:], loc, math.sqrt(sigma2 * dt))
+    return xs, noise, std, ref_log_prob
+
+
+#: Steps of the sampler per job of the side thread (at least this many rows per job).
+SIDE_JOB_ROWS = 8192
 
 
 def _integrate_fused(
-    net: DriftNetwork, t_emb: torch.Tensor, noise: torch.Tensor, dt: float
-) -> torch.Tensor:
+    net: DriftNetwork,
+    t_emb: torch.Tensor,
+    noise: torch.Tensor,
+    dt: float,
+    reference: tuple[DriftNetwork, float] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Euler-Maruyama loop with the network unrolled into fused ``addmm`` calls: the state
     embedding's bias is folded into the time embedding, ``dt`` and the output bias into the last
-    layer and the noise. Same result as ``x + dt·f(x, t) + noise`` step by step -> ``[N, T + 1, 2]``.
+    layer and the noise. Same result as ``x + dt·f(x, t) + noise`` step by step -> ``xs [N, T + 1, 2]``
+    and, for ``reference = (net, std)``, ``log N(x_{i+1}; x_i + dt·net(x_i, t_i), std²·I)``
+    ``[N, T]`` (else ``None``).
 
     For a trainable network the hidden activations of every step are written into ``[T, N, H]``
     tables kept on the network (:func:`~zarrl.envs.diffusion_scoring.keep_activations`), so
-    scoring these very transitions with the same parameters skips the posterior's forward pass."""
+    scoring these very transitions with the same parameters skips the posterior's forward pass;
+    the pre-activation tables hold GELU derivatives instead, for the backward pass
+    (:mod:`~zarrl.envs.native_gelu`). On a multi-core CPU the reference scoring runs on a side
+    thread, block by block behind the sampler (:mod:`~zarrl.envs.side_thread`)."""
     num, num_steps, dim = noise.shape
     embed, l1, l2, out = net.state_embed, net.trunk[1], net.trunk[3], net.trunk[5]
     cond = t_emb + embed.bias  # [T, H]
     w_in, w1, w2 = embed.weight.t(), l1.weight.t(), l2.weight.t()
-    w_out = out.weight.t() * dt  # [H, D]
+    w_out_t = out.weight * dt  # [D, H]; used transposed (MKL's thin product is 2x faster so)
     shift = (noise + out.bias * dt).transpose(0, 1).contiguous()  # [T, N, D]
     xs = noise.new_zeros(num_steps + 1, num, dim)
-    gelu = torch.ops.aten.gelu.out
     hidden = cond.shape[-1]
     keep = net._builds_graph() and 6 * noise[..., :1].numel() * hidden * noise.element_size() <= (
         MAX_KEPT_ACTIVATION_BYTES
     )
     forget_activations(net)
     tables = activation_tables(net, (num_steps if keep else 1, num, hidden), noise)
-    for i in range(num_steps):
-        h0, g0, h1, g1, h2, g2 = (table[i if keep else 0] for table in tables)
-        gelu(torch.addmm(cond[i], xs[i], w_in, out=h0), out=g0)
-        gelu(torch.addmm(l1.bias, g0, w1, out=h1), out=g1)
-        gelu(torch.addmm(l2.bias, g1, w2, out=h2), out=g2)
-        torch.addmm(xs[i] + shift[i], g2, w_out, out=xs[i + 1])
+    side = _SideWork(xs, reference, dt)
+    on_side = side.needed and side_thread_helps(noise.device)
+    block = max(1, SIDE_JOB_ROWS // num)
+    start = 0
+    # kept pre-activation tables receive GELU'(h) in place: the backward pass multiplies by it
+    act = (lambda h, g: gelu_and_grad(h, g, h)) if keep else (lambda h, g: gelu_(h, g))
+    with caller_single_threaded() if on_side else nullcontext():
+        for i in range(num_steps):
+            h0, g0, h1, g1, h2, g2 = (table[i if keep else 0] for table in tables)
+            act(torch.addmm(cond[i], xs[i], w_in, out=h0), g0)
+            act(torch.addmm(l1.bias, g0, w1, out=h1), g1)
+            act(torch.addmm(l2.bias, g1, w2, out=h2), g2)
+            torch.addmm(xs[i] + shift[i], g2, w_out_t.t(), out=xs[i + 1])
+            if on_side and (i + 1 - start >= block or i + 1 == num_steps):
+                side.submit(start, i + 1)
+                start = i + 1
+        if not on_side and side.needed:
+            side.run(0, num_steps)
+        ref_log_prob = side.finish()
     if keep:
         keep_activations(net, xs, tables)
-    return xs.transpose(0, 1)
+    return xs.transpose(0, 1), ref_log_prob
+
+
+class _SideWork:
+    """The reference's log-densities of the sampler's finished steps ``[i0, i1)``."""
+
+    def __init__(
+        self, xs: torch.Tensor, reference: tuple[DriftNetwork, float] | None, dt: float
+    ) -> None:
+        self.xs, self.dt, self.futures = xs, dt, []
+        self.reference = reference
+        self.ref_log_prob = None
+        if reference is not None:
+            num_steps = xs.shape[0] - 1
+            self.ref_emb = reference[0].time_embedding(time_grid(num_steps, xs.device)[:-1])
+            self.ref_log_prob = xs.new_empty(num_steps, xs.shape[1])
+
+    @property
+    def needed(self) -> bool:
+        return self.reference is not None
+
+    def run(self, i0: int, i1: int) -> None:
+        net, std = self.reference
+        x = self.xs[i0:i1]  # [k, N, D]
+        loc = net._drift_no_graph(x, self.ref_emb[i0:i1].unsqueeze(1)).mul_(self.dt).add_(x)
+        self.ref_log_prob[i0:i1] = gaussian_step_log_prob(self.xs[i0 + 1 : i1 + 1], loc, std)
+
+    def submit(self, i0: int, i1: int) -> None:
+        self.futures.append(side_executor().submit(torch.no_grad()(self.run), i0, i1))
+
+    def finish(self) -> torch.Tensor | None:
+        """Waits for the submitted blocks -> reference log-densities ``[N, T]`` (or ``None``)."""
+        for future in self.futures:
+            future.result()
+        return None if self.ref_log_prob is None else self.ref_log_prob.t()
 
 
 def trajectories_to_tensordict(
@@ -492,20 +592,31 @@ def sample_trajectories(
     num_steps: int = NUM_STEPS,
     extra_std: float = 0.0,
     log_reward: Callable[[torch.Tensor], torch.Tensor] | None = gmm_log_reward,
+    reference: DriftNetwork | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> TensorDict:
     """Sample ``num`` full trajectories without autograd -> TensorDict ``[num, T]`` in the env's key
     layout (see :func:`trajectories_to_tensordict`), with ``action_log_prob`` of the behaviour policy
-    (std ``sqrt(σ²·dt + extra_std²)``). Terminal reward ``log_reward(x_T)`` (``None``: all zeros)."""
-    xs, noise, std = integrate(
+    (std ``sqrt(σ²·dt + extra_std²)``). Terminal reward ``log_reward(x_T)`` (``None``: all zeros).
+
+    ``reference``: a fixed drift network (a prior) whose log-density of every transition, under the
+    policy's own std ``sqrt(σ²·dt)``, is added as ``ref_log_prob`` ``[num, T]`` (nats) — computed
+    while sampling, on a side thread on multi-core CPUs, so a loss against that fixed prior need
+    not score the batch again (see :class:`~zarrl.algorithms.RTBLoss`'s ``ref_log_prob`` key).
+    """
+    xs, noise, std, ref_log_prob = _integrate(
         drift_net,
         num,
         sigma2=sigma2,
         num_steps=num_steps,
         extra_std=extra_std,
+        reference=reference,
         generator=generator,
         device=device,
     )
     log_prob = gaussian_step_log_prob(noise, torch.zeros((), device=noise.device), std)
-    return trajectories_to_tensordict(xs, log_prob, log_reward)
+    td = trajectories_to_tensordict(xs, log_prob, log_reward)
+    if ref_log_prob is not None:
+        td.set("ref_log_prob", ref_log_prob)
+    return td
