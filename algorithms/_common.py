@@ -18,6 +18,7 @@ __all__ = [
     "score_actions",
     "score_batch",
     "segment_sum",
+    "fixed_reference_log_prob",
 ]
 
 
@@ -160,6 +161,27 @@ def score_batch(
     ``[B, T]`` trajectories) is scored through it; any other TorchRL actor through ``get_dist``.
     """
     return score(module, params, td, action_key)[0]
+
+
+def fixed_reference_log_prob(
+    module: TensorDictModuleBase,
+    params: TensorDictBase | None,
+    td: TensorDictBase,
+    action_key: NestedKey,
+    stored_key: NestedKey | None,
+) -> Tensor:
+    """log p(a|s) ``[*B]`` (nats) of a fixed reference policy (a prior), without gradient.
+
+    ``td[stored_key]`` when the batch carries it — computed once when the data was generated
+    (``DiffusionActor.sample_trajectories(reference=...)``, logged generations) — else scored now
+    through :func:`score_batch`. A stored entry must come from this very reference policy.
+    """
+    if stored_key is not None:
+        stored = step_tensor(td, stored_key, required=False)
+        if stored is not None:
+            return stored.detach()
+    with torch.no_grad():
+        return score_batch(module, params, td, action_key)
 
 
 def entropy_estimate(dist, log_prob: Tensor, mask: Tensor) -> Tensor:

@@ -11,6 +11,7 @@ from tensordict import NestedKey, TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictModuleBase, TensorDictParams
 from torchrl.objectives import LossModule
 from zarrl.algorithms._common import (
+    fixed_reference_log_prob,
     frozen_params,
     read_steps,
     score,
@@ -51,7 +52,9 @@ class KLReinforceLoss(LossModule):
 
     @dataclass
     class _AcceptedKeys:
-        """Configurable input keys; ``sample_log_prob`` is the behaviour log-probability."""
+        """Configurable input keys; ``sample_log_prob`` is the behaviour log-probability,
+        ``ref_log_prob`` the prior's stored per-step log-probability (optional entry: when the
+        batch carries it, the prior is not scored again)."""
 
         action: NestedKey = "action"
         sample_log_prob: NestedKey = "action_log_prob"
@@ -61,6 +64,7 @@ class KLReinforceLoss(LossModule):
         truncated: NestedKey = "truncated"
         is_init: NestedKey | None = "is_init"
         mask: NestedKey | None = ("collector", "mask")
+        ref_log_prob: NestedKey | None = "ref_log_prob"
 
     default_keys = _AcceptedKeys
     tensor_keys: _AcceptedKeys
@@ -123,8 +127,9 @@ class KLReinforceLoss(LossModule):
             return segment_sum(x, start, end_index)[start]
 
         log_q_step, _ = score(self.actor_network, self.actor_network_params, td, keys.action)
-        with torch.no_grad():
-            log_p_step, _ = score(self.prior_network, self.prior_network_params, td, keys.action)
+        log_p_step = fixed_reference_log_prob(
+            self.prior_network, self.prior_network_params, td, keys.action, keys.ref_log_prob
+        ).to(log_q_step.dtype)
         log_q = per_trajectory(log_q_step)  # [K] trajectories
         log_p = per_trajectory(log_p_step)
         ret = per_trajectory(steps.reward.to(log_q.dtype))

@@ -11,6 +11,7 @@ from tensordict.nn import TensorDictModule, TensorDictModuleBase, TensorDictPara
 from torch import Tensor, nn
 from torchrl.objectives import LossModule
 from zarrl.algorithms._common import (
+    fixed_reference_log_prob,
     frozen_params,
     masked_mean,
     read_steps,
@@ -61,11 +62,16 @@ class RTBLoss(LossModule):
             module, in the actor's dtype; put it in its own optimizer group, usually with a larger learning rate).
         reduction: ``"mean"`` over trajectories, ``"sum"``, or ``"none"`` (``[*B, T]``, δ²/2 at the
             first step of each trajectory).
+
+    When the batch carries ``ref_log_prob`` ``[*B, T]`` (log p of each step under this prior,
+    stored when the data was generated), it is used instead of scoring the prior again;
+    ``set_keys(ref_log_prob=None)`` always scores.
     """
 
     @dataclass
     class _AcceptedKeys:
-        """Configurable input keys (see :class:`~zarrl.algorithms.TrustPCLLoss`)."""
+        """Configurable input keys (see :class:`~zarrl.algorithms.TrustPCLLoss`); ``ref_log_prob``:
+        the prior's stored per-step log-probability (optional entry)."""
 
         action: NestedKey = "action"
         reward: NestedKey = "reward"
@@ -74,6 +80,7 @@ class RTBLoss(LossModule):
         truncated: NestedKey = "truncated"
         is_init: NestedKey | None = "is_init"
         mask: NestedKey | None = ("collector", "mask")
+        ref_log_prob: NestedKey | None = "ref_log_prob"
 
     default_keys = _AcceptedKeys
     tensor_keys: _AcceptedKeys
@@ -127,10 +134,13 @@ class RTBLoss(LossModule):
         log_q = score_batch(
             self.actor_network, self.actor_network_params, tensordict, self.tensor_keys.action
         )
-        with torch.no_grad():
-            log_p = score_batch(
-                self.prior_network, self.prior_network_params, tensordict, self.tensor_keys.action
-            )
+        log_p = fixed_reference_log_prob(
+            self.prior_network,
+            self.prior_network_params,
+            tensordict,
+            self.tensor_keys.action,
+            self.tensor_keys.ref_log_prob,
+        ).to(log_q.dtype)
         log_z = self.log_z.to(log_q.dtype).expand_as(log_q)
         # δ = −C of the whole-trajectory window with γ=1, τ_H=0, λ=1, V(s0)=log Z, rewards β·r.
         residual = path_consistency(

@@ -12,6 +12,7 @@ from torch import Tensor
 from torchrl.objectives import LossModule, SoftUpdate
 from zarrl.algorithms._common import (
     entropy_estimate,
+    fixed_reference_log_prob,
     frozen_params,
     masked_mean,
     read_steps,
@@ -65,6 +66,9 @@ class TrustPCLLoss(LossModule):
             reward, done, terminated, truncated: step entries, read under ``"next"``.
             is_init: first step of an episode (optional). Default ``"is_init"``.
             mask: validity mask of padded slices (optional). Default ``("collector", "mask")``.
+            ref_log_prob: the fixed ``reference_network``'s per-step log-probability stored with
+                the data (optional; used instead of scoring it again; ignored for the lagged
+                EMA reference, which changes). Default ``"ref_log_prob"``.
         """
 
         action: NestedKey = "action"
@@ -75,6 +79,7 @@ class TrustPCLLoss(LossModule):
         truncated: NestedKey = "truncated"
         is_init: NestedKey | None = "is_init"
         mask: NestedKey | None = ("collector", "mask")
+        ref_log_prob: NestedKey | None = "ref_log_prob"
 
     default_keys = _AcceptedKeys
     tensor_keys: _AcceptedKeys
@@ -233,21 +238,18 @@ class TrustPCLLoss(LossModule):
     def _reference_log_prob(self, td: TensorDictBase) -> Tensor | None:
         if not self.uses_reference:
             return None
+        if self.reference_network is not None:
+            return fixed_reference_log_prob(
+                self.reference_network,
+                self.reference_network_params,
+                td,
+                self.tensor_keys.action,
+                self.tensor_keys.ref_log_prob,
+            )
         with torch.no_grad():
-            if self.reference_network is None:
-                lp, _ = score(
-                    self.actor_network,
-                    self.target_actor_network_params,
-                    td,
-                    self.tensor_keys.action,
-                )
-            else:
-                lp, _ = score(
-                    self.reference_network,
-                    self.reference_network_params,
-                    td,
-                    self.tensor_keys.action,
-                )
+            lp, _ = score(
+                self.actor_network, self.target_actor_network_params, td, self.tensor_keys.action
+            )
         return lp
 
     def _residual(self, steps, log_prob, ref_log_prob, value, next_value) -> Tensor:

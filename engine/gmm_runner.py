@@ -81,9 +81,10 @@ def resolve_device(name: str) -> torch.device:
 
 def pack_trajectories(td: TensorDictBase) -> TensorDict:
     """``[N, T]`` trajectories in the env's key layout -> ``[N]`` buffer rows: ``path``
-    ``[N, T + 1, 2]``, ``action_log_prob`` ``[N, T]``, ``log_reward`` ``[N]`` (nats)."""
+    ``[N, T + 1, 2]``, ``action_log_prob`` ``[N, T]``, ``log_reward`` ``[N]`` (nats), and
+    ``ref_log_prob`` ``[N, T]`` (the prior's per-step log-probability) when ``td`` has it."""
     xs = torch.cat([td.get("observation")[:, :1], td.get("action")], dim=1)
-    return TensorDict(
+    rows = TensorDict(
         {
             "path": xs,
             "action_log_prob": td.get("action_log_prob"),
@@ -91,6 +92,9 @@ def pack_trajectories(td: TensorDictBase) -> TensorDict:
         },
         batch_size=td.batch_size[:1],
     )
+    if "ref_log_prob" in td:
+        rows.set("ref_log_prob", td.get("ref_log_prob"))
+    return rows
 
 
 def unpack_trajectories(rows: TensorDictBase) -> TensorDict:
@@ -100,6 +104,8 @@ def unpack_trajectories(rows: TensorDictBase) -> TensorDict:
             raise KeyError(f"buffer rows lack {key!r}; found {sorted(rows.keys())}")
     td = trajectories_to_tensordict(rows.get("path"), rows.get("action_log_prob"), None)
     td.get(("next", "reward"))[:, -1, 0] = rows.get("log_reward")
+    if "ref_log_prob" in rows:
+        td.set("ref_log_prob", rows.get("ref_log_prob"))
     return td
 
 
@@ -121,10 +127,13 @@ def evaluate_learner(
             generator=gen,
             device=device,
         )
-    else:
-        td = learner.actor.sample_trajectories(num, extra_std=0.0, generator=gen, device=device)
+        log_p = learner.prior.trajectory_log_prob(td)
+    else:  # the prior scores the samples while they are drawn
+        td = learner.actor.sample_trajectories(
+            num, extra_std=0.0, reference=learner.prior.drift_net, generator=gen, device=device
+        )
+        log_p = td.get("ref_log_prob").sum(-1)
     log_q = td.get("action_log_prob").sum(-1)
-    log_p = learner.prior.trajectory_log_prob(td)
     log_r = td.get(("next", "reward"))[:, -1, 0]
     x = td.get(("next", "observation"))[:, -1].cpu()
     reference = None
@@ -256,7 +265,9 @@ def run_method(
     for update in range(start, updates):
         tick = time.perf_counter()
         e = exploration_std(update, train)
-        fresh = learner.actor.sample_trajectories(n_fresh, extra_std=e, generator=gen)
+        fresh = learner.actor.sample_trajectories(
+            n_fresh, extra_std=e, reference=learner.prior.drift_net, generator=gen
+        )
         index = buffer.extend(pack_trajectories(fresh).cpu())
         rows = buffer.storage.get(index)
         if n_old > 0:
