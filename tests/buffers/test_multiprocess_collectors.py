@@ -12,7 +12,7 @@ import re
 import pytest
 import torch
 from tensordict import TensorDict
-from torchrl.data import LazyMemmapStorage, SliceSampler, TensorDictReplayBuffer
+from torchrl.data import LazyMemmapStorage, ReplayBuffer, SliceSampler, TensorDictReplayBuffer
 from zarrl.buffers import ReadOnlyStorageError, ZarrStorage
 
 
@@ -117,9 +117,10 @@ def rows(start: int, n: int, obs_dtype=torch.float32) -> TensorDict:
     )
 
 
-def _worker_writes(rb: TensorDictReplayBuffer, out) -> None:
+def _worker_writes(rb: TensorDictReplayBuffer, tensors: ReplayBuffer, out) -> None:
     """Runs in a spawned process: a good write, a refused one, a good one, then a read."""
     report = {"proxy": type(rb.storage).__name__}
+    tensors.extend(torch.arange(3, 6))  # a storage of plain tensors
     rb.extend(rows(10, 5))
     report["len_after_first"] = len(rb)
     try:
@@ -139,9 +140,11 @@ def test_worker_writes_block_until_applied_and_owner_errors_reach_the_worker(tmp
     storage = ZarrStorage(100, path=tmp_path / "w.zarr", chunk_rows=8)
     rb = TensorDictReplayBuffer(storage=storage).share()
     rb.extend(rows(0, 10))
+    tensors = ReplayBuffer(storage=ZarrStorage(10, path=tmp_path / "t.zarr")).share()
+    tensors.extend(torch.arange(3))
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    proc = ctx.Process(target=_worker_writes, args=(rb, out))
+    proc = ctx.Process(target=_worker_writes, args=(rb, tensors, out))
     proc.start()
     report = out.get(timeout=120)
     proc.join(timeout=60)
@@ -156,6 +159,7 @@ def test_worker_writes_block_until_applied_and_owner_errors_reach_the_worker(tmp
     assert torch.equal(rb[:]["obs"][:, 0], torch.arange(20).float())
     rb.extend(rows(20, 3))  # the owner keeps writing where the worker stopped
     assert torch.equal(rb[:]["obs"][:, 0], torch.arange(23).float())
+    assert torch.equal(tensors[:], torch.arange(6))
     storage.close()
 
 
