@@ -12,7 +12,13 @@ import re
 import pytest
 import torch
 from tensordict import TensorDict
-from torchrl.data import LazyMemmapStorage, ReplayBuffer, SliceSampler, TensorDictReplayBuffer
+from torchrl.data import (
+    LazyMemmapStorage,
+    LazyTensorStorage,
+    ReplayBuffer,
+    SliceSampler,
+    TensorDictReplayBuffer,
+)
 from zarrl.buffers import ReadOnlyStorageError, ZarrStorage
 
 
@@ -117,10 +123,18 @@ def rows(start: int, n: int, obs_dtype=torch.float32) -> TensorDict:
     )
 
 
-def _worker_writes(rb: TensorDictReplayBuffer, tensors: ReplayBuffer, out) -> None:
+def time_env_rows(t0: int, steps: int) -> TensorDict:
+    t = torch.arange(t0, t0 + steps)[:, None].expand(steps, 3)
+    return TensorDict(
+        {"obs": t[..., None].float(), "env": torch.arange(3).expand(steps, 3)}, [steps, 3]
+    )
+
+
+def _worker_writes(rb: TensorDictReplayBuffer, tensors: ReplayBuffer, grid, out) -> None:
     """Runs in a spawned process: a good write, a refused one, a good one, then a read."""
     report = {"proxy": type(rb.storage).__name__}
     tensors.extend(torch.arange(3, 6))  # a storage of plain tensors
+    report["grid_index"] = grid.extend(time_env_rows(4, 4))  # ndim=2
     rb.extend(rows(10, 5))
     report["len_after_first"] = len(rb)
     try:
@@ -142,9 +156,11 @@ def test_worker_writes_block_until_applied_and_owner_errors_reach_the_worker(tmp
     rb.extend(rows(0, 10))
     tensors = ReplayBuffer(storage=ZarrStorage(10, path=tmp_path / "t.zarr")).share()
     tensors.extend(torch.arange(3))
+    grid = TensorDictReplayBuffer(storage=ZarrStorage(30, path=tmp_path / "g.zarr", ndim=2))
+    grid.share().extend(time_env_rows(0, 4))
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    proc = ctx.Process(target=_worker_writes, args=(rb, tensors, out))
+    proc = ctx.Process(target=_worker_writes, args=(rb, tensors, grid, out))
     proc.start()
     report = out.get(timeout=120)
     proc.join(timeout=60)
@@ -160,6 +176,11 @@ def test_worker_writes_block_until_applied_and_owner_errors_reach_the_worker(tmp
     rb.extend(rows(20, 3))  # the owner keeps writing where the worker stopped
     assert torch.equal(rb[:]["obs"][:, 0], torch.arange(23).float())
     assert torch.equal(tensors[:], torch.arange(6))
+    reference = TensorDictReplayBuffer(storage=LazyTensorStorage(30, ndim=2))
+    reference.extend(time_env_rows(0, 4))
+    assert torch.equal(report["grid_index"], reference.extend(time_env_rows(4, 4)))
+    assert len(grid) == len(reference) and grid.write_count == reference.write_count
+    assert (grid[:].exclude("index") == reference[:].exclude("index")).all()
     storage.close()
 
 
