@@ -3,7 +3,7 @@
 A ``ZarrStorage`` holds open zarr stores, a chunk cache and threads, so it stays in the process
 that built it (the *owner*). Pickled to a process that ``multiprocessing`` is starting (spawn or
 forkserver, as collectors do), it unpickles there as a ``ZarrWriterProxy``: ``set`` ships the rows
-to the owner over a queue (tensors through torch's shared-memory reductions) and blocks until the
+to the owner over a pipe (TensorDict leaves as pickled numpy arrays) and blocks until the
 owner's pump thread has applied them with the real ``ZarrStorage.set`` (schema checks, commits as
 usual), so once a worker's ``extend`` returns its rows are in the storage. Errors raised by the
 owner are re-raised in the worker. Sampling stays in the owner.
