@@ -14,13 +14,15 @@ import asyncio
 import atexit
 import collections
 import concurrent.futures
+import functools
 import math
 import os
 import sys
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from multiprocessing.context import get_spawning_popen
 from typing import Any
 
 import numpy as np
@@ -53,6 +55,7 @@ from .format import (
 )
 from .lazy_view import lazy_tensordict, path_tree
 from .store_io import grow_array
+from .worker_proxy import WriteChannel, new_proxy, rollback_writers
 
 _UNBOUNDED = 2**31 - 1  # TorchRL keeps len() in an int32 shared value
 _TENSOR_KEY = "_tensor"
@@ -63,6 +66,18 @@ _INDEX_MAX_BYTES = 16  # leaves with at most this many bytes per element stay in
 
 class _StaleRead(RuntimeError):
     """A reader loaded chunks the writer has recycled since the reader's last refresh."""
+
+
+def _serialized(method: Callable) -> Callable:
+    """Runs ``method`` under the storage's lock: the pump thread applying worker writes
+    (``buffers/worker_proxy.py``) must not interleave with the owner's own calls."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._io_lock:
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 def _flip_list(data: list):
@@ -173,6 +188,9 @@ class ZarrStorage(TensorStorage):
         self._resident_cache: tuple | None = None
         self._resident_mask: tuple | None = None
         self._closed = False
+        self._io_lock = threading.RLock()
+        self._owner_pid = os.getpid()
+        self._channel: WriteChannel | None = None  # created when sent to a worker process
         self._group = self._open_group(path, _mode)
         self._attach_or_create()
         if not self.read_only:
@@ -581,6 +599,7 @@ class ZarrStorage(TensorStorage):
             return leaves[_TENSOR_KEY]
         return _nested_td(leaves, torch.Size(batch), self.device)
 
+    @_serialized
     def get(self, index) -> TensorDictBase | torch.Tensor:
         if self._header is None:
             raise RuntimeError("Cannot get elements out of a non-initialized storage.")
@@ -599,6 +618,7 @@ class ZarrStorage(TensorStorage):
         td = self._to_td_any(leaves, [rows.numel(), *self._header.tail])
         return self._apply_reindex(td, reindex)
 
+    @_serialized
     def __getitem__(self, index) -> TensorDictBase | torch.Tensor:
         """``storage[index]`` (what samplers use to read flags): the RAM index columns are
         gathered at once, other leaves only when first looked up (``get`` stays eager)."""
@@ -809,7 +829,17 @@ class ZarrStorage(TensorStorage):
                     self._pool.install(c, arrays)
 
     # ================================================================= writes
+    def _check_owner_process(self) -> None:
+        if os.getpid() != self._owner_pid:
+            raise RuntimeError(
+                f"{self._where} belongs to process {self._owner_pid} and reached process "
+                f"{os.getpid()} without pickling (a 'fork' start method): writing from here would "
+                "corrupt the store. Start worker processes with 'spawn' or 'forkserver' (the "
+                "TorchRL default), where the storage becomes a proxy that writes through its owner"
+            )
+
     def _check_writable(self) -> None:
+        self._check_owner_process()
         if self.read_only:
             raise ReadOnlyStorageError(
                 f"{self._where} was opened read-only (mode='r'); reopen with mode='r+' to write"
@@ -854,7 +884,17 @@ class ZarrStorage(TensorStorage):
             )
         return leaves
 
+    @_serialized
     def set(self, cursor, data, *, set_cursor: bool = True):
+        self._set(cursor, data, set_cursor, rollback=True)
+
+    @_serialized
+    def _apply_remote_write(self, cursor, data, set_cursor: bool) -> None:
+        """A worker proxy's ``set``, run by the pump thread; the proxy rolls back its own
+        writers if this raises (this process's writers did not move)."""
+        self._set(cursor, data, set_cursor, rollback=False)
+
+    def _set(self, cursor, data, set_cursor: bool, rollback: bool) -> None:
         self._check_writable()
         if isinstance(data, list):
             data = _flip_list(data)
@@ -873,8 +913,8 @@ class ZarrStorage(TensorStorage):
         try:
             leaves = self._validate(td)
         except ValueError:
-            if set_cursor and not isinstance(cursor, tuple):
-                self._rollback_writers(td.shape[0])
+            if rollback and set_cursor and not isinstance(cursor, tuple):
+                rollback_writers(self._attached_entities, td.shape[0], self._header.capacity)
             raise
         if isinstance(cursor, tuple) and len(cursor) > 1:
             return self._set_partial(cursor, td, set_cursor)
@@ -891,16 +931,6 @@ class ZarrStorage(TensorStorage):
         self._write_rows(rows, leaves, append=set_cursor)
         self._bump_mutation_revision()
         self._maybe_commit()
-
-    def _rollback_writers(self, n: int) -> None:
-        """A refused write must not leave a hole: round-robin writers move their cursor before
-        calling ``set``, so move the attached buffers' writers back."""
-        cap0 = self._header.capacity
-        for buffer in self._attached_entities:
-            writer = getattr(buffer, "__dict__", {}).get("_writer")
-            if isinstance(writer, RoundRobinWriter) and writer._write_count >= n:
-                writer._write_count -= n
-                writer._cursor = (writer._cursor - n) % cap0 if cap0 else writer._cursor - n
 
     def _set_partial(self, cursor: tuple, td: TensorDictBase, set_cursor: bool):
         """Writes a sub-row selection ``(dim0, *rest)``: read-modify-write of whole rows."""
@@ -1026,10 +1056,12 @@ class ZarrStorage(TensorStorage):
         self._write_dirty(skip=head)
         self._publish(wc, max(length, self._commit.length))
 
+    @_serialized
     def flush(self) -> None:
         """Writes every staged chunk, then publishes the commit record (the commit point)."""
         if self.read_only or self._closed or self._header is None:
             return
+        self._check_owner_process()
         if not (
             self._pool.dirty
             or self._inplace_pending
@@ -1132,7 +1164,16 @@ class ZarrStorage(TensorStorage):
         self._gc_done = dead_below
 
     def close(self) -> None:
-        """Flushes and releases the background thread; the storage cannot be used afterwards."""
+        """Flushes and releases the background threads; the storage cannot be used afterwards
+        (worker proxies still waiting get an error)."""
+        if self._closed:
+            return
+        if self._channel is not None:  # outside the lock: the pump may be applying a write
+            self._channel.stop()
+        with self._io_lock:
+            self._close()
+
+    def _close(self) -> None:
         if self._closed:
             return
         self.flush()
@@ -1147,6 +1188,7 @@ class ZarrStorage(TensorStorage):
         self.close()
 
     # ========================================================== concurrency
+    @_serialized
     def refresh(self) -> bool:
         """Re-reads the commit record; returns whether new data became visible."""
         self._last_refresh = time.monotonic()
@@ -1241,6 +1283,7 @@ class ZarrStorage(TensorStorage):
             writer._write_count = self._wc
         return writer
 
+    @_serialized
     def _empty(self) -> None:
         self._check_writable()
         if self._header is not None:
@@ -1303,15 +1346,44 @@ class ZarrStorage(TensorStorage):
             self._setup(header)
             self._adopt_commit(commit, full=True)
 
-    def __getstate__(self):
-        raise TypeError(
-            f"ZarrStorage({self._where}) cannot be pickled to another process (it holds open "
-            "zarr stores, a chunk cache and a background thread), so MultiSyncCollector/"
-            "MultiAsyncCollector cannot write through a replay buffer built on it. Workaround: "
-            "build the multi-process collector without replay_buffer= and extend the buffer "
-            "in this process (`for data in collector: rb.extend(data)`); other processes read "
-            "the store with ZarrStorage.open(path, mode='r')"
-        )
+    def __reduce__(self):
+        """Sent to a process that ``multiprocessing`` is starting (the workers of
+        ``MultiSyncCollector``/``MultiAsyncCollector``), the storage becomes a
+        ``ZarrWriterProxy`` there: its writes are applied by this process, which keeps the store
+        (``buffers/worker_proxy.py``). Any other pickling (``pickle.dumps``, ``deepcopy``) is
+        refused: the storage holds open zarr stores, a chunk cache and threads."""
+        if get_spawning_popen() is None:
+            raise TypeError(
+                f"cannot pickle ZarrStorage({self._where}) outside the start of a process: it holds "
+                "open zarr stores, a chunk cache and threads. It can be handed to processes that "
+                "multiprocessing starts (e.g. MultiSyncCollector/MultiAsyncCollector workers with "
+                "replay_buffer=), where it writes through this process; other processes read the "
+                "store with ZarrStorage.open(path, mode='r')"
+            )
+        if self.read_only:
+            raise ReadOnlyStorageError(
+                f"{self._where} was opened read-only (mode='r') and cannot become a writer in "
+                "another process; reopen it with mode='r+' in the process that should own it"
+            )
+        self._check_writable()
+        if self._channel is None:
+            self._channel = WriteChannel(self)
+        _ = self._len, self._mutation_revision, self._last_cursor_index  # create the shared values
+        state = {
+            "_channel": self._channel,
+            "max_size": self.max_size,
+            "ndim": self.ndim,
+            "device": self.device,
+            "_growing": self._growing,
+            "_tail": tuple(self._header.tail) if self._header is not None else None,
+            "_compilable": False,
+            "_rng": None,
+            "_len_value": self._len_value,
+            "_mutation_revision_value": self._mutation_revision_value,
+            "_last_cursor_index_value": self._last_cursor_index_value,
+            "_attached_entities_list": list(self._attached_entities),
+        }
+        return new_proxy, (), state
 
     def __repr__(self) -> str:
         return (
@@ -1342,7 +1414,12 @@ def _register_exit_flush(ref: weakref.ref) -> None:
 
 def _flush_at_exit(ref: weakref.ref) -> None:
     storage = ref()
-    if storage is None or storage._closed or storage.read_only:
+    if (
+        storage is None
+        or storage._closed
+        or storage.read_only
+        or storage._owner_pid != os.getpid()  # a forked child: the store is its parent's
+    ):
         return
     try:
         storage.flush()
