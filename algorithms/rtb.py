@@ -65,7 +65,7 @@ class RTBLoss(LossModule):
 
     When the batch carries ``ref_log_prob`` ``[*B, T]`` (log p of each step under this prior,
     stored when the data was generated), it is used instead of scoring the prior again;
-    ``set_keys(ref_log_prob=None)`` always scores.
+    ``loss.tensor_keys.ref_log_prob = None`` always scores.
     """
 
     @dataclass

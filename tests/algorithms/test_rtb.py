@@ -96,3 +96,45 @@ def test_rtb_rejects_a_hook_returning_the_wrong_shape():
     actor.batched_log_prob = lambda td, key: torch.zeros(3)
     with pytest.raises(ValueError, match="batched_log_prob returned shape"):
         RTBLoss(actor, prior, beta=1.0)(td)
+
+
+def test_a_stored_prior_log_prob_replaces_scoring_the_prior():
+    from zarrl.envs import DiffusionActor, DriftNetwork
+
+    torch.manual_seed(1)
+    post_net, prior_net = DriftNetwork(), DriftNetwork().requires_grad_(False)
+    for p in (*post_net.parameters(), *prior_net.parameters()):
+        torch.nn.init.normal_(p, std=0.3)
+    actor, prior = DiffusionActor(post_net), DiffusionActor(prior_net)
+    td = actor.sample_trajectories(6, extra_std=0.3, reference=prior_net)
+    scored = td.exclude("ref_log_prob")
+    loss = RTBLoss(actor, prior, beta=1.0, log_z_init=0.3)
+    out_stored, out_scored = loss(td)["loss_objective"], loss(scored)["loss_objective"]
+    torch.testing.assert_close(out_stored, out_scored, rtol=1e-5, atol=1e-4)
+    g_stored = torch.autograd.grad(out_stored, list(post_net.parameters()))
+    g_scored = torch.autograd.grad(out_scored, list(post_net.parameters()))
+    for a, b in zip(g_stored, g_scored, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # the stored entry is what is used: shifting it by c per step moves δ by −T·c
+    shifted = td.clone()
+    shifted["ref_log_prob"] = td["ref_log_prob"] + 0.01
+    delta = loss.trajectory_balance(td)[0].sum(-1)
+    moved = loss.trajectory_balance(shifted)[0].sum(-1)
+    torch.testing.assert_close(moved, delta - 0.01 * td.shape[-1], rtol=1e-5, atol=1e-4)
+    loss.tensor_keys.ref_log_prob = None  # always score
+    torch.testing.assert_close(
+        loss.trajectory_balance(shifted)[0].sum(-1), delta, rtol=1e-5, atol=1e-4
+    )
+
+
+def test_a_stored_prior_log_prob_of_the_wrong_shape_is_named():
+    from zarrl.envs import DiffusionActor, DriftNetwork
+
+    actor, prior = (
+        DiffusionActor(DriftNetwork()),
+        DiffusionActor(DriftNetwork().requires_grad_(False)),
+    )
+    td = actor.sample_trajectories(3)
+    td.set("ref_log_prob", torch.zeros(3, td.shape[-1], 2))
+    with pytest.raises(ValueError, match="'ref_log_prob'"):
+        RTBLoss(actor, prior, beta=1.0)(td)

@@ -70,9 +70,12 @@ def test_interrupted_run_resumes_from_its_checkpoint_to_the_same_parameters(tmp_
 def test_buffer_rows_round_trip_to_the_env_layout(prior):
     from zarrl.envs import DiffusionActor
 
-    td = DiffusionActor(prior).sample_trajectories(5, extra_std=0.3)
-    rows = pack_trajectories(td)
-    assert rows.batch_size == (5,) and rows["path"].shape == (5, 101, 2)
-    back = unpack_trajectories(rows)
-    for key in td.keys(True, True):
-        torch.testing.assert_close(back.get(key), td.get(key))
+    for reference in (None, prior):
+        td = DiffusionActor(prior).sample_trajectories(5, extra_std=0.3, reference=reference)
+        rows = pack_trajectories(td)
+        assert rows.batch_size == (5,) and rows["path"].shape == (5, 101, 2)
+        assert ("ref_log_prob" in rows) == (reference is not None)
+        back = unpack_trajectories(rows)
+        assert set(back.keys(True, True)) == set(td.keys(True, True))
+        for key in td.keys(True, True):
+            torch.testing.assert_close(back.get(key), td.get(key))

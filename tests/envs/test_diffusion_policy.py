@@ -138,3 +138,38 @@ def test_actor_rejects_bad_exploration_std_and_missing_keys(actor, batch):
         actor.transition_log_prob(batch.exclude("action"))
     with pytest.raises(ValueError, match="time"):
         actor.drift_net(torch.zeros(4, 2), torch.zeros(3))
+
+
+@pytest.mark.parametrize("side_thread", [True, False])
+def test_reference_log_prob_is_the_prior_scoring_of_the_sampled_steps(side_thread, monkeypatch):
+    import zarrl.envs.diffusion_policy as policy
+
+    monkeypatch.setattr(policy, "side_thread_helps", lambda device: side_thread)
+    monkeypatch.setattr(policy, "SIDE_JOB_ROWS", 7 * 40)  # several side jobs, a ragged last one
+    post = DiffusionActor(_random_net(1).requires_grad_(True))
+    prior = DiffusionActor(_random_net(2).requires_grad_(False))
+    threads = torch.get_num_threads()
+    gen = torch.Generator().manual_seed(3)
+    td = post.sample_trajectories(40, extra_std=0.4, reference=prior.drift_net, generator=gen)
+    assert torch.get_num_threads() == threads
+    assert td["ref_log_prob"].shape == (40, NUM_STEPS)
+    expected = prior.transition_log_prob(td)  # the prior's own std, exploration ignored
+    torch.testing.assert_close(td["ref_log_prob"], expected, rtol=1e-5, atol=1e-4)
+    plain = post.sample_trajectories(40, extra_std=0.4, generator=torch.Generator().manual_seed(3))
+    assert "ref_log_prob" not in plain
+    torch.testing.assert_close(plain["action"], td["action"], rtol=0, atol=0)
+
+
+def test_the_side_thread_keeps_one_intra_op_thread_and_the_caller_its_own():
+    from zarrl.envs.side_thread import caller_single_threaded, side_executor
+
+    threads = torch.get_num_threads()
+    assert side_executor().submit(torch.get_num_threads).result() == 1
+    assert torch.get_num_threads() == threads
+    torch.set_num_threads(2)
+    try:
+        with caller_single_threaded():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
