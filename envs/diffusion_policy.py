@@ -10,7 +10,10 @@ transitions of a batch is a handful of large matrix products.
 from __future__ import annotations
 
 import math
+import threading
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from contextlib import nullcontext
 
 import torch
@@ -140,7 +143,7 @@ class DriftNetwork(nn.Module):
         h = h.view(*x.shape[:-1], hidden).add_(t_emb + self.state_embed.bias)
         h = gelu_(h.view(-1, hidden))
         for layer in (self.trunk[1], self.trunk[3]):
-            h = gelu_(torch.addmm(layer.bias, h, layer.weight.t()))
+            h = gelu_(torch.mm(h, layer.weight.t()), bias=layer.bias.detach())
         out = self.trunk[5]
         return torch.addmm(out.bias, h, out.weight.t()).reshape(x.shape)
 
@@ -443,8 +446,8 @@ def _integrate(
     return xs, noise, std, ref_log_prob
 
 
-#: Steps of the sampler per job of the side thread (at least this many rows per job).
-SIDE_JOB_ROWS = 8192
+#: Rows (steps × trajectories) per block of the prior's scoring on the side thread.
+SIDE_JOB_ROWS = 4096
 
 
 def _integrate_fused(
@@ -484,14 +487,16 @@ def _integrate_fused(
     block = max(1, SIDE_JOB_ROWS // num)
     start = 0
     # kept pre-activation tables receive GELU'(h) in place: the backward pass multiplies by it
-    act = (lambda h, g: gelu_and_grad(h, g, h)) if keep else (lambda h, g: gelu_(h, g))
+    # (the biases are added inside the GELU pass: no broadcast copy per product)
+    act = (lambda h, g, b: gelu_and_grad(h, g, h, b)) if keep else (lambda h, g, b: gelu_(h, g, b))
+    b1, b2, w_out = l1.bias.detach(), l2.bias.detach(), w_out_t.t()
+    rows = [tuple(table[i if keep else 0] for table in tables) for i in range(num_steps)]
     with caller_single_threaded() if on_side else nullcontext():
-        for i in range(num_steps):
-            h0, g0, h1, g1, h2, g2 = (table[i if keep else 0] for table in tables)
-            act(torch.addmm(cond[i], xs[i], w_in, out=h0), g0)
-            act(torch.addmm(l1.bias, g0, w1, out=h1), g1)
-            act(torch.addmm(l2.bias, g1, w2, out=h2), g2)
-            torch.addmm(xs[i] + shift[i], g2, w_out_t.t(), out=xs[i + 1])
+        for i, (h0, g0, h1, g1, h2, g2) in enumerate(rows):
+            act(torch.mm(xs[i], w_in, out=h0), g0, cond[i])
+            act(torch.mm(g0, w1, out=h1), g1, b1)
+            act(torch.mm(g1, w2, out=h2), g2, b2)
+            torch.addmm(xs[i] + shift[i], g2, w_out, out=xs[i + 1])
             if on_side and (i + 1 - start >= block or i + 1 == num_steps):
                 side.submit(start, i + 1)
                 start = i + 1
@@ -504,14 +509,18 @@ def _integrate_fused(
 
 
 class _SideWork:
-    """The reference's log-densities of the sampler's finished steps ``[i0, i1)``."""
+    """The reference's log-densities of the sampler's finished steps, as a queue of step blocks
+    ``[i0, i1)``: the side thread drains it while the sampler runs, and :meth:`finish` has the
+    caller take its share of what is left, so both threads end together."""
 
     def __init__(
         self, xs: torch.Tensor, reference: tuple[DriftNetwork, float] | None, dt: float
     ) -> None:
-        self.xs, self.dt, self.futures = xs, dt, []
-        self.reference = reference
+        self.xs, self.dt, self.reference = xs, dt, reference
         self.ref_log_prob = None
+        self.pending: deque[tuple[int, int]] = deque()
+        self.lock = threading.Lock()
+        self.draining: Future | None = None
         if reference is not None:
             num_steps = xs.shape[0] - 1
             self.ref_emb = reference[0].time_embedding(time_grid(num_steps, xs.device)[:-1])
@@ -521,19 +530,39 @@ class _SideWork:
     def needed(self) -> bool:
         return self.reference is not None
 
+    @torch.no_grad()
     def run(self, i0: int, i1: int) -> None:
         net, std = self.reference
         x = self.xs[i0:i1]  # [k, N, D]
         loc = net._drift_no_graph(x, self.ref_emb[i0:i1].unsqueeze(1)).mul_(self.dt).add_(x)
         self.ref_log_prob[i0:i1] = gaussian_step_log_prob(self.xs[i0 + 1 : i1 + 1], loc, std)
 
+    def _next(self, newest: bool) -> tuple[int, int] | None:
+        with self.lock:
+            if not self.pending:
+                self.draining = None if not newest else self.draining
+                return None
+            return self.pending.pop() if newest else self.pending.popleft()
+
+    def _drain(self) -> None:
+        while (block := self._next(newest=False)) is not None:
+            self.run(*block)
+
     def submit(self, i0: int, i1: int) -> None:
-        self.futures.append(side_executor().submit(torch.no_grad()(self.run), i0, i1))
+        with self.lock:
+            self.pending.append((i0, i1))
+            if self.draining is None:
+                self.draining = side_executor().submit(self._drain)
 
     def finish(self) -> torch.Tensor | None:
-        """Waits for the submitted blocks -> reference log-densities ``[N, T]`` (or ``None``)."""
-        for future in self.futures:
-            future.result()
+        """Runs the blocks still queued (newest first, the side thread takes the oldest), waits
+        for the side thread -> reference log-densities ``[N, T]`` (or ``None``)."""
+        while (block := self._next(newest=True)) is not None:
+            self.run(*block)
+        with self.lock:
+            draining = self.draining
+        if draining is not None:
+            draining.result()
         return None if self.ref_log_prob is None else self.ref_log_prob.t()
 
 

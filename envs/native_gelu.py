@@ -55,21 +55,33 @@ static inline float normal_cdf(float x, float *e) {
     return x < 0.0f ? tail : 1.0f - tail;
 }
 
-void zarrl_gelu_and_grad(const float *h, float *g, float *gp, int64_t n) {
+/* GELU(h + bias) into g and GELU'(h + bias) into gp; h, g, gp are [rows, cols] (gp may be h),
+   bias is [cols]. */
+void zarrl_gelu_and_grad(const float *h, const float *bias, float *g, float *gp, int64_t rows,
+                         int64_t cols) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *hr = h + r * cols;
+        float *gr = g + r * cols, *pr = gp + r * cols;
 #pragma GCC ivdep
-    for (int64_t i = 0; i < n; i++) {
-        float x = h[i], e;
-        float cdf = normal_cdf(x, &e);
-        g[i] = x * cdf;
-        gp[i] = cdf + x * e * 0.39894228040143268f;
+        for (int64_t c = 0; c < cols; c++) {
+            float x = hr[c] + bias[c], e;
+            float cdf = normal_cdf(x, &e);
+            gr[c] = x * cdf;
+            pr[c] = cdf + x * e * 0.39894228040143268f;
+        }
     }
 }
 
-void zarrl_gelu(const float *h, float *g, int64_t n) {
+/* GELU(h + bias) into g (may be h). */
+void zarrl_gelu(const float *h, const float *bias, float *g, int64_t rows, int64_t cols) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *hr = h + r * cols;
+        float *gr = g + r * cols;
 #pragma GCC ivdep
-    for (int64_t i = 0; i < n; i++) {
-        float x = h[i], e;
-        g[i] = x * normal_cdf(x, &e);
+        for (int64_t c = 0; c < cols; c++) {
+            float x = hr[c] + bias[c], e;
+            gr[c] = x * normal_cdf(x, &e);
+        }
     }
 }
 """
@@ -100,9 +112,9 @@ def _compile() -> ctypes.CDLL | None:
         return None
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # the loaded library stays mapped
-    args = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-    lib.zarrl_gelu_and_grad.argtypes, lib.zarrl_gelu_and_grad.restype = args, None
-    lib.zarrl_gelu.argtypes, lib.zarrl_gelu.restype = args[1:], None
+    p, n = ctypes.c_void_p, ctypes.c_int64
+    lib.zarrl_gelu_and_grad.argtypes, lib.zarrl_gelu_and_grad.restype = [p, p, p, p, n, n], None
+    lib.zarrl_gelu.argtypes, lib.zarrl_gelu.restype = [p, p, p, n, n], None
     return lib
 
 
@@ -120,29 +132,58 @@ def native_gelu_available() -> bool:
     return _native() is not None
 
 
-def _native_ok(*tensors: Tensor) -> bool:
+def _native_ok(*tensors: Tensor | None) -> bool:
     return all(
-        t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors
+        t is None or (t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous())
+        for t in tensors
     )
 
 
-def gelu_and_grad(h: Tensor, g: Tensor, grad: Tensor) -> Tensor:
-    """Writes ``GELU(h)`` into ``g`` and ``GELU'(h)`` into ``grad`` (same shape as ``h``; ``grad``
-    may be ``h`` itself) -> ``grad``."""
+_ZEROS: dict[int, Tensor] = {}
+
+
+def _layout(h: Tensor, bias: Tensor | None) -> tuple[int, int, int]:
+    """``(bias pointer, rows, cols)`` with ``bias`` ``[cols]`` broadcast over rows (no bias: zeros
+    of the last dim, so the kernel's loop stays branch-free)."""
+    if bias is None:
+        cols = h.shape[-1] if h.dim() else 1
+        bias = _ZEROS.get(cols)
+        if bias is None:
+            bias = _ZEROS[cols] = torch.zeros(cols)
+        return bias.data_ptr(), h.numel() // cols, cols
+    cols = bias.numel()
+    if bias.dim() != 1 or h.dim() < 1 or h.shape[-1] != cols:
+        raise ValueError(f"bias of shape {tuple(bias.shape)} does not match h {tuple(h.shape)}")
+    return bias.data_ptr(), h.numel() // cols, cols
+
+
+def gelu_and_grad(h: Tensor, g: Tensor, grad: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Writes ``GELU(h + bias)`` into ``g`` and ``GELU'(h + bias)`` into ``grad`` -> ``grad``.
+
+    ``g`` and ``grad`` have ``h``'s shape (``grad`` may be ``h`` itself), ``bias`` is ``[H]`` for
+    ``h`` ``[..., H]`` (``None``: no bias). ``h`` itself may be overwritten (with ``h + bias``).
+    """
     lib = _native()
-    if lib is not None and _native_ok(h, g, grad):
-        lib.zarrl_gelu_and_grad(h.data_ptr(), g.data_ptr(), grad.data_ptr(), h.numel())
+    if lib is not None and _native_ok(h, g, grad, bias):
+        b, rows, cols = _layout(h, bias)
+        lib.zarrl_gelu_and_grad(h.data_ptr(), b, g.data_ptr(), grad.data_ptr(), rows, cols)
         return grad
+    if bias is not None:
+        h = h.add_(bias)
     torch.ops.aten.gelu.out(h, out=g)
     one = h.new_ones(()).expand_as(h)
     return torch.ops.aten.gelu_backward.grad_input(one, h, grad_input=grad)
 
 
-def gelu_(h: Tensor, out: Tensor | None = None) -> Tensor:
-    """``GELU(h)`` written into ``out`` (default: ``h`` itself, in place) -> ``out``."""
+def gelu_(h: Tensor, out: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+    """``GELU(h + bias)`` written into ``out`` (default: ``h`` itself, in place) -> ``out``; ``h``
+    itself may be overwritten (with ``h + bias``)."""
     out = h if out is None else out
     lib = _native()
-    if lib is not None and _native_ok(h, out):
-        lib.zarrl_gelu(h.data_ptr(), out.data_ptr(), h.numel())
+    if lib is not None and _native_ok(h, out, bias):
+        b, rows, cols = _layout(h, bias)
+        lib.zarrl_gelu(h.data_ptr(), b, out.data_ptr(), rows, cols)
         return out
+    if bias is not None:
+        h = h.add_(bias)
     return torch.ops.aten.gelu.out(h, out=out) if out is not h else torch.ops.aten.gelu_(h)
