@@ -69,10 +69,15 @@ class ChunkPool:
             self.max_slots = max(self.max_slots, n_slots)
             if n_slots <= self.n_slots:
                 return
-            extra = (n_slots - self.n_slots) * self.R
+            # torch.empty: a slot's rows are written (decoded chunk or zeros) when it is
+            # installed, so fresh slots cost address space only until then
             for k, t in self.data.items():
-                pad = torch.zeros((extra, *t.shape[1:]), dtype=t.dtype, device=t.device)
-                self.data[k] = torch.cat([t, pad])
+                grown = torch.empty(
+                    (n_slots * self.R, *t.shape[1:]), dtype=t.dtype, device=t.device
+                )
+                if len(t):
+                    grown[: len(t)].copy_(t)
+                self.data[k] = grown
             self.slot_chunk = torch.cat(
                 [self.slot_chunk, torch.full((n_slots - self.n_slots,), -1, dtype=torch.long)]
             )

@@ -60,7 +60,7 @@ from .worker_proxy import WriteChannel, new_proxy, rollback_writers
 _UNBOUNDED = 2**31 - 1  # TorchRL keeps len() in an int32 shared value
 _TENSOR_KEY = "_tensor"
 _DEFAULT_CACHE_BYTES = 256 * 2**20
-_TARGET_CHUNK_BYTES = 2**20
+_TARGET_CHUNK_BYTES = 2**22
 _INDEX_MAX_BYTES = 16  # leaves with at most this many bytes per element stay in RAM
 
 
@@ -97,7 +97,8 @@ class ZarrStorage(TensorStorage):
         ndim: number of batch dims counted by the capacity (``2`` for ``[time, envs]`` data).
         device: device of the tensors returned by ``get``.
         existsok: reopen an existing zarrl store at ``path`` instead of refusing it.
-        chunk_rows: rows (along dim 0) per chunk; default targets ~1 MiB per chunk.
+        chunk_rows: rows (along dim 0) per chunk; default targets ~4 MiB per chunk (a power of
+            two between 16 and 65536: fewer, larger files make durable extends faster).
         compressors: zarr bytes-to-bytes codecs; default ``format.default_compressors()``; a
             crc32c checksum is always appended.
         cache: ``None`` (256 MiB of decoded chunks), ``"ram"`` (mirror every live row), or a
@@ -374,7 +375,9 @@ class ZarrStorage(TensorStorage):
             max_slots = max(4, budget // max(1, chunk_bytes))
             if live_chunks is not None:
                 max_slots = min(max_slots, live_chunks)
-        n_slots = min(max_slots, 16)  # grows on demand up to max_slots
+        # a bounded store reserves its whole cache at once (untouched pages cost nothing); an
+        # unbounded one grows on demand up to max_slots
+        n_slots = max_slots if live_chunks is not None else min(max_slots, 16)
         map_size = live_chunks if live_chunks is not None else max(64, 2 * max_slots)
         self._pool = ChunkPool(
             pool_specs, tail, R, n_slots, map_size, self.cache_device, max_slots=max_slots
