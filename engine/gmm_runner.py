@@ -172,6 +172,7 @@ def _open_buffer(config: GMMConfig, layout: RunLayout) -> ReplayBuffer:
         existsok=True,
         cache=config.buffer.cache,
         compressors=None if config.buffer.compress else [],
+        chunk_rows=config.buffer.chunk_rows,
     )
     return ReplayBuffer(storage=storage, sampler=RandomSampler(), batch_size=None)
 

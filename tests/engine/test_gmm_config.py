@@ -13,6 +13,7 @@ from zarrl.engine.config import ConfigError
         ("train.replay_ratio=1.0", "train.replay_ratio"),
         ("train.batch_size=0", "train.batch_size"),
         ("buffer.max_size=4", "buffer.max_size"),
+        ("buffer.chunk_rows=0", "buffer.chunk_rows"),
         ("method.name=dqn", "method.name"),
         ("train.batchsize=3", "train.batchsize"),
     ],
