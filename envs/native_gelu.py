@@ -164,8 +164,10 @@ def gelu_and_grad(h: Tensor, g: Tensor, grad: Tensor, bias: Tensor | None = None
     ``h`` ``[..., H]`` (``None``: no bias). ``h`` itself may be overwritten (with ``h + bias``).
     """
     lib = _native()
+    if h.numel() == 0:
+        return grad
+    b, rows, cols = _layout(h, bias)
     if lib is not None and _native_ok(h, g, grad, bias):
-        b, rows, cols = _layout(h, bias)
         lib.zarrl_gelu_and_grad(h.data_ptr(), b, g.data_ptr(), grad.data_ptr(), rows, cols)
         return grad
     if bias is not None:
@@ -180,8 +182,10 @@ def gelu_(h: Tensor, out: Tensor | None = None, bias: Tensor | None = None) -> T
     itself may be overwritten (with ``h + bias``)."""
     out = h if out is None else out
     lib = _native()
+    if h.numel() == 0:
+        return out
+    b, rows, cols = _layout(h, bias)
     if lib is not None and _native_ok(h, out, bias):
-        b, rows, cols = _layout(h, bias)
         lib.zarrl_gelu(h.data_ptr(), b, out.data_ptr(), rows, cols)
         return out
     if bias is not None:

@@ -68,6 +68,21 @@ def test_nan_propagates_and_other_layouts_fall_back_to_aten(kernel):
     torch.testing.assert_close(g64, _exact(h64)[0], rtol=0, atol=0)
 
 
+def test_a_bias_is_added_before_the_activation_and_empty_inputs_pass(kernel):
+    h, bias = _inputs()[:, :7], torch.linspace(-1.0, 1.0, 7)
+    g, grad = torch.empty_like(h), torch.empty_like(h)
+    g_ref, grad_ref = _exact(h + bias)
+    gelu_and_grad(h.clone(), g, grad, bias)
+    torch.testing.assert_close(g.double(), g_ref, rtol=2e-6, atol=1e-6)
+    torch.testing.assert_close(grad.double(), grad_ref, rtol=2e-6, atol=1e-6)
+    torch.testing.assert_close(gelu_(h.clone(), bias=bias).double(), g_ref, rtol=2e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="bias of shape"):
+        gelu_(h.clone(), bias=torch.zeros(3))
+    empty = torch.empty(0, 64)
+    assert gelu_(empty).shape == (0, 64)
+    assert gelu_and_grad(empty, empty.clone(), empty.clone()).shape == (0, 64)
+
+
 def test_the_kernel_is_off_when_asked(monkeypatch):
     monkeypatch.setenv("ZARRL_NATIVE_GELU", "0")
     assert native_gelu._compile() is None
