@@ -36,8 +36,12 @@ def side_executor() -> ThreadPoolExecutor:
 
 
 def side_thread_helps(device: torch.device) -> bool:
-    """Whether overlapping work on the side thread can pay off: a CPU device and a second core."""
-    return device.type == "cpu" and (os.cpu_count() or 1) > 1
+    """Whether overlapping work on the side thread can pay off: a CPU device and a second core
+    this process may run on."""
+    if device.type != "cpu":
+        return False
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (cores or 1) > 1
 
 
 @contextmanager

@@ -173,3 +173,13 @@ def test_the_side_thread_keeps_one_intra_op_thread_and_the_caller_its_own():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_side_thread_is_used_only_on_a_cpu_with_a_second_core(monkeypatch):
+    from zarrl.envs import side_thread
+
+    monkeypatch.setattr(side_thread.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert side_thread.side_thread_helps(torch.device("cpu"))
+    assert not side_thread.side_thread_helps(torch.device("cuda"))
+    monkeypatch.setattr(side_thread.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert not side_thread.side_thread_helps(torch.device("cpu"))
