@@ -416,15 +416,17 @@ def _integrate(
     device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor | None]:
     """:func:`integrate`, plus the log-density ``[num, T]`` of every transition under
-    ``reference`` (policy std ``sqrt(σ²·dt)``) when given (else ``None``)."""
+    ``reference`` (policy std ``sqrt(σ²·dt)``) when given (else ``None``); the fused sampler
+    scores it, so ``reference`` and ``drift_correction`` do not go together."""
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
+    if reference is not None and drift_correction is not None:
+        raise ValueError("a reference is scored by the fused sampler, without drift_correction")
     if device is None:
         device = next(drift_net.parameters()).device
     dt = 1.0 / num_steps
     std = math.sqrt(sigma2 * dt + extra_std**2)
-    grid = time_grid(num_steps, device)[:-1]
-    t_emb = drift_net.time_embedding(grid)  # [T, H]
+    t_emb = drift_net.time_embedding(time_grid(num_steps, device)[:-1])  # [T, H]
     noise = torch.randn(num, num_steps, 2, generator=generator, device=device).mul_(std)
     if drift_correction is None:
         ref = None if reference is None else (reference, math.sqrt(sigma2 * dt))
@@ -438,12 +440,7 @@ def _integrate(
             drift = drift + drift_correction(x, i)
         x = x + dt * drift + noise[:, i]
         xs[:, i + 1] = x
-    ref_log_prob = None
-    if reference is not None:
-        obs = xs[:, :-1]
-        loc = obs + dt * reference(obs, grid.expand(num, num_steps))
-        ref_log_prob = gaussian_step_log_prob(xs[:, 1:], loc, math.sqrt(sigma2 * dt))
-    return xs, noise, std, ref_log_prob
+    return xs, noise, std, None
 
 
 #: Rows (steps × trajectories) per block of the prior's scoring on the side thread.
