@@ -33,6 +33,7 @@ from .diffusion_scoring import (
 )
 from .gmm import log_reward as gmm_log_reward
 from .native_gelu import gelu_, gelu_and_grad
+from .native_mlp import mlp_sample, native_mlp_supports
 from .side_thread import caller_single_threaded, side_executor, side_thread_helps
 
 #: Diffusion coefficient σ² of the task.
@@ -467,16 +468,30 @@ def _integrate_fused(
     (:mod:`~zarrl.envs.native_gelu`). On a multi-core CPU the reference scoring runs on a side
     thread, block by block behind the sampler (:mod:`~zarrl.envs.side_thread`)."""
     num, num_steps, dim = noise.shape
+    hidden = t_emb.shape[-1]
+    keep = net._builds_graph() and 6 * noise[..., :1].numel() * hidden * noise.element_size() <= (
+        MAX_KEPT_ACTIVATION_BYTES
+    )
+    if native_mlp_supports(net, noise, t_emb) and (
+        reference is None or native_mlp_supports(reference[0])
+    ):
+        forget_activations(net)
+        tables = activation_tables(net, (num_steps, num, hidden), noise) if keep else None
+        ref = None
+        if reference is not None:
+            ref_net, ref_std = reference
+            ref_emb = ref_net.time_embedding(time_grid(num_steps, noise.device)[:-1])
+            ref = (ref_net, ref_emb, ref_std)
+        xs, ref_log_prob = mlp_sample(net, t_emb, noise, dt, tables, ref)
+        if keep:
+            keep_activations(net, xs, tables)
+        return xs.transpose(0, 1), ref_log_prob
     embed, l1, l2, out = net.state_embed, net.trunk[1], net.trunk[3], net.trunk[5]
     cond = t_emb + embed.bias  # [T, H]
     w_in, w1, w2 = embed.weight.t(), l1.weight.t(), l2.weight.t()
     w_out_t = out.weight * dt  # [D, H]; used transposed (MKL's thin product is 2x faster so)
     shift = (noise + out.bias * dt).transpose(0, 1).contiguous()  # [T, N, D]
     xs = noise.new_zeros(num_steps + 1, num, dim)
-    hidden = cond.shape[-1]
-    keep = net._builds_graph() and 6 * noise[..., :1].numel() * hidden * noise.element_size() <= (
-        MAX_KEPT_ACTIVATION_BYTES
-    )
     forget_activations(net)
     tables = activation_tables(net, (num_steps if keep else 1, num, hidden), noise)
     side = _SideWork(xs, reference, dt)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .native_gelu import gelu_and_grad
+from .native_mlp import mlp_backward, mlp_output, native_mlp_supports_weights
 
 _LOG_2PI = math.log(2 * math.pi)
 #: Rows per block of the backward pass (8192 × 64 float32 = 2 MB per intermediate).
@@ -46,12 +47,16 @@ class _FusedGaussianStepLogProb(torch.autograd.Function):
             g2 = torch.empty_like(h2)
             d2 = gelu_and_grad(h2, g2, h2, b2.detach())
         # z = (a − x − dt·f) / std with f = g2·w_outᵀ + b_out
-        z = torch.addmm(b_out, g2, w_out.t(), alpha=dt, beta=dt).sub_(a - x).div_(-std)
+        native = native_mlp_supports_weights(w_in, w1, w2, w_out, x, a, g2)
+        if native:
+            z = mlp_output(g2, w_out, b_out, dt).sub_(a - x).div_(-std)
+        else:
+            z = torch.addmm(b_out, g2, w_out.t(), alpha=dt, beta=dt).sub_(a - x).div_(-std)
         log_prob = z.pow(2).sum(-1).mul_(-0.5).sub_(d * (math.log(std) + 0.5 * _LOG_2PI))
         ctx.save_for_backward(x, w_in, w1, w2, w_out, d0, g0, d1, g1, d2, g2, z)
         ctx.shape = (n, k, hidden)
         ctx.cond_slowest = cached is not None
-        ctx.dt, ctx.std = dt, std
+        ctx.dt, ctx.std, ctx.native = dt, std, native
         return log_prob
 
     @staticmethod
@@ -61,6 +66,31 @@ class _FusedGaussianStepLogProb(torch.autograd.Function):
         need = ctx.needs_input_grad
         # d log_prob / d loc = z / std; loc = x + dt·f
         grad_loc = z * (grad_out / ctx.std).unsqueeze(-1)  # [N, D]
+        if ctx.native and not (need[0] or need[1]):
+            g = mlp_backward(
+                (w_out, w2, w1),
+                (d0, g0, d1, g1, d2, g2),
+                x,
+                grad_loc * ctx.dt,
+                k,
+                n // k if ctx.cond_slowest else 1,
+            )
+            return (
+                None,
+                None,
+                g["cond"] if need[2] else None,
+                g["wi_t"].t() if need[3] else None,
+                g["cond"].sum(0) if need[4] else None,
+                g["w1"],
+                g["b1"],
+                g["w2"],
+                g["b2"],
+                g["wo"],
+                g["bo"],
+                None,
+                None,
+                None,
+            )
         d = x.shape[1]
         grad_w_out, grad_b_out = z.new_zeros(d, hidden), z.new_zeros(d)
         grad_w2, grad_b2 = z.new_zeros(hidden, hidden), z.new_zeros(hidden)
