@@ -27,7 +27,6 @@ import torch
 from torch import Tensor
 
 from .native_build import load_library
-from .native_gelu import native_gelu_available
 
 __all__ = [
     "native_mlp_available",
@@ -88,11 +87,9 @@ def _native() -> ctypes.CDLL | None:
 
 
 def _compile() -> ctypes.CDLL | None:
-    if not native_gelu_available():  # same compiler; its switch turns both off
-        return None
     before = _openmp_runtimes()
     lib = load_library(
-        "diffusion_mlp", ["gelu.c", "diffusion_mlp.c"], "ZARRL_NATIVE_MLP", _declare, ["-fopenmp"]
+        "diffusion_mlp", ["diffusion_mlp.c"], "ZARRL_NATIVE_MLP", _declare, ["-fopenmp"]
     )
     if lib is not None and len(_openmp_runtimes() - before) > 0 and before:
         return None  # a second OpenMP runtime beside torch's would fight it for the cores

@@ -114,6 +114,67 @@ static void out_layer(const float *g, const float *w, const float *b, float *out
     }
 }
 
+/* exp(x) of 8 lanes, x <= 0 (the Cody-Waite + polynomial scheme of gelu.c). */
+static inline __m256 exp_np8(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693145751953125f), x);
+    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(1.428606765330187045e-06f), r);
+    __m256 p = _mm256_set1_ps(0.0013888889f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.0083333324f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.041666418f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.16666667f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+/* GELU(x) and GELU'(x) of 8 lanes: the scalar kernel of gelu.c (Abramowitz-Stegun erf, one exp),
+   with the division done by a reciprocal estimate and one Newton step. */
+static inline void gelu8(__m256 x, __m256 *g, __m256 *gp) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 z = _mm256_mul_ps(_mm256_andnot_ps(sign, x), _mm256_set1_ps(0.70710678118654752f));
+    __m256 den = _mm256_fmadd_ps(z, _mm256_set1_ps(0.3275911f), _mm256_set1_ps(1.0f));
+    __m256 t = _mm256_rcp_ps(den);
+    t = _mm256_mul_ps(t, _mm256_fnmadd_ps(den, t, _mm256_set1_ps(2.0f)));
+    __m256 poly = _mm256_set1_ps(1.061405429f);
+    poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(-1.453152027f));
+    poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(1.421413741f));
+    poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(-0.284496736f));
+    poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(0.254829592f));
+    poly = _mm256_mul_ps(poly, t);
+    __m256 e = exp_np8(_mm256_mul_ps(_mm256_mul_ps(x, x), _mm256_set1_ps(-0.5f)));
+    __m256 tail = _mm256_mul_ps(_mm256_mul_ps(poly, e), _mm256_set1_ps(0.5f));
+    __m256 neg = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ);
+    __m256 cdf = _mm256_blendv_ps(_mm256_sub_ps(_mm256_set1_ps(1.0f), tail), tail, neg);
+    *g = _mm256_mul_ps(x, cdf);
+    *gp = _mm256_fmadd_ps(_mm256_mul_ps(x, e), _mm256_set1_ps(0.39894228040143268f), cdf);
+}
+/* g = GELU(h + bias) and, when d is not NULL, d = GELU'(h + bias) (d may be h), for R rows. */
+static void gelu_rows(float *h, const float *bias, float *g, float *d, int R) {
+    for (int r = 0; r < R; r++) {
+        for (int c = 0; c < HID; c += 8) {
+            __m256 x = _mm256_loadu_ps(h + r * HID + c);
+            if (bias) x = _mm256_add_ps(x, _mm256_loadu_ps(bias + c));
+            __m256 a, b;
+            gelu8(x, &a, &b);
+            _mm256_storeu_ps(g + r * HID + c, a);
+            if (d) _mm256_storeu_ps(d + r * HID + c, b);
+        }
+    }
+}
+
+/* Copies `rows` rows of HID floats to dst with non-temporal stores (the tables are written once
+   per update and read back only by the backward pass: no read-for-ownership, no cache pollution). */
+static void stream_rows(const float *src, float *dst, int rows) {
+    if (((uintptr_t)dst & 31) != 0) {
+        memcpy(dst, src, (size_t)rows * HID * sizeof(float));
+        return;
+    }
+    for (int i = 0; i < rows * HID; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+}
+
 /* Hidden activations of R (multiple of MR) rows x at step t. keep: GELU' replaces each
    pre-activation (h0/h1/h2 hold GELU'), else the GELU alone is taken. */
 static void forward_block(const zarrl_mlp *p, const float *x, int64_t t, int R, int keep,
@@ -124,20 +185,11 @@ static void forward_block(const zarrl_mlp *p, const float *x, int64_t t, int R, 
         float *hr = h0 + r * HID;
         for (int k = 0; k < HID; k++) hr[k] = x0 * p->wi_t[k] + x1 * p->wi_t[HID + k] + c[k];
     }
-    static const float zero[HID] = {0};
-    if (keep) {
-        zarrl_gelu_and_grad(h0, zero, g0, h0, R, HID);
-        mm_nn(g0, p->w1_t, h1, R);
-        zarrl_gelu_and_grad(h1, p->b1, g1, h1, R, HID);
-        mm_nn(g1, p->w2_t, h2, R);
-        zarrl_gelu_and_grad(h2, p->b2, g2, h2, R, HID);
-    } else {
-        zarrl_gelu(h0, zero, g0, R, HID);
-        mm_nn(g0, p->w1_t, h1, R);
-        zarrl_gelu(h1, p->b1, g1, R, HID);
-        mm_nn(g1, p->w2_t, h2, R);
-        zarrl_gelu(h2, p->b2, g2, R, HID);
-    }
+    gelu_rows(h0, NULL, g0, keep ? h0 : NULL, R);
+    mm_nn(g0, p->w1_t, h1, R);
+    gelu_rows(h1, p->b1, g1, keep ? h1 : NULL, R);
+    mm_nn(g1, p->w2_t, h2, R);
+    gelu_rows(h2, p->b2, g2, keep ? h2 : NULL, R);
 }
 
 /* Samples rows [r0, r1) of n trajectories for T steps:
@@ -180,11 +232,11 @@ static void sample_rows(const zarrl_mlp *post, const zarrl_mlp *prior, int64_t n
             }
             if (tables) {
                 const float *src[6] = {h0, g0, h1, g1, h2, g2};
-                size_t bytes = (size_t)nb * HID * sizeof(float);
-                for (int k = 0; k < 6; k++) memcpy(tables[k] + (t * n + b0) * HID, src[k], bytes);
+                for (int k = 0; k < 6; k++) stream_rows(src[k], tables[k] + (t * n + b0) * HID, nb);
             }
         }
     }
+    _mm_sfence();
 }
 
 /* dt·f of rows [r0, r1) from their kept GELU(h2) rows g2 [n][HID]: out [n][DIM]. */
@@ -211,8 +263,8 @@ typedef struct {
    factor: gf carries it), given the kept tables (d = GELU', a = GELU of each layer, [n][HID]) and
    the weights wo [DIM][HID], w2 and w1 [HID][HID] as stored (out, in). */
 static void backward_rows(const float *const *tables, const float *x, const float *gf,
-                        const float *wo, const float *w2, const float *w1, int64_t r0, int64_t r1,
-                        int64_t cond_div, int64_t K, zarrl_mlp_grads *g) {
+                          const float *wo, const float *w2, const float *w1, int64_t r0, int64_t r1,
+                          int64_t cond_div, int64_t K, zarrl_mlp_grads *g) {
     const float *d0 = tables[0], *a0 = tables[1], *d1 = tables[2], *a1 = tables[3],
                 *d2 = tables[4], *a2 = tables[5];
     float dh2[BLOCK * HID], dh1[BLOCK * HID], tmp[BLOCK * HID];
@@ -220,43 +272,70 @@ static void backward_rows(const float *const *tables, const float *x, const floa
         int nb = (int)(r1 - b0 < BLOCK ? r1 - b0 : BLOCK);
         int R = (nb + MR - 1) / MR * MR;
         const float *gfb = gf + b0 * DIM, *xb = x + b0 * DIM;
-        memset(dh2, 0, sizeof dh2);
-        for (int r = 0; r < nb; r++) {
-            float u0 = gfb[r * DIM], u1 = gfb[r * DIM + 1];
-            const float *ar = a2 + (b0 + r) * HID, *dr = d2 + (b0 + r) * HID;
-            float *o = dh2 + r * HID;
-            for (int k = 0; k < HID; k++) {
-                g->wo[k] += u0 * ar[k];
-                g->wo[HID + k] += u1 * ar[k];
-                o[k] = (u0 * wo[k] + u1 * wo[HID + k]) * dr[k];
+        const float *d0b = d0 + b0 * HID, *d1b = d1 + b0 * HID, *d2b = d2 + b0 * HID,
+                    *a2b = a2 + b0 * HID;
+        /* output layer: its gradients, and dh2 = (gf·Wo) ⊙ GELU'(h2); the accumulators of an
+           8-column chunk stay in registers over the block's rows */
+        for (int c = 0; c < HID; c += 8) {
+            __m256 gw0 = _mm256_loadu_ps(g->wo + c), gw1 = _mm256_loadu_ps(g->wo + HID + c);
+            __m256 w0 = _mm256_loadu_ps(wo + c), w1c = _mm256_loadu_ps(wo + HID + c);
+            for (int r = 0; r < nb; r++) {
+                __m256 u0 = _mm256_set1_ps(gfb[r * DIM]), u1 = _mm256_set1_ps(gfb[r * DIM + 1]);
+                __m256 act = _mm256_loadu_ps(a2b + r * HID + c);
+                gw0 = _mm256_fmadd_ps(u0, act, gw0);
+                gw1 = _mm256_fmadd_ps(u1, act, gw1);
+                __m256 v = _mm256_fmadd_ps(u1, w1c, _mm256_mul_ps(u0, w0));
+                _mm256_storeu_ps(dh2 + r * HID + c,
+                                 _mm256_mul_ps(v, _mm256_loadu_ps(d2b + r * HID + c)));
             }
-            g->bo[0] += u0;
-            g->bo[1] += u1;
+            _mm256_storeu_ps(g->wo + c, gw0);
+            _mm256_storeu_ps(g->wo + HID + c, gw1);
         }
+        for (int r = 0; r < nb; r++) {
+            g->bo[0] += gfb[r * DIM];
+            g->bo[1] += gfb[r * DIM + 1];
+        }
+        memset(dh2 + nb * HID, 0, (size_t)(R - nb) * HID * sizeof(float));
         mm_tn_acc(dh2, a1 + b0 * HID, g->w2, nb);
         mm_nn(dh2, w2, tmp, R);
-        for (int r = 0; r < nb; r++) {
-            const float *dr = d1 + (b0 + r) * HID, *src = dh2 + r * HID;
-            float *o = dh1 + r * HID;
-            for (int k = 0; k < HID; k++) {
-                o[k] = tmp[r * HID + k] * dr[k];
-                g->b2[k] += src[k];
+        for (int c = 0; c < HID; c += 8) {
+            __m256 gb = _mm256_loadu_ps(g->b2 + c);
+            for (int r = 0; r < nb; r++) {
+                gb = _mm256_add_ps(gb, _mm256_loadu_ps(dh2 + r * HID + c));
+                __m256 v = _mm256_mul_ps(_mm256_loadu_ps(tmp + r * HID + c),
+                                         _mm256_loadu_ps(d1b + r * HID + c));
+                _mm256_storeu_ps(dh1 + r * HID + c, v);
             }
+            _mm256_storeu_ps(g->b2 + c, gb);
         }
         memset(dh1 + nb * HID, 0, (size_t)(R - nb) * HID * sizeof(float));
         mm_tn_acc(dh1, a0 + b0 * HID, g->w1, nb);
         mm_nn(dh1, w1, tmp, R);
-        for (int r = 0; r < nb; r++) {
-            const float *dr = d0 + (b0 + r) * HID, *src = dh1 + r * HID;
-            float x0 = xb[r * DIM], x1 = xb[r * DIM + 1];
-            float *gc = g->cond + (((b0 + r) / cond_div) % K) * HID;
-            for (int k = 0; k < HID; k++) {
-                float v = tmp[r * HID + k] * dr[k];
-                g->b1[k] += src[k];
-                g->wi_t[k] += x0 * v;
-                g->wi_t[HID + k] += x1 * v;
-                gc[k] += v;
+        /* dh0 = (dh1·W1) ⊙ GELU'(h0): gradients of b1, the state embedding and the time embedding
+           (rows sharing a time embedding run consecutively when cond_div > 1) */
+        for (int c = 0; c < HID; c += 8) {
+            __m256 gb = _mm256_loadu_ps(g->b1 + c);
+            __m256 gi0 = _mm256_loadu_ps(g->wi_t + c), gi1 = _mm256_loadu_ps(g->wi_t + HID + c);
+            int64_t cur = (b0 / cond_div) % K;
+            __m256 gc = _mm256_loadu_ps(g->cond + cur * HID + c);
+            for (int r = 0; r < nb; r++) {
+                int64_t idx = ((b0 + r) / cond_div) % K;
+                if (idx != cur) {
+                    _mm256_storeu_ps(g->cond + cur * HID + c, gc);
+                    cur = idx;
+                    gc = _mm256_loadu_ps(g->cond + cur * HID + c);
+                }
+                __m256 v = _mm256_mul_ps(_mm256_loadu_ps(tmp + r * HID + c),
+                                         _mm256_loadu_ps(d0b + r * HID + c));
+                gb = _mm256_add_ps(gb, _mm256_loadu_ps(dh1 + r * HID + c));
+                gi0 = _mm256_fmadd_ps(_mm256_set1_ps(xb[r * DIM]), v, gi0);
+                gi1 = _mm256_fmadd_ps(_mm256_set1_ps(xb[r * DIM + 1]), v, gi1);
+                gc = _mm256_add_ps(gc, v);
             }
+            _mm256_storeu_ps(g->cond + cur * HID + c, gc);
+            _mm256_storeu_ps(g->b1 + c, gb);
+            _mm256_storeu_ps(g->wi_t + c, gi0);
+            _mm256_storeu_ps(g->wi_t + HID + c, gi1);
         }
     }
 }
