@@ -96,10 +96,40 @@ def _check_batch_shape(log_prob: Tensor, td: TensorDictBase, what: str) -> None:
         )
 
 
+def _same_buffer(a: Tensor | None, b: Tensor) -> bool:
+    return (
+        a is not None
+        and a.data_ptr() == b.data_ptr()
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+        and a.dtype == b.dtype
+        and a.device == b.device
+    )
+
+
+def _holds(module: torch.nn.Module, params: TensorDictBase) -> bool:
+    """Whether swapping ``params`` into ``module`` would change nothing: every parameter leaf is
+    the very ``nn.Parameter`` the module holds under that name and every buffer leaf views the
+    same memory (e.g. a loss's own, non-expanded actor parameters)."""
+    own = dict(module.named_parameters(remove_duplicate=False))
+    buffers = dict(module.named_buffers(remove_duplicate=False))
+    count = 0
+    for key, value in params.items(include_nested=True, leaves_only=True):
+        name = ".".join(key) if isinstance(key, tuple) else key
+        if name in own:
+            if own[name] is not value:
+                return False
+        elif not _same_buffer(buffers.get(name), value):
+            return False
+        count += 1
+    return count == len(own) + len(buffers)
+
+
 def _with_params(module: TensorDictModuleBase, params: TensorDictBase | None, call):
     """``call()`` with ``params`` (functional parameters, e.g. a loss's copy) swapped into
-    ``module`` for its duration; ``params=None`` uses the module's own."""
-    if params is None:
+    ``module`` for its duration; ``params=None`` uses the module's own, as do ``params`` that
+    already are the module's own tensors (the swap is skipped)."""
+    if params is None or _holds(module, params):
         return call()
     with params.to_module(module, preserve_module_state=False):
         return call()

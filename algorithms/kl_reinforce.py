@@ -18,7 +18,6 @@ from zarrl.algorithms._common import (
     segment_sum,
     step_tensor,
 )
-from zarrl.algorithms.path_consistency import segment_marks
 from zarrl.algorithms.rtb import check_complete_trajectories
 
 __all__ = ["KLReinforceLoss"]
@@ -116,10 +115,7 @@ class KLReinforceLoss(LossModule):
         td = tensordict
         keys = self.tensor_keys
         steps = read_steps(td, keys)
-        start, _ = check_complete_trajectories(steps, type(self).__name__)
-        _, _, end_index = segment_marks(
-            steps.terminated, steps.truncated, steps.valid, steps.is_init
-        )
+        start, end_index = check_complete_trajectories(steps, type(self).__name__)
         valid = steps.valid if steps.valid is not None else torch.ones_like(start)
 
         def per_trajectory(x):

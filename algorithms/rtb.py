@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from tensordict import NestedKey, TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictModuleBase, TensorDictParams
 from torch import Tensor, nn
@@ -24,8 +25,11 @@ __all__ = ["RTBLoss", "check_complete_trajectories", "score_batch"]
 
 
 def check_complete_trajectories(steps, loss_name: str) -> tuple[Tensor, Tensor]:
-    """Segment starts of a batch of whole trajectories; raise if one does not end in a terminal."""
-    start, end, _ = segment_marks(steps.terminated, steps.truncated, steps.valid, steps.is_init)
+    """``(start, end_index)`` of :func:`~zarrl.algorithms.segment_marks` for a batch of whole
+    trajectories; raise if one does not end in a terminal or starts mid-episode."""
+    start, end, end_index = segment_marks(
+        steps.terminated, steps.truncated, steps.valid, steps.is_init
+    )
     incomplete = end & ~steps.terminated
     if incomplete.any():
         where = tuple(int(i) for i in incomplete.nonzero()[0])
@@ -42,7 +46,15 @@ def check_complete_trajectories(steps, loss_name: str) -> tuple[Tensor, Tensor]:
                 f"{loss_name} needs complete trajectories, but the segment starting at batch "
                 f"index {where} is not marked is_init (it starts mid-episode)"
             )
-    return start, end
+    return start, end_index
+
+
+def one_trajectory_per_row(steps, start: Tensor) -> bool:
+    """Whether every row of the ``[*B, T]`` batch is exactly one whole trajectory (no padding, a
+    single segment starting at step 0), so per-trajectory sums are plain row sums."""
+    if steps.valid is not None and not bool(steps.valid.all()):
+        return False
+    return bool(start[..., 0].all()) and not bool(start[..., 1:].any())
 
 
 class RTBLoss(LossModule):
@@ -130,7 +142,7 @@ class RTBLoss(LossModule):
         """δ ``[*B, T]`` (at the first step of each trajectory, 0 elsewhere), the start mask
         ``[*B, T]``, and the detached trajectory log-ratio Σ(log q − log p) at the starts."""
         steps = read_steps(tensordict, self.tensor_keys)
-        start, _ = check_complete_trajectories(steps, type(self).__name__)
+        start, end_index = check_complete_trajectories(steps, type(self).__name__)
         log_q = score_batch(
             self.actor_network, self.actor_network_params, tensordict, self.tensor_keys.action
         )
@@ -141,6 +153,14 @@ class RTBLoss(LossModule):
             self.tensor_keys.action,
             self.tensor_keys.ref_log_prob,
         ).to(log_q.dtype)
+        ratio = (log_q - log_p).detach()
+        if one_trajectory_per_row(steps, start):
+            # δ = log Z + Σ_t (log q − log p − β·r_t) as row sums (float64, as path_consistency)
+            f64 = torch.float64
+            step = log_q.to(f64) - log_p.to(f64) - self.beta * steps.reward.to(f64)
+            delta = (self.log_z.to(f64) + step.sum(-1)).to(log_q.dtype).unsqueeze(-1)
+            pad = (0, log_q.shape[-1] - 1)
+            return F.pad(delta, pad), start, F.pad(ratio.sum(-1, keepdim=True), pad)
         log_z = self.log_z.to(log_q.dtype).expand_as(log_q)
         # δ = −C of the whole-trajectory window with γ=1, τ_H=0, λ=1, V(s0)=log Z, rewards β·r.
         residual = path_consistency(
@@ -159,10 +179,6 @@ class RTBLoss(LossModule):
             rollout="full",
             window_starts="first",
         )
-        _, _, end_index = segment_marks(
-            steps.terminated, steps.truncated, steps.valid, steps.is_init
-        )
-        ratio = (log_q - log_p).detach()
         if steps.valid is not None:
             ratio = torch.where(steps.valid, ratio, torch.zeros_like(ratio))
         return -residual, start, segment_sum(ratio, start, end_index)

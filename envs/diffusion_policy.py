@@ -482,9 +482,10 @@ def _integrate_fused(
             ref_net, ref_std = reference
             ref_emb = ref_net.time_embedding(time_grid(num_steps, noise.device)[:-1])
             ref = (ref_net, ref_emb, ref_std)
-        xs, ref_log_prob = mlp_sample(net, t_emb, noise, dt, tables, ref)
+        drift = noise.new_empty(num_steps, num, dim) if keep else None
+        xs, ref_log_prob = mlp_sample(net, t_emb, noise, dt, tables, ref, drift)
         if keep:
-            keep_activations(net, xs, tables)
+            keep_activations(net, xs, tables, drift)
         return xs.transpose(0, 1), ref_log_prob
     embed, l1, l2, out = net.state_embed, net.trunk[1], net.trunk[3], net.trunk[5]
     cond = t_emb + embed.bias  # [T, H]

@@ -34,8 +34,9 @@ class _FusedGaussianStepLogProb(torch.autograd.Function):
     def forward(ctx, x, a, cond, w_in, b_in, w1, b1, w2, b2, w_out, b_out, dt, std, cached):
         n, d = x.shape
         k, hidden = cond.shape
+        drift = None
         if cached is not None:  # the sampler's activations of these rows, cond repeating slowest
-            d0, g0, d1, g1, d2, g2 = cached
+            d0, g0, d1, g1, d2, g2, drift = cached
         else:  # d = GELU'(h) replaces each pre-activation h as soon as GELU(h) is taken
             h0 = torch.mm(x, w_in.t()).view(n // k, k, hidden).add_(cond + b_in).view(n, hidden)
             g0 = torch.empty_like(h0)
@@ -48,7 +49,9 @@ class _FusedGaussianStepLogProb(torch.autograd.Function):
             d2 = gelu_and_grad(h2, g2, h2, b2.detach())
         # z = (a − x − dt·f) / std with f = g2·w_outᵀ + b_out
         native = native_mlp_supports_weights(w_in, w1, w2, w_out, x, a, g2)
-        if native:
+        if drift is not None:  # the sampler's dt·f of these rows
+            z = (a - x).sub_(drift).div_(std)
+        elif native:
             z = mlp_output(g2, w_out, b_out, dt).sub_(a - x).div_(-std)
         else:
             z = torch.addmm(b_out, g2, w_out.t(), alpha=dt, beta=dt).sub_(a - x).div_(-std)
@@ -159,7 +162,7 @@ def fused_step_log_prob(
     flattened ``[B, T]`` trajectories on a shared time grid, ``K = N`` in general).
     ``cached``: the six ``[N, H]`` tables ``(GELU'(h0), GELU(h0), GELU'(h1), GELU(h1), GELU'(h2),
     GELU(h2))`` of these rows' pre-activations ``h*`` under the current parameters (from the
-    sampler), rows then ordered time-major (row ``i`` uses ``cond[i // (N / K)]``); the forward
+    sampler) and their drifts ``dt·f`` ``[N, D]`` (or ``None``: computed from ``GELU(h2)``), rows then ordered time-major (row ``i`` uses ``cond[i // (N / K)]``); the forward
     pass is skipped.
     """
     embed, l1, l2, out = net.state_embed, net.trunk[1], net.trunk[3], net.trunk[5]
@@ -196,11 +199,12 @@ def _signature(net) -> tuple:
     return tuple((p.data_ptr(), p._version, p.dtype) for p in net.parameters())
 
 
-def keep_activations(net, xs: Tensor, tables: list[Tensor]) -> None:
+def keep_activations(net, xs: Tensor, tables: list[Tensor], drift: Tensor | None = None) -> None:
     """Remember the sampler's states ``xs`` ``[T + 1, N, D]`` and hidden activations of ``net``
     under its current parameters (six ``[T, N, H]`` tables: ``GELU'(h*)`` and ``GELU(h*)`` of the
-    three pre-activations ``h*``), replacing earlier ones."""
-    net.__dict__[_CACHE] = (_signature(net), xs, tables)
+    three pre-activations ``h*``; optionally the drifts ``dt·f`` ``[T, N, D]``), replacing earlier
+    ones."""
+    net.__dict__[_CACHE] = (_signature(net), xs, tables, drift)
 
 
 def activation_tables(net, shape: tuple[int, int, int], like: Tensor) -> list[Tensor]:
@@ -227,13 +231,14 @@ def forget_activations(net) -> None:
 
 
 def reuse_activations(net, obs: Tensor, time: Tensor, num_steps: int) -> tuple[Tensor, ...] | None:
-    """The six remembered activation tables, flattened time-major ``[T·N, H]``, when ``obs``
+    """The six remembered activation tables, flattened time-major ``[T·N, H]``, and the drift table
+    ``[T·N, D]`` (or ``None``), when ``obs``
     ``[N, T, D]`` and ``time`` ``[N, T]`` are exactly the last sampled trajectories on the grid
     ``t_i = i / num_steps`` and ``net``'s parameters have not changed since (else ``None``)."""
     entry = net.__dict__.get(_CACHE)
     if entry is None or obs.ndim != 3 or torch.is_grad_enabled() is False:
         return None
-    signature, xs, tables = entry
+    signature, xs, tables, drift = entry
     if tables[0].shape[0] != num_steps:
         return None
     num = tables[0].shape[1]
@@ -244,4 +249,5 @@ def reuse_activations(net, obs: Tensor, time: Tensor, num_steps: int) -> tuple[T
     grid = torch.arange(num_steps, device=time.device, dtype=time.dtype) / num_steps
     if not torch.equal(time, grid.expand(num, num_steps)):
         return None
-    return tuple(table.view(num_steps * num, -1) for table in tables)
+    flat = tuple(table.view(num_steps * num, -1) for table in tables)
+    return (*flat, None if drift is None else drift.view(num_steps * num, -1))

@@ -57,7 +57,7 @@ class _Grads(ctypes.Structure):
 def _declare(lib: ctypes.CDLL) -> None:
     p, n, f, i = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
     mlp = ctypes.POINTER(_Mlp)
-    lib.zarrl_mlp_sample.argtypes = [mlp, mlp, n, n, p, p, p, f, f, p, i]
+    lib.zarrl_mlp_sample.argtypes = [mlp, mlp, n, n, p, p, p, p, f, f, p, i]
     lib.zarrl_mlp_sample.restype = None
     lib.zarrl_mlp_out.argtypes, lib.zarrl_mlp_out.restype = [p, p, p, n, p, i], None
     lib.zarrl_mlp_backward.argtypes = [p, p, p, p, p, p, n, n, n, p, i]
@@ -163,6 +163,7 @@ def mlp_sample(
     dt: float,
     tables: Sequence[Tensor] | None = None,
     reference: tuple | None = None,
+    drift: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Euler-Maruyama sampling from ``x_0 = 0``: ``x_{i+1} = x_i + dt·net(x_i, t_i) + noise[:, i]``.
 
@@ -170,7 +171,8 @@ def mlp_sample(
     ``tables``: ``None`` or six contiguous ``[T, N, H]`` tensors receiving GELU'(h) and GELU(h)
     of the three hidden layers at every step. ``reference``: ``None`` or ``(net_ref, cond_ref,
     std)``, whose ``log N(x_{i+1}; x_i + dt·net_ref(x_i, t_i), std²·I)`` is returned ``[N, T]``
-    (nats). Returns ``(xs [T + 1, N, D], ref_log_prob or None)``.
+    (nats). ``drift``: ``None`` or a contiguous ``[T, N, D]`` tensor receiving ``dt·net(x_i, t_i)``.
+    Returns ``(xs [T + 1, N, D], ref_log_prob or None)``.
     """
     lib = _native()
     num, steps, dim = noise.shape
@@ -191,6 +193,11 @@ def mlp_sample(
             if t.shape != (steps, num, HIDDEN) or not t.is_contiguous():
                 raise ValueError(f"activation tables must be contiguous {(steps, num, HIDDEN)}")
         table_ptrs = (ctypes.c_void_p * 6)(*(t.data_ptr() for t in tables))
+    if drift is not None:
+        if drift.shape != (steps, num, dim) or not drift.is_contiguous():
+            raise ValueError(f"the drift table must be contiguous {(steps, num, dim)}")
+        torch.autograd.graph.increment_version(drift)
+    if tables is not None:
         for t in tables:  # written in place below: a graph saved with them must fail loudly
             torch.autograd.graph.increment_version(t)
     lib.zarrl_mlp_sample(
@@ -201,6 +208,7 @@ def mlp_sample(
         shift.data_ptr(),
         xs.data_ptr(),
         table_ptrs,
+        None if drift is None else drift.data_ptr(),
         inv_std,
         log_norm,
         None if ref_lp is None else ref_lp.data_ptr(),

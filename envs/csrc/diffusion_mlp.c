@@ -196,11 +196,11 @@ static void forward_block(const zarrl_mlp *p, const float *x, int64_t t, int R, 
    xs[t+1][r] = xs[t][r] + dt·f(xs[t][r], t) + shift[t][r]   (xs: [T+1][n][DIM], shift: [T][n][DIM],
    dt already folded into post->wo and post->bo).
    tables: NULL, or six [T][n][HID] arrays receiving GELU'(h0), GELU(h0), GELU'(h1), GELU(h1),
-   GELU'(h2), GELU(h2). prior: NULL, or a second network whose Gaussian log-density (std 1/inv_std,
+   GELU'(h2), GELU(h2); drift: NULL, or [T][n][DIM] receiving dt·f of every step. prior: NULL, or a second network whose Gaussian log-density (std 1/inv_std,
    minus log_norm) of every step is written to ref_lp [T][n]. */
 static void sample_rows(const zarrl_mlp *post, const zarrl_mlp *prior, int64_t n, int64_t r0,
                         int64_t r1, int64_t T, const float *shift, float *xs, float *const *tables,
-                      float inv_std, float log_norm, float *ref_lp) {
+                        float *drift, float inv_std, float log_norm, float *ref_lp) {
     float h0[BLOCK * HID], g0[BLOCK * HID], h1[BLOCK * HID], g1[BLOCK * HID], h2[BLOCK * HID],
         g2[BLOCK * HID];
     float x[BLOCK * DIM], f[BLOCK * DIM], fp[BLOCK * DIM];
@@ -218,6 +218,7 @@ static void sample_rows(const zarrl_mlp *post, const zarrl_mlp *prior, int64_t n
             }
             forward_block(post, x, t, R, tables != NULL, h0, g0, h1, g1, h2, g2);
             out_layer(g2, post->wo, post->bo, f, nb);
+            if (drift) memcpy(drift + (t * n + b0) * DIM, f, (size_t)nb * DIM * sizeof(float));
             for (int i = 0; i < nb * DIM; i++) {
                 float next = x[i] + f[i] + sh[i];
                 if (prior) fp[i] = (next - x[i] - fp[i]) * inv_std;
@@ -347,12 +348,13 @@ static void backward_rows(const float *const *tables, const float *x, const floa
     int64_t r0 = (n) * id / nt, r1 = (n) * (id + 1) / nt;
 
 void zarrl_mlp_sample(const zarrl_mlp *post, const zarrl_mlp *prior, int64_t n, int64_t T,
-                      const float *shift, float *xs, float *const *tables, float inv_std,
-                      float log_norm, float *ref_lp, int threads) {
+                      const float *shift, float *xs, float *const *tables, float *drift,
+                      float inv_std, float log_norm, float *ref_lp, int threads) {
 #pragma omp parallel num_threads(threads)
     {
         ROWS_OF(n)
-        sample_rows(post, prior, n, r0, r1, T, shift, xs, tables, inv_std, log_norm, ref_lp);
+        sample_rows(post, prior, n, r0, r1, T, shift, xs, tables, drift, inv_std, log_norm,
+                    ref_lp);
     }
 }
 
