@@ -1,0 +1,137 @@
+"""The compiled diffusion-MLP kernels (sampler loop, output layer, backward) agree with the ATen
+path, do not depend on the thread count, and step aside where they do not apply."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from zarrl.envs import native_mlp
+from zarrl.envs.diffusion_policy import SIGMA2, DiffusionActor, DriftNetwork, time_grid
+from zarrl.envs.native_mlp import mlp_sample, native_mlp_available, native_mlp_supports
+
+pytestmark = [
+    pytest.mark.skipif(
+        not native_mlp_available(),
+        reason="no C compiler with AVX2/FMA here: the ATen path is in use",
+    ),
+    pytest.mark.usefixtures("single_thread"),  # restores the thread count the tests change
+]
+
+
+def _nets(hidden: int = 64) -> tuple[DriftNetwork, DriftNetwork]:
+    torch.manual_seed(0)
+    post, prior = DriftNetwork(hidden=hidden), DriftNetwork(hidden=hidden)
+    for net in (post, prior):
+        for p in net.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+    return post, prior.requires_grad_(False)
+
+
+def _sample(post, prior, num=130, extra_std=0.3, seed=1):
+    actor = DiffusionActor(post, extra_std=extra_std)
+    gen = torch.Generator().manual_seed(seed)
+    return actor, actor.sample_trajectories(num, reference=prior, generator=gen)
+
+
+@pytest.fixture
+def aten(monkeypatch):
+    """Switch the kernels off for the duration (the ATen path then runs)."""
+
+    def off():
+        monkeypatch.setattr(native_mlp, "_library", None)
+
+    return off
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_sampler_matches_the_aten_path(threads, aten):
+    torch.set_num_threads(threads)
+    post, prior = _nets()
+    _, fast = _sample(post, prior)
+    aten()
+    _, ref = _sample(post, prior)
+    for key in ("observation", "action", "action_log_prob", "ref_log_prob", ("next", "reward")):
+        torch.testing.assert_close(fast[key], ref[key], rtol=1e-4, atol=1e-4, msg=str(key))
+
+
+def test_the_sampler_does_not_depend_on_the_thread_count():
+    post, prior = _nets()
+    results = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        _, td = _sample(post, prior, num=200)
+        tables = [t.clone() for t in post.__dict__["_activation_tables"]]
+        results.append((td, tables))
+    (td1, tables1), (td2, tables2) = results
+    assert torch.equal(td1["action"], td2["action"])  # each row's arithmetic is the same
+    assert torch.equal(td1["ref_log_prob"], td2["ref_log_prob"])
+    for a, b in zip(tables1, tables2, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_gradients_match_the_aten_backward(cached, aten):
+    torch.set_num_threads(2)
+    post, prior = _nets()
+    actor, td = _sample(post, prior)
+    if not cached:  # the tables are forgotten: the forward pass runs again
+        post.__dict__.pop("_sampled_activations")
+    weight = torch.randn(td.shape, generator=torch.Generator().manual_seed(2))
+
+    def grads():
+        post.zero_grad()
+        lp = actor.batched_log_prob(td)
+        (lp * weight).sum().backward()
+        return lp.detach(), [p.grad.clone() for p in post.parameters()]
+
+    lp, g = grads()
+    aten()
+    post.__dict__.pop("_sampled_activations", None)
+    lp_ref, g_ref = grads()
+    torch.testing.assert_close(lp, lp_ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+
+
+def test_a_network_of_another_width_uses_the_aten_path():
+    post, prior = _nets(hidden=32)
+    assert not native_mlp_supports(post)
+    assert native_mlp_supports(_nets()[0])
+    assert not native_mlp_supports(_nets()[0], torch.zeros(2, dtype=torch.float64))
+    _, td = _sample(post, prior, num=5)
+    assert td["action"].shape == (5, 100, 2) and torch.isfinite(td["ref_log_prob"]).all()
+
+
+def test_misshapen_tables_are_refused_before_the_kernel_runs():
+    post, _ = _nets()
+    cond = post.time_embedding(time_grid(10)[:-1]).detach()
+    noise = torch.randn(7, 10, 2)
+    tables = [torch.empty(10, 7, 64) for _ in range(5)] + [torch.empty(10, 6, 64)]
+    with pytest.raises(ValueError, match="activation tables must be contiguous"):
+        mlp_sample(post, cond, noise, 0.1, tables)
+    with pytest.raises(ValueError, match="drift table"):
+        mlp_sample(post, cond, noise, 0.1, drift=torch.empty(10, 7, 3))
+
+
+def test_the_reference_log_density_is_a_gaussian_of_the_prior_drift():
+    post, prior = _nets()
+    steps, dt = 10, 0.1
+    cond = post.time_embedding(time_grid(steps)[:-1]).detach()
+    cond_p = prior.time_embedding(time_grid(steps)[:-1]).detach()
+    noise = 0.3 * torch.randn(60, steps, 2)
+    std = math.sqrt(SIGMA2 * dt)
+    with torch.no_grad():
+        xs, ref_lp = mlp_sample(post, cond, noise, dt, reference=(prior, cond_p, std))
+        x, nxt = xs[:-1], xs[1:]
+        loc = x + dt * prior(x, time_grid(steps)[:-1].view(-1, 1, 1).expand(steps, 60, 1))
+        expected = torch.distributions.Normal(loc, std).log_prob(nxt).sum(-1).t()
+        drift = post(x, time_grid(steps)[:-1].view(-1, 1, 1).expand(steps, 60, 1))
+    torch.testing.assert_close(ref_lp, expected, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(nxt - x - noise.transpose(0, 1), dt * drift, rtol=1e-4, atol=1e-5)
+
+
+def test_the_kernels_are_off_when_asked(monkeypatch):
+    monkeypatch.setenv("ZARRL_NATIVE_MLP", "0")
+    assert native_mlp._compile() is None
