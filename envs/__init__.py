@@ -54,9 +54,9 @@ from zarrl.envs.gmm_metrics import (  # noqa: F401
     wrong_mode_mass,
 )
 from zarrl.envs.guidance import classifier_guidance_sample  # noqa: F401
+from zarrl.envs.gym_envs import make_base_env, make_env  # noqa: F401
 from zarrl.envs.native_gelu import native_gelu_available  # noqa: F401
 from zarrl.envs.native_mlp import native_mlp_available, native_mlp_supports  # noqa: F401
-from zarrl.envs.gym_envs import make_base_env, make_env  # noqa: F401
 from zarrl.envs.prior_training import (  # noqa: F401
     DEFAULT_PRIOR_PATH,
     brownian_bridge_paths,

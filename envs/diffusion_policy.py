@@ -476,7 +476,9 @@ def _integrate_fused(
         reference is None or native_mlp_supports(reference[0])
     ):
         forget_activations(net)
-        tables = activation_tables(net, (num_steps, num, hidden), noise) if keep else None
+        tables = None
+        if keep:  # the compiled backward recomputes the first layer: four tables suffice
+            tables = activation_tables(net, (num_steps, num, hidden), noise, first_layer=False)
         ref = None
         if reference is not None:
             ref_net, ref_std = reference

@@ -18,7 +18,12 @@ import torch
 from torch import Tensor
 
 from .native_gelu import gelu_and_grad
-from .native_mlp import mlp_backward, mlp_output, native_mlp_supports_weights
+from .native_mlp import (
+    mlp_backward,
+    mlp_output,
+    native_mlp_available,
+    native_mlp_supports_weights,
+)
 
 _LOG_2PI = math.log(2 * math.pi)
 #: Rows per block of the backward pass (8192 × 64 float32 = 2 MB per intermediate).
@@ -60,6 +65,7 @@ class _FusedGaussianStepLogProb(torch.autograd.Function):
         ctx.shape = (n, k, hidden)
         ctx.cond_slowest = cached is not None
         ctx.dt, ctx.std, ctx.native = dt, std, native
+        ctx.cond_in = (cond + b_in).detach() if g0 is None else None  # [K, H]
         return log_prob
 
     @staticmethod
@@ -69,7 +75,7 @@ class _FusedGaussianStepLogProb(torch.autograd.Function):
         need = ctx.needs_input_grad
         # d log_prob / d loc = z / std; loc = x + dt·f
         grad_loc = z * (grad_out / ctx.std).unsqueeze(-1)  # [N, D]
-        if ctx.native and not (need[0] or need[1]):
+        if ctx.native and native_mlp_available() and not (need[0] or need[1]):
             g = mlp_backward(
                 (w_out, w2, w1),
                 (d0, g0, d1, g1, d2, g2),
@@ -77,6 +83,7 @@ class _FusedGaussianStepLogProb(torch.autograd.Function):
                 grad_loc * ctx.dt,
                 k,
                 n // k if ctx.cond_slowest else 1,
+                first_layer=None if g0 is not None else (w_in.t(), ctx.cond_in),
             )
             return (
                 None,
@@ -99,6 +106,14 @@ class _FusedGaussianStepLogProb(torch.autograd.Function):
         grad_w2, grad_b2 = z.new_zeros(hidden, hidden), z.new_zeros(hidden)
         grad_w1, grad_b1 = z.new_zeros(hidden, hidden), z.new_zeros(hidden)
         grad_w_in_t = z.new_zeros(d, hidden)
+        if g0 is None:  # the sampler did not keep the first layer: recompute it
+            h0 = torch.mm(x, w_in.t())
+            if ctx.cond_slowest:
+                h0.view(k, n // k, hidden).add_(ctx.cond_in.unsqueeze(1))
+            else:
+                h0.view(n // k, k, hidden).add_(ctx.cond_in)
+            g0 = torch.empty_like(h0)
+            d0 = gelu_and_grad(h0, g0, h0)
         keep_dh0 = need[0] or need[2] or need[4]
         dh0_all = z.new_empty(n, hidden) if keep_dh0 else None
         # row blocks keep the [rows, H] intermediates cache-resident (~1.3x over whole-batch passes)
@@ -207,22 +222,31 @@ def keep_activations(net, xs: Tensor, tables: list[Tensor], drift: Tensor | None
     net.__dict__[_CACHE] = (_signature(net), xs, tables, drift)
 
 
-def activation_tables(net, shape: tuple[int, int, int], like: Tensor) -> list[Tensor]:
+def activation_tables(
+    net, shape: tuple[int, int, int], like: Tensor, first_layer: bool = True
+) -> list[Tensor | None]:
     """Six ``[T, N, H]`` tables for the sampler's activations, reused from the previous call of the
     same shape, dtype and device (fresh 10–100 MB allocations cost a page fault per 4 kB each time).
+    ``first_layer=False``: the first two (GELU' and GELU of the first layer, which the compiled
+    backward recomputes from the states) are ``None``.
 
     Reuse is safe: the sampler writes them in place, so a graph still holding the previous
     tables for its backward pass fails autograd's version check instead of reading new values."""
     tables = net.__dict__.get(_TABLES)
+    last = None if tables is None else tables[-1]
     if (
-        tables is None
-        or tables[0].shape != shape
-        or tables[0].dtype != like.dtype
-        or tables[0].device != like.device
+        last is None
+        or last.shape != shape
+        or last.dtype != like.dtype
+        or last.device != like.device
     ):
         tables = [like.new_empty(shape) for _ in range(6)]
         net.__dict__[_TABLES] = tables
-    return tables
+    if first_layer and tables[0] is None:
+        tables[0], tables[1] = like.new_empty(shape), like.new_empty(shape)
+    if not first_layer:
+        tables[0] = tables[1] = None  # 26 MB less to write and to keep
+    return list(tables)
 
 
 def forget_activations(net) -> None:
@@ -239,9 +263,9 @@ def reuse_activations(net, obs: Tensor, time: Tensor, num_steps: int) -> tuple[T
     if entry is None or obs.ndim != 3 or torch.is_grad_enabled() is False:
         return None
     signature, xs, tables, drift = entry
-    if tables[0].shape[0] != num_steps:
+    if tables[-1].shape[0] != num_steps:
         return None
-    num = tables[0].shape[1]
+    num = tables[-1].shape[1]
     if obs.shape[:2] != (num, num_steps) or obs.dtype != xs.dtype or obs.device != xs.device:
         return None
     if signature != _signature(net) or not torch.equal(obs, xs[:-1].transpose(0, 1)):
@@ -249,5 +273,5 @@ def reuse_activations(net, obs: Tensor, time: Tensor, num_steps: int) -> tuple[T
     grid = torch.arange(num_steps, device=time.device, dtype=time.dtype) / num_steps
     if not torch.equal(time, grid.expand(num, num_steps)):
         return None
-    flat = tuple(table.view(num_steps * num, -1) for table in tables)
+    flat = tuple(None if table is None else table.view(num_steps * num, -1) for table in tables)
     return (*flat, None if drift is None else drift.view(num_steps * num, -1))

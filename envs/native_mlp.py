@@ -60,7 +60,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.zarrl_mlp_sample.argtypes = [mlp, mlp, n, n, p, p, p, p, f, f, p, i]
     lib.zarrl_mlp_sample.restype = None
     lib.zarrl_mlp_out.argtypes, lib.zarrl_mlp_out.restype = [p, p, p, n, p, i], None
-    lib.zarrl_mlp_backward.argtypes = [p, p, p, p, p, p, n, n, n, p, i]
+    lib.zarrl_mlp_backward.argtypes = [p, p, p, p, p, p, p, p, n, n, n, p, i]
     lib.zarrl_mlp_backward.restype = None
 
 
@@ -169,7 +169,7 @@ def mlp_sample(
 
     ``cond``: ``net``'s time embedding of the ``T`` steps ``[T, H]``; ``noise``: ``[N, T, D]``.
     ``tables``: ``None`` or six contiguous ``[T, N, H]`` tensors receiving GELU'(h) and GELU(h)
-    of the three hidden layers at every step. ``reference``: ``None`` or ``(net_ref, cond_ref,
+    of the three hidden layers at every step (``None`` entries are not written). ``reference``: ``None`` or ``(net_ref, cond_ref,
     std)``, whose ``log N(x_{i+1}; x_i + dt·net_ref(x_i, t_i), std²·I)`` is returned ``[N, T]``
     (nats). ``drift``: ``None`` or a contiguous ``[T, N, D]`` tensor receiving ``dt·net(x_i, t_i)``.
     Returns ``(xs [T + 1, N, D], ref_log_prob or None)``.
@@ -189,17 +189,20 @@ def mlp_sample(
         ref_lp = noise.new_empty(steps, num)
     table_ptrs = None
     if tables is not None:
+        if len(tables) != 6:
+            raise ValueError(f"six activation tables are needed, got {len(tables)}")
         for t in tables:
-            if t.shape != (steps, num, HIDDEN) or not t.is_contiguous():
+            if t is not None and (t.shape != (steps, num, HIDDEN) or not t.is_contiguous()):
                 raise ValueError(f"activation tables must be contiguous {(steps, num, HIDDEN)}")
-        table_ptrs = (ctypes.c_void_p * 6)(*(t.data_ptr() for t in tables))
+        table_ptrs = (ctypes.c_void_p * 6)(*(None if t is None else t.data_ptr() for t in tables))
     if drift is not None:
         if drift.shape != (steps, num, dim) or not drift.is_contiguous():
             raise ValueError(f"the drift table must be contiguous {(steps, num, dim)}")
         torch.autograd.graph.increment_version(drift)
     if tables is not None:
         for t in tables:  # written in place below: a graph saved with them must fail loudly
-            torch.autograd.graph.increment_version(t)
+            if t is not None:
+                torch.autograd.graph.increment_version(t)
     lib.zarrl_mlp_sample(
         ctypes.byref(post),
         prior_ptr,
@@ -243,12 +246,15 @@ def mlp_backward(
     grad_f: Tensor,
     num_cond: int,
     cond_div: int,
+    first_layer: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Parameter gradients of ``Σ_r <grad_f[r], f(x_r)>`` (``f`` the drift, without ``dt``).
 
     ``tables``: six contiguous ``[N, 64]`` tensors, GELU'(h) and GELU(h) of the three hidden
     layers at the rows ``x`` ``[N, 2]``; ``grad_f`` ``[N, 2]``; row ``r`` used the time embedding
-    ``cond[(r // cond_div) % num_cond]``; ``weights``: the output layer's ``[2, 64]`` and the two
+    ``cond[(r // cond_div) % num_cond]``. The first two tables may be ``None``: the first layer is
+    then recomputed from ``first_layer = (wi_t [2, 64], cond [num_cond, 64])`` (the state
+    embedding's weight transposed; the time embedding plus the state embedding's bias). ``weights``: the output layer's ``[2, 64]`` and the two
     hidden layers' ``[64, 64]`` weights ``(w_out, w2, w1)``. Returns the gradients of ``wo`` ``[2, 64]``, ``bo``,
     ``w2``, ``b2``, ``w1``, ``b1`` (layer shapes), ``wi_t`` ``[2, 64]`` (the state embedding's weight,
     transposed) and ``cond`` ``[num_cond, 64]``."""
@@ -276,8 +282,21 @@ def mlp_backward(
         grads.append(pointers)
     grad_structs = (_Grads * parts)(*(_Grads(*p) for p in grads))
     x, grad_f = x.contiguous(), grad_f.contiguous()
-    tables = [t.contiguous() for t in tables]
-    table_ptrs = (ctypes.c_void_p * 6)(*(t.data_ptr() for t in tables))
+    tables = [None if t is None else t.contiguous() for t in tables]
+    if any(t is None for t in tables[2:]):
+        raise ValueError("only the first layer's two tables may be missing")
+    wi_t = cond = None
+    if tables[0] is None or tables[1] is None:
+        if first_layer is None:
+            raise ValueError("without the first layer's tables, first_layer=(wi_t, cond) is needed")
+        with torch.no_grad():
+            wi_t, cond = (t.contiguous() for t in first_layer)
+        if wi_t.shape != (DIM, HIDDEN) or cond.shape != (num_cond, HIDDEN):
+            raise ValueError(
+                f"first_layer must be ([{DIM}, {HIDDEN}], [{num_cond}, {HIDDEN}]), got "
+                f"({list(wi_t.shape)}, {list(cond.shape)})"
+            )
+    table_ptrs = (ctypes.c_void_p * 6)(*(None if t is None else t.data_ptr() for t in tables))
     with torch.no_grad():
         weights = [w.contiguous() for w in weights]
 
@@ -286,6 +305,8 @@ def mlp_backward(
         x.data_ptr(),
         grad_f.data_ptr(),
         *(w.data_ptr() for w in weights),
+        None if wi_t is None else wi_t.data_ptr(),
+        None if cond is None else cond.data_ptr(),
         rows,
         cond_div,
         num_cond,

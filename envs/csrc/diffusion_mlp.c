@@ -196,7 +196,7 @@ static void forward_block(const zarrl_mlp *p, const float *x, int64_t t, int R, 
    xs[t+1][r] = xs[t][r] + dt·f(xs[t][r], t) + shift[t][r]   (xs: [T+1][n][DIM], shift: [T][n][DIM],
    dt already folded into post->wo and post->bo).
    tables: NULL, or six [T][n][HID] arrays receiving GELU'(h0), GELU(h0), GELU'(h1), GELU(h1),
-   GELU'(h2), GELU(h2); drift: NULL, or [T][n][DIM] receiving dt·f of every step. prior: NULL, or a second network whose Gaussian log-density (std 1/inv_std,
+   GELU'(h2), GELU(h2) (a NULL entry is skipped: the backward pass can recompute the first layer); drift: NULL, or [T][n][DIM] receiving dt·f of every step. prior: NULL, or a second network whose Gaussian log-density (std 1/inv_std,
    minus log_norm) of every step is written to ref_lp [T][n]. */
 static void sample_rows(const zarrl_mlp *post, const zarrl_mlp *prior, int64_t n, int64_t r0,
                         int64_t r1, int64_t T, const float *shift, float *xs, float *const *tables,
@@ -233,7 +233,8 @@ static void sample_rows(const zarrl_mlp *post, const zarrl_mlp *prior, int64_t n
             }
             if (tables) {
                 const float *src[6] = {h0, g0, h1, g1, h2, g2};
-                for (int k = 0; k < 6; k++) stream_rows(src[k], tables[k] + (t * n + b0) * HID, nb);
+                for (int k = 0; k < 6; k++)
+                    if (tables[k]) stream_rows(src[k], tables[k] + (t * n + b0) * HID, nb);
             }
         }
     }
@@ -264,17 +265,33 @@ typedef struct {
    factor: gf carries it), given the kept tables (d = GELU', a = GELU of each layer, [n][HID]) and
    the weights wo [DIM][HID], w2 and w1 [HID][HID] as stored (out, in). */
 static void backward_rows(const float *const *tables, const float *x, const float *gf,
-                          const float *wo, const float *w2, const float *w1, int64_t r0, int64_t r1,
-                          int64_t cond_div, int64_t K, zarrl_mlp_grads *g) {
+                          const float *wo, const float *w2, const float *w1, const float *wi_t,
+                          const float *cond, int64_t r0, int64_t r1, int64_t cond_div, int64_t K,
+                          zarrl_mlp_grads *g) {
     const float *d0 = tables[0], *a0 = tables[1], *d1 = tables[2], *a1 = tables[3],
                 *d2 = tables[4], *a2 = tables[5];
-    float dh2[BLOCK * HID], dh1[BLOCK * HID], tmp[BLOCK * HID];
+    int recompute = d0 == NULL || a0 == NULL;
+    float dh2[BLOCK * HID], dh1[BLOCK * HID], tmp[BLOCK * HID], h0[BLOCK * HID], g0[BLOCK * HID];
     for (int64_t b0 = r0; b0 < r1; b0 += BLOCK) {
         int nb = (int)(r1 - b0 < BLOCK ? r1 - b0 : BLOCK);
         int R = (nb + MR - 1) / MR * MR;
         const float *gfb = gf + b0 * DIM, *xb = x + b0 * DIM;
-        const float *d0b = d0 + b0 * HID, *d1b = d1 + b0 * HID, *d2b = d2 + b0 * HID,
-                    *a2b = a2 + b0 * HID;
+        const float *d1b = d1 + b0 * HID, *d2b = d2 + b0 * HID, *a2b = a2 + b0 * HID;
+        const float *d0b, *a0b;
+        if (recompute) { /* h0 = x·Wiᵀ + cond: two products per value, cheaper than a table read */
+            for (int r = 0; r < nb; r++) {
+                const float *c = cond + (((b0 + r) / cond_div) % K) * HID;
+                float x0 = xb[r * DIM], x1 = xb[r * DIM + 1];
+                for (int k = 0; k < HID; k++)
+                    h0[r * HID + k] = x0 * wi_t[k] + x1 * wi_t[HID + k] + c[k];
+            }
+            gelu_rows(h0, NULL, g0, h0, nb);
+            d0b = h0;
+            a0b = g0;
+        } else {
+            d0b = d0 + b0 * HID;
+            a0b = a0 + b0 * HID;
+        }
         /* output layer: its gradients, and dh2 = (gf·Wo) ⊙ GELU'(h2); the accumulators of an
            8-column chunk stay in registers over the block's rows */
         for (int c = 0; c < HID; c += 8) {
@@ -310,7 +327,7 @@ static void backward_rows(const float *const *tables, const float *x, const floa
             _mm256_storeu_ps(g->b2 + c, gb);
         }
         memset(dh1 + nb * HID, 0, (size_t)(R - nb) * HID * sizeof(float));
-        mm_tn_acc(dh1, a0 + b0 * HID, g->w1, nb);
+        mm_tn_acc(dh1, a0b, g->w1, nb);
         mm_nn(dh1, w1, tmp, R);
         /* dh0 = (dh1·W1) ⊙ GELU'(h0): gradients of b1, the state embedding and the time embedding
            (rows sharing a time embedding run consecutively when cond_div > 1) */
@@ -368,12 +385,15 @@ void zarrl_mlp_out(const float *g2, const float *wo, const float *bo, int64_t n,
 }
 
 /* grads: one zeroed accumulator set per thread (`threads` of them), summed by the caller. */
+/* tables[0] and tables[1] may be NULL: the first layer is then recomputed from x, wi_t
+   ([DIM][HID]) and cond ([K][HID], the time embedding plus the state embedding's bias). */
 void zarrl_mlp_backward(const float *const *tables, const float *x, const float *gf,
-                        const float *wo, const float *w2, const float *w1, int64_t n,
-                        int64_t cond_div, int64_t K, zarrl_mlp_grads *grads, int threads) {
+                        const float *wo, const float *w2, const float *w1, const float *wi_t,
+                        const float *cond, int64_t n, int64_t cond_div, int64_t K,
+                        zarrl_mlp_grads *grads, int threads) {
 #pragma omp parallel num_threads(threads)
     {
         ROWS_OF(n)
-        backward_rows(tables, x, gf, wo, w2, w1, r0, r1, cond_div, K, grads + id);
+        backward_rows(tables, x, gf, wo, w2, w1, wi_t, cond, r0, r1, cond_div, K, grads + id);
     }
 }

@@ -62,13 +62,27 @@ def test_the_sampler_does_not_depend_on_the_thread_count():
     for threads in (1, 2):
         torch.set_num_threads(threads)
         _, td = _sample(post, prior, num=200)
-        tables = [t.clone() for t in post.__dict__["_activation_tables"]]
+        tables = [t.clone() for t in post.__dict__["_activation_tables"] if t is not None]
         results.append((td, tables))
     (td1, tables1), (td2, tables2) = results
     assert torch.equal(td1["action"], td2["action"])  # each row's arithmetic is the same
     assert torch.equal(td1["ref_log_prob"], td2["ref_log_prob"])
+    assert len(tables1) == 4  # the first layer is recomputed by the backward pass, not kept
     for a, b in zip(tables1, tables2, strict=True):
         assert torch.equal(a, b)
+
+
+def test_the_aten_backward_recomputes_the_first_layer_the_sampler_did_not_keep(aten):
+    post, prior = _nets()
+    actor, td = _sample(post, prior)
+    weight = torch.randn(td.shape, generator=torch.Generator().manual_seed(3))
+    lp = actor.batched_log_prob(td)  # reuses the sampler's four tables
+    fast = torch.autograd.grad((lp * weight).sum(), list(post.parameters()))
+    lp = actor.batched_log_prob(td)
+    aten()  # the same graph's backward on the ATen path
+    slow = torch.autograd.grad((lp * weight).sum(), list(post.parameters()))
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
 
 
 @pytest.mark.parametrize("cached", [True, False])
