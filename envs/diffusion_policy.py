@@ -30,6 +30,7 @@ from .diffusion_scoring import (
     fused_step_log_prob,
     keep_activations,
     reuse_activations,
+    sampled_states,
 )
 from .gmm import log_reward as gmm_log_reward
 from .native_gelu import gelu_, gelu_and_grad
@@ -314,10 +315,16 @@ class DiffusionActor(ProbabilisticActor):
         cached = reuse_activations(net, obs, time, self.step.num_steps)
         if cached is not None:  # the sampler's own trajectories: reuse its forward pass
             cond = net.time_embedding(time[0])  # [T, H], rows time-major below
+            x, a = obs.transpose(0, 1), action.transpose(0, 1)
+            if not (obs.requires_grad or action.requires_grad):  # no copies: the sampler's states
+                xs = sampled_states(net)  # [T + 1, N, D], equal to obs (checked above)
+                x = xs[:-1]
+                if torch.equal(a, xs[1:]):
+                    a = xs[1:]
             log_prob = fused_step_log_prob(
                 net,
-                obs.transpose(0, 1).reshape(-1, net.dim),
-                action.transpose(0, 1).reshape(-1, net.dim),
+                x.reshape(-1, net.dim),
+                a.reshape(-1, net.dim),
                 cond,
                 self.step.dt,
                 std,

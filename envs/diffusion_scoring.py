@@ -249,6 +249,12 @@ def activation_tables(
     return list(tables)
 
 
+def sampled_states(net) -> Tensor | None:
+    """The states ``[T + 1, N, D]`` of the remembered sample of ``net`` (time-major), or ``None``."""
+    entry = net.__dict__.get(_CACHE)
+    return None if entry is None else entry[1]
+
+
 def forget_activations(net) -> None:
     """Drop the remembered sampler activations of ``net`` (if any)."""
     net.__dict__.pop(_CACHE, None)
