@@ -76,7 +76,7 @@ class GMMBufferConfig:
     max_size: int = 5_000  # trajectories kept (ring)
     cache: str | None = "ram"
     compress: bool = False  # Blosc-zstd chunks (random floats barely compress; slower writes)
-    chunk_rows: int | None = 512  # rows per chunk, about one fresh batch (null: storage's)
+    chunk_rows: int | None = None  # rows per chunk (null: train.batch_size, one chunk per batch)
 
 
 @dataclass
@@ -153,7 +153,8 @@ def validate_gmm(config: GMMConfig) -> None:
         raise ConfigError(f"optim.grad_clip: got {config.optim.grad_clip!r}, expected > 0 or null")
     if config.buffer.chunk_rows is not None and config.buffer.chunk_rows <= 0:
         raise ConfigError(
-            f"buffer.chunk_rows: got {config.buffer.chunk_rows!r}, expected a value > 0 or null"
+            f"buffer.chunk_rows: got {config.buffer.chunk_rows!r}, expected a value > 0 or null "
+            "(one chunk per fresh batch)"
         )
     if config.buffer.cache not in (None, "ram"):
         raise ConfigError(f"buffer.cache: got {config.buffer.cache!r}, expected null or 'ram'")

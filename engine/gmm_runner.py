@@ -172,7 +172,8 @@ def _open_buffer(config: GMMConfig, layout: RunLayout) -> ReplayBuffer:
         existsok=True,
         cache=config.buffer.cache,
         compressors=None if config.buffer.compress else [],
-        chunk_rows=config.buffer.chunk_rows,
+        # a fresh batch fills whole chunks: one file per array and update, no chunk rewritten
+        chunk_rows=config.buffer.chunk_rows or config.train.batch_size,
     )
     return ReplayBuffer(storage=storage, sampler=RandomSampler(), batch_size=None)
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import pytest
+import torch
+import zarr
 from gmm_support import load_test_prior, small
+from tensordict import TensorDict
 from zarrl.engine.config import ConfigError
 from zarrl.engine.gmm_config import METHODS
 from zarrl.engine.gmm_methods import build_learner, exploration_std
-from zarrl.engine.gmm_runner import run_method
+from zarrl.engine.gmm_runner import _open_buffer, run_method
+from zarrl.engine.layout import RunLayout
 from zarrl.envs import DriftNetwork
 
 
@@ -26,6 +30,17 @@ def test_every_method_builds_and_trains_through_the_zarr_buffer(tmp_path, prior)
         if method != "guidance":
             assert (tmp_path / method / "buffer.zarr").is_dir()
             assert summary["updates"] == 2
+
+
+def test_the_buffer_holds_one_fresh_batch_per_chunk_unless_told(tmp_path):
+    config = small("rtb", tmp_path)
+    for chunk_rows, expected in ((None, config.train.batch_size), (7, 7)):
+        config.buffer.chunk_rows = chunk_rows
+        layout = RunLayout(tmp_path / str(chunk_rows))
+        storage = _open_buffer(config, layout).storage
+        storage.set(torch.arange(3), TensorDict({"x": torch.zeros(3, 2)}, [3]))
+        storage.close()
+        assert zarr.open_array(layout.default_buffer / "x", mode="r").chunks[0] == expected
 
 
 def test_exploration_schedule_holds_then_anneals_to_zero(tmp_path):
