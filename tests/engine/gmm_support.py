@@ -10,7 +10,7 @@ PRIOR = DEFAULT_PRIOR_PATH
 
 
 def load_test_prior():
-    """The prior the tests fine-tune (run_method itself runs single-threaded: run.num_threads=1)."""
+    """The prior the tests fine-tune."""
     return load_prior(PRIOR)
 
 
@@ -20,6 +20,7 @@ def small(method: str, tmp_path, *overrides: str):
         f"run.dir={tmp_path}",
         "run.name=exp",
         "run.device=cpu",
+        "run.num_threads=1",
         "train.updates=6",
         "train.batch_size=16",
         "train.eval_every=3",
