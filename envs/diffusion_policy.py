@@ -472,8 +472,11 @@ def _integrate_fused(
     tables kept on the network (:func:`~zarrl.envs.diffusion_scoring.keep_activations`), so
     scoring these very transitions with the same parameters skips the posterior's forward pass;
     the pre-activation tables hold GELU derivatives instead, for the backward pass
-    (:mod:`~zarrl.envs.native_gelu`). On a multi-core CPU the reference scoring runs on a side
-    thread, block by block behind the sampler (:mod:`~zarrl.envs.side_thread`)."""
+    (:mod:`~zarrl.envs.native_gelu`). When the compiled kernels support the network
+    (:mod:`~zarrl.envs.native_mlp`) the whole loop, the tables (four: the backward recomputes the
+    first layer) and the reference scoring are one kernel call; otherwise, on a multi-core CPU, the
+    reference scoring runs on a side thread, block by block behind the sampler
+    (:mod:`~zarrl.envs.side_thread`)."""
     num, num_steps, dim = noise.shape
     hidden = t_emb.shape[-1]
     keep = net._builds_graph() and 6 * noise[..., :1].numel() * hidden * noise.element_size() <= (
@@ -653,8 +656,8 @@ def sample_trajectories(
 
     ``reference``: a fixed drift network (a prior) whose log-density of every transition, under the
     policy's own std ``sqrt(σ²·dt)``, is added as ``ref_log_prob`` ``[num, T]`` (nats) — computed
-    while sampling, on a side thread on multi-core CPUs, so a loss against that fixed prior need
-    not score the batch again (see :class:`~zarrl.algorithms.RTBLoss`'s ``ref_log_prob`` key).
+    while sampling (in the compiled sampler's pass, or on a side thread of the ATen path), so a loss
+    against that fixed prior need not score the batch again (see :class:`~zarrl.algorithms.RTBLoss`'s ``ref_log_prob`` key).
     """
     xs, noise, std, ref_log_prob = _integrate(
         drift_net,
