@@ -25,6 +25,26 @@ from zarrl.algorithms.path_consistency import path_consistency, segment_marks
 __all__ = ["TrustPCLLoss", "PCLLoss"]
 
 
+def _consecutive(cur: TensorDictBase, after: TensorDictBase) -> bool:
+    """Whether the ``next`` entries of a ``[*B, T]`` batch are its own entries one step later
+    (``after[..., t] == cur[..., t + 1]`` for every leaf: rows of consecutive steps, no episode
+    boundary inside), so the values of ``T + 1`` states serve both V(s_t) and V(s_{t+1})."""
+    if (
+        cur.batch_dims < 1
+        or cur.batch_size[-1] < 2
+        or set(cur.keys(True, True)) != set(after.keys(True, True))
+    ):
+        return False
+    time, length = cur.batch_dims - 1, cur.batch_size[-1]
+    for key in cur.keys(True, True):
+        a, b = cur.get(key), after.get(key)
+        if a.shape != b.shape or not torch.equal(
+            b.narrow(time, 0, length - 1), a.narrow(time, 1, length - 1)
+        ):
+            return False
+    return True
+
+
 class TrustPCLLoss(LossModule):
     """Trust-PCL (Nachum et al. 2018): multi-step path consistency with a relative-entropy term.
 
@@ -226,9 +246,17 @@ class TrustPCLLoss(LossModule):
             ):
                 nv = self.value_network(nxt.select(*in_keys, strict=False).copy())
             return step_tensor(cur, key), step_tensor(nv, key).detach()
-        both = torch.cat(
-            [td.select(*in_keys, strict=False), nxt.select(*in_keys, strict=False)], dim=0
-        )
+        cur, after = td.select(*in_keys, strict=False), nxt.select(*in_keys, strict=False)
+        if _consecutive(cur, after):  # V(s_{t+1}) is V of the next row's s_t: T + 1 states, not 2T
+            time = td.batch_dims - 1
+            states = torch.cat([cur, after[..., -1:]], dim=time)
+            with self.value_network_params.to_module(
+                self.value_network, preserve_module_state=False
+            ):
+                values = step_tensor(self.value_network(states), key)
+            length = td.batch_size[-1]
+            return values.narrow(time, 0, length), values.narrow(time, 1, length)
+        both = torch.cat([cur, after], dim=0)
         with self.value_network_params.to_module(self.value_network, preserve_module_state=False):
             out = self.value_network(both)
         n = td.batch_size[0]

@@ -67,7 +67,9 @@ class TimeStateValue(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t = t.squeeze(-1) if t.shape == x.shape[:-1] + (1,) else t
         unique, inverse = torch.unique(t.reshape(-1), return_inverse=True)
-        t_emb = self.time_mlp(self.time_features(unique))[inverse].reshape(*t.shape, -1)
+        table = self.time_mlp(self.time_features(unique))
+        # index_select's backward (index_add) is ~2x faster on CPU than indexing's (index_put)
+        t_emb = torch.index_select(table, 0, inverse).reshape(*t.shape, -1)
         return self.trunk(self.state_embed(x) + t_emb)
 
 

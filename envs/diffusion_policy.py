@@ -161,7 +161,8 @@ class DriftNetwork(nn.Module):
             if bool((rows == rows[:1]).all()):  # [B, T] trajectories on a shared time grid
                 return self.time_embedding(rows[0])
         unique, inverse = torch.unique(flat, return_inverse=True)
-        return self.time_embedding(unique)[inverse].reshape(*t.shape, -1)
+        # index_select's backward (index_add) is ~2x faster on CPU than indexing's (index_put)
+        return torch.index_select(self.time_embedding(unique), 0, inverse).reshape(*t.shape, -1)
 
 
 class DiffusionStep(nn.Module):

@@ -274,3 +274,21 @@ def test_padded_slices_from_torchrl_slice_sampler():
         real["next", "truncated"][-1] = True
         total = total + per_slice(real)["loss_objective"]
     torch.testing.assert_close(out["loss_objective"], total / mask.sum())
+
+
+def test_values_of_consecutive_steps_are_computed_once_per_state():
+    actor, prior, value = discrete_actor(3, 4), discrete_actor(3, 4, seed=4), value_net(3)
+    td = trajectory_batch(terminal_only_reward=False)  # next observation = the row's next step
+    shapes = []
+    value.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.batch_size)))
+    loss = TrustPCLLoss(actor, value, reference_network=prior, gamma=0.9, kl_coef=0.3, rollout=3)
+    shared = loss(td)["loss_objective"]
+    assert shapes == [(5, 7)]  # T + 1 states, not 2T
+    c = _manual_residual(td, actor, value, prior, gamma=0.9, tau_h=0.0, lam=0.3, rollout=3)
+    valid = td["collector", "mask"]
+    torch.testing.assert_close(shared, 0.5 * c[valid].pow(2).mean(), rtol=1e-10, atol=1e-12)
+    broken = td.clone()
+    broken["next", "observation"][:, 2] += 1.0  # no longer the next row's state
+    shapes.clear()
+    loss(broken)
+    assert shapes == [(10, 6)]  # both sets of states, evaluated separately
