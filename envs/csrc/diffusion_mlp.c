@@ -7,11 +7,14 @@
      are independent: OpenMP threads split them); optionally keeps GELU' and GELU of
      every layer and step (for the backward pass) and scores every step under a second (prior)
      network.
-   - zarrl_mlp_backward: the parameter gradients of sum_r <gf_r, f(x_r)> given the kept tables,
-     accumulated into the caller's per-thread buffers.
+   - zarrl_mlp_backward: the parameter gradients of sum_r <gf_r, f(x_r)> given the kept tables
+     (the first layer's may be missing: it is recomputed from x), accumulated into the caller's
+     per-thread buffers.
    - zarrl_mlp_out: f·dt of the rows from their kept last-layer activations.
 
-   Matrix products use 6x16 register tiles; a block of 48 rows keeps its activations in L1/L2. */
+   Matrix products use 6x16 register tiles; a block of 48 rows keeps its activations in L1/L2;
+   GELU is exact to float rounding (the Abramowitz-Stegun erf and exp of gelu.c, 8 lanes at once).
+   Built with -fopenmp against the libgomp torch already loaded (same soname: one runtime). */
 #include <immintrin.h>
 #include <omp.h>
 #include <stdint.h>
