@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["SOURCE_DIR", "load_library"]
+__all__ = ["SOURCE_DIR", "LazyLibrary", "load_library"]
 
 #: Folder of the C sources shipped with the package.
 SOURCE_DIR = Path(__file__).with_name("csrc")
@@ -60,3 +60,25 @@ def load_library(
         finally:
             shutil.rmtree(folder, ignore_errors=True)  # the loaded library stays mapped
     return lib
+
+
+_UNTRIED = object()
+
+
+class LazyLibrary:
+    """A library made by ``build()`` at its first :meth:`get` (once per process, thread-safe).
+
+    ``loaded`` holds the library, ``None`` when it is unavailable, or a sentinel before the first
+    attempt (tests set it to ``None`` to run the ATen paths)."""
+
+    def __init__(self, build: Callable[[], ctypes.CDLL | None]) -> None:
+        self._build = build
+        self._lock = threading.Lock()
+        self.loaded: object = _UNTRIED
+
+    def get(self) -> ctypes.CDLL | None:
+        if self.loaded is _UNTRIED:
+            with self._lock:
+                if self.loaded is _UNTRIED:
+                    self.loaded = self._build()
+        return self.loaded

@@ -14,18 +14,13 @@ functions run on ATen's ``gelu`` / ``gelu_backward``; :func:`native_gelu_availab
 from __future__ import annotations
 
 import ctypes
-import threading
 
 import torch
 from torch import Tensor
 
-from .native_build import load_library
+from .native_build import LazyLibrary, load_library
 
 __all__ = ["gelu_", "gelu_and_grad", "native_gelu_available"]
-
-
-_lock = threading.Lock()
-_library: ctypes.CDLL | None | bool = False  # False: not tried yet; None: unavailable
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -38,18 +33,12 @@ def _compile() -> ctypes.CDLL | None:
     return load_library("gelu", ["gelu.c"], "ZARRL_NATIVE_GELU", _declare)
 
 
-def _native() -> ctypes.CDLL | None:
-    global _library
-    if _library is False:
-        with _lock:
-            if _library is False:
-                _library = _compile()
-    return _library
+_library = LazyLibrary(_compile)
 
 
 def native_gelu_available() -> bool:
     """Whether the compiled kernel is in use (else ATen's GELU ops are)."""
-    return _native() is not None
+    return _library.get() is not None
 
 
 def _native_ok(*tensors: Tensor | None) -> bool:
@@ -83,7 +72,7 @@ def gelu_and_grad(h: Tensor, g: Tensor, grad: Tensor, bias: Tensor | None = None
     ``g`` and ``grad`` have ``h``'s shape (``grad`` may be ``h`` itself), ``bias`` is ``[H]`` for
     ``h`` ``[..., H]`` (``None``: no bias). ``h`` itself may be overwritten (with ``h + bias``).
     """
-    lib = _native()
+    lib = _library.get()
     if h.numel() == 0:
         return grad
     b, rows, cols = _layout(h, bias)
@@ -101,7 +90,7 @@ def gelu_(h: Tensor, out: Tensor | None = None, bias: Tensor | None = None) -> T
     """``GELU(h + bias)`` written into ``out`` (default: ``h`` itself, in place) -> ``out``; ``h``
     itself may be overwritten (with ``h + bias``)."""
     out = h if out is None else out
-    lib = _native()
+    lib = _library.get()
     if h.numel() == 0:
         return out
     b, rows, cols = _layout(h, bias)

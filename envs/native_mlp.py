@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import ctypes
 import math
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .native_build import load_library
+from .native_build import LazyLibrary, load_library
 
 __all__ = [
     "native_mlp_available",
@@ -73,19 +72,6 @@ def _openmp_runtimes() -> set[str]:
     return {line.split()[-1] for line in maps.splitlines() if "libgomp" in line or "libomp" in line}
 
 
-_lock = threading.Lock()
-_library: ctypes.CDLL | None | bool = False  # False: not tried yet; None: unavailable
-
-
-def _native() -> ctypes.CDLL | None:
-    global _library
-    if _library is False:
-        with _lock:
-            if _library is False:
-                _library = _compile()
-    return _library
-
-
 def _compile() -> ctypes.CDLL | None:
     before = _openmp_runtimes()
     lib = load_library(
@@ -96,9 +82,12 @@ def _compile() -> ctypes.CDLL | None:
     return lib
 
 
+_library = LazyLibrary(_compile)
+
+
 def native_mlp_available() -> bool:
     """Whether the compiled kernels are in use on this machine."""
-    return _native() is not None
+    return _library.get() is not None
 
 
 def _layers(net) -> tuple:
@@ -174,7 +163,7 @@ def mlp_sample(
     (nats). ``drift``: ``None`` or a contiguous ``[T, N, D]`` tensor receiving ``dt·net(x_i, t_i)``.
     Returns ``(xs [T + 1, N, D], ref_log_prob or None)``.
     """
-    lib = _native()
+    lib = _library.get()
     num, steps, dim = noise.shape
     post, keep = _pack(net, cond, dt)
     shift = noise.transpose(0, 1).contiguous()  # [T, N, D]
@@ -223,7 +212,7 @@ def mlp_sample(
 
 def mlp_output(g2: Tensor, out_weight: Tensor, out_bias: Tensor, dt: float) -> Tensor:
     """``dt·(g2·Woᵀ + bo)`` for the last hidden activations ``g2`` ``[N, 64]`` -> ``[N, 2]``."""
-    lib = _native()
+    lib = _library.get()
     g2 = g2.contiguous()
     with torch.no_grad():
         wo, bo = (out_weight * dt).contiguous(), (out_bias * dt).contiguous()
@@ -258,7 +247,7 @@ def mlp_backward(
     hidden layers' ``[64, 64]`` weights ``(w_out, w2, w1)``. Returns the gradients of ``wo`` ``[2, 64]``, ``bo``,
     ``w2``, ``b2``, ``w1``, ``b1`` (layer shapes), ``wi_t`` ``[2, 64]`` (the state embedding's weight,
     transposed) and ``cond`` ``[num_cond, 64]``."""
-    lib = _native()
+    lib = _library.get()
     rows = x.shape[0]
     sizes = {
         "wo": DIM * HIDDEN,

@@ -27,7 +27,7 @@ def kernel(request, monkeypatch):
     if request.param == "native" and not native_gelu_available():
         pytest.skip("no C compiler here: the ATen fallback is in use")
     if request.param == "aten":
-        monkeypatch.setattr(native_gelu, "_library", None)
+        monkeypatch.setattr(native_gelu._library, "loaded", None)
     return request.param
 
 

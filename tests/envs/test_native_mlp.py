@@ -40,7 +40,7 @@ def aten(monkeypatch):
     """Switch the kernels off for the duration (the ATen path then runs)."""
 
     def off():
-        monkeypatch.setattr(native_mlp, "_library", None)
+        monkeypatch.setattr(native_mlp._library, "loaded", None)
 
     return off
 
