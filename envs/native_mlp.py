@@ -249,26 +249,21 @@ def mlp_backward(
     transposed) and ``cond`` ``[num_cond, 64]``."""
     lib = _library.get()
     rows = x.shape[0]
-    sizes = {
-        "wo": DIM * HIDDEN,
-        "bo": DIM,
-        "w2": HIDDEN * HIDDEN,
-        "b2": HIDDEN,
-        "w1": HIDDEN * HIDDEN,
-        "b1": HIDDEN,
-        "wi_t": DIM * HIDDEN,
-        "cond": num_cond * HIDDEN,
+    shapes = {
+        "wo": (DIM, HIDDEN),
+        "bo": (DIM,),
+        "w2": (HIDDEN, HIDDEN),
+        "b2": (HIDDEN,),
+        "w1": (HIDDEN, HIDDEN),
+        "b1": (HIDDEN,),
+        "wi_t": (DIM, HIDDEN),
+        "cond": (num_cond, HIDDEN),
     }
-    total = sum(sizes.values())
+    sizes = [math.prod(shapes[name]) for name in _GRAD_NAMES]
+    offsets = [sum(sizes[:i]) for i in range(len(sizes))]
     parts = _threads(rows)
-    buffers = x.new_zeros(parts, total)
-    grads = []
-    for p in range(parts):
-        pointers, offset = [], 0
-        for name in _GRAD_NAMES:
-            pointers.append(buffers[p, offset:].data_ptr())
-            offset += sizes[name]
-        grads.append(pointers)
+    buffers = x.new_zeros(parts, sum(sizes))
+    grads = [[buffers[p, o:].data_ptr() for o in offsets] for p in range(parts)]
     grad_structs = (_Grads * parts)(*(_Grads(*p) for p in grads))
     x, grad_f = x.contiguous(), grad_f.contiguous()
     tables = [None if t is None else t.contiguous() for t in tables]
@@ -303,18 +298,8 @@ def mlp_backward(
         parts,
     )
     flat = buffers.sum(0) if parts > 1 else buffers[0]
-    result, offset = {}, 0
-    shapes = {
-        "wo": (DIM, HIDDEN),
-        "bo": (DIM,),
-        "w2": (HIDDEN, HIDDEN),
-        "b2": (HIDDEN,),
-        "w1": (HIDDEN, HIDDEN),
-        "b1": (HIDDEN,),
-        "wi_t": (DIM, HIDDEN),
-        "cond": (num_cond, HIDDEN),
+    result = {
+        name: flat[o : o + n].view(shapes[name])
+        for name, o, n in zip(_GRAD_NAMES, offsets, sizes, strict=True)
     }
-    for name in _GRAD_NAMES:
-        result[name] = flat[offset : offset + sizes[name]].view(shapes[name])
-        offset += sizes[name]
     return result
