@@ -3,7 +3,11 @@ networks."""
 
 from __future__ import annotations
 
+import math
+import numbers
+import operator
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from tensordict import NestedKey, TensorDict, TensorDictBase, is_tensor_collection
@@ -12,6 +16,10 @@ from torch import Tensor
 
 __all__ = [
     "StepBatch",
+    "check_finite",
+    "coefficient",
+    "reduce_windows",
+    "rollout_length",
     "frozen_params",
     "read_steps",
     "score",
@@ -68,6 +76,11 @@ def read_steps(td: TensorDictBase, keys) -> StepBatch:
     """
     if td.batch_dims < 1:
         raise ValueError("the loss needs a batch with a time dimension: [*B, T] or flat [N]")
+    if td.batch_size[-1] == 0:
+        raise ValueError(
+            f"the batch has no time steps (T = 0, batch shape {tuple(td.batch_size)}): "
+            "sample at least one step per row"
+        )
     nxt = td.get("next", None)
     if nxt is None:
         raise KeyError("the loss needs the 'next' sub-TensorDict (reward, terminated, ...)")
@@ -80,6 +93,8 @@ def read_steps(td: TensorDictBase, keys) -> StepBatch:
         truncated = truncated | (done.to(torch.bool) & ~terminated)
     valid = step_tensor(td, keys.mask, required=False) if keys.mask is not None else None
     is_init = step_tensor(td, keys.is_init, required=False) if keys.is_init is not None else None
+    if td.batch_dims == 1:
+        _check_flat_boundaries(td, terminated, truncated, valid, is_init, marked=done is not None)
     return StepBatch(
         reward=reward,
         terminated=terminated,
@@ -87,6 +102,46 @@ def read_steps(td: TensorDictBase, keys) -> StepBatch:
         valid=None if valid is None else valid.to(torch.bool),
         is_init=None if is_init is None else is_init.to(torch.bool),
     )
+
+
+def _check_flat_boundaries(
+    td: TensorDictBase,
+    terminated: Tensor,
+    truncated: Tensor,
+    valid: Tensor | None,
+    is_init: Tensor | None,
+    *,
+    marked: bool,
+) -> None:
+    """A flat ``[N]`` batch is one row of concatenated slices: refuse it when nothing can mark
+    where one slice stops (no ``is_init``, ``truncated`` or ``done`` entry), and, when it carries
+    the replay buffer's ``"index"``, when consecutive steps jump in the storage (another slice)
+    with neither an end mark nor ``is_init`` between them."""
+    if is_init is None and not marked and td.get(("next", "truncated"), None) is None:
+        raise ValueError(
+            "a flat [N] batch needs ('next', 'truncated') or 'is_init' to mark where its slices "
+            "end (TorchRL's SliceSampler writes both); without them consecutive slices would "
+            "be merged into one segment. Reshape it to [num_slices, slice_len] or add the marks"
+        )
+    index = td.get("index", None)
+    if index is None or index.ndim != 1 or index.shape[0] != td.batch_size[0] or len(index) < 2:
+        return
+    index = index.to(torch.long)
+    jump = (index[1:] != index[:-1] + 1) & (index[1:] != 0)  # 0: a circular storage wraps
+    marked_end = terminated[:-1] | truncated[:-1]
+    if is_init is not None:
+        marked_end = marked_end | is_init[1:]
+    unmarked = jump & ~marked_end
+    if valid is not None:
+        unmarked = unmarked & valid[:-1] & valid[1:]
+    if unmarked.any():
+        where = int(unmarked.nonzero()[0, 0])
+        raise ValueError(
+            f"flat batch: steps {where} and {where + 1} come from storage indices "
+            f"{int(index[where])} and {int(index[where + 1])} (different slices) but step "
+            f"{where} is neither terminated nor truncated and step {where + 1} is not is_init; "
+            "mark slice ends (SliceSampler(truncated_key=...)) or reshape to [B, T]"
+        )
 
 
 def _check_batch_shape(log_prob: Tensor, td: TensorDictBase, what: str) -> None:
@@ -245,7 +300,148 @@ def segment_sum(x: Tensor, start: Tensor, end_index: Tensor) -> Tensor:
     padding.
     """
     T = x.shape[-1]
-    prefix = torch.cat([torch.zeros_like(x[..., :1]), x.cumsum(-1)], dim=-1)
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    bad = ~torch.isfinite(x)
+    # a non-finite step spoils its own segment only, not every later one of the prefix sum
+    clean = torch.where(bad, zero, x)
     last = end_index.clamp(max=T - 1)
-    total = prefix.gather(-1, last + 1) - prefix[..., :T]
-    return torch.where(start, total, torch.zeros((), dtype=x.dtype, device=x.device))
+
+    def sums(v: Tensor) -> Tensor:
+        prefix = torch.cat([torch.zeros_like(v[..., :1]), v.cumsum(-1)], dim=-1)
+        return prefix.gather(-1, last + 1) - prefix[..., :T]
+
+    total = sums(clean)
+    if bad.any():
+        spoiled = sums(bad.to(x.dtype)) > 0
+        total = torch.where(spoiled, torch.full_like(total, math.nan), total)
+    return torch.where(start, total, zero)
+
+
+def coefficient(
+    name: str,
+    value,
+    *,
+    minimum: float | None = 0.0,
+    strictly_above: bool = False,
+    maximum: float | None = None,
+) -> float:
+    """``value`` (a Python or NumPy number, or a one-element array / tensor) as a finite float,
+    checked against ``minimum`` (``> minimum`` when ``strictly_above``) and ``maximum``;
+    a ``ValueError`` names ``name`` otherwise."""
+    if isinstance(value, bool) or (
+        hasattr(value, "dtype") and str(getattr(value, "dtype", "")).endswith("bool")
+    ):
+        raise ValueError(f"{name} must be a number, got the bool {value!r}")
+    if hasattr(value, "shape") and hasattr(value, "dtype"):  # numpy array or torch tensor
+        if tuple(value.shape) not in ((), (1,)):
+            raise ValueError(f"{name} must be a scalar, got an array of shape {tuple(value.shape)}")
+        value = value.item() if hasattr(value, "item") else value
+    if not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and (value <= minimum if strictly_above else value < minimum):
+        raise ValueError(f"{name} must be {'>' if strictly_above else '>='} {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def rollout_length(rollout) -> int | Literal["full"]:
+    """The window length ``rollout``: an integer >= 1 (Python or NumPy, not a bool) or
+    ``"full"``; a ``ValueError`` otherwise."""
+    if isinstance(rollout, str) and rollout == "full":
+        return "full"
+    if not isinstance(rollout, (bool, str)) and not (
+        hasattr(rollout, "dtype") and str(rollout.dtype).endswith("bool")
+    ):
+        try:
+            length = operator.index(rollout)
+        except TypeError:
+            length = None
+        if length is not None and length >= 1:
+            return length
+    raise ValueError(f"rollout must be an int >= 1 or 'full', got {rollout!r}")
+
+
+def check_finite(td: TensorDictBase, keys, *, what: str = "entry") -> None:
+    """Raise a ``ValueError`` naming the key and the batch index (row, step) of the first
+    non-finite value (NaN or ±inf) among the floating ``td`` entries ``keys``; absent keys and
+    non-floating entries are skipped. Trailing (feature) dims count for their batch element."""
+    for key in keys:
+        value = td.get(key, None)
+        if value is not None:
+            check_finite_tensor(key, value, td.batch_dims, what=what)
+
+
+def check_finite_tensor(name, value: Tensor, batch_dims: int, *, what: str = "entry") -> None:
+    """:func:`check_finite` for one tensor whose first ``batch_dims`` dims are the batch."""
+    if not torch.is_floating_point(value):
+        return
+    bad = ~torch.isfinite(value)
+    if value.ndim > batch_dims:
+        bad = bad.reshape(*value.shape[:batch_dims], -1).any(-1)
+    if not bad.any():
+        return
+    where = tuple(int(i) for i in bad.nonzero()[0])
+    at = f"row {where[0]}, step {where[-1]}" if len(where) > 1 else f"step {where[-1]}"
+    raise ValueError(
+        f"{what} {_fmt(name)} is not finite at batch index {where} ({at}); "
+        "drop or repair that step before training"
+    )
+
+
+def read_weights(td: TensorDictBase, key: NestedKey | None, dtype: torch.dtype) -> Tensor | None:
+    """The replay buffer's importance weights ``td[key]`` as a ``[*B, T]`` tensor of ``dtype``
+    (a per-row ``[*B]`` weight is repeated along T), or ``None`` when the batch has none."""
+    if key is None:
+        return None
+    value = td.get(key, None)
+    if value is None:
+        return None
+    shape = td.batch_size
+    if value.shape == shape[:-1] and td.batch_dims > 1:
+        value = value.unsqueeze(-1).expand(shape)
+    weights = step_tensor(td, key) if value.shape != shape else value
+    return weights.to(dtype)
+
+
+def reduce_windows(
+    per_window: Tensor,
+    windows: Tensor,
+    weights: Tensor | None,
+    reduction: Literal["mean", "sum", "none"],
+) -> Tensor:
+    """Reduce a ``[*B, T]`` per-window loss over the windows (bool ``[*B, T]``) as TorchRL's
+    ``_reduce`` does with importance ``weights`` (``[*B, T]`` or ``None``): ``"mean"``
+    Σ w·ℓ / Σ w (0 when there is no window), ``"sum"`` Σ w·ℓ, ``"none"`` w·ℓ ``[*B, T]``
+    (0 where no window starts)."""
+    zero = torch.zeros((), dtype=per_window.dtype, device=per_window.device)
+    w = windows.to(per_window.dtype) if weights is None else torch.where(windows, weights, zero)
+    weighted = torch.where(windows, per_window * w, zero)
+    if reduction == "none":
+        return weighted
+    total = weighted.sum()
+    if reduction == "sum":
+        return total
+    den = w.sum()
+    return torch.where(den > 0, total / torch.where(den > 0, den, 1.0), zero)
+
+
+def write_priority(td: TensorDictBase, key: NestedKey | None, priority: Tensor) -> None:
+    """Write the per-step priority ``[*B, T]`` (detached) into the input ``td`` under ``key``
+    for ``ReplayBuffer.update_tensordict_priority(td)``; ``key=None`` writes nothing."""
+    if key is None:
+        return
+    td.set(key, priority.detach().to(td.device if td.device is not None else priority.device))
+
+
+def floating_dtype(*tensors: Tensor | None) -> torch.dtype:
+    """The promoted floating dtype of the networks' outputs ``tensors`` (the default dtype when
+    none is floating)."""
+    dtype = None
+    for t in tensors:
+        if t is not None and torch.is_floating_point(t):
+            dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
+    return torch.get_default_dtype() if dtype is None else dtype

@@ -11,14 +11,20 @@ from tensordict import NestedKey, TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictModuleBase, TensorDictParams
 from torchrl.objectives import LossModule
 from zarrl.algorithms._common import (
+    check_finite,
+    check_finite_tensor,
+    coefficient,
     fixed_reference_log_prob,
+    floating_dtype,
     frozen_params,
     read_steps,
+    read_weights,
     score,
     segment_sum,
     step_tensor,
+    write_priority,
 )
-from zarrl.algorithms.rtb import check_complete_trajectories
+from zarrl.algorithms.rtb import check_complete_trajectories, spread_over_segments
 
 __all__ = ["KLReinforceLoss"]
 
@@ -47,6 +53,14 @@ class KLReinforceLoss(LossModule):
         mode: ``"on_policy"``, ``"off_policy"`` or ``"original"``.
         is_temperature: ``"length"`` or a positive float (off-policy only).
         penalty_coef: w of the original baseline's squared log-ratio penalty.
+        check_finite: raise, naming the key and the batch index, when a reward or log-probability
+            is NaN or infinite.
+
+    Prioritized replay: the importance weight ``priority_weight`` of a trajectory's first step
+    weights its term (means become Σ w·x / Σ w; off-policy, the self-normalized weights are
+    multiplied by it and normalized again), and the centred advantage ``|A|`` is written on every
+    step of the trajectory under ``tensor_keys.priority`` (``[*B, T]``, 0 on padding). A batch
+    without any trajectory (fully padded) gives a loss of 0.
     """
 
     @dataclass
@@ -64,6 +78,8 @@ class KLReinforceLoss(LossModule):
         is_init: NestedKey | None = "is_init"
         mask: NestedKey | None = ("collector", "mask")
         ref_log_prob: NestedKey | None = "ref_log_prob"
+        priority: NestedKey | None = "td_error"
+        priority_weight: NestedKey | None = "priority_weight"
 
     default_keys = _AcceptedKeys
     tensor_keys: _AcceptedKeys
@@ -82,18 +98,21 @@ class KLReinforceLoss(LossModule):
         mode: Mode = "on_policy",
         is_temperature: Literal["length"] | float = "length",
         penalty_coef: float = 0.01,
+        check_finite: bool = False,
     ):
         super().__init__()
-        if beta <= 0:
-            raise ValueError(f"beta must be > 0, got {beta}")
+        beta = coefficient("beta", beta, strictly_above=True)
         if mode not in ("on_policy", "off_policy", "original"):
             raise ValueError(f"mode must be 'on_policy', 'off_policy' or 'original', got {mode!r}")
-        if is_temperature != "length" and not (
-            isinstance(is_temperature, (int, float)) and is_temperature > 0
-        ):
-            raise ValueError(f"is_temperature must be 'length' or > 0, got {is_temperature!r}")
-        self.beta, self.mode = float(beta), mode
-        self.is_temperature, self.penalty_coef = is_temperature, float(penalty_coef)
+        if not (isinstance(is_temperature, str) and is_temperature == "length"):
+            try:
+                is_temperature = coefficient("is_temperature", is_temperature, strictly_above=True)
+            except ValueError as err:
+                raise ValueError(f"is_temperature must be 'length' or > 0: {err}") from None
+        self.beta, self.mode = beta, mode
+        self.is_temperature = is_temperature
+        self.penalty_coef = coefficient("penalty_coef", penalty_coef)
+        self.check_finite = bool(check_finite)
         self.convert_to_functional(actor_network, "actor_network")
         self.__dict__["prior_network"] = prior_network
         self.prior_network_params = frozen_params(prior_network)
@@ -125,32 +144,54 @@ class KLReinforceLoss(LossModule):
         log_q_step, _ = score(self.actor_network, self.actor_network_params, td, keys.action)
         log_p_step = fixed_reference_log_prob(
             self.prior_network, self.prior_network_params, td, keys.action, keys.ref_log_prob
-        ).to(log_q_step.dtype)
+        )
+        if self.check_finite:
+            names = [("next", keys.reward)]
+            if self.mode == "off_policy":
+                names.append(keys.sample_log_prob)
+            check_finite(td, names)
+            check_finite_tensor("log q (actor)", log_q_step, td.batch_dims, what="the")
+            check_finite_tensor("log p (prior)", log_p_step, td.batch_dims, what="the")
+        dtype = floating_dtype(log_q_step)  # integer / bool rewards promote to it
+        log_q_step, log_p_step = log_q_step.to(dtype), log_p_step.to(dtype)
         log_q = per_trajectory(log_q_step)  # [K] trajectories
+        if log_q.numel() == 0:  # fully padded: no trajectory, no loss (as RTB and Trust-PCL)
+            return self._empty(td, log_q_step, valid)
         log_p = per_trajectory(log_p_step)
-        ret = per_trajectory(steps.reward.to(log_q.dtype))
+        ret = per_trajectory(steps.reward.to(dtype))
         log_ratio = (log_q - log_p).detach()
+        prio = read_weights(td, keys.priority_weight, dtype)
+        prio = None if prio is None else prio[start]
+
+        def mean(x):
+            return x.mean() if prio is None else (prio * x).sum() / prio.sum()
+
         out = {}
         if self.mode == "original":
             r = ret.exp()
             adv = r - r.mean()
-            loss = -(adv * log_q).mean() + self.penalty_coef * (log_q - log_p).pow(2).mean()
+            loss = -mean(adv * log_q) + self.penalty_coef * mean((log_q - log_p).pow(2))
             weights = None
         else:
             adv = ret - log_ratio / self.beta
             adv = adv - adv.mean()
             if self.mode == "on_policy":
-                loss = -(adv * log_q).mean()
+                loss = -mean(adv * log_q)
                 weights = None
             else:
                 log_b_step = step_tensor(td, keys.sample_log_prob)
-                log_b = per_trajectory(log_b_step.to(log_q.dtype))
+                log_b = per_trajectory(log_b_step.to(dtype))
                 if self.is_temperature == "length":
                     temperature = per_trajectory(torch.ones_like(log_q_step))
                 else:
                     temperature = float(self.is_temperature)
                 weights = ((log_q.detach() - log_b) / temperature).softmax(0)
+                if prio is not None:
+                    weights = weights * prio / (weights * prio).sum()
                 loss = -(weights * adv * log_q).sum()
+        per_step = torch.zeros_like(log_q_step.detach())
+        per_step[start] = adv.detach().abs()
+        write_priority(td, keys.priority, spread_over_segments(per_step, start, steps.valid))
         out["loss_objective"] = loss
         out["return_mean"] = ret.detach().mean()
         out["kl_estimate"] = log_ratio.mean()
@@ -161,3 +202,14 @@ class KLReinforceLoss(LossModule):
         )
         out["num_trajectories"] = torch.tensor(float(log_q.numel()))
         return TensorDict(out, batch_size=[])
+
+    def _empty(
+        self, td: TensorDictBase, log_q_step: torch.Tensor, valid: torch.Tensor
+    ) -> TensorDict:
+        """The output for a batch without any trajectory: a loss of 0 (connected to the actor's
+        graph, so ``backward`` works) and 0 statistics."""
+        zero = torch.zeros((), dtype=log_q_step.dtype, device=log_q_step.device)
+        loss = torch.where(valid, log_q_step, zero).sum() * 0.0
+        write_priority(td, self.tensor_keys.priority, torch.zeros_like(log_q_step.detach()))
+        stats = dict.fromkeys(("return_mean", "kl_estimate", "ess", "num_trajectories"), zero)
+        return TensorDict({"loss_objective": loss, **stats}, batch_size=[])

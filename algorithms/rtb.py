@@ -12,12 +12,19 @@ from tensordict.nn import TensorDictModule, TensorDictModuleBase, TensorDictPara
 from torch import Tensor, nn
 from torchrl.objectives import LossModule
 from zarrl.algorithms._common import (
+    check_finite,
+    check_finite_tensor,
+    coefficient,
     fixed_reference_log_prob,
+    floating_dtype,
     frozen_params,
     masked_mean,
     read_steps,
+    read_weights,
+    reduce_windows,
     score_batch,
     segment_sum,
+    write_priority,
 )
 from zarrl.algorithms.path_consistency import path_consistency, segment_marks
 
@@ -49,6 +56,17 @@ def check_complete_trajectories(steps, loss_name: str) -> tuple[Tensor, Tensor]:
     return start, end_index
 
 
+def spread_over_segments(x: Tensor, start: Tensor, valid: Tensor | None) -> Tensor:
+    """``x`` ``[*B, T]`` read at the start step of each segment, repeated on every step of that
+    segment (0 on padding): a per-trajectory quantity laid out per step."""
+    t = torch.arange(start.shape[-1], device=start.device).expand(start.shape)
+    first = torch.where(start, t, torch.zeros_like(t)).cummax(-1).values
+    spread = x.gather(-1, first)
+    if valid is not None:
+        spread = torch.where(valid, spread, torch.zeros((), dtype=x.dtype, device=x.device))
+    return spread
+
+
 def one_trajectory_per_row(steps, start: Tensor) -> bool:
     """Whether every row of the ``[*B, T]`` batch is exactly one whole trajectory (no padding, a
     single segment starting at step 0), so per-trajectory sums are plain row sums."""
@@ -74,6 +92,13 @@ class RTBLoss(LossModule):
             module, in the actor's dtype; put it in its own optimizer group, usually with a larger learning rate).
         reduction: ``"mean"`` over trajectories, ``"sum"``, or ``"none"`` (``[*B, T]``, δ²/2 at the
             first step of each trajectory).
+        check_finite: raise, naming the key and the batch index, when a reward or log-probability
+            is NaN or infinite (otherwise only that trajectory's δ is NaN).
+
+    Prioritized replay: the importance weight ``priority_weight`` of a trajectory's first step
+    weights its δ²/2 (``"mean"``: Σ w·δ²/2 / Σ w), and ``|δ|`` is written on every step of the
+    trajectory under ``tensor_keys.priority`` (``[*B, T]``, 0 on padding) for
+    ``replay_buffer.update_tensordict_priority(batch)``.
 
     When the batch carries ``ref_log_prob`` ``[*B, T]`` (log p of each step under this prior,
     stored when the data was generated), it is used instead of scoring the prior again;
@@ -93,6 +118,8 @@ class RTBLoss(LossModule):
         is_init: NestedKey | None = "is_init"
         mask: NestedKey | None = ("collector", "mask")
         ref_log_prob: NestedKey | None = "ref_log_prob"
+        priority: NestedKey | None = "td_error"
+        priority_weight: NestedKey | None = "priority_weight"
 
     default_keys = _AcceptedKeys
     tensor_keys: _AcceptedKeys
@@ -110,13 +137,14 @@ class RTBLoss(LossModule):
         log_z_init: float = 0.0,
         *,
         reduction: Literal["mean", "sum", "none"] = "mean",
+        check_finite: bool = False,
     ):
         super().__init__()
-        if beta <= 0:
-            raise ValueError(f"beta must be > 0, got {beta}")
+        beta = coefficient("beta", beta, strictly_above=True)
+        log_z_init = coefficient("log_z_init", log_z_init, minimum=None)
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-        self.beta, self.reduction = float(beta), reduction
+        self.beta, self.reduction, self.check_finite = beta, reduction, bool(check_finite)
         self.convert_to_functional(actor_network, "actor_network")
         self.__dict__["prior_network"] = prior_network
         self.prior_network_params = frozen_params(prior_network)
@@ -152,7 +180,13 @@ class RTBLoss(LossModule):
             tensordict,
             self.tensor_keys.action,
             self.tensor_keys.ref_log_prob,
-        ).to(log_q.dtype)
+        )
+        if self.check_finite:
+            check_finite(tensordict, [("next", self.tensor_keys.reward)])
+            check_finite_tensor("log q (actor)", log_q, tensordict.batch_dims, what="the")
+            check_finite_tensor("log p (prior)", log_p, tensordict.batch_dims, what="the")
+        dtype = floating_dtype(log_q, self.log_z)  # integer / bool rewards promote to it
+        log_q, log_p = log_q.to(dtype), log_p.to(dtype)
         ratio = (log_q - log_p).detach()
         if one_trajectory_per_row(steps, start):
             # δ = log Z + Σ_t (log q − log p − β·r_t) as row sums (float64, as path_consistency)
@@ -161,10 +195,10 @@ class RTBLoss(LossModule):
             delta = (self.log_z.to(f64) + step.sum(-1)).to(log_q.dtype).unsqueeze(-1)
             pad = (0, log_q.shape[-1] - 1)
             return F.pad(delta, pad), start, F.pad(ratio.sum(-1, keepdim=True), pad)
-        log_z = self.log_z.to(log_q.dtype).expand_as(log_q)
+        log_z = self.log_z.to(dtype).expand_as(log_q)
         # δ = −C of the whole-trajectory window with γ=1, τ_H=0, λ=1, V(s0)=log Z, rewards β·r.
         residual = path_consistency(
-            self.beta * steps.reward.to(log_q.dtype),
+            self.beta * steps.reward.to(dtype),
             log_q,
             log_p,
             log_z,
@@ -187,12 +221,13 @@ class RTBLoss(LossModule):
         delta, start, log_ratio = self.trajectory_balance(tensordict)
         per_traj = 0.5 * delta.pow(2)
         n = start.sum()
-        if self.reduction == "mean":
-            loss = per_traj.sum() / n.clamp(min=1)
-        elif self.reduction == "sum":
-            loss = per_traj.sum()
-        else:
-            loss = per_traj
+        keys = self.tensor_keys
+        weights = read_weights(tensordict, keys.priority_weight, per_traj.dtype)
+        loss = reduce_windows(per_traj, start, weights, self.reduction)
+        valid = None if keys.mask is None else tensordict.get(keys.mask, None)
+        if valid is not None:
+            valid = valid.reshape(start.shape).to(torch.bool)
+        write_priority(tensordict, keys.priority, spread_over_segments(delta.abs(), start, valid))
         return TensorDict(
             {
                 "loss_objective": loss,

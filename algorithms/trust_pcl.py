@@ -11,13 +11,21 @@ from tensordict.nn import TensorDictModule, TensorDictModuleBase, TensorDictPara
 from torch import Tensor
 from torchrl.objectives import LossModule, SoftUpdate
 from zarrl.algorithms._common import (
+    check_finite,
+    check_finite_tensor,
+    coefficient,
     entropy_estimate,
     fixed_reference_log_prob,
+    floating_dtype,
     frozen_params,
     masked_mean,
     read_steps,
+    read_weights,
+    reduce_windows,
+    rollout_length,
     score,
     step_tensor,
+    write_priority,
 )
 from zarrl.algorithms.kl_budget import KLBudgetLambda
 from zarrl.algorithms.path_consistency import path_consistency, segment_marks
@@ -74,6 +82,16 @@ class TrustPCLLoss(LossModule):
         advantage_clip: clip C to ``[−c, c]`` in the policy gradient (``None``: no clipping).
         bootstrap_from_target: bootstrap values V(s_{t+d}) from a lagged copy of the value network.
         reduction: ``"mean"`` over windows, ``"sum"``, or ``"none"`` (per-step ``[*B, T]``).
+        check_finite: raise, naming the key and the batch index, when a reward, log-probability
+            or value of the batch is NaN or infinite (otherwise only the windows containing
+            that step are NaN).
+
+    Prioritized replay: importance weights ``priority_weight`` (``[*B, T]``, one per step as
+    TorchRL's samplers write them) weight each window by the weight of its start step, as in
+    TorchRL's ``_reduce`` (``"mean"``: Σ w·½C² / Σ w). The new priority ``|C|`` is written into
+    the input batch under ``tensor_keys.priority`` (``[*B, T]``: at each step the |C| of the
+    window it starts, or with ``window_starts="first"`` of its segment's window; 0 on padding)
+    for ``replay_buffer.update_tensordict_priority(batch)``.
     """
 
     @dataclass
@@ -89,6 +107,10 @@ class TrustPCLLoss(LossModule):
             ref_log_prob: the fixed ``reference_network``'s per-step log-probability stored with
                 the data (optional; used instead of scoring it again; ignored for the lagged
                 EMA reference, which changes). Default ``"ref_log_prob"``.
+            priority: where the per-step priority |C| is written (``None``: not written).
+                Default ``"td_error"`` (TorchRL's ``TensorDictReplayBuffer(priority_key=...)``).
+            priority_weight: the sampler's importance weights (optional entry).
+                Default ``"priority_weight"``.
         """
 
         action: NestedKey = "action"
@@ -100,6 +122,8 @@ class TrustPCLLoss(LossModule):
         is_init: NestedKey | None = "is_init"
         mask: NestedKey | None = ("collector", "mask")
         ref_log_prob: NestedKey | None = "ref_log_prob"
+        priority: NestedKey | None = "td_error"
+        priority_weight: NestedKey | None = "priority_weight"
 
     default_keys = _AcceptedKeys
     tensor_keys: _AcceptedKeys
@@ -131,31 +155,33 @@ class TrustPCLLoss(LossModule):
         advantage_clip: float | None = None,
         bootstrap_from_target: bool = False,
         reduction: Literal["mean", "sum", "none"] = "mean",
+        check_finite: bool = False,
     ):
         super().__init__()
         if kl_coef is not None and kl_budget is not None:
             raise ValueError("give kl_coef (fixed λ) or kl_budget (tuned λ), not both")
-        if kl_coef is not None and kl_coef < 0:
-            raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
-        if entropy_coef < 0:
-            raise ValueError(f"entropy_coef must be >= 0, got {entropy_coef}")
-        if not 0.0 < gamma <= 1.0:
-            raise ValueError(f"gamma must be in (0, 1], got {gamma}")
-        if rollout != "full" and not (isinstance(rollout, int) and rollout >= 1):
-            raise ValueError(f"rollout must be an int >= 1 or 'full', got {rollout!r}")
+        if kl_coef is not None:
+            kl_coef = coefficient("kl_coef", kl_coef)
+        if kl_budget is not None:
+            kl_budget = coefficient("kl_budget", kl_budget, strictly_above=True)
+        entropy_coef = coefficient("entropy_coef", entropy_coef)
+        gamma = coefficient("gamma", gamma, strictly_above=True, maximum=1.0)
+        critic_coef = coefficient("critic_coef", critic_coef)
+        rollout = rollout_length(rollout)
         if window_starts not in ("all", "first"):
             raise ValueError(f"window_starts must be 'all' or 'first', got {window_starts!r}")
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-        if advantage_clip is not None and advantage_clip <= 0:
-            raise ValueError(f"advantage_clip must be > 0 or None, got {advantage_clip}")
-        if not 0.0 <= reference_lag < 1.0:
+        if advantage_clip is not None:
+            advantage_clip = coefficient("advantage_clip", advantage_clip, strictly_above=True)
+        reference_lag = coefficient("reference_lag", reference_lag)
+        if reference_lag >= 1.0:
             raise ValueError(f"reference_lag must be in [0, 1), got {reference_lag}")
-        self.gamma, self.entropy_coef = float(gamma), float(entropy_coef)
+        self.gamma, self.entropy_coef = gamma, entropy_coef
         self.rollout, self.window_starts = rollout, window_starts
-        self.critic_coef, self.advantage_clip = float(critic_coef), advantage_clip
+        self.critic_coef, self.advantage_clip = critic_coef, advantage_clip
         self.bootstrap_from_target, self.reduction = bootstrap_from_target, reduction
-        self.reference_lag = reference_lag
+        self.reference_lag, self.check_finite = reference_lag, bool(check_finite)
 
         self.lambda_tuner = None
         if kl_budget is not None:
@@ -233,6 +259,13 @@ class TrustPCLLoss(LossModule):
         key = self.tensor_keys.value
         in_keys = self.value_network.in_keys
         nxt = td.get("next")
+        for k in in_keys:
+            for where, sub in ((k, td), (("next", *((k,) if isinstance(k, str) else k)), nxt)):
+                if sub.get(k, None) is None:
+                    raise KeyError(
+                        f"the value network reads {k!r}: the loss needs the entry {where!r} "
+                        "(V(s_t) and the bootstrap V(s_{t+1}))"
+                    )
         if self.bootstrap_from_target:
             with self.value_network_params.to_module(
                 self.value_network, preserve_module_state=False
@@ -298,14 +331,33 @@ class TrustPCLLoss(LossModule):
             window_starts=self.window_starts,
         )
 
+    def _check_finite(self, td, log_prob, ref_log_prob, value, next_value) -> None:
+        keys = self.tensor_keys
+        check_finite(td, [("next", keys.reward)])
+        for name, tensor in (
+            (f"log_prob of {keys.action!r}", log_prob),
+            ("ref_log_prob (reference policy)", ref_log_prob),
+            (f"{keys.value!r} V(s_t)", value),
+            (f"{keys.value!r} V(s_t+1)", next_value),
+        ):
+            if tensor is not None:
+                check_finite_tensor(name, tensor, td.batch_dims, what="the")
+
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
         td = tensordict
-        steps = read_steps(td, self.tensor_keys)
-        log_prob, dist = score(
-            self.actor_network, self.actor_network_params, td, self.tensor_keys.action
-        )
+        keys = self.tensor_keys
+        steps = read_steps(td, keys)
+        log_prob, dist = score(self.actor_network, self.actor_network_params, td, keys.action)
         ref_log_prob = self._reference_log_prob(td)
         value, next_value = self._values(td)
+        if self.check_finite:
+            self._check_finite(td, log_prob, ref_log_prob, value, next_value)
+        # integer / bool rewards and mixed dtypes compute in the networks' floating dtype
+        dtype = floating_dtype(log_prob, value, next_value)
+        log_prob, value, next_value = log_prob.to(dtype), value.to(dtype), next_value.to(dtype)
+        steps.reward = steps.reward.to(dtype)
+        if ref_log_prob is not None:
+            ref_log_prob = ref_log_prob.to(dtype)
 
         c = self.critic_coef
         if c != 1.0:  # scale the value gradient, keep the value
@@ -328,23 +380,22 @@ class TrustPCLLoss(LossModule):
                 + residual_value * (c_v - residual_value)
             )
 
+        valid = torch.ones_like(steps.terminated) if steps.valid is None else steps.valid
+        priority = residual_value.abs()
         if self.window_starts == "first":
             windows = segment_marks(steps.terminated, steps.truncated, steps.valid, steps.is_init)[
                 0
             ]
+            t = torch.arange(windows.shape[-1], device=windows.device).expand(windows.shape)
+            first = torch.where(windows, t, torch.zeros_like(t)).cummax(-1).values
+            priority = torch.where(valid, priority.gather(-1, first), 0.0)
         else:
-            windows = (
-                torch.ones_like(steps.terminated) if steps.valid is None else steps.valid.clone()
-            )
+            windows = valid.clone()
         num_windows = windows.sum()
-        if self.reduction == "mean":
-            loss = per_window.sum() / num_windows.clamp(min=1)
-        elif self.reduction == "sum":
-            loss = per_window.sum()
-        else:
-            loss = per_window
+        weights = read_weights(td, keys.priority_weight, per_window.dtype)
+        loss = reduce_windows(per_window, windows, weights, self.reduction)
+        write_priority(td, keys.priority, priority)
 
-        valid = torch.ones_like(steps.terminated) if steps.valid is None else steps.valid
         out = {
             "loss_objective": loss,
             "residual_abs": masked_mean(residual_value.abs(), windows),
@@ -378,8 +429,9 @@ class PCLLoss(TrustPCLLoss):
         bootstrap_from_target: bool = False,
         reference_lag: float = 0.95,
         reduction: Literal["mean", "sum", "none"] = "mean",
+        check_finite: bool = False,
     ):
-        if entropy_coef <= 0:
+        if coefficient("entropy_coef", entropy_coef) <= 0:
             raise ValueError(f"PCL needs entropy_coef > 0, got {entropy_coef}")
         super().__init__(
             actor_network,
@@ -394,4 +446,5 @@ class PCLLoss(TrustPCLLoss):
             bootstrap_from_target=bootstrap_from_target,
             reference_lag=reference_lag,
             reduction=reduction,
+            check_finite=check_finite,
         )
