@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:  # `from tests.tolerances import ...` under a bare `pytest` as well
+    sys.path.insert(0, _ROOT)
 
 
 @pytest.fixture

@@ -149,3 +149,45 @@ def test_the_reference_log_density_is_a_gaussian_of_the_prior_drift():
 def test_the_kernels_are_off_when_asked(monkeypatch):
     monkeypatch.setenv("ZARRL_NATIVE_MLP", "0")
     assert native_mlp._compile() is None
+
+
+def _subnormal(t: torch.Tensor) -> bool:
+    return bool(((t != 0) & (t.abs() < torch.finfo(torch.float32).tiny)).any())
+
+
+def test_no_table_output_or_gradient_is_subnormal_for_pre_activations_up_to_1e4():
+    torch.set_num_threads(2)
+    post, prior = _nets()
+    with torch.no_grad():  # first-layer pre-activations of ±1e4, a small output layer
+        for net in (post, prior):
+            net.time_mlp[2].weight.mul_(3e3)
+            net.state_embed.weight.mul_(3e3)
+            net.trunk[5].weight.mul_(1e-5)
+    steps, num, dt = 10, 96, 0.1
+    cond = post.time_embedding(time_grid(steps)[:-1]).detach()
+    cond_p = prior.time_embedding(time_grid(steps)[:-1]).detach()
+    noise = 0.3 * torch.randn(num, steps, 2)
+    tables = [torch.empty(steps, num, 64) for _ in range(6)]
+    drift = torch.empty(steps, num, 2)
+    xs, ref_lp = mlp_sample(post, cond, noise, dt, tables, (prior, cond_p, 1.0), drift)
+    pre = torch.mm(tables[3].view(-1, 64), post.trunk[3].weight.detach().t())
+    assert float(pre.abs().max()) > 1e3 and float(pre.abs().min()) < 13  # limits and the tail
+    assert bool((tables[4] == 0).any()) and bool((tables[4] == 1).any())  # GELU' limits
+    assert torch.isfinite(xs).all() and torch.isfinite(ref_lp).all()
+    for name, t in [("xs", xs), ("ref_lp", ref_lp), ("drift", drift), *zip("dadada", tables)]:
+        assert not _subnormal(t), name
+    rows = steps * num
+    grads = native_mlp.mlp_backward(
+        (post.trunk[5].weight, post.trunk[3].weight, post.trunk[1].weight),
+        [t.view(rows, 64) for t in tables],
+        xs[:-1].reshape(rows, 2),
+        torch.randn(rows, 2) * 1e-3,
+        steps,
+        num,
+    )
+    for name, g in grads.items():
+        assert torch.isfinite(g).all() and not _subnormal(g), name
+    # flush-to-zero was set on the kernel's threads only while it ran: torch's threads (an
+    # elementwise product of 2^16 values runs on both) compute subnormals again
+    half_tiny = torch.full((1 << 16,), torch.finfo(torch.float32).tiny) * 0.5
+    assert bool(((half_tiny > 0) & (half_tiny < torch.finfo(torch.float32).tiny)).all())
