@@ -35,6 +35,8 @@ from zarrl.envs import (
     SIGMA2,
     DriftNetwork,
     load_prior,
+    native_gelu,
+    native_mlp,
 )
 from zarrl.envs import log_reward as gmm_log_reward
 from zarrl.envs.native_mlp import native_mlp_supports
@@ -100,6 +102,32 @@ def bench_reference_style(
     return times
 
 
+def cpu_description() -> str:
+    """The CPU model and its vector extensions (from /proc/cpuinfo; platform's name elsewhere)."""
+    import platform
+
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = dict(
+        line.split(":", 1) for line in info.splitlines() if ":" in line and line[0] != " "
+    )
+    model = fields.get("model name\t", platform.machine()).strip()
+    family, number = fields.get("cpu family\t", "?").strip(), fields.get("model\t\t", "?").strip()
+    model = f"{model} (family {family} model {number})"
+    flags = set(fields.get("flags\t\t", "").split())
+    wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "amx_tile")
+    return f"{model} [{' '.join(f for f in wanted if f in flags) or 'no SSE4.2+'}]"
+
+
+def set_kernels(on: bool, saved: dict) -> None:
+    """Switch zarrl's compiled kernels (GELU and diffusion MLP) on or off for this process."""
+    for module in (native_gelu, native_mlp):
+        lib = saved.setdefault(module.__name__, module._library.get())
+        module._library.loaded = lib if on else None
+
+
 def bench_method(
     method: str, prior, batch: int, repeats: int, warmup: int, folder: Path, device: torch.device
 ):
@@ -144,6 +172,9 @@ def main() -> None:
     parser.add_argument("--prior", default=None, help="prior checkpoint (default: the shipped one)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument(
+        "--kernels", default="on,off", help="compiled kernels: on, off or on,off (side by side)"
+    )
+    parser.add_argument(
         "--no-reference-style",
         dest="reference_style",
         action="store_false",
@@ -156,14 +187,14 @@ def main() -> None:
         parser.error(f"--device {args.device}: CUDA is not available here")
     path = Path(args.prior) if args.prior else DEFAULT_PRIOR_PATH
     prior = load_prior(path) if path.is_file() else DriftNetwork().requires_grad_(False)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_description()
     print(
         f"GMM fine-tuning update, batch {args.batch}, T = 100, torch {torch.__version__}, {where}, "
         f"{torch.get_num_threads()} thread(s), {args.repeats} updates after {args.warmup} warm-up, "
         f"prior {path.name if path.is_file() else '(untrained: prior checkpoint missing)'}, "
-        f"compiled diffusion kernels {'on' if native_mlp_supports(prior) else 'off (ATen path)'}"
+        f"compiled diffusion kernels {'available' if native_mlp_supports(prior) else 'unavailable'}"
     )
-    header = f"{'method':<26}" + "".join(f"{p:>15}" for p in PARTS)
+    header = f"{'method':<34}" + "".join(f"{p:>15}" for p in PARTS)
     header += f"{'median s':>10}{'min s':>8}{'vs ref-style':>14}{'vs 0.24 s':>11}"
     print(header)
     print("-" * len(header))
@@ -171,16 +202,21 @@ def main() -> None:
     if args.reference_style:
         ref = bench_reference_style(prior, args.batch, args.repeats, args.warmup, device)
         rows.append(("reference-style loop", ref))
+    saved: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods.split(","):
-            t = bench_method(
-                method, prior, args.batch, args.repeats, args.warmup, Path(tmp), device
-            )
-            rows.append((method, t))
+            for kernels in args.kernels.split(","):
+                set_kernels(kernels == "on", saved)
+                folder = Path(tmp) / kernels
+                t = bench_method(
+                    method, prior, args.batch, args.repeats, args.warmup, folder, device
+                )
+                rows.append((f"{method} [kernels {kernels}]", t))
+    set_kernels(True, saved)
     ref_med = statistics.median(rows[0][1]["total"]) if args.reference_style else math.nan
     for name, t in rows:
         med = statistics.median(t["total"])
-        line = f"{name:<26}" + "".join(f"{statistics.median(t[p]):>15.4f}" for p in PARTS)
+        line = f"{name:<34}" + "".join(f"{statistics.median(t[p]):>15.4f}" for p in PARTS)
         line += f"{med:>10.4f}{min(t['total']):>8.4f}{ref_med / med:>13.1f}x"
         line += f"{REFERENCE_MEDIAN_S / med:>10.1f}x"
         print(line)
