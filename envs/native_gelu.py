@@ -6,9 +6,15 @@ is that same exponential. ATen evaluates the two with separate erf and exp passe
 3.4 ns per element on an AVX2 core); this loop does both in about a third of that, which is what
 the diffusion sampler and its hand-written backward need (three ``[B·T, 64]`` GELU layers).
 
+No subnormal float is computed: beyond ``|h| = 13`` the results are the limits (``h`` and ``1``;
+``0`` and ``0`` below ``−13``, where ``|GELU| < 8e-38``), the tail is evaluated only where
+``exp(−h²/2) ≥ 2e-37``, and the kernel runs with flush-to-zero / denormals-are-zero set on the
+calling thread for its own duration (restored on return; the process's mode is never changed).
+
 The C source (``envs/csrc/gelu.c``, vectorized by the compiler) is compiled once per process by
-:mod:`~zarrl.envs.native_build` and called through ctypes, which releases the GIL. Without a compiler, or with ``ZARRL_NATIVE_GELU=0``, the same
-functions run on ATen's ``gelu`` / ``gelu_backward``; :func:`native_gelu_available` tells which.
+:mod:`~zarrl.envs.native_build` and called through ctypes, which releases the GIL. Without a
+compiler, or with ``ZARRL_NATIVE_GELU=0``, the same functions run on ATen's ``gelu`` /
+``gelu_backward``; :func:`native_gelu_available` tells which.
 """
 
 from __future__ import annotations
