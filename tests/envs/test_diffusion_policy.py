@@ -17,6 +17,8 @@ from zarrl.envs.diffusion_policy import (
 )
 from zarrl.envs.gmm import log_reward
 
+from tests.tolerances import assert_within, drift_network_error
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
@@ -65,12 +67,14 @@ def test_no_graph_drift_of_a_frozen_or_no_grad_network_equals_the_autograd_drift
     x, t = torch.randn(5, 7, 2), (torch.arange(7.0) / 7).expand(5, 7).unsqueeze(-1)
     with_graph = net(x, t)
     assert with_graph.requires_grad
+    # the same time embedding, other kernels (mm + compiled GELU vs nn.Linear + ATen's GELU)
+    bound = 2 * drift_network_error(net, x, net._shared_time_embedding(t.squeeze(-1)))
     with torch.no_grad():
-        assert torch.allclose(net(x, t), with_graph, atol=1e-5)
+        assert_within(net(x, t), with_graph, bound, "no-grad drift")
     net.requires_grad_(False)
     frozen = net(x, t)
     assert not frozen.requires_grad
-    assert torch.allclose(frozen, with_graph, atol=1e-5)
+    assert_within(frozen, with_graph, bound, "frozen drift")
 
 
 def test_batched_scoring_equals_step_by_step_scoring(actor, batch):
