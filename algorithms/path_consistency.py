@@ -6,14 +6,23 @@ its episode segment),
     C(t) = -V(s_t) + Σ_{i=t}^{k} γ^{i-t}·[r_i - (τ_H+λ)·log π(a_i|s_i) + λ·log π̃(a_i|s_i)]
            + γ^{k-t+1}·V(s_{k+1})·(1 - terminated_k)
 
-All windows are computed at once from a discounted prefix sum along T: O(B·T) work, no loop over
-t, d or the batch. Quantities are accumulated in float64 and returned in the input dtype; discounts
-are anchored at each segment's start, so accuracy depends on the segment (episode or slice) length,
-not on the length of a flattened row.
+All windows are computed at once, O(B·T) work, no loop over t, d or the batch, accumulated in
+float64 and returned in the input dtype. With γ = 1 a window is a difference of one prefix sum.
+With γ < 1 the kernel computes the discounted suffix sum of every segment,
+S(t) = x_t + γ·S(t+1) (reset at segment ends), in blocks of K steps with γ^−K ≤ 2^8: inside a block
+a γ-weighted prefix sum is divided by at most γ^−(K−1), and the carry between blocks is a linear
+recurrence over the T/K block values solved by a Hillis–Steele scan (no division). A window
+t..k is then S(t) − γ^(k−t+1)·S(k+1) plus its bootstrap, so rounding never grows with the segment
+length: the error stays ≲ 2^8·min(K, 1/(1−γ))·ε₆₄ relative to the largest step value, for every
+γ ∈ (0, 1] and every T.
+
+A non-finite step value (reward, log-probability or reference log-probability of a valid step) is
+contained: it is excluded from the sums and exactly the windows that contain the step are NaN.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -22,6 +31,64 @@ from torch import Tensor
 __all__ = ["path_consistency", "segment_marks"]
 
 Rollout = int | Literal["full"]
+
+# Largest factor γ^−(K−1) that a block's weighted prefix sum is divided by (γ < 1).
+_BLOCK_GROWTH = 2.0**8
+
+
+def _block_length(gamma: float, T: int) -> int:
+    """Steps K per block for discount ``gamma`` < 1: the largest K ≤ T with γ^−K ≤ 2^8 (≥ 1)."""
+    return max(1, min(T, int(math.log(_BLOCK_GROWTH) / -math.log(gamma))))
+
+
+def _discounted_suffix_sums(x: Tensor, end_index: Tensor, gamma: float) -> Tensor:
+    """S(t) = Σ_{i=t}^{e(t)} γ^{i−t}·x_i for every t of a ``[*B, T]`` float64 ``x``, γ < 1.
+
+    ``end_index`` (int64 ``[*B, T]``, ``e(t) ≥ t``) is the last step of t's segment, as returned by
+    :func:`segment_marks`. Returns float64 ``[*B, T]``.
+    """
+    *lead, T = x.shape
+    device, f64 = x.device, x.dtype
+    K = _block_length(gamma, T)
+    nb = -(-T // K)
+    pad = nb * K - T
+    if pad:
+        x = torch.cat([x, x.new_zeros(*lead, pad)], -1)
+        end_index = torch.cat([end_index, end_index.new_full((*lead, pad), nb * K - 1)], -1)
+    pos = torch.arange(K, device=device)
+    power = torch.tensor(gamma, dtype=f64, device=device).pow(torch.arange(K + 1, device=device))
+    weight = power[:K]  # γ^(position in block), ≥ γ^(K−1) ≥ 2^−8
+    # within each block: Σ_{i=t}^{k} γ^{i−t}·x_i = (P(k+1) − P(t)) / γ^(t − block start)
+    xb = (x.reshape(*lead, nb, K) * weight).cumsum(-1)
+    prefix = torch.cat([xb.new_zeros(*lead, nb, 1), xb], -1)
+    block_start = torch.arange(nb, device=device).unsqueeze(-1) * K
+    seg_end = end_index.reshape(*lead, nb, K) - block_start  # segment end, relative to the block
+    last = seg_end.clamp(max=K - 1)
+    local = (prefix.gather(-1, last + 1) - prefix[..., :K]) / weight
+    if nb > 1:
+        # carry C(b) = S(start of block b) = L(b) + A(b)·C(b+1), A(b) = γ^K if block b's first
+        # segment runs past its end: a Hillis–Steele scan of (A, L) pairs from the last block back
+        crosses = seg_end > K - 1
+        level = local[..., 0].flip(-1)
+        factor = torch.where(crosses[..., 0], power[K], power.new_zeros(())).flip(-1)
+        shift = 1
+        while shift < nb:
+            level = torch.cat(
+                [
+                    level[..., :shift],
+                    level[..., shift:] + factor[..., shift:] * level[..., :-shift],
+                ],
+                -1,
+            )
+            factor = torch.cat(
+                [factor[..., :shift], factor[..., shift:] * factor[..., :-shift]], -1
+            )
+            shift *= 2
+        carry = torch.cat([level.flip(-1)[..., 1:], level.new_zeros(*lead, 1)], -1)
+        # a step whose segment runs past its block end adds γ^(block end − t + 1)·C(b+1)
+        reach = torch.where(crosses, power[K - pos], power.new_zeros(()))
+        local = local + reach * carry.unsqueeze(-1)
+    return local.reshape(*lead, nb * K)[..., :T]
 
 
 def _check_mask(name: str, mask: Tensor | None, shape: torch.Size, device) -> Tensor:
@@ -151,42 +218,42 @@ def path_consistency(
         if valid is None
         else valid.to(torch.bool)
     )
+    zero = torch.zeros((), dtype=f64, device=device)
 
     tau = entropy_coef + kl_coef
     step = reward.to(f64) - tau * log_prob.to(f64)
     if ref_log_prob is not None:
         step = step + kl_coef * ref_log_prob.to(f64)
-    step = torch.where(valid_b, step, torch.zeros((), dtype=f64, device=device))
+    finite = torch.isfinite(step)
+    step = torch.where(valid_b & finite, step, zero)
 
     t = torch.arange(T, device=device)
-    zero = torch.zeros((), dtype=f64, device=device)
-    discounted = gamma != 1.0
-    if discounted:
-        # weight step i by γ^(i − start of its segment): windows never leave their segment, so the
-        # prefix-sum differences only ever divide by γ^(segment age), not by γ^t of the whole row
-        table = torch.full((T + 1,), gamma, dtype=f64, device=device).pow(
-            torch.arange(T + 1, device=device, dtype=f64)
-        )
-        table = table.expand(*shape[:-1], T + 1)
-        anchor = start | ~valid_b  # padding restarts the count too
-        seg_start = torch.where(anchor, t, torch.zeros_like(t)).cummax(-1).values
-        age = t - seg_start
-        weight = table.gather(-1, age)
-        step = step * weight
-    prefix = torch.cat([torch.zeros(*shape[:-1], 1, dtype=f64, device=device), step.cumsum(-1)], -1)
     last = end_index.clamp(max=T - 1)
     if rollout != "full":
         last = torch.minimum(last, t + (rollout - 1))
     boot = torch.where(
         terminated.to(torch.bool).gather(-1, last), zero, next_value.to(f64).gather(-1, last)
     )
-    if discounted:
-        boot = boot * table.gather(-1, age.gather(-1, last) + 1)
-    # Σ_{i=t}^{k} γ^{i−t}·x_i + γ^{k−t+1}·V(s_{k+1}), from the weighted prefix sums
-    ahead = prefix.gather(-1, last + 1) - prefix[..., :T] + boot
-    if discounted:
-        ahead = ahead / weight
+    if gamma == 1.0:
+        # Σ_{i=t}^{k} x_i + V(s_{k+1}) from one prefix sum
+        prefix = torch.cat([step.new_zeros(*shape[:-1], 1), step.cumsum(-1)], -1)
+        ahead = prefix.gather(-1, last + 1) - prefix[..., :T] + boot
+    else:
+        # S(t) − γ^n·S(k+1) + γ^n·V(s_{k+1}), n = k − t + 1 steps; S(k+1) only inside the segment
+        suffix = _discounted_suffix_sums(step, end_index, gamma)
+        power = torch.tensor(gamma, dtype=f64, device=device).pow(
+            torch.arange(T + 1, device=device)
+        )
+        after = suffix.gather(-1, (last + 1).clamp(max=T - 1))
+        tail = boot - torch.where(last < end_index, after, zero)
+        ahead = suffix + power[last - t + 1] * tail
     residual = ahead - value.to(f64)
+
+    # windows that contain a non-finite step value are NaN, all others stay exact
+    bad = (valid_b & ~finite).cumsum(-1)
+    bad = torch.cat([bad.new_zeros(*shape[:-1], 1), bad], -1)
+    hit = bad.gather(-1, last + 1) > bad[..., :T]
+    residual = torch.where(hit, torch.full((), math.nan, dtype=f64, device=device), residual)
 
     starts = start if window_starts == "first" else valid_b
     residual = torch.where(starts, residual, zero)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import operator
+
 import pytest
 import torch
-from zarrl.algorithms import path_consistency, segment_marks
+from loss_builders import discrete_actor, trajectory_batch, value_net
+from zarrl.algorithms import TrustPCLLoss, path_consistency, segment_marks
 
 
 def _random_batch(B: int = 7, T: int = 13, seed: int = 0, dtype=torch.float64) -> dict:
@@ -38,46 +41,46 @@ def _random_batch(B: int = 7, T: int = 13, seed: int = 0, dtype=torch.float64) -
 
 
 def _naive(batch: dict, gamma, tau_h, lam, d, first_only: bool) -> torch.Tensor:
-    r, lp, rlp = batch["reward"], batch["log_prob"], batch["ref_log_prob"]
-    V, NV = batch["value"], batch["next_value"]
+    """Every window summed term by term in float64 Python floats (NaN and inf propagate)."""
+    cols = ("reward", "log_prob", "ref_log_prob", "value", "next_value")
+    r, lp, rlp, V, NV = (batch[k].double().reshape(-1, batch[k].shape[-1]).tolist() for k in cols)
     term, trunc, valid, init = (
-        batch["terminated"],
-        batch["truncated"],
-        batch["valid"],
-        batch["is_init"],
+        batch[k].reshape(-1, batch[k].shape[-1]).tolist()
+        for k in ("terminated", "truncated", "valid", "is_init")
     )
-    B, T = r.shape
-    out = torch.zeros(B, T, dtype=torch.float64)
-
-    def ends(b, i):
-        return bool(
-            term[b, i] or trunc[b, i] or i == T - 1 or not valid[b, i + 1] or init[b, i + 1]
-        )
-
+    B, T = len(r), len(r[0])
+    powers = [gamma**n for n in range(T + 1)]
+    out = [[0.0] * T for _ in range(B)]
     for b in range(B):
+        x = [r[b][i] - (tau_h + lam) * lp[b][i] + lam * rlp[b][i] for i in range(T)]
+        ends = [
+            term[b][i] or trunc[b][i] or i == T - 1 or not valid[b][i + 1] or init[b][i + 1]
+            for i in range(T)
+        ]
+        seg_end = list(range(T))
+        for i in range(T - 2, -1, -1):
+            if not ends[i]:
+                seg_end[i] = seg_end[i + 1]
         for t in range(T):
-            if not valid[b, t]:
+            if not valid[b][t]:
                 continue
-            is_first = t == 0 or not valid[b, t - 1] or ends(b, t - 1) or bool(init[b, t])
+            is_first = t == 0 or not valid[b][t - 1] or ends[t - 1] or init[b][t]
             if first_only and not is_first:
                 continue
-            total = -float(V[b, t])
-            i = t
-            n = 0
-            while True:
-                x = float(r[b, i]) - (tau_h + lam) * float(lp[b, i]) + lam * float(rlp[b, i])
-                total += gamma**n * x
-                n += 1
-                if ends(b, i) or (d != "full" and n == d):
-                    break
-                i += 1
-            if not term[b, i]:
-                total += gamma**n * float(NV[b, i])
-            out[b, t] = total
-    return out
+            k = seg_end[t] if d == "full" else min(seg_end[t], t + d - 1)
+            n = k - t + 1
+            total = -V[b][t] + sum(map(operator.mul, powers[:n], x[t : k + 1]))
+            if not term[b][k]:
+                total += powers[n] * NV[b][k]
+            out[b][t] = total
+    return torch.tensor(out, dtype=torch.float64).reshape(batch["reward"].shape)
 
 
-@pytest.mark.parametrize("gamma", [1.0, 0.9])
+def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.double() - want).abs().max() / want.abs().max())
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.9, 0.5, 0.3])  # 1, 1, 2 and 4 blocks of steps
 @pytest.mark.parametrize("first_only", [False, True])
 def test_kernel_matches_naive_loop_for_every_rollout_length(gamma, first_only):
     batch = _random_batch()
@@ -221,3 +224,106 @@ def test_gradients_stay_finite_across_long_padding():
     c = path_consistency(**batch, gamma=0.9, kl_coef=0.1, rollout=3)
     c.pow(2).sum().backward()
     assert torch.isfinite(batch["value"].grad).all()
+
+
+def _long_batch(T: int = 2000, seed: int = 21, dtype=torch.float64) -> dict:
+    """Three rows of T steps: one terminal-ended episode; many segments (terminal, truncated and
+    is_init ends, padding inside and after); one long episode cut by truncation (bootstrap)."""
+    g = torch.Generator().manual_seed(seed)
+    batch = _random_batch(B=3, T=T, seed=seed, dtype=dtype)
+    terminated = torch.zeros(3, T, dtype=torch.bool)
+    truncated = torch.zeros(3, T, dtype=torch.bool)
+    is_init = torch.zeros(3, T, dtype=torch.bool)
+    valid = torch.ones(3, T, dtype=torch.bool)
+    terminated[0, -1] = True
+    marks = torch.randperm(T - 1, generator=g)[:24]
+    terminated[1, marks[:8]] = True
+    truncated[1, marks[8:16]] = True
+    is_init[1, marks[16:] + 1] = True
+    valid[1, T // 3 : T // 3 + 37] = False
+    valid[1, T - 111 :] = False
+    truncated[2, -1] = True
+    is_init[2, T // 2] = True
+    batch.update(terminated=terminated, truncated=truncated, is_init=is_init, valid=valid)
+    return batch
+
+
+@pytest.mark.parametrize("gamma", [0.5, 0.8, 0.9, 0.99, 1.0])
+def test_long_segments_match_the_loop_for_every_discount(gamma):
+    """T = 2000 with episodes of up to 2000 steps: γ^−2000 overflows float64 for γ ≤ 0.7, so any
+    weighting anchored at a segment start loses all precision; the error must stay at float64
+    level (float32 inputs: their own rounding only)."""
+    batch = _long_batch()
+    b32 = {k: (v.float() if v.is_floating_point() else v) for k, v in batch.items()}
+    for d in (1, 10, "full"):
+        for window_starts in ("all", "first") if d == "full" else ("all",):
+            kwargs = dict(
+                gamma=gamma, entropy_coef=0.2, kl_coef=0.5, rollout=d, window_starts=window_starts
+            )
+            first = window_starts == "first"
+            got = path_consistency(**batch, **kwargs)
+            assert _rel_err(got, _naive(batch, gamma, 0.2, 0.5, d, first)) <= 1e-10, d
+            got32 = path_consistency(**b32, **kwargs)
+            assert got32.dtype == torch.float32
+            assert _rel_err(got32, _naive(b32, gamma, 0.2, 0.5, d, first)) <= 1e-4, d
+
+
+@pytest.mark.parametrize("gamma, rollout", [(0.5, 1), (0.9, 1), (0.9, "full"), (0.99, 10)])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_trust_pcl_loss_on_one_long_episode_is_half_mean_squared_loop_residual(
+    gamma, rollout, dtype, tol
+):
+    T = 2000
+    actor = discrete_actor(3, 4, dtype=dtype)
+    prior = discrete_actor(3, 4, seed=4, dtype=dtype)
+    value = value_net(3, dtype=dtype)
+    td = trajectory_batch(B=1, T=T, lengths=[T], terminal_only_reward=False, dtype=dtype)
+    loss = TrustPCLLoss(
+        actor, value, reference_network=prior, gamma=gamma, kl_coef=0.3, rollout=rollout
+    )
+    got = loss(td)["loss_objective"]
+    with torch.no_grad():
+        lp = actor.get_dist(td.copy()).log_prob(td["action"])
+        rlp = prior.get_dist(td.copy()).log_prob(td["action"])
+        v = value(td.copy())["state_value"].squeeze(-1)
+        nv = value(td["next"].copy())["state_value"].squeeze(-1)
+    batch = dict(
+        reward=td["next", "reward"].squeeze(-1),
+        log_prob=lp,
+        ref_log_prob=rlp,
+        value=v,
+        next_value=nv,
+        terminated=td["next", "terminated"].squeeze(-1),
+        truncated=td["next", "truncated"].squeeze(-1),
+        valid=td["collector", "mask"],
+        is_init=td["is_init"].squeeze(-1),
+    )
+    want = 0.5 * _naive(batch, gamma, 0.0, 0.3, rollout, False).pow(2).mean()
+    assert got.dtype == dtype
+    assert abs(float(got.detach()) - float(want)) <= tol * float(want)
+
+
+def test_non_finite_steps_spoil_only_the_windows_that_contain_them():
+    """A flat row of several episodes: a NaN reward, ±inf log-probabilities, a NaN value and a NaN
+    bootstrap value make exactly the windows that read them non-finite (as in the loop); every
+    other window, before and after the bad steps and in later episodes, stays exact, and its
+    gradient is finite."""
+    batch = _long_batch(T=600, seed=5)
+    flat = {k: v.reshape(1, -1) for k, v in batch.items()}
+    flat["reward"][0, 40] = float("nan")
+    flat["log_prob"][0, 700] = float("inf")
+    flat["ref_log_prob"][0, 1500] = float("-inf")
+    flat["value"][0, 900] = float("nan")
+    boot_step = int((~flat["terminated"][0]).nonzero()[100])
+    flat["next_value"][0, boot_step] = float("nan")
+    flat["reward"] = flat["reward"].clone().requires_grad_()
+    for gamma, d in ((0.9, 5), (0.5, "full"), (1.0, 30)):
+        got = path_consistency(**flat, gamma=gamma, entropy_coef=0.1, kl_coef=0.4, rollout=d)
+        want = _naive({k: v.detach() for k, v in flat.items()}, gamma, 0.1, 0.4, d, False)
+        ok = torch.isfinite(want)
+        assert (~ok).sum() >= 5 and ok.sum() > 1000
+        assert torch.equal(torch.isfinite(got), ok), (gamma, d)
+        assert torch.isnan(got[~ok]).all()
+        assert _rel_err(got[ok], want[ok]) <= 1e-10, (gamma, d)
+        (grad,) = torch.autograd.grad(got[ok].pow(2).sum(), flat["reward"])
+        assert torch.isfinite(grad).all()
