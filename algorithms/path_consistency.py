@@ -224,8 +224,12 @@ def path_consistency(
     step = reward.to(f64) - tau * log_prob.to(f64)
     if ref_log_prob is not None:
         step = step + kl_coef * ref_log_prob.to(f64)
-    finite = torch.isfinite(step)
-    step = torch.where(valid_b & finite, step, zero)
+    step = torch.where(valid_b, step, zero)
+    # one reduction detects any non-finite step (an overflowing sum only takes the slower path)
+    contain = not math.isfinite(float(step.sum()))
+    if contain:  # a non-finite step value is left out of every sum
+        finite = torch.isfinite(step)
+        step = torch.where(finite, step, zero)
 
     t = torch.arange(T, device=device)
     last = end_index.clamp(max=T - 1)
@@ -249,11 +253,12 @@ def path_consistency(
         ahead = suffix + power[last - t + 1] * tail
     residual = ahead - value.to(f64)
 
-    # windows that contain a non-finite step value are NaN, all others stay exact
-    bad = (valid_b & ~finite).cumsum(-1)
-    bad = torch.cat([bad.new_zeros(*shape[:-1], 1), bad], -1)
-    hit = bad.gather(-1, last + 1) > bad[..., :T]
-    residual = torch.where(hit, torch.full((), math.nan, dtype=f64, device=device), residual)
+    if contain:
+        # windows that contain a non-finite step value are NaN, all others stay exact
+        count = (~finite).cumsum(-1)
+        count = torch.cat([count.new_zeros(*shape[:-1], 1), count], -1)
+        hit = count.gather(-1, last + 1) > count[..., :T]
+        residual = torch.where(hit, torch.full((), math.nan, dtype=f64, device=device), residual)
 
     starts = start if window_starts == "first" else valid_b
     residual = torch.where(starts, residual, zero)
