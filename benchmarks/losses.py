@@ -8,18 +8,23 @@
    networks: obs 17, action 6, two tanh layers of 256, as in the Trust-PCL recipe), next to the
    cost of the networks alone (score actions + values, then backward of their sum).
 
-Usage: python benchmarks/losses.py [--device cuda] [--threads 1] [--repeats 20]
+0. The kernel against its previous implementation (kept in this file only as the baseline) at
+   [256, 64] d = 10 and [32, 1000] full windows, γ ∈ {0.99, 1}.
+
+Usage: python benchmarks/losses.py [--device cuda] [--threads 1] [--repeats 20] [--kernel-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
 import time
+from typing import Literal
 
 import torch
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
-from torch import nn
+from torch import Tensor, nn
 from torchrl.modules import MLP, NormalParamExtractor, ProbabilisticActor, TanhNormal
 from zarrl.algorithms import (
     KLReinforceLoss,
@@ -29,6 +34,114 @@ from zarrl.algorithms import (
     path_consistency,
     segment_marks,
 )
+
+Rollout = int | Literal["full"]
+
+
+def cpu_model() -> str:
+    """The CPU model name (from /proc/cpuinfo where available)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def previous_path_consistency(
+    reward: Tensor,
+    log_prob: Tensor,
+    ref_log_prob: Tensor | None,
+    value: Tensor,
+    next_value: Tensor,
+    *,
+    terminated: Tensor,
+    truncated: Tensor | None = None,
+    valid: Tensor | None = None,
+    is_init: Tensor | None = None,
+    gamma: float = 1.0,
+    entropy_coef: float = 0.0,
+    kl_coef: float | Tensor = 0.0,
+    rollout: Rollout = 1,
+    window_starts: Literal["all", "first"] = "all",
+) -> Tensor:
+    """BASELINE ONLY: the kernel before the blocked rewrite (segment-anchored γ weights,
+    inexact for γ < 1 on long segments), kept here to time the new kernel against it."""
+    shape = reward.shape
+    for name, tensor in (
+        ("log_prob", log_prob),
+        ("value", value),
+        ("next_value", next_value),
+        ("terminated", terminated),
+    ):
+        if tensor.shape != shape:
+            raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {tuple(shape)}")
+    if ref_log_prob is None:
+        if not (isinstance(kl_coef, (int, float)) and kl_coef == 0):
+            raise ValueError("ref_log_prob is required when kl_coef != 0")
+    elif ref_log_prob.shape != shape:
+        raise ValueError(
+            f"ref_log_prob has shape {tuple(ref_log_prob.shape)}, expected {tuple(shape)}"
+        )
+    if rollout != "full" and not (isinstance(rollout, int) and rollout >= 1):
+        raise ValueError(f"rollout must be an int >= 1 or 'full', got {rollout!r}")
+    if window_starts not in ("all", "first"):
+        raise ValueError(f"window_starts must be 'all' or 'first', got {window_starts!r}")
+    if not 0.0 < gamma <= 1.0:
+        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+
+    out_dtype = reward.dtype
+    f64 = torch.float64
+    device = reward.device
+    T = shape[-1]
+    start, _, end_index = segment_marks(terminated, truncated, valid, is_init)
+    valid_b = (
+        torch.ones(shape, dtype=torch.bool, device=device)
+        if valid is None
+        else valid.to(torch.bool)
+    )
+
+    tau = entropy_coef + kl_coef
+    step = reward.to(f64) - tau * log_prob.to(f64)
+    if ref_log_prob is not None:
+        step = step + kl_coef * ref_log_prob.to(f64)
+    step = torch.where(valid_b, step, torch.zeros((), dtype=f64, device=device))
+
+    t = torch.arange(T, device=device)
+    zero = torch.zeros((), dtype=f64, device=device)
+    discounted = gamma != 1.0
+    if discounted:
+        # weight step i by γ^(i − start of its segment): windows never leave their segment, so the
+        # prefix-sum differences only ever divide by γ^(segment age), not by γ^t of the whole row
+        table = torch.full((T + 1,), gamma, dtype=f64, device=device).pow(
+            torch.arange(T + 1, device=device, dtype=f64)
+        )
+        table = table.expand(*shape[:-1], T + 1)
+        anchor = start | ~valid_b  # padding restarts the count too
+        seg_start = torch.where(anchor, t, torch.zeros_like(t)).cummax(-1).values
+        age = t - seg_start
+        weight = table.gather(-1, age)
+        step = step * weight
+    prefix = torch.cat([torch.zeros(*shape[:-1], 1, dtype=f64, device=device), step.cumsum(-1)], -1)
+    last = end_index.clamp(max=T - 1)
+    if rollout != "full":
+        last = torch.minimum(last, t + (rollout - 1))
+    boot = torch.where(
+        terminated.to(torch.bool).gather(-1, last), zero, next_value.to(f64).gather(-1, last)
+    )
+    if discounted:
+        boot = boot * table.gather(-1, age.gather(-1, last) + 1)
+    # Σ_{i=t}^{k} γ^{i−t}·x_i + γ^{k−t+1}·V(s_{k+1}), from the weighted prefix sums
+    ahead = prefix.gather(-1, last + 1) - prefix[..., :T] + boot
+    if discounted:
+        ahead = ahead / weight
+    residual = ahead - value.to(f64)
+
+    starts = start if window_starts == "first" else valid_b
+    residual = torch.where(starts, residual, zero)
+    return residual.to(out_dtype)
 
 
 def _sync(device):
@@ -183,6 +296,26 @@ def bench_kernel(device, repeats):
         )
 
 
+def bench_kernel_versions(device, repeats):
+    """The kernel against the previous implementation (baseline), same inputs, float32."""
+    cases = [(256, 64, 10), (32, 1000, "full")]
+    print(f"\nKernel before/after, float32, device={device}, CPU: {cpu_model()}")
+    print("| shape       | d    | γ    | previous (ms) | new (ms) | new/previous |")
+    print("|-------------|------|------|---------------|----------|--------------|")
+    for B, T, d in cases:
+        inp = kernel_inputs(B, T, device)
+        for gamma in (0.99, 1.0):
+            kw = dict(gamma=gamma, entropy_coef=0.01, kl_coef=0.1, rollout=d)
+            t_old = timeit(
+                lambda kw=kw, inp=inp: previous_path_consistency(**inp, **kw), device, repeats
+            )
+            t_new = timeit(lambda kw=kw, inp=inp: path_consistency(**inp, **kw), device, repeats)
+            print(
+                f"| [{B}, {T}]{'':<{11 - len(f'[{B}, {T}]')}} | {d!s:<4} | {gamma:<4} "
+                f"| {t_old * 1e3:13.3f} | {t_new * 1e3:8.3f} | {t_new / t_old:11.2f}x |"
+            )
+
+
 def realistic_batch(B, T, obs_dim, act_dim, device):
     g = torch.Generator().manual_seed(1)
     obs = torch.randn(B, T + 1, obs_dim, generator=g)
@@ -297,13 +430,16 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--kernel-only", action="store_true", help="only the kernel tables")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU: {cpu_model()}")
+    bench_kernel_versions(device, args.repeats)
     bench_kernel(device, args.repeats)
-    bench_losses(device, max(3, args.repeats // 4))
+    if not args.kernel_only:
+        bench_losses(device, max(3, args.repeats // 4))
 
 
 if __name__ == "__main__":
