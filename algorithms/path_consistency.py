@@ -226,7 +226,7 @@ def path_consistency(
         step = step + kl_coef * ref_log_prob.to(f64)
     step = torch.where(valid_b, step, zero)
     # one reduction detects any non-finite step (an overflowing sum only takes the slower path)
-    contain = not math.isfinite(float(step.sum()))
+    contain = not math.isfinite(float(step.detach().sum()))
     if contain:  # a non-finite step value is left out of every sum
         finite = torch.isfinite(step)
         step = torch.where(finite, step, zero)
