@@ -1,7 +1,7 @@
 """zarrl.buffers"""
 
 from .cached_slice_sampler import CachedSliceSampler
-from .format import CorruptChunkError, ReadOnlyStorageError, StoreFormatError
+from .errors import CorruptChunkError, ReadOnlyStorageError, StoreFormatError, UnsafeStoreError
 from .sequences import pad_sequences, unpad
 from .storage import ZarrStorage
 
@@ -11,6 +11,7 @@ __all__ = [
     "CorruptChunkError",
     "ReadOnlyStorageError",
     "StoreFormatError",
+    "UnsafeStoreError",
     "pad_sequences",
     "unpad",
 ]

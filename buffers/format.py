@@ -25,7 +25,15 @@ import torch
 import zarr
 import zarr.codecs
 
+from .errors import CorruptChunkError, ReadOnlyStorageError, StoreFormatError, UnsafeStoreError
 from .store_io import put_group_attributes
+
+__all__ = [
+    "CorruptChunkError",
+    "ReadOnlyStorageError",
+    "StoreFormatError",
+    "UnsafeStoreError",
+]
 
 FORMAT_NAME = "zarrl.replay"
 FORMAT_VERSION = 2  # the newest version this zarrl reads
@@ -46,18 +54,6 @@ _TORCH_TO_NUMPY = {
     torch.complex128: "complex128",
 }
 _NUMPY_TO_TORCH = {v: k for k, v in _TORCH_TO_NUMPY.items()}
-
-
-class StoreFormatError(ValueError):
-    """The target is not a zarrl replay store, or is one this version cannot read."""
-
-
-class ReadOnlyStorageError(RuntimeError):
-    """A write was attempted on a storage opened with ``mode="r"``."""
-
-
-class CorruptChunkError(RuntimeError):
-    """A stored chunk failed its checksum (or could not be decoded)."""
 
 
 def numpy_dtype_name(dtype: torch.dtype, key: str) -> str:
@@ -189,6 +185,128 @@ def describe_schema(schema: Mapping[str, LeafSpec]) -> str:
     return json.dumps({k: [v.dtype, list(v.shape)] for k, v in sorted(schema.items())})
 
 
+MAX_CHUNK_BYTES = 2**31  # one decoded chunk of all leaves (bounds what a store may allocate)
+MAX_ROWS = 2**62  # physical rows, write counts and extents
+
+
+def _bad(where: str, attr: str, value: Any, want: str) -> StoreFormatError:
+    return StoreFormatError(
+        f"{where}/zarr.json: attributes['zarrl'][{attr}] = {value!r} is invalid: {want}"
+    )
+
+
+def _int(where: str, attr: str, value: Any, lo: int, hi: int = MAX_ROWS) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise _bad(where, attr, value, f"expected an integer in [{lo}, {hi}]")
+    return value
+
+
+def _ints(where: str, attr: str, value: Any, lo: int) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise _bad(where, attr, value, "expected a list of integers")
+    return tuple(_int(where, f"{attr}[{i}]", v, lo) for i, v in enumerate(value))
+
+
+def _path_list(where: str, attr: str, value: Any, schema: Mapping) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v in schema for v in value):
+        raise _bad(where, attr, value, "expected a list of array paths of the schema")
+    return list(value)
+
+
+def validate_header(meta: Mapping, where: str) -> Header:
+    """The header of ``attributes["zarrl"]`` checked against its types, ranges and schema
+    before anything is sized from it; raises ``StoreFormatError`` naming the attribute."""
+    capacity = meta.get("capacity")
+    if capacity is not None:
+        capacity = _int(where, "'capacity'", capacity, 1, 2**31 - 1)
+    ndim = _int(where, "'ndim'", meta.get("ndim"), 1, 16)
+    tail = _ints(where, "'tail'", meta.get("tail"), 1)
+    if len(tail) != ndim - 1:
+        raise _bad(where, "'tail'", list(tail), f"expected {ndim - 1} batch dims for ndim={ndim}")
+    raw_schema = meta.get("schema")
+    if not isinstance(raw_schema, Mapping) or not raw_schema:
+        raise _bad(where, "'schema'", raw_schema, "expected a non-empty mapping")
+    schema = {}
+    for key, spec in raw_schema.items():
+        attr = f"'schema'][{key!r}"
+        if not isinstance(spec, Mapping) or spec.get("dtype") not in _NUMPY_TO_TORCH:
+            raise _bad(where, attr, spec, f"expected a dtype among {sorted(_NUMPY_TO_TORCH)}")
+        try:
+            key_path(tuple(key.split("/")))
+        except ValueError as err:
+            raise _bad(where, attr, key, str(err)) from None
+        schema[key] = LeafSpec(
+            spec["dtype"], _ints(where, f"{attr}]['shape'", spec.get("shape"), 0)
+        )
+    tail_n = int(np.prod(tail, dtype=np.int64))
+    row_bytes = tail_n * sum(s.nbytes for s in schema.values())
+    max_rows = max(1, MAX_CHUNK_BYTES // max(1, row_bytes))
+    chunk_rows = _int(where, "'chunk_rows'", meta.get("chunk_rows"), 1, max_rows)
+    index_keys = _path_list(where, "'index_keys'", meta.get("index_keys"), schema)
+    tensor_root = meta.get("tensor_root")
+    if not isinstance(tensor_root, bool):
+        raise _bad(where, "'tensor_root'", tensor_root, "expected true or false")
+    codec = meta.get("codec", {})
+    if not isinstance(codec, Mapping):
+        raise _bad(where, "'codec'", codec, "expected a mapping")
+    xor = meta.get("xor_previous", {})
+    if not isinstance(xor, Mapping) or not all(
+        isinstance(k, str) and k in schema and v in schema and schema[k] == schema[v]
+        for k, v in xor.items()
+    ):
+        raise _bad(where, "'xor_previous'", xor, "expected {leaf: paired leaf of the same spec}")
+    if meta.get("format_version") == PLAIN_VERSION and xor:
+        raise _bad(where, "'format_version'", 1, "a store with xor_previous is version 2")
+    return Header(
+        capacity=capacity,
+        ndim=ndim,
+        tail=tail,
+        chunk_rows=chunk_rows,
+        schema=schema,
+        index_keys=index_keys,
+        tensor_root=tensor_root,
+        codec=dict(codec),
+        xor_previous=dict(xor),
+    )
+
+
+def validate_commit(raw: Any, header: Header | None, where: str) -> Commit:
+    """The commit record checked field by field and against the header (non-negative rows,
+    ``base`` on a chunk boundary, ``base + write_count <= extent``, ``length`` within the live
+    rows); raises ``StoreFormatError`` naming the attribute."""
+    if not isinstance(raw, Mapping):
+        raise _bad(where, "'commit'", raw, "expected the commit record (a mapping)")
+    values = {}
+    for name in Commit.__dataclass_fields__:
+        attr = f"'commit']['{name}'"
+        if name == "time":
+            t = raw.get("time", 0.0)
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not t == t:
+                raise _bad(where, attr, t, "expected a number")
+            values[name] = float(t)
+        elif header is None and name not in raw:
+            values[name] = 0
+        else:
+            values[name] = _int(where, attr, raw.get(name), 0)
+    commit = Commit(**values)
+    if header is None:
+        return commit
+    R, cap = header.chunk_rows, header.capacity
+    if commit.base % R:
+        raise _bad(where, "'commit']['base'", commit.base, f"expected a multiple of {R}")
+    if commit.base + commit.write_count > commit.extent:
+        raise _bad(
+            where, "'commit']['extent'", commit.extent, "expected at least base + write_count"
+        )
+    live = commit.write_count if cap is None else min(commit.write_count, cap)
+    most = live * int(np.prod(header.tail, dtype=np.int64))
+    if commit.length > most:
+        raise _bad(where, "'commit']['length'", commit.length, f"expected at most {most}")
+    if commit.gc_below > commit.base + commit.write_count:
+        raise _bad(where, "'commit']['gc_below'", commit.gc_below, "expected <= the live end")
+    return commit
+
+
 def read_attrs(group: zarr.Group, where: str) -> tuple[Header | None, Commit]:
     """Validates the group's zarrl attributes; returns (header or None if uninitialised, commit)."""
     attrs = group.attrs.asdict()
@@ -199,18 +317,41 @@ def read_attrs(group: zarr.Group, where: str) -> tuple[Header | None, Commit]:
             f"(no attributes[{ATTR!r}]['format'] == {FORMAT_NAME!r})"
         )
     version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < PLAIN_VERSION:
+        raise _bad(where, "'format_version'", version, "expected 1 or 2")
+    if version > FORMAT_VERSION:
         raise StoreFormatError(
             f"{where} uses zarrl store format version {version}, newer than the version this "
             f"zarrl reads ({FORMAT_VERSION}); upgrade zarrl"
         )
-    header = Header.from_json(meta) if meta.get("schema") is not None else None
-    return header, Commit.from_json(meta.get("commit", {}))
+    header = validate_header(meta, where) if meta.get("schema") is not None else None
+    if header is not None and "commit" not in meta:
+        raise _bad(where, "'commit'", None, "the commit record is missing")
+    return header, validate_commit(meta.get("commit", {}), header, where)
 
 
-def write_attrs(group: zarr.Group, header: Header | None, commit: Commit, **static) -> list:
+def check_array(where: str, path: str, array: zarr.Array, header: Header) -> None:
+    """An array's own ``zarr.json`` must match the schema: dtype, shape and chunks."""
+    spec = header.schema[path]
+    tail = (*header.tail, *spec.shape)
+    got_dtype = str(np.dtype(array.dtype))
+    problems = []
+    if got_dtype != spec.dtype:
+        problems.append(f"data_type {got_dtype}, schema says {spec.dtype}")
+    if tuple(array.shape[1:]) != tail:
+        problems.append(f"shape {list(array.shape)}, schema says [rows, *{list(tail)}]")
+    if tuple(array.chunks) != (header.chunk_rows, *tail):
+        problems.append(f"chunks {list(array.chunks)}, schema says [{header.chunk_rows}, ...]")
+    if problems:
+        raise StoreFormatError(f"{where}/{path}/zarr.json: " + "; ".join(problems))
+
+
+def write_attrs(
+    group: zarr.Group, header: Header | None, commit: Commit, durable: bool = False, **static
+) -> list:
     """Publishes header + commit record in one atomic ``zarr.json`` write (the commit point):
-    done here for local stores; returns the coroutines that do it for other stores."""
+    done here for local stores; returns the coroutines that do it for other stores.
+    ``durable``: on local stores, fsyncs what the commit counts first (``store_io``)."""
     commit.time = time.time()
     if header is not None:
         meta = header.to_json()
@@ -218,7 +359,7 @@ def write_attrs(group: zarr.Group, header: Header | None, commit: Commit, **stat
         meta = {"format": FORMAT_NAME, "format_version": PLAIN_VERSION, "schema": None}
     meta.update(static)
     meta["commit"] = commit.to_json()
-    return put_group_attributes(group, {ATTR: meta})
+    return put_group_attributes(group, {ATTR: meta}, durable=durable)
 
 
 def default_compressors(level: int = 5) -> list:

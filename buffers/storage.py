@@ -44,6 +44,7 @@ from .format import (
     LeafSpec,
     ReadOnlyStorageError,
     StoreFormatError,
+    check_array,
     codec_chain,
     describe_codecs,
     describe_schema,
@@ -54,7 +55,7 @@ from .format import (
     write_attrs,
 )
 from .lazy_view import lazy_tensordict, path_tree
-from .store_io import grow_array
+from .store_io import grow_array, sync_log
 from .worker_proxy import WriteChannel, new_proxy, rollback_writers
 
 _UNBOUNDED = 2**31 - 1  # TorchRL keeps len() in an int32 shared value
@@ -123,6 +124,15 @@ class ZarrStorage(TensorStorage):
     refill_ratio = 0.25
     """Larger-than-cache stores: rows decoded by the background refill per row sampled from the
     cache (each cached row is drawn about ``1 / refill_ratio`` times before it is swapped out)."""
+
+    durability = "os"
+    """Commits that ``flush()``, ``close()``, ``dumps()`` and checkpoints report: ``"os"`` fsyncs
+    the chunk files, their directories and the commit record first (local stores: a power cut
+    keeps every counted row); ``"process"`` leaves them to the OS page cache (survives a killed
+    process, not a power cut). Settable per storage (``docs/storage_format.md``)."""
+    commit_durability = "process"
+    """The same choice for the automatic commits (completed chunks, ``flush_every_*``, cache
+    pressure); the next ``"os"`` commit also fsyncs what they wrote."""
 
     def __init__(
         self,
@@ -277,9 +287,9 @@ class ZarrStorage(TensorStorage):
             self._setup(header)
             self._adopt_commit(commit, full=True)
 
-    def _write_meta(self) -> None:
+    def _write_meta(self, durable: bool = False) -> None:
         static = {"max_size": None if self._growing else self.max_size, "ndim": self.ndim}
-        _run_io(write_attrs(self._group, self._header, self._commit, **static))
+        _run_io(write_attrs(self._group, self._header, self._commit, durable, **static))
 
     # ============================================================ layout/setup
     @property
@@ -364,6 +374,11 @@ class ZarrStorage(TensorStorage):
                     raise StoreFormatError(
                         f"{self._where}: array {path!r} listed in the schema is missing"
                     ) from None
+                except (ValueError, TypeError, UnicodeDecodeError) as err:  # JSON errors
+                    raise StoreFormatError(
+                        f"{self._where}/{path}/zarr.json is not valid array metadata: {err}"
+                    ) from None
+                check_array(self._where, path, self._arrays[path], header)
         cap0 = header.capacity
         live_chunks = None if cap0 is None else -(cap0 // -R) + 2
         pool_specs = header.schema
@@ -1026,7 +1041,7 @@ class ZarrStorage(TensorStorage):
         if due and not pressure and not self._inplace_pending:
             self._commit_whole_chunks()
         elif due or pressure:
-            self.flush()
+            self._flush(self.commit_durability)
 
     def _commit_deferred(self) -> None:
         """Completed chunks whose commit ``min_commit_interval`` deferred are committed at the next
@@ -1050,18 +1065,22 @@ class ZarrStorage(TensorStorage):
         staged_end = self._base + self._wc
         head = staged_end // R
         if staged_end % R == 0 or head * R - self._base <= self._commit.write_count:
-            self.flush()
+            self._flush(self.commit_durability)
             return
         wc = head * R - self._base
         cap0 = self._header.capacity
         tail_n = max(1, math.prod(self._header.tail))
         length = min(self._len, (wc if cap0 is None else min(wc, cap0)) * tail_n)
         self._write_dirty(skip=head)
-        self._publish(wc, max(length, self._commit.length))
+        self._publish(wc, max(length, self._commit.length), self.commit_durability)
 
     @_serialized
     def flush(self) -> None:
-        """Writes every staged chunk, then publishes the commit record (the commit point)."""
+        """Writes every staged chunk, then publishes the commit record (the commit point),
+        durable as ``durability`` says."""
+        self._flush(self.durability)
+
+    def _flush(self, durability: str) -> None:
         if self.read_only or self._closed or self._header is None:
             return
         self._check_owner_process()
@@ -1070,13 +1089,17 @@ class ZarrStorage(TensorStorage):
             or self._inplace_pending
             or (self._base, self._wc, self._len)
             != (self._commit.base, self._commit.write_count, self._commit.length)
+            or (durability == "os" and _unsynced(self._group.store))  # an earlier cheap commit
         ):
             return
         self._write_dirty()
-        self._publish(self._wc, self._len)
+        self._publish(self._wc, self._len, durability)
 
-    def _publish(self, write_count: int, length: int) -> None:
-        """The commit point: one atomic rewrite of the group attributes."""
+    def _publish(self, write_count: int, length: int, durability: str) -> None:
+        """The commit point: one atomic rewrite of the group attributes; ``durability="os"``
+        fsyncs every file written since the last such commit, then the record."""
+        if durability not in ("os", "process"):
+            raise ValueError(f"durability must be 'os' or 'process', got {durability!r}")
         gc_below = self._gc_threshold()
         self._commit = Commit(
             revision=self._commit.revision + 1,
@@ -1087,7 +1110,7 @@ class ZarrStorage(TensorStorage):
             inplace_revision=self._commit.inplace_revision + int(self._inplace_pending),
             gc_below=gc_below,
         )
-        self._write_meta()
+        self._write_meta(durable=durability == "os")
         self._gc_history.append((time.monotonic(), self._live_start_committed()))
         self._inplace_pending = False
         self._last_commit_time = time.monotonic()
@@ -1439,6 +1462,12 @@ def _nested_td(leaves: Mapping[str, torch.Tensor], batch: torch.Size, device) ->
         return TensorDict._new_unsafe(source=source, batch_size=batch, device=device)
 
     return build(path_tree(tuple(leaves)))
+
+
+def _unsynced(store) -> bool:
+    """Whether files written into a local ``store`` still wait for a durable commit's fsync."""
+    log = sync_log(store)
+    return bool(log is not None and log.files)
 
 
 def _run_io(coroutines: list, return_exceptions: bool = False) -> list:

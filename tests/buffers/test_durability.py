@@ -108,9 +108,9 @@ def test_only_chunks_without_committed_rows_are_written_in_place(tmp_path, monke
     writes = []
     real = store_io.write_file
 
-    def spy(path, data, atomic=True):
+    def spy(path, data, atomic=True, durable=False):
         writes.append((path.parent.name, path.name, atomic))
-        real(path, data, atomic)
+        real(path, data, atomic, durable)
 
     monkeypatch.setattr(store_io, "write_file", spy)
     storage = ZarrStorage(100, path=str(tmp_path / "w.zarr"), chunk_rows=16)

@@ -1,0 +1,82 @@
+"""Power loss: a commit reported durable has its chunk files, their directories and the commit
+record fsynced first (``durability="os"``); automatic commits (``"process"``) fsync nothing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.data import ReplayBuffer
+from zarrl.buffers import ZarrStorage
+
+
+def batch(n: int, start: int = 0) -> TensorDict:
+    i = torch.arange(start, start + n)
+    return TensorDict({"obs": i.float()[:, None].repeat(1, 8), "a": i}, batch_size=[n])
+
+
+@pytest.fixture
+def events(monkeypatch):
+    """Every fsync (by path) and every rename onto a zarr.json, in order."""
+    log: list[tuple[str, Path]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        log.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}"))))
+        real_fsync(fd)
+
+    def replace(src, dst, *args, **kwargs):
+        real_replace(src, dst, *args, **kwargs)
+        if Path(dst).name == "zarr.json":
+            log.append(("commit", Path(dst)))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return log
+
+
+def _chunk_files(path: Path) -> set[Path]:
+    return {p for p in path.rglob("c.*") if p.is_file()}
+
+
+def test_flush_fsyncs_chunks_directories_then_the_commit_record(tmp_path, events):
+    path = (tmp_path / "p.zarr").resolve()
+    storage = ZarrStorage(None, path=path, chunk_rows=4, min_commit_interval=0)
+    rb = ReplayBuffer(storage=storage)
+    rb.extend(batch(10))  # two automatic commits: "process", no fsync
+    assert not [e for e in events if e[0] == "fsync"]
+    events.clear()
+    storage.flush()
+    last_commit = max(i for i, (kind, p) in enumerate(events) if p == path / "zarr.json")
+    before = {p for kind, p in events[:last_commit] if kind == "fsync"}
+    after = {p for kind, p in events[last_commit:] if kind == "fsync"}
+    assert _chunk_files(path) <= before  # every chunk, also those of the automatic commits
+    assert {path / "obs", path / "a"} <= before  # their directory entries
+    assert path / "zarr.json" in before  # the record's bytes, before its rename
+    assert path in after  # the rename itself
+    storage.close()
+
+
+def test_process_durability_fsyncs_nothing_and_os_commits_catch_up(tmp_path, events):
+    path = (tmp_path / "q.zarr").resolve()
+    storage = ZarrStorage(None, path=path, chunk_rows=4)
+    storage.durability = "process"
+    rb = ReplayBuffer(storage=storage)
+    rb.extend(batch(6))
+    storage.flush()
+    assert not [e for e in events if e[0] == "fsync"]
+    storage.durability = "os"
+    storage.close()
+    assert _chunk_files(path) <= {p for kind, p in events if kind == "fsync"}
+    assert ZarrStorage.open(path, "r")._wc == 6
+
+
+def test_unknown_durability_is_refused(tmp_path):
+    storage = ZarrStorage(None, path=tmp_path / "r.zarr", chunk_rows=4)
+    storage.durability = "sometimes"
+    ReplayBuffer(storage=storage).extend(batch(3))
+    with pytest.raises(ValueError, match="durability must be 'os' or 'process'"):
+        storage.flush()
