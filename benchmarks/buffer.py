@@ -1,7 +1,8 @@
 """Replay-storage benchmark: LazyTensorStorage vs LazyMemmapStorage vs ZarrStorage, side by side.
 
 For three data shapes (vector transitions, pixel transitions, token generations) it measures
-extend throughput (durable: the Zarr numbers include the final commit), the time to sample a
+extend throughput (durable: the Zarr numbers include the final commit, fsynced; "Zarr no fsync"
+is the same store with ``durability="process"``), the time to sample a
 RandomSampler batch of 256 and a SliceSampler batch of 32 slices x 8 steps, and bytes on disk,
 then prints one table with ratios to LazyMemmapStorage. "Zarr default" is ``ZarrStorage`` with its
 defaults: Blosc LZ4 chunks and ``dedupe_next=True`` (``observation`` stored XORed with the
@@ -189,12 +190,19 @@ def sample_times(stores: dict[str, object], repeats: int) -> dict[str, dict]:
 _CACHED_SLICE = "Zarr 1/4 CachedSlice"
 
 
+def _no_fsync(storage: ZarrStorage) -> ZarrStorage:
+    storage.durability = "process"
+    return storage
+
+
 def storages(data_bytes: int) -> dict[str, Callable]:
     quarter = max(1, data_bytes // 4)
     return {
         "LazyTensorStorage": lambda n, p: LazyTensorStorage(n),
         "LazyMemmapStorage": lambda n, p: LazyMemmapStorage(n, scratch_dir=str(p)),
         "Zarr default": lambda n, p: ZarrStorage(n, path=p),
+        # flush() fsyncs by default (durability="os"); "process" survives a killed process only
+        "Zarr no fsync": lambda n, p: _no_fsync(ZarrStorage(n, path=p)),
         "Zarr hot (ram)": lambda n, p: ZarrStorage(n, path=p, cache="ram"),
         "Zarr cache=1/4": lambda n, p: ZarrStorage(n, path=p, cache=quarter),
         # its own store: sharing one with the plain SliceSampler's synchronous reads would
