@@ -30,7 +30,8 @@ import torch
 import zarr
 import zarr.abc.store
 import zarr.storage
-from tensordict import TensorDict, TensorDictBase, is_tensor_collection
+from tensordict import LazyStackedTensorDict, TensorDict, TensorDictBase, is_tensor_collection
+from tensordict.base import _is_leaf_nontensor
 from torchrl.data.replay_buffers.storages import TensorStorage
 from torchrl.data.replay_buffers.writers import RoundRobinWriter, Writer
 
@@ -62,6 +63,7 @@ _UNBOUNDED = 2**31 - 1  # TorchRL keeps len() in an int32 shared value
 _TENSOR_KEY = "_tensor"
 _DEFAULT_CACHE_BYTES = 256 * 2**20
 _TARGET_CHUNK_BYTES = 2**22
+_RESERVED_NAMES = frozenset({"zarr.json", ".zattrs", ".zgroup", ".zarray"})
 _INDEX_MAX_BYTES = 16  # leaves with at most this many bytes per element stay in RAM
 
 
@@ -157,6 +159,8 @@ class ZarrStorage(TensorStorage):
     ) -> None:
         if max_size is not None and int(max_size) <= 0:
             raise ValueError(f"max_size must be a positive int or None, got {max_size!r}")
+        if chunk_rows is not None and not (isinstance(chunk_rows, int) and chunk_rows > 0):
+            raise ValueError(f"chunk_rows must be a positive int or None, got {chunk_rows!r}")
         if cache not in (None, "ram") and not (isinstance(cache, int) and cache > 0):
             raise ValueError(f"cache must be None, 'ram' or a positive byte count, got {cache!r}")
         super().__init__(
@@ -319,9 +323,13 @@ class ZarrStorage(TensorStorage):
                 f"got batch_size={tuple(element.batch_size)}"
             )
         schema = {}
-        for key, leaf in element.items(include_nested=True, leaves_only=True):
+        for key, leaf in _stored_leaves(element):
             if not isinstance(leaf, torch.Tensor):
-                raise ValueError(f"key {key!r}: only tensors can be stored, got {type(leaf)}")
+                raise ValueError(
+                    f"key {key!r}: only tensors can be stored, got {type(leaf).__name__} "
+                    "(non-tensor leaves such as td.set_non_tensor values are not stored by "
+                    "ZarrStorage: encode them as tensors or td.exclude() them); nothing was written"
+                )
             schema[key_path(key)] = LeafSpec(
                 numpy_dtype_name(leaf.dtype, key), tuple(leaf.shape[len(tail) :])
             )
@@ -877,9 +885,13 @@ class ZarrStorage(TensorStorage):
         """Leaves of ``td`` keyed by path, checked against the schema (raises, writes nothing)."""
         header = self._header
         leaves = {}
-        for key, leaf in td.items(include_nested=True, leaves_only=True):
+        for key, leaf in _stored_leaves(td):
             if not isinstance(leaf, torch.Tensor):
-                raise ValueError(f"key {key!r}: only tensors can be stored, got {type(leaf)}")
+                raise ValueError(
+                    f"key {key!r}: only tensors can be stored, got {type(leaf).__name__} "
+                    "(non-tensor leaves such as td.set_non_tensor values are not stored by "
+                    "ZarrStorage: encode them as tensors or td.exclude() them); nothing was written"
+                )
             leaves[key_path(key)] = leaf
         got = {
             k: LeafSpec(numpy_dtype_name(v.dtype, k), tuple(v.shape[td.batch_dims :]))
@@ -920,6 +932,8 @@ class ZarrStorage(TensorStorage):
             isinstance(cursor, torch.Tensor) and cursor.ndim == 0
         )
         td = self._as_td(data, batched=not is_int)
+        if not is_int and td.batch_dims and td.shape[0] == 0:
+            return  # an empty extend writes nothing (and initializes nothing)
         if is_int:
             td = td.unsqueeze(0)
             cursor = torch.tensor([int(cursor)])
@@ -1424,6 +1438,30 @@ class ZarrStorage(TensorStorage):
         executor = getattr(self, "_executor", None)
         if executor is not None:
             executor.shutdown(wait=False)
+
+
+def _stored_leaves(td: TensorDictBase) -> list[tuple[Any, Any]]:
+    """``(key, leaf)`` of every leaf of ``td``, non-tensor leaves included (so they are refused
+    by name instead of dropped); raises for a ragged lazy stack or a reserved leaf name."""
+    try:
+        items = list(td.items(include_nested=True, leaves_only=True, is_leaf=_is_leaf_nontensor))
+    except RuntimeError as err:
+        if isinstance(td, LazyStackedTensorDict):
+            raise ValueError(
+                "ZarrStorage cannot store a ragged lazy stack (its elements' leaves differ in "
+                "shape): pad them to one shape first with zarrl.buffers.pad_sequences (and "
+                "unpad after sampling), or use torchrl's LazyStackStorage; "
+                f"stacking failed with: {err}"
+            ) from err
+        raise
+    for key, _ in items:
+        parts = (key,) if isinstance(key, str) else tuple(key)
+        if any(part in _RESERVED_NAMES for part in parts):
+            raise ValueError(
+                f"key {key!r}: {sorted(_RESERVED_NAMES)} are zarr metadata names and cannot be "
+                "leaf names; rename the leaf"
+            )
+    return items
 
 
 def _register_exit_flush(ref: weakref.ref) -> None:

@@ -1,0 +1,59 @@
+"""The rest of the TorchRL storage contract: bad input is refused by name or is a no-op, and
+nothing is dropped silently (non-tensor leaves, ragged lazy stacks, reserved leaf names)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tensordict import LazyStackedTensorDict, TensorDict
+from torchrl.data import TensorDictReplayBuffer
+from zarrl.buffers import ZarrStorage
+
+
+def rows(n: int) -> TensorDict:
+    return TensorDict({"obs": torch.arange(n, dtype=torch.float32).unsqueeze(-1)}, [n])
+
+
+@pytest.mark.parametrize("chunk_rows", [0, -4])
+def test_non_positive_chunk_rows_is_refused_at_construction(tmp_path, chunk_rows):
+    with pytest.raises(ValueError, match="chunk_rows must be a positive int"):
+        ZarrStorage(10, path=tmp_path / "b.zarr", chunk_rows=chunk_rows)
+
+
+def test_zero_length_extend_is_a_no_op(tmp_path):
+    rb = TensorDictReplayBuffer(storage=ZarrStorage(10, path=tmp_path / "b.zarr", chunk_rows=4))
+    rb.extend(rows(0))  # before the first write: initializes nothing
+    assert len(rb) == 0 and not rb.storage.initialized
+    rb.extend(rows(3))
+    rb.extend(rows(0))
+    assert len(rb) == 3
+    assert torch.equal(rb[:]["obs"].squeeze(-1), torch.arange(3.0))
+
+
+def test_non_tensor_leaves_are_refused_by_name_not_dropped(tmp_path):
+    rb = TensorDictReplayBuffer(storage=ZarrStorage(10, path=tmp_path / "b.zarr"))
+    data = rows(3)
+    data.set_non_tensor("label", "hello")
+    with pytest.raises(ValueError, match="'label'.*non-tensor"):
+        rb.extend(data)
+    assert len(rb) == 0
+    rb.extend(rows(3))  # the same storage still accepts tensor-only rows
+    with pytest.raises(ValueError, match="'label'"):
+        rb.extend(data)
+    assert len(rb) == 3
+
+
+def test_ragged_lazy_stack_is_refused_naming_the_alternative(tmp_path):
+    rb = TensorDictReplayBuffer(storage=ZarrStorage(10, path=tmp_path / "b.zarr"))
+    ragged = LazyStackedTensorDict(
+        TensorDict(x=torch.zeros(3)), TensorDict(x=torch.zeros(4)), stack_dim=0
+    )
+    with pytest.raises(ValueError, match="ragged lazy stack.*pad_sequences"):
+        rb.extend(ragged)
+
+
+@pytest.mark.parametrize("key", ["zarr.json", ("next", "zarr.json")])
+def test_leaf_named_like_zarr_metadata_is_refused(tmp_path, key):
+    rb = TensorDictReplayBuffer(storage=ZarrStorage(10, path=tmp_path / "b.zarr"))
+    with pytest.raises(ValueError, match="zarr metadata names"):
+        rb.extend(TensorDict({key: torch.zeros(3)}, [3]))
