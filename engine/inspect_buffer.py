@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from zarrl.buffers import CorruptChunkError, StoreFormatError
 from zarrl.engine.config import BufferConfig
 from zarrl.engine.policies import TRAJ_KEY
-from zarrl.engine.registry import open_storage
+from zarrl.engine.registry import BufferPathError, open_storage
 
 __all__ = ["describe_buffer", "episode_returns", "format_description"]
 
@@ -50,8 +51,15 @@ def episode_returns(
 
 
 def describe_buffer(path: str | Path) -> dict[str, Any]:
-    """Open the store read-only and summarise it (no data is modified)."""
-    path = Path(path)
+    """Open the store read-only and summarise it (no data is modified); a corrupt or invalid
+    store raises ``BufferPathError`` with a one-line reason (``zarrl inspect`` prints it)."""
+    try:
+        return _describe(Path(path))
+    except (StoreFormatError, CorruptChunkError) as err:
+        raise BufferPathError(f"{path}: corrupt or invalid zarrl store: {err}") from err
+
+
+def _describe(path: Path) -> dict[str, Any]:
     storage = open_storage(path, mode="r", config=BufferConfig(cache=None))
     try:
         n = len(storage)

@@ -117,3 +117,14 @@ def test_array_metadata_that_is_not_json_names_the_file(store, content):
     (store / "obs" / "zarr.json").write_bytes(content)
     with pytest.raises(StoreFormatError, match=r"obs/zarr.json"):
         ZarrStorage.open(store, "r")
+
+
+def test_inspect_of_a_corrupt_store_prints_one_line_and_fails(store, capsys):
+    from zarrl.engine.cli import main
+
+    assert main(["inspect", str(store)]) == 0
+    capsys.readouterr()
+    _edit(store, lambda m: m["commit"].update(write_count=-5))
+    assert main(["inspect", str(store)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'write_count'" in err
