@@ -673,7 +673,9 @@ class ZarrStorage(TensorStorage):
         return self._to_td(leaves, batch)
 
     def _is_full_view(self, index) -> bool:
-        if isinstance(index, tuple) and len(index) == 1:
+        if isinstance(index, tuple) and 1 <= len(index) <= self.ndim:  # (:,) or (:, :)
+            if any(not (isinstance(i, slice) and i == slice(None)) for i in index):
+                return False
             index = index[0]
         return isinstance(index, slice) and index == slice(None) and not self._header.tensor_root
 
@@ -686,7 +688,11 @@ class ZarrStorage(TensorStorage):
             return lambda: self._gather(torch.arange(n0), [path])[path]
 
         lazy = {k: loader(k) for k in self._header.schema if k not in self._index}
-        return lazy_tensordict(eager, lazy, [n0, *self._header.tail], self.device)
+        view = lazy_tensordict(eager, lazy, [n0, *self._header.tail], self.device)
+        if not self.read_only:  # writes into the view reach the store (``rb[0, 3:4] = td``)
+            view.__class__ = _StorageView
+            view._zarrl_storage = weakref.ref(self)
+        return view
 
     def _rand_given_ndim(self, batch_size: int):
         """Uniform positions; when the buffer exceeds the cache, uniform over cached rows."""
@@ -942,6 +948,8 @@ class ZarrStorage(TensorStorage):
             header.tensor_root = not is_tensor_collection(data)
             self._setup(header, create=True)
             self._write_meta()
+        if isinstance(cursor, tuple) and len(cursor) > 1:  # checked as whole rows
+            return self._set_partial(cursor, td, set_cursor)
         try:
             leaves = self._validate(td)
         except ValueError:
@@ -1438,6 +1446,43 @@ class ZarrStorage(TensorStorage):
         executor = getattr(self, "_executor", None)
         if executor is not None:
             executor.shutdown(wait=False)
+
+
+class _StorageView(TensorDict):
+    """``storage[:]`` of a writable ``ZarrStorage``: ``view[index] = td`` writes the rows into
+    the storage (TorchRL routes ``rb[i, j] = td`` through ``storage[:][i, j] = td``); assigning a
+    whole key is refused instead of changing a copy."""
+
+    def __setitem__(self, index, value) -> None:
+        ref = self.__dict__.get("_zarrl_storage")
+        storage = ref() if ref is not None else None
+        if storage is None:
+            return super().__setitem__(index, value)
+        if isinstance(index, str) or (
+            isinstance(index, tuple) and index and all(isinstance(i, str) for i in index)
+        ):
+            raise TypeError(
+                f"{storage._where}: assigning the key {index!r} of storage[:] would only change "
+                "a copy; write rows instead (rb[index] = td with every stored key)"
+            )
+        if self.__dict__.get("_zarrl_swapped"):  # a transposed view (buffers with dim_extend=1)
+            if isinstance(index, tuple) and len(index) == 2:
+                index = index[::-1]
+            elif not isinstance(index, tuple):
+                index = (slice(None), index)
+            if is_tensor_collection(value) and value.batch_dims >= 2:
+                value = value.transpose(0, 1)
+        storage.set(index, value, set_cursor=False)
+
+    def transpose(self, dim0: int, dim1: int) -> TensorDictBase:
+        out = super().transpose(dim0, dim1)
+        ref = self.__dict__.get("_zarrl_storage")
+        if ref is None or self.batch_dims != 2 or {dim0 % 2, dim1 % 2} != {0, 1}:
+            return out
+        out.__class__ = _StorageView
+        out._zarrl_storage = ref
+        out._zarrl_swapped = not self.__dict__.get("_zarrl_swapped", False)
+        return out
 
 
 def _stored_leaves(td: TensorDictBase) -> list[tuple[Any, Any]]:

@@ -57,3 +57,26 @@ def test_leaf_named_like_zarr_metadata_is_refused(tmp_path, key):
     rb = TensorDictReplayBuffer(storage=ZarrStorage(10, path=tmp_path / "b.zarr"))
     with pytest.raises(ValueError, match="zarr metadata names"):
         rb.extend(TensorDict({key: torch.zeros(3)}, [3]))
+
+
+def test_sub_row_assignment_on_an_ndim2_buffer_writes_through(tmp_path):
+    """TorchRL routes ``rb[0, 3:4] = td`` through ``storage[:][0, 3:4] = td``: it must reach
+    the store, not a copy (and survive a reopen)."""
+    path = tmp_path / "b.zarr"
+    rb = TensorDictReplayBuffer(storage=ZarrStorage(20, path=path, ndim=2, chunk_rows=4))
+    rb.extend(TensorDict(x=torch.zeros(5, 4), batch_size=[5, 4]))
+    rb[0, 3:4] = TensorDict(x=torch.ones(1), batch_size=[1])
+    rb[2, 1] = TensorDict(x=torch.tensor(7.0), batch_size=[])
+    expected = torch.zeros(5, 4)
+    expected[0, 3], expected[2, 1] = 1.0, 7.0
+    assert torch.equal(rb[:]["x"], expected)
+    rb.storage.close()
+    # the storage holds the buffer's rows along dim 0 (the buffer extends along dim 1)
+    assert torch.equal(ZarrStorage.open(path, mode="r")[:]["x"], expected.T)
+
+
+def test_assigning_a_key_of_the_full_view_is_refused(tmp_path):
+    rb = TensorDictReplayBuffer(storage=ZarrStorage(20, path=tmp_path / "b.zarr", ndim=2))
+    rb.extend(TensorDict(x=torch.zeros(5, 4), batch_size=[5, 4]))
+    with pytest.raises(TypeError, match="only change a copy"):
+        rb["x"] = torch.ones(5, 4)
