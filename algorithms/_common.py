@@ -430,11 +430,13 @@ def reduce_windows(
 
 
 def write_priority(td: TensorDictBase, key: NestedKey | None, priority: Tensor) -> None:
-    """Write the per-step priority ``[*B, T]`` (detached) into the input ``td`` under ``key``
-    for ``ReplayBuffer.update_tensordict_priority(td)``; ``key=None`` writes nothing."""
+    """Write the per-step priority ``[*B, T]`` (detached, float32: the dtype of TorchRL's sum
+    trees) into the input ``td`` under ``key`` for ``ReplayBuffer.update_tensordict_priority(td)``;
+    ``key=None`` writes nothing."""
     if key is None:
         return
-    td.set(key, priority.detach().to(td.device if td.device is not None else priority.device))
+    device = td.device if td.device is not None else priority.device
+    td.set(key, priority.detach().to(device=device, dtype=torch.float32))
 
 
 def floating_dtype(*tensors: Tensor | None) -> torch.dtype:
