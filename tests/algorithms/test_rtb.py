@@ -110,11 +110,25 @@ def test_a_stored_prior_log_prob_replaces_scoring_the_prior():
     scored = td.exclude("ref_log_prob")
     loss = RTBLoss(actor, prior, beta=1.0, log_z_init=0.3)
     out_stored, out_scored = loss(td)["loss_objective"], loss(scored)["loss_objective"]
-    torch.testing.assert_close(out_stored, out_scored, rtol=1e-5, atol=1e-4)
-    g_stored = torch.autograd.grad(out_stored, list(post_net.parameters()))
-    g_scored = torch.autograd.grad(out_scored, list(post_net.parameters()))
-    for a, b in zip(g_stored, g_scored, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # the two log p differ by float32 rounding only: each of the T per-step log-densities carries
+    # about √H·ε relative error of its magnitude (H = 64 hidden units per layer, a few layers),
+    # so each δ by at most e = 32·ε·Σ_t(|log p_t| + 1), the loss by e·mean|δ| and every gradient
+    # entry by e·mean_b |∂Σ_t log q_b| (∂loss = mean δ_b·∂Σ_t log q_b)
+    eps = torch.finfo(torch.float32).eps
+    log_p = td["ref_log_prob"].detach().double()
+    e = float(32 * eps * (log_p.abs() + 1).sum(-1).max())
+    delta = loss.trajectory_balance(td)[0].sum(-1).detach().double()
+    torch.testing.assert_close(
+        out_stored, out_scored, rtol=0.0, atol=e * float(delta.abs().mean() + e)
+    )
+    params = list(post_net.parameters())
+    g_stored = torch.autograd.grad(out_stored, params)
+    g_scored = torch.autograd.grad(out_scored, params)
+    log_q = actor.batched_log_prob(td, "action").sum(-1)
+    per_traj = [torch.autograd.grad(lq, params, retain_graph=True) for lq in log_q]
+    for i, (a, b) in enumerate(zip(g_stored, g_scored, strict=True)):
+        scale = torch.stack([g[i].abs() for g in per_traj]).mean(0)
+        assert ((a - b).abs() <= e * scale + 4 * eps * b.abs()).all(), (a - b).abs().max()
     # the stored entry is what is used: shifting it by c per step moves δ by −T·c
     shifted = td.clone()
     shifted["ref_log_prob"] = td["ref_log_prob"] + 0.01
