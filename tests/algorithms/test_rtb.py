@@ -132,12 +132,12 @@ def test_a_stored_prior_log_prob_replaces_scoring_the_prior():
     # the stored entry is what is used: shifting it by c per step moves δ by −T·c
     shifted = td.clone()
     shifted["ref_log_prob"] = td["ref_log_prob"] + 0.01
-    delta = loss.trajectory_balance(td)[0].sum(-1)
+    delta = loss.trajectory_balance(td)[0].sum(-1).detach()
     moved = loss.trajectory_balance(shifted)[0].sum(-1)
-    torch.testing.assert_close(moved, delta - 0.01 * td.shape[-1], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(moved, delta - 0.01 * td.shape[-1], rtol=4 * eps, atol=e)
     loss.tensor_keys.ref_log_prob = None  # always score
     torch.testing.assert_close(
-        loss.trajectory_balance(shifted)[0].sum(-1), delta, rtol=1e-5, atol=1e-4
+        loss.trajectory_balance(shifted)[0].sum(-1), delta, rtol=4 * eps, atol=e
     )
 
 
