@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.abc.codec import SupportsSyncCodec
 from zarr.core.buffer import default_buffer_prototype
 
+from . import codecs as codec_steps
 from .store_io import local_file, put_objects
 
 
@@ -34,9 +34,9 @@ class ChunkCodec:
         self._spec = meta.get_chunk_spec(
             (0,) * len(self.chunk_shape), self._async._config, default_buffer_prototype()
         )
-        self.supported = all(isinstance(c, SupportsSyncCodec) for c in self.codecs) and all(
-            type(c).__name__ in _KNOWN_CODECS for c in self.codecs
-        )
+        # each codec encodes from the spec the previous one produced (transpose, delta astype)
+        self._specs = codec_steps.chunk_specs(self.codecs, self._spec)
+        self.supported = all(codec_steps.supports_sync(c) for c in self.codecs)
 
     def key(self, chunk: int) -> zarr.storage.StorePath:
         coords = (int(chunk),) + (0,) * (len(self.chunk_shape) - 1)
@@ -49,23 +49,17 @@ class ChunkCodec:
         data = self._spec.prototype.nd_buffer.from_numpy_array(
             np.ascontiguousarray(block, dtype=self.dtype)
         )
-        for codec in self.codecs:
-            data = codec._encode_sync(data, self._spec)
+        for codec, spec in zip(self.codecs, self._specs):
+            data = codec_steps.encode_step(codec, data, spec)
         return data
 
     def decode(self, raw) -> np.ndarray:
         """Stored bytes of one chunk -> ``[chunk_rows, *rest]`` (raises on a bad checksum)."""
         data = raw
-        for codec in reversed(self.codecs):
-            data = codec._decode_sync(data, self._spec)
+        for codec, spec in zip(reversed(self.codecs), reversed(self._specs)):
+            data = codec_steps.decode_step(codec, data, spec)
         out = data.as_numpy_array().reshape(self.chunk_shape)
         return out if out.flags.writeable else out.copy()
-
-
-# Codecs whose sync path is a plain, stateless byte transform (no sharding, no partial I/O).
-_KNOWN_CODECS = frozenset(
-    {"BytesCodec", "BloscCodec", "ZstdCodec", "GzipCodec", "Crc32cCodec", "TransposeCodec"}
-)
 
 
 def _local_file(codec: ChunkCodec, chunk: int) -> Path | None:

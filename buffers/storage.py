@@ -35,6 +35,7 @@ from tensordict.base import _is_leaf_nontensor
 from torchrl.data.replay_buffers.storages import TensorStorage
 from torchrl.data.replay_buffers.writers import RoundRobinWriter, Writer
 
+from . import codecs as leaf_codecs
 from . import xor_rows
 from .chunk_codec import ChunkCodec, drop_chunks, fetch_chunks, store_chunks
 from .chunk_pool import ChunkPool
@@ -47,7 +48,6 @@ from .format import (
     StoreFormatError,
     check_array,
     codec_chain,
-    describe_codecs,
     describe_schema,
     key_path,
     numpy_dtype_name,
@@ -102,8 +102,9 @@ class ZarrStorage(TensorStorage):
         existsok: reopen an existing zarrl store at ``path`` instead of refusing it.
         chunk_rows: rows (along dim 0) per chunk; default targets ~4 MiB per chunk (a power of
             two between 16 and 65536: fewer, larger files make durable extends faster).
-        compressors: zarr bytes-to-bytes codecs; default ``format.default_compressors()``; a
-            crc32c checksum is always appended.
+        compressors: zarr bytes-to-bytes codecs for every leaf; default per dtype
+            (``buffers/codecs.py``: Blosc zstd for floats, after their row-delta filters, Blosc
+            LZ4 otherwise); a crc32c checksum is always appended.
         cache: ``None`` (256 MiB of decoded chunks), ``"ram"`` (mirror every live row), or a
             budget in bytes. A buffer that fits in the budget is mirrored entirely.
         cache_device: where the decoded chunks live (default ``device``), e.g. ``"cuda"``.
@@ -117,10 +118,12 @@ class ZarrStorage(TensorStorage):
         refresh_every_seconds: read-only storages re-read the commit record this often.
         gc_grace_seconds: chunks overwritten by the ring are deleted this long after they died,
             so concurrent readers lagging less than this never lose a row they can see.
-        dedupe_next: store each leaf ``X`` that has an identical-spec ``("next", X)`` as the
-            bitwise XOR with the previous row of ``("next", X)`` (lossless, see
-            ``buffers/xor_rows.py``): the duplicated observation then costs almost no disk.
-            Such stores are format version 2; ``False`` writes version-1 stores.
+        dedupe_next: opt-in, **needs zarrl (or the documented XOR) to read**: store each leaf
+            ``X`` that has an identical-spec ``("next", X)`` as the bitwise XOR with the
+            previous row of ``("next", X)`` (lossless, see ``buffers/xor_rows.py``), so the
+            duplicated observation costs almost no disk. Such stores are format version 2 and
+            mark each XORed array in its attributes. The default ``False`` stores true values
+            in every array (version 1): any Zarr client reads them.
     """
 
     refill_ratio = 0.25
@@ -154,7 +157,7 @@ class ZarrStorage(TensorStorage):
         index_keys: list | None = None,
         refresh_every_seconds: float | None = None,
         gc_grace_seconds: float = 10.0,
-        dedupe_next: bool = True,
+        dedupe_next: bool = False,
         _mode: str = "w",
     ) -> None:
         if max_size is not None and int(max_size) <= 0:
@@ -341,7 +344,7 @@ class ZarrStorage(TensorStorage):
             chunk_rows = int(self._chunk_rows_arg)
         else:
             chunk_rows = 2 ** int(math.log2(max(1, _TARGET_CHUNK_BYTES // max(1, row_bytes))))
-            chunk_rows = int(min(max(chunk_rows, 16), 65536))
+            chunk_rows = int(min(chunk_rows, 65536))  # a huge row: one row per chunk
         if self._index_keys_arg is not None:
             missing = set(self._index_keys_arg) - set(schema)
             if missing:
@@ -349,7 +352,6 @@ class ZarrStorage(TensorStorage):
             index_keys = list(self._index_keys_arg)
         else:
             index_keys = [k for k, s in schema.items() if s.nbytes <= _INDEX_MAX_BYTES]
-        comps, _ = codec_chain(self._compressors_arg)
         return Header(
             capacity=self._cap0_for(tail),
             ndim=self.ndim,
@@ -358,7 +360,14 @@ class ZarrStorage(TensorStorage):
             schema=schema,
             index_keys=index_keys,
             tensor_root=False,
-            codec={"compressors": describe_codecs(comps)},
+            codec={  # informative: each array's metadata holds its codecs
+                "chains": {
+                    path: leaf_codecs.describe(
+                        leaf_codecs.array_options(path, spec, 1 + len(tail), self._compressors_arg)
+                    )
+                    for path, spec in schema.items()
+                }
+            },
             xor_previous=xor_rows.pairs_for(schema, set(index_keys)) if self.dedupe_next else {},
         )
 
@@ -420,7 +429,18 @@ class ZarrStorage(TensorStorage):
         sized to its capacity (rounded up to whole chunks) at once, so the first pass over the
         ring never resizes them; ``commit.extent`` records that size."""
         R, tail = header.chunk_rows, header.tail
-        comps, _ = codec_chain(self._compressors_arg)
+        options = {
+            path: leaf_codecs.array_options(
+                path,
+                spec,
+                1 + len(tail),
+                self._compressors_arg,
+                xor_source=header.xor_previous.get(path),
+            )
+            for path, spec in header.schema.items()
+        }
+        for opts in options.values():
+            opts["compressors"], _ = codec_chain(opts["compressors"])  # + crc32c
         extent = 0 if header.capacity is None else -(header.capacity // -R) * R
         extent = max(extent, self._commit.extent)
         root = self._group._async_group
@@ -436,11 +456,11 @@ class ZarrStorage(TensorStorage):
                         shape=(extent, *tail, *spec.shape),
                         chunks=(R, *tail, *spec.shape),
                         dtype=spec.dtype,
-                        compressors=comps,
                         fill_value=0,
                         # flat chunk files (c.<row chunk>.0...): no directory per chunk
                         chunk_key_encoding={"name": "default", "separator": "."},
                         overwrite=True,  # only leftovers of an uncommitted first write
+                        **options[path],  # filters, compressors, dimension_names (codecs.py)
                     )
                     for path, spec in header.schema.items()
                 )

@@ -59,7 +59,7 @@ def check_rows(data: TensorDict) -> torch.Tensor:
 def storage_at(path: str, max_size: int | None, **kw) -> ZarrStorage:
     if os.path.exists(path):
         return ZarrStorage.open(path, mode="r+", **kw)
-    return ZarrStorage(max_size, path=path, chunk_rows=16, **kw)
+    return ZarrStorage(max_size, path=path, chunk_rows=16, dedupe_next=True, **kw)
 
 
 def child(path: str, max_size: int | None, seed: int) -> None:

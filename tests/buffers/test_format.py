@@ -138,7 +138,7 @@ def bits(t: torch.Tensor) -> torch.Tensor:
 
 def test_next_duplicates_are_stored_xored_and_read_back_bit_exactly(tmp_path):
     path = str(tmp_path / "dedupe.zarr")
-    with ZarrStorage(10, path=path, chunk_rows=4) as storage:
+    with ZarrStorage(10, path=path, chunk_rows=4, dedupe_next=True) as storage:
         rb = ReplayBuffer(storage=storage)
         for start, n in [(0, 3), (3, 6), (9, 1), (10, 5), (15, 8)]:  # partial chunks, wraps
             rb.extend(transitions(start, n))

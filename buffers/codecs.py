@@ -1,0 +1,190 @@
+"""Codec chains of zarrl arrays: stock Zarr v3 + numcodecs codecs, recorded in each array's
+metadata, so any Zarr client with numcodecs decodes the stored values on its own.
+
+Default chain of a leaf ``[rows, *tail, *shape]`` (see ``docs/storage_format.md``, "Codecs"):
+
+* floating point: ``transpose`` (rows last, so each scalar column is a contiguous time series),
+  ``numcodecs.astype`` (same dtype: the next filter sees the raw bits), two
+  ``numcodecs.delta`` filters over the bits read as integers of the same width (second-order
+  differences along rows, wrapping integer arithmetic: lossless for every bit pattern, NaN and
+  ±inf included), then Blosc zstd with byte shuffle;
+* other dtypes (integers, bool, uint8 pixels): Blosc LZ4 with byte shuffle;
+* then the crc32c checksum that ``format.codec_chain`` always appends.
+
+zarrl encodes and decodes whole chunks itself (``chunk_codec.ChunkCodec``) with the array's own
+codec objects; ``encode_step``/``decode_step`` are the synchronous steps it runs, one per codec,
+each with the chunk spec that codec sees (``chunk_specs``). Array-to-array numcodecs filters
+are given C-contiguous chunks, which is the element order stock readers decode.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import zarr.codecs
+from zarr.abc.codec import SupportsSyncCodec
+from zarr.codecs import numcodecs as zarr_numcodecs
+from zarr.codecs.numcodecs import _codecs as _nc
+from zarr.core.buffer.cpu import as_numpy_array_wrapper
+
+from .format import LeafSpec
+
+# zarr warns at every parse of a numcodecs codec that other Zarr implementations may lack it;
+# zarrl's default stores use numcodecs filters on purpose (decoded by zarr-python + numcodecs)
+warnings.filterwarnings(
+    "ignore",
+    message="Numcodecs codecs are not in the Zarr version 3 specification",
+    module=r"zarr\.codecs\.numcodecs",
+)
+
+DELTA_ORDER = 2  # second-order differences: smooth series leave only their curvature
+FLOAT_COMPRESSOR = {"cname": "zstd", "clevel": 1, "shuffle": "shuffle"}
+OTHER_COMPRESSOR = {"cname": "lz4", "clevel": 5, "shuffle": "shuffle"}
+
+# Codecs of zarr itself whose sync path is a plain, stateless transform
+_CORE_SYNC = frozenset(
+    {"BytesCodec", "BloscCodec", "ZstdCodec", "GzipCodec", "Crc32cCodec", "TransposeCodec"}
+)
+_NUMCODECS_KINDS = (
+    _nc._NumcodecsArrayArrayCodec,
+    _nc._NumcodecsBytesBytesCodec,
+    _nc._NumcodecsArrayBytesCodec,
+)
+
+
+def rows_last(ndim: int) -> tuple[int, ...]:
+    """Transpose order moving axis 0 (rows) of an ``ndim``-dimensional chunk to the end."""
+    return (*range(1, ndim), 0)
+
+
+def row_delta_filters(dtype: np.dtype, ndim: int, order: int = DELTA_ORDER) -> list:
+    """Filters of a floating-point array with ``ndim`` dims (rows first): ``order``-th integer
+    differences of the raw bits along rows. Empty for other dtypes."""
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        return []
+    bits = f"<i{dtype.itemsize}"
+    same = dtype.newbyteorder("<").str
+    out: list = [zarr.codecs.TransposeCodec(order=rows_last(ndim))] if ndim > 1 else []
+    out.append(zarr_numcodecs.AsType(encode_dtype=same, decode_dtype=same))
+    out += [zarr_numcodecs.Delta(dtype=bits, astype=bits) for _ in range(order)]
+    return out
+
+
+def default_compressors(dtype: np.dtype) -> list:
+    """Bytes-to-bytes codecs of the default chain for a leaf of ``dtype`` (checksum excluded)."""
+    kind = FLOAT_COMPRESSOR if np.dtype(dtype).kind == "f" else OTHER_COMPRESSOR
+    return [zarr.codecs.BloscCodec(**kind)]
+
+
+def dimension_names(path: str, n_batch: int, leaf_ndim: int) -> tuple[str, ...]:
+    """``("row", ...)`` for ``ndim=1`` buffers, ``("time", "env", ...)`` for ``ndim=2``
+    (``env0``, ``env1``... beyond), then ``<leaf>_dim<i>`` with ``/`` of nested keys as ``.``."""
+    if n_batch == 1:
+        batch: tuple[str, ...] = ("row",)
+    elif n_batch == 2:
+        batch = ("time", "env")
+    else:
+        batch = ("time", *(f"env{i}" for i in range(n_batch - 1)))
+    leaf = path.replace("/", ".")
+    return (*batch, *(f"{leaf}_dim{i}" for i in range(leaf_ndim)))
+
+
+def array_options(
+    path: str,
+    spec: LeafSpec,
+    n_batch: int,
+    compressors: list | None,
+    xor_source: str | None = None,
+) -> dict[str, Any]:
+    """``create_array`` keyword arguments of one leaf: filters, compressors (``None`` = the
+    per-dtype default; crc32c appended later by ``format.codec_chain``), dimension names and,
+    for a de-duplicated leaf (``dedupe_next=True``), attributes saying it needs zarrl to read."""
+    ndim = n_batch + len(spec.shape)
+    dtype = np.dtype(spec.dtype)
+    out: dict[str, Any] = {
+        "filters": row_delta_filters(dtype, ndim),
+        "compressors": default_compressors(dtype) if compressors is None else list(compressors),
+        "dimension_names": dimension_names(path, n_batch, len(spec.shape)),
+    }
+    if xor_source is not None:
+        out["attributes"] = {
+            "zarrl": {
+                "stored_as": "xor_previous_row",
+                "source": xor_source,
+                "note": (
+                    f"rows are stored XORed with the previous row of {xor_source!r} "
+                    "(dedupe_next=True): read with zarrl, or undo the XOR as described in "
+                    "docs/storage_format.md"
+                ),
+            }
+        }
+    return out
+
+
+def chunk_specs(codecs: Sequence, spec) -> list:
+    """The chunk spec each codec of ``codecs`` encodes from (and decodes back to): an
+    array-to-array codec may change shape (transpose) or dtype (delta ``astype``)."""
+    out = []
+    for codec in codecs:
+        out.append(spec)
+        spec = codec.resolve_metadata(spec)
+    return out
+
+
+def supports_sync(codec) -> bool:
+    """Whether ``encode_step``/``decode_step`` run ``codec`` (stateless, whole-chunk)."""
+    if isinstance(codec, _NUMCODECS_KINDS):
+        return True
+    return isinstance(codec, SupportsSyncCodec) and type(codec).__name__ in _CORE_SYNC
+
+
+def encode_step(codec, data, spec):
+    """One codec's encode of a whole chunk (``spec``: the spec the codec encodes from)."""
+    if isinstance(codec, _nc._NumcodecsArrayArrayCodec):
+        out = codec._codec.encode(np.ascontiguousarray(data.as_ndarray_like()))
+        return spec.prototype.nd_buffer.from_ndarray_like(out)
+    if isinstance(codec, _nc._NumcodecsArrayBytesCodec):
+        out = codec._codec.encode(np.ascontiguousarray(data.as_ndarray_like()))
+        return spec.prototype.buffer.from_bytes(out)
+    if isinstance(codec, _nc._NumcodecsBytesBytesCodec):
+        return codec._encode(data, spec.prototype)
+    return codec._encode_sync(data, spec)
+
+
+def decode_step(codec, data, spec):
+    """Inverse of ``encode_step``: back to a chunk shaped and typed as ``spec``."""
+    if isinstance(codec, _nc._NumcodecsArrayArrayCodec):
+        out = codec._codec.decode(np.ascontiguousarray(data.as_ndarray_like()))
+        return spec.prototype.nd_buffer.from_ndarray_like(out.reshape(spec.shape))
+    if isinstance(codec, _nc._NumcodecsArrayBytesCodec):
+        out = codec._codec.decode(data.to_bytes())
+        return spec.prototype.nd_buffer.from_ndarray_like(out.reshape(spec.shape))
+    if isinstance(codec, _nc._NumcodecsBytesBytesCodec):
+        return as_numpy_array_wrapper(codec._codec.decode, data, spec.prototype)
+    return codec._decode_sync(data, spec)
+
+
+def describe(options: dict[str, Any]) -> list[str]:
+    """Short names of a leaf's chain (``array_options`` output), for the store header."""
+    names = [type(c).__name__ for c in options["filters"]]
+    for c in options["compressors"]:
+        cname = getattr(getattr(c, "cname", None), "value", None)
+        names.append(f"{type(c).__name__}({cname})" if cname else type(c).__name__)
+    return names
+
+
+__all__ = [
+    "array_options",
+    "chunk_specs",
+    "decode_step",
+    "default_compressors",
+    "dimension_names",
+    "encode_step",
+    "row_delta_filters",
+    "rows_last",
+    "supports_sync",
+]
