@@ -7,6 +7,7 @@ The public names are imported on first use (PEP 562), so ``zarrl --help`` and li
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -27,6 +28,12 @@ _EXPORTS = {
     "RunFolderError": "trainer",
     "Trainer": "trainer",
 }
+
+try:
+    #: The installed distribution's version (``zarrl --version``); ``0+unknown`` if not installed.
+    __version__ = importlib.metadata.version("zarrl")
+except importlib.metadata.PackageNotFoundError:
+    __version__ = "0+unknown"
 
 __all__ = [
     "CheckpointError",

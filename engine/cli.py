@@ -1,8 +1,12 @@
 """The ``zarrl`` command: collect, train, inspect, eval, demo.
 
+Dotted overrides (``loss.gamma=0.97``) may come anywhere after the subcommand. Config arguments
+are a path, or the name of a shipped config (``cartpole_trust_pcl``; ``configs/<name>.yaml`` also
+resolves to the shipped copy outside the repository).
+
 Exit codes: 0 success; 2 bad command line or config (the message names the key and value);
-1 a path or checkpoint that cannot be used (missing, foreign, or would be overwritten); 130 when
-interrupted.
+1 a path or checkpoint that cannot be used (missing, foreign, or would be overwritten) or a missing
+optional package (the message names the extra); 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from pathlib import Path
 __all__ = ["main"]
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,8 +28,37 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: one unwrapped line, computed only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(_version())
+        parser.exit()
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from zarrl.engine import __version__
+
+    parts = []
+    for dist in ("torch", "torchrl", "tensordict", "zarr"):
+        try:
+            parts.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            parts.append(f"{dist} missing")
+    python = ".".join(map(str, sys.version_info[:3]))
+    return f"zarrl {__version__} ({', '.join(parts)}, Python {python})"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="zarrl", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--version", action=_VersionAction, help="print the versions of zarrl, torch, ... and exit"
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("collect", help="collect environment steps into a Zarr buffer")
@@ -36,12 +68,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--buffer", required=True, help="path of the Zarr store to write")
     p.add_argument("--append", action="store_true", help="append to an existing store")
     p.add_argument("--max-size", type=int, default=None, help="ring capacity (default unbounded)")
+    p.add_argument(
+        "--commit-every",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="commit the store at least this often: a kill loses at most this much (default 2)",
+    )
     p.add_argument("--num-envs", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("train", help="train from a config (online, offline or mixed)")
-    p.add_argument("config", nargs="?", help="YAML config (optional with --resume)")
+    p.add_argument(
+        "config", nargs="?", help="YAML config or a shipped config's name (optional with --resume)"
+    )
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.gamma=0.99")
     p.add_argument("--offline", action="store_true", help="train from --buffer only")
     p.add_argument("--mixed", action="store_true", help="start from --buffer, keep collecting")
@@ -72,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
-    from zarrl.engine.collect import collect
+    from zarrl.engine.collect import COMMIT_EVERY_SECONDS, collect
     from zarrl.engine.reporting import format_table
 
     if args.frames <= 0:
@@ -88,6 +129,9 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         append=args.append,
         max_size=args.max_size,
         num_envs=args.num_envs,
+        commit_every_seconds=COMMIT_EVERY_SECONDS
+        if args.commit_every is None
+        else args.commit_every,
         progress=not args.quiet,
     )
     print(format_table({"buffer": args.buffer, **result}, title="zarrl collect"))
@@ -195,8 +239,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from zarrl.engine.config import load_config
     from zarrl.engine.trainer import Trainer
 
-    path = REPO_CONFIGS / "demo.yaml"
-    config = load_config(path, [f"run.dir={args.runs}", *args.overrides])
+    config = load_config("demo", [f"run.dir={args.runs}", *args.overrides])
     base, n = config.run.name, 1
     while config.run_dir.exists():  # never overwrite an earlier demo
         n += 1
@@ -217,12 +260,28 @@ class _RuntimeFailure(Exception):
     pass
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; dotted overrides (``key=value``) are accepted anywhere after the
+    subcommand, also after options (``train CFG --buffer B train.total_updates=300``)."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+    unknown = [a for a in extra if a not in overrides]
+    if overrides and not hasattr(args, "overrides"):
+        unknown = extra
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``zarrl`` command; returns the exit code."""
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     from zarrl.engine.checkpoint import CheckpointError
     from zarrl.engine.config import ConfigError
-    from zarrl.engine.registry import BufferPathError
+    from zarrl.engine.registry import BufferPathError, MissingDependencyError
     from zarrl.engine.trainer import RunFolderError
 
     handlers = {
@@ -237,7 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, _UsageError) as err:
         print(f"zarrl {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except (BufferPathError, CheckpointError, RunFolderError, _RuntimeFailure) as err:
+    except (
+        BufferPathError,
+        CheckpointError,
+        MissingDependencyError,
+        RunFolderError,
+        _RuntimeFailure,
+    ) as err:
         print(f"zarrl {args.command}: error: {err}", file=sys.stderr)
         return EXIT_RUNTIME
     except KeyboardInterrupt:

@@ -12,12 +12,16 @@ from torchrl.data import TensorDictReplayBuffer
 from torchrl.modules import ProbabilisticActor
 from tqdm.auto import tqdm
 from zarrl.engine.checkpoint import latest_checkpoint, load_checkpoint
-from zarrl.engine.config import BufferConfig, Config, EnvConfig, ModelConfig
+from zarrl.engine.config import BufferConfig, Config, ConfigError, EnvConfig, ModelConfig
 from zarrl.engine.models import build_actor
 from zarrl.engine.policies import TRAJ_KEY, next_trajectory_id, uniform_policy_like
-from zarrl.engine.registry import create_storage, make_environment, open_storage
+from zarrl.engine.registry import BufferPathError, create_storage, make_environment, open_storage
 
-__all__ = ["collect", "load_policy"]
+__all__ = ["COMMIT_EVERY_SECONDS", "collect", "load_policy"]
+
+#: Default commit interval of ``zarrl collect``: a kill loses at most this many seconds of steps.
+COMMIT_EVERY_SECONDS = 2.0
+_CHECKED_KEYS = ("observation", "action")
 
 
 def load_policy(
@@ -59,29 +63,51 @@ def collect(
     max_size: int | None = None,
     frames_per_batch: int = 1_000,
     num_envs: int = 1,
+    commit_every_seconds: float | None = COMMIT_EVERY_SECONDS,
     progress: bool = True,
 ) -> dict[str, int | float]:
     """Collect ``frames`` environment steps into the Zarr buffer at ``buffer``.
 
     ``policy`` is ``"random"`` (uniform actions) or a run folder whose last checkpoint supplies the
-    policy (sampled, not greedy). A new buffer is created unless ``append`` (then the store must
-    exist and new trajectory ids continue after the stored ones). Returns the number of rows written,
-    of episodes completed and their mean return.
+    policy (sampled, not greedy; it must have been trained on ``env_name``). A new buffer is created
+    unless ``append`` (then the store must exist, hold steps of the same observation and action
+    shapes, and new trajectory ids continue after the stored ones). The store commits at least
+    every ``commit_every_seconds`` (``None``: only at chunk boundaries and the end), which bounds
+    what a kill loses. Returns the rows added, the rows the buffer holds, the episodes completed
+    and their mean return.
     """
+    if max_size is not None and max_size <= 0:
+        raise ConfigError(f"--max-size: got {max_size}, expected a positive number of rows")
+    if commit_every_seconds is not None and commit_every_seconds <= 0:
+        raise ConfigError(
+            f"--commit-every: got {commit_every_seconds}, expected a positive number of seconds"
+        )
     env_cfg, obs_norm = EnvConfig(name=env_name, num_envs=num_envs), None
+    env = make_environment(env_cfg, seed=seed)
     if policy == "random":
-        env = make_environment(env_cfg, seed=seed)
         actor = uniform_policy_like(build_actor(env, ModelConfig()))
-        with torch.no_grad():
-            actor(env.fake_tensordict().reshape(-1)[:1])
     else:
-        actor, run_config, obs_norm = load_policy(policy)
+        actor, run_config, obs_norm = load_policy(policy, env=None)
+        if run_config.env.name != env_name:
+            raise ConfigError(
+                f"--policy: the run {str(policy)!r} was trained on {run_config.env.name}, not on "
+                f"--env {env_name}"
+            )
         env_cfg.normalize_obs = run_config.env.normalize_obs
-    buf_cfg = BufferConfig(max_size=max_size, cache=None)
+    with torch.no_grad():
+        probe = actor(env.fake_tensordict().reshape(-1)[:1])
+    buf_cfg = BufferConfig(max_size=max_size, cache=None, flush_every_seconds=commit_every_seconds)
     if append:
         storage = open_storage(buffer, mode="r+", config=buf_cfg)
+        try:
+            _check_same_steps(storage, probe, buffer, env_name)
+        except BaseException:
+            storage.close()
+            raise
     else:
-        storage = create_storage(buffer, config=buf_cfg)
+        storage = create_storage(
+            buffer, config=buf_cfg, hint="add to it with --append, or choose another --buffer"
+        )
     rb = TensorDictReplayBuffer(storage=storage)
     offset = next_trajectory_id(storage)
     episode_returns: list[float] = []
@@ -114,4 +140,30 @@ def collect(
     storage.flush()
     storage.close()
     mean = sum(episode_returns) / len(episode_returns) if episode_returns else float("nan")
-    return {"rows": written, "episodes": len(episode_returns), "mean_return": mean}
+    return {
+        "rows added": written,
+        "rows in buffer": len(storage),
+        "episodes": len(episode_returns),
+        "mean return": mean,
+    }
+
+
+def _check_same_steps(storage, probe: TensorDictBase, buffer: str | Path, env_name: str) -> None:
+    """Refuse to append steps whose observation or action differ in dtype or shape from the
+    stored ones (a store holds one environment's steps)."""
+    if len(storage) == 0:
+        return
+    stored = storage[0:1]
+    for key in _CHECKED_KEYS:
+        if key not in stored or key not in probe:
+            continue
+        have, new = stored[key], probe[key]
+        if have.dtype != new.dtype or have.shape[1:] != new.shape[1:]:
+            raise BufferPathError(
+                f"buffer {str(buffer)!r} holds {key} {_spec(have)} steps; --env {env_name} gives "
+                f"{key} {_spec(new)}: collect it into another --buffer"
+            )
+
+
+def _spec(tensor: torch.Tensor) -> str:
+    return f"{str(tensor.dtype).removeprefix('torch.')}{list(tensor.shape[1:])}"

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,10 @@ __all__ = [
     "RunConfig",
     "TrainConfig",
     "apply_overrides",
+    "config_dir",
     "load_config",
+    "packaged_configs",
+    "resolve_config",
     "save_config",
 ]
 
@@ -297,9 +302,22 @@ def validate(config: Config) -> None:
         raise ConfigError(f"optim.grad_clip: got {config.optim.grad_clip!r}, expected > 0 or null")
     if any(h <= 0 for h in config.model.hidden):
         raise ConfigError(f"model.hidden: got {config.model.hidden!r}, expected positive widths")
-    if config.train.total_updates is not None and config.train.total_updates < 0:
+    t = config.train
+    if config.buffer.max_size is not None and config.buffer.max_size < t.warmup_frames:
         raise ConfigError(
-            f"train.total_updates: got {config.train.total_updates!r}, expected >= 0 or null"
+            f"buffer.max_size: got {config.buffer.max_size}, expected >= train.warmup_frames "
+            f"({t.warmup_frames}): the buffer would never hold enough rows to start learning"
+        )
+    if t.total_updates is not None and t.total_updates <= 0:
+        raise ConfigError(
+            f"train.total_updates: got {t.total_updates!r}, expected > 0 or null "
+            "(a run of no update learns nothing)"
+        )
+    if t.mode == "online" and t.updates_per_frame * (t.total_frames - t.warmup_frames) < 1:
+        raise ConfigError(
+            f"train.total_frames: got {t.total_frames}, expected enough frames after "
+            f"train.warmup_frames ({t.warmup_frames}) for one update at train.updates_per_frame "
+            f"({t.updates_per_frame}): the run would make no update"
         )
     if config.train.mode == "offline":
         if config.buffer.path is None:
@@ -349,19 +367,72 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return result
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or start from defaults), apply overrides, validate."""
+def config_dir() -> Traversable:
+    """The shipped configs: ``zarrl/engine/configs`` of an installed wheel (package data, read with
+    :mod:`importlib.resources`), or the repository's top-level ``configs/`` in a source checkout."""
+    packaged = importlib.resources.files("zarrl.engine") / "configs"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[1] / "configs"
+
+
+def packaged_configs() -> list[str]:
+    """Names of the shipped Gym configs (``cartpole_trust_pcl``, ...), without ``.yaml``."""
+    return sorted(
+        p.name[: -len(".yaml")] for p in config_dir().iterdir() if p.name.endswith(".yaml")
+    )
+
+
+def resolve_config(name: str | Path | Traversable) -> Path | Traversable:
+    """The config file ``name`` names: an existing file as given; else a shipped config by name,
+    with or without ``configs/`` and ``.yaml`` (``cartpole_trust_pcl``,
+    ``configs/cartpole_trust_pcl.yaml``, ``gmm/rtb``); else ``name`` unchanged (the caller reports
+    that it does not exist)."""
+    if not isinstance(name, (str, Path)):
+        return name
+    path = Path(name)
+    if path.is_file() or path.is_absolute():
+        return path
+    parts = list(path.parts)
+    if parts and parts[0] == "configs":
+        parts = parts[1:]
+    if not parts:
+        return path
+    if not parts[-1].endswith((".yaml", ".yml")):
+        parts[-1] += ".yaml"
+    packaged = config_dir().joinpath(*parts)
+    return packaged if packaged.is_file() else path
+
+
+def read_config_file(path: str | Path | Traversable) -> tuple[dict[str, Any], str]:
+    """The mapping in a YAML config file (resolved with :func:`resolve_config`) and its name.
+
+    Raises :class:`ConfigError` for a missing file (listing the shipped configs), invalid YAML, or
+    a document that is not a mapping."""
+    path = resolve_config(path)
+    shown = str(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"config file {shown!r} does not exist (shipped configs: "
+            f"{', '.join(packaged_configs())}, gmm/<method>)"
+        )
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {shown!r} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {shown!r}: expected a mapping of sections")
+    return data, shown
+
+
+def load_config(
+    path: str | Path | Traversable | None = None, overrides: list[str] | None = None
+) -> Config:
+    """Read a YAML config (a path, or a shipped config's name: :func:`resolve_config`; ``None``
+    starts from the defaults), apply overrides, validate."""
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from err
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {str(path)!r}: expected a mapping of sections")
+        data, _ = read_config_file(path)
     data = apply_overrides(data, overrides or [])
     return Config.from_dict(data)
 

@@ -8,12 +8,22 @@ method's loss, checked when the learner is built (:mod:`zarrl.engine.gmm_methods
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import asdict, dataclass, field
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 import yaml
-from zarrl.engine.config import ConfigError, RunConfig, _build, _check_device, apply_overrides
+from zarrl.engine.config import (
+    ConfigError,
+    RunConfig,
+    _build,
+    _check_device,
+    apply_overrides,
+    config_dir,
+    read_config_file,
+)
 
 __all__ = [
     "GMM_CONFIGS",
@@ -23,12 +33,13 @@ __all__ = [
     "GMMEvalConfig",
     "GMMOptimConfig",
     "GMMTrainConfig",
+    "canonical_method",
     "load_gmm_config",
     "method_config_path",
 ]
 
-#: Folder of the per-method config files.
-GMM_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "gmm"
+#: Folder of the per-method config files (package data of an installed wheel, or the checkout's).
+GMM_CONFIGS = config_dir() / "gmm"
 
 #: Method names in report order (``configs/gmm/<name>.yaml`` with ``-`` written ``_``).
 METHODS = (
@@ -165,24 +176,27 @@ def validate_gmm(config: GMMConfig) -> None:
         )
 
 
-def method_config_path(method: str) -> Path:
+def canonical_method(method: str) -> str:
+    """The method name as :data:`METHODS` spells it: ``trust_pcl`` (the ``zarrl train`` spelling)
+    and ``trust-pcl`` both give ``trust-pcl``; raises ``ConfigError`` with a "did you mean"."""
+    name = method.strip().lower().replace("_", "-")
+    if name in METHODS:
+        return name
+    close = difflib.get_close_matches(name, METHODS, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise ConfigError(f"--methods: got {method!r}{hint}, expected one of {', '.join(METHODS)}")
+
+
+def method_config_path(method: str) -> Path | Traversable:
     """``configs/gmm/<method>.yaml`` (``-`` written ``_``); raises ``ConfigError`` if unknown."""
-    if method not in METHODS:
-        raise ConfigError(f"--methods: got {method!r}, expected one of {list(METHODS)}")
-    return GMM_CONFIGS / f"{method.replace('-', '_')}.yaml"
+    return GMM_CONFIGS / f"{canonical_method(method).replace('-', '_')}.yaml"
 
 
-def load_gmm_config(path: str | Path, overrides: list[str] | None = None) -> GMMConfig:
+def load_gmm_config(
+    path: str | Path | Traversable, overrides: list[str] | None = None
+) -> GMMConfig:
     """Read a method's YAML config, apply dotted ``section.key=value`` overrides, validate."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r}: expected a mapping of sections")
+    data, _ = read_config_file(path)
     overrides = list(overrides or [])
     dotted = [o for o in overrides if "." in o.partition("=")[0]]
     data = _apply_top_level(apply_overrides(data, dotted), overrides)

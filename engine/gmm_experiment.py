@@ -28,7 +28,13 @@ from typing import Any
 
 import torch
 from zarrl.engine.config import ConfigError
-from zarrl.engine.gmm_config import METHODS, GMMConfig, load_gmm_config, method_config_path
+from zarrl.engine.gmm_config import (
+    METHODS,
+    GMMConfig,
+    canonical_method,
+    load_gmm_config,
+    method_config_path,
+)
 from zarrl.engine.gmm_methods import GMMLearner
 from zarrl.engine.gmm_reporting import (
     aggregate_summaries,
@@ -74,7 +80,8 @@ def method_configs(
         extra.append(f"run.device={device}")
     if progress is not None:
         extra.append(f"progress={'true' if progress else 'false'}")
-    return {m: load_gmm_config(method_config_path(m), extra) for m in methods}
+    names = [canonical_method(m) for m in methods]
+    return {m: load_gmm_config(method_config_path(m), extra) for m in names}
 
 
 def _folder(root: Path, method: str, seed: int) -> Path:

@@ -8,7 +8,11 @@ Each builder checks the section against what the target accepts and raises
 from __future__ import annotations
 
 import contextlib
+import difflib
 import inspect
+import numbers
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ from zarrl.engine.config import BufferConfig, ConfigError, EnvConfig
 
 __all__ = [
     "BufferPathError",
+    "MissingDependencyError",
     "LOSSES",
     "build_loss",
     "create_storage",
@@ -41,12 +46,26 @@ class BufferPathError(RuntimeError):
     """A buffer path is missing, is not a zarrl store, or would be overwritten."""
 
 
+class MissingDependencyError(RuntimeError):
+    """An optional package the config needs is not installed; the message names the extra."""
+
+
+def canonical_loss_name(name: str) -> str:
+    """``trust-pcl`` (the ``zarrl experiment`` spelling) and ``trust_pcl`` both give
+    ``trust_pcl``; raises :class:`ConfigError` with a "did you mean" for an unknown name."""
+    canonical = str(name).strip().lower().replace("-", "_")
+    if canonical in LOSSES:
+        return canonical
+    close = difflib.get_close_matches(canonical, LOSSES, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise ConfigError(f"loss.name: got {name!r}{hint}, expected one of {', '.join(LOSSES)}")
+
+
 def loss_class(name: str) -> type[nn.Module]:
-    if name not in LOSSES:
-        raise ConfigError(f"loss.name: got {name!r}, expected one of {sorted(LOSSES)}")
+    """The ``zarrl.algorithms`` class of the loss ``name`` (either spelling, see above)."""
     import zarrl.algorithms as algorithms
 
-    return getattr(algorithms, LOSSES[name])
+    return getattr(algorithms, LOSSES[canonical_loss_name(name)])
 
 
 def loss_arguments(cls: type) -> dict[str, inspect.Parameter]:
@@ -73,16 +92,65 @@ def build_loss(section: dict[str, Any], actor: nn.Module, value: nn.Module) -> n
             "(RTB and KL-REINFORCE run in `zarrl experiment gmm-posterior`)"
         )
     networks = {"actor_network", "value_network", "reference_network"}
+    valid = sorted(k for k in accepted if k not in networks)
     for key in section:
         if key not in accepted or key in networks:
-            valid = sorted(k for k in accepted if k not in networks)
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f" (did you mean loss.{close[0]}?)" if close else ""
             raise ConfigError(
-                f"loss.{key}: unknown argument of {cls.__name__}; valid keys: {', '.join(valid)}"
+                f"loss.{key}: unknown argument of {cls.__name__}{hint}; valid keys: "
+                f"{', '.join(valid)}"
             )
+    section = _check_argument_types(cls, section)
     try:
         return cls(actor, value, **section)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"loss: {cls.__name__} rejected {section}: {err}") from err
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    """Whether ``value`` fits the annotation ``tp`` (unknown annotations accept anything)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, t) for t in typing.get_args(tp))
+    if origin is typing.Literal:
+        return value in typing.get_args(tp)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    return True
+
+
+def _check_argument_types(cls: type, section: dict[str, Any]) -> dict[str, Any]:
+    """``section`` with each loss argument checked against its annotation (``gamma=abc`` is
+    refused here, naming the key, not deep inside the loss); YAML 1.1 strings such as ``1e-3``
+    become floats where a float is expected."""
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # unresolvable annotations: the loss checks its own arguments
+        return section
+    checked = dict(section)
+    for key, value in section.items():
+        tp = hints.get(key)
+        if tp is None or _matches(value, tp):
+            continue
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                if _matches(float(value), tp):
+                    checked[key] = float(value)
+                    continue
+        expected = tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
+        raise ConfigError(
+            f"loss.{key}: got {value!r} ({type(value).__name__}), expected {expected}"
+        )
+    return checked
 
 
 def make_environment(
@@ -109,7 +177,14 @@ def make_environment(
             max_episode_steps=section.max_episode_steps,
         )
     except Exception as err:
-        raise ConfigError(f"env.name: cannot make {section.name!r}: {err}") from err
+        hint = ""
+        if type(err).__name__ == "DependencyNotInstalled" or isinstance(err, ImportError):
+            hint = (
+                " (MuJoCo environments need the mujoco extra: pip install 'zarrl[mujoco]')"
+                if "mujoco" in str(err).lower()
+                else " (a package this environment needs is not installed)"
+            )
+        raise ConfigError(f"env.name: cannot make {section.name!r}: {err}{hint}") from err
     if obs_norm is not None:
         norm = _observation_norm(env)
         if norm is not None:
@@ -157,15 +232,18 @@ def _storage_kwargs(section: BufferConfig, writable: bool = True) -> dict[str, A
     return kwargs
 
 
-def create_storage(path: str | Path, *, config: BufferConfig):
-    """A new, empty ``ZarrStorage`` at ``path`` (CPU tensors); refuses to overwrite anything."""
+TRAIN_APPEND_HINT = "train with --mixed to add to it, or choose another buffer.path"
+
+
+def create_storage(path: str | Path, *, config: BufferConfig, hint: str = TRAIN_APPEND_HINT):
+    """A new, empty ``ZarrStorage`` at ``path`` (CPU tensors); refuses to overwrite anything
+    (``hint``: how the caller's user appends to an existing store instead)."""
     from zarrl.buffers import ZarrStorage
 
     path = Path(path)
     if path.exists():
         raise BufferPathError(
-            f"buffer path {str(path)!r} already exists; refusing to overwrite it "
-            "(use mode=mixed or --resume to append to it, or choose another buffer.path)"
+            f"buffer path {str(path)!r} already exists; refusing to overwrite it ({hint})"
         )
     return ZarrStorage(config.max_size, path=str(path), existsok=False, **_storage_kwargs(config))
 

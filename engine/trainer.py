@@ -15,8 +15,10 @@ Read ``run()`` top to bottom: it is the whole training loop. Modes:
 from __future__ import annotations
 
 import collections
+import importlib.util
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ from zarrl.engine.layout import RunLayout
 from zarrl.engine.models import build_actor, build_value
 from zarrl.engine.policies import TRAJ_KEY, next_trajectory_id, uniform_policy_like
 from zarrl.engine.registry import (
+    MissingDependencyError,
     build_loss,
     create_storage,
     episode_step_limit,
@@ -95,6 +98,26 @@ class Trainer:
                     "--resume or choose another run.name"
                 )
         self.config = config
+        _check_optional_dependencies(config)
+        self.buffer_path = (
+            Path(config.buffer.path) if config.buffer.path else self.layout.default_buffer
+        )
+        # a refused start writes nothing: what this constructor creates is removed on failure
+        fresh = checkpoint is None
+        created = [
+            p
+            for p in (self.buffer_path, self.layout.config, self.layout.logs, self.layout.root)
+            if fresh and not p.exists()
+        ]
+        try:
+            self._setup(config, checkpoint)
+        except BaseException:
+            self._discard(created)
+            raise
+
+    def _setup(self, config: Config, checkpoint: dict[str, Any] | None) -> None:
+        """Builds environments, learner, buffer, logger and collector (see ``__init__``)."""
+        self.storage = self.collector = None
         self.device = resolve_device(config.run.device)
         if config.run.num_threads:
             torch.set_num_threads(config.run.num_threads)
@@ -131,6 +154,20 @@ class Trainer:
         save_config(config, self.layout.config)
         self.logger = self._build_logger()
         self.collector = self._build_collector() if self.online else None
+
+    def _discard(self, created: list[Path]) -> None:
+        """Close what a failed start opened and remove the paths it created."""
+        collector = getattr(self, "collector", None)
+        if collector is not None:
+            collector.shutdown()
+        close = getattr(getattr(self, "storage", None), "close", None)
+        if close is not None:
+            close()
+        for path in created:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists():
+                path.unlink()
 
     @classmethod
     def resume(cls, run_dir: str | Path, overrides: list[str] | None = None) -> Trainer:
@@ -169,6 +206,12 @@ class Trainer:
         self.actor.to(self.device)
         self.value.to(self.device)
         self.loss = build_loss(cfg.loss, self.actor, self.value).to(self.device)
+        rollout = getattr(self.loss, "rollout", None)
+        if isinstance(rollout, int) and cfg.train.slice_len < rollout:
+            raise ConfigError(
+                f"train.slice_len: got {cfg.train.slice_len}, expected >= loss.rollout ({rollout}): "
+                "a slice shorter than the rollout window never holds a whole window"
+            )
         # lagged reference policy / target values: theta~ <- kappa theta~ + (1 - kappa) theta
         make_updater = getattr(self.loss, "make_target_updater", None)
         self.target_updater = (
@@ -189,6 +232,13 @@ class Trainer:
             self.storage = open_storage(path, mode="r", config=cfg.buffer)
         elif resuming or cfg.train.mode == "mixed":
             self.storage = open_storage(path, mode="r+", config=cfg.buffer)
+            rows = len(self.storage)
+            if not resuming and rows + cfg.train.total_frames <= cfg.train.warmup_frames:
+                raise ConfigError(
+                    f"train.total_frames: got {cfg.train.total_frames}, expected more than "
+                    f"train.warmup_frames ({cfg.train.warmup_frames}) minus the {rows} rows of "
+                    f"{str(path)!r}: the run would make no update"
+                )
         else:
             self.storage = create_storage(path, config=cfg.buffer)
         sampler = SliceSampler(
@@ -599,6 +649,15 @@ class Trainer:
         close = getattr(self.storage, "close", None)
         if close is not None:
             close()
+
+
+def _check_optional_dependencies(config: Config) -> None:
+    """Refuse, before anything is written, a config that needs a package that is not installed."""
+    if config.log.backend == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        raise MissingDependencyError(
+            "log.backend: 'tensorboard' needs the tensorboard package, which is not installed: "
+            "pip install 'zarrl[tensorboard]' (or use log.backend=csv)"
+        )
 
 
 class _SwitchPolicy(TensorDictModuleBase):

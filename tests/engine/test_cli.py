@@ -273,3 +273,125 @@ def test_building_the_command_line_loads_no_torch_and_the_package_exports_resolv
         assert getattr(engine, name).__name__ == name
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         engine.nope  # noqa: B018
+
+
+# ---------------------------------------------------------------- a new user's command line
+
+
+def test_dotted_overrides_are_accepted_after_options(tmp_path, capsys):
+    config = _write_config(tmp_path, {"run": {"dir": str(tmp_path / "runs")}})
+    assert main(["train", config, "--quiet", "train.batch_size=big"]) == 2
+    assert "train.batch_size: got 'big'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a stray non-override is still refused
+        main(["train", config, "--quiet", "stray"])
+    assert "unrecognized arguments: stray" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_version_names_zarrl_and_torch(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("zarrl ") and "torch " in out and "\n" not in out.strip()
+
+
+def test_shipped_configs_resolve_by_name_outside_the_checkout(tmp_path, monkeypatch):
+    from zarrl.engine.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    assert load_config("cartpole_trust_pcl").run.name == "cartpole_trust_pcl"
+    assert load_config("configs/demo.yaml").run.name == "demo"
+    from zarrl.engine.gmm_config import load_gmm_config, method_config_path
+
+    assert load_gmm_config(method_config_path("trust_pcl")).name == "trust-pcl"
+
+
+def test_missing_optional_dependency_names_the_extra_and_writes_nothing(tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed here")
+    config = _write_config(tmp_path, {"run": {"dir": str(tmp_path / "runs")}})
+    assert main(["train", config, "--quiet", "log.backend=tensorboard"]) == 1
+    assert "pip install 'zarrl[tensorboard]'" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_failed_start_removes_what_it_created(tmp_path, tiny, monkeypatch):
+    from zarrl.engine import trainer as trainer_module
+
+    def broken_logger(self):
+        raise RuntimeError("logger failed")
+
+    monkeypatch.setattr(trainer_module.Trainer, "_build_logger", broken_logger)
+    with pytest.raises(RuntimeError, match="logger failed"):
+        trainer_module.Trainer(tiny(tmp_path))
+    assert not (tmp_path / "runs" / "tiny").exists()  # no buffer.zarr, no config.yaml to block
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["train.total_frames=500"], "the run would make no update"),
+        (["train.slice_len=8"], "expected >= loss.rollout (16)"),
+        (["loss.gamma=abc"], "loss.gamma: got 'abc'"),
+        (["loss.gama=0.9"], "did you mean loss.gamma?"),
+        (["loss.name=trust_pcll"], "did you mean trust_pcl?"),
+    ],
+)
+def test_configs_that_cannot_learn_are_refused_before_anything_is_written(
+    tmp_path, capsys, extra, needle
+):
+    runs = tmp_path / "runs"
+    argv = ["train", "cartpole_trust_pcl", "--quiet", f"run.dir={runs}", *extra]
+    assert main(argv) == 2
+    assert needle in capsys.readouterr().err
+    assert not runs.exists()
+
+
+def test_both_spellings_of_a_loss_name_are_accepted():
+    from zarrl.engine.gmm_config import canonical_method
+    from zarrl.engine.registry import loss_class
+
+    assert loss_class("trust-pcl") is loss_class("trust_pcl")
+    assert canonical_method("trust_pcl") == canonical_method("trust-pcl") == "trust-pcl"
+
+
+def test_experiment_methods_get_a_did_you_mean(tmp_path, capsys):
+    argv = ["experiment", "gmm-posterior", "--methods", "rtb,rbt", "--run-dir", str(tmp_path / "g")]
+    assert main(argv) == 2
+    assert "did you mean rtb?" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()
+
+
+def test_collect_refusals_are_one_line_and_advise_append(
+    random_buffer, trained_run, tmp_path, capsys
+):
+    base = ["collect", "--frames", "50", "--quiet"]
+    new = str(tmp_path / "new.zarr")
+    cases = [
+        (["--env", "Pendulum-v1", "--policy", str(trained_run), "--buffer", new], 2, "CartPole"),
+        (["--env", "CartPole-v1", "--max-size", "0", "--buffer", new], 2, "--max-size: got 0"),
+        (["--env", "CartPole-v1", "--commit-every", "0", "--buffer", new], 2, "--commit-every"),
+        (["--env", "CartPole-v1", "--buffer", str(random_buffer)], 1, "--append"),
+    ]
+    for argv, code, needle in cases:
+        assert main(base + argv) == code, argv
+        assert needle in capsys.readouterr().err
+    assert not (tmp_path / "new.zarr").exists()
+    before = _files(random_buffer)
+    argv = ["--env", "Acrobot-v1", "--append", "--buffer", str(random_buffer)]
+    assert main(base + argv) == 1
+    assert "holds observation float32[4]" in capsys.readouterr().err
+    assert _files(random_buffer) == before
+
+
+def test_collect_append_reports_rows_added_and_rows_held(random_buffer, capsys):
+    from zarrl.engine.collect import COMMIT_EVERY_SECONDS
+
+    assert COMMIT_EVERY_SECONDS <= 5  # a kill loses seconds of steps, not a whole chunk
+    argv = ["collect", "--env", "CartPole-v1", "--frames", "50", "--quiet", "--append"]
+    assert main([*argv, "--buffer", str(random_buffer), "--commit-every", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "rows added" in out and "rows in buffer" in out and "350" in out

@@ -51,7 +51,7 @@ def test_online_run_fills_the_run_folder_and_keeps_counters_consistent(tmp_path,
 
 
 def test_a_run_folder_holding_a_run_is_never_overwritten(tmp_path, tiny):
-    _run(tiny(tmp_path, "train.total_frames=200", "eval.episodes=0"))
+    _run(tiny(tmp_path, "train.total_frames=300", "eval.episodes=0"))
     root = tmp_path / "runs" / "tiny"
     before = (root / "checkpoints" / "last.pt").read_bytes()
     with pytest.raises(RunFolderError, match="already holds a run"):
