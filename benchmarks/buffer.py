@@ -5,9 +5,9 @@ extend throughput (durable: the Zarr numbers include the final commit, fsynced; 
 is the same store with ``durability="process"``), the time to sample a
 RandomSampler batch of 256 and a SliceSampler batch of 32 slices x 8 steps, and bytes on disk,
 then prints one table with ratios to LazyMemmapStorage. "Zarr default" is ``ZarrStorage`` with its
-defaults: Blosc LZ4 chunks and ``dedupe_next=True`` (``observation`` stored XORed with the
-previous row's ``("next", "observation")``, see docs/storage_format.md), which is what brings the
-vector store under half of LazyMemmapStorage's bytes. "Zarr cache=1/4" is a store four times
+defaults: true values in every array, floats through row-delta filters and Blosc zstd, other
+leaves Blosc LZ4 (``buffers/codecs.py``, docs/storage_format.md), which is what brings the
+vector store under half of LazyMemmapStorage's bytes without ``dedupe_next``. "Zarr cache=1/4" is a store four times
 larger than its chunk cache: its RandomSampler batches come from cached rows (refilled in the
 background, ``ZarrStorage.refill_ratio`` rows decoded per sampled row), while a plain
 SliceSampler stays exact and reads missed chunks synchronously. The row "Zarr 1/4 CachedSlice"
