@@ -10,7 +10,8 @@ STAMP  := $(VENV)/.zarrl-installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first: TorchRL's compiled extension only loads against this exact build.
+	# torch first: TorchRL's compiled extension only loads against this exact build (the package
+	# itself declares the tested range, pyproject.toml).
 	$(PY) -m pip install -q torch==2.14.1
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
@@ -23,6 +24,7 @@ demo: setup
 test: setup
 	$(VENV)/bin/ruff check .
 	OMP_NUM_THREADS=2 $(PY) -m pytest
+	PY=$(abspath $(PY)) .ci/wheel_smoke.sh  # the wheel, installed outside the checkout, runs a demo
 
 lint: setup
 	$(VENV)/bin/ruff check .
