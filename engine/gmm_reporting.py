@@ -280,7 +280,7 @@ def _curve_panel(
     if cut_first:
         _cut_far_first_points(ax, drawn)
     if missing:
-        _note(ax, "not logged by: " + ", ".join(missing), x=0.02, ha="left", y=0.9)
+        _note(ax, "not logged by: " + ", ".join(missing))
 
 
 def _difference_panel(
@@ -333,10 +333,11 @@ def learning_curves_figure(
             f"plot_learning_curves: band must be one of {sorted(_BANDS)}, got {band!r}"
         )
     with_pair = all(curves.get(m) for m in pair)
-    heights = [3.0, 1.25, 3.0, 1.25] if with_pair else [3.0, 3.0]
-    fig = plt.figure(figsize=(14, 10.5 if with_pair else 7.5), dpi=100)
+    # a spacer row between the two rows of metrics keeps each title clear of the ticks above it
+    heights = [3.0, 1.25, 0.55, 3.0, 1.25] if with_pair else [3.0, 0.35, 3.0]
+    fig = plt.figure(figsize=(14, 11.0 if with_pair else 7.5), dpi=100)
     grid = fig.add_gridspec(len(heights), 3, height_ratios=heights, hspace=0.12)
-    step = 2 if with_pair else 1
+    step = 3 if with_pair else 2
     for i, (key, title, ylabel, scale, cut_first) in enumerate(_CURVE_PANELS):
         row, col = divmod(i, 3)
         ax = fig.add_subplot(grid[row * step, col])

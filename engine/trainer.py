@@ -638,6 +638,7 @@ class Trainer:
             title=f"{self.config.loss['name']} on {self.config.env.name}",
             target=self.config.eval.target_return,
             xlabel="environment steps" if self.online else "learner updates",
+            run_name=self.config.run.name,
         )
         if self.config.log.progress:
             print(format_table(summary, title="zarrl run summary"))

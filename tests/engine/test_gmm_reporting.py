@@ -6,6 +6,8 @@ import csv
 import json
 import math
 
+import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 import torch
 from zarrl.engine.gmm_experiment import collect_summaries
@@ -79,3 +81,103 @@ def test_figures_are_written_for_samples_and_curves(tmp_path):
     curve = {"update": [0.0, 10.0], "loss": [math.nan, 2.0], "tv": [0.5, 0.2], "elbo": [-30, -1]}
     path = plot_learning_curves({"rtb": [curve, curve]}, tmp_path / "c.png")
     assert path.stat().st_size > 1000
+
+
+# -- what the figures show -----------------------------------------------------------------------
+def _curves(seed: int, shift: float = 0.0) -> dict[str, list[float]]:
+    g = torch.Generator().manual_seed(seed)
+    updates = [0.0, 250.0, 500.0, 750.0]
+    noise = (0.01 * torch.randn(4, generator=g)).tolist()
+    return {
+        "update": updates,
+        "loss": [math.nan, 3.0, 2.0, 1.0],
+        "log_z": [-8.0, -6.0, -4.0, -2.0],
+        "tv": [0.6 + shift + n for n in noise[:1]] + [0.3 + shift, 0.2 + shift, 0.1 + shift],
+        "wrong_mode_mass": [0.6, 0.1, 0.05, 0.01],
+        "elbo": [-33.0, -1.0, -0.8, -0.5],
+        "w2": [5.0, 3.0, 2.0, 1.5],
+    }
+
+
+def _axes(fig, gid):
+    (ax,) = [a for a in fig.axes if a.get_gid() == gid]
+    return ax
+
+
+def test_both_equivalent_curves_stay_visible_and_their_difference_has_a_panel():
+    from zarrl.engine.gmm_reporting import METHOD_STYLES, learning_curves_figure
+
+    curves = {
+        "rtb": [_curves(s) for s in range(3)],
+        "trust-pcl-equivalent": [_curves(s, shift=0.02) for s in range(3)],
+    }
+    fig = learning_curves_figure(curves)
+    try:
+        tv = _axes(fig, "curve:tv")
+        lines = {ln.get_label(): ln for ln in tv.get_lines()}
+        rtb, tpcl = lines["rtb"], lines["trust-pcl-equivalent"]
+        # under one another yet both visible: the wide line below, the dashed marked one on top
+        assert rtb.get_linewidth() > 2 * tpcl.get_linewidth()
+        assert rtb.get_zorder() < tpcl.get_zorder() and tpcl.get_linestyle() != "-"
+        assert tpcl.get_marker() not in (None, "None", "")
+        assert METHOD_STYLES["rtb"]["color"] != METHOD_STYLES["trust-pcl-equivalent"]["color"]
+        # mean over seeds, with a band over seeds (one filled area per method)
+        want = torch.tensor([_curves(s)["tv"] for s in range(3)]).mean(0)
+        torch.testing.assert_close(torch.as_tensor(rtb.get_ydata()), want.double())
+        assert len(tv.collections) == 2
+        # the Δ panel under the metric: rtb − trust-pcl-equivalent of the seed means
+        diff = _axes(fig, "difference:tv")
+        (delta,) = [ln for ln in diff.get_lines() if ln.get_color() == "black"]
+        np.testing.assert_allclose(delta.get_ydata(), -0.02, atol=1e-12)
+        assert "rtb − trust-pcl-equivalent" in diff.get_title(loc="left")
+        legend_text = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert "rtb (3 seeds)" in legend_text and "trust-pcl-equivalent (3 seeds)" in legend_text
+    finally:
+        plt.close(fig)
+
+
+def test_a_short_run_says_why_a_panel_is_empty_and_marks_a_cut_elbo_axis():
+    from zarrl.engine.gmm_reporting import learning_curves_figure
+
+    only_first = {k: v[:1] for k, v in _curves(0).items()}
+    fig = learning_curves_figure({"kl-reinforce-off-policy": [only_first]})
+    try:
+        loss = _axes(fig, "curve:loss")
+        assert not loss.get_lines()
+        assert any("no training loss logged" in t.get_text() for t in loss.texts)
+        assert not [a for a in fig.axes if (a.get_gid() or "").startswith("difference:")]
+    finally:
+        plt.close(fig)
+    fig = learning_curves_figure({"rtb": [_curves(0), _curves(1)]})
+    try:
+        elbo = _axes(fig, "curve:elbo")
+        bottom, _ = elbo.get_ylim()
+        assert bottom > -33.0  # the prior's −33 no longer flattens the rest
+        assert any("y axis cut" in t.get_text() for t in elbo.texts)
+        markers = [ln for ln in elbo.get_lines() if ln.get_marker() == "v"]
+        assert markers and markers[0].get_xdata()[0] == 0.0
+    finally:
+        plt.close(fig)
+    with pytest.raises(ValueError, match="band must be one of"):
+        learning_curves_figure({"rtb": [_curves(0)]}, band="iqr")
+
+
+def test_sample_panels_have_a_marker_legend_axis_labels_and_count_what_is_off_view():
+    from zarrl.engine.gmm_reporting import sample_panels_figure
+
+    x = torch.zeros(10, 2)
+    x[0] = torch.tensor([30.0, 0.0])  # outside the ±14 view
+    fig = sample_panels_figure({"prior": x, "rtb": torch.zeros(5, 2)})
+    try:
+        ax = fig.axes[0]
+        assert ax.get_xlabel() and ax.get_ylabel()
+        assert "10 samples, 1 outside the view" in ax.get_title()
+        labels = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert len(labels) == 3 and any("prior" in s for s in labels)
+        assert any("target" in s for s in labels)
+    finally:
+        plt.close(fig)
+    with pytest.raises(ValueError, match=r"not \[N, 2\]"):
+        sample_panels_figure({"bad": torch.zeros(3, 3)})
+    with pytest.raises(ValueError, match="empty"):
+        sample_panels_figure({})
