@@ -15,7 +15,7 @@ TESTS=(
 status=0
 run() {
     echo "== $*"
-    env OMP_NUM_THREADS=2 "$@" "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}" || status=1
+    env OMP_NUM_THREADS=2 "$@" "$PY" -m pytest -p no:cacheprovider "${TESTS[@]}" || status=1
 }
 run ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=AVX2
 run ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2
