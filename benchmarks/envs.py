@@ -16,17 +16,17 @@ from collections.abc import Callable
 
 import torch
 from torchrl.collectors import Collector
-from zarrl.envs.diffusion_env import DiffusionSamplerEnv
-from zarrl.envs.diffusion_policy import (
+from zarrl.envs.gmm_posterior.env import DiffusionSamplerEnv
+from zarrl.envs.gmm_posterior.mixtures import log_reward, sample_prior
+from zarrl.envs.gmm_posterior.policy import (
     NUM_STEPS,
     SIGMA2,
     DiffusionActor,
     DriftNetwork,
     gaussian_step_log_prob,
 )
-from zarrl.envs.gmm import log_reward, sample_prior
+from zarrl.envs.gmm_posterior.prior import brownian_bridge_paths, path_log_likelihood
 from zarrl.envs.gym_envs import make_env
-from zarrl.envs.prior_training import brownian_bridge_paths, path_log_likelihood
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 2) -> tuple[float, float]:

@@ -25,11 +25,15 @@ import time
 from pathlib import Path
 
 import torch
-from zarrl.engine.gmm_config import load_gmm_config, method_config_path
-from zarrl.engine.gmm_methods import build_learner, exploration_std
-from zarrl.engine.gmm_runner import _open_buffer, pack_trajectories, unpack_trajectories
+from zarrl.engine.experiments.gmm_posterior.config import load_gmm_config, method_config_path
+from zarrl.engine.experiments.gmm_posterior.methods import build_learner, exploration_std
+from zarrl.engine.experiments.gmm_posterior.runner import (
+    _open_buffer,
+    pack_trajectories,
+    unpack_trajectories,
+)
 from zarrl.engine.layout import RunLayout
-from zarrl.envs import (
+from zarrl.envs.gmm_posterior import (
     DEFAULT_PRIOR_PATH,
     NUM_STEPS,
     SIGMA2,
@@ -38,8 +42,8 @@ from zarrl.envs import (
     native_gelu,
     native_mlp,
 )
-from zarrl.envs import log_reward as gmm_log_reward
-from zarrl.envs.native_mlp import native_mlp_supports
+from zarrl.envs.gmm_posterior import log_reward as gmm_log_reward
+from zarrl.envs.gmm_posterior.native_mlp import native_mlp_supports
 
 REFERENCE_MEDIAN_S = 0.24
 PARTS = ("sampling", "buffer", "scoring", "backward+step")

@@ -106,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides of configs/demo.yaml")
     p.add_argument("--runs", default="runs", help="parent folder of the run")
 
-    from zarrl.engine.gmm_cli import add_experiment_parser, main_experiment
+    from zarrl.engine.experiments.gmm_posterior.cli import add_experiment_parser, main_experiment
 
     add_experiment_parser(sub).set_defaults(handler=main_experiment)
     return parser

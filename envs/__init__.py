@@ -1,4 +1,11 @@
-"""zarrl.envs"""
+"""zarrl.envs: the generic environments.
+
+Gymnasium environments (:func:`make_env`) and sequence MDPs with their exact soft-optimal solver.
+Each paper's task lives in a subpackage of its own: the GMM diffusion-posterior task of the seed
+paper is :mod:`zarrl.envs.gmm_posterior`.
+"""
+
+from zarrl.envs.gym_envs import make_base_env, make_env  # noqa: F401
 
 # sequence MDPs and their exact solver (re-exported)
 from zarrl.envs.sequence import (
@@ -14,56 +21,4 @@ from zarrl.envs.tree_solver import (
     synthetic_tree_rewards,  # noqa: F401
     terminal_log_prob,  # noqa: F401
     uniform_log_policy,  # noqa: F401
-)
-
-# isort: split
-# Gymnasium environments and the GMM diffusion-posterior task (environments engineer)
-from zarrl.envs.diffusion_env import DiffusionSamplerEnv  # noqa: F401
-from zarrl.envs.diffusion_policy import (  # noqa: F401
-    NUM_STEPS,
-    SIGMA2,
-    DiffusionActor,
-    DiffusionStep,
-    DriftNetwork,
-    gaussian_step_log_prob,
-    sample_trajectories,
-)
-from zarrl.envs.gmm import (  # noqa: F401
-    GRID_MEANS,
-    MAX_REWARD,
-    TARGET_MEANS,
-    TARGET_WEIGHTS,
-    GaussianMixture,
-    log_reward,
-    prior_log_prob,
-    sample_prior,
-    sample_target,
-    target_log_prob,
-)
-from zarrl.envs.gmm_metrics import (  # noqa: F401
-    assign_modes,
-    elbo,
-    is_log_z,
-    mode_weight_tv,
-    mode_weights,
-    near_mode_fraction,
-    target_mass,
-    target_modes_hit,
-    task_metrics,
-    wasserstein2,
-    wrong_mode_mass,
-)
-from zarrl.envs.guidance import classifier_guidance_sample  # noqa: F401
-from zarrl.envs.gym_envs import make_base_env, make_env  # noqa: F401
-from zarrl.envs.native_gelu import native_gelu_available  # noqa: F401
-from zarrl.envs.native_mlp import native_mlp_available, native_mlp_supports  # noqa: F401
-from zarrl.envs.prior_training import (  # noqa: F401
-    DEFAULT_PRIOR_PATH,
-    brownian_bridge_paths,
-    evaluate_prior,
-    load_prior,
-    load_prior_metadata,
-    path_log_likelihood,
-    pretrain_prior,
-    save_prior,
 )

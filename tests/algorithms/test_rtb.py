@@ -63,7 +63,7 @@ def test_rtb_rejects_bad_settings():
 
 
 def test_rtb_scores_through_the_batched_log_prob_hook_with_the_same_loss_and_gradients():
-    from zarrl.envs import DiffusionActor, DriftNetwork
+    from zarrl.envs.gmm_posterior import DiffusionActor, DriftNetwork
 
     torch.manual_seed(0)
     net = DriftNetwork().double()
@@ -88,7 +88,7 @@ def test_rtb_scores_through_the_batched_log_prob_hook_with_the_same_loss_and_gra
 
 
 def test_rtb_rejects_a_hook_returning_the_wrong_shape():
-    from zarrl.envs import DiffusionActor, DriftNetwork
+    from zarrl.envs.gmm_posterior import DiffusionActor, DriftNetwork
 
     actor = DiffusionActor(DriftNetwork())
     prior = DiffusionActor(DriftNetwork().requires_grad_(False))
@@ -99,7 +99,7 @@ def test_rtb_rejects_a_hook_returning_the_wrong_shape():
 
 
 def test_a_stored_prior_log_prob_replaces_scoring_the_prior():
-    from zarrl.envs import DiffusionActor, DriftNetwork
+    from zarrl.envs.gmm_posterior import DiffusionActor, DriftNetwork
 
     torch.manual_seed(1)
     post_net, prior_net = DriftNetwork(), DriftNetwork().requires_grad_(False)
@@ -142,7 +142,7 @@ def test_a_stored_prior_log_prob_replaces_scoring_the_prior():
 
 
 def test_a_stored_prior_log_prob_of_the_wrong_shape_is_named():
-    from zarrl.envs import DiffusionActor, DriftNetwork
+    from zarrl.envs.gmm_posterior import DiffusionActor, DriftNetwork
 
     actor, prior = (
         DiffusionActor(DriftNetwork()),

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from zarrl.engine.gmm_config import load_gmm_config, method_config_path
-from zarrl.envs import DEFAULT_PRIOR_PATH, load_prior
+from zarrl.engine.experiments.gmm_posterior.config import load_gmm_config, method_config_path
+from zarrl.envs.gmm_posterior import DEFAULT_PRIOR_PATH, load_prior
 
 PRIOR = DEFAULT_PRIOR_PATH
 

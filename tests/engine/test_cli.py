@@ -302,7 +302,7 @@ def test_shipped_configs_resolve_by_name_outside_the_checkout(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     assert load_config("cartpole_trust_pcl").run.name == "cartpole_trust_pcl"
     assert load_config("configs/demo.yaml").run.name == "demo"
-    from zarrl.engine.gmm_config import load_gmm_config, method_config_path
+    from zarrl.engine.experiments.gmm_posterior.config import load_gmm_config, method_config_path
 
     assert load_gmm_config(method_config_path("trust_pcl")).name == "trust-pcl"
 
@@ -351,7 +351,7 @@ def test_configs_that_cannot_learn_are_refused_before_anything_is_written(
 
 
 def test_both_spellings_of_a_loss_name_are_accepted():
-    from zarrl.engine.gmm_config import canonical_method
+    from zarrl.engine.experiments.gmm_posterior.config import canonical_method
     from zarrl.engine.registry import loss_class
 
     assert loss_class("trust-pcl") is loss_class("trust_pcl")

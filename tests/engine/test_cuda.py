@@ -58,9 +58,9 @@ def test_cartpole_learner_trains_on_cuda_and_checkpoints_load_on_cpu(tmp_path, t
 
 
 def test_gmm_rtb_and_equivalent_trust_pcl_stay_identical_on_cuda(tmp_path):
-    from zarrl.engine.gmm_config import load_gmm_config, method_config_path
-    from zarrl.engine.gmm_runner import run_method
-    from zarrl.envs import load_prior
+    from zarrl.engine.experiments.gmm_posterior.config import load_gmm_config, method_config_path
+    from zarrl.engine.experiments.gmm_posterior.runner import run_method
+    from zarrl.envs.gmm_posterior import load_prior
 
     prior = load_prior()
     over = [

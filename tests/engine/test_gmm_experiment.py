@@ -7,7 +7,7 @@ import csv
 import pytest
 from gmm_support import PRIOR, load_test_prior
 from zarrl.engine.cli import main
-from zarrl.engine.gmm_experiment import run_experiment
+from zarrl.engine.experiments.gmm_posterior.experiment import run_experiment
 
 
 @pytest.fixture(scope="module")

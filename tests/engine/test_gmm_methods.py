@@ -8,11 +8,11 @@ import zarr
 from gmm_support import load_test_prior, small
 from tensordict import TensorDict
 from zarrl.engine.config import ConfigError
-from zarrl.engine.gmm_config import METHODS
-from zarrl.engine.gmm_methods import build_learner, exploration_std
-from zarrl.engine.gmm_runner import _open_buffer, run_method
+from zarrl.engine.experiments.gmm_posterior.config import METHODS
+from zarrl.engine.experiments.gmm_posterior.methods import build_learner, exploration_std
+from zarrl.engine.experiments.gmm_posterior.runner import _open_buffer, run_method
 from zarrl.engine.layout import RunLayout
-from zarrl.envs import DriftNetwork
+from zarrl.envs.gmm_posterior import DriftNetwork
 
 
 @pytest.fixture(scope="module")

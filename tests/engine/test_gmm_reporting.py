@@ -10,15 +10,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
-from zarrl.engine.gmm_experiment import collect_summaries
-from zarrl.engine.gmm_reporting import (
+from zarrl.engine.experiments.gmm_posterior.experiment import collect_summaries
+from zarrl.engine.experiments.gmm_posterior.reporting import (
     aggregate_summaries,
     format_results_markdown,
     plot_learning_curves,
     plot_sample_panels,
     write_results,
 )
-from zarrl.engine.gmm_runner import CURVE_FIELDS
+from zarrl.engine.experiments.gmm_posterior.runner import CURVE_FIELDS
 
 
 def summary(seed: int, tv: float, **extra) -> dict:
@@ -105,7 +105,10 @@ def _axes(fig, gid):
 
 
 def test_both_equivalent_curves_stay_visible_and_their_difference_has_a_panel():
-    from zarrl.engine.gmm_reporting import METHOD_STYLES, learning_curves_figure
+    from zarrl.engine.experiments.gmm_posterior.reporting import (
+        METHOD_STYLES,
+        learning_curves_figure,
+    )
 
     curves = {
         "rtb": [_curves(s) for s in range(3)],
@@ -137,7 +140,7 @@ def test_both_equivalent_curves_stay_visible_and_their_difference_has_a_panel():
 
 
 def test_a_short_run_says_why_a_panel_is_empty_and_marks_a_cut_elbo_axis():
-    from zarrl.engine.gmm_reporting import learning_curves_figure
+    from zarrl.engine.experiments.gmm_posterior.reporting import learning_curves_figure
 
     only_first = {k: v[:1] for k, v in _curves(0).items()}
     fig = learning_curves_figure({"kl-reinforce-off-policy": [only_first]})
@@ -163,7 +166,7 @@ def test_a_short_run_says_why_a_panel_is_empty_and_marks_a_cut_elbo_axis():
 
 
 def test_sample_panels_have_a_marker_legend_axis_labels_and_count_what_is_off_view():
-    from zarrl.engine.gmm_reporting import sample_panels_figure
+    from zarrl.engine.experiments.gmm_posterior.reporting import sample_panels_figure
 
     x = torch.zeros(10, 2)
     x[0] = torch.tensor([30.0, 0.0])  # outside the ±14 view

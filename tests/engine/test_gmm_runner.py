@@ -8,7 +8,11 @@ import json
 import pytest
 import torch
 from gmm_support import final_parameters, load_test_prior, net_key, small
-from zarrl.engine.gmm_runner import pack_trajectories, run_method, unpack_trajectories
+from zarrl.engine.experiments.gmm_posterior.runner import (
+    pack_trajectories,
+    run_method,
+    unpack_trajectories,
+)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +72,7 @@ def test_interrupted_run_resumes_from_its_checkpoint_to_the_same_parameters(tmp_
 
 
 def test_buffer_rows_round_trip_to_the_env_layout(prior):
-    from zarrl.envs import DiffusionActor
+    from zarrl.envs.gmm_posterior import DiffusionActor
 
     for reference in (None, prior):
         td = DiffusionActor(prior).sample_trajectories(5, extra_std=0.3, reference=reference)

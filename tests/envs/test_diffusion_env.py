@@ -1,4 +1,4 @@
-"""Tests for zarrl.envs.diffusion_env: specs, dynamics, reward, and collection into a replay buffer."""
+"""Tests for zarrl.envs.gmm_posterior.env: specs, dynamics, reward, and collection into a replay buffer."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from torchrl.collectors import Collector
 from torchrl.data import ReplayBuffer
 from torchrl.envs.utils import check_env_specs
 from zarrl.buffers import ZarrStorage
-from zarrl.envs.diffusion_env import DiffusionSamplerEnv
-from zarrl.envs.diffusion_policy import DiffusionActor, DriftNetwork
-from zarrl.envs.gmm import log_reward
+from zarrl.envs.gmm_posterior.env import DiffusionSamplerEnv
+from zarrl.envs.gmm_posterior.mixtures import log_reward
+from zarrl.envs.gmm_posterior.policy import DiffusionActor, DriftNetwork
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -1,4 +1,4 @@
-"""Tests for zarrl.envs.diffusion_policy: the drift network, the probabilistic actor, batched scoring
+"""Tests for zarrl.envs.gmm_posterior.policy: the drift network, the probabilistic actor, batched scoring
 and the fast trajectory sampler."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import math
 
 import pytest
 import torch
-from zarrl.envs.diffusion_policy import (
+from zarrl.envs.gmm_posterior.mixtures import log_reward
+from zarrl.envs.gmm_posterior.policy import (
     NUM_STEPS,
     SIGMA2,
     DiffusionActor,
@@ -15,7 +16,6 @@ from zarrl.envs.diffusion_policy import (
     gaussian_step_log_prob,
     sample_trajectories,
 )
-from zarrl.envs.gmm import log_reward
 
 from tests.tolerances import assert_within, drift_network_error
 
@@ -146,7 +146,7 @@ def test_actor_rejects_bad_exploration_std_and_missing_keys(actor, batch):
 
 @pytest.mark.parametrize("side_thread", [True, False])
 def test_reference_log_prob_is_the_prior_scoring_of_the_sampled_steps(side_thread, monkeypatch):
-    import zarrl.envs.diffusion_policy as policy
+    import zarrl.envs.gmm_posterior.policy as policy
 
     monkeypatch.setattr(policy, "side_thread_helps", lambda device: side_thread)
     monkeypatch.setattr(policy, "SIDE_JOB_ROWS", 7 * 40)  # several side jobs, a ragged last one
@@ -165,7 +165,7 @@ def test_reference_log_prob_is_the_prior_scoring_of_the_sampled_steps(side_threa
 
 
 def test_the_side_thread_keeps_one_intra_op_thread_and_the_caller_its_own():
-    from zarrl.envs.side_thread import caller_single_threaded, side_executor
+    from zarrl.envs.gmm_posterior.side_thread import caller_single_threaded, side_executor
 
     threads = torch.get_num_threads()
     assert side_executor().submit(torch.get_num_threads).result() == 1
@@ -180,7 +180,7 @@ def test_the_side_thread_keeps_one_intra_op_thread_and_the_caller_its_own():
 
 
 def test_the_side_thread_is_used_only_on_a_cpu_with_a_second_core(monkeypatch):
-    from zarrl.envs import side_thread
+    from zarrl.envs.gmm_posterior import side_thread
 
     monkeypatch.setattr(side_thread.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert side_thread.side_thread_helps(torch.device("cpu"))

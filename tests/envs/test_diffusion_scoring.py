@@ -1,14 +1,14 @@
-"""Tests for zarrl.envs.diffusion_scoring: the fused drift-MLP + Gaussian log-density autograd
+"""Tests for zarrl.envs.gmm_posterior.scoring: the fused drift-MLP + Gaussian log-density autograd
 function behind ``DiffusionActor.batched_log_prob``."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from zarrl.envs import diffusion_policy
-from zarrl.envs import diffusion_scoring as scoring
-from zarrl.envs.diffusion_policy import DiffusionActor, DriftNetwork
-from zarrl.envs.diffusion_scoring import reuse_activations
+from zarrl.envs.gmm_posterior import policy as diffusion_policy
+from zarrl.envs.gmm_posterior import scoring
+from zarrl.envs.gmm_posterior.policy import DiffusionActor, DriftNetwork
+from zarrl.envs.gmm_posterior.scoring import reuse_activations
 
 from tests.tolerances import assert_within, drift_network_error
 
@@ -140,7 +140,7 @@ def test_a_frozen_network_keeps_no_sampler_activations():
 
 
 def test_samples_too_large_for_the_activation_budget_are_not_kept(monkeypatch):
-    import zarrl.envs.diffusion_policy as policy
+    import zarrl.envs.gmm_posterior.policy as policy
 
     actor, net, _ = _sampled()
     monkeypatch.setattr(policy, "MAX_KEPT_ACTIVATION_BYTES", 6 * 8 * 100 * 64 * 4 - 1)

@@ -1,4 +1,4 @@
-"""Tests for zarrl.envs.gmm: exact densities, reward bound, exact sampling."""
+"""Tests for zarrl.envs.gmm_posterior.mixtures: exact densities, reward bound, exact sampling."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from zarrl.envs.gmm import (
+from zarrl.envs.gmm_posterior.mixtures import (
     GRID_MEANS,
     MAX_REWARD,
     MODE_STD,

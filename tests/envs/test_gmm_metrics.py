@@ -1,4 +1,4 @@
-"""Tests for zarrl.envs.gmm_metrics: mode assignment, mode weights, TV, ELBO / IS log Ẑ, W₂."""
+"""Tests for zarrl.envs.gmm_posterior.metrics: mode assignment, mode weights, TV, ELBO / IS log Ẑ, W₂."""
 
 from __future__ import annotations
 
@@ -6,14 +6,7 @@ import math
 
 import pytest
 import torch
-from zarrl.envs.gmm import (
-    GRID_MEANS,
-    TARGET_GRID_INDEX,
-    TARGET_WEIGHTS,
-    sample_prior,
-    sample_target,
-)
-from zarrl.envs.gmm_metrics import (
+from zarrl.envs.gmm_posterior.metrics import (
     assign_modes,
     elbo,
     is_log_z,
@@ -24,6 +17,13 @@ from zarrl.envs.gmm_metrics import (
     task_metrics,
     wasserstein2,
     wrong_mode_mass,
+)
+from zarrl.envs.gmm_posterior.mixtures import (
+    GRID_MEANS,
+    TARGET_GRID_INDEX,
+    TARGET_WEIGHTS,
+    sample_prior,
+    sample_target,
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")

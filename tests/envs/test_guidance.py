@@ -1,12 +1,12 @@
-"""Tests for zarrl.envs.guidance: the classifier-guidance sampler."""
+"""Tests for zarrl.envs.gmm_posterior.guidance: the classifier-guidance sampler."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from zarrl.envs.diffusion_policy import DriftNetwork, sample_trajectories
-from zarrl.envs.gmm import log_reward
-from zarrl.envs.guidance import classifier_guidance_sample, reward_gradient
+from zarrl.envs.gmm_posterior.guidance import classifier_guidance_sample, reward_gradient
+from zarrl.envs.gmm_posterior.mixtures import log_reward
+from zarrl.envs.gmm_posterior.policy import DriftNetwork, sample_trajectories
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from zarrl.envs import native_gelu
-from zarrl.envs.native_gelu import gelu_, gelu_and_grad, native_gelu_available
+from zarrl.envs.gmm_posterior import native_gelu
+from zarrl.envs.gmm_posterior.native_gelu import gelu_, gelu_and_grad, native_gelu_available
 
 from tests.tolerances import EPS32, GELU_ULPS, assert_within
 
 TINY = torch.finfo(torch.float32).tiny
-#: Where the compiled kernel switches to the limits (envs/csrc/gelu.c's GELU_X0).
+#: Where the compiled kernel switches to the limits (envs/gmm_posterior/csrc/gelu.c's GELU_X0).
 X0 = 13.0
 
 

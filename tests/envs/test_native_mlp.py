@@ -7,9 +7,13 @@ import math
 
 import pytest
 import torch
-from zarrl.envs import native_mlp
-from zarrl.envs.diffusion_policy import SIGMA2, DiffusionActor, DriftNetwork, time_grid
-from zarrl.envs.native_mlp import mlp_sample, native_mlp_available, native_mlp_supports
+from zarrl.envs.gmm_posterior import native_mlp
+from zarrl.envs.gmm_posterior.native_mlp import (
+    mlp_sample,
+    native_mlp_available,
+    native_mlp_supports,
+)
+from zarrl.envs.gmm_posterior.policy import SIGMA2, DiffusionActor, DriftNetwork, time_grid
 
 pytestmark = [
     pytest.mark.skipif(

@@ -1,4 +1,4 @@
-"""Tests for zarrl.envs.prior_training: Brownian-bridge noising, batched path likelihood, training,
+"""Tests for zarrl.envs.gmm_posterior.prior: Brownian-bridge noising, batched path likelihood, training,
 checkpoint round trip, and the shipped prior's quality."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import math
 
 import pytest
 import torch
-from zarrl.envs.diffusion_policy import NUM_STEPS, SIGMA2, DiffusionActor, DriftNetwork
-from zarrl.envs.gmm import sample_prior
-from zarrl.envs.gmm_metrics import near_mode_fraction, target_mass, wasserstein2
-from zarrl.envs.prior_training import (
+from zarrl.envs.gmm_posterior.metrics import near_mode_fraction, target_mass, wasserstein2
+from zarrl.envs.gmm_posterior.mixtures import sample_prior
+from zarrl.envs.gmm_posterior.policy import NUM_STEPS, SIGMA2, DiffusionActor, DriftNetwork
+from zarrl.envs.gmm_posterior.prior import (
     DEFAULT_PRIOR_PATH,
     brownian_bridge_paths,
     load_prior,
@@ -73,7 +73,7 @@ def test_checkpoint_round_trip_restores_the_same_drift(tmp_path):
     assert torch.allclose(loaded(x, t), net(x, t), atol=1e-5)  # frozen: the no-graph path
     assert not any(p.requires_grad for p in loaded.parameters())
     assert load_prior_metadata(path) == {"note": "test"}
-    with pytest.raises(FileNotFoundError, match="prior_training"):
+    with pytest.raises(FileNotFoundError, match=r"zarrl\.envs\.gmm_posterior\.prior"):
         load_prior(tmp_path / "missing.pt")
 
 

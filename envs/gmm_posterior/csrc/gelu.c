@@ -1,4 +1,4 @@
-/* Exact GELU and GELU' in one pass (see zarrl.envs.native_gelu).
+/* Exact GELU and GELU' in one pass (see zarrl.envs.gmm_posterior.native_gelu).
 
    Free of subnormal floats for every input: |x| is clamped to GELU_X0 before the tail
    Phi(-|x|) = s*exp(-x^2/2) is evaluated (beyond it the results are the exact limits), the tail

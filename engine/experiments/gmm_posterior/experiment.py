@@ -4,13 +4,13 @@ learning curves.
 
 From Python::
 
-    from zarrl.engine.gmm_experiment import run_experiment
+    from zarrl.engine.experiments.gmm_posterior.experiment import run_experiment
     run_experiment(methods=["rtb", "trust-pcl-equivalent"], seeds=[0], updates=500, device="cpu")
 
 The experiment folder (default ``runs/gmm-posterior``)::
 
     configs/<method>.yaml          resolved config of each method
-    <method>/seed<k>/              one RunLayout per method and seed (see zarrl.engine.gmm_runner)
+    <method>/seed<k>/              one RunLayout per method and seed (see zarrl.engine.experiments.gmm_posterior.runner)
     results.md, results.csv        the results table (mean ± std over seeds)
     samples.png                    one panel of samples per method beside the prior and the target
     learning_curves.png            loss, log Z, TV, wrong-mode mass, ELBO, W₂ against updates
@@ -28,23 +28,27 @@ from typing import Any
 
 import torch
 from zarrl.engine.config import ConfigError
-from zarrl.engine.gmm_config import (
+from zarrl.engine.experiments.gmm_posterior.config import (
     METHODS,
     GMMConfig,
     canonical_method,
     load_gmm_config,
     method_config_path,
 )
-from zarrl.engine.gmm_methods import GMMLearner
-from zarrl.engine.gmm_reporting import (
+from zarrl.engine.experiments.gmm_posterior.methods import GMMLearner
+from zarrl.engine.experiments.gmm_posterior.reporting import (
     aggregate_summaries,
     plot_learning_curves,
     plot_sample_panels,
     read_curve,
     write_results,
 )
-from zarrl.engine.gmm_runner import evaluate_learner, resolve_device, run_method
-from zarrl.envs import DiffusionActor, load_prior, sample_target
+from zarrl.engine.experiments.gmm_posterior.runner import (
+    evaluate_learner,
+    resolve_device,
+    run_method,
+)
+from zarrl.envs.gmm_posterior import DiffusionActor, load_prior, sample_target
 
 __all__ = [
     "collect_summaries",

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from zarrl.envs import GRID_MEANS, TARGET_MEANS  # noqa: E402
+from zarrl.envs.gmm_posterior import GRID_MEANS, TARGET_MEANS
 
 __all__ = [
     "METHOD_STYLES",

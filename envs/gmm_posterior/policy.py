@@ -23,7 +23,10 @@ from torch import nn
 from torchrl.modules import ProbabilisticActor
 from torchrl.modules.distributions import IndependentNormal
 
-from .diffusion_scoring import (
+from .mixtures import log_reward as gmm_log_reward
+from .native_gelu import gelu_, gelu_and_grad
+from .native_mlp import mlp_sample, native_mlp_supports
+from .scoring import (
     MAX_KEPT_ACTIVATION_BYTES,
     activation_tables,
     forget_activations,
@@ -32,9 +35,6 @@ from .diffusion_scoring import (
     reuse_activations,
     sampled_states,
 )
-from .gmm import log_reward as gmm_log_reward
-from .native_gelu import gelu_, gelu_and_grad
-from .native_mlp import mlp_sample, native_mlp_supports
 from .side_thread import caller_single_threaded, side_executor, side_thread_helps
 
 #: Diffusion coefficient σ² of the task.
@@ -470,14 +470,14 @@ def _integrate_fused(
     ``[N, T]`` (else ``None``).
 
     For a trainable network the hidden activations of every step are written into ``[T, N, H]``
-    tables kept on the network (:func:`~zarrl.envs.diffusion_scoring.keep_activations`), so
+    tables kept on the network (:func:`~zarrl.envs.gmm_posterior.scoring.keep_activations`), so
     scoring these very transitions with the same parameters skips the posterior's forward pass;
     the pre-activation tables hold GELU derivatives instead, for the backward pass
-    (:mod:`~zarrl.envs.native_gelu`). When the compiled kernels support the network
-    (:mod:`~zarrl.envs.native_mlp`) the whole loop, the tables (four: the backward recomputes the
+    (:mod:`~zarrl.envs.gmm_posterior.native_gelu`). When the compiled kernels support the network
+    (:mod:`~zarrl.envs.gmm_posterior.native_mlp`) the whole loop, the tables (four: the backward recomputes the
     first layer) and the reference scoring are one kernel call; otherwise, on a multi-core CPU, the
     reference scoring runs on a side thread, block by block behind the sampler
-    (:mod:`~zarrl.envs.side_thread`)."""
+    (:mod:`~zarrl.envs.gmm_posterior.side_thread`)."""
     num, num_steps, dim = noise.shape
     hidden = t_emb.shape[-1]
     keep = net._builds_graph() and 6 * noise[..., :1].numel() * hidden * noise.element_size() <= (

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .gmm import GRID_MEANS, MODE_STD, TARGET_GRID_INDEX, TARGET_WEIGHTS
+from .mixtures import GRID_MEANS, MODE_STD, TARGET_GRID_INDEX, TARGET_WEIGHTS
 
 #: A sample is "near" a grid mode when within this distance of its mean (3 std ≈ 1.64).
 NEAR_MODE_RADIUS = 3.0 * MODE_STD

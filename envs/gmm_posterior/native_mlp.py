@@ -2,7 +2,7 @@
 64 and 2-d states): the whole sampler loop, the output layer, and the hand-written backward.
 
 The network's products are ``[rows, 64] × [64, 64]``: MKL reaches about 40 GFLOP/s on them on one
-AVX2 core, with a Python round trip per step and per layer on top; ``envs/csrc/diffusion_mlp.c``
+AVX2 core, with a Python round trip per step and per layer on top; ``envs/gmm_posterior/csrc/diffusion_mlp.c``
 keeps the weights in L1, computes 6 × 16 register tiles (about twice MKL's rate here) and runs all
 steps of a block of 48 trajectories in one call, fusing the GELUs, the output layer, the Euler step
 and the reference's log-density. Trajectories (and the backward's rows) are independent, so
@@ -10,7 +10,7 @@ and the reference's log-density. Trajectories (and the backward's rows) are inde
 kernels share its thread pool the way ATen's parallel operations do instead of contending with
 its spinning workers.
 
-Built at first use by :mod:`~zarrl.envs.native_build` (needs a C compiler and a CPU with AVX2 and
+Built at first use by :mod:`~zarrl.envs.gmm_posterior.native_build` (needs a C compiler and a CPU with AVX2 and
 FMA); ``ZARRL_NATIVE_MLP=0`` turns it off. :func:`native_mlp_supports` tells whether a network and
 its tensors can use it; otherwise callers keep their ATen path (same results to float rounding).
 """

@@ -9,7 +9,8 @@ from collections.abc import Callable
 import torch
 from tensordict import TensorDict
 
-from .diffusion_policy import (
+from .mixtures import log_reward as gmm_log_reward
+from .policy import (
     NUM_STEPS,
     SIGMA2,
     DriftNetwork,
@@ -17,7 +18,6 @@ from .diffusion_policy import (
     integrate,
     trajectories_to_tensordict,
 )
-from .gmm import log_reward as gmm_log_reward
 
 
 def reward_gradient(

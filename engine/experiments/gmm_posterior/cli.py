@@ -1,6 +1,6 @@
 """The ``zarrl experiment`` subcommand: its arguments and handler.
 
-Kept apart from :mod:`zarrl.engine.gmm_experiment` so that building the command line (and
+Kept apart from :mod:`zarrl.engine.experiments.gmm_posterior.experiment` so that building the command line (and
 ``zarrl --help``) loads no torch; the handler imports the experiment when it runs.
 """
 
@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from zarrl.engine.config import ConfigError
-from zarrl.engine.gmm_config import METHODS
+from zarrl.engine.experiments.gmm_posterior.config import METHODS
 
 __all__ = ["add_experiment_parser", "main_experiment"]
 
@@ -44,10 +44,14 @@ def add_experiment_parser(sub) -> argparse.ArgumentParser:
 
 def main_experiment(args: argparse.Namespace) -> int:
     """Handler of ``zarrl experiment``; prints the results table and where everything is."""
-    from zarrl.engine.gmm_experiment import method_configs, run_experiment, write_report
-    from zarrl.engine.gmm_reporting import format_results_markdown
-    from zarrl.engine.gmm_runner import resolve_device
-    from zarrl.envs import load_prior
+    from zarrl.engine.experiments.gmm_posterior.experiment import (
+        method_configs,
+        run_experiment,
+        write_report,
+    )
+    from zarrl.engine.experiments.gmm_posterior.reporting import format_results_markdown
+    from zarrl.engine.experiments.gmm_posterior.runner import resolve_device
+    from zarrl.envs.gmm_posterior import load_prior
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.report_only:

@@ -3,7 +3,7 @@ one custom autograd function with a hand-written backward.
 
 ``log N(a; x + dt·f(x, t), std²·I)`` for ``N`` transitions costs two ``[N, 64] × [64, 64]`` matrix
 products (and two thin ones) and three exact GELUs forward — each GELU pass also writes GELU' in place
-of its input (:mod:`~zarrl.envs.native_gelu`), so the backward multiplies instead of re-evaluating
+of its input (:mod:`~zarrl.envs.gmm_posterior.native_gelu`), so the backward multiplies instead of re-evaluating
 erf and exp — and their transposes backward; the time embedding enters as a
 ``[K, H]`` table broadcast over ``N / K`` rows (``K = T`` for ``[B, T]`` trajectories on a shared
 grid), so its gradient is one reduction. No ``Normal`` objects, no bias-broadcast copies of the

@@ -1,9 +1,9 @@
 """Pre-training of the GMM task's diffusion prior by maximum likelihood on Brownian-bridge-noised data,
-and the shipped checkpoint (``envs/data/gmm_prior.pt``).
+and the shipped checkpoint (``envs/gmm_posterior/data/gmm_prior.pt``).
 
 Regenerate the shipped checkpoint with::
 
-    python -m zarrl.envs.prior_training --out envs/data/gmm_prior.pt
+    python -m zarrl.envs.gmm_posterior.prior --out envs/gmm_posterior/data/gmm_prior.pt
 
 Each update draws ``B`` data points x₁ ~ p₂₅, noises each backward to 0 along a Brownian bridge with
 diffusion coefficient σ² (all T steps in one vectorized draw), and minimizes the negative
@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from .diffusion_policy import (
+from .mixtures import sample_prior
+from .policy import (
     NUM_STEPS,
     SIGMA2,
     DriftNetwork,
@@ -30,7 +31,6 @@ from .diffusion_policy import (
     sample_trajectories,
     time_grid,
 )
-from .gmm import sample_prior
 
 #: Path of the shipped prior checkpoint.
 DEFAULT_PRIOR_PATH = Path(__file__).resolve().parent / "data" / "gmm_prior.pt"
@@ -145,7 +145,7 @@ def load_prior(path: str | Path | None = None, device: torch.device | str = "cpu
     path = Path(path) if path is not None else DEFAULT_PRIOR_PATH
     if not path.is_file():
         raise FileNotFoundError(
-            f"no prior checkpoint at {path}; regenerate it with `python -m zarrl.envs.prior_training`"
+            f"no prior checkpoint at {path}; regenerate it with `python -m zarrl.envs.gmm_posterior.prior`"
         )
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "config"):
@@ -165,8 +165,8 @@ def load_prior_metadata(path: str | Path | None = None) -> dict[str, Any]:
 
 def evaluate_prior(net: DriftNetwork, num: int = 2000, seed: int = 1) -> dict[str, float]:
     """Task metrics of ``num`` samples of the prior (near-mode share, target mass, W₂ to p₂₅ and g₉)."""
-    from .gmm import sample_target
-    from .gmm_metrics import task_metrics, wasserstein2
+    from .metrics import task_metrics, wasserstein2
+    from .mixtures import sample_target
 
     gen = torch.Generator().manual_seed(seed)
     net_cpu = net.to("cpu")
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         "seed": args.seed,
         "wall_s": round(wall, 1),
         "metrics": metrics,
-        "command": " ".join(["python -m zarrl.envs.prior_training", *(argv or sys.argv[1:])]),
+        "command": " ".join(["python -m zarrl.envs.gmm_posterior.prior", *(argv or sys.argv[1:])]),
     }
     save_prior(net, args.out, metadata)
     print(f"saved {args.out} after {wall:.0f} s", flush=True)

@@ -1,4 +1,4 @@
-"""Compile zarrl's small C kernels (``envs/csrc``) at first use and load them with ctypes.
+"""Compile zarrl's small C kernels (``envs/gmm_posterior/csrc``) at first use and load them with ctypes.
 
 Each library is built once per process with the system C compiler (``$CC``, else ``cc`` or
 ``gcc``; ``-O3 -march=native``) into a temporary directory, then loaded; ctypes releases the GIL

@@ -3,7 +3,7 @@
 One YAML file per method under ``configs/gmm/``; sections are checked by the engine's config
 machinery (unknown keys, wrong types and bad ranges raise :class:`~zarrl.engine.config.ConfigError`
 naming the dotted key). The ``method`` section is open: ``name`` plus the keyword arguments of that
-method's loss, checked when the learner is built (:mod:`zarrl.engine.gmm_methods`).
+method's loss, checked when the learner is built (:mod:`zarrl.engine.experiments.gmm_posterior.methods`).
 """
 
 from __future__ import annotations

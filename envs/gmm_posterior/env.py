@@ -14,8 +14,8 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
-from .diffusion_policy import NUM_STEPS
-from .gmm import log_reward as gmm_log_reward
+from .mixtures import log_reward as gmm_log_reward
+from .policy import NUM_STEPS
 
 
 class DiffusionSamplerEnv(EnvBase):

@@ -11,8 +11,8 @@ No subnormal float is computed: beyond ``|h| = 13`` the results are the limits (
 ``exp(−h²/2) ≥ 2e-37``, and the kernel runs with flush-to-zero / denormals-are-zero set on the
 calling thread for its own duration (restored on return; the process's mode is never changed).
 
-The C source (``envs/csrc/gelu.c``, vectorized by the compiler) is compiled once per process by
-:mod:`~zarrl.envs.native_build` and called through ctypes, which releases the GIL. Without a
+The C source (``envs/gmm_posterior/csrc/gelu.c``, vectorized by the compiler) is compiled once per process by
+:mod:`~zarrl.envs.gmm_posterior.native_build` and called through ctypes, which releases the GIL. Without a
 compiler, or with ``ZARRL_NATIVE_GELU=0``, the same functions run on ATen's ``gelu`` /
 ``gelu_backward``; :func:`native_gelu_available` tells which.
 """

@@ -32,16 +32,20 @@ from zarrl.engine.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from zarrl.engine.gmm_config import GMMConfig
-from zarrl.engine.gmm_methods import GMMLearner, build_learner, exploration_std
+from zarrl.engine.experiments.gmm_posterior.config import GMMConfig
+from zarrl.engine.experiments.gmm_posterior.methods import (
+    GMMLearner,
+    build_learner,
+    exploration_std,
+)
 from zarrl.engine.layout import RunLayout
-from zarrl.envs import (
+from zarrl.envs.gmm_posterior import (
     classifier_guidance_sample,
     load_prior,
     sample_target,
     task_metrics,
 )
-from zarrl.envs.diffusion_policy import trajectories_to_tensordict
+from zarrl.envs.gmm_posterior.policy import trajectories_to_tensordict
 
 __all__ = [
     "CURVE_FIELDS",

@@ -28,9 +28,9 @@ from torch import nn
 from torchrl.objectives import LossModule
 from zarrl.algorithms import KLReinforceLoss, RTBLoss, TrustPCLLoss, trust_pcl_from_rtb
 from zarrl.engine.config import ConfigError
-from zarrl.engine.gmm_config import GMMConfig, GMMTrainConfig
-from zarrl.envs import DiffusionActor, DriftNetwork
-from zarrl.envs.diffusion_policy import SinusoidalTimeFeatures
+from zarrl.engine.experiments.gmm_posterior.config import GMMConfig, GMMTrainConfig
+from zarrl.envs.gmm_posterior import DiffusionActor, DriftNetwork
+from zarrl.envs.gmm_posterior.policy import SinusoidalTimeFeatures
 
 __all__ = ["GMMLearner", "TimeStateValue", "build_learner", "exploration_std"]
 
