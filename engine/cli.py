@@ -203,28 +203,25 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
     from zarrl.engine.collect import load_policy
     from zarrl.engine.evaluate import evaluate_policy
-    from zarrl.engine.registry import episode_step_limit, make_environment
     from zarrl.engine.reporting import format_table
 
     if args.episodes <= 0:
         raise _UsageError(f"--episodes: got {args.episodes}, expected > 0")
     if not Path(args.run_dir).is_dir():
         raise _RuntimeFailure(f"run folder {args.run_dir!r} does not exist")
-    actor, config, obs_norm = load_policy(args.run_dir, checkpoint=args.checkpoint)
+    actor, config, task = load_policy(args.run_dir, checkpoint=args.checkpoint)
     torch.manual_seed(args.seed)
-    env = make_environment(
-        config.env, seed=args.seed, num_envs=min(args.episodes, 20), obs_norm=obs_norm
-    )
+    env = task.make_env(seed=args.seed, num_envs=min(args.episodes, 20))
     returns = evaluate_policy(
         env,
         actor,
         args.episodes,
         deterministic=not args.stochastic,
-        max_steps=episode_step_limit(config.env),
+        max_steps=task.max_episode_steps,
     )
     rows = {
         "run folder": args.run_dir,
-        "env": config.env.name,
+        "env": task.description,
         "episodes": args.episodes,
         "mean return": float(returns.mean()),
         "std return": float(returns.std()) if args.episodes > 1 else 0.0,

@@ -16,6 +16,7 @@ from zarrl.engine.config import BufferConfig, Config, ConfigError, EnvConfig, Mo
 from zarrl.engine.models import build_actor
 from zarrl.engine.policies import TRAJ_KEY, next_trajectory_id, uniform_policy_like
 from zarrl.engine.registry import BufferPathError, create_storage, make_environment, open_storage
+from zarrl.engine.tasks import Task, build_task
 
 __all__ = ["COMMIT_EVERY_SECONDS", "collect", "load_policy"]
 
@@ -25,10 +26,10 @@ _CHECKED_KEYS = ("observation", "action")
 
 
 def load_policy(
-    run_dir: str | Path, env=None, checkpoint: str = "last"
-) -> tuple[ProbabilisticActor, Config, dict | None]:
-    """The trained policy of a run folder (CPU), the run's config and its observation
-    normalization statistics (``None`` without ``env.normalize_obs``).
+    run_dir: str | Path, checkpoint: str = "last"
+) -> tuple[ProbabilisticActor, Config, Task]:
+    """The trained policy of a run folder (CPU), the run's config and its task (whose
+    environments normalize observations as the run's did).
 
     ``checkpoint`` is ``"last"`` (``checkpoints/last.pt``), ``"final"``, or a path to a ``.pt`` file.
     """
@@ -41,15 +42,12 @@ def load_policy(
         path = Path(checkpoint)
     state = load_checkpoint(path)
     config = Config.from_dict(state["config"])
-    if env is None:
-        env = make_environment(
-            config.env, seed=config.run.seed, num_envs=1, obs_norm=state["extra"].get("obs_norm")
-        )
-    actor = build_actor(env, config.model)
-    with torch.no_grad():
-        actor(env.fake_tensordict().reshape(-1)[:1])
+    task = build_task(config.env, config.model)
+    extra = state["extra"]
+    task.load_state_dict(extra.get("task", {"obs_norm": extra.get("obs_norm")}))
+    actor = task.build_actor()
     actor.load_state_dict(state["modules"]["actor"])
-    return actor, config, state["extra"].get("obs_norm")
+    return actor, config, task
 
 
 def collect(
@@ -87,13 +85,14 @@ def collect(
     if policy == "random":
         actor = uniform_policy_like(build_actor(env, ModelConfig()))
     else:
-        actor, run_config, obs_norm = load_policy(policy, env=None)
-        if run_config.env.name != env_name:
+        actor, run_config, task = load_policy(policy)
+        if run_config.env.task != "gym" or run_config.env.name != env_name:
             raise ConfigError(
                 f"--policy: the run {str(policy)!r} was trained on {run_config.env.name}, not on "
                 f"--env {env_name}"
             )
         env_cfg.normalize_obs = run_config.env.normalize_obs
+        obs_norm = task.state_dict().get("obs_norm")
     with torch.no_grad():
         probe = actor(env.fake_tensordict().reshape(-1)[:1])
     buf_cfg = BufferConfig(max_size=max_size, cache=None, flush_every_seconds=commit_every_seconds)

@@ -58,7 +58,9 @@ class RunConfig:
 
 @dataclass
 class EnvConfig:
-    name: str = "CartPole-v1"
+    task: str = "gym"  # gym | sequence (zarrl.engine.tasks registry)
+    name: str = "CartPole-v1"  # the Gymnasium id (gym task) or a display name
+    options: dict[str, Any] = field(default_factory=dict)  # the task's own settings
     num_envs: int = 1
     normalize_obs: bool = False
     max_episode_steps: int | None = None  # extra time limit (truncation) on top of Gymnasium's

@@ -17,7 +17,15 @@ from torchrl.data import OneHot
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from zarrl.engine.config import ModelConfig
 
-__all__ = ["StateIndependentScale", "build_actor", "build_value", "observation_dim"]
+__all__ = [
+    "StateIndependentScale",
+    "TabularLogits",
+    "build_actor",
+    "build_tabular_actor",
+    "build_tabular_value",
+    "build_value",
+    "observation_dim",
+]
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
 
@@ -86,3 +94,46 @@ def build_value(env, config: ModelConfig) -> ValueOperator:
     return ValueOperator(
         _mlp(observation_dim(env), 1, config), in_keys=["observation"], out_keys=["state_value"]
     )
+
+
+class TabularLogits(nn.Module):
+    """One learnable row per state id: ``forward(node [*B]) -> weight[node]`` ``[*B, width]``.
+
+    The policy table of an enumerable task (``width`` = number of actions: logits) or its value
+    table (``width`` = 1).
+    """
+
+    def __init__(self, num_states: int, width: int, init: torch.Tensor | None = None) -> None:
+        super().__init__()
+        if init is not None and tuple(init.shape) != (num_states, width):
+            raise ValueError(
+                f"TabularLogits: init has shape {tuple(init.shape)}, expected "
+                f"({num_states}, {width})"
+            )
+        weight = torch.zeros(num_states, width) if init is None else init.detach().clone().float()
+        self.weight = nn.Parameter(weight)
+
+    def forward(self, node: torch.Tensor) -> torch.Tensor:
+        return self.weight[node]
+
+
+def build_tabular_actor(
+    num_states: int, num_actions: int, *, init: torch.Tensor | None = None, key: str = "node"
+) -> ProbabilisticActor:
+    """A categorical policy with one row of logits per state id read from ``key`` (``init``:
+    ``[num_states, num_actions]`` starting logits, e.g. a prior's log-probabilities)."""
+    net = TensorDictModule(
+        TabularLogits(num_states, num_actions, init), in_keys=[key], out_keys=["logits"]
+    )
+    return ProbabilisticActor(
+        net,
+        in_keys=["logits"],
+        out_keys=["action"],
+        distribution_class=Categorical,
+        return_log_prob=True,
+    )
+
+
+def build_tabular_value(num_states: int, *, key: str = "node") -> ValueOperator:
+    """A value table ``V(s)`` ``[*B, 1]`` indexed by the state id read from ``key``."""
+    return ValueOperator(TabularLogits(num_states, 1), in_keys=[key], out_keys=["state_value"])

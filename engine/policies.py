@@ -8,7 +8,7 @@ import copy
 import torch
 from torch import nn
 from torchrl.modules import ProbabilisticActor
-from zarrl.engine.models import StateIndependentScale
+from zarrl.engine.models import StateIndependentScale, TabularLogits
 
 __all__ = ["TRAJ_KEY", "next_trajectory_id", "uniform_policy_like"]
 
@@ -19,12 +19,19 @@ SCAN_ROWS = 65_536
 @torch.no_grad()
 def uniform_policy_like(actor: ProbabilisticActor) -> ProbabilisticActor:
     """A copy of ``actor`` whose output ignores the observation: uniform logits for discrete
-    actions, ``loc = 0`` and unit scale before the tanh squashing for continuous ones.
+    actions (a policy table's rows zeroed), ``loc = 0`` and unit scale before the tanh squashing for continuous ones.
 
     It writes the same keys (``action``, ``action_log_prob``, distribution parameters), so the
     rows it collects share the buffer's schema with the learned policy's rows.
     """
     random_actor = copy.deepcopy(actor)
+    tables = [m for m in random_actor.modules() if isinstance(m, TabularLogits)]
+    if tables:  # a policy table: equal logits in every state
+        for table in tables:
+            table.weight.zero_()
+        for param in random_actor.parameters():
+            param.requires_grad_(False)
+        return random_actor
     last_linear = None
     for module in random_actor.modules():
         if isinstance(module, nn.Linear):

@@ -13,6 +13,7 @@ import inspect
 import numbers
 import types
 import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ __all__ = [
     "BufferPathError",
     "MissingDependencyError",
     "LOSSES",
+    "NETWORK_ARGUMENTS",
+    "WHOLE_TRAJECTORY_LOSSES",
     "build_loss",
     "create_storage",
     "episode_step_limit",
@@ -76,34 +79,77 @@ def loss_arguments(cls: type) -> dict[str, inspect.Parameter]:
     }
 
 
-def build_loss(section: dict[str, Any], actor: nn.Module, value: nn.Module) -> nn.Module:
-    """Instantiate ``zarrl.algorithms.<LOSSES[section['name']]>(actor, value, **other keys)``."""
+#: the networks a loss may name in its signature -> what the task is asked for
+NETWORK_ARGUMENTS = {"actor_network": "actor", "value_network": "value", "prior_network": "prior"}
+#: losses whose batches must hold whole trajectories (train.slice_len >= the longest episode)
+WHOLE_TRAJECTORY_LOSSES = frozenset({"rtb", "kl_reinforce"})
+REFERENCES = ("lagged", "prior")
+
+
+def build_loss(
+    section: dict[str, Any],
+    networks: Mapping[str, Callable[[], nn.Module] | None],
+    *,
+    task: str = "this task",
+) -> tuple[nn.Module, str]:
+    """Instantiate ``zarrl.algorithms.<LOSSES[section['name']]>`` with the networks its signature
+    names, taken from ``networks`` (``{"actor", "value", "prior"}`` -> a builder, or ``None``
+    where ``task`` provides none), and the other keys of ``section`` as keyword arguments.
+
+    ``section["reference"]`` (engine-level, for losses with a ``reference_network``): ``"lagged"``
+    (default: an EMA of the policy) or ``"prior"`` (the task's fixed prior). Returns the loss and
+    how its reference was built (``"prior"``, ``"lagged"`` or ``"none"``).
+    """
     section = dict(section)
     name = section.pop("name")
+    reference = section.pop("reference", None)
     cls = loss_class(name)
     accepted = loss_arguments(cls)
     positional = [
         p for p in accepted if accepted[p].kind == inspect.Parameter.POSITIONAL_OR_KEYWORD
     ]
-    if positional[:2] != ["actor_network", "value_network"]:
+    built: dict[str, nn.Module] = {}
+    for arg in (p for p in positional if p in NETWORK_ARGUMENTS):
+        what = NETWORK_ARGUMENTS[arg]
+        factory = networks.get(what)
+        if factory is None:
+            raise ConfigError(
+                f"loss.name: {name!r} ({cls.__name__}) needs a {what} network ({arg}), which "
+                f"{task} does not provide; choose a task that does (env.task: sequence provides "
+                "a prior) or a loss that needs none (trust_pcl, pcl)"
+            )
+        built[arg] = factory()
+    if "reference_network" in accepted:
+        reference = "lagged" if reference is None else reference
+        if reference not in REFERENCES:
+            raise ConfigError(f"loss.reference: got {reference!r}, expected one of {REFERENCES}")
+        if reference == "prior":
+            factory = networks.get("prior")
+            if factory is None:
+                raise ConfigError(
+                    f"loss.reference: 'prior' needs the task's prior policy, which {task} does "
+                    "not provide (use loss.reference=lagged)"
+                )
+            built["reference_network"] = factory()
+    elif reference is not None:
         raise ConfigError(
-            f"loss.name: {name!r} ({cls.__name__}) takes ({', '.join(positional)}): it needs a "
-            "fixed prior policy, which the Gym trainer does not build; use trust_pcl or pcl here "
-            "(RTB and KL-REINFORCE run in `zarrl experiment gmm-posterior`)"
+            f"loss.reference: got {reference!r}, but {cls.__name__} takes no reference network"
         )
-    networks = {"actor_network", "value_network", "reference_network"}
-    valid = sorted(k for k in accepted if k not in networks)
+    else:
+        reference = "prior" if "prior_network" in built else "none"
+    networks_args = set(NETWORK_ARGUMENTS) | {"reference_network"}
+    valid = sorted(k for k in accepted if k not in networks_args)
     for key in section:
-        if key not in accepted or key in networks:
-            close = difflib.get_close_matches(str(key), valid, n=1)
+        if key not in accepted or key in networks_args:
+            close = difflib.get_close_matches(str(key), [*valid, "reference"], n=1)
             hint = f" (did you mean loss.{close[0]}?)" if close else ""
             raise ConfigError(
                 f"loss.{key}: unknown argument of {cls.__name__}{hint}; valid keys: "
-                f"{', '.join(valid)}"
+                f"{', '.join(valid)}" + (", reference" if "reference_network" in accepted else "")
             )
     section = _check_argument_types(cls, section)
     try:
-        return cls(actor, value, **section)
+        return cls(**built, **section), reference
     except (TypeError, ValueError) as err:
         raise ConfigError(f"loss: {cls.__name__} rejected {section}: {err}") from err
 

@@ -42,18 +42,17 @@ from zarrl.engine.checkpoint import (
 from zarrl.engine.config import Config, ConfigError, apply_overrides, save_config
 from zarrl.engine.evaluate import evaluate_policy
 from zarrl.engine.layout import RunLayout
-from zarrl.engine.models import build_actor, build_value
 from zarrl.engine.policies import TRAJ_KEY, next_trajectory_id, uniform_policy_like
 from zarrl.engine.registry import (
+    WHOLE_TRAJECTORY_LOSSES,
     MissingDependencyError,
     build_loss,
+    canonical_loss_name,
     create_storage,
-    episode_step_limit,
-    make_environment,
-    observation_norm_state,
     open_storage,
 )
 from zarrl.engine.reporting import format_table, plot_learning_curve
+from zarrl.engine.tasks import build_task
 
 __all__ = ["RunFolderError", "Trainer", "resolve_device"]
 
@@ -142,7 +141,11 @@ class Trainer:
         self.updates_to_target: int | None = None
         self.online = config.train.mode in ("online", "mixed")
 
-        self._obs_norm = None if checkpoint is None else checkpoint["extra"].get("obs_norm")
+        self.task = build_task(config.env, config.model)
+        if checkpoint is not None:
+            extra = checkpoint["extra"]
+            self.task.load_state_dict(extra.get("task", {"obs_norm": extra.get("obs_norm")}))
+        self.task_metrics: dict[str, float] = {}
         self._build_environments()
         self._build_learner()
         self._build_buffer(resuming=checkpoint is not None)
@@ -180,32 +183,35 @@ class Trainer:
     # ------------------------------------------------------------------ construction
     def _build_environments(self) -> None:
         cfg = self.config
-        self.env = make_environment(cfg.env, seed=cfg.run.seed, obs_norm=self._obs_norm)
-        if self._obs_norm is None:
-            self._obs_norm = observation_norm_state(self.env)
+        self.env = self.task.make_env(seed=cfg.run.seed)
         self.eval_env = None
         if cfg.eval.episodes > 0:
             # evaluation episodes play side by side in one vectorized env
-            self.eval_env = make_environment(
-                cfg.env,
-                seed=cfg.run.seed + 10_000,
-                num_envs=min(cfg.eval.episodes, EVAL_PARALLEL_ENVS),
-                obs_norm=self._obs_norm,
+            self.eval_env = self.task.make_env(
+                seed=cfg.run.seed + 10_000, num_envs=min(cfg.eval.episodes, EVAL_PARALLEL_ENVS)
             )
 
     def _build_learner(self) -> None:
         cfg = self.config
-        spec_env = self.env  # specs only: offline runs take no step in it
-        self.actor = build_actor(spec_env, cfg.model)
-        self.value = build_value(spec_env, cfg.model)
-        # initialise lazy shapes with one reset of the spec environment
-        with torch.no_grad():
-            td = spec_env.fake_tensordict().reshape(-1)[:1]
-            self.actor(td)
-            self.value(td)
-        self.actor.to(self.device)
-        self.value.to(self.device)
-        self.loss = build_loss(cfg.loss, self.actor, self.value).to(self.device)
+        task = self.task
+        self.actor = task.build_actor().to(self.device)
+        networks = {
+            "actor": lambda: self.actor,
+            "value": lambda: task.build_value().to(self.device),
+            "prior": (lambda: task.build_prior().to(self.device))
+            if "prior" in task.provides
+            else None,
+        }
+        loss, self.reference = build_loss(
+            cfg.loss, networks, task=f"the {cfg.env.task!r} task ({task.description})"
+        )
+        self.loss = loss.to(self.device)
+        loss_name = canonical_loss_name(cfg.loss["name"])
+        if loss_name in WHOLE_TRAJECTORY_LOSSES and cfg.train.slice_len < task.max_episode_steps:
+            raise ConfigError(
+                f"train.slice_len: got {cfg.train.slice_len}, expected >= the longest episode "
+                f"({task.max_episode_steps} steps): {loss_name} learns from whole trajectories"
+            )
         rollout = getattr(self.loss, "rollout", None)
         if isinstance(rollout, int) and cfg.train.slice_len < rollout:
             raise ConfigError(
@@ -219,9 +225,7 @@ class Trainer:
         )
         self.optimizer = torch.optim.Adam(_param_groups(self.loss, cfg), eps=cfg.optim.adam_eps)
         # the collector acts with its own CPU copy of the policy, synced after every update round
-        self.collector_policy = build_actor(spec_env, cfg.model)
-        with torch.no_grad():
-            self.collector_policy(spec_env.fake_tensordict().reshape(-1)[:1])
+        self.collector_policy = task.build_actor()
         self._sync_collector_policy(initial=True)
 
     def _build_buffer(self, resuming: bool) -> None:
@@ -265,11 +269,11 @@ class Trainer:
         cfg = self.config
         self._random_policy = uniform_policy_like(self.collector_policy)
         self._acting = _SwitchPolicy(self.collector_policy, self._random_policy)
-        env_cfg, obs_norm = cfg.env, self._obs_norm
+        task = self.task
         seed = cfg.run.seed + 1_000 * (self.counters["batches"] + 1)
 
         def make() -> Any:
-            return make_environment(env_cfg, seed=seed, obs_norm=obs_norm)
+            return task.make_env(seed=seed)
 
         return Collector(
             make,
@@ -368,7 +372,7 @@ class Trainer:
             self.collector_policy,
             episodes or self.config.eval.episodes,
             deterministic=self.config.eval.deterministic,
-            max_steps=episode_step_limit(self.config.env),
+            max_steps=self.task.max_episode_steps,
         )
 
     def _maybe_evaluate(self, force: bool = False) -> float | None:
@@ -390,6 +394,9 @@ class Trainer:
         if returns.numel() > 1:
             self.logger.log_scalar("eval/return_std", float(returns.std()), step=step)
         self.eval_history.append((self.counters["frames"], self.counters["updates"], mean))
+        self.task_metrics = self.task.metrics(self.actor, self.loss, reference=self.reference)
+        for key, value in self.task_metrics.items():
+            self.logger.log_scalar(f"eval/{key}", value, step=step)
         target = cfg.target_return
         if target is not None and mean >= target and self.frames_to_target is None:
             self.frames_to_target = self.counters["frames"]
@@ -420,7 +427,7 @@ class Trainer:
                 "time_to_target": getattr(self, "time_to_target", None),
                 "buffer_rows": len(self.storage),
                 "lambda_tuner": _tuner_state(self.loss),
-                "obs_norm": self._obs_norm,
+                "task": self.task.state_dict(),
                 "buffer_path": str(self.buffer_path),
             },
         }
@@ -609,7 +616,7 @@ class Trainer:
         return {
             "run folder": str(self.layout.root),
             "mode": self.config.train.mode,
-            "env": self.config.env.name,
+            "env": self.task.description,
             "loss": self.config.loss["name"],
             "env steps": self.counters["frames"],
             "updates": self.counters["updates"],
@@ -625,17 +632,19 @@ class Trainer:
             "updates to target": self.updates_to_target,
             "time to target (s)": getattr(self, "time_to_target", None),
             "buffer rows": len(self.storage),
+            **self.task_metrics,
         }
 
     def _finish(self) -> dict[str, Any]:
         self.counters["wall_time"] += time.monotonic() - self._t0
         self._t0 = time.monotonic()
+        self.task_metrics = self.task.metrics(self.actor, self.loss, reference=self.reference)
         summary = self.summary()
         self.layout.summary.write_text(json.dumps(summary, indent=2))
         plot_learning_curve(
             self.layout.scalars(self.config.run.name),
             self.layout.plot,
-            title=f"{self.config.loss['name']} on {self.config.env.name}",
+            title=f"{self.config.loss['name']} on {self.task.description}",
             target=self.config.eval.target_return,
             xlabel="environment steps" if self.online else "learner updates",
             run_name=self.config.run.name,

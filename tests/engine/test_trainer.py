@@ -132,7 +132,7 @@ def test_unknown_loss_argument_is_rejected_naming_the_key(tmp_path, tiny):
 
 
 def test_losses_that_need_a_prior_policy_are_refused_with_a_pointer(tmp_path, tiny):
-    with pytest.raises(ConfigError, match="loss.name: 'rtb'.*fixed prior"):
+    with pytest.raises(ConfigError, match=r"loss.name: 'rtb'.*needs a prior.*env.task: sequence"):
         Trainer(tiny(tmp_path, "loss.name=rtb"))
 
 
