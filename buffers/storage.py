@@ -14,7 +14,9 @@ import asyncio
 import atexit
 import collections
 import concurrent.futures
+import contextlib
 import functools
+import logging
 import math
 import os
 import sys
@@ -56,9 +58,11 @@ from .format import (
     write_attrs,
 )
 from .lazy_view import lazy_tensordict, path_tree
-from .store_io import grow_array, sync_log
+from .store_io import check_local_writable, grow_array, remove_partials, sync_log
+from .temp_store import make_temp_store, remove_on_release
 from .worker_proxy import WriteChannel, new_proxy, rollback_writers
 
+_log = logging.getLogger("zarrl.buffers")
 _UNBOUNDED = 2**31 - 1  # TorchRL keeps len() in an int32 shared value
 _TENSOR_KEY = "_tensor"
 _DEFAULT_CACHE_BYTES = 256 * 2**20
@@ -73,14 +77,41 @@ class _StaleRead(RuntimeError):
 
 def _serialized(method: Callable) -> Callable:
     """Runs ``method`` under the storage's lock: the pump thread applying worker writes
-    (``buffers/worker_proxy.py``) must not interleave with the owner's own calls."""
+    (``buffers/worker_proxy.py``) must not interleave with the owner's own calls. An
+    ``OSError`` it raises names the store (``_naming_store``)."""
 
     @functools.wraps(method)
     def locked(self, *args, **kwargs):
-        with self._io_lock:
+        with self._io_lock, _naming_store(self._where):
             return method(self, *args, **kwargs)
 
     return locked
+
+
+def _names_store(method: Callable) -> Callable:
+    """``method``'s ``OSError``s (disk full, permission...) name the store."""
+
+    @functools.wraps(method)
+    def named(self, *args, **kwargs):
+        with _naming_store(self._where):
+            return method(self, *args, **kwargs)
+
+    return named
+
+
+@contextlib.contextmanager
+def _naming_store(where: str):
+    """Re-raises an ``OSError`` that does not name the store ``where`` as the same ``OSError``
+    subclass (same ``errno`` and file name) whose message starts with the store."""
+    try:
+        yield
+    except OSError as err:
+        if where in str(err):
+            raise
+        message = f"zarrl store {where}: {err.strerror or err}"
+        if err.errno is None:
+            raise OSError(message) from err
+        raise OSError(err.errno, message, err.filename) from err
 
 
 def _flip_list(data: list):
@@ -96,10 +127,13 @@ class ZarrStorage(TensorStorage):
         max_size: capacity in elements (as ``LazyMemmapStorage``); ``None`` = grow without bound.
 
     Keyword Args:
-        path: a filesystem path or any ``zarr.abc.store.Store`` (memory, object storage...).
+        path: a filesystem path or any ``zarr.abc.store.Store`` (memory, object storage...);
+            ``None`` (as ``LazyMemmapStorage``): a temporary directory, removed at ``close()``,
+            garbage collection or interpreter exit (``buffers/temp_store.py``).
         ndim: number of batch dims counted by the capacity (``2`` for ``[time, envs]`` data).
         device: device of the tensors returned by ``get``.
-        existsok: reopen an existing zarrl store at ``path`` instead of refusing it.
+        existsok: reopen an existing zarrl store at ``path`` instead of refusing it; the rows it
+            already holds are logged, kept in ``rows_at_open`` and shown by ``repr``.
         chunk_rows: rows (along dim 0) per chunk; default targets ~4 MiB per chunk (a power of
             two between 1 and 65536: fewer, larger files make durable extends faster).
         compressors: zarr bytes-to-bytes codecs for every leaf; default per dtype
@@ -143,7 +177,7 @@ class ZarrStorage(TensorStorage):
         self,
         max_size: int | None,
         *,
-        path: str | os.PathLike | zarr.abc.store.Store,
+        path: str | os.PathLike | zarr.abc.store.Store | None = None,
         ndim: int = 1,
         device: torch.device | str = "cpu",
         existsok: bool = False,
@@ -158,8 +192,16 @@ class ZarrStorage(TensorStorage):
         refresh_every_seconds: float | None = None,
         gc_grace_seconds: float = 10.0,
         dedupe_next: bool = False,
+        shared_init: bool = False,
         _mode: str = "w",
     ) -> None:
+        if shared_init:
+            raise ValueError(
+                "ZarrStorage does not support shared_init=True: processes do not initialize "
+                "the store in turn. Build the storage in the process that owns it and hand it "
+                "to collectors (replay_buffer=rb: workers write through the owner), or let "
+                "other processes read it with ZarrStorage.open(path, mode='r')"
+            )
         if max_size is not None and int(max_size) <= 0:
             raise ValueError(f"max_size must be a positive int or None, got {max_size!r}")
         if chunk_rows is not None and not (isinstance(chunk_rows, int) and chunk_rows > 0):
@@ -187,6 +229,13 @@ class ZarrStorage(TensorStorage):
         self.dedupe_next = dedupe_next
         self._gc_history: collections.deque = collections.deque()
         self._index_keys_arg = None if index_keys is None else [key_path(k) for k in index_keys]
+        self._temp_release = None
+        if path is None:
+            if _mode != "w":
+                raise ValueError("a path is needed to open an existing store")
+            path = make_temp_store()
+            self._temp_release = remove_on_release(self, path)
+        self._path_arg = path
         self._where = str(path) if not isinstance(path, zarr.abc.store.Store) else repr(path)
         self._header: Header | None = None
         self._commit = Commit()
@@ -209,9 +258,17 @@ class ZarrStorage(TensorStorage):
         self._io_lock = threading.RLock()
         self._owner_pid = os.getpid()
         self._channel: WriteChannel | None = None  # created when sent to a worker process
-        self._group = self._open_group(path, _mode)
-        self._attach_or_create()
-        if not self.read_only:
+        self.rows_at_open = 0
+        with _naming_store(self._where):
+            self._group = self._open_group(path, _mode)
+            if not self.read_only:
+                check_local_writable(self._group.store, self._where)
+                remove_partials(self._group.store)  # torn temporaries of a killed writer
+            self._attach_or_create()
+        if self._header is not None:
+            self.rows_at_open = len(self)
+            _log.info("zarrl: %s already holds %d rows (reopened)", self._where, len(self))
+        if not self.read_only and self._temp_release is None:
             _register_exit_flush(weakref.ref(self))
 
     # ================================================================ opening
@@ -1231,6 +1288,7 @@ class ZarrStorage(TensorStorage):
         _run_io(drop_chunks(dead))  # absent chunks read back as the fill value 0
         self._gc_done = dead_below
 
+    @_names_store
     def close(self) -> None:
         """Flushes and releases the background threads; the storage cannot be used afterwards
         (worker proxies still waiting get an error)."""
@@ -1244,10 +1302,13 @@ class ZarrStorage(TensorStorage):
     def _close(self) -> None:
         if self._closed:
             return
-        self.flush()
+        if self._temp_release is None:
+            self.flush()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         self._closed = True
+        if self._temp_release is not None:  # a temporary store (no path given): removed
+            self._temp_release()
 
     def __enter__(self) -> ZarrStorage:
         return self
@@ -1369,6 +1430,7 @@ class ZarrStorage(TensorStorage):
         if self._header is not None:
             self.flush()
 
+    @_names_store
     def state_dict(self) -> dict[str, Any]:
         """Metadata only: where the data is and which commit it is at."""
         self.flush()
@@ -1379,6 +1441,7 @@ class ZarrStorage(TensorStorage):
             "commit": self._commit.to_json(),
         }
 
+    @_names_store
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Checks the store is at the recorded commit (data lives in the store, not here)."""
         want = Commit.from_json(state_dict["commit"])
@@ -1393,12 +1456,14 @@ class ZarrStorage(TensorStorage):
         self._len = int(state_dict["_len"])
         self._bump_mutation_revision()
 
+    @_names_store
     def dumps(self, path) -> None:
         """Checkpoint: flush, then copy the whole store (any zarr store) to ``path``."""
         self.flush()
         dest = zarr.storage.LocalStore(os.fspath(path))
         _copy_store(self._group.store, dest)
 
+    @_names_store
     def loads(self, path) -> None:
         """Replaces this storage's content with the store checkpointed at ``path``."""
         self._check_writable()
@@ -1454,10 +1519,12 @@ class ZarrStorage(TensorStorage):
         return new_proxy, (), state
 
     def __repr__(self) -> str:
+        where = f"temporary {self._where}" if self._temp_release is not None else self._where
+        reopened = f", reopened with {self.rows_at_open} rows" if self.rows_at_open else ""
         return (
-            f"ZarrStorage(path={self._where}, len={len(self)}, max_size="
+            f"ZarrStorage(path={where}, len={len(self)}, max_size="
             f"{None if self._growing else self.max_size}, ndim={self.ndim}, "
-            f"mode={'r' if self.read_only else 'r+'})"
+            f"mode={'r' if self.read_only else 'r+'}{reopened})"
         )
 
     def __del__(self):

@@ -91,3 +91,127 @@ def test_chunks_are_sized_by_bytes_so_a_huge_row_is_one_chunk(tmp_path):
         rb.extend(TensorDict(x=torch.ones(1, floats), batch_size=[1]))
         assert storage._header.chunk_rows == rows_per_chunk
         assert torch.equal(rb[:]["x"], torch.ones(1, floats))
+
+
+def test_no_path_makes_a_temporary_store_removed_at_close():
+    storage = ZarrStorage(10_000)
+    rb = TensorDictReplayBuffer(storage=storage, batch_size=4)
+    rb.extend(rows(5))
+    assert torch.equal(rb[:]["obs"].squeeze(-1), torch.arange(5.0))
+    assert rb.sample()["obs"].shape == (4, 1)
+    where = storage._path_arg
+    assert where.exists() and "temporary" in repr(storage)
+    storage.close()
+    assert not where.exists() and not where.parent.exists()
+
+
+def test_a_temporary_store_is_removed_when_collected():
+    import gc
+
+    storage = ZarrStorage(100)
+    storage.set(torch.arange(3), rows(3))
+    where = storage._path_arg
+    del storage
+    gc.collect()
+    assert not where.parent.exists()
+
+
+def test_existsok_reports_the_rows_already_held(tmp_path, caplog):
+    path = tmp_path / "b.zarr"
+    with ZarrStorage(10, path=path) as storage:
+        storage.set(torch.arange(7), rows(7))
+    assert ZarrStorage(10, path=tmp_path / "new.zarr").rows_at_open == 0
+    with caplog.at_level("INFO", logger="zarrl.buffers"):
+        again = ZarrStorage(10, path=path, existsok=True)
+    assert again.rows_at_open == 7 and len(again) == 7
+    assert "reopened with 7 rows" in repr(again)
+    assert f"{path} already holds 7 rows" in caplog.text
+
+
+def test_shared_init_is_refused_naming_the_alternative(tmp_path):
+    with pytest.raises(ValueError, match="shared_init.*replay_buffer=rb.*mode='r'"):
+        ZarrStorage(10, path=tmp_path / "b.zarr", shared_init=True)
+    assert not (tmp_path / "b.zarr").exists()
+
+
+def test_open_for_writing_a_read_only_store_fails_at_open(tmp_path, monkeypatch):
+    """A read-only file system (EROFS, simulated: tests may run as root, who ignores modes)
+    fails at ``open(mode="r+")`` with an error naming the store, not at the first commit."""
+    import errno
+    import os
+
+    from zarrl.buffers import store_io
+
+    path = tmp_path / "b.zarr"
+    with ZarrStorage(10, path=path) as storage:
+        storage.set(torch.arange(2), rows(2))
+    real_open = os.open
+
+    def read_only_fs(file, flags, *args, **kwargs):
+        if str(file).startswith(str(path)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system", str(file))
+        return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(store_io.os, "open", read_only_fs)
+    with pytest.raises(OSError, match=f"{path}.*cannot be opened for writing.*mode='r'") as err:
+        ZarrStorage.open(path, mode="r+")
+    assert err.value.errno == errno.EROFS
+    assert len(ZarrStorage.open(path, mode="r")) == 2  # reading needs no write
+
+
+@pytest.mark.skipif(
+    not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
+    reason="root ignores directory permissions",
+)
+def test_open_for_writing_a_read_only_directory_fails_at_open(tmp_path):
+    path = tmp_path / "b.zarr"
+    with ZarrStorage(10, path=path) as storage:
+        storage.set(torch.arange(2), rows(2))
+    path.chmod(0o555)
+    try:
+        with pytest.raises(PermissionError, match=str(path)):
+            ZarrStorage.open(path, mode="r+")
+    finally:
+        path.chmod(0o755)
+
+
+def test_os_errors_of_writes_name_the_store_and_lose_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from zarrl.buffers import store_io
+
+    path = tmp_path / "b.zarr"
+    storage = ZarrStorage(100, path=path, chunk_rows=4)
+    storage.set(torch.arange(3), rows(3))
+    real_write = store_io.os.write
+
+    def disk_full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_io.os, "write", disk_full)
+    with pytest.raises(OSError, match=f"zarrl store {path}: No space left") as err:
+        storage.flush()
+    assert err.value.errno == errno.ENOSPC
+    monkeypatch.setattr(store_io.os, "write", real_write)
+    storage.flush()  # the staged rows were kept: the retry writes them
+    storage.close()
+    assert torch.equal(ZarrStorage.open(path, mode="r")[:]["obs"].squeeze(-1), torch.arange(3.0))
+
+
+def test_partial_files_left_by_a_kill_are_removed_by_the_next_writer(tmp_path):
+    path = tmp_path / "b.zarr"
+    with ZarrStorage(100, path=path, chunk_rows=4) as storage:
+        storage.set(torch.arange(6), rows(6))
+    torn = [
+        path / "obs" / "c.1.0.0123456789abcdef0123456789abcdef.partial",
+        path / "zarr.0123456789abcdef0123456789abcdef.partial",
+    ]
+    for file in torn:
+        file.write_bytes(b"torn")
+    keep = path / "obs" / "notes.partial"  # not a name zarrl or zarr gives temporaries
+    keep.write_bytes(b"x")
+    ZarrStorage.open(path, mode="r")  # a reader leaves them (a writer may be using them)
+    assert all(f.exists() for f in torn)
+    reopened = ZarrStorage.open(path, mode="r+")
+    assert not any(f.exists() for f in torn) and keep.exists()
+    assert torch.equal(reopened[:]["obs"].squeeze(-1), torch.arange(6.0))
