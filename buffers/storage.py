@@ -38,7 +38,7 @@ from torchrl.data.replay_buffers.storages import TensorStorage
 from torchrl.data.replay_buffers.writers import RoundRobinWriter, Writer
 
 from . import codecs as leaf_codecs
-from . import xor_rows
+from . import pytrees, xor_rows
 from .chunk_codec import ChunkCodec, drop_chunks, fetch_chunks, store_chunks
 from .chunk_pool import ChunkPool
 from .format import (
@@ -117,6 +117,8 @@ def _naming_store(where: str):
 def _flip_list(data: list):
     if is_tensor_collection(data[0]):
         return torch.stack(data)
+    if pytrees.is_pytree(data[0]):
+        return pytrees.stack(data)
     return torch.stack([torch.as_tensor(d) for d in data])
 
 
@@ -238,6 +240,8 @@ class ZarrStorage(TensorStorage):
         self._path_arg = path
         self._where = str(path) if not isinstance(path, zarr.abc.store.Store) else repr(path)
         self._header: Header | None = None
+        self._pytree: pytrees.Structure = None  # structure of stored plain pytrees
+        self._item_batch: tuple[int, ...] = ()  # batch dims of each element beyond ``ndim``
         self._commit = Commit()
         self._wc = 0  # rows appended since ``base`` (staged, may be ahead of the commit)
         self._written_chunks = 0  # chunk ids below this were stored by this process
@@ -348,11 +352,35 @@ class ZarrStorage(TensorStorage):
                 f"this storage was built with max_size={mine}, ndim={self.ndim}"
             )
         if header is not None:
+            self._read_layout_extras(meta, header)
             self._setup(header)
             self._adopt_commit(commit, full=True)
 
+    def _read_layout_extras(self, meta: Mapping, header: Header) -> None:
+        """The pytree structure and per-element batch dims recorded beside the header."""
+        self._pytree = None
+        if "pytree" in meta:
+            self._pytree = pytrees.validate_structure(meta["pytree"], header.schema, self._where)
+        item_batch = meta.get("item_batch", [])
+        if (
+            not isinstance(item_batch, list)
+            or not all(type(d) is int and d > 0 for d in item_batch)
+            or not all(
+                s.shape[: len(item_batch)] == tuple(item_batch) for s in header.schema.values()
+            )
+        ):
+            raise StoreFormatError(
+                f"{self._where}/zarr.json: attributes['zarrl']['item_batch'] = {item_batch!r} is "
+                "invalid: expected positive ints leading every leaf shape of the schema"
+            )
+        self._item_batch = tuple(item_batch)
+
     def _write_meta(self, durable: bool = False) -> None:
         static = {"max_size": None if self._growing else self.max_size, "ndim": self.ndim}
+        if self._pytree is not None:
+            static["pytree"] = self._pytree
+        if self._item_batch:
+            static["item_batch"] = list(self._item_batch)
         _run_io(write_attrs(self._group, self._header, self._commit, durable, **static))
 
     # ============================================================ layout/setup
@@ -718,8 +746,15 @@ class ZarrStorage(TensorStorage):
                 if attempt == 3:
                     raise
                 self.refresh()
-        td = self._to_td_any(leaves, [rows.numel(), *self._header.tail])
-        return self._apply_reindex(td, reindex)
+        td = self._apply_reindex(self._to_td_any(leaves, self._batch_of(rows.numel())), reindex)
+        if self._pytree is not None:  # the stored pytree, each leaf indexed as the TensorDict
+            flat = {key_path(k): v for k, v in td.items(include_nested=True, leaves_only=True)}
+            return pytrees.unflatten(flat, self._pytree)
+        return td
+
+    def _batch_of(self, n: int) -> list[int]:
+        """Batch size of ``n`` rows as returned: ``[n, *tail, *item_batch]``."""
+        return [n, *self._header.tail, *self._item_batch]
 
     @_serialized
     def __getitem__(self, index) -> TensorDictBase | torch.Tensor:
@@ -728,6 +763,7 @@ class ZarrStorage(TensorStorage):
         if (
             self._header is None
             or self._header.tensor_root
+            or self._pytree is not None
             or self.read_only
             or self._is_full_view(index)
             or not self._index
@@ -742,7 +778,7 @@ class ZarrStorage(TensorStorage):
             return lambda: self._gather(rows, [path])[path]
 
         lazy = {k: loader(k) for k in self._header.schema if k not in self._index}
-        return lazy_tensordict(eager, lazy, [rows.numel(), *self._header.tail], self.device)
+        return lazy_tensordict(eager, lazy, self._batch_of(rows.numel()), self.device)
 
     def _to_td_any(self, leaves, batch):
         if self._header.tensor_root:
@@ -754,7 +790,12 @@ class ZarrStorage(TensorStorage):
             if any(not (isinstance(i, slice) and i == slice(None)) for i in index):
                 return False
             index = index[0]
-        return isinstance(index, slice) and index == slice(None) and not self._header.tensor_root
+        return (
+            isinstance(index, slice)
+            and index == slice(None)
+            and not self._header.tensor_root
+            and self._pytree is None
+        )
 
     def _full_view(self) -> TensorDictBase:
         """``storage[:]``: index columns are RAM views, other leaves load on first access."""
@@ -765,7 +806,7 @@ class ZarrStorage(TensorStorage):
             return lambda: self._gather(torch.arange(n0), [path])[path]
 
         lazy = {k: loader(k) for k in self._header.schema if k not in self._index}
-        view = lazy_tensordict(eager, lazy, [n0, *self._header.tail], self.device)
+        view = lazy_tensordict(eager, lazy, self._batch_of(n0), self.device)
         if not self.read_only:  # writes into the view reach the store (``rb[0, 3:4] = td``)
             view.__class__ = _StorageView
             view._zarrl_storage = weakref.ref(self)
@@ -957,12 +998,49 @@ class ZarrStorage(TensorStorage):
             raise RuntimeError(f"{self._where}: the storage is closed")
 
     def _as_td(self, data, batched: bool) -> TensorDictBase:
+        """``data`` as a TensorDict with ``ndim`` batch dims (``ndim - 1`` for one element):
+        tensors under ``_TENSOR_KEY``, pytrees by leaf path; a TensorDict's further batch dims
+        (a ``[N, 4]`` batch in an ``ndim=1`` storage) become leading leaf dims
+        (``item_batch``)."""
+        nb = (1 if batched else 0) + self.ndim - 1
         if is_tensor_collection(data):
+            if data.batch_dims <= nb:
+                return data
+            extra = tuple(data.batch_size[nb:])
+            if self._header is not None and extra != self._item_batch:
+                raise ValueError(
+                    f"data batch dims {tuple(data.batch_size)}: the store holds elements of "
+                    f"batch {list(self._item_batch)} beyond its ndim={self.ndim}; nothing was "
+                    "written"
+                )
+            if isinstance(data, LazyStackedTensorDict):
+                _stored_leaves(data)  # a ragged stack is refused by name
+                data = data.contiguous()
+            if type(data) is not TensorDict:
+                data = data.to_tensordict()
+            data = data.clone(recurse=False)
+            data.batch_size = data.batch_size[:nb]
+            self._item_batch = extra
             return data
         if isinstance(data, torch.Tensor):
-            nb = (1 if batched else 0) + self.ndim - 1
             return TensorDict({_TENSOR_KEY: data}, batch_size=data.shape[:nb])
-        raise TypeError(f"ZarrStorage stores TensorDicts or tensors, got {type(data)}")
+        if pytrees.is_pytree(data):
+            leaves, structure = pytrees.flatten(data)
+            if self._header is not None and structure != self._pytree:
+                raise ValueError(
+                    f"pytree structure {structure} does not match the stored {self._pytree}; "
+                    "nothing was written"
+                )
+            self._pytree = structure
+            first = next(iter(leaves.values()))
+            td = TensorDict(batch_size=first.shape[:nb])
+            for path, leaf in leaves.items():
+                td.set(tuple(path.split("/")), leaf)
+            return td
+        raise TypeError(
+            f"ZarrStorage stores TensorDicts, tensors and pytrees (dicts, lists and tuples of "
+            f"tensors), got {type(data)}"
+        )
 
     def _validate(self, td: TensorDictBase) -> dict[str, torch.Tensor]:
         """Leaves of ``td`` keyed by path, checked against the schema (raises, writes nothing)."""
@@ -1014,7 +1092,13 @@ class ZarrStorage(TensorStorage):
         is_int = isinstance(cursor, (int, np.integer)) or (
             isinstance(cursor, torch.Tensor) and cursor.ndim == 0
         )
-        td = self._as_td(data, batched=not is_int)
+        try:
+            td = self._as_td(data, batched=not is_int)
+        except ValueError:
+            n = 1 if is_int else _rows_of_cursor(cursor)
+            if rollback and set_cursor and n and self._header is not None:
+                rollback_writers(self._attached_entities, n, self._header.capacity)
+            raise
         if not is_int and td.batch_dims and td.shape[0] == 0:
             return  # an empty extend writes nothing (and initializes nothing)
         if is_int:
@@ -1022,7 +1106,7 @@ class ZarrStorage(TensorStorage):
             cursor = torch.tensor([int(cursor)])
         if self._header is None:
             header = self._infer_header(td[0])
-            header.tensor_root = not is_tensor_collection(data)
+            header.tensor_root = isinstance(data, torch.Tensor)
             self._setup(header, create=True)
             self._write_meta()
         if isinstance(cursor, tuple) and len(cursor) > 1:  # checked as whole rows
@@ -1053,8 +1137,10 @@ class ZarrStorage(TensorStorage):
         """Writes a sub-row selection ``(dim0, *rest)``: read-modify-write of whole rows."""
         rows, reindex = self._rows_and_reindex(cursor)
         uniq, inv = torch.unique(rows, return_inverse=True)
-        block = self._to_td(self._gather(uniq), [uniq.numel(), *self._header.tail]).to("cpu")
+        block = self._to_td(self._gather(uniq), self._batch_of(uniq.numel())).to("cpu")
         block[(inv.reshape(-1), *cursor[1:])] = td.reshape(-1).to("cpu")
+        if self._item_batch:
+            block.batch_size = block.batch_size[: self.ndim]
         self._write_rows(uniq, self._validate(block), append=False)
         self._bump_mutation_revision()
         self._maybe_commit()
@@ -1327,6 +1413,7 @@ class ZarrStorage(TensorStorage):
             return False
         if self._header is None:
             self._group = group
+            self._read_layout_extras(group.attrs.asdict()["zarrl"], header)
             self._setup(header)
             self._adopt_commit(commit, full=True)
             return True
@@ -1476,6 +1563,7 @@ class ZarrStorage(TensorStorage):
         header, commit = read_attrs(self._group, self._where)
         self._header = None
         if header is not None:
+            self._read_layout_extras(self._group.attrs.asdict()["zarrl"], header)
             self._setup(header)
             self._adopt_commit(commit, full=True)
 
@@ -1594,6 +1682,15 @@ def _stored_leaves(td: TensorDictBase) -> list[tuple[Any, Any]]:
                 "leaf names; rename the leaf"
             )
     return items
+
+
+def _rows_of_cursor(cursor) -> int | None:
+    """Rows a round-robin writer's ``set`` at ``cursor`` covers (``None`` if not a row list)."""
+    if isinstance(cursor, torch.Tensor):
+        return cursor.numel()
+    if isinstance(cursor, (range, list)):
+        return len(cursor)
+    return None
 
 
 def _register_exit_flush(ref: weakref.ref) -> None:

@@ -215,3 +215,75 @@ def test_partial_files_left_by_a_kill_are_removed_by_the_next_writer(tmp_path):
     reopened = ZarrStorage.open(path, mode="r+")
     assert not any(f.exists() for f in torn) and keep.exists()
     assert torch.equal(reopened[:]["obs"].squeeze(-1), torch.arange(6.0))
+
+
+# ---- shared with LazyMemmapStorage: every test below runs against both (conftest.KINDS)
+def test_pytrees_are_stored_and_returned_as_pytrees(storage_factory):
+    from torchrl.data import ReplayBuffer
+
+    storage = storage_factory(10)
+    rb = ReplayBuffer(storage=storage, batch_size=3)
+
+    def tree(a, n=None):
+        shape = () if n is None else (n,)
+        return {
+            "a": a,
+            "b": (torch.zeros(*shape, 2), [torch.ones(shape, dtype=torch.int64) * 7]),
+        }
+
+    rb.extend(tree(torch.arange(3.0), 3))  # one tree whose leaves hold 3 rows
+    rb.add(tree(torch.tensor(3.0)))
+    rb.extend([tree(torch.tensor(4.0)), tree(torch.tensor(5.0))])  # a list of elements
+    assert len(rb) == 6
+    got = rb[:]
+    assert isinstance(got, dict) and isinstance(got["b"], tuple) and isinstance(got["b"][1], list)
+    assert torch.equal(got["a"], torch.arange(6.0))
+    assert got["b"][0].shape == (6, 2) and torch.equal(got["b"][1][0], torch.full((6,), 7))
+    one = rb[2]
+    assert torch.equal(one["a"], torch.tensor(2.0)) and one["b"][0].shape == (2,)
+    sample = rb.sample()
+    assert sample["a"].shape == (3,) and sample["b"][0].shape == (3, 2)
+    assert set(sample["a"].tolist()) <= set(range(6))
+    if isinstance(storage, ZarrStorage):  # LazyMemmapStorage writes it somehow
+        with pytest.raises(ValueError, match="pytree structure.*nothing was written"):
+            rb.extend({"a": torch.zeros(2)})  # a different structure is refused, not mixed in
+        assert len(rb) == 6 and rb.write_count == 6  # no hole: the writer moved back
+
+
+def test_elements_with_batch_dims_of_their_own_in_an_ndim1_storage(storage_factory):
+    storage = storage_factory(10)
+    rb = TensorDictReplayBuffer(storage=storage, batch_size=5)
+    rb.extend(TensorDict(x=torch.arange(12.0).reshape(3, 4), batch_size=[3, 4]))
+    assert len(rb) == 3
+    assert rb[:].batch_size == (3, 4) and rb[0].batch_size == (4,)
+    assert rb.sample().batch_size == (5, 4)
+    value = rb[1].clone()
+    value["x"] = -torch.ones(4)
+    rb[1] = value
+    expected = torch.arange(12.0).reshape(3, 4)
+    expected[1] = -1
+    assert torch.equal(rb[:]["x"], expected)
+
+
+def test_elements_with_batch_dims_of_their_own_survive_a_reopen(tmp_path):
+    path = tmp_path / "b.zarr"
+    with ZarrStorage(10, path=path) as storage:
+        TensorDictReplayBuffer(storage=storage).extend(
+            TensorDict(x=torch.arange(12.0).reshape(3, 4), batch_size=[3, 4])
+        )
+    reader = ZarrStorage.open(path, mode="r")
+    assert reader[:].batch_size == (3, 4)
+    assert torch.equal(reader[:]["x"], torch.arange(12.0).reshape(3, 4))
+    writer = ZarrStorage.open(path)
+    rb = TensorDictReplayBuffer(storage=writer)
+    with pytest.raises(ValueError, match=r"batch \[4\].*nothing was written"):
+        rb.extend(TensorDict(x=torch.zeros(2, 5), batch_size=[2, 5]))
+    assert len(rb) == 3
+
+
+def test_pytrees_survive_a_reopen(tmp_path):
+    path = tmp_path / "b.zarr"
+    with ZarrStorage(10, path=path) as storage:
+        storage.set(torch.arange(2), {"obs": torch.ones(2, 3), "act": (torch.arange(2),)})
+    got = ZarrStorage.open(path, mode="r")[:]
+    assert torch.equal(got["obs"], torch.ones(2, 3)) and torch.equal(got["act"][0], torch.arange(2))
