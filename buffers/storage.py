@@ -15,6 +15,7 @@ import atexit
 import collections
 import concurrent.futures
 import contextlib
+import copy
 import functools
 import logging
 import math
@@ -38,7 +39,7 @@ from torchrl.data.replay_buffers.storages import TensorStorage
 from torchrl.data.replay_buffers.writers import RoundRobinWriter, Writer
 
 from . import codecs as leaf_codecs
-from . import pytrees, xor_rows
+from . import pickling, pytrees, xor_rows
 from .chunk_codec import ChunkCodec, drop_chunks, fetch_chunks, store_chunks
 from .chunk_pool import ChunkPool
 from .format import (
@@ -218,6 +219,21 @@ class ZarrStorage(TensorStorage):
         )
         self._growing = max_size is None
         self.read_only = _mode == "r"
+        self._init_options = {  # what a pickle or a deepcopy reopens the store with
+            "ndim": ndim,
+            "device": device,
+            "chunk_rows": chunk_rows,
+            "compressors": compressors,
+            "cache": cache,
+            "cache_device": cache_device,
+            "flush_every_rows": flush_every_rows,
+            "flush_every_seconds": flush_every_seconds,
+            "min_commit_interval": min_commit_interval,
+            "index_keys": index_keys,
+            "refresh_every_seconds": refresh_every_seconds,
+            "gc_grace_seconds": gc_grace_seconds,
+            "dedupe_next": dedupe_next,
+        }
         self.existsok = existsok
         self._chunk_rows_arg = chunk_rows
         self._compressors_arg = compressors
@@ -272,8 +288,10 @@ class ZarrStorage(TensorStorage):
         if self._header is not None:
             self.rows_at_open = len(self)
             _log.info("zarrl: %s already holds %d rows (reopened)", self._where, len(self))
-        if not self.read_only and self._temp_release is None:
-            _register_exit_flush(weakref.ref(self))
+        if not self.read_only:
+            pickling.register_writer(self)
+            if self._temp_release is None:
+                _register_exit_flush(weakref.ref(self))
 
     # ================================================================ opening
     @classmethod
@@ -1393,6 +1411,8 @@ class ZarrStorage(TensorStorage):
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         self._closed = True
+        if not self.read_only:
+            pickling.unregister_writer(self)
         if self._temp_release is not None:  # a temporary store (no path given): removed
             self._temp_release()
 
@@ -1571,16 +1591,13 @@ class ZarrStorage(TensorStorage):
         """Sent to a process that ``multiprocessing`` is starting (the workers of
         ``MultiSyncCollector``/``MultiAsyncCollector``), the storage becomes a
         ``ZarrWriterProxy`` there: its writes are applied by this process, which keeps the store
-        (``buffers/worker_proxy.py``). Any other pickling (``pickle.dumps``, ``deepcopy``) is
-        refused: the storage holds open zarr stores, a chunk cache and threads."""
+        (``buffers/worker_proxy.py``). Any other pickle is a reference to the store, reopened
+        on load (``buffers/pickling.py``); a writable storage is flushed first."""
         if get_spawning_popen() is None:
-            raise TypeError(
-                f"cannot pickle ZarrStorage({self._where}) outside the start of a process: it holds "
-                "open zarr stores, a chunk cache and threads. It can be handed to processes that "
-                "multiprocessing starts (e.g. MultiSyncCollector/MultiAsyncCollector workers with "
-                "replay_buffer=), where it writes through this process; other processes read the "
-                "store with ZarrStorage.open(path, mode='r')"
-            )
+            if not self.read_only and not self._closed:
+                self.flush()
+            state = {"_attached_entities_list": list(self._attached_entities)}
+            return _unpickle_storage, (pickling.reference(self),), state
         if self.read_only:
             raise ReadOnlyStorageError(
                 f"{self._where} was opened read-only (mode='r') and cannot become a writer in "
@@ -1605,6 +1622,28 @@ class ZarrStorage(TensorStorage):
             "_attached_entities_list": list(self._attached_entities),
         }
         return new_proxy, (), state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """The buffers the pickled storage was attached to (the store was reopened already)."""
+        self._attached_entities_list = list(state.get("_attached_entities_list", ()))
+
+    def __deepcopy__(self, memo: dict) -> ZarrStorage:
+        """An independent copy (as ``LazyMemmapStorage``): a writable storage is copied into a
+        new temporary store; a read-only one becomes another reader of its store."""
+        ref = pickling.reference(self)
+        if self.read_only:
+            new = pickling.reopen(type(self), ref)
+        else:
+            self.flush()
+            dest = make_temp_store()
+            with _naming_store(self._where):
+                _copy_store(self._group.store, zarr.storage.LocalStore(str(dest)))
+            ref["store"] = dest
+            new = pickling.reopen(type(self), ref)
+            new._temp_release = remove_on_release(new, dest)
+        memo[id(self)] = new
+        new._attached_entities_list = copy.deepcopy(self._attached_entities, memo)
+        return new
 
     def __repr__(self) -> str:
         where = f"temporary {self._where}" if self._temp_release is not None else self._where
@@ -1682,6 +1721,10 @@ def _stored_leaves(td: TensorDictBase) -> list[tuple[Any, Any]]:
                 "leaf names; rename the leaf"
             )
     return items
+
+
+def _unpickle_storage(ref: dict[str, Any]) -> ZarrStorage:
+    return pickling.reopen(ZarrStorage, ref)
 
 
 def _rows_of_cursor(cursor) -> int | None:
