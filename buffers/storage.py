@@ -40,6 +40,7 @@ from torchrl.data.replay_buffers.writers import RoundRobinWriter, Writer
 
 from . import codecs as leaf_codecs
 from . import pickling, pytrees, xor_rows
+from ._compat_torchrl import load_hooks, save_hooks
 from .chunk_codec import ChunkCodec, drop_chunks, fetch_chunks, store_chunks
 from .chunk_pool import ChunkPool
 from .format import (
@@ -1539,10 +1540,12 @@ class ZarrStorage(TensorStorage):
 
     @_names_store
     def state_dict(self) -> dict[str, Any]:
-        """Metadata only: where the data is and which commit it is at."""
+        """Metadata only: where the data is (``store``: a path or a store object) and which
+        commit it is at; the rows stay in the store."""
         self.flush()
         return {
             "path": self._where,
+            "store": pickling.reference(self)["store"],
             "initialized": self._header is not None,
             "_len": self._len,
             "commit": self._commit.to_json(),
@@ -1550,9 +1553,27 @@ class ZarrStorage(TensorStorage):
 
     @_names_store
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Checks the store is at the recorded commit (data lives in the store, not here)."""
+        """Loads a ``state_dict``: of this store, it checks the store is at the recorded
+        commit; of another store (a freshly built storage), it replaces this storage's content
+        with a copy of that store, which must still be at the recorded commit."""
         want = Commit.from_json(state_dict["commit"])
-        if self.read_only:
+        source = state_dict.get("store", state_dict["path"])
+        if isinstance(source, (str, os.PathLike)):
+            source_key = pickling.store_key(zarr.storage.LocalStore(os.fspath(source)))
+        else:
+            source_key = pickling.store_key(source)
+        if source_key != pickling.store_key(self._group.store):
+            self._check_writable()
+            src = self._open_group(source, "r")
+            _, commit = read_attrs(src, str(source))
+            if (commit.base, commit.write_count) != (want.base, want.write_count):
+                raise ValueError(
+                    f"{source} is at commit base={commit.base}, write_count={commit.write_count} "
+                    f"but the state dict expects base={want.base}, write_count={want.write_count}:"
+                    " the store moved on since the state dict was taken; nothing was loaded"
+                )
+            self._replace_content(src)
+        elif self.read_only:
             self.refresh()
         if (want.base, want.write_count) != (self._commit.base, self._commit.write_count):
             raise ValueError(
@@ -1565,17 +1586,47 @@ class ZarrStorage(TensorStorage):
 
     @_names_store
     def dumps(self, path) -> None:
-        """Checkpoint: flush, then copy the whole store (any zarr store) to ``path``."""
+        """Checkpoint: flush, then copy the whole store (any zarr store) to ``path``. With save
+        hooks (``rb.register_save_hook``), ``path`` gets a new store holding what the hooks
+        return for the live rows (``[len along dim 0, ...]``, position order) instead."""
         self.flush()
-        dest = zarr.storage.LocalStore(os.fspath(path))
-        _copy_store(self._group.store, dest)
+        hooks = save_hooks(self)
+        if not hooks:
+            dest = zarr.storage.LocalStore(os.fspath(path))
+            _copy_store(self._group.store, dest)
+            return
+        if self._header is None:
+            raise RuntimeError(f"{self._where}: cannot save a non-initialized storage")
+        data = self.get(torch.arange(self._len0()))
+        for hook in hooks:
+            data = hook(data, path=path)
+        _write_new_store(path, data, self.ndim)
 
     @_names_store
     def loads(self, path) -> None:
-        """Replaces this storage's content with the store checkpointed at ``path``."""
+        """Replaces this storage's content with the store checkpointed at ``path``; with load
+        hooks (``rb.register_load_hook``), with what they return for its rows."""
         self._check_writable()
         src = self._open_group(path, "r")
         read_attrs(src, str(path))
+        hooks = load_hooks(self)
+        if not hooks:
+            self._replace_content(src)
+            return
+        saved = type(self).open(path, mode="r")
+        data = saved.get(torch.arange(saved._len0())) if saved._header is not None else None
+        saved.close()
+        if data is None:
+            raise RuntimeError(f"{path}: the checkpoint holds no rows to load")
+        for hook in hooks:
+            data = hook(data, out=None)
+        self._empty()
+        self.set(torch.arange(data.shape[0]), data)
+        self._sync_attached_writers()
+
+    def _replace_content(self, src: zarr.Group) -> None:
+        """This store's content becomes a copy of the store of ``src``."""
+        self._check_writable()
         _clear_store(self._group.store)
         _copy_store(src.store, self._group.store)
         self._written_chunks = 0  # nothing past the loaded commit is ours
@@ -1586,6 +1637,17 @@ class ZarrStorage(TensorStorage):
             self._read_layout_extras(self._group.attrs.asdict()["zarrl"], header)
             self._setup(header)
             self._adopt_commit(commit, full=True)
+        else:
+            self._commit, self._base, self._wc, self._len = commit, 0, 0, 0
+            self.initialized = False
+
+    def _sync_attached_writers(self) -> None:
+        """Round-robin writers of the attached buffers continue after the stored rows."""
+        for buffer in self._attached_entities:
+            writer = buffer.__dict__.get("_writer")
+            if isinstance(writer, RoundRobinWriter):
+                writer._write_count = 0
+                self._sync_writer(writer)
 
     def __reduce__(self):
         """Sent to a process that ``multiprocessing`` is starting (the workers of
@@ -1802,6 +1864,18 @@ def _copy_store(src, dst) -> None:
                 await dst.set(key, buf)
 
     sync(copy())
+
+
+def _write_new_store(path, data: TensorDictBase, ndim: int) -> None:
+    """A new zarrl store at ``path`` holding the rows of ``data`` (``[rows, ...]``); an
+    existing zarrl store there is replaced, anything else is refused."""
+    path = os.fspath(path)
+    if os.path.exists(path) and os.listdir(path):
+        existing = ZarrStorage._open_group(path, "r")
+        read_attrs(existing, path)  # refuses a directory that is not a zarrl store
+        _clear_store(zarr.storage.LocalStore(path))
+    with ZarrStorage(None, path=path, ndim=ndim) as dest:
+        dest.set(torch.arange(data.shape[0]), data)
 
 
 def _clear_store(store) -> None:

@@ -287,3 +287,49 @@ def test_pytrees_survive_a_reopen(tmp_path):
         storage.set(torch.arange(2), {"obs": torch.ones(2, 3), "act": (torch.arange(2),)})
     got = ZarrStorage.open(path, mode="r")[:]
     assert torch.equal(got["obs"], torch.ones(2, 3)) and torch.equal(got["act"][0], torch.arange(2))
+
+
+def test_state_dict_loads_into_a_freshly_built_storage(tmp_path):
+    source = TensorDictReplayBuffer(
+        storage=ZarrStorage(10, path=tmp_path / "a.zarr", chunk_rows=4), batch_size=2
+    )
+    source.extend(rows(13))  # wraps the ring of 10
+    state = source.state_dict()
+    torch.save(state, tmp_path / "rb.pt")
+    for fresh in (ZarrStorage(10, path=tmp_path / "b.zarr", chunk_rows=4), ZarrStorage(10)):
+        rb = TensorDictReplayBuffer(storage=fresh, batch_size=2)
+        rb.load_state_dict(torch.load(tmp_path / "rb.pt"))
+        assert len(rb) == 10 and rb.write_count == 13
+        assert torch.equal(rb[:]["obs"], source[:]["obs"])
+        rb.extend(rows(1))  # continues the ring where the source stopped
+        assert rb[3]["obs"].item() == 0.0 and source[3]["obs"].item() == 3.0
+    source.extend(rows(1))
+    source.storage.flush()
+    with pytest.raises(ValueError, match="moved on since the state dict was taken"):
+        TensorDictReplayBuffer(storage=ZarrStorage(10)).load_state_dict(state)
+
+
+def test_save_and_load_hooks_run_in_dumps_and_loads(tmp_path):
+    calls = []
+
+    def save_hook(data, path=None):
+        calls.append(("save", path))
+        return data.set("obs", data["obs"] * 2)
+
+    def load_hook(data, out=None):
+        calls.append(("load", out))
+        return data.set("obs", data["obs"] / 2)
+
+    rb = TensorDictReplayBuffer(storage=ZarrStorage(10, path=tmp_path / "a.zarr"))
+    rb.extend(rows(4))
+    rb.register_save_hook(save_hook)
+    rb.dumps(tmp_path / "ckpt")
+    assert calls == [("save", tmp_path / "ckpt" / "storage")]
+    saved = ZarrStorage.open(tmp_path / "ckpt" / "storage", mode="r")
+    assert torch.equal(saved[:]["obs"].squeeze(-1), 2 * torch.arange(4.0))
+    rb.dumps(tmp_path / "ckpt")  # a second dump replaces the first
+    other = TensorDictReplayBuffer(storage=ZarrStorage(10, path=tmp_path / "b.zarr"))
+    other.register_load_hook(load_hook)
+    other.loads(tmp_path / "ckpt")
+    assert calls[-1] == ("load", None)
+    assert len(other) == 4 and torch.equal(other[:]["obs"], rb[:]["obs"])
