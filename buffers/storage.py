@@ -39,8 +39,14 @@ from torchrl.data.replay_buffers.storages import TensorStorage
 from torchrl.data.replay_buffers.writers import RoundRobinWriter, Writer
 
 from . import codecs as leaf_codecs
-from . import pickling, pytrees, xor_rows
-from ._compat_torchrl import load_hooks, save_hooks
+from . import pickling, pytrees, sampler_state, xor_rows
+from ._compat_torchrl import (
+    after_sampler_init,
+    buffer_lock,
+    buffer_sampler,
+    load_hooks,
+    save_hooks,
+)
 from .chunk_codec import ChunkCodec, drop_chunks, fetch_chunks, store_chunks
 from .chunk_pool import ChunkPool
 from .format import (
@@ -279,6 +285,8 @@ class ZarrStorage(TensorStorage):
         self._io_lock = threading.RLock()
         self._owner_pid = os.getpid()
         self._channel: WriteChannel | None = None  # created when sent to a worker process
+        self._sampler_saved: dict[int, str] = {}  # id(sampler) -> fingerprint of its last save
+        self._sampler_locks: dict[int, Any] = {}
         self.rows_at_open = 0
         with _naming_store(self._where):
             self._group = self._open_group(path, _mode)
@@ -1278,11 +1286,77 @@ class ZarrStorage(TensorStorage):
         self._write_dirty(skip=head)
         self._publish(wc, max(length, self._commit.length), self.commit_durability)
 
-    @_serialized
     def flush(self) -> None:
         """Writes every staged chunk, then publishes the commit record (the commit point),
-        durable as ``durability`` says."""
-        self._flush(self.durability)
+        durable as ``durability`` says; then saves the state of the attached buffers'
+        samplers with the store when it changed (``save_sampler_state``)."""
+        with self._io_lock, _naming_store(self._where):
+            self._flush(self.durability)
+        self._save_attached_samplers()
+
+    # ========================================================= sampler state
+    def save_sampler_state(self, sampler: Any) -> bool:
+        """Stores ``sampler.state_dict()`` in the store (``<store>/.zarrl_sampler``: arrays and
+        attributes, see ``buffers/sampler_state.py``), e.g. the priorities of a
+        ``PrioritizedSampler`` or the cursor of a ``SamplerWithoutReplacement``. ``flush()``,
+        ``close()`` and checkpoints do it for the samplers of the attached buffers; a buffer
+        built on the reopened store gets it back (``attach``). Returns whether it was saved
+        (a state holding values other than tensors, trees and scalars is not)."""
+        self._check_writable()
+        with self._io_lock, _naming_store(self._where):
+            self._flush(self.durability)  # the state describes committed rows
+            commit = self._commit.to_json()
+        lock = self._sampler_locks.get(id(sampler))
+        with lock or contextlib.nullcontext(), _naming_store(self._where):
+            saved = sampler_state.save(self._group, sampler, commit)
+        if saved is not None:
+            self._sampler_saved[id(sampler)] = saved
+        return saved is not None
+
+    def load_sampler_state(self, sampler: Any) -> bool:
+        """Restores ``sampler`` from the state stored with the store by a sampler of the same
+        class; rows committed after that state was saved are announced to it
+        (``sampler.extend``: new rows get the default priority). Returns whether a state was
+        loaded."""
+        if self._header is None:
+            return False
+        with _naming_store(self._where):
+            meta = sampler_state.load(self._group, sampler, self._where, self._cap0 or self._wc)
+        if meta is None:
+            return False
+        cap0 = self._header.capacity
+        if meta["base"] == self._base and meta["write_count"] < self._wc:
+            start = self._base + meta["write_count"]
+            if cap0 is not None:
+                start = max(start, self._base + self._wc - cap0)
+            missed = self._pos_of_phys(torch.arange(start, self._base + self._wc))
+            if missed.numel() and hasattr(sampler, "extend"):
+                sampler.extend(missed)
+        arrays: dict = {}
+        doc = sampler_state.encode(sampler.state_dict(), arrays)
+        self._sampler_saved[id(sampler)] = sampler_state.fingerprint(doc, arrays)
+        return True
+
+    def _save_attached_samplers(self) -> None:
+        """``save_sampler_state`` for the attached buffers' samplers whose state changed since
+        this storage last saved or loaded it (one sampler per store: the first buffer's)."""
+        if self.read_only or self._closed or self._header is None:
+            return
+        for buffer in list(self._attached_entities):
+            sampler = buffer_sampler(buffer)
+            if sampler is None:
+                continue
+            with buffer_lock(buffer) or contextlib.nullcontext():
+                arrays: dict = {}
+                try:
+                    doc = sampler_state.encode(sampler.state_dict(), arrays)
+                except TypeError:
+                    continue
+                if self._sampler_saved.get(id(sampler)) == sampler_state.fingerprint(doc, arrays):
+                    return
+                self._sampler_locks[id(sampler)] = buffer_lock(buffer)
+                self.save_sampler_state(sampler)
+            return
 
     def _flush(self, durability: str) -> None:
         if self.read_only or self._closed or self._header is None:
@@ -1401,6 +1475,8 @@ class ZarrStorage(TensorStorage):
             return
         if self._channel is not None:  # outside the lock: the pump may be applying a write
             self._channel.stop()
+        if self._temp_release is None and not self.read_only:
+            self._save_attached_samplers()  # before the storage lock (buffer lock first)
         with self._io_lock:
             self._close()
 
@@ -1408,7 +1484,7 @@ class ZarrStorage(TensorStorage):
         if self._closed:
             return
         if self._temp_release is None:
-            self.flush()
+            self._flush(self.durability)
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         self._closed = True
@@ -1499,7 +1575,8 @@ class ZarrStorage(TensorStorage):
     # ============================================================ TorchRL API
     def attach(self, buffer: Any) -> None:
         """Also hands the committed ring cursor to the buffer's round-robin writer, so a buffer
-        built on a reopened storage keeps appending where the previous run stopped."""
+        built on a reopened storage keeps appending where the previous run stopped, and
+        restores its sampler's state stored with the store (``load_sampler_state``)."""
         super().attach(buffer)
         if self._header is None or self._wc == 0:
             return
@@ -1512,6 +1589,7 @@ class ZarrStorage(TensorStorage):
             self._sync_writer(init)
         elif callable(init) and hasattr(buffer, "_init_writer"):
             buffer._init_writer = lambda: self._sync_writer(init())
+        after_sampler_init(buffer, self.load_sampler_state)  # the state stored with the store
 
     def _sync_writer(self, writer):
         if isinstance(writer, RoundRobinWriter) and writer._write_count == 0:
@@ -1536,7 +1614,7 @@ class ZarrStorage(TensorStorage):
         self._len = 0
         self._bump_mutation_revision()
         if self._header is not None:
-            self.flush()
+            self._flush(self.durability)
 
     @_names_store
     def state_dict(self) -> dict[str, Any]:
