@@ -14,7 +14,10 @@ import asyncio
 import atexit
 import collections
 import concurrent.futures
+import contextlib
+import copy
 import functools
+import logging
 import math
 import os
 import sys
@@ -36,7 +39,14 @@ from torchrl.data.replay_buffers.storages import TensorStorage
 from torchrl.data.replay_buffers.writers import RoundRobinWriter, Writer
 
 from . import codecs as leaf_codecs
-from . import xor_rows
+from . import pickling, pytrees, sampler_state, xor_rows
+from ._compat_torchrl import (
+    after_sampler_init,
+    buffer_lock,
+    buffer_sampler,
+    load_hooks,
+    save_hooks,
+)
 from .chunk_codec import ChunkCodec, drop_chunks, fetch_chunks, store_chunks
 from .chunk_pool import ChunkPool
 from .format import (
@@ -56,9 +66,11 @@ from .format import (
     write_attrs,
 )
 from .lazy_view import lazy_tensordict, path_tree
-from .store_io import grow_array, sync_log
+from .store_io import check_local_writable, grow_array, remove_partials, sync_log
+from .temp_store import make_temp_store, remove_on_release
 from .worker_proxy import WriteChannel, new_proxy, rollback_writers
 
+_log = logging.getLogger("zarrl.buffers")
 _UNBOUNDED = 2**31 - 1  # TorchRL keeps len() in an int32 shared value
 _TENSOR_KEY = "_tensor"
 _DEFAULT_CACHE_BYTES = 256 * 2**20
@@ -73,19 +85,48 @@ class _StaleRead(RuntimeError):
 
 def _serialized(method: Callable) -> Callable:
     """Runs ``method`` under the storage's lock: the pump thread applying worker writes
-    (``buffers/worker_proxy.py``) must not interleave with the owner's own calls."""
+    (``buffers/worker_proxy.py``) must not interleave with the owner's own calls. An
+    ``OSError`` it raises names the store (``_naming_store``)."""
 
     @functools.wraps(method)
     def locked(self, *args, **kwargs):
-        with self._io_lock:
+        with self._io_lock, _naming_store(self._where):
             return method(self, *args, **kwargs)
 
     return locked
 
 
+def _names_store(method: Callable) -> Callable:
+    """``method``'s ``OSError``s (disk full, permission...) name the store."""
+
+    @functools.wraps(method)
+    def named(self, *args, **kwargs):
+        with _naming_store(self._where):
+            return method(self, *args, **kwargs)
+
+    return named
+
+
+@contextlib.contextmanager
+def _naming_store(where: str):
+    """Re-raises an ``OSError`` that does not name the store ``where`` as the same ``OSError``
+    subclass (same ``errno`` and file name) whose message starts with the store."""
+    try:
+        yield
+    except OSError as err:
+        if where in str(err):
+            raise
+        message = f"zarrl store {where}: {err.strerror or err}"
+        if err.errno is None:
+            raise OSError(message) from err
+        raise OSError(err.errno, message, err.filename) from err
+
+
 def _flip_list(data: list):
     if is_tensor_collection(data[0]):
         return torch.stack(data)
+    if pytrees.is_pytree(data[0]):
+        return pytrees.stack(data)
     return torch.stack([torch.as_tensor(d) for d in data])
 
 
@@ -96,10 +137,13 @@ class ZarrStorage(TensorStorage):
         max_size: capacity in elements (as ``LazyMemmapStorage``); ``None`` = grow without bound.
 
     Keyword Args:
-        path: a filesystem path or any ``zarr.abc.store.Store`` (memory, object storage...).
+        path: a filesystem path or any ``zarr.abc.store.Store`` (memory, object storage...);
+            ``None`` (as ``LazyMemmapStorage``): a temporary directory, removed at ``close()``,
+            garbage collection or interpreter exit (``buffers/temp_store.py``).
         ndim: number of batch dims counted by the capacity (``2`` for ``[time, envs]`` data).
         device: device of the tensors returned by ``get``.
-        existsok: reopen an existing zarrl store at ``path`` instead of refusing it.
+        existsok: reopen an existing zarrl store at ``path`` instead of refusing it; the rows it
+            already holds are logged, kept in ``rows_at_open`` and shown by ``repr``.
         chunk_rows: rows (along dim 0) per chunk; default targets ~4 MiB per chunk (a power of
             two between 1 and 65536: fewer, larger files make durable extends faster).
         compressors: zarr bytes-to-bytes codecs for every leaf; default per dtype
@@ -143,7 +187,7 @@ class ZarrStorage(TensorStorage):
         self,
         max_size: int | None,
         *,
-        path: str | os.PathLike | zarr.abc.store.Store,
+        path: str | os.PathLike | zarr.abc.store.Store | None = None,
         ndim: int = 1,
         device: torch.device | str = "cpu",
         existsok: bool = False,
@@ -158,8 +202,16 @@ class ZarrStorage(TensorStorage):
         refresh_every_seconds: float | None = None,
         gc_grace_seconds: float = 10.0,
         dedupe_next: bool = False,
+        shared_init: bool = False,
         _mode: str = "w",
     ) -> None:
+        if shared_init:
+            raise ValueError(
+                "ZarrStorage does not support shared_init=True: processes do not initialize "
+                "the store in turn. Build the storage in the process that owns it and hand it "
+                "to collectors (replay_buffer=rb: workers write through the owner), or let "
+                "other processes read it with ZarrStorage.open(path, mode='r')"
+            )
         if max_size is not None and int(max_size) <= 0:
             raise ValueError(f"max_size must be a positive int or None, got {max_size!r}")
         if chunk_rows is not None and not (isinstance(chunk_rows, int) and chunk_rows > 0):
@@ -174,6 +226,21 @@ class ZarrStorage(TensorStorage):
         )
         self._growing = max_size is None
         self.read_only = _mode == "r"
+        self._init_options = {  # what a pickle or a deepcopy reopens the store with
+            "ndim": ndim,
+            "device": device,
+            "chunk_rows": chunk_rows,
+            "compressors": compressors,
+            "cache": cache,
+            "cache_device": cache_device,
+            "flush_every_rows": flush_every_rows,
+            "flush_every_seconds": flush_every_seconds,
+            "min_commit_interval": min_commit_interval,
+            "index_keys": index_keys,
+            "refresh_every_seconds": refresh_every_seconds,
+            "gc_grace_seconds": gc_grace_seconds,
+            "dedupe_next": dedupe_next,
+        }
         self.existsok = existsok
         self._chunk_rows_arg = chunk_rows
         self._compressors_arg = compressors
@@ -187,8 +254,17 @@ class ZarrStorage(TensorStorage):
         self.dedupe_next = dedupe_next
         self._gc_history: collections.deque = collections.deque()
         self._index_keys_arg = None if index_keys is None else [key_path(k) for k in index_keys]
+        self._temp_release = None
+        if path is None:
+            if _mode != "w":
+                raise ValueError("a path is needed to open an existing store")
+            path = make_temp_store()
+            self._temp_release = remove_on_release(self, path)
+        self._path_arg = path
         self._where = str(path) if not isinstance(path, zarr.abc.store.Store) else repr(path)
         self._header: Header | None = None
+        self._pytree: pytrees.Structure = None  # structure of stored plain pytrees
+        self._item_batch: tuple[int, ...] = ()  # batch dims of each element beyond ``ndim``
         self._commit = Commit()
         self._wc = 0  # rows appended since ``base`` (staged, may be ahead of the commit)
         self._written_chunks = 0  # chunk ids below this were stored by this process
@@ -209,10 +285,22 @@ class ZarrStorage(TensorStorage):
         self._io_lock = threading.RLock()
         self._owner_pid = os.getpid()
         self._channel: WriteChannel | None = None  # created when sent to a worker process
-        self._group = self._open_group(path, _mode)
-        self._attach_or_create()
+        self._sampler_saved: dict[int, str] = {}  # id(sampler) -> fingerprint of its last save
+        self._sampler_locks: dict[int, Any] = {}
+        self.rows_at_open = 0
+        with _naming_store(self._where):
+            self._group = self._open_group(path, _mode)
+            if not self.read_only:
+                check_local_writable(self._group.store, self._where)
+                remove_partials(self._group.store)  # torn temporaries of a killed writer
+            self._attach_or_create()
+        if self._header is not None:
+            self.rows_at_open = len(self)
+            _log.info("zarrl: %s already holds %d rows (reopened)", self._where, len(self))
         if not self.read_only:
-            _register_exit_flush(weakref.ref(self))
+            pickling.register_writer(self)
+            if self._temp_release is None:
+                _register_exit_flush(weakref.ref(self))
 
     # ================================================================ opening
     @classmethod
@@ -291,11 +379,35 @@ class ZarrStorage(TensorStorage):
                 f"this storage was built with max_size={mine}, ndim={self.ndim}"
             )
         if header is not None:
+            self._read_layout_extras(meta, header)
             self._setup(header)
             self._adopt_commit(commit, full=True)
 
+    def _read_layout_extras(self, meta: Mapping, header: Header) -> None:
+        """The pytree structure and per-element batch dims recorded beside the header."""
+        self._pytree = None
+        if "pytree" in meta:
+            self._pytree = pytrees.validate_structure(meta["pytree"], header.schema, self._where)
+        item_batch = meta.get("item_batch", [])
+        if (
+            not isinstance(item_batch, list)
+            or not all(type(d) is int and d > 0 for d in item_batch)
+            or not all(
+                s.shape[: len(item_batch)] == tuple(item_batch) for s in header.schema.values()
+            )
+        ):
+            raise StoreFormatError(
+                f"{self._where}/zarr.json: attributes['zarrl']['item_batch'] = {item_batch!r} is "
+                "invalid: expected positive ints leading every leaf shape of the schema"
+            )
+        self._item_batch = tuple(item_batch)
+
     def _write_meta(self, durable: bool = False) -> None:
         static = {"max_size": None if self._growing else self.max_size, "ndim": self.ndim}
+        if self._pytree is not None:
+            static["pytree"] = self._pytree
+        if self._item_batch:
+            static["item_batch"] = list(self._item_batch)
         _run_io(write_attrs(self._group, self._header, self._commit, durable, **static))
 
     # ============================================================ layout/setup
@@ -661,8 +773,15 @@ class ZarrStorage(TensorStorage):
                 if attempt == 3:
                     raise
                 self.refresh()
-        td = self._to_td_any(leaves, [rows.numel(), *self._header.tail])
-        return self._apply_reindex(td, reindex)
+        td = self._apply_reindex(self._to_td_any(leaves, self._batch_of(rows.numel())), reindex)
+        if self._pytree is not None:  # the stored pytree, each leaf indexed as the TensorDict
+            flat = {key_path(k): v for k, v in td.items(include_nested=True, leaves_only=True)}
+            return pytrees.unflatten(flat, self._pytree)
+        return td
+
+    def _batch_of(self, n: int) -> list[int]:
+        """Batch size of ``n`` rows as returned: ``[n, *tail, *item_batch]``."""
+        return [n, *self._header.tail, *self._item_batch]
 
     @_serialized
     def __getitem__(self, index) -> TensorDictBase | torch.Tensor:
@@ -671,6 +790,7 @@ class ZarrStorage(TensorStorage):
         if (
             self._header is None
             or self._header.tensor_root
+            or self._pytree is not None
             or self.read_only
             or self._is_full_view(index)
             or not self._index
@@ -685,7 +805,7 @@ class ZarrStorage(TensorStorage):
             return lambda: self._gather(rows, [path])[path]
 
         lazy = {k: loader(k) for k in self._header.schema if k not in self._index}
-        return lazy_tensordict(eager, lazy, [rows.numel(), *self._header.tail], self.device)
+        return lazy_tensordict(eager, lazy, self._batch_of(rows.numel()), self.device)
 
     def _to_td_any(self, leaves, batch):
         if self._header.tensor_root:
@@ -697,7 +817,12 @@ class ZarrStorage(TensorStorage):
             if any(not (isinstance(i, slice) and i == slice(None)) for i in index):
                 return False
             index = index[0]
-        return isinstance(index, slice) and index == slice(None) and not self._header.tensor_root
+        return (
+            isinstance(index, slice)
+            and index == slice(None)
+            and not self._header.tensor_root
+            and self._pytree is None
+        )
 
     def _full_view(self) -> TensorDictBase:
         """``storage[:]``: index columns are RAM views, other leaves load on first access."""
@@ -708,7 +833,7 @@ class ZarrStorage(TensorStorage):
             return lambda: self._gather(torch.arange(n0), [path])[path]
 
         lazy = {k: loader(k) for k in self._header.schema if k not in self._index}
-        view = lazy_tensordict(eager, lazy, [n0, *self._header.tail], self.device)
+        view = lazy_tensordict(eager, lazy, self._batch_of(n0), self.device)
         if not self.read_only:  # writes into the view reach the store (``rb[0, 3:4] = td``)
             view.__class__ = _StorageView
             view._zarrl_storage = weakref.ref(self)
@@ -900,12 +1025,49 @@ class ZarrStorage(TensorStorage):
             raise RuntimeError(f"{self._where}: the storage is closed")
 
     def _as_td(self, data, batched: bool) -> TensorDictBase:
+        """``data`` as a TensorDict with ``ndim`` batch dims (``ndim - 1`` for one element):
+        tensors under ``_TENSOR_KEY``, pytrees by leaf path; a TensorDict's further batch dims
+        (a ``[N, 4]`` batch in an ``ndim=1`` storage) become leading leaf dims
+        (``item_batch``)."""
+        nb = (1 if batched else 0) + self.ndim - 1
         if is_tensor_collection(data):
+            if data.batch_dims <= nb:
+                return data
+            extra = tuple(data.batch_size[nb:])
+            if self._header is not None and extra != self._item_batch:
+                raise ValueError(
+                    f"data batch dims {tuple(data.batch_size)}: the store holds elements of "
+                    f"batch {list(self._item_batch)} beyond its ndim={self.ndim}; nothing was "
+                    "written"
+                )
+            if isinstance(data, LazyStackedTensorDict):
+                _stored_leaves(data)  # a ragged stack is refused by name
+                data = data.contiguous()
+            if type(data) is not TensorDict:
+                data = data.to_tensordict()
+            data = data.clone(recurse=False)
+            data.batch_size = data.batch_size[:nb]
+            self._item_batch = extra
             return data
         if isinstance(data, torch.Tensor):
-            nb = (1 if batched else 0) + self.ndim - 1
             return TensorDict({_TENSOR_KEY: data}, batch_size=data.shape[:nb])
-        raise TypeError(f"ZarrStorage stores TensorDicts or tensors, got {type(data)}")
+        if pytrees.is_pytree(data):
+            leaves, structure = pytrees.flatten(data)
+            if self._header is not None and structure != self._pytree:
+                raise ValueError(
+                    f"pytree structure {structure} does not match the stored {self._pytree}; "
+                    "nothing was written"
+                )
+            self._pytree = structure
+            first = next(iter(leaves.values()))
+            td = TensorDict(batch_size=first.shape[:nb])
+            for path, leaf in leaves.items():
+                td.set(tuple(path.split("/")), leaf)
+            return td
+        raise TypeError(
+            f"ZarrStorage stores TensorDicts, tensors and pytrees (dicts, lists and tuples of "
+            f"tensors), got {type(data)}"
+        )
 
     def _validate(self, td: TensorDictBase) -> dict[str, torch.Tensor]:
         """Leaves of ``td`` keyed by path, checked against the schema (raises, writes nothing)."""
@@ -957,7 +1119,13 @@ class ZarrStorage(TensorStorage):
         is_int = isinstance(cursor, (int, np.integer)) or (
             isinstance(cursor, torch.Tensor) and cursor.ndim == 0
         )
-        td = self._as_td(data, batched=not is_int)
+        try:
+            td = self._as_td(data, batched=not is_int)
+        except ValueError:
+            n = 1 if is_int else _rows_of_cursor(cursor)
+            if rollback and set_cursor and n and self._header is not None:
+                rollback_writers(self._attached_entities, n, self._header.capacity)
+            raise
         if not is_int and td.batch_dims and td.shape[0] == 0:
             return  # an empty extend writes nothing (and initializes nothing)
         if is_int:
@@ -965,7 +1133,7 @@ class ZarrStorage(TensorStorage):
             cursor = torch.tensor([int(cursor)])
         if self._header is None:
             header = self._infer_header(td[0])
-            header.tensor_root = not is_tensor_collection(data)
+            header.tensor_root = isinstance(data, torch.Tensor)
             self._setup(header, create=True)
             self._write_meta()
         if isinstance(cursor, tuple) and len(cursor) > 1:  # checked as whole rows
@@ -996,8 +1164,10 @@ class ZarrStorage(TensorStorage):
         """Writes a sub-row selection ``(dim0, *rest)``: read-modify-write of whole rows."""
         rows, reindex = self._rows_and_reindex(cursor)
         uniq, inv = torch.unique(rows, return_inverse=True)
-        block = self._to_td(self._gather(uniq), [uniq.numel(), *self._header.tail]).to("cpu")
+        block = self._to_td(self._gather(uniq), self._batch_of(uniq.numel())).to("cpu")
         block[(inv.reshape(-1), *cursor[1:])] = td.reshape(-1).to("cpu")
+        if self._item_batch:
+            block.batch_size = block.batch_size[: self.ndim]
         self._write_rows(uniq, self._validate(block), append=False)
         self._bump_mutation_revision()
         self._maybe_commit()
@@ -1116,11 +1286,77 @@ class ZarrStorage(TensorStorage):
         self._write_dirty(skip=head)
         self._publish(wc, max(length, self._commit.length), self.commit_durability)
 
-    @_serialized
     def flush(self) -> None:
         """Writes every staged chunk, then publishes the commit record (the commit point),
-        durable as ``durability`` says."""
-        self._flush(self.durability)
+        durable as ``durability`` says; then saves the state of the attached buffers'
+        samplers with the store when it changed (``save_sampler_state``)."""
+        with self._io_lock, _naming_store(self._where):
+            self._flush(self.durability)
+        self._save_attached_samplers()
+
+    # ========================================================= sampler state
+    def save_sampler_state(self, sampler: Any) -> bool:
+        """Stores ``sampler.state_dict()`` in the store (``<store>/.zarrl_sampler``: arrays and
+        attributes, see ``buffers/sampler_state.py``), e.g. the priorities of a
+        ``PrioritizedSampler`` or the cursor of a ``SamplerWithoutReplacement``. ``flush()``,
+        ``close()`` and checkpoints do it for the samplers of the attached buffers; a buffer
+        built on the reopened store gets it back (``attach``). Returns whether it was saved
+        (a state holding values other than tensors, trees and scalars is not)."""
+        self._check_writable()
+        with self._io_lock, _naming_store(self._where):
+            self._flush(self.durability)  # the state describes committed rows
+            commit = self._commit.to_json()
+        lock = self._sampler_locks.get(id(sampler))
+        with lock or contextlib.nullcontext(), _naming_store(self._where):
+            saved = sampler_state.save(self._group, sampler, commit)
+        if saved is not None:
+            self._sampler_saved[id(sampler)] = saved
+        return saved is not None
+
+    def load_sampler_state(self, sampler: Any) -> bool:
+        """Restores ``sampler`` from the state stored with the store by a sampler of the same
+        class; rows committed after that state was saved are announced to it
+        (``sampler.extend``: new rows get the default priority). Returns whether a state was
+        loaded."""
+        if self._header is None:
+            return False
+        with _naming_store(self._where):
+            meta = sampler_state.load(self._group, sampler, self._where, self._cap0 or self._wc)
+        if meta is None:
+            return False
+        cap0 = self._header.capacity
+        if meta["base"] == self._base and meta["write_count"] < self._wc:
+            start = self._base + meta["write_count"]
+            if cap0 is not None:
+                start = max(start, self._base + self._wc - cap0)
+            missed = self._pos_of_phys(torch.arange(start, self._base + self._wc))
+            if missed.numel() and hasattr(sampler, "extend"):
+                sampler.extend(missed)
+        arrays: dict = {}
+        doc = sampler_state.encode(sampler.state_dict(), arrays)
+        self._sampler_saved[id(sampler)] = sampler_state.fingerprint(doc, arrays)
+        return True
+
+    def _save_attached_samplers(self) -> None:
+        """``save_sampler_state`` for the attached buffers' samplers whose state changed since
+        this storage last saved or loaded it (one sampler per store: the first buffer's)."""
+        if self.read_only or self._closed or self._header is None:
+            return
+        for buffer in list(self._attached_entities):
+            sampler = buffer_sampler(buffer)
+            if sampler is None:
+                continue
+            with buffer_lock(buffer) or contextlib.nullcontext():
+                arrays: dict = {}
+                try:
+                    doc = sampler_state.encode(sampler.state_dict(), arrays)
+                except TypeError:
+                    continue
+                if self._sampler_saved.get(id(sampler)) == sampler_state.fingerprint(doc, arrays):
+                    return
+                self._sampler_locks[id(sampler)] = buffer_lock(buffer)
+                self.save_sampler_state(sampler)
+            return
 
     def _flush(self, durability: str) -> None:
         if self.read_only or self._closed or self._header is None:
@@ -1231,6 +1467,7 @@ class ZarrStorage(TensorStorage):
         _run_io(drop_chunks(dead))  # absent chunks read back as the fill value 0
         self._gc_done = dead_below
 
+    @_names_store
     def close(self) -> None:
         """Flushes and releases the background threads; the storage cannot be used afterwards
         (worker proxies still waiting get an error)."""
@@ -1238,16 +1475,23 @@ class ZarrStorage(TensorStorage):
             return
         if self._channel is not None:  # outside the lock: the pump may be applying a write
             self._channel.stop()
+        if self._temp_release is None and not self.read_only:
+            self._save_attached_samplers()  # before the storage lock (buffer lock first)
         with self._io_lock:
             self._close()
 
     def _close(self) -> None:
         if self._closed:
             return
-        self.flush()
+        if self._temp_release is None:
+            self._flush(self.durability)
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         self._closed = True
+        if not self.read_only:
+            pickling.unregister_writer(self)
+        if self._temp_release is not None:  # a temporary store (no path given): removed
+            self._temp_release()
 
     def __enter__(self) -> ZarrStorage:
         return self
@@ -1266,6 +1510,7 @@ class ZarrStorage(TensorStorage):
             return False
         if self._header is None:
             self._group = group
+            self._read_layout_extras(group.attrs.asdict()["zarrl"], header)
             self._setup(header)
             self._adopt_commit(commit, full=True)
             return True
@@ -1330,7 +1575,8 @@ class ZarrStorage(TensorStorage):
     # ============================================================ TorchRL API
     def attach(self, buffer: Any) -> None:
         """Also hands the committed ring cursor to the buffer's round-robin writer, so a buffer
-        built on a reopened storage keeps appending where the previous run stopped."""
+        built on a reopened storage keeps appending where the previous run stopped, and
+        restores its sampler's state stored with the store (``load_sampler_state``)."""
         super().attach(buffer)
         if self._header is None or self._wc == 0:
             return
@@ -1343,6 +1589,7 @@ class ZarrStorage(TensorStorage):
             self._sync_writer(init)
         elif callable(init) and hasattr(buffer, "_init_writer"):
             buffer._init_writer = lambda: self._sync_writer(init())
+        after_sampler_init(buffer, self.load_sampler_state)  # the state stored with the store
 
     def _sync_writer(self, writer):
         if isinstance(writer, RoundRobinWriter) and writer._write_count == 0:
@@ -1367,22 +1614,44 @@ class ZarrStorage(TensorStorage):
         self._len = 0
         self._bump_mutation_revision()
         if self._header is not None:
-            self.flush()
+            self._flush(self.durability)
 
+    @_names_store
     def state_dict(self) -> dict[str, Any]:
-        """Metadata only: where the data is and which commit it is at."""
+        """Metadata only: where the data is (``store``: a path or a store object) and which
+        commit it is at; the rows stay in the store."""
         self.flush()
         return {
             "path": self._where,
+            "store": pickling.reference(self)["store"],
             "initialized": self._header is not None,
             "_len": self._len,
             "commit": self._commit.to_json(),
         }
 
+    @_names_store
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Checks the store is at the recorded commit (data lives in the store, not here)."""
+        """Loads a ``state_dict``: of this store, it checks the store is at the recorded
+        commit; of another store (a freshly built storage), it replaces this storage's content
+        with a copy of that store, which must still be at the recorded commit."""
         want = Commit.from_json(state_dict["commit"])
-        if self.read_only:
+        source = state_dict.get("store", state_dict["path"])
+        if isinstance(source, (str, os.PathLike)):
+            source_key = pickling.store_key(zarr.storage.LocalStore(os.fspath(source)))
+        else:
+            source_key = pickling.store_key(source)
+        if source_key != pickling.store_key(self._group.store):
+            self._check_writable()
+            src = self._open_group(source, "r")
+            _, commit = read_attrs(src, str(source))
+            if (commit.base, commit.write_count) != (want.base, want.write_count):
+                raise ValueError(
+                    f"{source} is at commit base={commit.base}, write_count={commit.write_count} "
+                    f"but the state dict expects base={want.base}, write_count={want.write_count}:"
+                    " the store moved on since the state dict was taken; nothing was loaded"
+                )
+            self._replace_content(src)
+        elif self.read_only:
             self.refresh()
         if (want.base, want.write_count) != (self._commit.base, self._commit.write_count):
             raise ValueError(
@@ -1393,17 +1662,49 @@ class ZarrStorage(TensorStorage):
         self._len = int(state_dict["_len"])
         self._bump_mutation_revision()
 
+    @_names_store
     def dumps(self, path) -> None:
-        """Checkpoint: flush, then copy the whole store (any zarr store) to ``path``."""
+        """Checkpoint: flush, then copy the whole store (any zarr store) to ``path``. With save
+        hooks (``rb.register_save_hook``), ``path`` gets a new store holding what the hooks
+        return for the live rows (``[len along dim 0, ...]``, position order) instead."""
         self.flush()
-        dest = zarr.storage.LocalStore(os.fspath(path))
-        _copy_store(self._group.store, dest)
+        hooks = save_hooks(self)
+        if not hooks:
+            dest = zarr.storage.LocalStore(os.fspath(path))
+            _copy_store(self._group.store, dest)
+            return
+        if self._header is None:
+            raise RuntimeError(f"{self._where}: cannot save a non-initialized storage")
+        data = self.get(torch.arange(self._len0()))
+        for hook in hooks:
+            data = hook(data, path=path)
+        _write_new_store(path, data, self.ndim)
 
+    @_names_store
     def loads(self, path) -> None:
-        """Replaces this storage's content with the store checkpointed at ``path``."""
+        """Replaces this storage's content with the store checkpointed at ``path``; with load
+        hooks (``rb.register_load_hook``), with what they return for its rows."""
         self._check_writable()
         src = self._open_group(path, "r")
         read_attrs(src, str(path))
+        hooks = load_hooks(self)
+        if not hooks:
+            self._replace_content(src)
+            return
+        saved = type(self).open(path, mode="r")
+        data = saved.get(torch.arange(saved._len0())) if saved._header is not None else None
+        saved.close()
+        if data is None:
+            raise RuntimeError(f"{path}: the checkpoint holds no rows to load")
+        for hook in hooks:
+            data = hook(data, out=None)
+        self._empty()
+        self.set(torch.arange(data.shape[0]), data)
+        self._sync_attached_writers()
+
+    def _replace_content(self, src: zarr.Group) -> None:
+        """This store's content becomes a copy of the store of ``src``."""
+        self._check_writable()
         _clear_store(self._group.store)
         _copy_store(src.store, self._group.store)
         self._written_chunks = 0  # nothing past the loaded commit is ours
@@ -1411,23 +1712,32 @@ class ZarrStorage(TensorStorage):
         header, commit = read_attrs(self._group, self._where)
         self._header = None
         if header is not None:
+            self._read_layout_extras(self._group.attrs.asdict()["zarrl"], header)
             self._setup(header)
             self._adopt_commit(commit, full=True)
+        else:
+            self._commit, self._base, self._wc, self._len = commit, 0, 0, 0
+            self.initialized = False
+
+    def _sync_attached_writers(self) -> None:
+        """Round-robin writers of the attached buffers continue after the stored rows."""
+        for buffer in self._attached_entities:
+            writer = buffer.__dict__.get("_writer")
+            if isinstance(writer, RoundRobinWriter):
+                writer._write_count = 0
+                self._sync_writer(writer)
 
     def __reduce__(self):
         """Sent to a process that ``multiprocessing`` is starting (the workers of
         ``MultiSyncCollector``/``MultiAsyncCollector``), the storage becomes a
         ``ZarrWriterProxy`` there: its writes are applied by this process, which keeps the store
-        (``buffers/worker_proxy.py``). Any other pickling (``pickle.dumps``, ``deepcopy``) is
-        refused: the storage holds open zarr stores, a chunk cache and threads."""
+        (``buffers/worker_proxy.py``). Any other pickle is a reference to the store, reopened
+        on load (``buffers/pickling.py``); a writable storage is flushed first."""
         if get_spawning_popen() is None:
-            raise TypeError(
-                f"cannot pickle ZarrStorage({self._where}) outside the start of a process: it holds "
-                "open zarr stores, a chunk cache and threads. It can be handed to processes that "
-                "multiprocessing starts (e.g. MultiSyncCollector/MultiAsyncCollector workers with "
-                "replay_buffer=), where it writes through this process; other processes read the "
-                "store with ZarrStorage.open(path, mode='r')"
-            )
+            if not self.read_only and not self._closed:
+                self.flush()
+            state = {"_attached_entities_list": list(self._attached_entities)}
+            return _unpickle_storage, (pickling.reference(self),), state
         if self.read_only:
             raise ReadOnlyStorageError(
                 f"{self._where} was opened read-only (mode='r') and cannot become a writer in "
@@ -1453,11 +1763,35 @@ class ZarrStorage(TensorStorage):
         }
         return new_proxy, (), state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """The buffers the pickled storage was attached to (the store was reopened already)."""
+        self._attached_entities_list = list(state.get("_attached_entities_list", ()))
+
+    def __deepcopy__(self, memo: dict) -> ZarrStorage:
+        """An independent copy (as ``LazyMemmapStorage``): a writable storage is copied into a
+        new temporary store; a read-only one becomes another reader of its store."""
+        ref = pickling.reference(self)
+        if self.read_only:
+            new = pickling.reopen(type(self), ref)
+        else:
+            self.flush()
+            dest = make_temp_store()
+            with _naming_store(self._where):
+                _copy_store(self._group.store, zarr.storage.LocalStore(str(dest)))
+            ref["store"] = dest
+            new = pickling.reopen(type(self), ref)
+            new._temp_release = remove_on_release(new, dest)
+        memo[id(self)] = new
+        new._attached_entities_list = copy.deepcopy(self._attached_entities, memo)
+        return new
+
     def __repr__(self) -> str:
+        where = f"temporary {self._where}" if self._temp_release is not None else self._where
+        reopened = f", reopened with {self.rows_at_open} rows" if self.rows_at_open else ""
         return (
-            f"ZarrStorage(path={self._where}, len={len(self)}, max_size="
+            f"ZarrStorage(path={where}, len={len(self)}, max_size="
             f"{None if self._growing else self.max_size}, ndim={self.ndim}, "
-            f"mode={'r' if self.read_only else 'r+'})"
+            f"mode={'r' if self.read_only else 'r+'}{reopened})"
         )
 
     def __del__(self):
@@ -1529,6 +1863,19 @@ def _stored_leaves(td: TensorDictBase) -> list[tuple[Any, Any]]:
     return items
 
 
+def _unpickle_storage(ref: dict[str, Any]) -> ZarrStorage:
+    return pickling.reopen(ZarrStorage, ref)
+
+
+def _rows_of_cursor(cursor) -> int | None:
+    """Rows a round-robin writer's ``set`` at ``cursor`` covers (``None`` if not a row list)."""
+    if isinstance(cursor, torch.Tensor):
+        return cursor.numel()
+    if isinstance(cursor, (range, list)):
+        return len(cursor)
+    return None
+
+
 def _register_exit_flush(ref: weakref.ref) -> None:
     """Flush staged rows at interpreter exit. zarr's I/O runs on executors that Python shuts down
     before ``atexit`` handlers, so hook in just before them when the interpreter allows it."""
@@ -1595,6 +1942,18 @@ def _copy_store(src, dst) -> None:
                 await dst.set(key, buf)
 
     sync(copy())
+
+
+def _write_new_store(path, data: TensorDictBase, ndim: int) -> None:
+    """A new zarrl store at ``path`` holding the rows of ``data`` (``[rows, ...]``); an
+    existing zarrl store there is replaced, anything else is refused."""
+    path = os.fspath(path)
+    if os.path.exists(path) and os.listdir(path):
+        existing = ZarrStorage._open_group(path, "r")
+        read_attrs(existing, path)  # refuses a directory that is not a zarrl store
+        _clear_store(zarr.storage.LocalStore(path))
+    with ZarrStorage(None, path=path, ndim=ndim) as dest:
+        dest.set(torch.arange(data.shape[0]), data)
 
 
 def _clear_store(store) -> None:

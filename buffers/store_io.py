@@ -221,3 +221,50 @@ def grow_array(array: zarr.Array, rows: int) -> list:
     io = put_objects(metadata_objects(async_array.store_path, new))
     object.__setattr__(async_array, "metadata", new)
     return io
+
+
+def _is_partial_name(name: str) -> bool:
+    """``<name>.<32 hex digits>.partial``: a temporary file of ``write_file`` (or of zarr's own
+    ``LocalStore``), left behind only when a process died between its write and its rename."""
+    parts = name.rsplit(".", 2)
+    if len(parts) != 3 or parts[2] != "partial":
+        return False
+    token = parts[1]
+    return len(token) == 32 and all(c in "0123456789abcdef" for c in token)
+
+
+def remove_partials(store) -> list[Path]:
+    """Deletes the ``*.partial`` temporary files a killed writer left in a local ``store``
+    (never following links; other stores have none); returns the removed paths. Only the
+    single process that opens the store for writing may call this: a live writer's
+    temporary files are indistinguishable from a dead one's."""
+    if not isinstance(store, LocalStore):
+        return []
+    removed = []
+    for directory, _, files in os.walk(str(store.root), followlinks=False):
+        for name in files:
+            path = Path(directory) / name
+            if _is_partial_name(name) and not path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+def check_local_writable(store, where: str) -> None:
+    """Creates and removes a probe file in a local ``store``'s directory, so a read-only file
+    system or directory fails here, at open, instead of at the first commit (``OSError``
+    naming the store; other stores report their errors on write)."""
+    if not isinstance(store, LocalStore):
+        return
+    probe = Path(str(store.root)) / f".zarrl-write-probe.{uuid.uuid4().hex}.partial"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as err:
+        raise OSError(
+            err.errno,
+            f"zarrl store {where} cannot be opened for writing (mode='r+'): {err.strerror}; "
+            "open it with mode='r' to read it",
+            str(store.root),
+        ) from err
+    os.close(fd)
+    probe.unlink(missing_ok=True)

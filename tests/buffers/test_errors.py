@@ -3,7 +3,6 @@ foreign or newer stores, existing stores, corrupt chunks."""
 
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 
@@ -128,14 +127,3 @@ def test_non_tensor_and_unsupported_dtypes_are_rejected_with_the_key(tmp_path):
     rb = TensorDictReplayBuffer(storage=ZarrStorage(10, path=tmp_path / "b.zarr"))
     with pytest.raises(ValueError, match="'halfish'.*bfloat16"):
         rb.extend(TensorDict({"halfish": torch.zeros(3, dtype=torch.bfloat16)}, [3]))
-
-
-def test_pickling_outside_a_process_start_is_refused(filled):
-    """Only processes that multiprocessing starts (collector workers) get a writer proxy
-    (tests/buffers/test_multiprocess_collectors.py); a plain pickle names the alternatives."""
-    _, storage, _ = filled
-    rb = TensorDictReplayBuffer(storage=storage)
-    with pytest.raises(TypeError, match="cannot pickle ZarrStorage") as err:
-        pickle.dumps(rb)
-    assert "MultiSyncCollector" in str(err.value)
-    assert "mode='r'" in str(err.value)

@@ -1,0 +1,72 @@
+"""The TorchRL internals zarrl relies on, in one place (TorchRL 0.14).
+
+Each function names the private attribute it reads; if a TorchRL release moves one, this module
+is the only place to change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def save_hooks(storage: Any) -> list[Callable]:
+    """Hooks registered by ``rb.register_save_hook`` (kept by the storage's checkpointer in
+    ``StorageCheckpointerBase._save_hooks``), called as ``hook(data, path=path)``."""
+    return list(getattr(storage.checkpointer, "_save_hooks", ()))
+
+
+def load_hooks(storage: Any) -> list[Callable]:
+    """Hooks registered by ``rb.register_load_hook`` (``_load_hooks``), called as
+    ``hook(data, out=None)``."""
+    return list(getattr(storage.checkpointer, "_load_hooks", ()))
+
+
+def buffer_sampler(buffer: Any) -> Any | None:
+    """The sampler holding a replay buffer's sampling state: the learner-side
+    ``_prioritized_sampler`` of a ``TensorDictPrioritizedReplayBuffer(sync=False)`` (whose
+    ``_sampler`` is a uniform one for writer processes), else ``_sampler`` once built, else
+    the ``_init_sampler`` instance it will use (``None`` when there is none yet)."""
+    state = getattr(buffer, "__dict__", {})
+    for name in ("_prioritized_sampler", "_sampler", "_init_sampler"):
+        if state.get(name) is not None:
+            return state[name]
+    return None
+
+
+def caught_up(buffer: Any) -> None:
+    """A ``TensorDictPrioritizedReplayBuffer(sync=False)`` whose learner sampler was restored
+    already covers every stored row: its catch-up counter (``_prioritized_sampler_write_count``,
+    rows written before which the sampler knows the rows) becomes the buffer's write count,
+    so the next sample does not reset the restored priorities to the default."""
+    if "_prioritized_sampler_write_count" in getattr(buffer, "__dict__", {}):
+        buffer._prioritized_sampler_write_count = int(buffer.write_count)
+
+
+def buffer_lock(buffer: Any) -> Any | None:
+    """The buffer's ``_replay_lock`` (held by TorchRL around extends, samples and priority
+    updates), or ``None``."""
+    return getattr(buffer, "__dict__", {}).get("_replay_lock")
+
+
+def after_sampler_init(buffer: Any, restore: Callable[[Any], bool]) -> None:
+    """Calls ``restore(sampler)`` once the buffer has built its sampler, in place of TorchRL's
+    default-priority initialization of the rows already stored
+    (``ReplayBuffer._initialize_prioritized_sampler``, the last sampler step of
+    ``ReplayBuffer._init``), which still runs when ``restore`` returns ``False``. The hook is
+    an instance attribute removed when it runs (the buffer stays picklable)."""
+    original = getattr(buffer, "_initialize_prioritized_sampler", None)
+    if original is None or buffer.__dict__.get("_sampler") is not None:
+        sampler = buffer_sampler(buffer)
+        if sampler is not None and not isinstance(sampler, type) and restore(sampler):
+            caught_up(buffer)
+        return
+
+    def initialize() -> None:
+        buffer.__dict__.pop("_initialize_prioritized_sampler", None)
+        if restore(buffer_sampler(buffer)):
+            caught_up(buffer)
+        else:
+            original()
+
+    buffer._initialize_prioritized_sampler = initialize

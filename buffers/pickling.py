@@ -1,0 +1,83 @@
+"""Pickling and ``copy.deepcopy`` of a ``ZarrStorage`` outside the start of a process.
+
+A storage pickles as a *reference*: its store (a local path, or the ``zarr.abc.store.Store``
+object), its constructor options and whether it was read-only; unpickling reopens the store
+(after the pickling side flushed, so the reference holds every row it had). One store has one
+writer: unpickling a writable storage whose store already has an open writer in this process
+raises ``RuntimeError`` naming the alternatives, instead of making a second writer. (Across
+processes, that is the caller's promise: unpickle a writer only once its original is closed.)
+
+``copy.deepcopy`` makes an independent copy, as for ``LazyMemmapStorage``: a writable storage is
+copied into a new temporary store (removed when the copy is closed or collected, or at exit); a
+read-only storage becomes another reader of the same store.
+
+(Pickled to a process that ``multiprocessing`` is starting, a writable storage becomes a
+``ZarrWriterProxy`` instead: ``buffers/worker_proxy.py``.)
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Any
+
+import zarr.storage
+
+_WRITERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def store_key(store: Any) -> str:
+    """Identity of a store within this process: the real path of a local store, else the
+    object's identity."""
+    if isinstance(store, zarr.storage.LocalStore):
+        return "file:" + os.path.realpath(str(store.root))
+    return f"object:{id(store)}"
+
+
+def register_writer(storage: Any) -> None:
+    _WRITERS[store_key(storage._group.store)] = storage
+
+
+def unregister_writer(storage: Any) -> None:
+    key = store_key(storage._group.store)
+    if _WRITERS.get(key) is storage:
+        del _WRITERS[key]
+
+
+def open_writer(store: Any) -> Any | None:
+    """The open (not closed) writable storage of ``store`` in this process, if any."""
+    if isinstance(store, (str, os.PathLike)):
+        store = zarr.storage.LocalStore(os.fspath(store))
+    writer = _WRITERS.get(store_key(store))
+    return None if writer is None or writer._closed else writer
+
+
+def reference(storage: Any) -> dict[str, Any]:
+    """What a pickle holds: the store, the constructor options, the mode."""
+    store = storage._path_arg
+    if isinstance(store, zarr.storage.LocalStore):
+        store = str(store.root)
+    if isinstance(store, (str, os.PathLike)):
+        store = os.path.abspath(os.fspath(store))
+    return {
+        "store": store,
+        "max_size": None if storage._growing else storage.max_size,
+        "read_only": storage.read_only,
+        "options": dict(storage._init_options),
+    }
+
+
+def reopen(cls: type, ref: dict[str, Any]) -> Any:
+    """Unpickling: the referenced store reopened (``mode='r'`` for a pickled reader)."""
+    store = ref["store"]
+    if not ref["read_only"]:
+        writer = open_writer(store)
+        if writer is not None:
+            raise RuntimeError(
+                f"cannot unpickle a writable ZarrStorage of {writer._where}: this process "
+                "already has a writer open on that store, and a store has one writer. Close the "
+                "original first, use copy.deepcopy(rb) for an independent copy, or "
+                "ZarrStorage.open(path, mode='r') for a reader"
+            )
+    mode = "r" if ref["read_only"] else "r+"
+    return cls(ref["max_size"], path=store, existsok=True, _mode=mode, **ref["options"])
