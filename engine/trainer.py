@@ -31,6 +31,7 @@ from torchrl.collectors import Collector
 from torchrl.data import SliceSampler, TensorDictReplayBuffer
 from torchrl.record.loggers import CSVLogger, Logger
 from tqdm.auto import tqdm
+from zarrl.algorithms import TrustPCLLoss
 from zarrl.engine.checkpoint import (
     CheckpointError,
     capture_rng_state,
@@ -42,6 +43,7 @@ from zarrl.engine.checkpoint import (
 from zarrl.engine.config import Config, ConfigError, apply_overrides, save_config
 from zarrl.engine.evaluate import evaluate_policy
 from zarrl.engine.layout import RunLayout
+from zarrl.engine.optim import parameter_groups
 from zarrl.engine.policies import TRAJ_KEY, next_trajectory_id, uniform_policy_like
 from zarrl.engine.registry import (
     WHOLE_TRAJECTORY_LOSSES,
@@ -223,7 +225,12 @@ class Trainer:
         self.target_updater = (
             make_updater() if make_updater is not None and _has_targets(self.loss) else None
         )
-        self.optimizer = torch.optim.Adam(_param_groups(self.loss, cfg), eps=cfg.optim.adam_eps)
+        lrs = {
+            "policy": cfg.optim.lr_policy,
+            "value": cfg.optim.lr_value,
+            "log_z": cfg.optim.lr_log_z,
+        }
+        self.optimizer = torch.optim.Adam(parameter_groups(self.loss, lrs), eps=cfg.optim.adam_eps)
         # the collector acts with its own CPU copy of the policy, synced after every update round
         self.collector_policy = task.build_actor()
         self._sync_collector_policy(initial=True)
@@ -354,7 +361,9 @@ class Trainer:
 
     def _update_lambda(self, returns: list[float], lengths: list[float]) -> None:
         """Feed the episodes finished since the last call to the loss's KL-budget λ tuner."""
-        if getattr(self.loss, "lambda_tuner", None) is None or not returns:
+        if not isinstance(self.loss, TrustPCLLoss) or self.loss.lambda_tuner is None:
+            return
+        if not returns:
             return
         self.loss.update_lambda(
             torch.tensor(returns, dtype=torch.float64), torch.tensor(lengths, dtype=torch.float64)
@@ -426,7 +435,6 @@ class Trainer:
                 "updates_to_target": self.updates_to_target,
                 "time_to_target": getattr(self, "time_to_target", None),
                 "buffer_rows": len(self.storage),
-                "lambda_tuner": _tuner_state(self.loss),
                 "task": self.task.state_dict(),
                 "buffer_path": str(self.buffer_path),
             },
@@ -453,9 +461,6 @@ class Trainer:
         self.recent_lengths.extend(extra["recent_lengths"])
         self.frames_to_target = extra["frames_to_target"]
         self.updates_to_target = extra.get("updates_to_target")
-        tuner = getattr(self.loss, "lambda_tuner", None)
-        if tuner is not None and extra.get("lambda_tuner") is not None:
-            tuner.load_state_dict(extra["lambda_tuner"])
         if extra["time_to_target"] is not None:
             self.time_to_target = extra["time_to_target"]
         if self.online:
@@ -691,29 +696,8 @@ def _has_targets(loss: nn.Module) -> bool:
     )
 
 
-def _param_groups(loss: nn.Module, cfg: Config) -> list[dict[str, Any]]:
-    """Adam parameter groups: policy, value and log Z, each with its own learning rate."""
-    groups: dict[str, list[torch.nn.Parameter]] = {"policy": [], "value": [], "log_z": []}
-    for name, param in loss.named_parameters():
-        if not param.requires_grad or "target_" in name:
-            continue
-        if "log_z" in name.lower():
-            groups["log_z"].append(param)
-        elif "value" in name:
-            groups["value"].append(param)
-        else:
-            groups["policy"].append(param)
-    lrs = {"policy": cfg.optim.lr_policy, "value": cfg.optim.lr_value, "log_z": cfg.optim.lr_log_z}
-    return [{"params": p, "lr": lrs[k], "name": k} for k, p in groups.items() if p]
-
-
 def _rate(count: float, seconds: float) -> float | None:
     return round(count / seconds, 1) if seconds > 0 else None
-
-
-def _tuner_state(loss: nn.Module) -> dict[str, Any] | None:
-    tuner = getattr(loss, "lambda_tuner", None)
-    return None if tuner is None else tuner.state_dict()
 
 
 def _rows_written_at(checkpoint: dict[str, Any]) -> int:

@@ -29,6 +29,7 @@ from torchrl.objectives import LossModule
 from zarrl.algorithms import KLReinforceLoss, RTBLoss, TrustPCLLoss, trust_pcl_from_rtb
 from zarrl.engine.config import ConfigError
 from zarrl.engine.experiments.gmm_posterior.config import GMMConfig, GMMTrainConfig
+from zarrl.engine.optim import parameter_groups
 from zarrl.envs.gmm_posterior import DiffusionActor, DriftNetwork
 from zarrl.envs.gmm_posterior.policy import SinusoidalTimeFeatures
 
@@ -145,22 +146,6 @@ def _check_kwargs(method: str, kwargs: dict[str, Any], target, skip: tuple[str, 
             )
 
 
-def _param_groups(loss: nn.Module, config: GMMConfig) -> list[dict[str, Any]]:
-    """Adam groups by parameter name: log Z, value network, policy (each its own lr)."""
-    groups: dict[str, list[nn.Parameter]] = {"policy": [], "value": [], "log_z": []}
-    for name, param in loss.named_parameters():
-        if not param.requires_grad or "target_" in name:
-            continue
-        key = "log_z" if "log_z" in name else "value" if "value" in name else "policy"
-        groups[key].append(param)
-    lrs = {
-        "policy": config.optim.lr_policy,
-        "value": config.optim.lr_value,
-        "log_z": config.optim.lr_log_z,
-    }
-    return [{"params": p, "lr": lrs[k], "name": k} for k, p in groups.items() if p]
-
-
 def build_learner(
     config: GMMConfig, prior_net: DriftNetwork, device: torch.device | str = "cpu"
 ) -> GMMLearner:
@@ -225,5 +210,10 @@ def _build_learner(
         raise ConfigError(f"method.name: got {name!r}")
     loss = loss.to(device)
     # fused: one kernel for all parameters (0.4 vs 1.3 ms a step on the CPU)
-    optimizer = torch.optim.Adam(_param_groups(loss, config), eps=config.optim.adam_eps, fused=True)
+    lrs = {
+        "policy": config.optim.lr_policy,
+        "value": config.optim.lr_value,
+        "log_z": config.optim.lr_log_z,
+    }
+    optimizer = torch.optim.Adam(parameter_groups(loss, lrs), eps=config.optim.adam_eps, fused=True)
     return GMMLearner(name, prior, actor, loss, optimizer)
