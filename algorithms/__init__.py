@@ -5,9 +5,11 @@ from zarrl.algorithms.kl_budget import KLBudgetLambda, lambda_for_kl_budget, rew
 from zarrl.algorithms.kl_reinforce import KLReinforceLoss
 from zarrl.algorithms.path_consistency import path_consistency, segment_marks
 from zarrl.algorithms.rtb import RTBLoss
+from zarrl.algorithms.scoring import BatchedLogProb
 from zarrl.algorithms.trust_pcl import PCLLoss, TrustPCLLoss
 
 __all__ = [
+    "BatchedLogProb",
     "path_consistency",
     "segment_marks",
     "TrustPCLLoss",

@@ -13,6 +13,7 @@ import torch
 from tensordict import NestedKey, TensorDict, TensorDictBase, is_tensor_collection
 from tensordict.nn import TensorDictModuleBase, TensorDictParams
 from torch import Tensor
+from zarrl.algorithms.scoring import BatchedLogProb
 
 __all__ = [
     "StepBatch",
@@ -225,8 +226,8 @@ def score(
 ) -> tuple[Tensor, torch.distributions.Distribution | None]:
     """``(log π(a|s) [*B], dist or None)``: through the policy's ``batched_log_prob`` hook when it
     has one (see :func:`score_batch`; no distribution object then), else :func:`score_actions`."""
-    hook = getattr(module, "batched_log_prob", None)
-    if hook is None:
+    hook = module.batched_log_prob if isinstance(module, BatchedLogProb) else None
+    if hook is None:  # no hook, or one switched off by setting it to None
         return score_actions(module, params, td, action_key)
     log_prob = _with_params(module, params, lambda: hook(td, action_key))
     _check_batch_shape(log_prob, td, f"{type(module).__name__}.batched_log_prob returned shape")
@@ -241,9 +242,8 @@ def score_batch(
 ) -> Tensor:
     """log π(a|s) ``[*B]`` (nats, summed over action dims) of ``td[action_key]`` under ``module``.
 
-    Scoring hook: a policy exposing ``batched_log_prob(td, action_key) -> [*B]`` (same value as
-    ``get_dist(td).log_prob(action)`` summed over the action dims, e.g. a fused kernel for
-    ``[B, T]`` trajectories) is scored through it; any other TorchRL actor through ``get_dist``.
+    A policy implementing :class:`~zarrl.algorithms.BatchedLogProb` is scored through its
+    ``batched_log_prob``; any other TorchRL actor through ``get_dist``.
     """
     return score(module, params, td, action_key)[0]
 

@@ -296,3 +296,37 @@ def test_a_fully_padded_batch_gives_zero(name):
     out = _losses()[name](td)["loss_objective"]
     assert out == 0 and not out.isnan()
     out.backward()
+
+
+# -- the declared scoring interface ---------------------------------------------------------------
+def test_a_policy_implementing_batched_log_prob_is_scored_through_it():
+    from zarrl.algorithms import BatchedLogProb
+    from zarrl.envs.gmm_posterior import DiffusionActor, DriftNetwork
+
+    actor = discrete_actor(3, 4)
+    assert not isinstance(actor, BatchedLogProb)
+    assert isinstance(DiffusionActor(DriftNetwork()), BatchedLogProb)
+
+    calls = []
+
+    class Hooked(type(actor)):
+        shift = 0.0
+
+        def batched_log_prob(self, td, action_key=None):
+            calls.append(tuple(td.batch_size))
+            return self.get_dist(td).log_prob(td[action_key or "action"]) + self.shift
+
+    hooked = discrete_actor(3, 4)
+    hooked.__class__ = Hooked
+    assert isinstance(hooked, BatchedLogProb)
+    td = trajectory_batch(B=3, T=4, seed=1)
+    prior = discrete_actor(3, 4, seed=3)
+    plain = RTBLoss(discrete_actor(3, 4), prior, beta=1.0).trajectory_balance(td)[0][:, 0]
+    loss = RTBLoss(hooked, prior, beta=1.0)
+    same = loss.trajectory_balance(td)[0][:, 0]
+    assert calls and calls[0] == (3, 4)  # one call for the whole [B, T] batch
+    torch.testing.assert_close(same, plain)
+    Hooked.shift = -0.5  # the residual moves by the hook's value on every valid step
+    moved = loss.trajectory_balance(td)[0][:, 0]
+    steps = td["collector", "mask"].sum(-1).to(moved.dtype)
+    torch.testing.assert_close(moved - plain, -0.5 * steps)
