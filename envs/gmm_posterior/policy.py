@@ -26,15 +26,7 @@ from torchrl.modules.distributions import IndependentNormal
 from .mixtures import log_reward as gmm_log_reward
 from .native_gelu import gelu_, gelu_and_grad
 from .native_mlp import mlp_sample, native_mlp_supports
-from .scoring import (
-    MAX_KEPT_ACTIVATION_BYTES,
-    activation_tables,
-    forget_activations,
-    fused_step_log_prob,
-    keep_activations,
-    reuse_activations,
-    sampled_states,
-)
+from .scoring import MAX_KEPT_ACTIVATION_BYTES, SampledActivations, fused_step_log_prob
 from .side_thread import caller_single_threaded, side_executor, side_thread_helps
 
 #: Diffusion coefficient σ² of the task.
@@ -85,6 +77,8 @@ class DriftNetwork(nn.Module):
     def __init__(self, hidden: int = 64, num_freqs: int = 64, dim: int = 2) -> None:
         super().__init__()
         self.dim = dim
+        #: the fused sampler's last activations, handed to the loss's scoring of the same steps
+        self.sampled = SampledActivations()
         self.time_features = SinusoidalTimeFeatures(num_freqs)
         self.time_mlp = nn.Sequential(
             nn.Linear(2 * num_freqs, hidden), nn.GELU(), nn.Linear(hidden, hidden)
@@ -313,12 +307,12 @@ class DiffusionActor(ProbabilisticActor):
             loc = self.step.loc(obs, time)
             return gaussian_step_log_prob(action, loc, std)
         time = time_per_state(time, obs)
-        cached = reuse_activations(net, obs, time, self.step.num_steps)
+        cached = net.sampled.reuse(net, obs, time, self.step.num_steps)
         if cached is not None:  # the sampler's own trajectories: reuse its forward pass
             cond = net.time_embedding(time[0])  # [T, H], rows time-major below
             x, a = obs.transpose(0, 1), action.transpose(0, 1)
             if not (obs.requires_grad or action.requires_grad):  # no copies: the sampler's states
-                xs = sampled_states(net)  # [T + 1, N, D], equal to obs (checked above)
+                xs = net.sampled.states()  # [T + 1, N, D], equal to obs (checked above)
                 x = xs[:-1]
                 if torch.equal(a, xs[1:]):
                     a = xs[1:]
@@ -470,7 +464,7 @@ def _integrate_fused(
     ``[N, T]`` (else ``None``).
 
     For a trainable network the hidden activations of every step are written into ``[T, N, H]``
-    tables kept on the network (:func:`~zarrl.envs.gmm_posterior.scoring.keep_activations`), so
+    tables the network's :class:`~zarrl.envs.gmm_posterior.scoring.SampledActivations` keeps, so
     scoring these very transitions with the same parameters skips the posterior's forward pass;
     the pre-activation tables hold GELU derivatives instead, for the backward pass
     (:mod:`~zarrl.envs.gmm_posterior.native_gelu`). When the compiled kernels support the network
@@ -486,10 +480,10 @@ def _integrate_fused(
     if native_mlp_supports(net, noise, t_emb) and (
         reference is None or native_mlp_supports(reference[0])
     ):
-        forget_activations(net)
+        net.sampled.forget()
         tables = None
         if keep:  # the compiled backward recomputes the first layer: four tables suffice
-            tables = activation_tables(net, (num_steps, num, hidden), noise, first_layer=False)
+            tables = net.sampled.tables((num_steps, num, hidden), noise, first_layer=False)
         ref = None
         if reference is not None:
             ref_net, ref_std = reference
@@ -498,7 +492,7 @@ def _integrate_fused(
         drift = noise.new_empty(num_steps, num, dim) if keep else None
         xs, ref_log_prob = mlp_sample(net, t_emb, noise, dt, tables, ref, drift)
         if keep:
-            keep_activations(net, xs, tables, drift)
+            net.sampled.keep(net, xs, tables, drift)
         return xs.transpose(0, 1), ref_log_prob
     embed, l1, l2, out = net.state_embed, net.trunk[1], net.trunk[3], net.trunk[5]
     cond = t_emb + embed.bias  # [T, H]
@@ -506,8 +500,8 @@ def _integrate_fused(
     w_out_t = out.weight * dt  # [D, H]; used transposed (MKL's thin product is 2x faster so)
     shift = (noise + out.bias * dt).transpose(0, 1).contiguous()  # [T, N, D]
     xs = noise.new_zeros(num_steps + 1, num, dim)
-    forget_activations(net)
-    tables = activation_tables(net, (num_steps if keep else 1, num, hidden), noise)
+    net.sampled.forget()
+    tables = net.sampled.tables((num_steps if keep else 1, num, hidden), noise)
     side = _SideWork(xs, reference, dt)
     on_side = side.needed and side_thread_helps(noise.device)
     block = max(1, SIDE_JOB_ROWS // num)
@@ -530,7 +524,7 @@ def _integrate_fused(
             side.run(0, num_steps)
         ref_log_prob = side.finish()
     if keep:
-        keep_activations(net, xs, tables)
+        net.sampled.keep(net, xs, tables)
     return xs.transpose(0, 1), ref_log_prob
 
 

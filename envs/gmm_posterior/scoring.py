@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .native_gelu import gelu_and_grad
 from .native_mlp import (
@@ -203,81 +203,97 @@ def fused_step_log_prob(
     )
 
 
-_CACHE = "_sampled_activations"
-_TABLES = "_activation_tables"
 #: Largest activation tables (bytes) the sampler keeps for reuse: batch 500 × T 100 takes 77 MB;
 #: bigger samples (e.g. evaluation) are not kept.
 MAX_KEPT_ACTIVATION_BYTES = 256 << 20
 
 
-def _signature(net) -> tuple:
+def parameter_signature(net: nn.Module) -> tuple:
+    """Identity and version of every parameter of ``net``: changes when any is updated."""
     return tuple((p.data_ptr(), p._version, p.dtype) for p in net.parameters())
 
 
-def keep_activations(net, xs: Tensor, tables: list[Tensor], drift: Tensor | None = None) -> None:
-    """Remember the sampler's states ``xs`` ``[T + 1, N, D]`` and hidden activations of ``net``
-    under its current parameters (six ``[T, N, H]`` tables: ``GELU'(h*)`` and ``GELU(h*)`` of the
-    three pre-activations ``h*``; optionally the drifts ``dt·f`` ``[T, N, D]``), replacing earlier
-    ones."""
-    net.__dict__[_CACHE] = (_signature(net), xs, tables, drift)
+class SampledActivations:
+    """What the sampler hands to the loss: the states and hidden activations of its last sample.
 
+    A :class:`~zarrl.envs.gmm_posterior.DriftNetwork` owns one (``net.sampled``). The fused
+    sampler writes its activations into tables this object reuses across calls (fresh
+    10–100 MB allocations cost a page fault per 4 kB each time) and :meth:`keep` s them with the
+    parameters they were computed under; the loss's scoring of exactly those trajectories
+    (:meth:`reuse`) then skips the forward pass. Reusing the tables is safe: the sampler writes
+    them in place, so a graph still holding the previous tables for its backward pass fails
+    autograd's version check instead of reading new values.
+    """
 
-def activation_tables(
-    net, shape: tuple[int, int, int], like: Tensor, first_layer: bool = True
-) -> list[Tensor | None]:
-    """Six ``[T, N, H]`` tables for the sampler's activations, reused from the previous call of the
-    same shape, dtype and device (fresh 10–100 MB allocations cost a page fault per 4 kB each time).
-    ``first_layer=False``: the first two (GELU' and GELU of the first layer, which the compiled
-    backward recomputes from the states) are ``None``.
+    def __init__(self) -> None:
+        self._kept: tuple[tuple, Tensor, list[Tensor | None], Tensor | None] | None = None
+        self._tables: list[Tensor | None] | None = None
 
-    Reuse is safe: the sampler writes them in place, so a graph still holding the previous
-    tables for its backward pass fails autograd's version check instead of reading new values."""
-    tables = net.__dict__.get(_TABLES)
-    last = None if tables is None else tables[-1]
-    if (
-        last is None
-        or last.shape != shape
-        or last.dtype != like.dtype
-        or last.device != like.device
-    ):
-        tables = [like.new_empty(shape) for _ in range(6)]
-        net.__dict__[_TABLES] = tables
-    if first_layer and tables[0] is None:
-        tables[0], tables[1] = like.new_empty(shape), like.new_empty(shape)
-    if not first_layer:
-        tables[0] = tables[1] = None  # 26 MB less to write and to keep
-    return list(tables)
+    def keep(
+        self, net: nn.Module, xs: Tensor, tables: list[Tensor | None], drift: Tensor | None = None
+    ) -> None:
+        """Remember the states ``xs`` ``[T + 1, N, D]`` and hidden activations of ``net`` under
+        its current parameters (six ``[T, N, H]`` tables: ``GELU'(h*)`` and ``GELU(h*)`` of the
+        three pre-activations ``h*``; optionally the drifts ``dt·f`` ``[T, N, D]``), replacing
+        earlier ones."""
+        self._kept = (parameter_signature(net), xs, tables, drift)
 
+    def forget(self) -> None:
+        """Drop the remembered sample (the reusable tables stay)."""
+        self._kept = None
 
-def sampled_states(net) -> Tensor | None:
-    """The states ``[T + 1, N, D]`` of the remembered sample of ``net`` (time-major), or ``None``."""
-    entry = net.__dict__.get(_CACHE)
-    return None if entry is None else entry[1]
+    def tables(
+        self, shape: tuple[int, int, int], like: Tensor, first_layer: bool = True
+    ) -> list[Tensor | None]:
+        """Six ``[T, N, H]`` tables for the sampler's activations, the previous call's when its
+        shape, dtype and device match. ``first_layer=False``: the first two (GELU' and GELU of
+        the first layer, which the compiled backward recomputes from the states) are ``None``."""
+        tables = self._tables
+        last = None if tables is None else tables[-1]
+        if (
+            tables is None
+            or last is None
+            or last.shape != shape
+            or last.dtype != like.dtype
+            or last.device != like.device
+        ):
+            tables = [like.new_empty(shape) for _ in range(6)]
+            self._tables = tables
+        if first_layer and tables[0] is None:
+            tables[0], tables[1] = like.new_empty(shape), like.new_empty(shape)
+        if not first_layer:
+            tables[0] = tables[1] = None  # 26 MB less to write and to keep
+        return list(tables)
 
+    @property
+    def reusable_tables(self) -> list[Tensor | None]:
+        """The tables the next sample of the same shape writes into (``[]`` before any)."""
+        return list(self._tables or [])
 
-def forget_activations(net) -> None:
-    """Drop the remembered sampler activations of ``net`` (if any)."""
-    net.__dict__.pop(_CACHE, None)
+    def states(self) -> Tensor | None:
+        """The states ``[T + 1, N, D]`` of the remembered sample (time-major), or ``None``."""
+        return None if self._kept is None else self._kept[1]
 
-
-def reuse_activations(net, obs: Tensor, time: Tensor, num_steps: int) -> tuple[Tensor, ...] | None:
-    """The six remembered activation tables, flattened time-major ``[T·N, H]``, and the drift table
-    ``[T·N, D]`` (or ``None``), when ``obs``
-    ``[N, T, D]`` and ``time`` ``[N, T]`` are exactly the last sampled trajectories on the grid
-    ``t_i = i / num_steps`` and ``net``'s parameters have not changed since (else ``None``)."""
-    entry = net.__dict__.get(_CACHE)
-    if entry is None or obs.ndim != 3 or torch.is_grad_enabled() is False:
-        return None
-    signature, xs, tables, drift = entry
-    if tables[-1].shape[0] != num_steps:
-        return None
-    num = tables[-1].shape[1]
-    if obs.shape[:2] != (num, num_steps) or obs.dtype != xs.dtype or obs.device != xs.device:
-        return None
-    if signature != _signature(net) or not torch.equal(obs, xs[:-1].transpose(0, 1)):
-        return None
-    grid = torch.arange(num_steps, device=time.device, dtype=time.dtype) / num_steps
-    if not torch.equal(time, grid.expand(num, num_steps)):
-        return None
-    flat = tuple(None if table is None else table.view(num_steps * num, -1) for table in tables)
-    return (*flat, None if drift is None else drift.view(num_steps * num, -1))
+    def reuse(
+        self, net: nn.Module, obs: Tensor, time: Tensor, num_steps: int
+    ) -> tuple[Tensor | None, ...] | None:
+        """The six remembered activation tables, flattened time-major ``[T·N, H]``, and the drift
+        table ``[T·N, D]`` (or ``None``), when ``obs`` ``[N, T, D]`` and ``time`` ``[N, T]`` are
+        exactly the last sampled trajectories on the grid ``t_i = i / num_steps`` and ``net``'s
+        parameters have not changed since (else ``None``)."""
+        if self._kept is None or obs.ndim != 3 or torch.is_grad_enabled() is False:
+            return None
+        signature, xs, tables, drift = self._kept
+        last = tables[-1]
+        if last is None or last.shape[0] != num_steps:
+            return None
+        num = last.shape[1]
+        if obs.shape[:2] != (num, num_steps) or obs.dtype != xs.dtype or obs.device != xs.device:
+            return None
+        if signature != parameter_signature(net) or not torch.equal(obs, xs[:-1].transpose(0, 1)):
+            return None
+        grid = torch.arange(num_steps, device=time.device, dtype=time.dtype) / num_steps
+        if not torch.equal(time, grid.expand(num, num_steps)):
+            return None
+        flat = tuple(None if t is None else t.view(num_steps * num, -1) for t in tables)
+        return (*flat, None if drift is None else drift.view(num_steps * num, -1))

@@ -8,7 +8,6 @@ import torch
 from zarrl.envs.gmm_posterior import policy as diffusion_policy
 from zarrl.envs.gmm_posterior import scoring
 from zarrl.envs.gmm_posterior.policy import DiffusionActor, DriftNetwork
-from zarrl.envs.gmm_posterior.scoring import reuse_activations
 
 from tests.tolerances import assert_within, drift_network_error
 
@@ -109,9 +108,9 @@ def _log_prob_and_grads(actor, net, td):
 def test_scoring_the_sampled_trajectories_reuses_the_sampler_activations_with_same_result():
     actor, net, td = _sampled()
     obs, time = td["observation"], td["time"].squeeze(-1)
-    assert reuse_activations(net, obs, time, actor.step.num_steps) is not None
+    assert net.sampled.reuse(net, obs, time, actor.step.num_steps) is not None
     reused, reused_grads = _log_prob_and_grads(actor, net, td.clone())
-    net.__dict__.pop("_sampled_activations")
+    net.sampled.forget()
     fresh, fresh_grads = _log_prob_and_grads(actor, net, td)
     torch.testing.assert_close(reused, fresh, rtol=0, atol=1e-5)
     for g, g_ref in zip(reused_grads, fresh_grads, strict=True):  # float32 summation order
@@ -121,12 +120,12 @@ def test_scoring_the_sampled_trajectories_reuses_the_sampler_activations_with_sa
 def test_sampler_activations_are_not_reused_after_a_parameter_update_or_for_other_states():
     actor, net, td = _sampled()
     obs, time, steps = td["observation"], td["time"].squeeze(-1), actor.step.num_steps
-    assert reuse_activations(net, obs + 1e-3, time, steps) is None
-    assert reuse_activations(net, obs[:4], time[:4], steps) is None
-    assert reuse_activations(net, obs, time.flip(-1), steps) is None
+    assert net.sampled.reuse(net, obs + 1e-3, time, steps) is None
+    assert net.sampled.reuse(net, obs[:4], time[:4], steps) is None
+    assert net.sampled.reuse(net, obs, time.flip(-1), steps) is None
     with torch.no_grad():
         net.trunk[1].bias.add_(0.1)  # an optimizer step is in place
-    assert reuse_activations(net, obs, time, steps) is None
+    assert net.sampled.reuse(net, obs, time, steps) is None
     fresh, _ = _log_prob_and_grads(actor, net, td)  # recomputed under the new parameters
     torch.testing.assert_close(fresh, _get_dist_log_prob(actor, td), rtol=0, atol=1e-4)
 
@@ -134,9 +133,9 @@ def test_sampler_activations_are_not_reused_after_a_parameter_update_or_for_othe
 def test_a_frozen_network_keeps_no_sampler_activations():
     actor, net, _ = _sampled()
     net.requires_grad_(False)
-    net.__dict__.pop("_sampled_activations")
+    net.sampled.forget()
     actor.sample_trajectories(4)
-    assert "_sampled_activations" not in net.__dict__
+    assert net.sampled.states() is None
 
 
 def test_samples_too_large_for_the_activation_budget_are_not_kept(monkeypatch):
@@ -145,7 +144,7 @@ def test_samples_too_large_for_the_activation_budget_are_not_kept(monkeypatch):
     actor, net, _ = _sampled()
     monkeypatch.setattr(policy, "MAX_KEPT_ACTIVATION_BYTES", 6 * 8 * 100 * 64 * 4 - 1)
     actor.sample_trajectories(8)
-    assert "_sampled_activations" not in net.__dict__
+    assert net.sampled.states() is None
 
 
 @pytest.mark.parametrize("embedding", ["shared_grid", "per_row"])
@@ -176,16 +175,16 @@ def test_a_frozen_network_scores_large_batches_in_blocks_with_the_same_result(
 
 def test_the_sampler_reuses_its_activation_tables_and_a_stale_graph_fails_loudly():
     actor, net, td = _sampled()
-    first = [t.data_ptr() for t in net.__dict__["_activation_tables"] if t is not None]
+    first = [t.data_ptr() for t in net.sampled.reusable_tables if t is not None]
     stale = actor.batched_log_prob(td).sum()  # its backward needs the first sample's activations
     td2 = actor.sample_trajectories(8, extra_std=0.3, generator=torch.Generator().manual_seed(3))
     assert [
-        t.data_ptr() for t in net.__dict__["_activation_tables"] if t is not None
+        t.data_ptr() for t in net.sampled.reusable_tables if t is not None
     ] == first  # no new 77 MB
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         stale.backward()
     fresh, grads = _log_prob_and_grads(actor, net, td2.clone())  # the new sample scores fine
-    net.__dict__.pop("_sampled_activations")
+    net.sampled.forget()
     ref, ref_grads = _log_prob_and_grads(actor, net, td2)
     torch.testing.assert_close(fresh, ref, rtol=0, atol=1e-5)
     for g, g_ref in zip(grads, ref_grads, strict=True):

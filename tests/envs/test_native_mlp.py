@@ -66,7 +66,7 @@ def test_the_sampler_does_not_depend_on_the_thread_count():
     for threads in (1, 2):
         torch.set_num_threads(threads)
         _, td = _sample(post, prior, num=200)
-        tables = [t.clone() for t in post.__dict__["_activation_tables"] if t is not None]
+        tables = [t.clone() for t in post.sampled.reusable_tables if t is not None]
         results.append((td, tables))
     (td1, tables1), (td2, tables2) = results
     assert torch.equal(td1["action"], td2["action"])  # each row's arithmetic is the same
@@ -95,7 +95,7 @@ def test_gradients_match_the_aten_backward(cached, aten):
     post, prior = _nets()
     actor, td = _sample(post, prior)
     if not cached:  # the tables are forgotten: the forward pass runs again
-        post.__dict__.pop("_sampled_activations")
+        post.sampled.forget()
     weight = torch.randn(td.shape, generator=torch.Generator().manual_seed(2))
 
     def grads():
@@ -106,7 +106,7 @@ def test_gradients_match_the_aten_backward(cached, aten):
 
     lp, g = grads()
     aten()
-    post.__dict__.pop("_sampled_activations", None)
+    post.sampled.forget()
     lp_ref, g_ref = grads()
     torch.testing.assert_close(lp, lp_ref, rtol=1e-5, atol=1e-5)
     for a, b in zip(g, g_ref, strict=True):
