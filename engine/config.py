@@ -8,17 +8,14 @@ arguments of the chosen loss class) and is checked against that class's signatur
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import importlib.resources
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 import yaml
+from zarrl.engine.schema import ConfigError, build
 
 __all__ = [
     "BufferConfig",
@@ -33,16 +30,13 @@ __all__ = [
     "RunConfig",
     "TrainConfig",
     "apply_overrides",
+    "check_device",
     "config_dir",
     "load_config",
     "packaged_configs",
     "resolve_config",
     "save_config",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration key or value is invalid; the message names the key and the value."""
 
 
 @dataclass
@@ -150,13 +144,15 @@ class Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
         """Build and validate a config from a nested mapping (missing keys take defaults)."""
-        config = _build(cls, data, prefix="")
+        config = build(cls, data)
+        if not isinstance(config.loss.get("name"), str):
+            raise ConfigError(f"loss.name: got {config.loss.get('name')!r}, expected a loss name")
         validate(config)
         return config
 
 
 _CHOICES = {
-    "run.device": None,  # checked by _check_device
+    "run.device": None,  # checked by check_device
     "model.activation": ("tanh", "relu", "elu"),
     "buffer.cache": (None, "ram"),
     "train.mode": ("online", "offline", "mixed"),
@@ -186,89 +182,6 @@ _NON_NEGATIVE = (
 )
 
 
-def _describe(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (ints accepted for floats)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, key)
-            except ConfigError as err:
-                errors.append(err)
-        raise ConfigError(f"{key}: got {value!r}, expected {_describe(tp)}")
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: got {value!r}, expected a list of {_describe(item_tp)}")
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif tp is Any or tp is dict or origin is dict:
-        return value
-    raise ConfigError(f"{key}: got {value!r} ({type(value).__name__}), expected {_describe(tp)}")
-
-
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    if not isinstance(data, dict):
-        where = prefix.rstrip(".") or "config"
-        raise ConfigError(f"{where}: got {data!r}, expected a mapping")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in fields(cls)]
-    for key in data:
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
-            raise ConfigError(
-                f"{prefix}{key}: unknown key{hint}; valid keys here: {', '.join(names)}"
-            )
-    kwargs = {}
-    for f in fields(cls):
-        if f.name not in data:
-            continue
-        tp = hints[f.name]
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(tp):
-            kwargs[f.name] = _build(tp, data[f.name], prefix=f"{key}.")
-        elif f.name == "loss" and cls is Config:
-            value = data[f.name]
-            if not isinstance(value, dict):
-                raise ConfigError(f"loss: got {value!r}, expected a mapping of loss arguments")
-            value = {"name": "trust_pcl", **value}
-            if not isinstance(value["name"], str):
-                raise ConfigError(f"loss.name: got {value['name']!r}, expected a loss name")
-            kwargs[f.name] = value
-        else:
-            kwargs[f.name] = _coerce(data[f.name], tp, key)
-    return cls(**kwargs)
-
-
 def _get(config: Config, dotted: str) -> Any:
     obj: Any = config
     for part in dotted.split("."):
@@ -276,7 +189,8 @@ def _get(config: Config, dotted: str) -> Any:
     return obj
 
 
-def _check_device(value: str) -> None:
+def check_device(value: str) -> None:
+    """Refuse a device name other than auto, cpu, cuda or cuda:N (naming ``run.device``)."""
     if value in ("auto", "cpu", "cuda") or value.startswith("cuda:"):
         return
     raise ConfigError(f"run.device: got {value!r}, expected auto, cpu, cuda or cuda:N")
@@ -287,7 +201,7 @@ def validate(config: Config) -> None:
     for key, choices in _CHOICES.items():
         value = _get(config, key)
         if key == "run.device":
-            _check_device(value)
+            check_device(value)
         elif value not in choices:
             raise ConfigError(f"{key}: got {value!r}, expected one of {list(choices)}")
     for key in _POSITIVE:

@@ -18,12 +18,12 @@ import yaml
 from zarrl.engine.config import (
     ConfigError,
     RunConfig,
-    _build,
-    _check_device,
     apply_overrides,
+    check_device,
     config_dir,
     read_config_file,
 )
+from zarrl.engine.schema import build
 
 __all__ = [
     "GMM_CONFIGS",
@@ -118,7 +118,7 @@ class GMMConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GMMConfig:
-        config = _build(cls, data, prefix="")
+        config = build(cls, data, prefix="")
         validate_gmm(config)
         return config
 
@@ -133,7 +133,7 @@ def validate_gmm(config: GMMConfig) -> None:
     name = config.method.get("name")
     if name not in METHODS:
         raise ConfigError(f"method.name: got {name!r}, expected one of {list(METHODS)}")
-    _check_device(config.run.device)
+    check_device(config.run.device)
     t = config.train
     positive = {
         "train.batch_size": t.batch_size,

@@ -1,0 +1,112 @@
+"""The one config machinery of zarrl: dataclass schemas checked through OmegaConf.
+
+Every config of the engine (learner runs, the GMM experiment's method configs) is a tree of
+dataclasses, one per section. :func:`build` turns a nested mapping (YAML plus dotted overrides)
+into that tree through OmegaConf's structured configs, which check keys and convert types
+(``"1e-3"`` to a float, ``7`` to ``7.0``, ``null`` for optional fields, lists item by item).
+zarrl adds what OmegaConf lets through: a number where a boolean or a string is expected is
+refused rather than converted (``log.progress=3`` is an error, not ``True``), and every error is
+a :class:`ConfigError` naming the dotted key, the value and what was expected, with a "did you
+mean" for unknown keys. Open sections (a loss's keyword arguments, a task's options) are typed
+``dict[str, Any]`` and checked by whoever consumes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+__all__ = ["ConfigError", "build", "describe_type"]
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid; the message names the key and the value."""
+
+
+def describe_type(tp: Any) -> str:
+    """A short name of an annotation for error messages (``int | None``, ``list[int]``)."""
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _strict(value: Any, tp: Any) -> bool:
+    """Whether ``value`` may go where ``tp`` is annotated without a lossy conversion (the checks
+    OmegaConf does not make; everything else is left to it)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = [t for t in typing.get_args(tp) if t is not type(None)]
+        return value is None or any(_strict(value, t) for t in options)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if tp in (int, float):
+        return not isinstance(value, bool)
+    if origin is list and isinstance(value, (list, tuple)):
+        (item,) = typing.get_args(tp)
+        return all(_strict(v, item) for v in value)
+    return True
+
+
+def _check(cls: type, data: Any, prefix: str) -> None:
+    """Keys and strict types of ``data`` against the dataclass ``cls`` (recursively)."""
+    if not isinstance(data, Mapping):
+        where = prefix.rstrip(".") or "config"
+        raise ConfigError(f"{where}: got {data!r}, expected a mapping")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise ConfigError(
+                f"{prefix}{key}: unknown key{hint}; valid keys here: {', '.join(names)}"
+            )
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            _check(tp, value, f"{prefix}{key}.")
+        elif typing.get_origin(tp) is dict or tp is dict:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{prefix}{key}: got {value!r}, expected a mapping")
+        elif not _strict(value, tp):
+            raise ConfigError(
+                f"{prefix}{key}: got {value!r} ({type(value).__name__}), expected "
+                f"{describe_type(tp)}"
+            )
+
+
+def _lookup(data: Any, dotted: str) -> Any:
+    """The value at an OmegaConf ``full_key`` (``a.b[1]``) of ``data`` (``None`` if absent)."""
+    for part in dotted.replace("[", ".").replace("]", "").split("."):
+        if isinstance(data, Mapping) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        else:
+            return None
+    return data
+
+
+def build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    """The dataclass tree ``cls`` built from ``data`` (missing keys take their defaults).
+
+    Raises :class:`ConfigError` naming the dotted key for an unknown key, a value of the wrong
+    type, or a mapping where a value is expected (and the reverse).
+    """
+    _check(cls, data, prefix)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cls), data)
+        return typing.cast(T, OmegaConf.to_object(merged))
+    except OmegaConfBaseException as err:
+        key = f"{prefix}{err.full_key}" if getattr(err, "full_key", None) else prefix or "config"
+        value = _lookup(data, str(getattr(err, "full_key", "") or ""))
+        reason = str(err).splitlines()[0]
+        raise ConfigError(f"{key.rstrip('.')}: got {value!r}, {reason}") from None
