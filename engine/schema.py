@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-__all__ = ["ConfigError", "build", "describe_type"]
+__all__ = ["ConfigError", "build", "describe_type", "unknown_key"]
 
 T = TypeVar("T")
 
@@ -56,6 +56,16 @@ def _strict(value: Any, tp: Any) -> bool:
     return True
 
 
+def unknown_key(
+    key: Any, valid: list[str], prefix: str = "", what: str = "unknown key"
+) -> ConfigError:
+    """The error for ``prefix + key`` not among ``valid``, with a "did you mean" when one is
+    close: ``"<prefix><key>: <what> (did you mean <prefix><close>?); valid keys here: ..."``."""
+    close = difflib.get_close_matches(str(key), valid, n=1)
+    hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+    return ConfigError(f"{prefix}{key}: {what}{hint}; valid keys here: {', '.join(valid)}")
+
+
 def _check(cls: type, data: Any, prefix: str) -> None:
     """Keys and strict types of ``data`` against the dataclass ``cls`` (recursively)."""
     if not isinstance(data, Mapping):
@@ -65,11 +75,7 @@ def _check(cls: type, data: Any, prefix: str) -> None:
     names = [f.name for f in dataclasses.fields(cls)]
     for key, value in data.items():
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
-            raise ConfigError(
-                f"{prefix}{key}: unknown key{hint}; valid keys here: {', '.join(names)}"
-            )
+            raise unknown_key(key, names, prefix)
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             _check(tp, value, f"{prefix}{key}.")

@@ -18,6 +18,7 @@ from tensordict.nn import TensorDictModuleBase
 from torch import nn
 from torchrl.envs import EnvBase
 from zarrl.engine.config import ConfigError, EnvConfig, ModelConfig
+from zarrl.engine.schema import unknown_key
 
 __all__ = ["TASKS", "Task", "build_task", "register_task", "task_options"]
 
@@ -99,12 +100,7 @@ def task_options(task: str, options: Mapping[str, Any], defaults: Mapping[str, A
     merged = dict(defaults)
     for key, value in options.items():
         if key not in defaults:
-            close = difflib.get_close_matches(str(key), defaults, n=1)
-            hint = f" (did you mean env.options.{close[0]}?)" if close else ""
-            raise ConfigError(
-                f"env.options.{key}: unknown option of the {task!r} task{hint}; valid options: "
-                f"{', '.join(defaults)}"
-            )
+            raise unknown_key(key, list(defaults), "env.options.", f"unknown option of {task!r}")
         default = defaults[key]
         ok = (
             default is None
