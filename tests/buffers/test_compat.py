@@ -1,0 +1,36 @@
+"""The private TorchRL internals zarrl relies on exist in the versions it was checked on.
+
+``buffers/_compat_torchrl.py`` is the one place that reads them; this test names each one, so a
+TorchRL release that moves one fails here, with its name, instead of deep inside a storage call.
+"""
+
+from __future__ import annotations
+
+import torchrl
+from torchrl.data import LazyTensorStorage, ReplayBuffer, TensorDictPrioritizedReplayBuffer
+from zarrl.buffers import _compat_torchrl as compat
+
+#: TorchRL releases whose internals ``_compat_torchrl`` was checked against
+CHECKED_TORCHRL = ("0.14.1",)
+
+
+def test_the_installed_torchrl_is_a_checked_release():
+    assert torchrl.__version__.split("+")[0] in CHECKED_TORCHRL, (
+        f"torchrl {torchrl.__version__} is not among the releases buffers/_compat_torchrl.py was "
+        f"checked on ({', '.join(CHECKED_TORCHRL)}): check each function there, then add it"
+    )
+
+
+def test_every_private_name_the_compat_module_reads_exists():
+    storage = LazyTensorStorage(8)
+    assert hasattr(storage.checkpointer, "_save_hooks")
+    assert hasattr(storage.checkpointer, "_load_hooks")
+    assert callable(getattr(ReplayBuffer, "_initialize_prioritized_sampler", None))
+    rb = TensorDictPrioritizedReplayBuffer(alpha=0.7, beta=0.5, storage=storage)
+    for name in ("_prioritized_sampler", "_prioritized_sampler_write_count", "_replay_lock"):
+        assert name in rb.__dict__, name
+    learner_side = rb.__dict__["_prioritized_sampler"] or rb.__dict__["_sampler"]
+    assert compat.buffer_sampler(rb) is learner_side
+    assert compat.buffer_lock(rb) is rb.__dict__["_replay_lock"]
+    plain = ReplayBuffer(storage=LazyTensorStorage(8))
+    assert compat.buffer_sampler(plain) is not None
