@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 from tensordict import TensorDict
+from zarrl.buffers._compat_tensordict import td_with_leaf_mapping
 
 
 class _LazyLeaves(dict):
@@ -65,9 +66,7 @@ def lazy_tensordict(
                 eager_leaves[name] = eager[child]
             else:
                 loaders[name] = lazy[child]
-        td = TensorDict._new_unsafe(source={}, batch_size=batch_size, device=device)
-        td._tensordict = _LazyLeaves(eager_leaves, loaders)
-        return td
+        return td_with_leaf_mapping(_LazyLeaves(eager_leaves, loaders), batch_size, device)
 
     return build(path_tree(tuple(eager) + tuple(lazy)))
 

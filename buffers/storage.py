@@ -40,6 +40,7 @@ from torchrl.data.replay_buffers.writers import RoundRobinWriter, Writer
 
 from . import codecs as leaf_codecs
 from . import pickling, pytrees, sampler_state, xor_rows
+from ._compat_tensordict import td_from_leaves
 from ._compat_torchrl import (
     after_sampler_init,
     buffer_lock,
@@ -1909,7 +1910,7 @@ def _nested_td(leaves: Mapping[str, torch.Tensor], batch: torch.Size, device) ->
 
     def build(node: dict) -> TensorDict:
         source = {k: build(v) if isinstance(v, dict) else leaves[v] for k, v in node.items()}
-        return TensorDict._new_unsafe(source=source, batch_size=batch, device=device)
+        return td_from_leaves(source, batch, device)
 
     return build(path_tree(tuple(leaves)))
 

@@ -6,6 +6,7 @@ TorchRL release that moves one fails here, with its name, instead of deep inside
 
 from __future__ import annotations
 
+import torch
 import torchrl
 from torchrl.data import LazyTensorStorage, ReplayBuffer, TensorDictPrioritizedReplayBuffer
 from zarrl.buffers import _compat_torchrl as compat
@@ -34,3 +35,23 @@ def test_every_private_name_the_compat_module_reads_exists():
     assert compat.buffer_lock(rb) is rb.__dict__["_replay_lock"]
     plain = ReplayBuffer(storage=LazyTensorStorage(8))
     assert compat.buffer_sampler(plain) is not None
+
+
+def test_the_tensordict_internals_exist_in_a_checked_release():
+    import tensordict
+    from tensordict import TensorDict
+    from zarrl.buffers import _compat_tensordict as tdc
+
+    assert tensordict.__version__.split("+")[0] in tdc.CHECKED_TENSORDICT, tensordict.__version__
+    x = torch.arange(6.0).reshape(3, 2)
+    td = tdc.td_from_leaves({"a": x}, torch.Size([3]), None)
+    assert isinstance(td, TensorDict) and td.batch_size == (3,) and td["a"] is x
+    loaded = []
+
+    class Lazy(dict):
+        def __getitem__(self, key):
+            loaded.append(key)
+            return super().__getitem__(key)
+
+    lazy = tdc.td_with_leaf_mapping(Lazy(b=x), torch.Size([3]), None)
+    assert loaded == [] and torch.equal(lazy["b"], x) and loaded == ["b"]
