@@ -241,18 +241,19 @@ class SealTable:
                 ) from err
         return out
 
-    def rows(self, chunks: list[int], run, where: str, cached: bool) -> dict[int, np.ndarray]:
-        """``{data chunk: [leaves, 4] entries}``; ``cached``: the writer's view (its cache
-        first, as it is the only writer), else fresh from the store (readers)."""
+    def rows(
+        self, chunks: list[int], run, where: str, fresh: bool = False, bound: int | None = None
+    ) -> dict[int, np.ndarray]:
+        """``{data chunk: [leaves, 4] entries}`` from the seal chunks read earlier, or from the
+        store (``fresh``, or not read yet). ``bound``: keep at most this many seal chunks
+        (readers; the writer keeps what it staged until :meth:`forget`)."""
         ks = sorted({c // SEAL_CHUNK for c in chunks})
-        if cached:
-            missing = [k for k in ks if k not in self.cache]
-            if missing:
-                self.cache.update(self.fetch(missing, run, where))
-            tables = self.cache
-        else:
-            tables = self.fetch(ks, run, where)
-        return {c: tables[c // SEAL_CHUNK][c % SEAL_CHUNK] for c in chunks}
+        missing = ks if fresh else [k for k in ks if k not in self.cache]
+        if missing:
+            if bound is not None and len(self.cache) + len(missing) > bound:
+                self.cache = {k: self.cache[k] for k in ks if k in self.cache}
+            self.cache.update(self.fetch(missing, run, where))
+        return {c: self.cache[c // SEAL_CHUNK][c % SEAL_CHUNK] for c in chunks}
 
     def stage(self, items: list[tuple[str, int, int]], commit, chunk_rows: int, run, where: str):
         """Entries for chunks ``(leaf, chunk, crc)`` about to be written by commit
@@ -263,7 +264,7 @@ class SealTable:
             return []
         revision = commit.revision + 1
         full = (commit.base + commit.write_count) // chunk_rows
-        self.rows([c for _, c, _ in items], run, where, cached=True)
+        self.rows([c for _, c, _ in items], run, where)
         touched = set()
         for path, c, crc in items:
             table = self.cache[c // SEAL_CHUNK]
