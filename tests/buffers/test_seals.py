@@ -147,7 +147,7 @@ def test_a_deleted_chunk_is_reported_by_verify(store):
     "edit, attr",
     [
         (lambda m: m["commit"].update(length=10), "'commit'"),
-        (lambda m: m["commit"].update(write_count=36), "'commit'"),
+        (lambda m: m["commit"].update(write_count=36, length=36), "'commit'"),
         (lambda m: m.update(capacity=48, max_size=48), "'capacity'"),
         (lambda m: m["checksums"].pop("codec") and m.pop("codec"), "'checksums'"),
     ],
