@@ -587,7 +587,7 @@ class ZarrStorage(TensorStorage):
             return self._load_chunks_zarr(chunks, paths)
         reads = [(chunk, path) for chunk in chunks for path in paths]
         raws = fetch_chunks([(codecs[path], chunk) for chunk, path in reads], _run_io)
-        if self._seals is not None:  # read after the chunks: a concurrent rewrite reads stale
+        if self._seals is not None:  # entries checked once the chunks are read
             self._check_seals(chunks, reads, raws)
         out: dict[int, dict[str, np.ndarray]] = {c: {} for c in chunks}
         for (chunk, path), raw in zip(reads, raws):
@@ -1421,15 +1421,16 @@ class ZarrStorage(TensorStorage):
             if self._seals is not None:  # through the chunk checks (seals)
                 for path, values in self._read_rows(list(self._index), start, end).items():
                     self._index[path][pos] = values
-            for path in self._index if self._seals is None else ():
-                try:
-                    values = torch.from_numpy(np.ascontiguousarray(self._arrays[path][start:end]))
-                except Exception as err:
-                    raise CorruptChunkError(
-                        f"{self._where}: array {path!r}, rows {start}:{end} could not be decoded "
-                        f"or failed its crc32c checksum: {err}"
-                    ) from err
-                self._index[path][pos] = values
+            else:
+                for path in self._index:
+                    try:
+                        rows = self._arrays[path][start:end]
+                    except Exception as err:
+                        raise CorruptChunkError(
+                            f"{self._where}: array {path!r}, rows {start}:{end} could not be "
+                            f"decoded or failed its crc32c checksum: {err}"
+                        ) from err
+                    self._index[path][pos] = torch.from_numpy(np.ascontiguousarray(rows))
         self._bump_mutation_revision()
 
     def _read_rows(self, paths: list[str], start: int, end: int) -> dict[str, torch.Tensor]:
