@@ -391,6 +391,15 @@ def check_array(where: str, path: str, array: zarr.Array, header: Header) -> Non
         problems.append(f"shape {list(array.shape)}, schema says [rows, *{list(tail)}]")
     if tuple(array.chunks) != (header.chunk_rows, *tail):
         problems.append(f"chunks {list(array.chunks)}, schema says [{header.chunk_rows}, ...]")
+    if (
+        not problems
+        and header.chunk_seals is not None
+        and seals.array_metadata_crc(array) != header.chunk_seals["arrays"][path]
+    ):
+        problems.append(
+            "codecs, chunk keys or fill value differ from those recorded when the store was "
+            "created (attributes['zarrl']['chunk_seals']['arrays'])"
+        )
     if problems:
         raise StoreFormatError(f"{where}/{path}/zarr.json: " + "; ".join(problems))
 

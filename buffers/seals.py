@@ -164,22 +164,44 @@ def check_attribute_checksums(meta: Mapping[str, Any], where: str) -> None:
 
 # ---------------------------------------------------------------- header part
 def seal_spec(leaves: list[str]) -> dict[str, Any]:
-    """The header's ``chunk_seals`` record for a new version 3 store."""
-    return {"array": SEAL_ARRAY, "leaves": sorted(leaves), "chunks_per_seal_chunk": SEAL_CHUNK}
+    """The header's ``chunk_seals`` record for a new version 3 store (``arrays`` is filled in
+    once the arrays exist: :func:`array_metadata_crc` of each)."""
+    return {
+        "array": SEAL_ARRAY,
+        "leaves": sorted(leaves),
+        "chunks_per_seal_chunk": SEAL_CHUNK,
+        "arrays": {},
+    }
+
+
+def array_metadata_crc(array) -> int:
+    """crc32c of an array's metadata but its shape (which grows) and attributes: data type,
+    chunking, chunk keys, fill value and the whole codec chain."""
+    meta = array.metadata.to_dict()
+    meta.pop("shape", None)
+    meta.pop("attributes", None)
+    return google_crc32c.value(
+        json.dumps(meta, sort_keys=True, separators=(",", ":"), default=str).encode()
+    )
 
 
 def validate_seal_spec(spec: Any, schema: Mapping[str, Any], where: str) -> dict[str, Any]:
     """The header's ``chunk_seals`` checked against the schema (raises naming it)."""
+    arrays = spec.get("arrays") if isinstance(spec, Mapping) else None
     ok = (
         isinstance(spec, Mapping)
         and spec.get("array") == SEAL_ARRAY
         and spec.get("leaves") == sorted(schema)
         and spec.get("chunks_per_seal_chunk") == SEAL_CHUNK
+        and isinstance(arrays, Mapping)
+        and set(arrays) == set(schema)
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in arrays.values())
     )
     if not ok:
         raise StoreFormatError(
             f"{where}/zarr.json: attributes['zarrl']['chunk_seals'] = {spec!r} is invalid: "
-            f"expected {seal_spec(list(schema))!r}"
+            f"expected {{'array': {SEAL_ARRAY!r}, 'leaves': {sorted(schema)!r}, "
+            f"'chunks_per_seal_chunk': {SEAL_CHUNK}, 'arrays': {{leaf: crc32c}}}}"
         )
     return dict(spec)
 

@@ -56,7 +56,16 @@ from .format import (
     write_attrs,
 )
 from .lazy_view import lazy_tensordict, path_tree
-from .seals import SEAL_CHUNK, SealTable, chunk_problem, data_crc, open_table, seal_rows, seal_spec
+from .seals import (
+    SEAL_CHUNK,
+    SealTable,
+    array_metadata_crc,
+    chunk_problem,
+    data_crc,
+    open_table,
+    seal_rows,
+    seal_spec,
+)
 from .store_io import grow_array, put_objects, sync_log
 from .worker_proxy import WriteChannel, new_proxy, rollback_writers
 
@@ -420,6 +429,10 @@ class ZarrStorage(TensorStorage):
         if header.chunk_seals is not None:
             extent = self._commit.extent if create else None
             self._seals = open_table(self._group, header, self._where, extent)
+            if create:  # bind each array's codecs and chunking into the header
+                header.chunk_seals["arrays"] = {
+                    p: array_metadata_crc(a) for p, a in self._arrays.items()
+                }
         cap0 = header.capacity
         live_chunks = None if cap0 is None else -(cap0 // -R) + 2
         pool_specs = header.schema

@@ -162,6 +162,18 @@ def test_attributes_edited_within_their_ranges_are_detected(store, edit, attr):
     assert len(verify_store(store)) == 1
 
 
+def test_an_array_codec_chain_edited_is_detected(store):
+    """Without the row-delta filters the same bytes decode (crc32c intact) to wrong values."""
+    meta_file = store / "obs" / "zarr.json"
+    meta = json.loads(meta_file.read_text())
+    meta["codecs"] = [c for c in meta["codecs"] if c["name"] != "numcodecs.delta"]
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(StoreFormatError, match=r"obs/zarr.json: codecs"):
+        ZarrStorage.open(store, "r")
+    (problem,) = verify_store(store)
+    assert problem.array == "obs" and "chunk_seals" in str(problem)
+
+
 def test_xor_previous_removed_is_detected(tmp_path):
     path = build(tmp_path / "dedupe.zarr", dedupe_next=True)
     assert "xor_previous" in json.loads((path / "zarr.json").read_text())["attributes"]["zarrl"]
