@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
 from collections.abc import Mapping
 from typing import Any
 
 import google_crc32c
 import numpy as np
+import torch
 
 from .errors import StoreFormatError
 
@@ -229,7 +231,8 @@ class SealTable:
 
     The writer keeps the seal chunks it touched (``cache``) and the crc of each chunk version
     it knows to be on disk (``disk_crc``: chunks it wrote or read), which becomes ``crc_prev``
-    when a committed chunk is rewritten in place."""
+    when a committed chunk is rewritten in place. Thread-safe (``lock``): the background refill
+    reads entries while the owner stages new ones."""
 
     def __init__(self, array, leaves: list[str]) -> None:
         from .chunk_codec import ChunkCodec
@@ -241,6 +244,7 @@ class SealTable:
         self.cache: dict[int, np.ndarray] = {}
         self.disk_crc: dict[tuple[int, str], int] = {}
         self.unsettled: set[tuple[int, str]] = set()
+        self.lock = threading.RLock()
 
     def fetch(self, seal_chunks: list[int], run, where: str) -> dict[int, np.ndarray]:
         """Seal chunks ``{k: [SEAL_CHUNK, leaves, 4] uint64}`` read from the store (zeros where
@@ -268,14 +272,22 @@ class SealTable:
     ) -> dict[int, np.ndarray]:
         """``{data chunk: [leaves, 4] entries}`` from the seal chunks read earlier, or from the
         store (``fresh``, or not read yet). ``bound``: keep at most this many seal chunks
-        (readers; the writer keeps what it staged until :meth:`forget`)."""
+        (readers; the writer keeps what it staged until :meth:`forget`). Returns copies."""
         ks = sorted({c // SEAL_CHUNK for c in chunks})
-        missing = ks if fresh else [k for k in ks if k not in self.cache]
-        if missing:
-            if bound is not None and len(self.cache) + len(missing) > bound:
-                self.cache = {k: self.cache[k] for k in ks if k in self.cache}
-            self.cache.update(self.fetch(missing, run, where))
-        return {c: self.cache[c // SEAL_CHUNK][c % SEAL_CHUNK] for c in chunks}
+        with self.lock:
+            missing = ks if fresh else [k for k in ks if k not in self.cache]
+            if missing:
+                if bound is not None and len(self.cache) + len(missing) > bound:
+                    self.cache = {k: self.cache[k] for k in ks if k in self.cache}
+                for k, table in self.fetch(missing, run, where).items():
+                    if fresh or k not in self.cache:  # never undo what the writer staged
+                        self.cache[k] = table
+            return {c: self.cache[c // SEAL_CHUNK][c % SEAL_CHUNK].copy() for c in chunks}
+
+    def record(self, crcs) -> None:
+        """The writer read or wrote these chunk versions: ``[((chunk, leaf), crc)]``."""
+        with self.lock:
+            self.disk_crc.update(crcs)
 
     def stage(self, items: list[tuple[str, int, int]], commit, chunk_rows: int, run, where: str):
         """Entries for chunks ``(leaf, chunk, crc)`` about to be written by commit
@@ -284,6 +296,10 @@ class SealTable:
         ``crc_prev`` until :meth:`settle` runs after the commit."""
         if not items:
             return []
+        with self.lock:
+            return self._stage(items, commit, chunk_rows, run, where)
+
+    def _stage(self, items, commit, chunk_rows: int, run, where: str) -> list:
         revision = commit.revision + 1
         full = (commit.base + commit.write_count) // chunk_rows
         self.rows([c for _, c, _ in items], run, where)
@@ -304,6 +320,10 @@ class SealTable:
     def settle(self) -> list:
         """After the commit that wrote them: in-place rewrites accept only their new version
         (returns the seal chunk objects to write)."""
+        with self.lock:
+            return self._settle()
+
+    def _settle(self) -> list:
         touched = set()
         for c, path in self.unsettled:
             table = self.cache.get(c // SEAL_CHUNK)
@@ -330,15 +350,20 @@ class SealTable:
     def forget(self, keep) -> None:
         """Drops what the writer remembers about chunks for which ``keep(chunks)`` (a bool
         tensor) is False, and seal chunks not holding the newest entries (bounded memory)."""
-        import torch
+        with self.lock:
+            if len(self.disk_crc) > 4096:
+                keys = list(self.disk_crc)
+                mask = keep(torch.tensor([c for c, _ in keys], dtype=torch.long)).tolist()
+                self.disk_crc = {k: self.disk_crc[k] for k, m in zip(keys, mask) if m}
+            if len(self.cache) > 8:
+                newest = max(self.cache)
+                self.cache = {newest: self.cache[newest]}
 
-        if len(self.disk_crc) > 4096:
-            keys = list(self.disk_crc)
-            mask = keep(torch.tensor([c for c, _ in keys], dtype=torch.long))
-            self.disk_crc = {k: self.disk_crc[k] for k, m in zip(keys, mask.tolist()) if m}
-        if len(self.cache) > 8:
-            newest = max(self.cache)
-            self.cache = {newest: self.cache[newest]}
+    def discard(self, seal_chunks) -> None:
+        """Forgets seal chunks deleted from the store (garbage collection)."""
+        with self.lock:
+            for k in seal_chunks:
+                self.cache.pop(k, None)
 
 
 def open_table(group, header, where: str, extent: int | None) -> SealTable:

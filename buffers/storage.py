@@ -70,6 +70,13 @@ from .store_io import grow_array, put_objects, sync_log
 from .worker_proxy import WriteChannel, new_proxy, rollback_writers
 
 _UNBOUNDED = 2**31 - 1  # TorchRL keeps len() in an int32 shared value
+
+
+class _ThreadFlag(threading.local):
+    active = False  # per thread; True in the thread that runs background refills
+
+
+_REFILL_THREAD = _ThreadFlag()
 _TENSOR_KEY = "_tensor"
 _DEFAULT_CACHE_BYTES = 256 * 2**20
 _TARGET_CHUNK_BYTES = 2**22
@@ -601,7 +608,8 @@ class ZarrStorage(TensorStorage):
         reads = [(chunk, path) for chunk in chunks for path in paths]
         raws = fetch_chunks([(codecs[path], chunk) for chunk, path in reads], _run_io)
         if self._seals is not None:  # entries checked once the chunks are read
-            self._check_seals(chunks, reads, raws)
+            # the refill thread's reads may be rewritten before they are used: not recorded
+            self._check_seals(chunks, reads, raws, record=not _REFILL_THREAD.active)
         out: dict[int, dict[str, np.ndarray]] = {c: {} for c in chunks}
         for (chunk, path), raw in zip(reads, raws):
             codec = codecs[path]
@@ -619,9 +627,10 @@ class ZarrStorage(TensorStorage):
         pairs = self._header.xor_previous if len(paths) == len(self._arrays) else {}
         return [xor_rows.apply(out[c], pairs) for c in chunks]
 
-    def _check_seals(self, chunks: list[int], reads: list, raws: list) -> None:
+    def _check_seals(self, chunks: list[int], reads: list, raws: list, record: bool) -> None:
         """Version 3: every chunk read must be the one its seal entry (or the commit record,
-        for the head chunk) binds to its array and index (``seals.chunk_problem``)."""
+        for the head chunk) binds to its array and index (``seals.chunk_problem``); ``record``:
+        the writer notes the versions it read (``SealTable.disk_crc``)."""
         R, reader = self._header.chunk_rows, self.read_only
         col, live_start = self._seals.col, self._live_start_committed()
         bound = 16 if reader else None
@@ -640,9 +649,9 @@ class ZarrStorage(TensorStorage):
             rows = self._seals.rows(chunks, _run_io, self._where, fresh=True, bound=bound)
         if problem is not None:
             self._seal_failure(problem)
-        if not reader:
-            self._seals.disk_crc.update(
-                ((chunk, path), crc) for (chunk, path), crc in zip(reads, crcs) if crc is not None
+        if record and not reader:
+            self._seals.record(
+                [((chunk, path), crc) for (chunk, path), crc in zip(reads, crcs) if crc is not None]
             )
 
     def _seal_failure(self, problem: str) -> None:
@@ -928,6 +937,7 @@ class ZarrStorage(TensorStorage):
         def refill():
             t0 = time.monotonic()
             try:
+                _REFILL_THREAD.active = True
                 decoded = list(zip(missing, self._load_chunks(missing)))
             except _StaleRead:  # a reader the writer moved past: refill after a refresh
                 return None, []
@@ -1337,9 +1347,9 @@ class ZarrStorage(TensorStorage):
             self._pool.evict(c)
             dead += [(codecs[p], c) for p, arr in self._arrays.items() if c * R < arr.shape[0]]
         if self._seals is not None:  # seal chunks whose data chunks are all dead
-            for k in range(first // SEAL_CHUNK, dead_below // SEAL_CHUNK):
-                self._seals.cache.pop(k, None)
-                dead.append((self._seals.codec, k))
+            gone = range(first // SEAL_CHUNK, dead_below // SEAL_CHUNK)
+            self._seals.discard(gone)
+            dead += [(self._seals.codec, k) for k in gone]
         _run_io(drop_chunks(dead))  # absent chunks read back as the fill value 0
         self._gc_done = dead_below
 
