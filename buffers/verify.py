@@ -136,18 +136,42 @@ def check_store(target: str | os.PathLike | zarr.abc.store.Store) -> Report:
     return report
 
 
+_UNREADABLE = object()
+
+
+def _fetch(report, where, reads, codecs) -> list:
+    """Raw chunks of ``reads`` [(chunk, leaf)]; one that cannot be read (a directory at its
+    name, a permission) is a problem and comes back as ``_UNREADABLE``."""
+    try:
+        return fetch_chunks([(codecs[p], c) for c, p in reads], _run)
+    except OSError:
+        pass
+    out = []
+    for c, p in reads:
+        try:
+            out.append(fetch_chunks([(codecs[p], c)], _run)[0])
+        except OSError as err:
+            report.problems.append(
+                Problem(f"{where}: array {p!r}, chunk {c} could not be read: {err}", p, c)
+            )
+            out.append(_UNREADABLE)
+    return out
+
+
 def _check_batch(report, where, batch, codecs, arrays, table, commit, R, live_start) -> None:
     fast = [p for p in codecs if codecs[p].supported]
     reads = [(c, p) for c in batch for p in fast]
-    raws = fetch_chunks([(codecs[p], c) for c, p in reads], _run)
+    raws = _fetch(report, where, reads, codecs)
     rows = None
     if table is not None:
         try:
             tables = table.fetch(sorted({c // SEAL_CHUNK for c in batch}), _run, where)
             rows = {c: tables[c // SEAL_CHUNK][c % SEAL_CHUNK] for c in batch}
-        except CorruptChunkError as err:
-            report.problems.append(Problem(str(err)))
+        except (CorruptChunkError, OSError) as err:
+            report.problems.append(Problem(f"{where}: seal table: {err}"))
     for (c, p), raw in zip(reads, raws):
+        if raw is _UNREADABLE:
+            continue
         crc = None if raw is None else data_crc(raw)
         if rows is not None:
             problem = chunk_problem(p, c, crc, rows[c][table.col[p]], commit, R, live_start)

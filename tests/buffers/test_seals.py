@@ -227,6 +227,15 @@ def test_verify_reads_corrupt_bytes_as_a_problem(store):
     assert (problem.array, problem.chunk) == ("next/obs", 2) and "crc32c" in str(problem)
 
 
+def test_verify_reports_an_unreadable_chunk_and_goes_on(store):
+    chunk(store, "obs", 2).unlink()
+    chunk(store, "obs", 2).mkdir()  # a directory where the chunk file belongs
+    chunk(store, "next/obs", 3).unlink()
+    problems = verify_store(store)
+    assert [(p.array, p.chunk) for p in problems] == [("obs", 2), ("next/obs", 3)]
+    assert "could not be read" in str(problems[0]) and "missing" in str(problems[1])
+
+
 def test_zarrl_verify_exit_codes_and_one_line_per_problem(store, capsys):
     from zarrl.engine.cli import main
 
