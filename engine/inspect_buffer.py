@@ -72,8 +72,8 @@ def verify_buffer(path: str | Path) -> tuple[bool, list[str]]:
         return False, [" ".join(str(p).split()) for p in report.problems]
     bound = "chunks bound to their place" if (report.version or 0) >= 3 else "chunks unbound"
     return True, [
-        f"{report.where}: OK (format version {report.version}, {bound}): {report.rows} rows, "
-        f"{report.chunks} chunks x {report.arrays} arrays checked"
+        f"{report.where}: OK (format version {report.version}, {bound}): {report.rows} rows in "
+        f"{report.chunks} chunk(s) of {report.arrays} arrays checked"
     ]
 
 
