@@ -4,6 +4,7 @@ from .cached_slice_sampler import CachedSliceSampler
 from .errors import CorruptChunkError, ReadOnlyStorageError, StoreFormatError, UnsafeStoreError
 from .sequences import pad_sequences, unpad
 from .storage import ZarrStorage
+from .verify import Problem, verify_store
 
 __all__ = [
     "ZarrStorage",
@@ -12,6 +13,8 @@ __all__ = [
     "ReadOnlyStorageError",
     "StoreFormatError",
     "UnsafeStoreError",
+    "Problem",
     "pad_sequences",
     "unpad",
+    "verify_store",
 ]

@@ -25,6 +25,7 @@ import torch
 import zarr
 import zarr.codecs
 
+from . import seals
 from .errors import CorruptChunkError, ReadOnlyStorageError, StoreFormatError, UnsafeStoreError
 from .store_io import put_group_attributes
 
@@ -36,8 +37,9 @@ __all__ = [
 ]
 
 FORMAT_NAME = "zarrl.replay"
-FORMAT_VERSION = 2  # the newest version this zarrl reads
+FORMAT_VERSION = 3  # the newest version this zarrl reads, written for new stores
 PLAIN_VERSION = 1  # stores without de-duplicated leaves (``xor_previous``)
+SEALED_VERSION = 3  # chunks bound to their place, metadata to its checksums (``seals.py``)
 ATTR = "zarrl"
 
 _TORCH_TO_NUMPY = {
@@ -120,9 +122,16 @@ class Commit:
     inplace_revision: int = 0
     gc_below: int = 0
     time: float = 0.0
+    # version 3: {leaf: crc32c} of the partly filled head chunk ({} when there is none)
+    head: dict[str, int] | None = None
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        if self.head is None:
+            del out["head"]
+        else:
+            out["head"] = dict(self.head)
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping) -> Commit:
@@ -143,10 +152,15 @@ class Header:
     codec: dict = field(default_factory=dict)
     # {leaf X: "next/X"}: X is stored XORed with the previous row of next/X (``xor_rows.py``)
     xor_previous: dict[str, str] = field(default_factory=dict)
+    # version 3: where the seal table is and which leaves it covers (``seals.seal_spec``)
+    chunk_seals: dict | None = None
 
     @property
     def format_version(self) -> int:
-        """Version a reader needs: 2 only when the store de-duplicates leaves."""
+        """Version a reader needs: 3 for sealed stores (every new store), else 2 when the
+        store de-duplicates leaves, else 1."""
+        if self.chunk_seals is not None:
+            return SEALED_VERSION
         return 2 if self.xor_previous else PLAIN_VERSION
 
     def to_json(self) -> dict:
@@ -164,6 +178,8 @@ class Header:
         }
         if self.xor_previous:
             out["xor_previous"] = dict(self.xor_previous)
+        if self.chunk_seals is not None:
+            out["chunk_seals"] = dict(self.chunk_seals)
         return out
 
     @classmethod
@@ -178,6 +194,7 @@ class Header:
             tensor_root=bool(d["tensor_root"]),
             codec=dict(d.get("codec", {})),
             xor_previous=dict(d.get("xor_previous", {})),
+            chunk_seals=d.get("chunk_seals"),
         )
 
 
@@ -257,6 +274,11 @@ def validate_header(meta: Mapping, where: str) -> Header:
         raise _bad(where, "'xor_previous'", xor, "expected {leaf: paired leaf of the same spec}")
     if meta.get("format_version") == PLAIN_VERSION and xor:
         raise _bad(where, "'format_version'", 1, "a store with xor_previous is version 2")
+    chunk_seals = None
+    if meta.get("format_version") == SEALED_VERSION:
+        chunk_seals = seals.validate_seal_spec(meta.get("chunk_seals"), schema, where)
+    elif "chunk_seals" in meta:
+        raise _bad(where, "'format_version'", meta.get("format_version"), "chunk_seals needs 3")
     return Header(
         capacity=capacity,
         ndim=ndim,
@@ -267,6 +289,7 @@ def validate_header(meta: Mapping, where: str) -> Header:
         tensor_root=tensor_root,
         codec=dict(codec),
         xor_previous=dict(xor),
+        chunk_seals=chunk_seals,
     )
 
 
@@ -279,6 +302,8 @@ def validate_commit(raw: Any, header: Header | None, where: str) -> Commit:
     values = {}
     for name in Commit.__dataclass_fields__:
         attr = f"'commit']['{name}'"
+        if name == "head":
+            continue
         if name == "time":
             t = raw.get("time", 0.0)
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not t == t:
@@ -291,6 +316,8 @@ def validate_commit(raw: Any, header: Header | None, where: str) -> Commit:
     commit = Commit(**values)
     if header is None:
         return commit
+    if header.chunk_seals is not None:
+        commit.head = _head(where, raw.get("head"), header, commit)
     R, cap = header.chunk_rows, header.capacity
     if commit.base % R:
         raise _bad(where, "'commit']['base'", commit.base, f"expected a multiple of {R}")
@@ -307,6 +334,25 @@ def validate_commit(raw: Any, header: Header | None, where: str) -> Commit:
     return commit
 
 
+def _head(where: str, head: Any, header: Header, commit: Commit) -> dict[str, int]:
+    """``commit["head"]`` of a version 3 store: a crc32c per leaf when the last committed chunk
+    is partly filled, else empty."""
+    partial = (commit.base + commit.write_count) % header.chunk_rows != 0
+    if head is None and not partial:  # the header's first record: no rows yet
+        return {}
+    want = set(header.schema) if partial else set()
+    if (
+        not isinstance(head, Mapping)
+        or set(head) != want
+        or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32 for v in head.values()
+        )
+    ):
+        expect = "a crc32c per leaf" if partial else "{} (no partly filled head chunk)"
+        raise _bad(where, "'commit']['head'", head, f"expected {expect}")
+    return dict(head)
+
+
 def read_attrs(group: zarr.Group, where: str) -> tuple[Header | None, Commit]:
     """Validates the group's zarrl attributes; returns (header or None if uninitialised, commit)."""
     attrs = group.attrs.asdict()
@@ -318,7 +364,7 @@ def read_attrs(group: zarr.Group, where: str) -> tuple[Header | None, Commit]:
         )
     version = meta.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < PLAIN_VERSION:
-        raise _bad(where, "'format_version'", version, "expected 1 or 2")
+        raise _bad(where, "'format_version'", version, "expected 1, 2 or 3")
     if version > FORMAT_VERSION:
         raise StoreFormatError(
             f"{where} uses zarrl store format version {version}, newer than the version this "
@@ -327,7 +373,10 @@ def read_attrs(group: zarr.Group, where: str) -> tuple[Header | None, Commit]:
     header = validate_header(meta, where) if meta.get("schema") is not None else None
     if header is not None and "commit" not in meta:
         raise _bad(where, "'commit'", None, "the commit record is missing")
-    return header, validate_commit(meta.get("commit", {}), header, where)
+    commit = validate_commit(meta.get("commit", {}), header, where)
+    if version >= SEALED_VERSION:
+        seals.check_attribute_checksums(meta, where)
+    return header, commit
 
 
 def check_array(where: str, path: str, array: zarr.Array, header: Header) -> None:
@@ -342,6 +391,15 @@ def check_array(where: str, path: str, array: zarr.Array, header: Header) -> Non
         problems.append(f"shape {list(array.shape)}, schema says [rows, *{list(tail)}]")
     if tuple(array.chunks) != (header.chunk_rows, *tail):
         problems.append(f"chunks {list(array.chunks)}, schema says [{header.chunk_rows}, ...]")
+    if (
+        not problems
+        and header.chunk_seals is not None
+        and seals.array_metadata_crc(array) != header.chunk_seals["arrays"][path]
+    ):
+        problems.append(
+            "codecs, chunk keys or fill value differ from those recorded when the store was "
+            "created (attributes['zarrl']['chunk_seals']['arrays'])"
+        )
     if problems:
         raise StoreFormatError(f"{where}/{path}/zarr.json: " + "; ".join(problems))
 
@@ -356,9 +414,11 @@ def write_attrs(
     if header is not None:
         meta = header.to_json()
     else:
-        meta = {"format": FORMAT_NAME, "format_version": PLAIN_VERSION, "schema": None}
+        meta = {"format": FORMAT_NAME, "format_version": SEALED_VERSION, "schema": None}
     meta.update(static)
     meta["commit"] = commit.to_json()
+    if meta["format_version"] >= SEALED_VERSION:
+        meta["checksums"] = seals.attribute_checksums(meta)
     return put_group_attributes(group, {ATTR: meta}, durable=durable)
 
 

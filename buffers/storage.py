@@ -67,12 +67,29 @@ from .format import (
     write_attrs,
 )
 from .lazy_view import lazy_tensordict, path_tree
-from .store_io import check_local_writable, grow_array, remove_partials, sync_log
+from .seals import (
+    SEAL_CHUNK,
+    SealTable,
+    array_metadata_crc,
+    chunk_problem,
+    data_crc,
+    open_table,
+    seal_rows,
+    seal_spec,
+)
+from .store_io import check_local_writable, grow_array, put_objects, remove_partials, sync_log
 from .temp_store import make_temp_store, remove_on_release
 from .worker_proxy import WriteChannel, new_proxy, rollback_writers
 
 _log = logging.getLogger("zarrl.buffers")
 _UNBOUNDED = 2**31 - 1  # TorchRL keeps len() in an int32 shared value
+
+
+class _ThreadFlag(threading.local):
+    active = False  # per thread; True in the thread that runs background refills
+
+
+_REFILL_THREAD = _ThreadFlag()
 _TENSOR_KEY = "_tensor"
 _DEFAULT_CACHE_BYTES = 256 * 2**20
 _TARGET_CHUNK_BYTES = 2**22
@@ -276,6 +293,7 @@ class ZarrStorage(TensorStorage):
         self._pool: ChunkPool | None = None
         self._index: dict[str, torch.Tensor] = {}
         self._arrays: dict[str, zarr.Array] = {}
+        self._seals: SealTable | None = None  # format version 3 (``seals.py``)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._refill: concurrent.futures.Future | None = None
         self._refill_credit = 0.0  # rows the background refill may decode
@@ -382,7 +400,24 @@ class ZarrStorage(TensorStorage):
         if header is not None:
             self._read_layout_extras(meta, header)
             self._setup(header)
-            self._adopt_commit(commit, full=True)
+            self._adopt_fresh(commit)
+            R, end = header.chunk_rows, commit.base + commit.write_count
+            if self._seals is not None and not self.read_only and end % R:
+                self._load_chunks([end // R])  # the head chunk on disk, checked: its crcs
+
+    def _adopt_fresh(self, commit: Commit) -> None:
+        """``_adopt_commit(commit, full=True)``; a reader that the writer moved past while it
+        read the index columns adopts the newest commit instead."""
+        for attempt in range(4):
+            try:
+                self._adopt_commit(commit, full=True)
+                return
+            except _StaleRead:
+                if attempt == 3:
+                    raise
+                self._group = self._group_fresh()
+                self._arrays = {path: self._group[path] for path in self._header.schema}
+                _, commit = read_attrs(self._group, self._where)
 
     def _read_layout_extras(self, meta: Mapping, header: Header) -> None:
         """The pytree structure and per-element batch dims recorded beside the header."""
@@ -482,6 +517,7 @@ class ZarrStorage(TensorStorage):
                 }
             },
             xor_previous=xor_rows.pairs_for(schema, set(index_keys)) if self.dedupe_next else {},
+            chunk_seals=seal_spec(list(schema)),
         )
 
     def _cap0_for(self, tail) -> int | None:
@@ -509,6 +545,14 @@ class ZarrStorage(TensorStorage):
                         f"{self._where}/{path}/zarr.json is not valid array metadata: {err}"
                     ) from None
                 check_array(self._where, path, self._arrays[path], header)
+        self._seals = None
+        if header.chunk_seals is not None:
+            extent = self._commit.extent if create else None
+            self._seals = open_table(self._group, header, self._where, extent)
+            if create:  # bind each array's codecs and chunking into the header
+                header.chunk_seals["arrays"] = {
+                    p: array_metadata_crc(a) for p, a in self._arrays.items()
+                }
         cap0 = header.capacity
         live_chunks = None if cap0 is None else -(cap0 // -R) + 2
         pool_specs = header.schema
@@ -665,15 +709,20 @@ class ZarrStorage(TensorStorage):
     def _load_chunk(self, chunk: int) -> dict[str, np.ndarray]:
         return self._load_chunks([chunk])[0]
 
-    def _load_chunks(self, chunks: list[int]) -> list[dict[str, np.ndarray]]:
-        """Decodes physical chunks of every leaf from the store, all reads concurrently (zeros
-        past the extent); a chunk that fails its checksum raises ``CorruptChunkError``."""
+    def _load_chunks(self, chunks: list[int], paths=None) -> list[dict[str, np.ndarray]]:
+        """Decodes physical chunks of every leaf (or of ``paths``, none of them XORed) from the
+        store, all reads concurrently (zeros past the extent); a chunk that fails its checksum
+        or (version 3) is missing, misplaced or stale raises ``CorruptChunkError``."""
         R = self._header.chunk_rows
         codecs = self._chunk_codecs()
+        paths = list(self._arrays) if paths is None else list(paths)
         if not all(c.supported for c in codecs.values()):
-            return self._load_chunks_zarr(chunks)
-        reads = [(chunk, path) for chunk in chunks for path in self._arrays]
+            return self._load_chunks_zarr(chunks, paths)
+        reads = [(chunk, path) for chunk in chunks for path in paths]
         raws = fetch_chunks([(codecs[path], chunk) for chunk, path in reads], _run_io)
+        if self._seals is not None:  # entries checked once the chunks are read
+            # the refill thread's reads may be rewritten before they are used: not recorded
+            self._check_seals(chunks, reads, raws, record=not _REFILL_THREAD.active)
         out: dict[int, dict[str, np.ndarray]] = {c: {} for c in chunks}
         for (chunk, path), raw in zip(reads, raws):
             codec = codecs[path]
@@ -688,15 +737,54 @@ class ZarrStorage(TensorStorage):
                     f"{(chunk + 1) * R}) could not be decoded or failed its crc32c checksum: "
                     f"{err!r}"
                 ) from err
-        return [xor_rows.apply(out[c], self._header.xor_previous) for c in chunks]
+        pairs = self._header.xor_previous if len(paths) == len(self._arrays) else {}
+        return [xor_rows.apply(out[c], pairs) for c in chunks]
 
-    def _load_chunks_zarr(self, chunks: list[int]) -> list[dict[str, np.ndarray]]:
+    def _check_seals(self, chunks: list[int], reads: list, raws: list, record: bool) -> None:
+        """Version 3: every chunk read must be the one its seal entry (or the commit record,
+        for the head chunk) binds to its array and index (``seals.chunk_problem``); ``record``:
+        the writer notes the versions it read (``SealTable.disk_crc``)."""
+        R, reader = self._header.chunk_rows, self.read_only
+        col, live_start = self._seals.col, self._live_start_committed()
+        bound = 16 if reader else None
+        rows = self._seals.rows(chunks, _run_io, self._where, bound=bound)
+        crcs = [None if raw is None else data_crc(raw) for raw in raws]
+        for attempt in range(2):
+            problem = None
+            for (chunk, path), crc in zip(reads, crcs):
+                entry = rows[chunk][col[path]]
+                problem = chunk_problem(path, chunk, crc, entry, self._commit, R, live_start)
+                if problem is not None:
+                    break
+            if problem is None or not reader or attempt:
+                break
+            # a reader's seal chunks may predate the chunks it read: read them again
+            rows = self._seals.rows(chunks, _run_io, self._where, fresh=True, bound=bound)
+        if problem is not None:
+            self._seal_failure(problem)
+        if record and not reader:
+            self._seals.record(
+                [((chunk, path), crc) for (chunk, path), crc in zip(reads, crcs) if crc is not None]
+            )
+
+    def _seal_failure(self, problem: str) -> None:
+        """Raises ``CorruptChunkError``, or ``_StaleRead`` in a reader the writer has moved past
+        (it may have rewritten or recycled the chunk since this reader's commit)."""
+        if self.read_only:
+            _, fresh = read_attrs(self._group_fresh(), self._where)
+            if fresh.revision != self._commit.revision:
+                raise _StaleRead(f"{self._where}: {problem} (the writer committed since)")
+        raise CorruptChunkError(f"{self._where}: {problem}")
+
+    def _load_chunks_zarr(self, chunks: list[int], paths=None) -> list[dict[str, np.ndarray]]:
         """``_load_chunks`` through zarr's own read path (codecs without a sync path)."""
         R = self._header.chunk_rows
+        paths = list(self._arrays) if paths is None else list(paths)
         reads = []
         for chunk in chunks:
             start = chunk * R
-            for path, arr in self._arrays.items():
+            for path in paths:
+                arr = self._arrays[path]
                 stop = max(start, min(start + R, arr.shape[0]))
                 reads.append((chunk, path, arr, slice(start, stop)))
         values = _run_io(
@@ -710,7 +798,8 @@ class ZarrStorage(TensorStorage):
                     f"could not be decoded or failed its crc32c checksum: {value!r}"
                 ) from value
             out[chunk][path] = np.asarray(value)
-        return [xor_rows.apply(out[c], self._header.xor_previous) for c in chunks]
+        pairs = self._header.xor_previous if len(paths) == len(self._arrays) else {}
+        return [xor_rows.apply(out[c], pairs) for c in chunks]
 
     def _gather(self, rows: torch.Tensor, keys=None) -> dict[str, torch.Tensor]:
         """Leaves at ring positions ``rows`` -> {path: [N, *tail, *shape]} on ``self.device``."""
@@ -973,7 +1062,11 @@ class ZarrStorage(TensorStorage):
 
         def refill():
             t0 = time.monotonic()
-            decoded = list(zip(missing, self._load_chunks(missing)))
+            try:
+                _REFILL_THREAD.active = True
+                decoded = list(zip(missing, self._load_chunks(missing)))
+            except _StaleRead:  # a reader the writer moved past: refill after a refresh
+                return None, []
             if self.read_only:  # the writer may have recycled (deleted) them since our refresh
                 _, commit = read_attrs(self._group_fresh(), self._where)
                 gc_chunk_now = max(gc_chunk, commit.gc_below // R)
@@ -1156,8 +1249,9 @@ class ZarrStorage(TensorStorage):
             raise ValueError(f"{rows.numel()} positions for {td.shape[0]} rows of data")
         if set_cursor:
             self._set_last_cursor(cursor)
-            self._get_new_len(td, rows)
         self._write_rows(rows, leaves, append=set_cursor)
+        if set_cursor:
+            self._get_new_len(td, rows)
         self._bump_mutation_revision()
         self._maybe_commit()
 
@@ -1237,8 +1331,17 @@ class ZarrStorage(TensorStorage):
             self._pool.remap(max(span, self._pool.max_slots, 2 * self._pool.map_size))
 
     def _get_new_len(self, data, cursor):
+        """TorchRL's length update (``+ numel``), bounded by the rows actually live: rewriting
+        rows already stored with ``set_cursor=True`` does not count them twice (the commit record
+        must never claim more rows than the store holds)."""
         numel = data.shape[: self.ndim].numel()
-        self._len = min(self._len + numel, self.max_size)
+        self._len = min(self._len + numel, self.max_size, self._live_len(self._wc))
+
+    def _live_len(self, wc: int) -> int:
+        """Elements (rows × ``prod(tail)``) live after ``wc`` rows were written."""
+        cap0 = self._header.capacity
+        tail_n = max(1, math.prod(self._header.tail))
+        return (wc if cap0 is None else min(wc, cap0)) * tail_n
 
     # ============================================================ durability
     def _maybe_commit(self) -> None:
@@ -1281,9 +1384,7 @@ class ZarrStorage(TensorStorage):
             self._flush(self.commit_durability)
             return
         wc = head * R - self._base
-        cap0 = self._header.capacity
-        tail_n = max(1, math.prod(self._header.tail))
-        length = min(self._len, (wc if cap0 is None else min(wc, cap0)) * tail_n)
+        length = min(self._len, self._live_len(wc))
         self._write_dirty(skip=head)
         self._publish(wc, max(length, self._commit.length), self.commit_durability)
 
@@ -1388,12 +1489,29 @@ class ZarrStorage(TensorStorage):
             extent=self._commit.extent,
             inplace_revision=self._commit.inplace_revision + int(self._inplace_pending),
             gc_below=gc_below,
+            head=None
+            if self._seals is None
+            else self._seals.head(self._base + write_count, self._header.chunk_rows, self._commit),
         )
         self._write_meta(durable=durability == "os")
+        if self._seals is not None:
+            self._settle_seals()
         self._gc_history.append((time.monotonic(), self._live_start_committed()))
         self._inplace_pending = False
         self._last_commit_time = time.monotonic()
         self._collect_garbage(gc_below)
+
+    def _settle_seals(self) -> None:
+        """After a commit: in-place rewrites it counted accept only their new version; the
+        writer forgets what it no longer caches (bounded memory)."""
+        _run_io(put_objects(self._seals.settle()))
+        R = self._header.chunk_rows
+        head = (self._commit.base + self._commit.write_count) // R
+
+        def keep(chunks: torch.Tensor) -> torch.Tensor:
+            return (self._pool.slots_of(chunks) >= 0) | (chunks >= head - 1)
+
+        self._seals.forget(keep)
 
     def _gc_threshold(self) -> int:
         """Physical row below which chunks may be deleted: the live start of the newest commit
@@ -1419,18 +1537,26 @@ class ZarrStorage(TensorStorage):
                 extent = max(end_rows, 2 * self._commit.extent)
                 for arr in self._arrays.values():  # metadata only: no chunk is touched
                     io += grow_array(arr, extent)
+                if self._seals is not None:
+                    io += grow_array(self._seals.array, seal_rows(extent, R))
                 self._commit.extent = extent
             codecs = self._chunk_codecs()
             fallback = []
             encoded = []
+            sealed = []
             for c in dirty:
                 block = xor_rows.apply(self._pool.chunk_arrays(c), self._header.xor_previous)
                 for path, arr in self._arrays.items():
                     codec = codecs[path]
                     if codec.supported:
                         encoded.append((codec, c, codec.encode(block[path])))
+                        sealed.append((path, c, data_crc(encoded[-1][2])))
                     else:
                         fallback.append((arr, slice(c * R, (c + 1) * R), block[path]))
+            if self._seals is not None and sealed:  # entries before their chunks (crash-safe)
+                table = self._seals.stage(sealed, self._commit, R, _run_io, self._where)
+                _run_io(io + put_objects(table))
+                io = []
             committed_end = self._commit.base + self._commit.write_count  # as published
             io += store_chunks(encoded, fresh_from=-(committed_end // -R))
             io += [arr._async_array.setitem(sel, value) for arr, sel, value in fallback]
@@ -1465,6 +1591,10 @@ class ZarrStorage(TensorStorage):
         for c in range(first, dead_below):
             self._pool.evict(c)
             dead += [(codecs[p], c) for p, arr in self._arrays.items() if c * R < arr.shape[0]]
+        if self._seals is not None:  # seal chunks whose data chunks are all dead
+            gone = range(first // SEAL_CHUNK, dead_below // SEAL_CHUNK)
+            self._seals.discard(gone)
+            dead += [(self._seals.codec, k) for k in gone]
         _run_io(drop_chunks(dead))  # absent chunks read back as the fill value 0
         self._gc_done = dead_below
 
@@ -1513,7 +1643,7 @@ class ZarrStorage(TensorStorage):
             self._group = group
             self._read_layout_extras(group.attrs.asdict()["zarrl"], header)
             self._setup(header)
-            self._adopt_commit(commit, full=True)
+            self._adopt_fresh(commit)
             return True
         if commit.revision == self._commit.revision:
             return False
@@ -1529,7 +1659,10 @@ class ZarrStorage(TensorStorage):
         if commit.extent != old.extent:  # the writer resized the arrays: reload their metadata
             self._group = group
             self._arrays = {path: group[path] for path in self._header.schema}
-        self._adopt_commit(commit, full=full, since=old)
+        try:
+            self._adopt_commit(commit, full=full, since=old)
+        except _StaleRead:
+            self._adopt_fresh(commit)
         return True
 
     def _maybe_auto_refresh(self) -> None:
@@ -1562,16 +1695,34 @@ class ZarrStorage(TensorStorage):
         if self._index and end > start:
             self._ensure_index_rows(self._len0())
             pos = self._pos_of_phys(torch.arange(start, end))
-            for path in self._index:
-                try:
-                    values = torch.from_numpy(np.ascontiguousarray(self._arrays[path][start:end]))
-                except Exception as err:
-                    raise CorruptChunkError(
-                        f"{self._where}: array {path!r}, rows {start}:{end} could not be decoded "
-                        f"or failed its crc32c checksum: {err}"
-                    ) from err
-                self._index[path][pos] = values
+            if self._seals is not None:  # through the chunk checks (seals)
+                for path, values in self._read_rows(list(self._index), start, end).items():
+                    self._index[path][pos] = values
+            else:
+                for path in self._index:
+                    try:
+                        rows = self._arrays[path][start:end]
+                    except Exception as err:
+                        raise CorruptChunkError(
+                            f"{self._where}: array {path!r}, rows {start}:{end} could not be "
+                            f"decoded or failed its crc32c checksum: {err}"
+                        ) from err
+                    self._index[path][pos] = torch.from_numpy(np.ascontiguousarray(rows))
         self._bump_mutation_revision()
+
+    def _read_rows(self, paths: list[str], start: int, end: int) -> dict[str, torch.Tensor]:
+        """Physical rows ``[start, end)`` of ``paths`` (not XORed) through ``_load_chunks``,
+        64 chunks at a time: ``{path: [end - start, *tail, *shape]}``."""
+        R = self._header.chunk_rows
+        parts: dict[str, list[np.ndarray]] = {p: [] for p in paths}
+        chunks = list(range(start // R, -(end // -R)))
+        for i in range(0, len(chunks), 64):
+            group = chunks[i : i + 64]
+            for c, arrays in zip(group, self._load_chunks(group, paths)):
+                lo, hi = max(start, c * R) - c * R, min(end, (c + 1) * R) - c * R
+                for p in paths:
+                    parts[p].append(arrays[p][lo:hi])
+        return {p: torch.from_numpy(np.concatenate(v)) for p, v in parts.items()}
 
     # ============================================================ TorchRL API
     def attach(self, buffer: Any) -> None:

@@ -1,12 +1,13 @@
-"""The ``zarrl`` command: collect, train, inspect, eval, demo.
+"""The ``zarrl`` command: collect, train, inspect, verify, eval, demo.
 
 Dotted overrides (``loss.gamma=0.97``) may come anywhere after the subcommand. Config arguments
 are a path, or the name of a shipped config (``cartpole_trust_pcl``; ``configs/<name>.yaml`` also
 resolves to the shipped copy outside the repository).
 
 Exit codes: 0 success; 2 bad command line or config (the message names the key and value);
-1 a path or checkpoint that cannot be used (missing, foreign, or would be overwritten) or a missing
-optional package (the message names the extra); 130 when interrupted.
+1 a path or checkpoint that cannot be used (missing, foreign, or would be overwritten), a missing
+optional package (the message names the extra), or a store ``verify`` found problems in; 130 when
+interrupted.
 """
 
 from __future__ import annotations
@@ -94,6 +95,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="describe a Zarr buffer")
     p.add_argument("buffer")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--check", action="store_true", help="verify every committed chunk first (zarrl verify)"
+    )
+
+    p = sub.add_parser(
+        "verify", help="check every committed chunk and the metadata of a Zarr buffer"
+    )
+    p.add_argument("buffer")
 
     p = sub.add_parser("eval", help="evaluate the policy of a run folder")
     p.add_argument("run_dir")
@@ -194,9 +203,25 @@ def _print_locations(trainer) -> None:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from zarrl.engine.inspect_buffer import describe_buffer, format_description
 
+    if args.check and _cmd_verify(args, quiet=True) != EXIT_OK:
+        return EXIT_RUNTIME
     info = describe_buffer(args.buffer)
     print(json.dumps(info, indent=2, default=str) if args.json else format_description(info))
     return EXIT_OK
+
+
+def _cmd_verify(args: argparse.Namespace, quiet: bool = False) -> int:
+    """One line per problem on stdout and exit 1; else one OK line (none when ``quiet``)."""
+    from zarrl.engine.inspect_buffer import verify_buffer
+
+    ok, lines = verify_buffer(args.buffer)
+    if ok and quiet:
+        return EXIT_OK
+    for line in lines:
+        print(line)
+    if not ok:
+        print(f"zarrl verify: {len(lines)} problem(s) in {args.buffer}", file=sys.stderr)
+    return EXIT_OK if ok else EXIT_RUNTIME
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -285,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         "collect": _cmd_collect,
         "train": _cmd_train,
         "inspect": _cmd_inspect,
+        "verify": _cmd_verify,
         "eval": _cmd_eval,
         "demo": _cmd_demo,
     }

@@ -12,7 +12,7 @@ from zarrl.engine.config import BufferConfig
 from zarrl.engine.policies import TRAJ_KEY
 from zarrl.engine.registry import BufferPathError, open_storage
 
-__all__ = ["describe_buffer", "episode_returns", "format_description"]
+__all__ = ["describe_buffer", "episode_returns", "format_description", "verify_buffer"]
 
 
 READ_ROWS = 65_536  # rows read per step while scanning the index columns
@@ -57,6 +57,24 @@ def describe_buffer(path: str | Path) -> dict[str, Any]:
         return _describe(Path(path))
     except (StoreFormatError, CorruptChunkError) as err:
         raise BufferPathError(f"{path}: corrupt or invalid zarrl store: {err}") from err
+
+
+def verify_buffer(path: str | Path) -> tuple[bool, list[str]]:
+    """``zarrl verify``: (sound, lines). Each problem of the store is one line naming the file,
+    or the array and chunk; a sound store gives one summary line. A missing path raises
+    ``BufferPathError``."""
+    from zarrl.buffers.verify import check_store
+
+    if not Path(path).exists():
+        raise BufferPathError(f"buffer path {str(path)!r} does not exist")
+    report = check_store(path)
+    if not report.ok:
+        return False, [" ".join(str(p).split()) for p in report.problems]
+    bound = "chunks bound to their place" if (report.version or 0) >= 3 else "chunks unbound"
+    return True, [
+        f"{report.where}: OK (format version {report.version}, {bound}): {report.rows} rows in "
+        f"{report.chunks} chunk(s) of {report.arrays} arrays checked"
+    ]
 
 
 def _describe(path: Path) -> dict[str, Any]:

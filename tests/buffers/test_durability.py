@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from zarrl.buffers import ZarrStorage
+from zarrl.buffers import ZarrStorage, verify_store
 
 sys.path.insert(0, str(Path(__file__).parent))
 from store_worker import check_rows, rows  # noqa: E402
@@ -60,6 +60,7 @@ def test_sigkilled_writer_leaves_store_at_last_commit(tmp_path, zygote, max_size
             kills += 1
             if not os.path.exists(path):
                 continue
+            assert verify_store(path) == []  # every committed chunk in its place, sealed
             storage = ZarrStorage.open(path, mode="r")  # must not raise
             if storage._header is not None:  # the duplicated next obs is stored XORed
                 assert storage._header.xor_previous == {"obs": "next/obs"}

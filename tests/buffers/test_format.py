@@ -64,7 +64,7 @@ def test_attributes_hold_header_schema_commit_and_checksummed_chunks(tmp_path):
         ReplayBuffer(storage=storage).extend(rows(0, 7))
     group = zarr.open_group(path, mode="r")
     meta = group.attrs["zarrl"]
-    assert meta["format"] == "zarrl.replay" and meta["format_version"] == 1
+    assert meta["format"] == "zarrl.replay" and meta["format_version"] == 3
     assert meta["capacity"] == 12 and meta["chunk_rows"] == 4
     assert meta["schema"]["obs"] == {"dtype": "float32", "shape": [30]}
     assert meta["commit"]["write_count"] == 7 and meta["commit"]["length"] == 7
@@ -144,7 +144,7 @@ def test_next_duplicates_are_stored_xored_and_read_back_bit_exactly(tmp_path):
             rb.extend(transitions(start, n))
             storage.flush()
     meta = zarr.open_group(path, mode="r").attrs["zarrl"]
-    assert meta["format_version"] == 2
+    assert meta["format_version"] == 3  # version 2 before chunk seals
     assert meta["xor_previous"] == {"obs": "next/obs"}  # "done" is an index column: not paired
     want = transitions(13, 10)
     data = doc_reader()["read_replay_store"](path)  # plain zarr undoes the XOR
@@ -159,11 +159,11 @@ def test_next_duplicates_are_stored_xored_and_read_back_bit_exactly(tmp_path):
     assert torch.equal(bits(got["next", "obs"]), bits(want["next", "obs"]))
 
 
-def test_dedupe_next_false_writes_plain_version_1_stores(tmp_path):
+def test_dedupe_next_false_writes_stores_without_xor_previous(tmp_path):
     path = str(tmp_path / "plain.zarr")
     with ZarrStorage(10, path=path, chunk_rows=4, dedupe_next=False) as storage:
         ReplayBuffer(storage=storage).extend(transitions(0, 6))
     group = zarr.open_group(path, mode="r")
     meta = group.attrs["zarrl"]
-    assert meta["format_version"] == 1 and "xor_previous" not in meta
+    assert meta["format_version"] == 3 and "xor_previous" not in meta
     assert torch.equal(bits(group["obs"][:6]), bits(transitions(0, 6)["obs"]))

@@ -12,6 +12,7 @@ import torch
 from tensordict import TensorDict
 from torchrl.data import ReplayBuffer
 from zarrl.buffers import StoreFormatError, UnsafeStoreError, ZarrStorage
+from zarrl.buffers.seals import attribute_checksums
 
 
 def batch(n: int, start: int = 0) -> TensorDict:
@@ -100,6 +101,13 @@ def test_invalid_attributes_name_the_file_and_attribute(store, edit, attr):
 
 def test_schema_dtype_edited_against_the_array_metadata_is_refused(store):
     _edit(store, lambda m: m["schema"]["obs"].update(dtype="float64"))
+    with pytest.raises(StoreFormatError, match=r"zarr.json: .*\['schema'\] does not match"):
+        ZarrStorage.open(store, "r")  # the checksum of the schema (format version 3)
+
+    def recompute(meta):  # a writer that recomputes the checksums is caught by the arrays
+        meta["checksums"] = attribute_checksums(meta)
+
+    _edit(store, recompute)
     with pytest.raises(StoreFormatError, match=r"obs/zarr.json: data_type float32"):
         ZarrStorage.open(store, "r")
 

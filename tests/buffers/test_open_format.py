@@ -38,7 +38,7 @@ def test_plain_zarr_reads_every_leaf_of_a_default_store_exactly(tmp_path, ndim):
     TensorDictReplayBuffer(storage=storage).extend(data if ndim == 1 else data.transpose(0, 1))
     storage.close()
     group = zarr.open_group(path, mode="r")
-    assert group.attrs["zarrl"]["format_version"] == 1
+    assert group.attrs["zarrl"]["format_version"] == 3
     for key, value in data.items(True, True):
         array = group["/".join(key) if isinstance(key, tuple) else key]
         want = value.numpy()
@@ -70,5 +70,5 @@ def test_dedupe_next_is_opt_in_and_marked_on_the_array(tmp_path):
     ) as storage:
         TensorDictReplayBuffer(storage=storage).extend(transitions(20))
     group = zarr.open_group(path, mode="r")
-    assert group.attrs["zarrl"]["format_version"] == 2
+    assert group.attrs["zarrl"]["format_version"] == 3
     assert group["observation"].attrs["zarrl"]["source"] == "next/observation"

@@ -129,6 +129,21 @@ def test_inspect_reports_rows_episodes_schema_and_returns(random_buffer, capsys)
     assert "return mean" in out and "compression" in out
 
 
+def test_verify_of_a_collected_buffer_is_one_ok_line_and_a_foreign_store_fails(
+    random_buffer, tmp_path, capsys
+):
+    assert main(["verify", str(random_buffer)]) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert "OK (format version 3" in line and "300 rows" in line
+    assert main(["inspect", "--check", str(random_buffer)]) == 0
+    assert "return mean" in capsys.readouterr().out
+    foreign = tmp_path / "foreign.zarr"
+    zarr.open_group(str(foreign), mode="w").attrs["owner"] = "someone else"
+    assert main(["verify", str(foreign)]) == 1
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert "not a zarrl replay store" in line
+
+
 def test_inspect_missing_and_foreign_paths_fail_cleanly(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "missing.zarr")]) == 1
     assert "does not exist" in capsys.readouterr().err
