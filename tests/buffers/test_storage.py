@@ -473,3 +473,18 @@ def test_sampling_commits_chunks_that_min_commit_interval_deferred(tmp_path):
     assert len(reader) == 400
     assert torch.equal(reader[:]["obs"], storage[:]["obs"])
     storage.close()
+
+
+def test_rewriting_stored_rows_with_set_cursor_keeps_the_length_and_the_store_opens(tmp_path):
+    storage = ZarrStorage(100, path=tmp_path / "s.zarr")
+    rb = TensorDictReplayBuffer(storage=storage)
+    rb.extend(TensorDict({"x": torch.arange(40.0)}, batch_size=[40]))
+    rows = TensorDict({"x": torch.zeros(5), "index": torch.zeros(5, dtype=torch.long)}, [5])
+    storage.set(torch.arange(5, 10), rows)  # set_cursor=True, as a writer's set is
+    assert len(storage) == 40
+    storage.close()
+    reopened = ZarrStorage.open(tmp_path / "s.zarr", mode="r")
+    assert len(reopened) == 40
+    torch.testing.assert_close(
+        reopened.get(torch.arange(4, 11))["x"], torch.tensor([4.0] + [0.0] * 5 + [10.0])
+    )
