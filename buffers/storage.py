@@ -58,6 +58,7 @@ from .format import (
 from .lazy_view import lazy_tensordict, path_tree
 from .store_io import grow_array, sync_log
 from .worker_proxy import WriteChannel, new_proxy, rollback_writers
+from .write_ahead import WriteAhead
 
 _UNBOUNDED = 2**31 - 1  # TorchRL keeps len() in an int32 shared value
 _TENSOR_KEY = "_tensor"
@@ -200,6 +201,7 @@ class ZarrStorage(TensorStorage):
         self._index: dict[str, torch.Tensor] = {}
         self._arrays: dict[str, zarr.Array] = {}
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._write_ahead = WriteAhead(_run_io)  # completed chunks, written in the background
         self._refill: concurrent.futures.Future | None = None
         self._refill_credit = 0.0  # rows the background refill may decode
         self._next_refill = 0.0  # monotonic time before which no refill starts
@@ -1017,6 +1019,7 @@ class ZarrStorage(TensorStorage):
             self._wc += n
             self._ensure_index_rows(int(rows.max()) + 1)
         else:
+            self._land_writes(wait=True)  # rows of chunks being written ahead may change
             self._ensure_index_rows(int(rows.max()) + 1)
             phys = self._phys(rows)
             if int(phys.min()) < self._base + self._commit.write_count:
@@ -1071,19 +1074,57 @@ class ZarrStorage(TensorStorage):
 
     # ============================================================ durability
     def _maybe_commit(self) -> None:
+        self._land_writes(wait=False)
         committed_end = self._base + self._commit.write_count
         staged_end = self._base + self._wc
         since = time.monotonic() - self._last_commit_time
-        due = self._completed_chunks_due()
+        chunks_due = due = self._completed_chunks_due()
         if self.flush_every_rows is not None:
             due = due or staged_end - committed_end >= self.flush_every_rows
         if self.flush_every_seconds is not None:
             due = due or since >= self.flush_every_seconds
         pressure = len(self._pool.dirty) >= max(1, self._pool.max_slots // 2)
         if due and not pressure and not self._inplace_pending:
-            self._commit_whole_chunks()
+            # only completed chunks (rate-limited by min_commit_interval > 0) are due: commit
+            # what the background has written, never waiting for encoding
+            ahead = chunks_due and not (due is not chunks_due) and self.min_commit_interval > 0
+            self._commit_whole_chunks(write_ahead=ahead)
         elif due or pressure:
             self._flush(self.commit_durability)
+        else:
+            self._start_write_ahead()
+
+    def _start_write_ahead(self) -> None:
+        """Starts encoding and storing the completed, staged chunks in the background
+        (``buffers/write_ahead.py``): the next commit then finds them written (and, for
+        ``durability="os"``, fsynced). No commit record is written here."""
+        if self._write_ahead.in_flight or self._inplace_pending:
+            return
+        R = self._header.chunk_rows
+        head = (self._base + self._wc) // R
+        codecs = self._chunk_codecs()
+        if not all(codec.supported for codec in codecs.values()):
+            return
+        with self._pool.lock:  # chunks past the arrays' extent wait for the commit's resize
+            chunks = sorted(
+                c for c in self._pool.dirty if c < head and (c + 1) * R <= self._commit.extent
+            )
+            if not chunks:
+                return
+            items = []
+            for c in chunks:
+                block = xor_rows.apply(self._pool.chunk_arrays(c), self._header.xor_previous)
+                items += [(codecs[path], c, block[path]) for path in self._arrays]
+        committed_end = self._commit.base + self._commit.write_count
+        self._write_ahead.submit(items, -(committed_end // -R), fsync=self.durability == "os")
+
+    def _land_writes(self, wait: bool) -> None:
+        """Marks the chunks of a finished write-ahead batch clean (``wait``: waits for it);
+        its unsynced files go to the store's log for the next durable commit."""
+        written = self._write_ahead.land(wait, sync_log(self._group.store))
+        if written:
+            self._written_chunks = max(self._written_chunks, written[-1] + 1)
+            self._pool.mark_clean(written)
 
     def _commit_deferred(self) -> None:
         """Completed chunks whose commit ``min_commit_interval`` deferred are committed at the next
@@ -1100,20 +1141,29 @@ class ZarrStorage(TensorStorage):
         pending = (self._base + self._wc) // R > (self._base + self._commit.write_count) // R
         return pending and time.monotonic() - self._last_commit_time >= self.min_commit_interval
 
-    def _commit_whole_chunks(self) -> None:
+    def _commit_whole_chunks(self, write_ahead: bool = False) -> None:
         """Automatic commit up to the last completed chunk: the partly filled head chunk stays
-        staged, so it is written once when full instead of at every commit."""
+        staged, so it is written once when full instead of at every commit. ``write_ahead``:
+        commit only up to the first chunk not written yet, and start writing the completed
+        ones in the background (their commit comes at a later call, once they have landed)."""
         R = self._header.chunk_rows
         staged_end = self._base + self._wc
         head = staged_end // R
-        if staged_end % R == 0 or head * R - self._base <= self._commit.write_count:
+        if write_ahead:
+            self._start_write_ahead()
+            with self._pool.lock:
+                head = min(head, *self._pool.dirty) if self._pool.dirty else head
+            if head * R - self._base <= self._commit.write_count:
+                return
+        elif staged_end % R == 0 or head * R - self._base <= self._commit.write_count:
             self._flush(self.commit_durability)
             return
         wc = head * R - self._base
         cap0 = self._header.capacity
         tail_n = max(1, math.prod(self._header.tail))
         length = min(self._len, (wc if cap0 is None else min(wc, cap0)) * tail_n)
-        self._write_dirty(skip=head)
+        if not write_ahead:
+            self._write_dirty(skip=head)
         self._publish(wc, max(length, self._commit.length), self.commit_durability)
 
     @_serialized
@@ -1170,10 +1220,19 @@ class ZarrStorage(TensorStorage):
     def _write_dirty(self, skip: int | None = None) -> None:
         """Data half of a commit: encodes every staged chunk but ``skip`` (whole chunks, the
         arrays' own codec chain) and stores them, with any array resize, in one concurrent
-        event-loop call (no commit record)."""
+        event-loop call (no commit record); chunks being written ahead in the background are
+        left to it, and waited for."""
+        ahead = self._write_ahead.in_flight  # the background writes them meanwhile
+        try:
+            self._write_staged(skip, ahead)
+        finally:
+            self._land_writes(wait=True)
+
+    def _write_staged(self, skip: int | None, ahead: frozenset[int]) -> None:
+        """``_write_dirty`` of the staged chunks not in ``ahead``."""
         R = self._header.chunk_rows
         with self._pool.lock:
-            dirty = sorted(c for c in self._pool.dirty if c != skip)
+            dirty = sorted(c for c in self._pool.dirty if c != skip and c not in ahead)
             if not dirty:
                 return
             io = []
@@ -1245,6 +1304,7 @@ class ZarrStorage(TensorStorage):
         if self._closed:
             return
         self.flush()
+        self._write_ahead.close()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         self._closed = True
@@ -1355,6 +1415,7 @@ class ZarrStorage(TensorStorage):
     def _empty(self) -> None:
         self._check_writable()
         if self._header is not None:
+            self._land_writes(wait=True)
             R = self._header.chunk_rows
             with self._pool.lock:
                 self._pool.dirty.clear()
@@ -1404,6 +1465,8 @@ class ZarrStorage(TensorStorage):
         self._check_writable()
         src = self._open_group(path, "r")
         read_attrs(src, str(path))
+        if self._header is not None:
+            self._land_writes(wait=True)
         _clear_store(self._group.store)
         _copy_store(src.store, self._group.store)
         self._written_chunks = 0  # nothing past the loaded commit is ours
@@ -1466,6 +1529,9 @@ class ZarrStorage(TensorStorage):
         executor = getattr(self, "_executor", None)
         if executor is not None:
             executor.shutdown(wait=False)
+        write_ahead = getattr(self, "_write_ahead", None)
+        if write_ahead is not None:
+            write_ahead.close(wait=False)
 
 
 class _StorageView(TensorDict):
