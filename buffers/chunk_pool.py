@@ -18,6 +18,14 @@ import torch
 
 from .format import LeafSpec, torch_dtype
 
+LOAD_FRACTION = 16
+
+
+def load_group(n_slots: int) -> int:
+    """``ChunkPool.load_group`` of a pool of ``n_slots`` slots."""
+    return max(1, n_slots // LOAD_FRACTION)
+
+
 # decodes a list of chunk ids -> one {leaf: rows} mapping (or None = zeros) per chunk
 Loader = Callable[[list], list]
 
@@ -58,6 +66,12 @@ class ChunkPool:
         self.remap(map_size)
 
     # ------------------------------------------------------------------ sizing
+    @property
+    def load_group(self) -> int:
+        """Chunks decoded at once outside the pool (a group of misses, or one background
+        refill run): ``1 / LOAD_FRACTION`` of the pool, at least one."""
+        return load_group(self.max_slots)
+
     @property
     def chunk_nbytes(self) -> int:
         tail = int(np.prod(self.tail, dtype=np.int64))
@@ -195,8 +209,11 @@ class ChunkPool:
                 need = torch.unique(chunks[missing])
                 protect = frozenset(torch.unique(chunks).tolist())
                 need = need.tolist()
-                for c, arrays in zip(need, loader(need)):  # decoded concurrently
-                    self.install(c, arrays, protect)
+                step = self.load_group
+                for i in range(0, len(need), step):  # a group's reads run concurrently
+                    group = need[i : i + step]
+                    for c, arrays in zip(group, loader(group)):
+                        self.install(c, arrays, protect)
                 slots = self.slots_of(chunks)
             assert bool((slots >= 0).all()), "chunk pool lost a chunk it was asked to keep"
             return slots

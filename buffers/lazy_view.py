@@ -54,22 +54,24 @@ def lazy_tensordict(
     device,
 ) -> TensorDict:
     """TensorDict over leaf paths (``"next/obs"``): ``eager`` tensors + ``lazy`` loaders."""
-    batch_size = torch.Size(batch_size)
+    tree = path_tree(tuple(eager) + tuple(lazy))
+    return _build(tree, eager, lazy, torch.Size(batch_size), device)
 
-    def build(node: dict) -> TensorDict:
-        eager_leaves, loaders = {}, {}
-        for name, child in node.items():
-            if isinstance(child, dict):
-                eager_leaves[name] = build(child)
-            elif child in eager:
-                eager_leaves[name] = eager[child]
-            else:
-                loaders[name] = lazy[child]
-        td = TensorDict._new_unsafe(source={}, batch_size=batch_size, device=device)
-        td._tensordict = _LazyLeaves(eager_leaves, loaders)
-        return td
 
-    return build(path_tree(tuple(eager) + tuple(lazy)))
+def _build(node: dict, eager, lazy, batch_size: torch.Size, device) -> TensorDict:
+    """One level of ``lazy_tensordict``. A module function, not a recursive closure: such a
+    closure is a reference cycle holding ``eager`` (whole columns) until the cyclic GC runs."""
+    eager_leaves, loaders = {}, {}
+    for name, child in node.items():
+        if isinstance(child, dict):
+            eager_leaves[name] = _build(child, eager, lazy, batch_size, device)
+        elif child in eager:
+            eager_leaves[name] = eager[child]
+        else:
+            loaders[name] = lazy[child]
+    td = TensorDict._new_unsafe(source={}, batch_size=batch_size, device=device)
+    td._tensordict = _LazyLeaves(eager_leaves, loaders)
+    return td
 
 
 @functools.lru_cache(maxsize=64)

@@ -38,7 +38,7 @@ from torchrl.data.replay_buffers.writers import RoundRobinWriter, Writer
 from . import codecs as leaf_codecs
 from . import xor_rows
 from .chunk_codec import ChunkCodec, drop_chunks, fetch_chunks, store_chunks
-from .chunk_pool import ChunkPool
+from .chunk_pool import ChunkPool, load_group
 from .format import (
     Commit,
     CorruptChunkError,
@@ -407,8 +407,10 @@ class ZarrStorage(TensorStorage):
         else:
             budget = _DEFAULT_CACHE_BYTES if self._cache is None else int(self._cache)
             max_slots = max(4, budget // max(1, chunk_bytes))
-            if live_chunks is not None:
-                max_slots = min(max_slots, live_chunks)
+            if live_chunks is not None and live_chunks <= max_slots:
+                max_slots = live_chunks  # a mirror: nothing is ever decoded outside the pool
+            else:  # the budget also holds a refill run and a group of misses being decoded
+                max_slots = max(4, max_slots - 2 * load_group(max_slots))
         # a bounded store reserves its whole cache at once (untouched pages cost nothing); an
         # unbounded one grows on demand up to max_slots
         n_slots = max_slots if live_chunks is not None else min(max_slots, 16)
@@ -813,11 +815,11 @@ class ZarrStorage(TensorStorage):
         return rel if cap0 is None else rel % cap0
 
     def _refill_rows(self) -> int:
-        """Rows one background refill decodes: a run of 1/8 of the cache's chunks."""
-        return max(1, self._pool.max_slots // 8) * self._header.chunk_rows
+        """Rows one background refill decodes: a run of 1/16 of the cache's chunks."""
+        return self._pool.load_group * self._header.chunk_rows
 
     def _schedule_refill(self) -> None:
-        """Starts decoding a run of consecutive uncached, committed live chunks (1/8 of the
+        """Starts decoding a run of consecutive uncached, committed live chunks (1/16 of the
         cache) in the background once enough credit is earned and the refill thread has rested
         3x its last run (so it works at most ~1/4 of the time); ``_install_refill`` swaps them
         in at a later sampling call."""
@@ -1625,12 +1627,17 @@ def _flush_at_exit(ref: weakref.ref) -> None:
 def _nested_td(leaves: Mapping[str, torch.Tensor], batch: torch.Size, device) -> TensorDict:
     """TensorDict from ``{"next/obs": tensor}`` leaves, without per-key validation (the leaves
     come from the store's own schema, already checked)."""
+    return _build_td(path_tree(tuple(leaves)), leaves, batch, device)
 
-    def build(node: dict) -> TensorDict:
-        source = {k: build(v) if isinstance(v, dict) else leaves[v] for k, v in node.items()}
-        return TensorDict._new_unsafe(source=source, batch_size=batch, device=device)
 
-    return build(path_tree(tuple(leaves)))
+def _build_td(node: dict, leaves: Mapping[str, torch.Tensor], batch, device) -> TensorDict:
+    """One level of ``_nested_td``. A module function, not a recursive closure: such a closure
+    is a reference cycle holding ``leaves`` (a whole batch) until the cyclic GC runs."""
+    source = {
+        k: _build_td(v, leaves, batch, device) if isinstance(v, dict) else leaves[v]
+        for k, v in node.items()
+    }
+    return TensorDict._new_unsafe(source=source, batch_size=batch, device=device)
 
 
 def _unsynced(store) -> bool:
