@@ -1041,7 +1041,7 @@ class ZarrStorage(TensorStorage):
         chunks = phys // R
         uniq = torch.unique(chunks)
         room = max(1, self._pool.max_slots // 2)
-        if uniq.numel() + len(self._pool.dirty) <= room:
+        if uniq.numel() + len(self._pool.dirty - self._write_ahead.in_flight) <= room:
             self._pool.write(phys, leaves, loader)
         else:  # more chunks than the cache holds: stage and write them group by group
             self._write_dirty()
@@ -1080,16 +1080,19 @@ class ZarrStorage(TensorStorage):
         committed_end = self._base + self._commit.write_count
         staged_end = self._base + self._wc
         since = time.monotonic() - self._last_commit_time
-        chunks_due = due = self._completed_chunks_due()
-        if self.flush_every_rows is not None:
-            due = due or staged_end - committed_end >= self.flush_every_rows
-        if self.flush_every_seconds is not None:
-            due = due or since >= self.flush_every_seconds
-        pressure = len(self._pool.dirty) >= max(1, self._pool.max_slots // 2)
+        explicit = (
+            self.flush_every_rows is not None
+            and staged_end - committed_end >= self.flush_every_rows
+        ) or (self.flush_every_seconds is not None and since >= self.flush_every_seconds)
+        due = explicit or self._completed_chunks_due()
+        # staged chunks not being written ahead (those are pinned until they land, at most
+        # half the pool: _start_write_ahead waits for them beyond that)
+        waiting = self._pool.dirty - self._write_ahead.in_flight
+        pressure = len(waiting) >= max(1, self._pool.max_slots // 2)
         if due and not pressure and not self._inplace_pending:
-            # only completed chunks (rate-limited by min_commit_interval > 0) are due: commit
-            # what the background has written, never waiting for encoding
-            ahead = chunks_due and not (due is not chunks_due) and self.min_commit_interval > 0
+            # completed chunks (rate-limited by min_commit_interval > 0): commit what the
+            # background has written, never waiting for encoding
+            ahead = not explicit and self.min_commit_interval > 0
             self._commit_whole_chunks(write_ahead=ahead)
         elif due or pressure:
             self._flush(self.commit_durability)
@@ -1100,19 +1103,26 @@ class ZarrStorage(TensorStorage):
         """Starts encoding and storing the completed, staged chunks in the background
         (``buffers/write_ahead.py``): the next commit then finds them written (and, for
         ``durability="os"``, fsynced). No commit record is written here."""
-        if self._write_ahead.in_flight or self._inplace_pending:
+        if self._inplace_pending:
             return
         R = self._header.chunk_rows
         head = (self._base + self._wc) // R
         codecs = self._chunk_codecs()
         if not all(codec.supported for codec in codecs.values()):
             return
+        ahead = self._write_ahead.in_flight
         with self._pool.lock:  # chunks past the arrays' extent wait for the commit's resize
             chunks = sorted(
-                c for c in self._pool.dirty if c < head and (c + 1) * R <= self._commit.extent
+                c
+                for c in self._pool.dirty - ahead
+                if c < head and (c + 1) * R <= self._commit.extent
             )
-            if not chunks:
-                return
+        if not chunks:
+            return
+        half = max(1, self._pool.max_slots // 2)
+        while self._write_ahead.in_flight and len(self._write_ahead.in_flight) + len(chunks) > half:
+            self._land_writes(wait=self._write_ahead.batches - 1)  # back-pressure: the oldest
+        with self._pool.lock:
             items = []
             for c in chunks:
                 block = xor_rows.apply(self._pool.chunk_arrays(c), self._header.xor_previous)
@@ -1120,9 +1130,10 @@ class ZarrStorage(TensorStorage):
         committed_end = self._commit.base + self._commit.write_count
         self._write_ahead.submit(items, -(committed_end // -R), fsync=self.durability == "os")
 
-    def _land_writes(self, wait: bool) -> None:
-        """Marks the chunks of a finished write-ahead batch clean (``wait``: waits for it);
-        its unsynced files go to the store's log for the next durable commit."""
+    def _land_writes(self, wait: bool | int) -> None:
+        """Marks the chunks of finished write-ahead batches clean (``wait``: see
+        ``WriteAhead.land``); their unsynced files go to the store's log for the next durable
+        commit."""
         written = self._write_ahead.land(wait, sync_log(self._group.store))
         if written:
             self._written_chunks = max(self._written_chunks, written[-1] + 1)

@@ -4,7 +4,7 @@ stores) fsyncs with the caller instead of paying them at the next commit.
 
 A batch writes chunk files only, never the commit record: the storage publishes a commit that
 covers a chunk only after the batch holding it has *landed* (``WriteAhead.land``), so a commit
-never refers to a chunk that is not fully written. Chunks of a batch stay pinned as dirty in the
+never refers to a chunk that is not fully written. Batches run in submission order. Chunks of a batch stay pinned as dirty in the
 chunk pool until it lands, and the storage lands every batch before any write that could touch
 them (in-place writes, emptying, synchronous chunk writes), so the arrays the batch encodes are
 not modified while it runs (they are views of the pool, not copies).
@@ -12,6 +12,7 @@ not modified while it runs (they are views of the pool, not copies).
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import os
 from collections.abc import Sequence
@@ -36,19 +37,25 @@ class _Batch:
 
 
 class WriteAhead:
-    """At most one batch of chunk writes in flight, on one background thread (created lazily;
-    blosc, zstd, file writes and fsyncs release the GIL)."""
+    """Batches of chunk writes running in order on one background thread (created lazily),
+    each encoding its chunks on ``ENCODE_THREADS`` threads (blosc, zstd, file writes and fsyncs
+    release the GIL)."""
 
     def __init__(self, run_io) -> None:
         self._run_io = run_io  # runs zarr coroutines (chunks of non-local stores)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._encoders: concurrent.futures.ThreadPoolExecutor | None = None
-        self._batch: _Batch | None = None
+        self._batches: collections.deque[_Batch] = collections.deque()
+
+    @property
+    def batches(self) -> int:
+        """Batches not landed yet."""
+        return len(self._batches)
 
     @property
     def in_flight(self) -> frozenset[int]:
-        """Chunk ids of the batch not landed yet."""
-        return frozenset(self._batch.chunks) if self._batch is not None else frozenset()
+        """Chunk ids of the batches not landed yet."""
+        return frozenset(c for batch in self._batches for c in batch.chunks)
 
     def submit(
         self,
@@ -56,18 +63,16 @@ class WriteAhead:
         fresh_from: int,
         fsync: bool,
     ) -> None:
-        """Starts encoding and storing ``items`` (``(codec, chunk id, chunk array)``, arrays
+        """Queues encoding and storing ``items`` (``(codec, chunk id, chunk array)``, arrays
         left untouched until the batch lands); chunks ``>= fresh_from`` hold no committed row
         and are written in place (``chunk_codec.store_chunks``). ``fsync``: fsync the files
-        and their directories too. Only one batch runs at a time: land the previous one first."""
-        if self._batch is not None:
-            raise RuntimeError("a write-ahead batch is still in flight; land it first")
+        and their directories too."""
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(1, "zarrl-write-ahead")
             self._encoders = concurrent.futures.ThreadPoolExecutor(ENCODE_THREADS, "zarrl-encode")
         batch = _Batch(chunks=sorted({c for _, c, _ in items}), future=None)  # type: ignore[arg-type]
         batch.future = self._executor.submit(self._write, list(items), fresh_from, fsync, batch)
-        self._batch = batch
+        self._batches.append(batch)
 
     def _write(self, items, fresh_from: int, fsync: bool, batch: _Batch) -> None:
         log = SyncLog()
@@ -80,22 +85,32 @@ class WriteAhead:
         finally:
             batch.unsynced = set(log.files)  # written but not fsynced: the next durable commit
 
-    def land(self, wait: bool, log: SyncLog | None) -> list[int] | None:
-        """Finishes the batch in flight and returns the chunk ids it wrote (``None`` when there
-        is none or, ``wait=False``, while it still runs). Files it wrote but did not fsync are
+    def land(self, wait: bool | int, log: SyncLog | None) -> list[int]:
+        """Finishes batches in submission order and returns the chunk ids they wrote: every
+        finished one (``wait=False``), every one (``wait=True``, waiting), or (an int ``n``)
+        waiting until at most ``n`` remain in flight. Files a batch wrote but did not fsync are
         added to ``log`` (the store's, for the next durable commit). A failed batch raises its
-        error here; its chunks are still dirty and are written again later."""
-        batch = self._batch
-        if batch is None or not (wait or batch.future.done()):
-            return None
-        self._batch = None
-        concurrent.futures.wait([batch.future])
-        if log is not None:
-            log.files |= batch.unsynced
-        error = batch.future.exception()
+        error here (later ones are still landed first); its chunks stay dirty and are written
+        again later."""
+        keep = 0 if wait is True else None if wait is False else int(wait)
+        written: list[int] = []
+        error: BaseException | None = None
+        while self._batches:
+            batch = self._batches[0]
+            if not batch.future.done():
+                if keep is None or len(self._batches) <= keep:
+                    break
+                concurrent.futures.wait([batch.future])
+            self._batches.popleft()
+            if log is not None:
+                log.files |= batch.unsynced
+            if batch.future.exception() is not None:
+                error = error or batch.future.exception()
+            else:
+                written += batch.chunks
         if error is not None:
             raise error
-        return batch.chunks
+        return written
 
     def close(self, wait: bool = True) -> None:
         if self._executor is not None:
