@@ -177,6 +177,7 @@ def fill_all(
     for round_ in range(repeats):
         for name, make in makers.items():
             path = root / f"{name.replace(' ', '_')}.{round_}"
+            os.sync()  # the previous fill's page-cache writeback is not charged to this one
             storage, seconds = fill(make, data, batch, path)
             times[name].append(seconds)
             if round_ < repeats - 1:

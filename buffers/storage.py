@@ -1111,14 +1111,11 @@ class ZarrStorage(TensorStorage):
         if not all(codec.supported for codec in codecs.values()):
             return
         ahead = self._write_ahead.in_flight
-        with self._pool.lock:  # chunks past the arrays' extent wait for the commit's resize
-            chunks = sorted(
-                c
-                for c in self._pool.dirty - ahead
-                if c < head and (c + 1) * R <= self._commit.extent
-            )
+        with self._pool.lock:
+            chunks = sorted(c for c in self._pool.dirty - ahead if c < head)
         if not chunks:
             return
+        _run_io(self._grow_arrays((chunks[-1] + 1) * R))
         half = max(1, self._pool.max_slots // 2)
         while self._write_ahead.in_flight and len(self._write_ahead.in_flight) + len(chunks) > half:
             self._land_writes(wait=self._write_ahead.batches - 1)  # back-pressure: the oldest
@@ -1248,13 +1245,7 @@ class ZarrStorage(TensorStorage):
             dirty = sorted(c for c in self._pool.dirty if c != skip and c not in ahead)
             if not dirty:
                 return
-            io = []
-            end_rows = (dirty[-1] + 1) * R
-            if end_rows > self._commit.extent:
-                extent = max(end_rows, 2 * self._commit.extent)
-                for arr in self._arrays.values():  # metadata only: no chunk is touched
-                    io += grow_array(arr, extent)
-                self._commit.extent = extent
+            io = self._grow_arrays((dirty[-1] + 1) * R)
             codecs = self._chunk_codecs()
             fallback = []
             encoded = []
@@ -1272,6 +1263,17 @@ class ZarrStorage(TensorStorage):
             _run_io(io)
             self._written_chunks = max(self._written_chunks, dirty[-1] + 1)
             self._pool.mark_clean(dirty)
+
+    def _grow_arrays(self, end_rows: int) -> list:
+        """Resizes every array (metadata only, geometrically) to hold ``end_rows`` physical
+        rows; returns coroutines for non-local stores."""
+        io: list = []
+        if end_rows > self._commit.extent:
+            extent = max(end_rows, 2 * self._commit.extent)
+            for arr in self._arrays.values():  # metadata only: no chunk is touched
+                io += grow_array(arr, extent)
+            self._commit.extent = extent
+        return io
 
     def _chunk_codecs(self) -> dict[str, ChunkCodec]:
         """Whole-chunk codecs of the current arrays (rebuilt when the arrays are reloaded)."""
