@@ -108,7 +108,12 @@ def _fsync_all(paths: Sequence[Path]) -> None:
             _fsync_pool = concurrent.futures.ThreadPoolExecutor(_FSYNC_THREADS, "zarrl-fsync")
             _fsync_pool_pid[0] = os.getpid()
         pool = _fsync_pool
-    futures = [pool.submit(fsync_path, p) for p in paths]
+    try:
+        futures = [pool.submit(fsync_path, p) for p in paths]
+    except RuntimeError:  # interpreter shutdown (a flush at exit): no new threads
+        futures = []
+        for path in paths:
+            fsync_path(path)
     concurrent.futures.wait(futures)
     for future in futures:
         future.result()
