@@ -1,22 +1,29 @@
 """Replay-storage benchmark: LazyTensorStorage vs LazyMemmapStorage vs ZarrStorage, side by side.
 
 For three data shapes (vector transitions, pixel transitions, token generations) it measures
-extend throughput (durable: the Zarr numbers include the final commit, fsynced; "Zarr no fsync"
-is the same store with ``durability="process"``), the time to sample a
-RandomSampler batch of 256 and a SliceSampler batch of 32 slices x 8 steps, and bytes on disk,
-then prints one table with ratios to LazyMemmapStorage. "Zarr default" is ``ZarrStorage`` with its
-defaults: true values in every array, floats through row-delta filters and Blosc zstd, other
-leaves Blosc LZ4 (``buffers/codecs.py``, docs/storage_format.md), which is what brings the
-vector store under half of LazyMemmapStorage's bytes without ``dedupe_next``. "Zarr cache=1/4" is a store four times
+extend throughput (the median of several fills, interleaved round by round so that load from
+other processes hits every storage alike; each fill starts after an ``os.sync()`` so no storage
+pays for the previous one's page-cache writeback), the time to sample a RandomSampler batch of
+256 and a SliceSampler batch of 32 slices x 8 steps, and bytes on disk, then prints one table
+with ratios to LazyMemmapStorage. The Zarr extend figures include the final ``flush()``, durable
+per the storage's ``durability``: "Zarr default" (``durability="os"``: the flush fsyncs;
+automatic commits ``"process"``), "Zarr fsync all" (every commit fsynced) and "Zarr no fsync"
+(``"process"`` everywhere: survives a killed process, not a power cut). Completed chunks are
+encoded and written (and, for ``"os"``, fsynced) in the background while extends go on
+(``buffers/write_ahead.py``). Default codecs: true values in every array, floats through
+row-delta filters and Blosc zstd 1 in 1 MiB blocks, other leaves Blosc LZ4
+(``buffers/codecs.py``, docs/storage_format.md). "Zarr cache=1/4" is a store four times
 larger than its chunk cache: its RandomSampler batches come from cached rows (refilled in the
 background, ``ZarrStorage.refill_ratio`` rows decoded per sampled row), while a plain
 SliceSampler stays exact and reads missed chunks synchronously. The row "Zarr 1/4 CachedSlice"
 is an identical store of its own sampled with ``zarrl.buffers.CachedSliceSampler`` for the slice
 column (slices from cached segments of trajectories only; semantics in docs/storage_format.md).
-A second table compares chunk codecs (compression ratio, encode and decode speed), which is how
-the default codec was chosen.
+A second table compares codec chains over every leaf (compression ratio, encode and decode
+speed on one thread), which is how the default was chosen. A last line samples a store much
+larger than its cache in fresh processes and reports its peak RSS against the bound
+``imports + 1.25 x cache`` (``benchmarks/buffer_memory.py``; ``--large`` there for 3.4 GB).
 
-    python benchmarks/buffer.py            # full run
+    python benchmarks/buffer.py            # full run (~1.5 min on 2 cores)
     python benchmarks/buffer.py --quick    # smaller data, fewer repeats
 """
 

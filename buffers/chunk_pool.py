@@ -257,12 +257,29 @@ class ChunkPool:
         rows = self.pool_rows(phys, slots).to(self.device)
         return {k: torch.index_select(self.data[k], 0, rows) for k in keys}
 
-    def write(self, phys: torch.Tensor, values: Mapping[str, torch.Tensor], loader: Loader):
-        """Stages rows at ``phys`` (pinning their chunks as dirty until ``mark_clean``)."""
+    def write(
+        self,
+        phys: torch.Tensor,
+        values: Mapping[str, torch.Tensor],
+        loader: Loader,
+        run: bool = False,
+    ):
+        """Stages rows at ``phys`` (pinning their chunks as dirty until ``mark_clean``);
+        ``run``: ``phys`` is a run of consecutive rows (``phys[0] + arange(n)``, appends)."""
         with self.lock:
             chunks = phys // self.R
             slots = self.ensure(chunks, loader)
-            self.dirty.update(torch.unique(chunks).tolist())
+            touched = torch.unique(chunks).tolist()
+            self.dirty.update(touched)
+            if run:  # one slice copy per chunk, several times cheaper than an indexed write
+                n, first = phys.numel(), int(phys[0])
+                starts = self.slots_of(torch.tensor(touched)).tolist()
+                for chunk, slot in zip(touched, starts):
+                    lo, hi = max(first, chunk * self.R), min(first + n, (chunk + 1) * self.R)
+                    dst = slice(slot * self.R + lo % self.R, slot * self.R + (hi - 1) % self.R + 1)
+                    for k, t in self.data.items():
+                        t[dst].copy_(values[k][lo - first : hi - first])
+                return
             rows = self.pool_rows(phys, slots).to(self.device)
             for k, t in self.data.items():
                 t[rows] = values[k].to(t.device)

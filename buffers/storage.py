@@ -1013,14 +1013,17 @@ class ZarrStorage(TensorStorage):
         expected = self._wc + torch.arange(n)
         if cap0 is not None:
             expected = expected % cap0
-        if append and torch.equal(rows, expected):
+        run = append and torch.equal(rows, expected)  # an append: consecutive rows
+        if run:
             phys = self._base + self._wc + torch.arange(n)
             keep = n if cap0 is None else min(n, cap0)  # a batch larger than the ring
             phys, rows = phys[n - keep :], rows[n - keep :]
             leaves = {k: v[n - keep :] for k, v in leaves.items()}
             self._wc += n
             self._ensure_index_rows(int(rows.max()) + 1)
+            ring_run = int(rows[-1]) - int(rows[0]) + 1 == rows.numel()  # no wrap-around
         else:
+            ring_run = False
             self._land_writes(wait=True)  # rows of chunks being written ahead may change
             self._ensure_index_rows(int(rows.max()) + 1)
             phys = self._phys(rows)
@@ -1042,15 +1045,16 @@ class ZarrStorage(TensorStorage):
         uniq = torch.unique(chunks)
         room = max(1, self._pool.max_slots // 2)
         if uniq.numel() + len(self._pool.dirty - self._write_ahead.in_flight) <= room:
-            self._pool.write(phys, leaves, loader)
+            self._pool.write(phys, leaves, loader, run=run)
         else:  # more chunks than the cache holds: stage and write them group by group
             self._write_dirty()
             for group in uniq.split(room):
                 mask = torch.isin(chunks, group)
                 self._pool.write(phys[mask], {k: v[mask] for k, v in leaves.items()}, loader)
                 self._write_dirty()
+        at = slice(int(rows[0]), int(rows[0]) + rows.numel()) if ring_run else rows
         for k, t in self._index.items():
-            t[rows] = leaves[k]
+            t[at] = leaves[k]
 
     def _ensure_index_rows(self, n: int) -> None:
         for k, t in list(self._index.items()):
