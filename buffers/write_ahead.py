@@ -34,6 +34,7 @@ class _Batch:
     chunks: list[int]
     future: concurrent.futures.Future
     unsynced: set[Path] = field(default_factory=set)
+    synced: concurrent.futures.Future | None = None  # the fsync of ``unsynced``, if asked
 
 
 class WriteAhead:
@@ -45,6 +46,7 @@ class WriteAhead:
         self._run_io = run_io  # runs zarr coroutines (chunks of non-local stores)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._encoders: concurrent.futures.ThreadPoolExecutor | None = None
+        self._syncer: concurrent.futures.ThreadPoolExecutor | None = None
         self._batches: collections.deque[_Batch] = collections.deque()
 
     @property
@@ -65,11 +67,14 @@ class WriteAhead:
     ) -> None:
         """Queues encoding and storing ``items`` (``(codec, chunk id, chunk array)``, arrays
         left untouched until the batch lands); chunks ``>= fresh_from`` hold no committed row
-        and are written in place (``chunk_codec.store_chunks``). ``fsync``: fsync the files
-        and their directories too."""
+        and are written in place (``chunk_codec.store_chunks``). ``fsync``: then fsync the
+        files and their directories, on a thread of their own (the next batch does not wait;
+        files whose fsync has not finished when the batch lands are left to the next durable
+        commit, which fsyncs them again)."""
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(1, "zarrl-write-ahead")
             self._encoders = concurrent.futures.ThreadPoolExecutor(ENCODE_THREADS, "zarrl-encode")
+            self._syncer = concurrent.futures.ThreadPoolExecutor(1, "zarrl-sync")
         batch = _Batch(chunks=sorted({c for _, c, _ in items}), future=None)  # type: ignore[arg-type]
         batch.future = self._executor.submit(self._write, list(items), fresh_from, fsync, batch)
         self._batches.append(batch)
@@ -80,10 +85,10 @@ class WriteAhead:
             blobs = self._encoders.map(lambda item: item[0].encode(item[2]), items)
             encoded = [(codec, c, blob) for (codec, c, _), blob in zip(items, blobs)]
             self._run_io(store_chunks(encoded, fresh_from, log=log))
-            if fsync:
-                log.sync()
         finally:
-            batch.unsynced = set(log.files)  # written but not fsynced: the next durable commit
+            batch.unsynced = set(log.files)
+        if fsync and log.files:  # the next batch does not wait for these fsyncs
+            batch.synced = self._syncer.submit(log.sync)
 
     def land(self, wait: bool | int, log: SyncLog | None) -> list[int]:
         """Finishes batches in submission order and returns the chunk ids they wrote: every
@@ -102,7 +107,10 @@ class WriteAhead:
                     break
                 concurrent.futures.wait([batch.future])
             self._batches.popleft()
-            if log is not None:
+            synced = batch.synced
+            if synced is not None and synced.done() and synced.exception() is None:
+                batch.unsynced = set()
+            if log is not None:  # not (yet) fsynced: the next durable commit fsyncs them
                 log.files |= batch.unsynced
             if batch.future.exception() is not None:
                 error = error or batch.future.exception()
@@ -116,7 +124,8 @@ class WriteAhead:
         if self._executor is not None:
             self._executor.shutdown(wait=wait)
             self._encoders.shutdown(wait=wait)
-            self._executor = self._encoders = None
+            self._syncer.shutdown(wait=wait)
+            self._executor = self._encoders = self._syncer = None
 
 
 __all__ = ["WriteAhead"]
