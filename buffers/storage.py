@@ -1660,7 +1660,7 @@ def _build_td(node: dict, leaves: Mapping[str, torch.Tensor], batch, device) -> 
 def _unsynced(store) -> bool:
     """Whether files written into a local ``store`` still wait for a durable commit's fsync."""
     log = sync_log(store)
-    return bool(log is not None and log.files)
+    return bool(log)
 
 
 def _run_io(coroutines: list, return_exceptions: bool = False) -> list:

@@ -73,20 +73,26 @@ def sync_log(store) -> SyncLog | None:
 
 
 class SyncLog:
-    """Local files written since the last durable commit; ``sync()`` fsyncs them and their
-    directories (a power cut then keeps the bytes and the directory entries)."""
+    """Local files written since the last durable commit (and directories whose new entries
+    are not fsynced yet); ``sync()`` fsyncs the files, then the directories (a power cut then
+    keeps the bytes and the directory entries)."""
 
     def __init__(self) -> None:
         self.files: set[Path] = set()
+        self.dirs: set[Path] = set()  # besides the directories of ``files``
+
+    def __bool__(self) -> bool:
+        return bool(self.files or self.dirs)
 
     def sync(self, extra: Iterable[Path] = ()) -> None:
-        """fsyncs the files, then their directories, several at a time: concurrent fsyncs
+        """fsyncs the files, then the directories, several at a time: concurrent fsyncs
         share the file system's journal commits (ext4 groups them), so N files cost far less
         than N sequential fsyncs."""
         files = self.files | set(extra)
-        _fsync_all(sorted(files))
-        _fsync_all(sorted({p.parent for p in files}))
+        fsync_files(sorted(files))
+        fsync_files(sorted({p.parent for p in files} | self.dirs))
         self.files.clear()
+        self.dirs.clear()
 
 
 _FSYNC_THREADS = 8
@@ -95,7 +101,7 @@ _fsync_pool_lock = threading.Lock()
 _fsync_pool_pid = [0]  # a forked child builds its own pool (threads do not survive a fork)
 
 
-def _fsync_all(paths: Sequence[Path]) -> None:
+def fsync_files(paths: Sequence[Path]) -> None:
     """``fsync_path`` of every path, on up to ``_FSYNC_THREADS`` threads; raises the first
     error after all have finished."""
     global _fsync_pool

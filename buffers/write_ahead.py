@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .chunk_codec import ChunkCodec, store_chunks
-from .store_io import SyncLog
+from .store_io import SyncLog, fsync_files
 
 # chunks encoded at once by a batch: blosc runs single-threaded outside the main thread, and
 # encoding dominates a batch
@@ -68,9 +68,9 @@ class WriteAhead:
         """Queues encoding and storing ``items`` (``(codec, chunk id, chunk array)``, arrays
         left untouched until the batch lands); chunks ``>= fresh_from`` hold no committed row
         and are written in place (``chunk_codec.store_chunks``). ``fsync``: then fsync the
-        files and their directories, on a thread of their own (the next batch does not wait;
-        files whose fsync has not finished when the batch lands are left to the next durable
-        commit, which fsyncs them again)."""
+        files, on a thread of their own (the next batch does not wait); their directories, and
+        files whose fsync has not finished when the batch lands, are left to the next durable
+        commit (one fsync per directory there, not one per batch)."""
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(1, "zarrl-write-ahead")
             self._encoders = concurrent.futures.ThreadPoolExecutor(ENCODE_THREADS, "zarrl-encode")
@@ -88,7 +88,7 @@ class WriteAhead:
         finally:
             batch.unsynced = set(log.files)
         if fsync and log.files:  # the next batch does not wait for these fsyncs
-            batch.synced = self._syncer.submit(log.sync)
+            batch.synced = self._syncer.submit(fsync_files, sorted(log.files))
 
     def land(self, wait: bool | int, log: SyncLog | None) -> list[int]:
         """Finishes batches in submission order and returns the chunk ids they wrote: every
@@ -108,10 +108,12 @@ class WriteAhead:
                 concurrent.futures.wait([batch.future])
             self._batches.popleft()
             synced = batch.synced
+            files = batch.unsynced
             if synced is not None and synced.done() and synced.exception() is None:
                 batch.unsynced = set()
-            if log is not None:  # not (yet) fsynced: the next durable commit fsyncs them
-                log.files |= batch.unsynced
+            if log is not None:  # not (yet) fsynced: the next durable commit fsyncs them,
+                log.files |= batch.unsynced  # and the directories of every file written
+                log.dirs |= {path.parent for path in files}
             if batch.future.exception() is not None:
                 error = error or batch.future.exception()
             else:
