@@ -1,22 +1,29 @@
 """Replay-storage benchmark: LazyTensorStorage vs LazyMemmapStorage vs ZarrStorage, side by side.
 
 For three data shapes (vector transitions, pixel transitions, token generations) it measures
-extend throughput (durable: the Zarr numbers include the final commit, fsynced; "Zarr no fsync"
-is the same store with ``durability="process"``), the time to sample a
-RandomSampler batch of 256 and a SliceSampler batch of 32 slices x 8 steps, and bytes on disk,
-then prints one table with ratios to LazyMemmapStorage. "Zarr default" is ``ZarrStorage`` with its
-defaults: true values in every array, floats through row-delta filters and Blosc zstd, other
-leaves Blosc LZ4 (``buffers/codecs.py``, docs/storage_format.md), which is what brings the
-vector store under half of LazyMemmapStorage's bytes without ``dedupe_next``. "Zarr cache=1/4" is a store four times
+extend throughput (the median of several fills, interleaved round by round so that load from
+other processes hits every storage alike; each fill starts after an ``os.sync()`` so no storage
+pays for the previous one's page-cache writeback), the time to sample a RandomSampler batch of
+256 and a SliceSampler batch of 32 slices x 8 steps, and bytes on disk, then prints one table
+with ratios to LazyMemmapStorage. The Zarr extend figures include the final ``flush()``, durable
+per the storage's ``durability``: "Zarr default" (``durability="os"``: the flush fsyncs;
+automatic commits ``"process"``), "Zarr fsync all" (every commit fsynced) and "Zarr no fsync"
+(``"process"`` everywhere: survives a killed process, not a power cut). Completed chunks are
+encoded and written (and, for ``"os"``, fsynced) in the background while extends go on
+(``buffers/write_ahead.py``). Default codecs: true values in every array, floats through
+row-delta filters and Blosc zstd 1 in 1 MiB blocks, other leaves Blosc LZ4
+(``buffers/codecs.py``, docs/storage_format.md). "Zarr cache=1/4" is a store four times
 larger than its chunk cache: its RandomSampler batches come from cached rows (refilled in the
 background, ``ZarrStorage.refill_ratio`` rows decoded per sampled row), while a plain
 SliceSampler stays exact and reads missed chunks synchronously. The row "Zarr 1/4 CachedSlice"
 is an identical store of its own sampled with ``zarrl.buffers.CachedSliceSampler`` for the slice
 column (slices from cached segments of trajectories only; semantics in docs/storage_format.md).
-A second table compares chunk codecs (compression ratio, encode and decode speed), which is how
-the default codec was chosen.
+A second table compares codec chains over every leaf (compression ratio, encode and decode
+speed on one thread), which is how the default was chosen. A last line samples a store much
+larger than its cache in fresh processes and reports its peak RSS against the bound
+``imports + 1.25 x cache`` (``benchmarks/buffer_memory.py``; ``--large`` there for 3.4 GB).
 
-    python benchmarks/buffer.py            # full run
+    python benchmarks/buffer.py            # full run (~1.5 min on 2 cores)
     python benchmarks/buffer.py --quick    # smaller data, fewer repeats
 """
 
@@ -25,15 +32,20 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numcodecs.blosc as numcodecs_blosc
 import numpy as np
 import torch
 import zarr.codecs
+import zarr.storage
 from tensordict import TensorDict
 from torchrl.data import (
     LazyMemmapStorage,
@@ -43,6 +55,12 @@ from torchrl.data import (
     TensorDictReplayBuffer,
 )
 from zarrl.buffers import CachedSliceSampler, ZarrStorage
+from zarrl.buffers import codecs as leaf_codecs
+from zarrl.buffers.chunk_codec import ChunkCodec
+from zarrl.buffers.format import codec_chain
+
+sys.path.insert(0, str(Path(__file__).parent))
+import buffer_memory  # noqa: E402  (sibling script)
 
 
 # ----------------------------------------------------------------------------- data
@@ -142,8 +160,9 @@ def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file())
 
 
-def fill(make, data: TensorDict, batch: int, path: Path) -> tuple[object, dict]:
-    """Builds a storage and extends it batch by batch; the Zarr figure includes the commit."""
+def fill(make, data: TensorDict, batch: int, path: Path) -> tuple[object, float]:
+    """Builds a storage and extends it batch by batch; returns it and the seconds taken (the
+    Zarr figure includes the final ``flush()``: the commit, fsynced per its durability)."""
     storage = make(len(data), path)
     rb = TensorDictReplayBuffer(storage=storage, batch_size=256)
     t0 = time.perf_counter()
@@ -151,12 +170,44 @@ def fill(make, data: TensorDict, batch: int, path: Path) -> tuple[object, dict]:
         rb.extend(data[start : start + batch])
     if isinstance(storage, ZarrStorage):
         storage.flush()  # durable: the commit is part of the extend cost
-    extend_s = time.perf_counter() - t0
-    return storage, {
-        "rows/s": len(data) / extend_s,
-        "MB/s": data.bytes() / extend_s / 1e6,
-        "disk MB": dir_bytes(path) / 1e6 if path.exists() else float("nan"),
-    }
+    return storage, time.perf_counter() - t0
+
+
+def fill_all(
+    makers: dict[str, Callable], data: TensorDict, batch: int, root: Path, repeats: int
+) -> tuple[dict[str, object], dict[str, dict]]:
+    """Fills every storage ``repeats`` times, interleaved round by round (load from other
+    processes then hits every storage alike); the median time gives ``rows/s``. The storages
+    of the last round are returned for sampling, earlier ones are deleted."""
+    times: dict[str, list[float]] = {name: [] for name in makers}
+    stores: dict[str, object] = {}
+    for round_ in range(repeats):
+        for name, make in makers.items():
+            path = root / f"{name.replace(' ', '_')}.{round_}"
+            os.sync()  # the previous fill's page-cache writeback is not charged to this one
+            storage, seconds = fill(make, data, batch, path)
+            times[name].append(seconds)
+            if round_ < repeats - 1:
+                _drop(storage, path)
+            else:
+                stores[name] = storage
+    results = {}
+    for name, t in times.items():
+        path = root / f"{name.replace(' ', '_')}.{repeats - 1}"
+        extend_s = float(np.median(t))
+        results[name] = {
+            "rows/s": len(data) / extend_s,
+            "MB/s": data.bytes() / extend_s / 1e6,
+            "disk MB": dir_bytes(path) / 1e6 if path.exists() else float("nan"),
+        }
+    return stores, results
+
+
+def _drop(storage: object, path: Path) -> None:
+    if isinstance(storage, ZarrStorage):
+        storage.close()
+    del storage
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def sample_times(stores: dict[str, object], repeats: int) -> dict[str, dict]:
@@ -190,8 +241,8 @@ def sample_times(stores: dict[str, object], repeats: int) -> dict[str, dict]:
 _CACHED_SLICE = "Zarr 1/4 CachedSlice"
 
 
-def _no_fsync(storage: ZarrStorage) -> ZarrStorage:
-    storage.durability = "process"
+def _durability(storage: ZarrStorage, flush: str, commits: str) -> ZarrStorage:
+    storage.durability, storage.commit_durability = flush, commits
     return storage
 
 
@@ -200,9 +251,12 @@ def storages(data_bytes: int) -> dict[str, Callable]:
     return {
         "LazyTensorStorage": lambda n, p: LazyTensorStorage(n),
         "LazyMemmapStorage": lambda n, p: LazyMemmapStorage(n, scratch_dir=str(p)),
+        # flush() fsyncs by default (durability="os", automatic commits "process")
         "Zarr default": lambda n, p: ZarrStorage(n, path=p),
-        # flush() fsyncs by default (durability="os"); "process" survives a killed process only
-        "Zarr no fsync": lambda n, p: _no_fsync(ZarrStorage(n, path=p)),
+        # every commit fsynced, automatic ones included
+        "Zarr fsync all": lambda n, p: _durability(ZarrStorage(n, path=p), "os", "os"),
+        # nothing fsynced: survives a killed process, not a power cut
+        "Zarr no fsync": lambda n, p: _durability(ZarrStorage(n, path=p), "process", "process"),
         "Zarr hot (ram)": lambda n, p: ZarrStorage(n, path=p, cache="ram"),
         "Zarr cache=1/4": lambda n, p: ZarrStorage(n, path=p, cache=quarter),
         # its own store: sharing one with the plain SliceSampler's synchronous reads would
@@ -211,55 +265,102 @@ def storages(data_bytes: int) -> dict[str, Callable]:
     }
 
 
-def codec_table(datasets: dict[str, TensorDict]) -> list[tuple]:
-    """Compression ratio and zarr write/read MB/s per codec (crc32c appended), per data shape."""
-    candidates = {
-        "blosc-zstd3+shuffle": [zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")],
-        "blosc-zstd3+bitshuffle": [
-            zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
-        ],
-        "blosc-lz4+shuffle": [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
-        "blosc-zlib5+shuffle": [zarr.codecs.BloscCodec(cname="zlib", clevel=5, shuffle="shuffle")],
-        "zstd1": [zarr.codecs.ZstdCodec(level=1)],
-        "zstd3": [zarr.codecs.ZstdCodec(level=3)],
-    }
+def _float_chain(order: int, **blosc) -> Callable:
+    """Chain builder: floats get ``order``-th row-delta filters and Blosc ``blosc``; other
+    leaves the default (Blosc LZ4 + shuffle)."""
+
+    def chain(value: np.ndarray) -> tuple[list, list]:
+        if value.dtype.kind != "f":
+            return [], leaf_codecs.default_compressors(value.dtype)
+        filters = leaf_codecs.row_delta_filters(value.dtype, value.ndim, order) if order else []
+        return filters, [zarr.codecs.BloscCodec(**blosc)]
+
+    return chain
+
+
+def _plain_chain(**blosc) -> Callable:
+    """Chain builder: Blosc ``blosc`` for every leaf, no filters."""
+    return lambda value: ([], [zarr.codecs.BloscCodec(**blosc)])
+
+
+CODEC_CANDIDATES: dict[str, Callable] = {
+    "default": lambda value: (
+        leaf_codecs.row_delta_filters(value.dtype, value.ndim),
+        leaf_codecs.default_compressors(value.dtype),
+    ),
+    "d2+zstd1 (auto blocks)": _float_chain(2, cname="zstd", clevel=1, shuffle="shuffle"),
+    "d2+zstd3 1MiB blocks": _float_chain(
+        2, cname="zstd", clevel=3, shuffle="shuffle", blocksize=2**20
+    ),
+    "d2+lz4 shuffle": _float_chain(2, cname="lz4", clevel=5, shuffle="shuffle"),
+    "d2+lz4 bitshuffle": _float_chain(2, cname="lz4", clevel=5, shuffle="bitshuffle"),
+    "d1+zstd1 1MiB blocks": _float_chain(
+        1, cname="zstd", clevel=1, shuffle="shuffle", blocksize=2**20
+    ),
+    "lz4 shuffle, no filter": _plain_chain(cname="lz4", clevel=5, shuffle="shuffle"),
+    "zstd3 shuffle, no filter": _plain_chain(cname="zstd", clevel=3, shuffle="shuffle"),
+}
+
+
+def codec_table(datasets: dict[str, tuple[TensorDict, int]]) -> list[tuple]:
+    """Compression ratio and whole-chunk encode/decode MB/s (one thread, zarrl's own chunk
+    codec, crc32c appended) of each candidate chain over every leaf of each data shape, with
+    the chunk rows ZarrStorage picks for it."""
+    numcodecs_blosc.set_nthreads(1)  # as in the background writer: one core per chunk
     rows = []
-    for shape, data in datasets.items():
-        leaves = {k: v.numpy() for k, v in data.items(include_nested=True, leaves_only=True)}
-        raw = sum(v.nbytes for v in leaves.values())
-        for cname, comps in candidates.items():
-            with tempfile.TemporaryDirectory() as tmp:
-                group = zarr.open_group(tmp, mode="w")
-                arrays = {}
+    try:
+        for shape, (data, chunk_rows) in datasets.items():
+            leaves = [v.numpy() for v in data.values(include_nested=True, leaves_only=True)]
+            for cname, chain in CODEC_CANDIDATES.items():
+                raw = stored = 0
                 enc = dec = 0.0
-                for i, (key, value) in enumerate(leaves.items()):
-                    chunk_rows = max(16, 2 ** int(math.log2(max(1, 2**20 // value[0].nbytes))))
-                    arrays[key] = group.create_array(
+                group = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+                for i, value in enumerate(leaves):
+                    filters, compressors = chain(value)
+                    array = group.create_array(
                         f"a{i}",
                         shape=value.shape,
                         dtype=value.dtype,
-                        chunks=(min(chunk_rows, len(value)), *value.shape[1:]),
-                        compressors=[*comps, zarr.codecs.Crc32cCodec()],
+                        chunks=(chunk_rows, *value.shape[1:]),
+                        filters=filters,
+                        compressors=codec_chain(compressors)[0],
                     )
-                    t0 = time.perf_counter()
-                    arrays[key][...] = value
-                    enc += time.perf_counter() - t0
-                on_disk = dir_bytes(Path(tmp))
-                for key, arr in arrays.items():
-                    t0 = time.perf_counter()
-                    assert np.array_equal(arr[...], leaves[key])
-                    dec += time.perf_counter() - t0
-            rows.append((shape, cname, raw / on_disk, raw / enc / 1e6, raw / dec / 1e6))
+                    codec = ChunkCodec(array)
+                    for start in range(0, len(value) - chunk_rows + 1, chunk_rows):
+                        block = value[start : start + chunk_rows]
+                        t0 = time.perf_counter()
+                        blob = codec.encode(block)
+                        t1 = time.perf_counter()
+                        assert np.array_equal(codec.decode(blob), block)
+                        enc, dec = enc + t1 - t0, dec + time.perf_counter() - t1
+                        raw, stored = raw + block.nbytes, stored + len(blob)
+                rows.append((shape, cname, raw / stored, raw / enc / 1e6, raw / dec / 1e6))
+    finally:
+        numcodecs_blosc.set_nthreads(os.cpu_count() or 1)
     return rows
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``lscpu``), or the platform's processor string."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-memory", action="store_true", help="skip the larger-than-cache case")
     args = parser.parse_args()
     torch.set_num_threads(1)
     scale = 0.2 if args.quick else 1.0
     repeats = 10 if args.quick else 40
+    fill_repeats = 3 if args.quick else 5
     datasets = {
         "vector": (vector_transitions(int(100_000 * scale)), 1000),
         "pixel": (pixel_transitions(int(2_000 * scale)), 100),
@@ -267,14 +368,15 @@ def main() -> None:
     }
     root = Path(tempfile.mkdtemp(prefix="zarrl-bench-"))
     results = {}
+    chunk_rows = {}
     try:
         for shape, (data, batch) in datasets.items():
-            stores = {}
-            for name, make in storages(data.bytes()).items():
-                path = root / shape / name.replace(" ", "_")
-                stores[name], results[shape, name] = fill(make, data, batch, path)
+            stores, filled = fill_all(
+                storages(data.bytes()), data, batch, root / shape, fill_repeats
+            )
+            chunk_rows[shape] = stores["Zarr default"]._header.chunk_rows
             for name, row in sample_times(stores, repeats).items():
-                results[shape, name].update(row)
+                results[shape, name] = {**filled[name], **row}
             for storage in stores.values():
                 if isinstance(storage, ZarrStorage):
                     storage.close()
@@ -284,7 +386,10 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
     cols = ["rows/s", "MB/s", "random ms", "slice ms", "disk MB"]
-    print(f"\nReplay storages, measured side by side (torch threads=1, {os.cpu_count()} cores)")
+    print(
+        f"\nReplay storages, measured side by side ({cpu_model()}, {os.cpu_count()} cores, "
+        f"torch threads=1; extend: median of {fill_repeats} interleaved fills)"
+    )
     print(
         f"{'shape':7} {'storage':20} "
         + " ".join(f"{c:>10}" for c in cols)
@@ -304,10 +409,21 @@ def main() -> None:
             + "                     "
             + " ".join(f"{r:7.2f}" for r in ratio)
         )
-    print("\nChunk codecs (crc32c appended to each): compression ratio, encode / decode MB/s")
-    codec_data = {s: d[: max(1, len(d) // 4)] for s, (d, _) in datasets.items()}
+    print(
+        "\nChunk codecs over all leaves (crc32c appended; one thread, whole chunks of the rows "
+        "ZarrStorage picks): compression ratio, encode / decode MB/s"
+    )
+    codec_data = {s: (d[: max(1, len(d) // 2)], chunk_rows[s]) for s, (d, _) in datasets.items()}
     for shape, cname, ratio, enc, dec in codec_table(codec_data):
-        print(f"{shape:7} {cname:24} ratio {ratio:6.2f}  encode {enc:8.1f}  decode {dec:8.1f}")
+        print(f"{shape:7} {cname:26} ratio {ratio:6.2f}  encode {enc:8.1f}  decode {dec:8.1f}")
+    if not args.no_memory:
+        print(
+            "\nSampling a store larger than its cache (benchmarks/buffer_memory.py, fresh "
+            "processes; RandomSampler + SliceSampler batches of 256 pixel rows):"
+        )
+        store_gb, cache_mib = (0.85, 128) if args.quick else (1.7, 256)
+        figures = buffer_memory.run(int(store_gb * 1e9), cache_mib * 2**20, batches=400)
+        print(buffer_memory.report(figures))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 
 from . import codecs as codec_steps
-from .store_io import local_file, put_objects
+from .store_io import SyncLog, local_file, put_objects
 
 
 class ChunkCodec:
@@ -67,14 +67,17 @@ def _local_file(codec: ChunkCodec, chunk: int) -> Path | None:
     return local_file(codec.key(chunk))
 
 
-def store_chunks(items: Sequence[tuple[ChunkCodec, int, object]], fresh_from: int) -> list:
+def store_chunks(
+    items: Sequence[tuple[ChunkCodec, int, object]], fresh_from: int, log: SyncLog | None = None
+) -> list:
     """Writes encoded chunks ``(codec, chunk id, bytes)``. Local files are written here without
     one thread hop per file: chunks below ``fresh_from`` (they hold committed rows) atomically,
     as zarr's ``LocalStore`` does, later ones in place (see ``store_io``); returns coroutines
-    for chunks of other stores (run them with the event loop)."""
+    for chunks of other stores (run them with the event loop). Local files written are recorded
+    in ``log`` (default: the store's own ``SyncLog``)."""
     keys = [(codec.key(chunk), chunk) for codec, chunk, _ in items]
     fresh = frozenset(key.path for key, chunk in keys if chunk >= fresh_from)
-    return put_objects(((key, buf) for (key, _), (*_, buf) in zip(keys, items)), fresh)
+    return put_objects(((key, buf) for (key, _), (*_, buf) in zip(keys, items)), fresh, log)
 
 
 def fetch_chunks(items: Sequence[tuple[ChunkCodec, int]], run) -> list:

@@ -18,6 +18,14 @@ import torch
 
 from .format import LeafSpec, torch_dtype
 
+LOAD_FRACTION = 16
+
+
+def load_group(n_slots: int) -> int:
+    """``ChunkPool.load_group`` of a pool of ``n_slots`` slots."""
+    return max(1, n_slots // LOAD_FRACTION)
+
+
 # decodes a list of chunk ids -> one {leaf: rows} mapping (or None = zeros) per chunk
 Loader = Callable[[list], list]
 
@@ -58,6 +66,12 @@ class ChunkPool:
         self.remap(map_size)
 
     # ------------------------------------------------------------------ sizing
+    @property
+    def load_group(self) -> int:
+        """Chunks decoded at once outside the pool (a group of misses, or one background
+        refill run): ``1 / LOAD_FRACTION`` of the pool, at least one."""
+        return load_group(self.max_slots)
+
     @property
     def chunk_nbytes(self) -> int:
         tail = int(np.prod(self.tail, dtype=np.int64))
@@ -195,8 +209,11 @@ class ChunkPool:
                 need = torch.unique(chunks[missing])
                 protect = frozenset(torch.unique(chunks).tolist())
                 need = need.tolist()
-                for c, arrays in zip(need, loader(need)):  # decoded concurrently
-                    self.install(c, arrays, protect)
+                step = self.load_group
+                for i in range(0, len(need), step):  # a group's reads run concurrently
+                    group = need[i : i + step]
+                    for c, arrays in zip(group, loader(group)):
+                        self.install(c, arrays, protect)
                 slots = self.slots_of(chunks)
             assert bool((slots >= 0).all()), "chunk pool lost a chunk it was asked to keep"
             return slots
@@ -240,12 +257,29 @@ class ChunkPool:
         rows = self.pool_rows(phys, slots).to(self.device)
         return {k: torch.index_select(self.data[k], 0, rows) for k in keys}
 
-    def write(self, phys: torch.Tensor, values: Mapping[str, torch.Tensor], loader: Loader):
-        """Stages rows at ``phys`` (pinning their chunks as dirty until ``mark_clean``)."""
+    def write(
+        self,
+        phys: torch.Tensor,
+        values: Mapping[str, torch.Tensor],
+        loader: Loader,
+        run: bool = False,
+    ):
+        """Stages rows at ``phys`` (pinning their chunks as dirty until ``mark_clean``);
+        ``run``: ``phys`` is a run of consecutive rows (``phys[0] + arange(n)``, appends)."""
         with self.lock:
             chunks = phys // self.R
             slots = self.ensure(chunks, loader)
-            self.dirty.update(torch.unique(chunks).tolist())
+            touched = torch.unique(chunks).tolist()
+            self.dirty.update(touched)
+            if run:  # one slice copy per chunk, several times cheaper than an indexed write
+                n, first = phys.numel(), int(phys[0])
+                starts = self.slots_of(torch.tensor(touched)).tolist()
+                for chunk, slot in zip(touched, starts):
+                    lo, hi = max(first, chunk * self.R), min(first + n, (chunk + 1) * self.R)
+                    dst = slice(slot * self.R + lo % self.R, slot * self.R + (hi - 1) % self.R + 1)
+                    for k, t in self.data.items():
+                        t[dst].copy_(values[k][lo - first : hi - first])
+                return
             rows = self.pool_rows(phys, slots).to(self.device)
             for k, t in self.data.items():
                 t[rows] = values[k].to(t.device)

@@ -41,7 +41,7 @@ warnings.filterwarnings(
 )
 
 DELTA_ORDER = 2  # second-order differences: smooth series leave only their curvature
-FLOAT_COMPRESSOR = {"cname": "zstd", "clevel": 1, "shuffle": "shuffle"}
+FLOAT_COMPRESSOR = {"cname": "zstd", "clevel": 1, "shuffle": "shuffle", "blocksize": 1 << 20}
 OTHER_COMPRESSOR = {"cname": "lz4", "clevel": 5, "shuffle": "shuffle"}
 
 # Codecs of zarr itself whose sync path is a plain, stateless transform

@@ -55,20 +55,22 @@ def lazy_tensordict(
     device,
 ) -> TensorDict:
     """TensorDict over leaf paths (``"next/obs"``): ``eager`` tensors + ``lazy`` loaders."""
-    batch_size = torch.Size(batch_size)
+    tree = path_tree(tuple(eager) + tuple(lazy))
+    return _build(tree, eager, lazy, torch.Size(batch_size), device)
 
-    def build(node: dict) -> TensorDict:
-        eager_leaves, loaders = {}, {}
-        for name, child in node.items():
-            if isinstance(child, dict):
-                eager_leaves[name] = build(child)
-            elif child in eager:
-                eager_leaves[name] = eager[child]
-            else:
-                loaders[name] = lazy[child]
-        return td_with_leaf_mapping(_LazyLeaves(eager_leaves, loaders), batch_size, device)
 
-    return build(path_tree(tuple(eager) + tuple(lazy)))
+def _build(node: dict, eager, lazy, batch_size: torch.Size, device) -> TensorDict:
+    """One level of ``lazy_tensordict``. A module function, not a recursive closure: such a
+    closure is a reference cycle holding ``eager`` (whole columns) until the cyclic GC runs."""
+    eager_leaves, loaders = {}, {}
+    for name, child in node.items():
+        if isinstance(child, dict):
+            eager_leaves[name] = _build(child, eager, lazy, batch_size, device)
+        elif child in eager:
+            eager_leaves[name] = eager[child]
+        else:
+            loaders[name] = lazy[child]
+    return td_with_leaf_mapping(_LazyLeaves(eager_leaves, loaders), batch_size, device)
 
 
 @functools.lru_cache(maxsize=64)

@@ -49,7 +49,7 @@ from ._compat_torchrl import (
     save_hooks,
 )
 from .chunk_codec import ChunkCodec, drop_chunks, fetch_chunks, store_chunks
-from .chunk_pool import ChunkPool
+from .chunk_pool import ChunkPool, load_group
 from .format import (
     Commit,
     CorruptChunkError,
@@ -80,6 +80,7 @@ from .seals import (
 from .store_io import check_local_writable, grow_array, put_objects, remove_partials, sync_log
 from .temp_store import make_temp_store, remove_on_release
 from .worker_proxy import WriteChannel, new_proxy, rollback_writers
+from .write_ahead import WriteAhead
 
 _log = logging.getLogger("zarrl.buffers")
 _UNBOUNDED = 2**31 - 1  # TorchRL keeps len() in an int32 shared value
@@ -295,6 +296,7 @@ class ZarrStorage(TensorStorage):
         self._arrays: dict[str, zarr.Array] = {}
         self._seals: SealTable | None = None  # format version 3 (``seals.py``)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._write_ahead = WriteAhead(_run_io)  # completed chunks, written in the background
         self._refill: concurrent.futures.Future | None = None
         self._refill_credit = 0.0  # rows the background refill may decode
         self._next_refill = 0.0  # monotonic time before which no refill starts
@@ -562,8 +564,10 @@ class ZarrStorage(TensorStorage):
         else:
             budget = _DEFAULT_CACHE_BYTES if self._cache is None else int(self._cache)
             max_slots = max(4, budget // max(1, chunk_bytes))
-            if live_chunks is not None:
-                max_slots = min(max_slots, live_chunks)
+            if live_chunks is not None and live_chunks <= max_slots:
+                max_slots = live_chunks  # a mirror: nothing is ever decoded outside the pool
+            else:  # the budget also holds a refill run and a group of misses being decoded
+                max_slots = max(4, max_slots - 2 * load_group(max_slots))
         # a bounded store reserves its whole cache at once (untouched pages cost nothing); an
         # unbounded one grows on demand up to max_slots
         n_slots = max_slots if live_chunks is not None else min(max_slots, 16)
@@ -1026,11 +1030,11 @@ class ZarrStorage(TensorStorage):
         return rel if cap0 is None else rel % cap0
 
     def _refill_rows(self) -> int:
-        """Rows one background refill decodes: a run of 1/8 of the cache's chunks."""
-        return max(1, self._pool.max_slots // 8) * self._header.chunk_rows
+        """Rows one background refill decodes: a run of 1/16 of the cache's chunks."""
+        return self._pool.load_group * self._header.chunk_rows
 
     def _schedule_refill(self) -> None:
-        """Starts decoding a run of consecutive uncached, committed live chunks (1/8 of the
+        """Starts decoding a run of consecutive uncached, committed live chunks (1/16 of the
         cache) in the background once enough credit is earned and the refill thread has rested
         3x its last run (so it works at most ~1/4 of the time); ``_install_refill`` swaps them
         in at a later sampling call."""
@@ -1217,8 +1221,8 @@ class ZarrStorage(TensorStorage):
             td = self._as_td(data, batched=not is_int)
         except ValueError:
             n = 1 if is_int else _rows_of_cursor(cursor)
-            if rollback and set_cursor and n and self._header is not None:
-                rollback_writers(self._attached_entities, n, self._header.capacity)
+            if rollback and set_cursor and n:  # the writer's cursor moves back: no hole
+                rollback_writers(self._attached_entities, n, self._ring_capacity())
             raise
         if not is_int and td.batch_dims and td.shape[0] == 0:
             return  # an empty extend writes nothing (and initializes nothing)
@@ -1226,7 +1230,12 @@ class ZarrStorage(TensorStorage):
             td = td.unsqueeze(0)
             cursor = torch.tensor([int(cursor)])
         if self._header is None:
-            header = self._infer_header(td[0])
+            try:
+                header = self._infer_header(td[0])
+            except ValueError:  # refused before anything exists: the writer moves back too
+                if rollback and set_cursor and not isinstance(cursor, tuple):
+                    rollback_writers(self._attached_entities, td.shape[0], self._ring_capacity())
+                raise
             header.tensor_root = isinstance(data, torch.Tensor)
             self._setup(header, create=True)
             self._write_meta()
@@ -1236,7 +1245,7 @@ class ZarrStorage(TensorStorage):
             leaves = self._validate(td)
         except ValueError:
             if rollback and set_cursor and not isinstance(cursor, tuple):
-                rollback_writers(self._attached_entities, td.shape[0], self._header.capacity)
+                rollback_writers(self._attached_entities, td.shape[0], self._ring_capacity())
             raise
         if isinstance(cursor, tuple) and len(cursor) > 1:
             return self._set_partial(cursor, td, set_cursor)
@@ -1274,14 +1283,18 @@ class ZarrStorage(TensorStorage):
         expected = self._wc + torch.arange(n)
         if cap0 is not None:
             expected = expected % cap0
-        if append and torch.equal(rows, expected):
+        run = append and torch.equal(rows, expected)  # an append: consecutive rows
+        if run:
             phys = self._base + self._wc + torch.arange(n)
             keep = n if cap0 is None else min(n, cap0)  # a batch larger than the ring
             phys, rows = phys[n - keep :], rows[n - keep :]
             leaves = {k: v[n - keep :] for k, v in leaves.items()}
             self._wc += n
             self._ensure_index_rows(int(rows.max()) + 1)
+            ring_run = int(rows[-1]) - int(rows[0]) + 1 == rows.numel()  # no wrap-around
         else:
+            ring_run = False
+            self._land_writes(wait=True)  # rows of chunks being written ahead may change
             self._ensure_index_rows(int(rows.max()) + 1)
             phys = self._phys(rows)
             if int(phys.min()) < self._base + self._commit.write_count:
@@ -1301,16 +1314,17 @@ class ZarrStorage(TensorStorage):
         chunks = phys // R
         uniq = torch.unique(chunks)
         room = max(1, self._pool.max_slots // 2)
-        if uniq.numel() + len(self._pool.dirty) <= room:
-            self._pool.write(phys, leaves, loader)
+        if uniq.numel() + len(self._pool.dirty - self._write_ahead.in_flight) <= room:
+            self._pool.write(phys, leaves, loader, run=run)
         else:  # more chunks than the cache holds: stage and write them group by group
             self._write_dirty()
             for group in uniq.split(room):
                 mask = torch.isin(chunks, group)
                 self._pool.write(phys[mask], {k: v[mask] for k, v in leaves.items()}, loader)
                 self._write_dirty()
+        at = slice(int(rows[0]), int(rows[0]) + rows.numel()) if ring_run else rows
         for k, t in self._index.items():
-            t[rows] = leaves[k]
+            t[at] = leaves[k]
 
     def _ensure_index_rows(self, n: int) -> None:
         for k, t in list(self._index.items()):
@@ -1330,6 +1344,12 @@ class ZarrStorage(TensorStorage):
         if span > self._pool.map_size or self._pool.max_slots > self._pool.map_size:
             self._pool.remap(max(span, self._pool.max_slots, 2 * self._pool.map_size))
 
+    def _ring_capacity(self) -> int | None:
+        """Rows of the ring (``None`` for a growing store), known before the first write too."""
+        if self._header is not None:
+            return self._header.capacity
+        return None if self._growing else self.max_size
+
     def _get_new_len(self, data, cursor):
         """TorchRL's length update (``+ numel``), bounded by the rows actually live: rewriting
         rows already stored with ``set_cursor=True`` does not count them twice (the commit record
@@ -1345,19 +1365,81 @@ class ZarrStorage(TensorStorage):
 
     # ============================================================ durability
     def _maybe_commit(self) -> None:
+        self._land_writes(wait=False)
         committed_end = self._base + self._commit.write_count
         staged_end = self._base + self._wc
         since = time.monotonic() - self._last_commit_time
-        due = self._completed_chunks_due()
-        if self.flush_every_rows is not None:
-            due = due or staged_end - committed_end >= self.flush_every_rows
-        if self.flush_every_seconds is not None:
-            due = due or since >= self.flush_every_seconds
-        pressure = len(self._pool.dirty) >= max(1, self._pool.max_slots // 2)
+        explicit = (
+            self.flush_every_rows is not None
+            and staged_end - committed_end >= self.flush_every_rows
+        ) or (self.flush_every_seconds is not None and since >= self.flush_every_seconds)
+        due = explicit or self._completed_chunks_due()
+        # staged chunks not being written ahead (those are pinned until they land, at most
+        # half the pool: _start_write_ahead waits for them beyond that)
+        waiting = self._pool.dirty - self._write_ahead.in_flight
+        pressure = len(waiting) >= max(1, self._pool.max_slots // 2)
         if due and not pressure and not self._inplace_pending:
-            self._commit_whole_chunks()
+            # completed chunks (rate-limited by min_commit_interval > 0): commit what the
+            # background has written, never waiting for encoding
+            ahead = not explicit and self.min_commit_interval > 0
+            self._commit_whole_chunks(write_ahead=ahead)
         elif due or pressure:
             self._flush(self.commit_durability)
+        else:
+            self._start_write_ahead()
+
+    def _start_write_ahead(self) -> None:
+        """Starts encoding and storing the completed, staged chunks in the background
+        (``buffers/write_ahead.py``): the next commit then finds them written (and, for
+        ``durability="os"``, fsynced). No commit record is written here."""
+        if self._inplace_pending:
+            return
+        R = self._header.chunk_rows
+        head = (self._base + self._wc) // R
+        codecs = self._chunk_codecs()
+        if not all(codec.supported for codec in codecs.values()):
+            return
+        ahead = self._write_ahead.in_flight
+        with self._pool.lock:
+            chunks = sorted(c for c in self._pool.dirty - ahead if c < head)
+        if not chunks:
+            return
+        _run_io(self._grow_arrays((chunks[-1] + 1) * R))
+        half = max(1, self._pool.max_slots // 2)
+        while self._write_ahead.in_flight and len(self._write_ahead.in_flight) + len(chunks) > half:
+            self._land_writes(wait=self._write_ahead.batches - 1)  # back-pressure: the oldest
+        committed_end = self._commit.base + self._commit.write_count
+        fresh_from = -(committed_end // -R)
+        # only chunks that hold no committed row: their seal entries are staged when they land
+        # (before the commit that covers them); a rewrite of committed rows is written by the
+        # commit itself, entries first
+        chunks = [c for c in chunks if c >= fresh_from]
+        if not chunks:
+            return
+        with self._pool.lock:
+            items, tags = [], []
+            for c in chunks:
+                block = xor_rows.apply(self._pool.chunk_arrays(c), self._header.xor_previous)
+                items += [(codecs[path], c, block[path]) for path in self._arrays]
+                tags += list(self._arrays)
+        self._write_ahead.submit(items, fresh_from, fsync=self.durability == "os", tags=tags)
+
+    def _land_writes(self, wait: bool | int) -> None:
+        """Marks the chunks of finished write-ahead batches clean (``wait``: see
+        ``WriteAhead.land``); their unsynced files go to the store's log for the next durable
+        commit."""
+        landed: list[tuple[str, int, int]] = []
+        try:
+            written = self._write_ahead.land(wait, sync_log(self._group.store), landed)
+        finally:
+            if landed and self._seals is not None:  # entries before the commit covering them
+                table = self._seals.stage(
+                    landed, self._commit, self._header.chunk_rows, _run_io, self._where
+                )
+                _run_io(put_objects(table))
+        if written:
+            self._written_chunks = max(self._written_chunks, written[-1] + 1)
+            self._pool.mark_clean(written)
 
     def _commit_deferred(self) -> None:
         """Completed chunks whose commit ``min_commit_interval`` deferred are committed at the next
@@ -1374,18 +1456,27 @@ class ZarrStorage(TensorStorage):
         pending = (self._base + self._wc) // R > (self._base + self._commit.write_count) // R
         return pending and time.monotonic() - self._last_commit_time >= self.min_commit_interval
 
-    def _commit_whole_chunks(self) -> None:
+    def _commit_whole_chunks(self, write_ahead: bool = False) -> None:
         """Automatic commit up to the last completed chunk: the partly filled head chunk stays
-        staged, so it is written once when full instead of at every commit."""
+        staged, so it is written once when full instead of at every commit. ``write_ahead``:
+        commit only up to the first chunk not written yet, and start writing the completed
+        ones in the background (their commit comes at a later call, once they have landed)."""
         R = self._header.chunk_rows
         staged_end = self._base + self._wc
         head = staged_end // R
-        if staged_end % R == 0 or head * R - self._base <= self._commit.write_count:
+        if write_ahead:
+            self._start_write_ahead()
+            with self._pool.lock:
+                head = min(head, *self._pool.dirty) if self._pool.dirty else head
+            if head * R - self._base <= self._commit.write_count:
+                return
+        elif staged_end % R == 0 or head * R - self._base <= self._commit.write_count:
             self._flush(self.commit_durability)
             return
         wc = head * R - self._base
         length = min(self._len, self._live_len(wc))
-        self._write_dirty(skip=head)
+        if not write_ahead:
+            self._write_dirty(skip=head)
         self._publish(wc, max(length, self._commit.length), self.commit_durability)
 
     def flush(self) -> None:
@@ -1525,21 +1616,22 @@ class ZarrStorage(TensorStorage):
     def _write_dirty(self, skip: int | None = None) -> None:
         """Data half of a commit: encodes every staged chunk but ``skip`` (whole chunks, the
         arrays' own codec chain) and stores them, with any array resize, in one concurrent
-        event-loop call (no commit record)."""
+        event-loop call (no commit record); chunks being written ahead in the background are
+        left to it, and waited for."""
+        ahead = self._write_ahead.in_flight  # the background writes them meanwhile
+        try:
+            self._write_staged(skip, ahead)
+        finally:
+            self._land_writes(wait=True)
+
+    def _write_staged(self, skip: int | None, ahead: frozenset[int]) -> None:
+        """``_write_dirty`` of the staged chunks not in ``ahead``."""
         R = self._header.chunk_rows
         with self._pool.lock:
-            dirty = sorted(c for c in self._pool.dirty if c != skip)
+            dirty = sorted(c for c in self._pool.dirty if c != skip and c not in ahead)
             if not dirty:
                 return
-            io = []
-            end_rows = (dirty[-1] + 1) * R
-            if end_rows > self._commit.extent:
-                extent = max(end_rows, 2 * self._commit.extent)
-                for arr in self._arrays.values():  # metadata only: no chunk is touched
-                    io += grow_array(arr, extent)
-                if self._seals is not None:
-                    io += grow_array(self._seals.array, seal_rows(extent, R))
-                self._commit.extent = extent
+            io = self._grow_arrays((dirty[-1] + 1) * R)
             codecs = self._chunk_codecs()
             fallback = []
             encoded = []
@@ -1563,6 +1655,19 @@ class ZarrStorage(TensorStorage):
             _run_io(io)
             self._written_chunks = max(self._written_chunks, dirty[-1] + 1)
             self._pool.mark_clean(dirty)
+
+    def _grow_arrays(self, end_rows: int) -> list:
+        """Resizes every array (metadata only, geometrically) to hold ``end_rows`` physical
+        rows; returns coroutines for non-local stores."""
+        io: list = []
+        if end_rows > self._commit.extent:
+            extent = max(end_rows, 2 * self._commit.extent)
+            for arr in self._arrays.values():  # metadata only: no chunk is touched
+                io += grow_array(arr, extent)
+            if self._seals is not None:
+                io += grow_array(self._seals.array, seal_rows(extent, self._header.chunk_rows))
+            self._commit.extent = extent
+        return io
 
     def _chunk_codecs(self) -> dict[str, ChunkCodec]:
         """Whole-chunk codecs of the current arrays (rebuilt when the arrays are reloaded)."""
@@ -1616,6 +1721,7 @@ class ZarrStorage(TensorStorage):
             return
         if self._temp_release is None:
             self._flush(self.durability)
+        self._write_ahead.close()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         self._closed = True
@@ -1754,6 +1860,7 @@ class ZarrStorage(TensorStorage):
     def _empty(self) -> None:
         self._check_writable()
         if self._header is not None:
+            self._land_writes(wait=True)
             R = self._header.chunk_rows
             with self._pool.lock:
                 self._pool.dirty.clear()
@@ -1857,6 +1964,8 @@ class ZarrStorage(TensorStorage):
     def _replace_content(self, src: zarr.Group) -> None:
         """This store's content becomes a copy of the store of ``src``."""
         self._check_writable()
+        if self._header is not None:
+            self._land_writes(wait=True)
         _clear_store(self._group.store)
         _copy_store(src.store, self._group.store)
         self._written_chunks = 0  # nothing past the loaded commit is ours
@@ -1946,12 +2055,6 @@ class ZarrStorage(TensorStorage):
             f"mode={'r' if self.read_only else 'r+'}{reopened})"
         )
 
-    def __del__(self):
-        # No flush here: a collected storage may be finalised on zarr's event-loop thread.
-        # Staged rows are flushed by close(), the context manager, or at interpreter exit.
-        executor = getattr(self, "_executor", None)
-        if executor is not None:
-            executor.shutdown(wait=False)
 
 
 class _StorageView(TensorDict):
@@ -2058,18 +2161,23 @@ def _flush_at_exit(ref: weakref.ref) -> None:
 def _nested_td(leaves: Mapping[str, torch.Tensor], batch: torch.Size, device) -> TensorDict:
     """TensorDict from ``{"next/obs": tensor}`` leaves, without per-key validation (the leaves
     come from the store's own schema, already checked)."""
+    return _build_td(path_tree(tuple(leaves)), leaves, batch, device)
 
-    def build(node: dict) -> TensorDict:
-        source = {k: build(v) if isinstance(v, dict) else leaves[v] for k, v in node.items()}
-        return td_from_leaves(source, batch, device)
 
-    return build(path_tree(tuple(leaves)))
+def _build_td(node: dict, leaves: Mapping[str, torch.Tensor], batch, device) -> TensorDict:
+    """One level of ``_nested_td``. A module function, not a recursive closure: such a closure
+    is a reference cycle holding ``leaves`` (a whole batch) until the cyclic GC runs."""
+    source = {
+        k: _build_td(v, leaves, batch, device) if isinstance(v, dict) else leaves[v]
+        for k, v in node.items()
+    }
+    return td_from_leaves(source, batch, device)
 
 
 def _unsynced(store) -> bool:
     """Whether files written into a local ``store`` still wait for a durable commit's fsync."""
     log = sync_log(store)
-    return bool(log is not None and log.files)
+    return bool(log)
 
 
 def _run_io(coroutines: list, return_exceptions: bool = False) -> list:

@@ -37,10 +37,14 @@ def test_non_tensor_leaves_are_refused_by_name_not_dropped(tmp_path):
     with pytest.raises(ValueError, match="'label'.*non-tensor"):
         rb.extend(data)
     assert len(rb) == 0
-    rb.extend(rows(3))  # the same storage still accepts tensor-only rows
+    rb.extend(rows(3))  # the same storage still accepts tensor-only rows, from row 0
     with pytest.raises(ValueError, match="'label'"):
         rb.extend(data)
     assert len(rb) == 3
+    assert torch.equal(rb[:]["obs"].squeeze(-1), torch.arange(3.0))
+    rb.storage.close()
+    reopened = ZarrStorage.open(tmp_path / "b.zarr", mode="r")
+    assert len(reopened) == 3  # the commit record counts the rows the store holds
 
 
 def test_ragged_lazy_stack_is_refused_naming_the_alternative(tmp_path):

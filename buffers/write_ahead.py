@@ -1,0 +1,147 @@
+"""Write-ahead of completed chunks: encode and store them on a background thread while the caller
+keeps appending, so a bulk load overlaps encoding, file writes and (for ``durability="os"``
+stores) fsyncs with the caller instead of paying them at the next commit.
+
+A batch writes chunk files only, never the commit record: the storage publishes a commit that
+covers a chunk only after the batch holding it has *landed* (``WriteAhead.land``), so a commit
+never refers to a chunk that is not fully written. Batches run in submission order. Chunks of a batch stay pinned as dirty in the
+chunk pool until it lands, and the storage lands every batch before any write that could touch
+them (in-place writes, emptying, synchronous chunk writes), so the arrays the batch encodes are
+not modified while it runs (they are views of the pool, not copies).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .chunk_codec import ChunkCodec, store_chunks
+from .seals import data_crc
+from .store_io import SyncLog, fsync_files
+
+# chunks encoded at once by a batch: blosc runs single-threaded outside the main thread, and
+# encoding dominates a batch
+ENCODE_THREADS = min(4, os.cpu_count() or 1)
+
+
+@dataclass
+class _Batch:
+    chunks: list[int]
+    future: concurrent.futures.Future
+    items: list[tuple[Any, int]] = field(default_factory=list)  # (tag, chunk id) per item
+    crcs: list[int] = field(default_factory=list)  # the crc32c each encoded item ends with
+    unsynced: set[Path] = field(default_factory=set)
+    synced: concurrent.futures.Future | None = None  # the fsync of ``unsynced``, if asked
+
+
+class WriteAhead:
+    """Batches of chunk writes running in order on one background thread (created lazily),
+    each encoding its chunks on ``ENCODE_THREADS`` threads (blosc, zstd, file writes and fsyncs
+    release the GIL)."""
+
+    def __init__(self, run_io) -> None:
+        self._run_io = run_io  # runs zarr coroutines (chunks of non-local stores)
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._encoders: concurrent.futures.ThreadPoolExecutor | None = None
+        self._syncer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._batches: collections.deque[_Batch] = collections.deque()
+
+    @property
+    def batches(self) -> int:
+        """Batches not landed yet."""
+        return len(self._batches)
+
+    @property
+    def in_flight(self) -> frozenset[int]:
+        """Chunk ids of the batches not landed yet."""
+        return frozenset(c for batch in self._batches for c in batch.chunks)
+
+    def submit(
+        self,
+        items: Sequence[tuple[ChunkCodec, int, np.ndarray]],
+        fresh_from: int,
+        fsync: bool,
+        tags: Sequence[Any] | None = None,
+    ) -> None:
+        """Queues encoding and storing ``items`` (``(codec, chunk id, chunk array)``, arrays
+        left untouched until the batch lands); chunks ``>= fresh_from`` hold no committed row
+        and are written in place (``chunk_codec.store_chunks``). ``fsync``: then fsync the
+        files, on a thread of their own (the next batch does not wait); their directories, and
+        files whose fsync has not finished when the batch lands, are left to the next durable
+        commit (one fsync per directory there, not one per batch). ``tags`` (one per item,
+        e.g. the array path) come back with each item's crc from :meth:`land`."""
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, "zarrl-write-ahead")
+            self._encoders = concurrent.futures.ThreadPoolExecutor(ENCODE_THREADS, "zarrl-encode")
+            self._syncer = concurrent.futures.ThreadPoolExecutor(1, "zarrl-sync")
+        tags = [None] * len(items) if tags is None else list(tags)
+        batch = _Batch(
+            chunks=sorted({c for _, c, _ in items}),
+            future=None,  # type: ignore[arg-type]
+            items=[(tag, c) for tag, (_, c, _) in zip(tags, items)],
+        )
+        batch.future = self._executor.submit(self._write, list(items), fresh_from, fsync, batch)
+        self._batches.append(batch)
+
+    def _write(self, items, fresh_from: int, fsync: bool, batch: _Batch) -> None:
+        log = SyncLog()
+        try:
+            blobs = list(self._encoders.map(lambda item: item[0].encode(item[2]), items))
+            batch.crcs = [data_crc(blob) for blob in blobs]
+            encoded = [(codec, c, blob) for (codec, c, _), blob in zip(items, blobs)]
+            self._run_io(store_chunks(encoded, fresh_from, log=log))
+        finally:
+            batch.unsynced = set(log.files)
+        if fsync and log.files:  # the next batch does not wait for these fsyncs
+            batch.synced = self._syncer.submit(fsync_files, sorted(log.files))
+
+    def land(self, wait: bool | int, log: SyncLog | None, landed: list | None = None) -> list[int]:
+        """Finishes batches in submission order and returns the chunk ids they wrote: every
+        finished one (``wait=False``), every one (``wait=True``, waiting), or (an int ``n``)
+        waiting until at most ``n`` remain in flight. Files a batch wrote but did not fsync are
+        added to ``log`` (the store's, for the next durable commit). A failed batch raises its
+        error here (later ones are still landed first); its chunks stay dirty and are written
+        again later. ``landed`` receives ``(tag, chunk id, crc)`` of every item written."""
+        keep = 0 if wait is True else None if wait is False else int(wait)
+        written: list[int] = []
+        error: BaseException | None = None
+        while self._batches:
+            batch = self._batches[0]
+            if not batch.future.done():
+                if keep is None or len(self._batches) <= keep:
+                    break
+                concurrent.futures.wait([batch.future])
+            self._batches.popleft()
+            synced = batch.synced
+            files = batch.unsynced
+            if synced is not None and synced.done() and synced.exception() is None:
+                batch.unsynced = set()
+            if log is not None:  # not (yet) fsynced: the next durable commit fsyncs them,
+                log.files |= batch.unsynced  # and the directories of every file written
+                log.dirs |= {path.parent for path in files}
+            if batch.future.exception() is not None:
+                error = error or batch.future.exception()
+            else:
+                written += batch.chunks
+                if landed is not None:
+                    landed += [(tag, c, crc) for (tag, c), crc in zip(batch.items, batch.crcs)]
+        if error is not None:
+            raise error
+        return written
+
+    def close(self, wait: bool = True) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=wait)
+            self._encoders.shutdown(wait=wait)
+            self._syncer.shutdown(wait=wait)
+            self._executor = self._encoders = self._syncer = None
+
+
+__all__ = ["WriteAhead"]

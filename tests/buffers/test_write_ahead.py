@@ -1,0 +1,180 @@
+"""Write-ahead: completed chunks are encoded and stored on a background thread while appends go
+on (``buffers/write_ahead.py``); a commit never covers a chunk before it is fully written."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.data import ReplayBuffer
+from zarrl.buffers import ZarrStorage, chunk_codec
+
+
+def batch(n: int, start: int = 0) -> TensorDict:
+    i = torch.arange(start, start + n)
+    return TensorDict({"obs": i.float()[:, None].repeat(1, 8), "a": i}, batch_size=[n])
+
+
+def stored_ids(path: Path) -> list[int]:
+    return ZarrStorage.open(path, mode="r")[:]["a"].tolist()
+
+
+@pytest.fixture
+def encoder_threads(monkeypatch):
+    """Names of the threads that encode data chunks, and an event that holds their encoding back
+    (the seal table's own chunks, ``.zarrl/seals``, are neither counted nor held)."""
+    seen: list[str] = []
+    gate = threading.Event()
+    gate.set()
+    real = chunk_codec.ChunkCodec.encode
+
+    def encode(self, block):
+        if ".zarrl" in str(self.key(0)):
+            return real(self, block)
+        seen.append(threading.current_thread().name)
+        assert gate.wait(timeout=30), "the test never released the encoder"
+        return real(self, block)
+
+    monkeypatch.setattr(chunk_codec.ChunkCodec, "encode", encode)
+    return seen, gate
+
+
+def test_completed_chunks_are_stored_in_the_background_before_any_commit(tmp_path, encoder_threads):
+    seen, _ = encoder_threads
+    path = tmp_path / "w.zarr"
+    storage = ZarrStorage(None, path=path, chunk_rows=4, min_commit_interval=3600)
+    rb = ReplayBuffer(storage=storage)
+    rb.extend(batch(9))  # chunks 0 and 1 complete, the interval defers their commit
+    storage._land_writes(wait=True)
+    assert {p.name for p in (path / "a").glob("c.*")} == {"c.0", "c.1"}  # written ahead
+    assert storage._commit.write_count == 0 and stored_ids(path) == []  # but not committed
+    assert seen and all(name.startswith("zarrl-encode") for name in seen)
+    seen.clear()
+    storage.flush()  # only the head chunk is left to encode
+    assert len(seen) == 2 and all(name == "MainThread" for name in seen)
+    assert stored_ids(path) == list(range(9))
+    storage.close()
+
+
+def test_a_commit_never_covers_a_chunk_still_being_written(tmp_path, encoder_threads):
+    seen, gate = encoder_threads
+    path = tmp_path / "c.zarr"
+    storage = ZarrStorage(None, path=path, chunk_rows=4, min_commit_interval=0.05)
+    rb = ReplayBuffer(storage=storage)
+    gate.clear()  # background encoding blocks
+    rb.extend(batch(4))  # chunk 0 complete: handed to the background
+    time.sleep(0.1)  # the interval has passed: a commit is due
+    rb.extend(batch(5, start=4))  # chunk 1 complete too
+    assert storage._commit.write_count == 0  # chunk 0 is not written yet: nothing committed
+    assert stored_ids(path) == []
+    gate.set()
+    storage._land_writes(wait=True)
+    time.sleep(0.1)
+    rb.extend(batch(1, start=9))
+    storage._land_writes(wait=True)
+    time.sleep(0.1)
+    rb.extend(batch(1, start=10))
+    assert storage._commit.write_count == 8  # both landed chunks, not the head chunk
+    assert stored_ids(path) == list(range(8))
+    storage.close()
+    assert stored_ids(path) == list(range(11))
+
+
+def test_an_in_place_write_waits_for_the_chunk_being_written(tmp_path, encoder_threads):
+    _, gate = encoder_threads
+    path = tmp_path / "i.zarr"
+    storage = ZarrStorage(None, path=path, chunk_rows=4, min_commit_interval=3600)
+    rb = ReplayBuffer(storage=storage)
+    gate.clear()
+    rb.extend(batch(6))  # chunk 0 is being written in the background
+    assert storage._write_ahead.in_flight == {0}
+    threading.Timer(0.2, gate.set).start()
+    storage[1] = batch(1, start=100)[0]  # rewrites row 1 of chunk 0: after the batch lands
+    assert gate.is_set()  # it waited for the old bytes of chunk 0 to be written
+    storage.close()
+    assert stored_ids(path) == [0, 100, 2, 3, 4, 5]
+
+
+def test_a_failed_background_write_is_raised_and_its_rows_written_again(tmp_path, monkeypatch):
+    path = tmp_path / "f.zarr"
+    storage = ZarrStorage(None, path=path, chunk_rows=4, min_commit_interval=3600)
+    real = chunk_codec.ChunkCodec.encode
+    failed_in: list[str] = []
+
+    def encode(self, block):
+        if not failed_in:
+            failed_in.append(threading.current_thread().name)
+            raise OSError(28, "No space left on device")
+        return real(self, block)
+
+    monkeypatch.setattr(chunk_codec.ChunkCodec, "encode", encode)
+    rb = ReplayBuffer(storage=storage)
+    rb.extend(batch(5))
+    with pytest.raises(OSError, match="No space left"):
+        storage.flush()  # the background error surfaces here; nothing was committed
+    assert failed_in[0].startswith("zarrl-encode")  # it failed in the background
+    assert stored_ids(path) == []
+    storage.flush()  # chunk 0 is still staged: written again, then committed
+    assert stored_ids(path) == list(range(5))
+    storage.close()
+
+
+@pytest.fixture
+def fsyncs(monkeypatch):
+    """Every fsync'd path and every rename onto the group's zarr.json, in order."""
+    log: list[tuple[str, Path]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        log.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}"))))
+        real_fsync(fd)
+
+    def replace(src, dst, *args, **kwargs):
+        real_replace(src, dst, *args, **kwargs)
+        if Path(dst).name == "zarr.json":
+            log.append(("commit", Path(dst)))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return log
+
+
+def test_durable_stores_fsync_chunks_written_ahead_before_the_flush(tmp_path, fsyncs):
+    path = (tmp_path / "d.zarr").resolve()
+    storage = ZarrStorage(None, path=path, chunk_rows=4, min_commit_interval=3600)
+    rb = ReplayBuffer(storage=storage)
+    rb.extend(batch(10))
+    storage._land_writes(wait=True)
+    storage._write_ahead.close()  # waits for the background fsyncs too
+    early = {p for kind, p in fsyncs if kind == "fsync"}
+    ahead = {path / leaf / f"c.{i}.0" for leaf in ("obs",) for i in (0, 1)}
+    ahead |= {path / "a" / "c.0", path / "a" / "c.1"}
+    assert ahead <= early  # fsynced by the background, before any flush
+    fsyncs.clear()
+    storage.flush()
+    last = max(i for i, (kind, p) in enumerate(fsyncs) if p == path / "zarr.json")
+    before = {p for kind, p in fsyncs[:last] if kind == "fsync"}
+    files = {p for p in path.rglob("c.*") if p.is_file()}
+    assert files <= before  # the head chunk, and any file whose early fsync had not finished
+    assert {path / "obs", path / "a"} <= before  # the directory entries, once per directory
+    storage.close()
+
+
+def test_process_durability_writes_ahead_without_fsync(tmp_path, fsyncs):
+    path = (tmp_path / "p.zarr").resolve()
+    storage = ZarrStorage(None, path=path, chunk_rows=4, min_commit_interval=3600)
+    storage.durability = "process"
+    rb = ReplayBuffer(storage=storage)
+    rb.extend(batch(10))
+    storage._land_writes(wait=True)
+    assert (path / "a" / "c.0").exists()
+    assert not [p for kind, p in fsyncs if kind == "fsync"]
+    storage.durability = "os"
+    storage.close()  # the durable close fsyncs what was written ahead
+    files = {p for p in path.rglob("c.*") if p.is_file()}
+    assert files <= {p for kind, p in fsyncs if kind == "fsync"}
