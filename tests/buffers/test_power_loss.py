@@ -3,7 +3,6 @@ record fsynced first (``durability="os"``); automatic commits (``"process"``) fs
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -19,23 +18,9 @@ def batch(n: int, start: int = 0) -> TensorDict:
 
 
 @pytest.fixture
-def events(monkeypatch):
+def events(fsync_events):
     """Every fsync (by path) and every rename onto a zarr.json, in order."""
-    log: list[tuple[str, Path]] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd):
-        log.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}"))))
-        real_fsync(fd)
-
-    def replace(src, dst, *args, **kwargs):
-        real_replace(src, dst, *args, **kwargs)
-        if Path(dst).name == "zarr.json":
-            log.append(("commit", Path(dst)))
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
-    return log
+    return fsync_events
 
 
 def _chunk_files(path: Path) -> set[Path]:

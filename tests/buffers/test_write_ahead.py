@@ -3,7 +3,6 @@ on (``buffers/write_ahead.py``); a commit never covers a chunk before it is full
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
@@ -125,23 +124,9 @@ def test_a_failed_background_write_is_raised_and_its_rows_written_again(tmp_path
 
 
 @pytest.fixture
-def fsyncs(monkeypatch):
+def fsyncs(fsync_events):
     """Every fsync'd path and every rename onto the group's zarr.json, in order."""
-    log: list[tuple[str, Path]] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd):
-        log.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}"))))
-        real_fsync(fd)
-
-    def replace(src, dst, *args, **kwargs):
-        real_replace(src, dst, *args, **kwargs)
-        if Path(dst).name == "zarr.json":
-            log.append(("commit", Path(dst)))
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
-    return log
+    return fsync_events
 
 
 def test_durable_stores_fsync_chunks_written_ahead_before_the_flush(tmp_path, fsyncs):
