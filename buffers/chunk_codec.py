@@ -18,7 +18,7 @@ import numpy as np
 import zarr
 from zarr.core.buffer import default_buffer_prototype
 
-from . import codecs as codec_steps
+from . import _compat_zarr as codec_steps
 from .store_io import SyncLog, local_file, put_objects
 
 
@@ -26,13 +26,15 @@ class ChunkCodec:
     """Encoder/decoder of whole chunks ``[chunk_rows, *rest]`` of one zarr v3 array."""
 
     def __init__(self, array: zarr.Array) -> None:
-        self._async = array._async_array
+        self._async = codec_steps.async_array(array)
         meta = self._async.metadata
         self.codecs = tuple(meta.codecs)
         self.chunk_shape = tuple(meta.chunk_grid.chunk_shape)
         self.dtype = np.dtype(meta.dtype.to_native_dtype())
         self._spec = meta.get_chunk_spec(
-            (0,) * len(self.chunk_shape), self._async._config, default_buffer_prototype()
+            (0,) * len(self.chunk_shape),
+            codec_steps.array_config(self._async),
+            default_buffer_prototype(),
         )
         # each codec encodes from the spec the previous one produced (transpose, delta astype)
         self._specs = codec_steps.chunk_specs(self.codecs, self._spec)

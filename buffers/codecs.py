@@ -12,23 +12,17 @@ Default chain of a leaf ``[rows, *tail, *shape]`` (see ``docs/storage_format.md`
 * then the crc32c checksum that ``format.codec_chain`` always appends.
 
 zarrl encodes and decodes whole chunks itself (``chunk_codec.ChunkCodec``) with the array's own
-codec objects; ``encode_step``/``decode_step`` are the synchronous steps it runs, one per codec,
-each with the chunk spec that codec sees (``chunk_specs``). Array-to-array numcodecs filters
-are given C-contiguous chunks, which is the element order stock readers decode.
+codec objects, one synchronous step per codec (``_compat_zarr.encode_step``/``decode_step``).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import zarr.codecs
-from zarr.abc.codec import SupportsSyncCodec
 from zarr.codecs import numcodecs as zarr_numcodecs
-from zarr.codecs.numcodecs import _codecs as _nc
-from zarr.core.buffer.cpu import as_numpy_array_wrapper
 
 from .format import LeafSpec
 
@@ -43,16 +37,6 @@ warnings.filterwarnings(
 DELTA_ORDER = 2  # second-order differences: smooth series leave only their curvature
 FLOAT_COMPRESSOR = {"cname": "zstd", "clevel": 1, "shuffle": "shuffle", "blocksize": 1 << 20}
 OTHER_COMPRESSOR = {"cname": "lz4", "clevel": 5, "shuffle": "shuffle"}
-
-# Codecs of zarr itself whose sync path is a plain, stateless transform
-_CORE_SYNC = frozenset(
-    {"BytesCodec", "BloscCodec", "ZstdCodec", "GzipCodec", "Crc32cCodec", "TransposeCodec"}
-)
-_NUMCODECS_KINDS = (
-    _nc._NumcodecsArrayArrayCodec,
-    _nc._NumcodecsBytesBytesCodec,
-    _nc._NumcodecsArrayBytesCodec,
-)
 
 
 def rows_last(ndim: int) -> tuple[int, ...]:
@@ -125,49 +109,6 @@ def array_options(
     return out
 
 
-def chunk_specs(codecs: Sequence, spec) -> list:
-    """The chunk spec each codec of ``codecs`` encodes from (and decodes back to): an
-    array-to-array codec may change shape (transpose) or dtype (delta ``astype``)."""
-    out = []
-    for codec in codecs:
-        out.append(spec)
-        spec = codec.resolve_metadata(spec)
-    return out
-
-
-def supports_sync(codec) -> bool:
-    """Whether ``encode_step``/``decode_step`` run ``codec`` (stateless, whole-chunk)."""
-    if isinstance(codec, _NUMCODECS_KINDS):
-        return True
-    return isinstance(codec, SupportsSyncCodec) and type(codec).__name__ in _CORE_SYNC
-
-
-def encode_step(codec, data, spec):
-    """One codec's encode of a whole chunk (``spec``: the spec the codec encodes from)."""
-    if isinstance(codec, _nc._NumcodecsArrayArrayCodec):
-        out = codec._codec.encode(np.ascontiguousarray(data.as_ndarray_like()))
-        return spec.prototype.nd_buffer.from_ndarray_like(out)
-    if isinstance(codec, _nc._NumcodecsArrayBytesCodec):
-        out = codec._codec.encode(np.ascontiguousarray(data.as_ndarray_like()))
-        return spec.prototype.buffer.from_bytes(out)
-    if isinstance(codec, _nc._NumcodecsBytesBytesCodec):
-        return codec._encode(data, spec.prototype)
-    return codec._encode_sync(data, spec)
-
-
-def decode_step(codec, data, spec):
-    """Inverse of ``encode_step``: back to a chunk shaped and typed as ``spec``."""
-    if isinstance(codec, _nc._NumcodecsArrayArrayCodec):
-        out = codec._codec.decode(np.ascontiguousarray(data.as_ndarray_like()))
-        return spec.prototype.nd_buffer.from_ndarray_like(out.reshape(spec.shape))
-    if isinstance(codec, _nc._NumcodecsArrayBytesCodec):
-        out = codec._codec.decode(data.to_bytes())
-        return spec.prototype.nd_buffer.from_ndarray_like(out.reshape(spec.shape))
-    if isinstance(codec, _nc._NumcodecsBytesBytesCodec):
-        return as_numpy_array_wrapper(codec._codec.decode, data, spec.prototype)
-    return codec._decode_sync(data, spec)
-
-
 def describe(options: dict[str, Any]) -> list[str]:
     """Short names of a leaf's chain (``array_options`` output), for the store header."""
     names = [type(c).__name__ for c in options["filters"]]
@@ -179,12 +120,8 @@ def describe(options: dict[str, Any]) -> list[str]:
 
 __all__ = [
     "array_options",
-    "chunk_specs",
-    "decode_step",
     "default_compressors",
     "dimension_names",
-    "encode_step",
     "row_delta_filters",
     "rows_last",
-    "supports_sync",
 ]

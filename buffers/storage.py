@@ -38,6 +38,7 @@ from tensordict.base import _is_leaf_nontensor
 from torchrl.data.replay_buffers.storages import TensorStorage
 from torchrl.data.replay_buffers.writers import RoundRobinWriter, Writer
 
+from . import _compat_zarr as zarr_compat
 from . import codecs as leaf_codecs
 from . import pickling, pytrees, sampler_state, xor_rows
 from ._compat_tensordict import td_from_leaves
@@ -604,7 +605,7 @@ class ZarrStorage(TensorStorage):
             opts["compressors"], _ = codec_chain(opts["compressors"])  # + crc32c
         extent = 0 if header.capacity is None else -(header.capacity // -R) * R
         extent = max(extent, self._commit.extent)
-        root = self._group._async_group
+        root = zarr_compat.async_group(self._group)
         parents = sorted({p.rpartition("/")[0] for p in header.schema} - {""}, key=len)
 
         async def create() -> list:
@@ -792,7 +793,8 @@ class ZarrStorage(TensorStorage):
                 stop = max(start, min(start + R, arr.shape[0]))
                 reads.append((chunk, path, arr, slice(start, stop)))
         values = _run_io(
-            [arr._async_array.getitem(sel) for _, _, arr, sel in reads], return_exceptions=True
+            [zarr_compat.async_array(arr).getitem(sel) for _, _, arr, sel in reads],
+            return_exceptions=True,
         )
         out: dict[int, dict[str, np.ndarray]] = {c: {} for c in chunks}
         for (chunk, path, _, sel), value in zip(reads, values):
@@ -1651,7 +1653,7 @@ class ZarrStorage(TensorStorage):
                 io = []
             committed_end = self._commit.base + self._commit.write_count  # as published
             io += store_chunks(encoded, fresh_from=-(committed_end // -R))
-            io += [arr._async_array.setitem(sel, value) for arr, sel, value in fallback]
+            io += [zarr_compat.async_array(arr).setitem(sel, value) for arr, sel, value in fallback]
             _run_io(io)
             self._written_chunks = max(self._written_chunks, dirty[-1] + 1)
             self._pool.mark_clean(dirty)
@@ -2054,7 +2056,6 @@ class ZarrStorage(TensorStorage):
             f"{None if self._growing else self.max_size}, ndim={self.ndim}, "
             f"mode={'r' if self.read_only else 'r+'}{reopened})"
         )
-
 
 
 class _StorageView(TensorDict):

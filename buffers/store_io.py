@@ -27,6 +27,7 @@ import zarr
 from zarr.core.buffer import Buffer, default_buffer_prototype
 from zarr.storage import LocalStore, StorePath
 
+from . import _compat_zarr as zarr_compat
 from .errors import UnsafeStoreError
 
 
@@ -228,7 +229,7 @@ def put_group_attributes(group: zarr.Group, attributes: dict, durable: bool = Fa
 
     The document is zarr's own (``GroupMetadata.to_dict``) written as compact JSON: the C
     encoder takes ~0.05 ms where zarr's indented encoding of the same attributes takes ~1 ms."""
-    async_group = group._async_group
+    async_group = zarr_compat.async_group(group)
     new = dataclasses.replace(async_group.metadata, attributes=attributes)
     doc = dataclasses.replace(new, attributes={}).to_dict()
     doc["attributes"] = attributes
@@ -245,20 +246,20 @@ def put_group_attributes(group: zarr.Group, attributes: dict, durable: bool = Fa
         io = []
     else:
         io = put_objects([(key, data)])
-    object.__setattr__(async_group, "metadata", new)
+    zarr_compat.replace_metadata(async_group, new)
     return io
 
 
 def grow_array(array: zarr.Array, rows: int) -> list:
     """Sets ``array``'s dim-0 size to ``rows`` (≥ the current size: nothing is deleted) with
     one metadata write; returns coroutines for non-local stores (see ``put_objects``)."""
-    async_array = array._async_array
+    async_array = zarr_compat.async_array(array)
     old = async_array.metadata
     if rows < old.shape[0]:
         raise ValueError(f"grow_array cannot shrink {array.path!r} from {old.shape[0]} to {rows}")
     new = old.update_shape((rows, *old.shape[1:]))
     io = put_objects(metadata_objects(async_array.store_path, new))
-    object.__setattr__(async_array, "metadata", new)
+    zarr_compat.replace_metadata(async_array, new)
     return io
 
 

@@ -55,3 +55,23 @@ def test_the_tensordict_internals_exist_in_a_checked_release():
 
     lazy = tdc.td_with_leaf_mapping(Lazy(b=x), torch.Size([3]), None)
     assert loaded == [] and torch.equal(lazy["b"], x) and loaded == ["b"]
+
+
+def test_the_zarr_internals_exist_in_a_checked_release(tmp_path):
+    import zarr
+    from zarr.codecs.numcodecs import _codecs as numcodecs_wrappers
+    from zarrl.buffers import _compat_zarr as zc
+
+    assert zarr.__version__.split("+")[0] in zc.CHECKED_ZARR, zarr.__version__
+    group = zarr.open_group(tmp_path / "g.zarr", mode="w", zarr_format=3)
+    array = group.create_array("a", shape=(8,), chunks=(4,), dtype="float32")
+    handle = zc.async_array(array)
+    assert handle.metadata.shape == (8,) and zc.array_config(handle) is not None
+    assert zc.async_group(group).metadata.attributes == {}
+    zc.replace_metadata(handle, handle.metadata.update_shape((16,)))
+    assert handle.metadata.shape == (16,)
+    for cls in ("_NumcodecsArrayArrayCodec", "_NumcodecsBytesBytesCodec"):
+        assert hasattr(numcodecs_wrappers, cls)
+    for codec in zc.async_array(array).metadata.codecs:  # zarr's own codecs run synchronously
+        assert zc.supports_sync(codec)
+        assert hasattr(codec, "_encode_sync") and hasattr(codec, "_decode_sync")
