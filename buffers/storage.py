@@ -1447,9 +1447,13 @@ class ZarrStorage(TensorStorage):
         """Completed chunks whose commit ``min_commit_interval`` deferred are committed at the next
         sampling call once the interval has passed: a burst of appends followed only by sampling
         would otherwise stay uncommitted (not durable, and invisible to the background refill,
-        which decodes committed chunks only)."""
-        if not (self.read_only or self._closed) and self._completed_chunks_due():
-            self._maybe_commit()
+        which decodes committed chunks only). Under the storage's lock: a worker's writes may
+        be applied by the pump thread meanwhile."""
+        if self.read_only:
+            return
+        with self._io_lock:
+            if not self._closed and self._completed_chunks_due():
+                self._maybe_commit()
 
     def _completed_chunks_due(self) -> bool:
         """Appends completed a chunk since the last commit, and ``min_commit_interval`` has
