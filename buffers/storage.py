@@ -1426,6 +1426,16 @@ class ZarrStorage(TensorStorage):
                 tags += list(self._arrays)
         self._write_ahead.submit(items, fresh_from, fsync=self.durability == "os", tags=tags)
 
+    def _seal_entries(self, items: list[tuple[str, int, int]]) -> list:
+        """Stages the seal entries of chunks ``(leaf, chunk, crc)`` written for the next commit;
+        returns the writes of the seal chunks they touch (none for an unsealed store)."""
+        if self._seals is None:
+            return []
+        table = self._seals.stage(
+            items, self._commit, self._header.chunk_rows, _run_io, self._where
+        )
+        return put_objects(table)
+
     def _land_writes(self, wait: bool | int) -> None:
         """Marks the chunks of finished write-ahead batches clean (``wait``: see
         ``WriteAhead.land``); their unsynced files go to the store's log for the next durable
@@ -1434,11 +1444,8 @@ class ZarrStorage(TensorStorage):
         try:
             written = self._write_ahead.land(wait, sync_log(self._group.store), landed)
         finally:
-            if landed and self._seals is not None:  # entries before the commit covering them
-                table = self._seals.stage(
-                    landed, self._commit, self._header.chunk_rows, _run_io, self._where
-                )
-                _run_io(put_objects(table))
+            if landed:  # entries before the commit covering them
+                _run_io(self._seal_entries(landed))
         if written:
             self._written_chunks = max(self._written_chunks, written[-1] + 1)
             self._pool.mark_clean(written)
@@ -1652,8 +1659,7 @@ class ZarrStorage(TensorStorage):
                     else:
                         fallback.append((arr, slice(c * R, (c + 1) * R), block[path]))
             if self._seals is not None and sealed:  # entries before their chunks (crash-safe)
-                table = self._seals.stage(sealed, self._commit, R, _run_io, self._where)
-                _run_io(io + put_objects(table))
+                _run_io(io + self._seal_entries(sealed))
                 io = []
             committed_end = self._commit.base + self._commit.write_count  # as published
             io += store_chunks(encoded, fresh_from=-(committed_end // -R))
