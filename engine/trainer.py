@@ -361,9 +361,8 @@ class Trainer:
 
     def _update_lambda(self, returns: list[float], lengths: list[float]) -> None:
         """Feed the episodes finished since the last call to the loss's KL-budget λ tuner."""
-        if not isinstance(self.loss, TrustPCLLoss) or self.loss.lambda_tuner is None:
-            return
-        if not returns:
+        tuned = isinstance(self.loss, TrustPCLLoss) and self.loss.lambda_tuner is not None
+        if not (tuned and returns):
             return
         self.loss.update_lambda(
             torch.tensor(returns, dtype=torch.float64), torch.tensor(lengths, dtype=torch.float64)
@@ -643,7 +642,8 @@ class Trainer:
     def _finish(self) -> dict[str, Any]:
         self.counters["wall_time"] += time.monotonic() - self._t0
         self._t0 = time.monotonic()
-        self.task_metrics = self.task.metrics(self.actor, self.loss, reference=self.reference)
+        if not self.eval_history or self._eval_is_stale():  # else the last evaluation's are current
+            self.task_metrics = self.task.metrics(self.actor, self.loss, reference=self.reference)
         summary = self.summary()
         self.layout.summary.write_text(json.dumps(summary, indent=2))
         plot_learning_curve(

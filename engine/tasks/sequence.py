@@ -84,13 +84,7 @@ class SequenceTask:
         opts = task_options("sequence", env.options, DEFAULTS)
         self.options = opts
         self.num_envs = env.num_envs
-        probe, self.tree, self.reward = make_synthetic_tree_env(
-            opts["vocab_size"],
-            opts["max_length"],
-            end_token=opts["end_token"],
-            seed=opts["reward_seed"],
-            reward_scale=opts["reward_scale"],
-        )
+        probe, self.tree, self.reward = self._tree_env(())
         if not probe.with_node:
             raise ValueError(
                 f"env.options: a tree of vocab_size {opts['vocab_size']} and max_length "
@@ -105,16 +99,21 @@ class SequenceTask:
         )
         self.max_episode_steps = int(opts["max_length"])
 
+    def _tree_env(self, batch_size: tuple[int, ...]):
+        """``(env, tree, terminal reward)`` of the configured tree (``make_synthetic_tree_env``)."""
+        opts = self.options
+        return make_synthetic_tree_env(
+            opts["vocab_size"],
+            opts["max_length"],
+            end_token=opts["end_token"],
+            seed=opts["reward_seed"],
+            reward_scale=opts["reward_scale"],
+            batch_size=batch_size,
+        )
+
     def make_env(self, *, seed: int, num_envs: int | None = None) -> EnvBase:
         n = self.num_envs if num_envs is None else num_envs
-        env, _, _ = make_synthetic_tree_env(
-            self.options["vocab_size"],
-            self.options["max_length"],
-            end_token=self.options["end_token"],
-            seed=self.options["reward_seed"],
-            reward_scale=self.options["reward_scale"],
-            batch_size=(n,) if n > 1 else (),
-        )
+        env, _, _ = self._tree_env((n,) if n > 1 else ())
         env = TransformedEnv(env, StepCounter())
         env.append_transform(RewardSum())
         env.set_seed(seed)
