@@ -66,9 +66,11 @@ class Task(Protocol):
         ...
 
 
-TaskFactory = Callable[[EnvConfig, ModelConfig], Task]
+#: ``(env section, model section, *, seed) -> Task``; ``seed`` is the run's ``run.seed`` (for the
+#: task's own random streams, e.g. a fixed evaluation sample)
+TaskFactory = Callable[..., Task]
 
-#: ``env.task`` name -> factory ``(env section, model section) -> Task``.
+#: ``env.task`` name -> factory ``(env section, model section, *, seed) -> Task``.
 TASKS: dict[str, TaskFactory] = {}
 
 
@@ -84,14 +86,15 @@ def register_task(name: str) -> Callable[[TaskFactory], TaskFactory]:
     return add
 
 
-def build_task(env: EnvConfig, model: ModelConfig) -> Task:
-    """The task named by ``env.task``, built from the ``env`` and ``model`` sections."""
+def build_task(env: EnvConfig, model: ModelConfig, *, seed: int = 0) -> Task:
+    """The task named by ``env.task``, built from the ``env`` and ``model`` sections for a run
+    seeded with ``seed``."""
     factory = TASKS.get(env.task)
     if factory is None:
         close = difflib.get_close_matches(env.task, TASKS, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ConfigError(f"env.task: got {env.task!r}{hint}, expected one of {', '.join(TASKS)}")
-    return factory(env, model)
+    return factory(env, model, seed=seed)
 
 
 def task_options(task: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict:
