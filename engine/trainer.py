@@ -108,11 +108,10 @@ class Trainer:
         )
         # a refused start writes nothing: what this constructor creates is removed on failure
         fresh = checkpoint is None
-        created = [
-            p
-            for p in (self.buffer_path, self.layout.config, self.layout.logs, self.layout.root)
-            if fresh and not p.exists()
-        ]
+        # (the folders above the run folder and the buffer too: deepest first)
+        paths = [self.buffer_path, self.layout.config, self.layout.logs, self.layout.root]
+        paths += [*self.layout.root.parents, *self.buffer_path.parents]
+        created = [p for p in paths if fresh and not p.exists()]
         try:
             self._setup(config, checkpoint)
         except BaseException:
