@@ -335,7 +335,6 @@ def _arrow_sources(names: list[str], field_map: Mapping[str, str]) -> dict[str, 
 
 def _check_arrow_schema(schema, sources: dict[str, str], file: str) -> None:
     """Missing columns and wrong column types, named (with what was found)."""
-    import pyarrow as pa
     import pyarrow.types as pt
 
     missing = [f for f in _REQUIRED if f not in sources]
@@ -370,7 +369,6 @@ def _check_arrow_schema(schema, sources: dict[str, str], file: str) -> None:
         if not ok(t) and not pt.is_null(t):
             raise GenerationsImportError(
                 f"{file}: column {column!r} ({field}) has type {t}, expected {what}"
-                + (f" (pyarrow {pa.list_(pa.int64())})" if "list" in what else "")
             )
 
 
