@@ -133,10 +133,12 @@ class GenerationsBuffer:
             raise IndexError(f"prompt index outside [0, {self.num_prompts})")
         begin, end = self._poff[idx], self._poff[idx + 1]
         lengths = end - begin
-        width = int(lengths.max()) if idx.numel() else 0
-        mask = torch.arange(width) >= (width - lengths).unsqueeze(-1)
-        tokens = torch.zeros(len(idx), width, dtype=torch.int64)
-        tokens[mask] = self._ptok[_ranges(begin, lengths)]
+        P = len(idx)
+        width = int(lengths.max()) if P else 0
+        slot = _ranges(torch.arange(P) * width + width - lengths, lengths)  # right-aligned
+        mask = torch.zeros(P * width, dtype=torch.bool).index_fill_(0, slot, True).view(P, width)
+        tokens = torch.zeros(P * width, dtype=torch.int64)
+        tokens = tokens.index_copy_(0, slot, self._ptok[_ranges(begin, lengths)]).view(P, width)
         return tokens.to(self.device), mask.to(self.device)
 
     def completions(self, indices: torch.Tensor) -> TensorDict:
