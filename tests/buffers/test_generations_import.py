@@ -486,3 +486,40 @@ def test_field_map_errors_name_the_entry():
         parse_field_map("oops")
     with pytest.raises(ValueError, match=r"\['score'\] are not schema fields"):
         parse_field_map("reward=score")
+
+
+def test_a_damaged_import_record_is_named(tmp_path):
+    from zarrl.buffers import StoreFormatError
+    from zarrl.buffers.store_io import put_group_attributes
+
+    import_generations(
+        [write_jsonl(tmp_path / "a.jsonl", make_records(4, seed=25))], tmp_path / "b", **FACTS
+    )
+    ((name, group),) = zarr.open_group(str(tmp_path / "b" / "imports"), mode="a").groups()
+    record = dict(group.attrs["zarrl_generations_import"])
+    put_group_attributes(group, {"zarrl_generations_import": {**record, "rows": [0, "x"]}})
+    with pytest.raises(StoreFormatError, match=rf"imports/{name}/zarr.json: .*rows=\[0, 'x'\]"):
+        GenerationsBuffer.open(tmp_path / "b")
+    put_group_attributes(group, {"zarrl_generations_import": {**record, "completions": [0, 9]}})
+    with pytest.raises(
+        StoreFormatError, match=rf"imports/{name}/completion_length: 4 entries, the record says 9"
+    ):
+        GenerationsBuffer.open(tmp_path / "b")
+    root = zarr.open_group(str(tmp_path / "b"), mode="a")
+    put_group_attributes(group, {"zarrl_generations_import": record})
+    facts = dict(root.attrs["zarrl_generations"])
+    put_group_attributes(root, {"zarrl_generations": {**facts, "eos_id": VOCAB}})
+    with pytest.raises(StoreFormatError, match="eos_id is not below vocab_size"):
+        GenerationsBuffer.open(tmp_path / "b")
+
+
+def test_unique_chunks_matches_torch_unique():
+    from zarrl.buffers.chunk_pool import unique_chunks
+
+    for chunks in (
+        torch.tensor([0, 0, 1, 1, 1, 4, 9]),  # sorted: an append's chunks
+        torch.tensor([3, 1, 3, 0, 1]),
+        torch.tensor([5]),
+        torch.zeros(0, dtype=torch.int64),
+    ):
+        assert torch.equal(unique_chunks(chunks), torch.unique(chunks))
