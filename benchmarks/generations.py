@@ -282,7 +282,7 @@ def main() -> None:
     try:
         print("\n| import | zarrl tokens/s | baseline tokens/s | ratio (target >= 0.5) |")
         print("|---|---|---|---|")
-        for fmt, ours, base in bench_import(logs, tmp, repeats=2):
+        for fmt, ours, base in bench_import(logs, tmp, repeats=3):
             what = "pyarrow into numpy" if fmt == "parquet" else "json.loads per line"
             print(f"| {fmt} (vs {what}) | {ours:,.0f} | {base:,.0f} | {ours / base:.2f}x |")
         buffer_path = tmp / "buf-parquet-0"

