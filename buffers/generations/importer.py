@@ -9,7 +9,9 @@ very large logs into several imports.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import os
 import time
 import uuid
@@ -98,6 +100,39 @@ def import_generations(
         format_of(f)
     where = os.fspath(buffer)
     Path(where).mkdir(parents=True, exist_ok=True)
+    with _exclusive(where):
+        return _import(
+            where, files, fmap, vocab_size, eos_id, max_new_tokens, on_error, allow_duplicate
+        )
+
+
+@contextlib.contextmanager
+def _exclusive(where: str):
+    """One import at a time per buffer: an exclusive ``flock`` on ``<buffer>/.import.lock``
+    (released by the OS if the process dies, so a killed import leaves no stale lock)."""
+    with open(Path(where) / ".import.lock", "a+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise GenerationsImportError(
+                f"{where}: another import into this buffer is running; wait for it"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _import(
+    where: str,
+    files: Sequence[str | os.PathLike],
+    fmap: dict[str, str],
+    vocab_size: int | None,
+    eos_id: int | None,
+    max_new_tokens: int | None,
+    on_error: str,
+    allow_duplicate: bool,
+) -> ImportReport:
     root = open_root(where, "a")
     stored = read_facts(root, where)
     tables = load_tables(root, where)

@@ -523,3 +523,18 @@ def test_unique_chunks_matches_torch_unique():
         torch.zeros(0, dtype=torch.int64),
     ):
         assert torch.equal(unique_chunks(chunks), torch.unique(chunks))
+
+
+def test_a_second_import_while_one_runs_is_refused(tmp_path):
+    import fcntl
+
+    src = write_jsonl(tmp_path / "a.jsonl", make_records(3, seed=26))
+    (tmp_path / "b").mkdir()
+    with open(tmp_path / "b" / ".import.lock", "a+b") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running import holds it
+        with pytest.raises(GenerationsImportError, match="another import into this buffer"):
+            import_generations([src], tmp_path / "b", **FACTS)
+        fcntl.flock(held, fcntl.LOCK_UN)
+    assert import_generations([src], tmp_path / "b", **FACTS).completions == 3
+    with GenerationsBuffer.open(tmp_path / "b") as buf:  # the lock file is no zarr member
+        assert buf.num_completions == 3
