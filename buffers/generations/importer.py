@@ -108,19 +108,20 @@ def import_generations(
 
 @contextlib.contextmanager
 def _exclusive(where: str):
-    """One import at a time per buffer: an exclusive ``flock`` on ``<buffer>/.import.lock``
-    (released by the OS if the process dies, so a killed import leaves no stale lock)."""
-    with open(Path(where) / ".import.lock", "a+b") as fh:
+    """One import at a time per buffer: an exclusive ``flock`` on the buffer's folder itself
+    (no lock file among the group's members; released by the OS if the process dies, so a
+    killed import leaves no stale lock)."""
+    fd = os.open(where, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise GenerationsImportError(
                 f"{where}: another import into this buffer is running; wait for it"
             ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _import(
