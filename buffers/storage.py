@@ -36,7 +36,7 @@ import zarr.storage
 from tensordict import LazyStackedTensorDict, TensorDict, TensorDictBase, is_tensor_collection
 from tensordict.base import _is_leaf_nontensor
 from torchrl.data.replay_buffers.storages import TensorStorage
-from torchrl.data.replay_buffers.writers import RoundRobinWriter, Writer
+from torchrl.data.replay_buffers.writers import RoundRobinWriter
 
 from . import _compat_zarr as zarr_compat
 from . import codecs as leaf_codecs
@@ -46,8 +46,12 @@ from ._compat_torchrl import (
     after_sampler_init,
     buffer_lock,
     buffer_sampler,
+    buffer_writer,
     load_hooks,
     save_hooks,
+    set_writer_position,
+    wrap_writer_init,
+    writer_position,
 )
 from .chunk_codec import ChunkCodec, drop_chunks, fetch_chunks, store_chunks
 from .chunk_pool import ChunkPool, load_group
@@ -68,6 +72,7 @@ from .format import (
     write_attrs,
 )
 from .lazy_view import lazy_tensordict, path_tree
+from .ring import Ring
 from .seals import (
     SEAL_CHUNK,
     SealTable,
@@ -244,7 +249,7 @@ class ZarrStorage(TensorStorage):
             device=device,
             ndim=ndim,
         )
-        self._growing = max_size is None
+        self.ring = Ring(max_size)  # capacity, base and write count (``buffers/ring.py``)
         self.read_only = _mode == "r"
         self._init_options = {  # what a pickle or a deepcopy reopens the store with
             "ndim": ndim,
@@ -286,9 +291,7 @@ class ZarrStorage(TensorStorage):
         self._pytree: pytrees.Structure = None  # structure of stored plain pytrees
         self._item_batch: tuple[int, ...] = ()  # batch dims of each element beyond ``ndim``
         self._commit = Commit()
-        self._wc = 0  # rows appended since ``base`` (staged, may be ahead of the commit)
         self._written_chunks = 0  # chunk ids below this were stored by this process
-        self._base = 0
         self._inplace_pending = False
         self._last_commit_time = time.monotonic()
         self._last_refresh = time.monotonic()
@@ -394,7 +397,7 @@ class ZarrStorage(TensorStorage):
             )
         meta = attrs["zarrl"]
         stored_max = meta.get("max_size")
-        mine = None if self._growing else self.max_size
+        mine = self.ring.max_size
         if stored_max != mine or int(meta.get("ndim", 1)) != self.ndim:
             raise ValueError(
                 f"{self._where} holds max_size={stored_max}, ndim={meta.get('ndim')}; "
@@ -442,32 +445,45 @@ class ZarrStorage(TensorStorage):
         self._item_batch = tuple(item_batch)
 
     def _write_meta(self, durable: bool = False) -> None:
-        static = {"max_size": None if self._growing else self.max_size, "ndim": self.ndim}
+        static = {"max_size": self.ring.max_size, "ndim": self.ndim}
         if self._pytree is not None:
             static["pytree"] = self._pytree
         if self._item_batch:
             static["item_batch"] = list(self._item_batch)
         _run_io(write_attrs(self._group, self._header, self._commit, durable, **static))
 
-    # ============================================================ layout/setup
+    # ============================================================ identity
     @property
-    def _cap0(self) -> int | None:
-        """Capacity along dim 0 (rows), ``None`` when growing."""
-        if self._growing:
-            return None
-        tail = self._header.tail if self._header else ()
-        return -(self.max_size // -max(1, math.prod(tail)))
+    def where(self) -> str:
+        """The store as named in messages: its path, or the store object's ``repr``."""
+        return self._where
 
+    @property
+    def store(self) -> zarr.abc.store.Store:
+        """The zarr store holding the rows."""
+        return self._group.store
+
+    @property
+    def location(self) -> str | os.PathLike | zarr.abc.store.Store:
+        """The ``path`` this storage was built with (a temporary directory when none was)."""
+        return self._path_arg
+
+    @property
+    def init_options(self) -> dict[str, Any]:
+        """Keyword arguments a pickle or a deepcopy reopens the store with (a copy)."""
+        return dict(self._init_options)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ============================================================ layout/setup
     @property
     def _total_shape(self):
         if self._header is None:
             return None
-        cap0 = self._cap0 if not self._growing else self._len_along_dim0_raw()
-        return torch.Size([cap0, *self._header.tail])
-
-    def _len_along_dim0_raw(self) -> int:
-        tail = math.prod(self._header.tail) if self._header else 1
-        return -(self._len // -max(1, tail))
+        cap0 = self.ring.capacity
+        return torch.Size([self._len0() if cap0 is None else cap0, *self._header.tail])
 
     def _infer_header(self, element: TensorDictBase) -> Header:
         tail = tuple(element.batch_size)
@@ -504,7 +520,7 @@ class ZarrStorage(TensorStorage):
         else:
             index_keys = [k for k, s in schema.items() if s.nbytes <= _INDEX_MAX_BYTES]
         return Header(
-            capacity=self._cap0_for(tail),
+            capacity=self.ring.capacity_for(tail),
             ndim=self.ndim,
             tail=tail,
             chunk_rows=chunk_rows,
@@ -523,14 +539,10 @@ class ZarrStorage(TensorStorage):
             chunk_seals=seal_spec(list(schema)),
         )
 
-    def _cap0_for(self, tail) -> int | None:
-        if self._growing:
-            return None
-        return -(self.max_size // -max(1, math.prod(tail)))
-
     def _setup(self, header: Header, create: bool = False) -> None:
         """Builds arrays (when ``create``), the chunk pool and the RAM index for ``header``."""
         self._header = header
+        self.ring.tail = header.tail
         R, tail = header.chunk_rows, header.tail
         if create:
             self._arrays = self._create_arrays(header)
@@ -644,13 +656,14 @@ class ZarrStorage(TensorStorage):
     def _phys(self, pos: torch.Tensor) -> torch.Tensor:
         """Physical row (write-order log) of each ring position ``pos`` (int64)."""
         cap0 = self._header.capacity
-        if cap0 is None or self._wc <= cap0:  # not wrapped yet: one generation
-            return pos + self._base
-        gen = torch.div(self._wc - 1 - pos, cap0, rounding_mode="floor").clamp_min(0)
-        return self._base + gen * cap0 + pos
+        if cap0 is None or self.ring.write_count <= cap0:  # not wrapped yet: one generation
+            return pos + self.ring.base
+        gen = torch.div(self.ring.write_count - 1 - pos, cap0, rounding_mode="floor").clamp_min(0)
+        return self.ring.base + gen * cap0 + pos
 
     def _len0(self) -> int:
-        return self._len_along_dim0_raw()
+        """Live rows along dim 0."""
+        return self.ring.rows_of(self._len)
 
     def _rows_and_reindex(self, index):
         """dim-0 positions [N] to read + how to index the gathered ``[N, *tail]`` block."""
@@ -750,7 +763,10 @@ class ZarrStorage(TensorStorage):
         for the head chunk) binds to its array and index (``seals.chunk_problem``); ``record``:
         the writer notes the versions it read (``SealTable.disk_crc``)."""
         R, reader = self._header.chunk_rows, self.read_only
-        col, live_start = self._seals.col, self._live_start_committed()
+        col, live_start = (
+            self._seals.col,
+            self.ring.live_start(self._commit.base, self._commit.write_count),
+        )
         bound = 16 if reader else None
         rows = self._seals.rows(chunks, _run_io, self._where, bound=bound)
         crcs = [None if raw is None else data_crc(raw) for raw in raws]
@@ -813,7 +829,7 @@ class ZarrStorage(TensorStorage):
         out = {}
         big = [k for k in keys if k not in self._index]
         if big:
-            phys = self._phys(rows)
+            phys = self.ring.phys(rows)
             loaded: list[int] = []
 
             def load(chunks: list[int]):
@@ -956,8 +972,8 @@ class ZarrStorage(TensorStorage):
         identity and must not modify it)."""
         if self._header is None or self.is_ram_mirror:
             return None
-        live = self._live_phys_range()
-        key = (self._pool, self._pool.version, live, self._base, self._len0())
+        live = self.ring.live_range(self._len0())
+        key = (self._pool, self._pool.version, live, self.ring.base, self._len0())
         if self._resident_mask is None or self._resident_mask[0] != key:
             R = self._header.chunk_rows
             first = live[0] // R
@@ -967,7 +983,7 @@ class ZarrStorage(TensorStorage):
             cached[chunks[(chunks >= 0) & (chunks < cached.numel())]] = True
             phys = torch.arange(*live)
             mask = torch.zeros(self._len0(), dtype=torch.bool)
-            mask[self._pos_of_phys(phys)] = cached[phys // R - first]
+            mask[self.ring.position(phys)] = cached[phys // R - first]
             self._resident_mask = (key, mask)
         return self._resident_mask[1]
 
@@ -989,9 +1005,9 @@ class ZarrStorage(TensorStorage):
     def _live_phys_range(self) -> tuple[int, int]:
         cap0 = self._header.capacity
         n0 = self._len0()
-        end = self._base + self._wc
-        start = end - n0 if cap0 is None else self._base + max(0, self._wc - cap0)
-        if cap0 is not None and n0 < min(self._wc, cap0):
+        end = self.ring.base + self.ring.write_count
+        start = end - n0 if cap0 is None else self.ring.base + max(0, self.ring.write_count - cap0)
+        if cap0 is not None and n0 < min(self.ring.write_count, cap0):
             start = end - n0
         return start, max(start, end)
 
@@ -1001,7 +1017,7 @@ class ZarrStorage(TensorStorage):
         the ``u``-th cached row is ``shift[k] + u`` with ``k = searchsorted(cum, u, right)``.
         Recomputed only when the pool's residency or the live range changed."""
         R = self._header.chunk_rows
-        live = self._live_phys_range()
+        live = self.ring.live_range(self._len0())
         key = (self._pool, self._pool.version, live)
         if self._resident_cache is None or self._resident_cache[0] != key:
             with self._pool.lock:
@@ -1018,17 +1034,17 @@ class ZarrStorage(TensorStorage):
         shift, cum = self._resident_runs()
         if cum.numel() == 0:  # nothing cached yet: load a few chunks synchronously
             R = self._header.chunk_rows
-            start, end = self._live_phys_range()
+            start, end = self.ring.live_range(self._len0())
             want = torch.randint(start // R, (end - 1) // R + 1, (min(4, self._pool.max_slots),))
             self._pool.ensure(torch.unique(want), self._load_chunks)
             return self._sample_resident(batch_size)
         u = torch.randint(int(cum[-1]), (batch_size,), generator=self._rng)
         phys = shift[torch.searchsorted(cum, u, right=True)] + u
-        return self._pos_of_phys(phys)
+        return self.ring.position(phys)
 
     def _pos_of_phys(self, phys: torch.Tensor) -> torch.Tensor:
         cap0 = self._header.capacity
-        rel = phys - self._base
+        rel = phys - self.ring.base
         return rel if cap0 is None else rel % cap0
 
     def _refill_rows(self) -> int:
@@ -1047,9 +1063,9 @@ class ZarrStorage(TensorStorage):
             or time.monotonic() < self._next_refill
         ):
             return
-        start, _ = self._live_phys_range()
+        start, _ = self.ring.live_range(self._len0())
         # whole committed chunks only: their bytes change only through in-place writes
-        first, last = start // R, (self._base + self._commit.write_count) // R - 1
+        first, last = start // R, (self.ring.base + self._commit.write_count) // R - 1
         if last < first:
             return
         n = self._refill_rows() // R
@@ -1086,7 +1102,7 @@ class ZarrStorage(TensorStorage):
         """Changes whenever committed chunks may have changed bytes (in-place writes, a new
         base or a reader's full refresh), which makes a pending refill stale."""
         c = self._commit
-        return c.inplace_revision, c.base, self._inplace_pending, self._base
+        return c.inplace_revision, c.base, self._inplace_pending, self.ring.base
 
     def _install_refill(self) -> None:
         """Installs the chunks of a finished refill that are still uncached and not stale."""
@@ -1096,7 +1112,7 @@ class ZarrStorage(TensorStorage):
         version, decoded = future.result()  # a corrupt chunk raises here, in the sampler
         if version != self._refill_version() or self._inplace_pending:
             return
-        start, _ = self._live_phys_range()
+        start, _ = self.ring.live_range(self._len0())
         R = self._header.chunk_rows
         with self._pool.lock:
             for c, arrays in decoded:
@@ -1207,9 +1223,10 @@ class ZarrStorage(TensorStorage):
         self._set(cursor, data, set_cursor, rollback=True)
 
     @_serialized
-    def _apply_remote_write(self, cursor, data, set_cursor: bool) -> None:
-        """A worker proxy's ``set``, run by the pump thread; the proxy rolls back its own
-        writers if this raises (this process's writers did not move)."""
+    def apply_worker_write(self, cursor, data, set_cursor: bool) -> None:
+        """A worker proxy's ``set`` (``buffers/worker_proxy.py``), run by the pump thread; the
+        proxy rolls back its own writers if this raises (this process's writers did not
+        move)."""
         self._set(cursor, data, set_cursor, rollback=False)
 
     def _set(self, cursor, data, set_cursor: bool, rollback: bool) -> None:
@@ -1224,7 +1241,7 @@ class ZarrStorage(TensorStorage):
         except ValueError:
             n = 1 if is_int else _rows_of_cursor(cursor)
             if rollback and set_cursor and n:  # the writer's cursor moves back: no hole
-                rollback_writers(self._attached_entities, n, self._ring_capacity())
+                rollback_writers(self._attached_entities, n, self.ring.capacity)
             raise
         if not is_int and td.batch_dims and td.shape[0] == 0:
             return  # an empty extend writes nothing (and initializes nothing)
@@ -1236,7 +1253,7 @@ class ZarrStorage(TensorStorage):
                 header = self._infer_header(td[0])
             except ValueError:  # refused before anything exists: the writer moves back too
                 if rollback and set_cursor and not isinstance(cursor, tuple):
-                    rollback_writers(self._attached_entities, td.shape[0], self._ring_capacity())
+                    rollback_writers(self._attached_entities, td.shape[0], self.ring.capacity)
                 raise
             header.tensor_root = isinstance(data, torch.Tensor)
             self._setup(header, create=True)
@@ -1247,7 +1264,7 @@ class ZarrStorage(TensorStorage):
             leaves = self._validate(td)
         except ValueError:
             if rollback and set_cursor and not isinstance(cursor, tuple):
-                rollback_writers(self._attached_entities, td.shape[0], self._ring_capacity())
+                rollback_writers(self._attached_entities, td.shape[0], self.ring.capacity)
             raise
         if isinstance(cursor, tuple) and len(cursor) > 1:
             return self._set_partial(cursor, td, set_cursor)
@@ -1282,27 +1299,27 @@ class ZarrStorage(TensorStorage):
         cap0 = self._header.capacity
         n = rows.numel()
         leaves = {k: v.detach().to("cpu") for k, v in leaves.items()}
-        expected = self._wc + torch.arange(n)
+        expected = self.ring.write_count + torch.arange(n)
         if cap0 is not None:
             expected = expected % cap0
         run = append and torch.equal(rows, expected)  # an append: consecutive rows
         if run:
-            phys = self._base + self._wc + torch.arange(n)
+            phys = self.ring.base + self.ring.write_count + torch.arange(n)
             keep = n if cap0 is None else min(n, cap0)  # a batch larger than the ring
             phys, rows = phys[n - keep :], rows[n - keep :]
             leaves = {k: v[n - keep :] for k, v in leaves.items()}
-            self._wc += n
+            self.ring.advance(n)
             self._ensure_index_rows(int(rows.max()) + 1)
             ring_run = int(rows[-1]) - int(rows[0]) + 1 == rows.numel()  # no wrap-around
         else:
             ring_run = False
             self._land_writes(wait=True)  # rows of chunks being written ahead may change
             self._ensure_index_rows(int(rows.max()) + 1)
-            phys = self._phys(rows)
-            if int(phys.min()) < self._base + self._commit.write_count:
+            phys = self.ring.phys(rows)
+            if int(phys.min()) < self.ring.base + self._commit.write_count:
                 self._inplace_pending = True
         self._grow_map_for(int(phys.max()))
-        committed_end = self._base + self._commit.write_count
+        committed_end = self.ring.base + self._commit.write_count
         R = self._header.chunk_rows
         # chunks that may hold data: committed rows, or rows this process already stored
         # past the commit; anything later is absent or a torn leftover of a crash: zeros
@@ -1340,7 +1357,7 @@ class ZarrStorage(TensorStorage):
         if self._header.capacity is not None:
             return
         R = self._header.chunk_rows
-        span = max_phys // R - self._base // R + 2
+        span = max_phys // R - self.ring.base // R + 2
         if self._cache == "ram" and span > self._pool.max_slots:
             self._pool.max_slots = max(span, 2 * self._pool.max_slots)
         if span > self._pool.map_size or self._pool.max_slots > self._pool.map_size:
@@ -1350,14 +1367,14 @@ class ZarrStorage(TensorStorage):
         """Rows of the ring (``None`` for a growing store), known before the first write too."""
         if self._header is not None:
             return self._header.capacity
-        return None if self._growing else self.max_size
+        return self.ring.max_size
 
     def _get_new_len(self, data, cursor):
         """TorchRL's length update (``+ numel``), bounded by the rows actually live: rewriting
         rows already stored with ``set_cursor=True`` does not count them twice (the commit record
         must never claim more rows than the store holds)."""
         numel = data.shape[: self.ndim].numel()
-        self._len = min(self._len + numel, self.max_size, self._live_len(self._wc))
+        self._len = min(self._len + numel, self.max_size, self.ring.live_len(self.ring.write_count))
 
     def _live_len(self, wc: int) -> int:
         """Elements (rows × ``prod(tail)``) live after ``wc`` rows were written."""
@@ -1368,8 +1385,8 @@ class ZarrStorage(TensorStorage):
     # ============================================================ durability
     def _maybe_commit(self) -> None:
         self._land_writes(wait=False)
-        committed_end = self._base + self._commit.write_count
-        staged_end = self._base + self._wc
+        committed_end = self.ring.base + self._commit.write_count
+        staged_end = self.ring.base + self.ring.write_count
         since = time.monotonic() - self._last_commit_time
         explicit = (
             self.flush_every_rows is not None
@@ -1397,7 +1414,7 @@ class ZarrStorage(TensorStorage):
         if self._inplace_pending:
             return
         R = self._header.chunk_rows
-        head = (self._base + self._wc) // R
+        head = (self.ring.base + self.ring.write_count) // R
         codecs = self._chunk_codecs()
         if not all(codec.supported for codec in codecs.values()):
             return
@@ -1466,7 +1483,9 @@ class ZarrStorage(TensorStorage):
         """Appends completed a chunk since the last commit, and ``min_commit_interval`` has
         passed (bulk loads commit at most that often)."""
         R = self._header.chunk_rows
-        pending = (self._base + self._wc) // R > (self._base + self._commit.write_count) // R
+        pending = (self.ring.base + self.ring.write_count) // R > (
+            self.ring.base + self._commit.write_count
+        ) // R
         return pending and time.monotonic() - self._last_commit_time >= self.min_commit_interval
 
     def _commit_whole_chunks(self, write_ahead: bool = False) -> None:
@@ -1475,19 +1494,19 @@ class ZarrStorage(TensorStorage):
         commit only up to the first chunk not written yet, and start writing the completed
         ones in the background (their commit comes at a later call, once they have landed)."""
         R = self._header.chunk_rows
-        staged_end = self._base + self._wc
+        staged_end = self.ring.base + self.ring.write_count
         head = staged_end // R
         if write_ahead:
             self._start_write_ahead()
             with self._pool.lock:
                 head = min(head, *self._pool.dirty) if self._pool.dirty else head
-            if head * R - self._base <= self._commit.write_count:
+            if head * R - self.ring.base <= self._commit.write_count:
                 return
-        elif staged_end % R == 0 or head * R - self._base <= self._commit.write_count:
+        elif staged_end % R == 0 or head * R - self.ring.base <= self._commit.write_count:
             self._flush(self.commit_durability)
             return
-        wc = head * R - self._base
-        length = min(self._len, self._live_len(wc))
+        wc = head * R - self.ring.base
+        length = min(self._len, self.ring.live_len(wc))
         if not write_ahead:
             self._write_dirty(skip=head)
         self._publish(wc, max(length, self._commit.length), self.commit_durability)
@@ -1527,15 +1546,17 @@ class ZarrStorage(TensorStorage):
         if self._header is None:
             return False
         with _naming_store(self._where):
-            meta = sampler_state.load(self._group, sampler, self._where, self._cap0 or self._wc)
+            meta = sampler_state.load(
+                self._group, sampler, self._where, self.ring.capacity or self.ring.write_count
+            )
         if meta is None:
             return False
         cap0 = self._header.capacity
-        if meta["base"] == self._base and meta["write_count"] < self._wc:
-            start = self._base + meta["write_count"]
+        if meta["base"] == self.ring.base and meta["write_count"] < self.ring.write_count:
+            start = self.ring.base + meta["write_count"]
             if cap0 is not None:
-                start = max(start, self._base + self._wc - cap0)
-            missed = self._pos_of_phys(torch.arange(start, self._base + self._wc))
+                start = max(start, self.ring.base + self.ring.write_count - cap0)
+            missed = self.ring.position(torch.arange(start, self.ring.base + self.ring.write_count))
             if missed.numel() and hasattr(sampler, "extend"):
                 sampler.extend(missed)
         arrays: dict = {}
@@ -1571,13 +1592,13 @@ class ZarrStorage(TensorStorage):
         if not (
             self._pool.dirty
             or self._inplace_pending
-            or (self._base, self._wc, self._len)
+            or (self.ring.base, self.ring.write_count, self._len)
             != (self._commit.base, self._commit.write_count, self._commit.length)
             or (durability == "os" and _unsynced(self._group.store))  # an earlier cheap commit
         ):
             return
         self._write_dirty()
-        self._publish(self._wc, self._len, durability)
+        self._publish(self.ring.write_count, self._len, durability)
 
     def _publish(self, write_count: int, length: int, durability: str) -> None:
         """The commit point: one atomic rewrite of the group attributes; ``durability="os"``
@@ -1587,7 +1608,7 @@ class ZarrStorage(TensorStorage):
         gc_below = self._gc_threshold()
         self._commit = Commit(
             revision=self._commit.revision + 1,
-            base=self._base,
+            base=self.ring.base,
             write_count=write_count,
             length=length,
             extent=self._commit.extent,
@@ -1595,12 +1616,16 @@ class ZarrStorage(TensorStorage):
             gc_below=gc_below,
             head=None
             if self._seals is None
-            else self._seals.head(self._base + write_count, self._header.chunk_rows, self._commit),
+            else self._seals.head(
+                self.ring.base + write_count, self._header.chunk_rows, self._commit
+            ),
         )
         self._write_meta(durable=durability == "os")
         if self._seals is not None:
             self._settle_seals()
-        self._gc_history.append((time.monotonic(), self._live_start_committed()))
+        self._gc_history.append(
+            (time.monotonic(), self.ring.live_start(self._commit.base, self._commit.write_count))
+        )
         self._inplace_pending = False
         self._last_commit_time = time.monotonic()
         self._collect_garbage(gc_below)
@@ -1688,13 +1713,6 @@ class ZarrStorage(TensorStorage):
             cached = (self._arrays, {p: ChunkCodec(a) for p, a in self._arrays.items()})
             self._codecs = cached
         return cached[1]
-
-    def _live_start_committed(self) -> int:
-        cap0 = self._header.capacity
-        c = self._commit
-        if cap0 is None:
-            return c.base
-        return c.base + max(0, c.write_count - cap0)
 
     def _collect_garbage(self, gc_below: int) -> None:
         """Deletes the chunks wholly below ``gc_below`` (published in the commit record)."""
@@ -1800,19 +1818,18 @@ class ZarrStorage(TensorStorage):
             elif since is not None:
                 self._pool.evict((since.base + since.write_count) // R)  # old head chunk
         self._commit = commit
-        self._base, self._wc = commit.base, commit.write_count
+        self.ring.adopt(commit.base, commit.write_count)
         self._len = commit.length
         self._gc_done = commit.gc_below // R
-        self._grow_map_for(self._base + self._wc)
-        cap0 = self._header.capacity
-        if self._wc:
-            self._set_last_cursor((self._wc - 1) % cap0 if cap0 else self._wc - 1)
-        start, end = self._live_phys_range()
+        self._grow_map_for(self.ring.base + self.ring.write_count)
+        if self.ring.write_count:
+            self._set_last_cursor(self.ring.cursor())
+        start, end = self.ring.live_range(self._len0())
         if since is not None and not full:
             start = max(start, since.base + since.write_count)
         if self._index and end > start:
             self._ensure_index_rows(self._len0())
-            pos = self._pos_of_phys(torch.arange(start, end))
+            pos = self.ring.position(torch.arange(start, end))
             if self._seals is not None:  # through the chunk checks (seals)
                 for path, values in self._read_rows(list(self._index), start, end).items():
                     self._index[path][pos] = values
@@ -1848,24 +1865,18 @@ class ZarrStorage(TensorStorage):
         built on a reopened storage keeps appending where the previous run stopped, and
         restores its sampler's state stored with the store (``load_sampler_state``)."""
         super().attach(buffer)
-        if self._header is None or self._wc == 0:
+        if self._header is None or self.ring.write_count == 0:
             return
-        writer = buffer.__dict__.get("_writer")
+        writer = buffer_writer(buffer)
         if writer is not None:
             self._sync_writer(writer)
             return
-        init = getattr(buffer, "_init_writer", None) or RoundRobinWriter
-        if isinstance(init, Writer):
-            self._sync_writer(init)
-        elif callable(init) and hasattr(buffer, "_init_writer"):
-            buffer._init_writer = lambda: self._sync_writer(init())
+        wrap_writer_init(buffer, self._sync_writer)
         after_sampler_init(buffer, self.load_sampler_state)  # the state stored with the store
 
     def _sync_writer(self, writer):
-        if isinstance(writer, RoundRobinWriter) and writer._write_count == 0:
-            cap0 = self._header.capacity
-            writer._cursor = self._wc % cap0 if cap0 else self._wc
-            writer._write_count = self._wc
+        if isinstance(writer, RoundRobinWriter) and writer_position(writer)[0] == 0:
+            set_writer_position(writer, self.ring.write_count, self.ring.next_position())
         return writer
 
     @_serialized
@@ -1877,8 +1888,7 @@ class ZarrStorage(TensorStorage):
             with self._pool.lock:
                 self._pool.dirty.clear()
                 self._pool.drop_clean()
-            self._base = -(-(self._base + self._wc) // R) * R
-            self._wc = 0
+            self.ring.restart(R)
             for t in self._index.values():
                 t.zero_()
             self._inplace_pending = True
@@ -1989,15 +1999,17 @@ class ZarrStorage(TensorStorage):
             self._setup(header)
             self._adopt_commit(commit, full=True)
         else:
-            self._commit, self._base, self._wc, self._len = commit, 0, 0, 0
+            self._commit, self._len = commit, 0
+            self.ring.adopt(0, 0)
+            self.ring.tail = None
             self.initialized = False
 
     def _sync_attached_writers(self) -> None:
         """Round-robin writers of the attached buffers continue after the stored rows."""
         for buffer in self._attached_entities:
-            writer = buffer.__dict__.get("_writer")
+            writer = buffer_writer(buffer)
             if isinstance(writer, RoundRobinWriter):
-                writer._write_count = 0
+                set_writer_position(writer, 0, writer_position(writer)[1])
                 self._sync_writer(writer)
 
     def __reduce__(self):
@@ -2025,7 +2037,7 @@ class ZarrStorage(TensorStorage):
             "max_size": self.max_size,
             "ndim": self.ndim,
             "device": self.device,
-            "_growing": self._growing,
+            "_growing": self.ring.growing,
             "_tail": tuple(self._header.tail) if self._header is not None else None,
             "_compilable": False,
             "_rng": None,
@@ -2063,7 +2075,7 @@ class ZarrStorage(TensorStorage):
         reopened = f", reopened with {self.rows_at_open} rows" if self.rows_at_open else ""
         return (
             f"ZarrStorage(path={where}, len={len(self)}, max_size="
-            f"{None if self._growing else self.max_size}, ndim={self.ndim}, "
+            f"{self.ring.max_size}, ndim={self.ndim}, "
             f"mode={'r' if self.read_only else 'r+'}{reopened})"
         )
 

@@ -64,7 +64,7 @@ def test_sigkilled_writer_leaves_store_at_last_commit(tmp_path, zygote, max_size
             storage = ZarrStorage.open(path, mode="r")  # must not raise
             if storage._header is not None:  # the duplicated next obs is stored XORed
                 assert storage._header.xor_previous == {"obs": "next/obs"}
-            wc = storage._wc
+            wc = storage.ring.write_count
             assert wc >= last_wc  # commits never go backwards
             n = len(storage)
             assert n == (wc if max_size is None else min(wc, max_size))
@@ -155,4 +155,4 @@ def test_completed_chunks_commit_at_most_every_min_commit_interval(tmp_path):
     assert lazy._commit.write_count == 12  # explicit triggers are not rate-limited
     lazy.close()
     eager.close()
-    assert ZarrStorage.open(str(tmp_path / "b.zarr"), mode="r")._wc == 13
+    assert ZarrStorage.open(str(tmp_path / "b.zarr"), mode="r").ring.write_count == 13
