@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import collections
 import concurrent.futures
 import contextlib
 import copy
@@ -55,6 +54,7 @@ from ._compat_torchrl import (
 )
 from .chunk_codec import ChunkCodec, drop_chunks, fetch_chunks, store_chunks
 from .chunk_pool import ChunkPool, load_group
+from .commit_log import CommitLog, open_group
 from .format import (
     Commit,
     CorruptChunkError,
@@ -69,7 +69,6 @@ from .format import (
     numpy_dtype_name,
     read_attrs,
     torch_dtype,
-    write_attrs,
 )
 from .lazy_view import lazy_tensordict, path_tree
 from .ring import Ring
@@ -83,7 +82,16 @@ from .seals import (
     seal_rows,
     seal_spec,
 )
-from .store_io import check_local_writable, grow_array, put_objects, remove_partials, sync_log
+from .store_io import (
+    check_local_writable,
+    clear_store,
+    copy_store,
+    grow_array,
+    put_objects,
+    remove_partials,
+    run_io,
+    sync_log,
+)
 from .temp_store import make_temp_store, remove_on_release
 from .worker_proxy import WriteChannel, new_proxy, rollback_writers
 from .write_ahead import WriteAhead
@@ -277,7 +285,6 @@ class ZarrStorage(TensorStorage):
         self.refresh_every_seconds = refresh_every_seconds
         self.gc_grace_seconds = gc_grace_seconds
         self.dedupe_next = dedupe_next
-        self._gc_history: collections.deque = collections.deque()
         self._index_keys_arg = None if index_keys is None else [key_path(k) for k in index_keys]
         self._temp_release = None
         if path is None:
@@ -287,20 +294,15 @@ class ZarrStorage(TensorStorage):
             self._temp_release = remove_on_release(self, path)
         self._path_arg = path
         self._where = str(path) if not isinstance(path, zarr.abc.store.Store) else repr(path)
-        self._header: Header | None = None
-        self._pytree: pytrees.Structure = None  # structure of stored plain pytrees
-        self._item_batch: tuple[int, ...] = ()  # batch dims of each element beyond ``ndim``
-        self._commit = Commit()
         self._written_chunks = 0  # chunk ids below this were stored by this process
         self._inplace_pending = False
-        self._last_commit_time = time.monotonic()
         self._last_refresh = time.monotonic()
         self._pool: ChunkPool | None = None
         self._index: dict[str, torch.Tensor] = {}
         self._arrays: dict[str, zarr.Array] = {}
         self._seals: SealTable | None = None  # format version 3 (``seals.py``)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._write_ahead = WriteAhead(_run_io)  # completed chunks, written in the background
+        self._write_ahead = WriteAhead(run_io)  # completed chunks, written in the background
         self._refill: concurrent.futures.Future | None = None
         self._refill_credit = 0.0  # rows the background refill may decode
         self._next_refill = 0.0  # monotonic time before which no refill starts
@@ -314,12 +316,13 @@ class ZarrStorage(TensorStorage):
         self._sampler_locks: dict[int, Any] = {}
         self.rows_at_open = 0
         with _naming_store(self._where):
-            self._group = self._open_group(path, _mode)
+            # the group, layout and commit record (``buffers/commit_log.py``)
+            self.log = CommitLog(open_group(path, _mode), self._where, self.ring.max_size, ndim)
             if not self.read_only:
-                check_local_writable(self._group.store, self._where)
-                remove_partials(self._group.store)  # torn temporaries of a killed writer
+                check_local_writable(self.log.store, self._where)
+                remove_partials(self.log.store)  # torn temporaries of a killed writer
             self._attach_or_create()
-        if self._header is not None:
+        if self.log.header is not None:
             self.rows_at_open = len(self)
             _log.info("zarrl: %s already holds %d rows (reopened)", self._where, len(self))
         if not self.read_only:
@@ -345,7 +348,7 @@ class ZarrStorage(TensorStorage):
         """
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
-        group = cls._open_group(path, "r")
+        group = open_group(path, "r")
         header, _ = read_attrs(group, str(path))
         meta = group.attrs.asdict()["zarrl"]
         capacity_elems = meta.get("max_size")
@@ -360,25 +363,8 @@ class ZarrStorage(TensorStorage):
             **cache_options,
         )
 
-    @staticmethod
-    def _open_group(path, mode: str) -> zarr.Group:
-        where = str(path)
-        if isinstance(path, zarr.abc.store.Store):
-            store = path
-        else:
-            path = os.fspath(path)
-            if mode == "r" and not os.path.exists(path):
-                raise FileNotFoundError(f"no zarrl store at {where}")
-            store = zarr.storage.LocalStore(path, read_only=mode == "r")
-        try:
-            return zarr.open_group(store, mode="r" if mode == "r" else "a", zarr_format=3)
-        except (zarr.errors.GroupNotFoundError, FileNotFoundError) as err:
-            raise StoreFormatError(f"{where} is not a zarrl store (no Zarr v3 group)") from err
-        except (ValueError, zarr.errors.ContainsArrayError) as err:
-            raise StoreFormatError(f"{where} is not a zarrl store: {err}") from err
-
     def _attach_or_create(self) -> None:
-        group = self._group
+        group = self.log.group
         attrs = group.attrs.asdict()
         has_content = bool(attrs) or any(True for _ in group.members())
         if "zarrl" not in attrs:
@@ -387,24 +373,18 @@ class ZarrStorage(TensorStorage):
                     f"{self._where} is a Zarr group but not a zarrl replay store "
                     "(no attributes['zarrl'])"
                 )
-            self._write_meta()  # empty zarrl store, schema decided by the first write
+            self.log.write()  # empty zarrl store, schema decided by the first write
             return
-        header, commit = read_attrs(group, self._where)
+        header, commit = self.log.read()
         if not self.existsok and not self.read_only:
             raise FileExistsError(
                 f"a zarrl store already exists at {self._where}; pass existsok=True or use "
                 "ZarrStorage.open(path) to continue it"
             )
         meta = attrs["zarrl"]
-        stored_max = meta.get("max_size")
-        mine = self.ring.max_size
-        if stored_max != mine or int(meta.get("ndim", 1)) != self.ndim:
-            raise ValueError(
-                f"{self._where} holds max_size={stored_max}, ndim={meta.get('ndim')}; "
-                f"this storage was built with max_size={mine}, ndim={self.ndim}"
-            )
+        self.log.check_layout(meta)
         if header is not None:
-            self._read_layout_extras(meta, header)
+            self.log.adopt_layout(meta, header)
             self._setup(header)
             self._adopt_fresh(commit)
             R, end = header.chunk_rows, commit.base + commit.write_count
@@ -421,36 +401,9 @@ class ZarrStorage(TensorStorage):
             except _StaleRead:
                 if attempt == 3:
                     raise
-                self._group = self._group_fresh()
-                self._arrays = {path: self._group[path] for path in self._header.schema}
-                _, commit = read_attrs(self._group, self._where)
-
-    def _read_layout_extras(self, meta: Mapping, header: Header) -> None:
-        """The pytree structure and per-element batch dims recorded beside the header."""
-        self._pytree = None
-        if "pytree" in meta:
-            self._pytree = pytrees.validate_structure(meta["pytree"], header.schema, self._where)
-        item_batch = meta.get("item_batch", [])
-        if (
-            not isinstance(item_batch, list)
-            or not all(type(d) is int and d > 0 for d in item_batch)
-            or not all(
-                s.shape[: len(item_batch)] == tuple(item_batch) for s in header.schema.values()
-            )
-        ):
-            raise StoreFormatError(
-                f"{self._where}/zarr.json: attributes['zarrl']['item_batch'] = {item_batch!r} is "
-                "invalid: expected positive ints leading every leaf shape of the schema"
-            )
-        self._item_batch = tuple(item_batch)
-
-    def _write_meta(self, durable: bool = False) -> None:
-        static = {"max_size": self.ring.max_size, "ndim": self.ndim}
-        if self._pytree is not None:
-            static["pytree"] = self._pytree
-        if self._item_batch:
-            static["item_batch"] = list(self._item_batch)
-        _run_io(write_attrs(self._group, self._header, self._commit, durable, **static))
+                self.log.reopen(self.log.fresh_group())
+                self._arrays = {path: self.log.group[path] for path in self.log.header.schema}
+                _, commit = self.log.read()
 
     # ============================================================ identity
     @property
@@ -461,7 +414,7 @@ class ZarrStorage(TensorStorage):
     @property
     def store(self) -> zarr.abc.store.Store:
         """The zarr store holding the rows."""
-        return self._group.store
+        return self.log.store
 
     @property
     def location(self) -> str | os.PathLike | zarr.abc.store.Store:
@@ -480,10 +433,10 @@ class ZarrStorage(TensorStorage):
     # ============================================================ layout/setup
     @property
     def _total_shape(self):
-        if self._header is None:
+        if self.log.header is None:
             return None
         cap0 = self.ring.capacity
-        return torch.Size([self._len0() if cap0 is None else cap0, *self._header.tail])
+        return torch.Size([self._len0() if cap0 is None else cap0, *self.log.header.tail])
 
     def _infer_header(self, element: TensorDictBase) -> Header:
         tail = tuple(element.batch_size)
@@ -541,7 +494,7 @@ class ZarrStorage(TensorStorage):
 
     def _setup(self, header: Header, create: bool = False) -> None:
         """Builds arrays (when ``create``), the chunk pool and the RAM index for ``header``."""
-        self._header = header
+        self.log.header = header
         self.ring.tail = header.tail
         R, tail = header.chunk_rows, header.tail
         if create:
@@ -550,7 +503,7 @@ class ZarrStorage(TensorStorage):
             self._arrays = {}
             for path in header.schema:
                 try:
-                    self._arrays[path] = self._group[path]
+                    self._arrays[path] = self.log.group[path]
                 except KeyError:
                     raise StoreFormatError(
                         f"{self._where}: array {path!r} listed in the schema is missing"
@@ -562,8 +515,8 @@ class ZarrStorage(TensorStorage):
                 check_array(self._where, path, self._arrays[path], header)
         self._seals = None
         if header.chunk_seals is not None:
-            extent = self._commit.extent if create else None
-            self._seals = open_table(self._group, header, self._where, extent)
+            extent = self.log.commit.extent if create else None
+            self._seals = open_table(self.log.group, header, self._where, extent)
             if create:  # bind each array's codecs and chunking into the header
                 header.chunk_seals["arrays"] = {
                     p: array_metadata_crc(a) for p, a in self._arrays.items()
@@ -616,8 +569,8 @@ class ZarrStorage(TensorStorage):
         for opts in options.values():
             opts["compressors"], _ = codec_chain(opts["compressors"])  # + crc32c
         extent = 0 if header.capacity is None else -(header.capacity // -R) * R
-        extent = max(extent, self._commit.extent)
-        root = zarr_compat.async_group(self._group)
+        extent = max(extent, self.log.commit.extent)
+        root = zarr_compat.async_group(self.log.group)
         parents = sorted({p.rpartition("/")[0] for p in header.schema} - {""}, key=len)
 
         async def create() -> list:
@@ -640,22 +593,22 @@ class ZarrStorage(TensorStorage):
                 )
             )
 
-        (created,) = _run_io([create()])  # one event-loop round trip for the whole layout
-        self._commit.extent = extent
+        (created,) = run_io([create()])  # one event-loop round trip for the whole layout
+        self.log.commit.extent = extent
         return {path: zarr.Array(a) for path, a in zip(header.schema, created)}
 
     @property
     def is_ram_mirror(self) -> bool:
         """Whether every live chunk fits in the pool (no eviction ever needed)."""
-        cap0 = self._header.capacity if self._header else None
+        cap0 = self.log.header.capacity if self.log.header else None
         if cap0 is None:
             return self._cache == "ram"
-        return self._pool.max_slots >= -(cap0 // -self._header.chunk_rows) + 2
+        return self._pool.max_slots >= -(cap0 // -self.log.header.chunk_rows) + 2
 
     # ============================================================ index maths
     def _phys(self, pos: torch.Tensor) -> torch.Tensor:
         """Physical row (write-order log) of each ring position ``pos`` (int64)."""
-        cap0 = self._header.capacity
+        cap0 = self.log.header.capacity
         if cap0 is None or self.ring.write_count <= cap0:  # not wrapped yet: one generation
             return pos + self.ring.base
         gen = torch.div(self.ring.write_count - 1 - pos, cap0, rounding_mode="floor").clamp_min(0)
@@ -731,13 +684,13 @@ class ZarrStorage(TensorStorage):
         """Decodes physical chunks of every leaf (or of ``paths``, none of them XORed) from the
         store, all reads concurrently (zeros past the extent); a chunk that fails its checksum
         or (version 3) is missing, misplaced or stale raises ``CorruptChunkError``."""
-        R = self._header.chunk_rows
+        R = self.log.header.chunk_rows
         codecs = self._chunk_codecs()
         paths = list(self._arrays) if paths is None else list(paths)
         if not all(c.supported for c in codecs.values()):
             return self._load_chunks_zarr(chunks, paths)
         reads = [(chunk, path) for chunk in chunks for path in paths]
-        raws = fetch_chunks([(codecs[path], chunk) for chunk, path in reads], _run_io)
+        raws = fetch_chunks([(codecs[path], chunk) for chunk, path in reads], run_io)
         if self._seals is not None:  # entries checked once the chunks are read
             # the refill thread's reads may be rewritten before they are used: not recorded
             self._check_seals(chunks, reads, raws, record=not _REFILL_THREAD.active)
@@ -755,32 +708,32 @@ class ZarrStorage(TensorStorage):
                     f"{(chunk + 1) * R}) could not be decoded or failed its crc32c checksum: "
                     f"{err!r}"
                 ) from err
-        pairs = self._header.xor_previous if len(paths) == len(self._arrays) else {}
+        pairs = self.log.header.xor_previous if len(paths) == len(self._arrays) else {}
         return [xor_rows.apply(out[c], pairs) for c in chunks]
 
     def _check_seals(self, chunks: list[int], reads: list, raws: list, record: bool) -> None:
         """Version 3: every chunk read must be the one its seal entry (or the commit record,
         for the head chunk) binds to its array and index (``seals.chunk_problem``); ``record``:
         the writer notes the versions it read (``SealTable.disk_crc``)."""
-        R, reader = self._header.chunk_rows, self.read_only
+        R, reader = self.log.header.chunk_rows, self.read_only
         col, live_start = (
             self._seals.col,
-            self.ring.live_start(self._commit.base, self._commit.write_count),
+            self.ring.live_start(self.log.commit.base, self.log.commit.write_count),
         )
         bound = 16 if reader else None
-        rows = self._seals.rows(chunks, _run_io, self._where, bound=bound)
+        rows = self._seals.rows(chunks, run_io, self._where, bound=bound)
         crcs = [None if raw is None else data_crc(raw) for raw in raws]
         for attempt in range(2):
             problem = None
             for (chunk, path), crc in zip(reads, crcs):
                 entry = rows[chunk][col[path]]
-                problem = chunk_problem(path, chunk, crc, entry, self._commit, R, live_start)
+                problem = chunk_problem(path, chunk, crc, entry, self.log.commit, R, live_start)
                 if problem is not None:
                     break
             if problem is None or not reader or attempt:
                 break
             # a reader's seal chunks may predate the chunks it read: read them again
-            rows = self._seals.rows(chunks, _run_io, self._where, fresh=True, bound=bound)
+            rows = self._seals.rows(chunks, run_io, self._where, fresh=True, bound=bound)
         if problem is not None:
             self._seal_failure(problem)
         if record and not reader:
@@ -792,14 +745,14 @@ class ZarrStorage(TensorStorage):
         """Raises ``CorruptChunkError``, or ``_StaleRead`` in a reader the writer has moved past
         (it may have rewritten or recycled the chunk since this reader's commit)."""
         if self.read_only:
-            _, fresh = read_attrs(self._group_fresh(), self._where)
-            if fresh.revision != self._commit.revision:
+            fresh = self.log.latest()
+            if fresh.revision != self.log.commit.revision:
                 raise _StaleRead(f"{self._where}: {problem} (the writer committed since)")
         raise CorruptChunkError(f"{self._where}: {problem}")
 
     def _load_chunks_zarr(self, chunks: list[int], paths=None) -> list[dict[str, np.ndarray]]:
         """``_load_chunks`` through zarr's own read path (codecs without a sync path)."""
-        R = self._header.chunk_rows
+        R = self.log.header.chunk_rows
         paths = list(self._arrays) if paths is None else list(paths)
         reads = []
         for chunk in chunks:
@@ -808,7 +761,7 @@ class ZarrStorage(TensorStorage):
                 arr = self._arrays[path]
                 stop = max(start, min(start + R, arr.shape[0]))
                 reads.append((chunk, path, arr, slice(start, stop)))
-        values = _run_io(
+        values = run_io(
             [zarr_compat.async_array(arr).getitem(sel) for _, _, arr, sel in reads],
             return_exceptions=True,
         )
@@ -820,12 +773,12 @@ class ZarrStorage(TensorStorage):
                     f"could not be decoded or failed its crc32c checksum: {value!r}"
                 ) from value
             out[chunk][path] = np.asarray(value)
-        pairs = self._header.xor_previous if len(paths) == len(self._arrays) else {}
+        pairs = self.log.header.xor_previous if len(paths) == len(self._arrays) else {}
         return [xor_rows.apply(out[c], pairs) for c in chunks]
 
     def _gather(self, rows: torch.Tensor, keys=None) -> dict[str, torch.Tensor]:
         """Leaves at ring positions ``rows`` -> {path: [N, *tail, *shape]} on ``self.device``."""
-        keys = list(self._header.schema) if keys is None else keys
+        keys = list(self.log.header.schema) if keys is None else keys
         out = {}
         big = [k for k in keys if k not in self._index]
         if big:
@@ -838,7 +791,7 @@ class ZarrStorage(TensorStorage):
 
             got = self._pool.gather(phys, load, big)
             if self.read_only and loaded:
-                fresh = torch.isin(phys // self._header.chunk_rows, torch.tensor(loaded))
+                fresh = torch.isin(phys // self.log.header.chunk_rows, torch.tensor(loaded))
                 self._check_not_stale(int(phys[fresh].min()))
             out.update(got)
         for k in keys:
@@ -851,8 +804,8 @@ class ZarrStorage(TensorStorage):
     def _check_not_stale(self, first_row: int) -> None:
         """Readers: chunks just loaded must still be live in the newest commit (the writer may
         have recycled them since this reader's last refresh); raises ``_StaleRead`` if not."""
-        _, commit = read_attrs(self._group_fresh(), self._where)
-        R = self._header.chunk_rows
+        commit = self.log.latest()
+        R = self.log.header.chunk_rows
         if first_row // R < commit.gc_below // R:  # its chunk may already be deleted
             with self._pool.lock:
                 self._pool.drop_clean()
@@ -861,17 +814,14 @@ class ZarrStorage(TensorStorage):
                 "refresh() more often (or set refresh_every_seconds)"
             )
 
-    def _group_fresh(self) -> zarr.Group:
-        return zarr.open_group(self._group.store, mode="r", zarr_format=3)
-
     def _to_td(self, leaves: Mapping[str, torch.Tensor], batch) -> TensorDictBase | torch.Tensor:
-        if self._header.tensor_root:
+        if self.log.header.tensor_root:
             return leaves[_TENSOR_KEY]
         return _nested_td(leaves, torch.Size(batch), self.device)
 
     @_serialized
     def get(self, index) -> TensorDictBase | torch.Tensor:
-        if self._header is None:
+        if self.log.header is None:
             raise RuntimeError("Cannot get elements out of a non-initialized storage.")
         self._maybe_auto_refresh()
         if self._is_full_view(index):
@@ -886,23 +836,23 @@ class ZarrStorage(TensorStorage):
                     raise
                 self.refresh()
         td = self._apply_reindex(self._to_td_any(leaves, self._batch_of(rows.numel())), reindex)
-        if self._pytree is not None:  # the stored pytree, each leaf indexed as the TensorDict
+        if self.log.pytree is not None:  # the stored pytree, each leaf indexed as the TensorDict
             flat = {key_path(k): v for k, v in td.items(include_nested=True, leaves_only=True)}
-            return pytrees.unflatten(flat, self._pytree)
+            return pytrees.unflatten(flat, self.log.pytree)
         return td
 
     def _batch_of(self, n: int) -> list[int]:
         """Batch size of ``n`` rows as returned: ``[n, *tail, *item_batch]``."""
-        return [n, *self._header.tail, *self._item_batch]
+        return [n, *self.log.header.tail, *self.log.item_batch]
 
     @_serialized
     def __getitem__(self, index) -> TensorDictBase | torch.Tensor:
         """``storage[index]`` (what samplers use to read flags): the RAM index columns are
         gathered at once, other leaves only when first looked up (``get`` stays eager)."""
         if (
-            self._header is None
-            or self._header.tensor_root
-            or self._pytree is not None
+            self.log.header is None
+            or self.log.header.tensor_root
+            or self.log.pytree is not None
             or self.read_only
             or self._is_full_view(index)
             or not self._index
@@ -916,11 +866,11 @@ class ZarrStorage(TensorStorage):
         def loader(path):
             return lambda: self._gather(rows, [path])[path]
 
-        lazy = {k: loader(k) for k in self._header.schema if k not in self._index}
+        lazy = {k: loader(k) for k in self.log.header.schema if k not in self._index}
         return lazy_tensordict(eager, lazy, self._batch_of(rows.numel()), self.device)
 
     def _to_td_any(self, leaves, batch):
-        if self._header.tensor_root:
+        if self.log.header.tensor_root:
             return TensorDict({_TENSOR_KEY: leaves[_TENSOR_KEY]}, batch_size=batch)[_TENSOR_KEY]
         return self._to_td(leaves, batch)
 
@@ -932,8 +882,8 @@ class ZarrStorage(TensorStorage):
         return (
             isinstance(index, slice)
             and index == slice(None)
-            and not self._header.tensor_root
-            and self._pytree is None
+            and not self.log.header.tensor_root
+            and self.log.pytree is None
         )
 
     def _full_view(self) -> TensorDictBase:
@@ -944,7 +894,7 @@ class ZarrStorage(TensorStorage):
         def loader(path):  # the row range is built only if a large column is looked up
             return lambda: self._gather(torch.arange(n0), [path])[path]
 
-        lazy = {k: loader(k) for k in self._header.schema if k not in self._index}
+        lazy = {k: loader(k) for k in self.log.header.schema if k not in self._index}
         view = lazy_tensordict(eager, lazy, self._batch_of(n0), self.device)
         if not self.read_only:  # writes into the view reach the store (``rb[0, 3:4] = td``)
             view.__class__ = _StorageView
@@ -954,14 +904,14 @@ class ZarrStorage(TensorStorage):
     def _rand_given_ndim(self, batch_size: int):
         """Uniform positions; when the buffer exceeds the cache, uniform over cached rows."""
         self._maybe_auto_refresh()
-        if self._header is None or self.is_ram_mirror or not self._pool.specs:
+        if self.log.header is None or self.is_ram_mirror or not self._pool.specs:
             return super()._rand_given_ndim(batch_size)
         self.request_refill(batch_size)  # residency changes here, before drawing
         pos = self._sample_resident(batch_size)
         if self.ndim == 1:
             return pos.to(self.device)
         others = tuple(
-            torch.randint(d, (batch_size,), generator=self._rng) for d in self._header.tail
+            torch.randint(d, (batch_size,), generator=self._rng) for d in self.log.header.tail
         )
         return tuple(t.to(self.device) for t in (pos, *others))
 
@@ -970,12 +920,12 @@ class ZarrStorage(TensorStorage):
         when the pool mirrors every live row (everything is cached). The same tensor object is
         returned until the residency or the live range changes (callers may cache on its
         identity and must not modify it)."""
-        if self._header is None or self.is_ram_mirror:
+        if self.log.header is None or self.is_ram_mirror:
             return None
         live = self.ring.live_range(self._len0())
         key = (self._pool, self._pool.version, live, self.ring.base, self._len0())
         if self._resident_mask is None or self._resident_mask[0] != key:
-            R = self._header.chunk_rows
+            R = self.log.header.chunk_rows
             first = live[0] // R
             cached = torch.zeros(max(0, -(live[1] // -R) - first), dtype=torch.bool)
             with self._pool.lock:
@@ -994,7 +944,7 @@ class ZarrStorage(TensorStorage):
         Samplers that draw from cached rows only call it, with their batch size, *before*
         reading ``resident_positions()``: residency changes nowhere else, so positions drawn from
         the cache stay cached until they are gathered."""
-        if self._header is not None and not self.is_ram_mirror:
+        if self.log.header is not None and not self.is_ram_mirror:
             self._commit_deferred()
             self._install_refill()
             self._refill_credit = min(
@@ -1003,7 +953,7 @@ class ZarrStorage(TensorStorage):
             self._schedule_refill()
 
     def _live_phys_range(self) -> tuple[int, int]:
-        cap0 = self._header.capacity
+        cap0 = self.log.header.capacity
         n0 = self._len0()
         end = self.ring.base + self.ring.write_count
         start = end - n0 if cap0 is None else self.ring.base + max(0, self.ring.write_count - cap0)
@@ -1016,7 +966,7 @@ class ZarrStorage(TensorStorage):
         of a run minus the number of cached rows before it) and the cumulative row count, so
         the ``u``-th cached row is ``shift[k] + u`` with ``k = searchsorted(cum, u, right)``.
         Recomputed only when the pool's residency or the live range changed."""
-        R = self._header.chunk_rows
+        R = self.log.header.chunk_rows
         live = self.ring.live_range(self._len0())
         key = (self._pool, self._pool.version, live)
         if self._resident_cache is None or self._resident_cache[0] != key:
@@ -1033,7 +983,7 @@ class ZarrStorage(TensorStorage):
         """``batch_size`` ring positions drawn uniformly from the cached live rows."""
         shift, cum = self._resident_runs()
         if cum.numel() == 0:  # nothing cached yet: load a few chunks synchronously
-            R = self._header.chunk_rows
+            R = self.log.header.chunk_rows
             start, end = self.ring.live_range(self._len0())
             want = torch.randint(start // R, (end - 1) // R + 1, (min(4, self._pool.max_slots),))
             self._pool.ensure(torch.unique(want), self._load_chunks)
@@ -1043,20 +993,20 @@ class ZarrStorage(TensorStorage):
         return self.ring.position(phys)
 
     def _pos_of_phys(self, phys: torch.Tensor) -> torch.Tensor:
-        cap0 = self._header.capacity
+        cap0 = self.log.header.capacity
         rel = phys - self.ring.base
         return rel if cap0 is None else rel % cap0
 
     def _refill_rows(self) -> int:
         """Rows one background refill decodes: a run of 1/16 of the cache's chunks."""
-        return self._pool.load_group * self._header.chunk_rows
+        return self._pool.load_group * self.log.header.chunk_rows
 
     def _schedule_refill(self) -> None:
         """Starts decoding a run of consecutive uncached, committed live chunks (1/16 of the
         cache) in the background once enough credit is earned and the refill thread has rested
         3x its last run (so it works at most ~1/4 of the time); ``_install_refill`` swaps them
         in at a later sampling call."""
-        R = self._header.chunk_rows
+        R = self.log.header.chunk_rows
         if (
             self._refill is not None
             or self._refill_credit < self._refill_rows()
@@ -1065,7 +1015,7 @@ class ZarrStorage(TensorStorage):
             return
         start, _ = self.ring.live_range(self._len0())
         # whole committed chunks only: their bytes change only through in-place writes
-        first, last = start // R, (self.ring.base + self._commit.write_count) // R - 1
+        first, last = start // R, (self.ring.base + self.log.commit.write_count) // R - 1
         if last < first:
             return
         n = self._refill_rows() // R
@@ -1080,7 +1030,7 @@ class ZarrStorage(TensorStorage):
         self._refill_credit -= len(missing) * R
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(1, "zarrl-refill")
-        version, gc_chunk = self._refill_version(), self._commit.gc_below // R
+        version, gc_chunk = self._refill_version(), self.log.commit.gc_below // R
 
         def refill():
             t0 = time.monotonic()
@@ -1090,7 +1040,7 @@ class ZarrStorage(TensorStorage):
             except _StaleRead:  # a reader the writer moved past: refill after a refresh
                 return None, []
             if self.read_only:  # the writer may have recycled (deleted) them since our refresh
-                _, commit = read_attrs(self._group_fresh(), self._where)
+                commit = self.log.latest()
                 gc_chunk_now = max(gc_chunk, commit.gc_below // R)
                 decoded = [(c, a) for c, a in decoded if c >= gc_chunk_now]
             self._next_refill = time.monotonic() + 3 * (time.monotonic() - t0)
@@ -1101,7 +1051,7 @@ class ZarrStorage(TensorStorage):
     def _refill_version(self) -> tuple:
         """Changes whenever committed chunks may have changed bytes (in-place writes, a new
         base or a reader's full refresh), which makes a pending refill stale."""
-        c = self._commit
+        c = self.log.commit
         return c.inplace_revision, c.base, self._inplace_pending, self.ring.base
 
     def _install_refill(self) -> None:
@@ -1113,7 +1063,7 @@ class ZarrStorage(TensorStorage):
         if version != self._refill_version() or self._inplace_pending:
             return
         start, _ = self.ring.live_range(self._len0())
-        R = self._header.chunk_rows
+        R = self.log.header.chunk_rows
         with self._pool.lock:
             for c, arrays in decoded:
                 if len(self._pool.dirty) >= self._pool.max_slots:
@@ -1150,10 +1100,10 @@ class ZarrStorage(TensorStorage):
             if data.batch_dims <= nb:
                 return data
             extra = tuple(data.batch_size[nb:])
-            if self._header is not None and extra != self._item_batch:
+            if self.log.header is not None and extra != self.log.item_batch:
                 raise ValueError(
                     f"data batch dims {tuple(data.batch_size)}: the store holds elements of "
-                    f"batch {list(self._item_batch)} beyond its ndim={self.ndim}; nothing was "
+                    f"batch {list(self.log.item_batch)} beyond its ndim={self.ndim}; nothing was "
                     "written"
                 )
             if isinstance(data, LazyStackedTensorDict):
@@ -1163,18 +1113,18 @@ class ZarrStorage(TensorStorage):
                 data = data.to_tensordict()
             data = data.clone(recurse=False)
             data.batch_size = data.batch_size[:nb]
-            self._item_batch = extra
+            self.log.item_batch = extra
             return data
         if isinstance(data, torch.Tensor):
             return TensorDict({_TENSOR_KEY: data}, batch_size=data.shape[:nb])
         if pytrees.is_pytree(data):
             leaves, structure = pytrees.flatten(data)
-            if self._header is not None and structure != self._pytree:
+            if self.log.header is not None and structure != self.log.pytree:
                 raise ValueError(
-                    f"pytree structure {structure} does not match the stored {self._pytree}; "
+                    f"pytree structure {structure} does not match the stored {self.log.pytree}; "
                     "nothing was written"
                 )
-            self._pytree = structure
+            self.log.pytree = structure
             first = next(iter(leaves.values()))
             td = TensorDict(batch_size=first.shape[:nb])
             for path, leaf in leaves.items():
@@ -1187,7 +1137,7 @@ class ZarrStorage(TensorStorage):
 
     def _validate(self, td: TensorDictBase) -> dict[str, torch.Tensor]:
         """Leaves of ``td`` keyed by path, checked against the schema (raises, writes nothing)."""
-        header = self._header
+        header = self.log.header
         leaves = {}
         for key, leaf in _stored_leaves(td):
             if not isinstance(leaf, torch.Tensor):
@@ -1248,7 +1198,7 @@ class ZarrStorage(TensorStorage):
         if is_int:
             td = td.unsqueeze(0)
             cursor = torch.tensor([int(cursor)])
-        if self._header is None:
+        if self.log.header is None:
             try:
                 header = self._infer_header(td[0])
             except ValueError:  # refused before anything exists: the writer moves back too
@@ -1257,7 +1207,7 @@ class ZarrStorage(TensorStorage):
                 raise
             header.tensor_root = isinstance(data, torch.Tensor)
             self._setup(header, create=True)
-            self._write_meta()
+            self.log.write()
         if isinstance(cursor, tuple) and len(cursor) > 1:  # checked as whole rows
             return self._set_partial(cursor, td, set_cursor)
         try:
@@ -1271,7 +1221,7 @@ class ZarrStorage(TensorStorage):
         if isinstance(cursor, tuple):
             cursor = cursor[0]
         if isinstance(cursor, slice):
-            cursor = torch.arange(*cursor.indices(self._header.capacity or _UNBOUNDED))
+            cursor = torch.arange(*cursor.indices(self.log.header.capacity or _UNBOUNDED))
         rows = torch.as_tensor(cursor).reshape(-1).to("cpu", torch.long)
         if rows.numel() != td.shape[0]:
             raise ValueError(f"{rows.numel()} positions for {td.shape[0]} rows of data")
@@ -1289,14 +1239,14 @@ class ZarrStorage(TensorStorage):
         uniq, inv = torch.unique(rows, return_inverse=True)
         block = self._to_td(self._gather(uniq), self._batch_of(uniq.numel())).to("cpu")
         block[(inv.reshape(-1), *cursor[1:])] = td.reshape(-1).to("cpu")
-        if self._item_batch:
+        if self.log.item_batch:
             block.batch_size = block.batch_size[: self.ndim]
         self._write_rows(uniq, self._validate(block), append=False)
         self._bump_mutation_revision()
         self._maybe_commit()
 
     def _write_rows(self, rows: torch.Tensor, leaves: dict[str, torch.Tensor], append: bool):
-        cap0 = self._header.capacity
+        cap0 = self.log.header.capacity
         n = rows.numel()
         leaves = {k: v.detach().to("cpu") for k, v in leaves.items()}
         expected = self.ring.write_count + torch.arange(n)
@@ -1316,11 +1266,11 @@ class ZarrStorage(TensorStorage):
             self._land_writes(wait=True)  # rows of chunks being written ahead may change
             self._ensure_index_rows(int(rows.max()) + 1)
             phys = self.ring.phys(rows)
-            if int(phys.min()) < self.ring.base + self._commit.write_count:
+            if int(phys.min()) < self.ring.base + self.log.commit.write_count:
                 self._inplace_pending = True
         self._grow_map_for(int(phys.max()))
-        committed_end = self.ring.base + self._commit.write_count
-        R = self._header.chunk_rows
+        committed_end = self.ring.base + self.log.commit.write_count
+        R = self.log.header.chunk_rows
         # chunks that may hold data: committed rows, or rows this process already stored
         # past the commit; anything later is absent or a torn leftover of a crash: zeros
         stored_chunks = max(-(committed_end // -R), self._written_chunks)
@@ -1354,9 +1304,9 @@ class ZarrStorage(TensorStorage):
 
     def _grow_map_for(self, max_phys: int) -> None:
         """Growing buffers: widen the chunk map (and the pool, for ``cache='ram'``)."""
-        if self._header.capacity is not None:
+        if self.log.header.capacity is not None:
             return
-        R = self._header.chunk_rows
+        R = self.log.header.chunk_rows
         span = max_phys // R - self.ring.base // R + 2
         if self._cache == "ram" and span > self._pool.max_slots:
             self._pool.max_slots = max(span, 2 * self._pool.max_slots)
@@ -1365,8 +1315,8 @@ class ZarrStorage(TensorStorage):
 
     def _ring_capacity(self) -> int | None:
         """Rows of the ring (``None`` for a growing store), known before the first write too."""
-        if self._header is not None:
-            return self._header.capacity
+        if self.log.header is not None:
+            return self.log.header.capacity
         return self.ring.max_size
 
     def _get_new_len(self, data, cursor):
@@ -1378,16 +1328,16 @@ class ZarrStorage(TensorStorage):
 
     def _live_len(self, wc: int) -> int:
         """Elements (rows × ``prod(tail)``) live after ``wc`` rows were written."""
-        cap0 = self._header.capacity
-        tail_n = max(1, math.prod(self._header.tail))
+        cap0 = self.log.header.capacity
+        tail_n = max(1, math.prod(self.log.header.tail))
         return (wc if cap0 is None else min(wc, cap0)) * tail_n
 
     # ============================================================ durability
     def _maybe_commit(self) -> None:
         self._land_writes(wait=False)
-        committed_end = self.ring.base + self._commit.write_count
+        committed_end = self.ring.base + self.log.commit.write_count
         staged_end = self.ring.base + self.ring.write_count
-        since = time.monotonic() - self._last_commit_time
+        since = time.monotonic() - self.log.last_publish
         explicit = (
             self.flush_every_rows is not None
             and staged_end - committed_end >= self.flush_every_rows
@@ -1413,7 +1363,7 @@ class ZarrStorage(TensorStorage):
         ``durability="os"``, fsynced). No commit record is written here."""
         if self._inplace_pending:
             return
-        R = self._header.chunk_rows
+        R = self.log.header.chunk_rows
         head = (self.ring.base + self.ring.write_count) // R
         codecs = self._chunk_codecs()
         if not all(codec.supported for codec in codecs.values()):
@@ -1423,11 +1373,11 @@ class ZarrStorage(TensorStorage):
             chunks = sorted(c for c in self._pool.dirty - ahead if c < head)
         if not chunks:
             return
-        _run_io(self._grow_arrays((chunks[-1] + 1) * R))
+        run_io(self._grow_arrays((chunks[-1] + 1) * R))
         half = max(1, self._pool.max_slots // 2)
         while self._write_ahead.in_flight and len(self._write_ahead.in_flight) + len(chunks) > half:
             self._land_writes(wait=self._write_ahead.batches - 1)  # back-pressure: the oldest
-        committed_end = self._commit.base + self._commit.write_count
+        committed_end = self.log.commit.base + self.log.commit.write_count
         fresh_from = -(committed_end // -R)
         # only chunks that hold no committed row: their seal entries are staged when they land
         # (before the commit that covers them); a rewrite of committed rows is written by the
@@ -1438,7 +1388,7 @@ class ZarrStorage(TensorStorage):
         with self._pool.lock:
             items, tags = [], []
             for c in chunks:
-                block = xor_rows.apply(self._pool.chunk_arrays(c), self._header.xor_previous)
+                block = xor_rows.apply(self._pool.chunk_arrays(c), self.log.header.xor_previous)
                 items += [(codecs[path], c, block[path]) for path in self._arrays]
                 tags += list(self._arrays)
         self._write_ahead.submit(items, fresh_from, fsync=self.durability == "os", tags=tags)
@@ -1449,7 +1399,7 @@ class ZarrStorage(TensorStorage):
         if self._seals is None:
             return []
         table = self._seals.stage(
-            items, self._commit, self._header.chunk_rows, _run_io, self._where
+            items, self.log.commit, self.log.header.chunk_rows, run_io, self._where
         )
         return put_objects(table)
 
@@ -1459,10 +1409,10 @@ class ZarrStorage(TensorStorage):
         commit."""
         landed: list[tuple[str, int, int]] = []
         try:
-            written = self._write_ahead.land(wait, sync_log(self._group.store), landed)
+            written = self._write_ahead.land(wait, sync_log(self.log.store), landed)
         finally:
             if landed:  # entries before the commit covering them
-                _run_io(self._seal_entries(landed))
+                run_io(self._seal_entries(landed))
         if written:
             self._written_chunks = max(self._written_chunks, written[-1] + 1)
             self._pool.mark_clean(written)
@@ -1482,34 +1432,34 @@ class ZarrStorage(TensorStorage):
     def _completed_chunks_due(self) -> bool:
         """Appends completed a chunk since the last commit, and ``min_commit_interval`` has
         passed (bulk loads commit at most that often)."""
-        R = self._header.chunk_rows
+        R = self.log.header.chunk_rows
         pending = (self.ring.base + self.ring.write_count) // R > (
-            self.ring.base + self._commit.write_count
+            self.ring.base + self.log.commit.write_count
         ) // R
-        return pending and time.monotonic() - self._last_commit_time >= self.min_commit_interval
+        return pending and time.monotonic() - self.log.last_publish >= self.min_commit_interval
 
     def _commit_whole_chunks(self, write_ahead: bool = False) -> None:
         """Automatic commit up to the last completed chunk: the partly filled head chunk stays
         staged, so it is written once when full instead of at every commit. ``write_ahead``:
         commit only up to the first chunk not written yet, and start writing the completed
         ones in the background (their commit comes at a later call, once they have landed)."""
-        R = self._header.chunk_rows
+        R = self.log.header.chunk_rows
         staged_end = self.ring.base + self.ring.write_count
         head = staged_end // R
         if write_ahead:
             self._start_write_ahead()
             with self._pool.lock:
                 head = min(head, *self._pool.dirty) if self._pool.dirty else head
-            if head * R - self.ring.base <= self._commit.write_count:
+            if head * R - self.ring.base <= self.log.commit.write_count:
                 return
-        elif staged_end % R == 0 or head * R - self.ring.base <= self._commit.write_count:
+        elif staged_end % R == 0 or head * R - self.ring.base <= self.log.commit.write_count:
             self._flush(self.commit_durability)
             return
         wc = head * R - self.ring.base
         length = min(self._len, self.ring.live_len(wc))
         if not write_ahead:
             self._write_dirty(skip=head)
-        self._publish(wc, max(length, self._commit.length), self.commit_durability)
+        self._publish(wc, max(length, self.log.commit.length), self.commit_durability)
 
     def flush(self) -> None:
         """Writes every staged chunk, then publishes the commit record (the commit point),
@@ -1530,10 +1480,10 @@ class ZarrStorage(TensorStorage):
         self._check_writable()
         with self._io_lock, _naming_store(self._where):
             self._flush(self.durability)  # the state describes committed rows
-            commit = self._commit.to_json()
+            commit = self.log.commit.to_json()
         lock = self._sampler_locks.get(id(sampler))
         with lock or contextlib.nullcontext(), _naming_store(self._where):
-            saved = sampler_state.save(self._group, sampler, commit)
+            saved = sampler_state.save(self.log.group, sampler, commit)
         if saved is not None:
             self._sampler_saved[id(sampler)] = saved
         return saved is not None
@@ -1543,15 +1493,15 @@ class ZarrStorage(TensorStorage):
         class; rows committed after that state was saved are announced to it
         (``sampler.extend``: new rows get the default priority). Returns whether a state was
         loaded."""
-        if self._header is None:
+        if self.log.header is None:
             return False
         with _naming_store(self._where):
             meta = sampler_state.load(
-                self._group, sampler, self._where, self.ring.capacity or self.ring.write_count
+                self.log.group, sampler, self._where, self.ring.capacity or self.ring.write_count
             )
         if meta is None:
             return False
-        cap0 = self._header.capacity
+        cap0 = self.log.header.capacity
         if meta["base"] == self.ring.base and meta["write_count"] < self.ring.write_count:
             start = self.ring.base + meta["write_count"]
             if cap0 is not None:
@@ -1567,7 +1517,7 @@ class ZarrStorage(TensorStorage):
     def _save_attached_samplers(self) -> None:
         """``save_sampler_state`` for the attached buffers' samplers whose state changed since
         this storage last saved or loaded it (one sampler per store: the first buffer's)."""
-        if self.read_only or self._closed or self._header is None:
+        if self.read_only or self._closed or self.log.header is None:
             return
         for buffer in list(self._attached_entities):
             sampler = buffer_sampler(buffer)
@@ -1586,15 +1536,15 @@ class ZarrStorage(TensorStorage):
             return
 
     def _flush(self, durability: str) -> None:
-        if self.read_only or self._closed or self._header is None:
+        if self.read_only or self._closed or self.log.header is None:
             return
         self._check_owner_process()
         if not (
             self._pool.dirty
             or self._inplace_pending
             or (self.ring.base, self.ring.write_count, self._len)
-            != (self._commit.base, self._commit.write_count, self._commit.length)
-            or (durability == "os" and _unsynced(self._group.store))  # an earlier cheap commit
+            != (self.log.commit.base, self.log.commit.write_count, self.log.commit.length)
+            or (durability == "os" and _unsynced(self.log.store))  # an earlier cheap commit
         ):
             return
         self._write_dirty()
@@ -1605,51 +1555,38 @@ class ZarrStorage(TensorStorage):
         fsyncs every file written since the last such commit, then the record."""
         if durability not in ("os", "process"):
             raise ValueError(f"durability must be 'os' or 'process', got {durability!r}")
-        gc_below = self._gc_threshold()
-        self._commit = Commit(
-            revision=self._commit.revision + 1,
-            base=self.ring.base,
+        gc_below = self.log.gc_threshold(self.gc_grace_seconds)
+        old, base = self.log.commit, self.ring.base
+        commit = Commit(
+            revision=old.revision + 1,
+            base=base,
             write_count=write_count,
             length=length,
-            extent=self._commit.extent,
-            inplace_revision=self._commit.inplace_revision + int(self._inplace_pending),
+            extent=old.extent,
+            inplace_revision=old.inplace_revision + int(self._inplace_pending),
             gc_below=gc_below,
             head=None
             if self._seals is None
-            else self._seals.head(
-                self.ring.base + write_count, self._header.chunk_rows, self._commit
-            ),
+            else self._seals.head(base + write_count, self.log.header.chunk_rows, old),
         )
-        self._write_meta(durable=durability == "os")
+        live_start = self.ring.live_start(base, write_count)
+        self.log.publish(commit, durable=durability == "os", live_start=live_start)
         if self._seals is not None:
             self._settle_seals()
-        self._gc_history.append(
-            (time.monotonic(), self.ring.live_start(self._commit.base, self._commit.write_count))
-        )
         self._inplace_pending = False
-        self._last_commit_time = time.monotonic()
         self._collect_garbage(gc_below)
 
     def _settle_seals(self) -> None:
         """After a commit: in-place rewrites it counted accept only their new version; the
         writer forgets what it no longer caches (bounded memory)."""
-        _run_io(put_objects(self._seals.settle()))
-        R = self._header.chunk_rows
-        head = (self._commit.base + self._commit.write_count) // R
+        run_io(put_objects(self._seals.settle()))
+        R = self.log.header.chunk_rows
+        head = (self.log.commit.base + self.log.commit.write_count) // R
 
         def keep(chunks: torch.Tensor) -> torch.Tensor:
             return (self._pool.slots_of(chunks) >= 0) | (chunks >= head - 1)
 
         self._seals.forget(keep)
-
-    def _gc_threshold(self) -> int:
-        """Physical row below which chunks may be deleted: the live start of the newest commit
-        at least ``gc_grace_seconds`` old, so readers that lag less than that never miss a row."""
-        horizon = time.monotonic() - self.gc_grace_seconds
-        below = self._commit.gc_below
-        while self._gc_history and self._gc_history[0][0] <= horizon:
-            below = max(below, self._gc_history.popleft()[1])
-        return below
 
     def _write_dirty(self, skip: int | None = None) -> None:
         """Data half of a commit: encodes every staged chunk but ``skip`` (whole chunks, the
@@ -1664,7 +1601,7 @@ class ZarrStorage(TensorStorage):
 
     def _write_staged(self, skip: int | None, ahead: frozenset[int]) -> None:
         """``_write_dirty`` of the staged chunks not in ``ahead``."""
-        R = self._header.chunk_rows
+        R = self.log.header.chunk_rows
         with self._pool.lock:
             dirty = sorted(c for c in self._pool.dirty if c != skip and c not in ahead)
             if not dirty:
@@ -1675,7 +1612,7 @@ class ZarrStorage(TensorStorage):
             encoded = []
             sealed = []
             for c in dirty:
-                block = xor_rows.apply(self._pool.chunk_arrays(c), self._header.xor_previous)
+                block = xor_rows.apply(self._pool.chunk_arrays(c), self.log.header.xor_previous)
                 for path, arr in self._arrays.items():
                     codec = codecs[path]
                     if codec.supported:
@@ -1684,12 +1621,12 @@ class ZarrStorage(TensorStorage):
                     else:
                         fallback.append((arr, slice(c * R, (c + 1) * R), block[path]))
             if self._seals is not None and sealed:  # entries before their chunks (crash-safe)
-                _run_io(io + self._seal_entries(sealed))
+                run_io(io + self._seal_entries(sealed))
                 io = []
-            committed_end = self._commit.base + self._commit.write_count  # as published
+            committed_end = self.log.commit.base + self.log.commit.write_count  # as published
             io += store_chunks(encoded, fresh_from=-(committed_end // -R))
             io += [zarr_compat.async_array(arr).setitem(sel, value) for arr, sel, value in fallback]
-            _run_io(io)
+            run_io(io)
             self._written_chunks = max(self._written_chunks, dirty[-1] + 1)
             self._pool.mark_clean(dirty)
 
@@ -1697,13 +1634,13 @@ class ZarrStorage(TensorStorage):
         """Resizes every array (metadata only, geometrically) to hold ``end_rows`` physical
         rows; returns coroutines for non-local stores."""
         io: list = []
-        if end_rows > self._commit.extent:
-            extent = max(end_rows, 2 * self._commit.extent)
+        if end_rows > self.log.commit.extent:
+            extent = max(end_rows, 2 * self.log.commit.extent)
             for arr in self._arrays.values():  # metadata only: no chunk is touched
                 io += grow_array(arr, extent)
             if self._seals is not None:
-                io += grow_array(self._seals.array, seal_rows(extent, self._header.chunk_rows))
-            self._commit.extent = extent
+                io += grow_array(self._seals.array, seal_rows(extent, self.log.header.chunk_rows))
+            self.log.commit.extent = extent
         return io
 
     def _chunk_codecs(self) -> dict[str, ChunkCodec]:
@@ -1716,7 +1653,7 @@ class ZarrStorage(TensorStorage):
 
     def _collect_garbage(self, gc_below: int) -> None:
         """Deletes the chunks wholly below ``gc_below`` (published in the commit record)."""
-        R = self._header.chunk_rows
+        R = self.log.header.chunk_rows
         dead_below = gc_below // R
         first = getattr(self, "_gc_done", 0)
         if dead_below <= first:
@@ -1730,7 +1667,7 @@ class ZarrStorage(TensorStorage):
             gone = range(first // SEAL_CHUNK, dead_below // SEAL_CHUNK)
             self._seals.discard(gone)
             dead += [(self._seals.codec, k) for k in gone]
-        _run_io(drop_chunks(dead))  # absent chunks read back as the fill value 0
+        run_io(drop_chunks(dead))  # absent chunks read back as the fill value 0
         self._gc_done = dead_below
 
     @_names_store
@@ -1771,19 +1708,19 @@ class ZarrStorage(TensorStorage):
     def refresh(self) -> bool:
         """Re-reads the commit record; returns whether new data became visible."""
         self._last_refresh = time.monotonic()
-        group = self._group_fresh()
+        group = self.log.fresh_group()
         header, commit = read_attrs(group, self._where)
         if header is None:
             return False
-        if self._header is None:
-            self._group = group
-            self._read_layout_extras(group.attrs.asdict()["zarrl"], header)
+        if self.log.header is None:
+            self.log.reopen(group)
+            self.log.adopt_layout(group.attrs.asdict()["zarrl"], header)
             self._setup(header)
             self._adopt_fresh(commit)
             return True
-        if commit.revision == self._commit.revision:
+        if commit.revision == self.log.commit.revision:
             return False
-        old = self._commit
+        old = self.log.commit
         full = (
             commit.inplace_revision != old.inplace_revision
             or commit.base != old.base
@@ -1793,8 +1730,8 @@ class ZarrStorage(TensorStorage):
             )
         )
         if commit.extent != old.extent:  # the writer resized the arrays: reload their metadata
-            self._group = group
-            self._arrays = {path: group[path] for path in self._header.schema}
+            self.log.reopen(group)
+            self._arrays = {path: group[path] for path in self.log.header.schema}
         try:
             self._adopt_commit(commit, full=full, since=old)
         except _StaleRead:
@@ -1811,13 +1748,13 @@ class ZarrStorage(TensorStorage):
 
     def _adopt_commit(self, commit: Commit, full: bool, since: Commit | None = None) -> None:
         """Makes ``commit`` the visible state: lengths, cursor, RAM index columns."""
-        R = self._header.chunk_rows
+        R = self.log.header.chunk_rows
         with self._pool.lock:
             if full:
                 self._pool.drop_clean()
             elif since is not None:
                 self._pool.evict((since.base + since.write_count) // R)  # old head chunk
-        self._commit = commit
+        self.log.commit = commit
         self.ring.adopt(commit.base, commit.write_count)
         self._len = commit.length
         self._gc_done = commit.gc_below // R
@@ -1848,7 +1785,7 @@ class ZarrStorage(TensorStorage):
     def _read_rows(self, paths: list[str], start: int, end: int) -> dict[str, torch.Tensor]:
         """Physical rows ``[start, end)`` of ``paths`` (not XORed) through ``_load_chunks``,
         64 chunks at a time: ``{path: [end - start, *tail, *shape]}``."""
-        R = self._header.chunk_rows
+        R = self.log.header.chunk_rows
         parts: dict[str, list[np.ndarray]] = {p: [] for p in paths}
         chunks = list(range(start // R, -(end // -R)))
         for i in range(0, len(chunks), 64):
@@ -1865,7 +1802,7 @@ class ZarrStorage(TensorStorage):
         built on a reopened storage keeps appending where the previous run stopped, and
         restores its sampler's state stored with the store (``load_sampler_state``)."""
         super().attach(buffer)
-        if self._header is None or self.ring.write_count == 0:
+        if self.log.header is None or self.ring.write_count == 0:
             return
         writer = buffer_writer(buffer)
         if writer is not None:
@@ -1882,9 +1819,9 @@ class ZarrStorage(TensorStorage):
     @_serialized
     def _empty(self) -> None:
         self._check_writable()
-        if self._header is not None:
+        if self.log.header is not None:
             self._land_writes(wait=True)
-            R = self._header.chunk_rows
+            R = self.log.header.chunk_rows
             with self._pool.lock:
                 self._pool.dirty.clear()
                 self._pool.drop_clean()
@@ -1894,7 +1831,7 @@ class ZarrStorage(TensorStorage):
             self._inplace_pending = True
         self._len = 0
         self._bump_mutation_revision()
-        if self._header is not None:
+        if self.log.header is not None:
             self._flush(self.durability)
 
     @_names_store
@@ -1905,9 +1842,9 @@ class ZarrStorage(TensorStorage):
         return {
             "path": self._where,
             "store": pickling.reference(self)["store"],
-            "initialized": self._header is not None,
+            "initialized": self.log.header is not None,
             "_len": self._len,
-            "commit": self._commit.to_json(),
+            "commit": self.log.commit.to_json(),
         }
 
     @_names_store
@@ -1921,9 +1858,9 @@ class ZarrStorage(TensorStorage):
             source_key = pickling.store_key(zarr.storage.LocalStore(os.fspath(source)))
         else:
             source_key = pickling.store_key(source)
-        if source_key != pickling.store_key(self._group.store):
+        if source_key != pickling.store_key(self.log.store):
             self._check_writable()
-            src = self._open_group(source, "r")
+            src = open_group(source, "r")
             _, commit = read_attrs(src, str(source))
             if (commit.base, commit.write_count) != (want.base, want.write_count):
                 raise ValueError(
@@ -1934,10 +1871,10 @@ class ZarrStorage(TensorStorage):
             self._replace_content(src)
         elif self.read_only:
             self.refresh()
-        if (want.base, want.write_count) != (self._commit.base, self._commit.write_count):
+        if (want.base, want.write_count) != (self.log.commit.base, self.log.commit.write_count):
             raise ValueError(
-                f"{self._where} is at commit base={self._commit.base}, "
-                f"write_count={self._commit.write_count} but the state dict expects base="
+                f"{self._where} is at commit base={self.log.commit.base}, "
+                f"write_count={self.log.commit.write_count} but the state dict expects base="
                 f"{want.base}, write_count={want.write_count}; zarr stores cannot roll back"
             )
         self._len = int(state_dict["_len"])
@@ -1952,9 +1889,9 @@ class ZarrStorage(TensorStorage):
         hooks = save_hooks(self)
         if not hooks:
             dest = zarr.storage.LocalStore(os.fspath(path))
-            _copy_store(self._group.store, dest)
+            copy_store(self.log.store, dest)
             return
-        if self._header is None:
+        if self.log.header is None:
             raise RuntimeError(f"{self._where}: cannot save a non-initialized storage")
         data = self.get(torch.arange(self._len0()))
         for hook in hooks:
@@ -1966,14 +1903,14 @@ class ZarrStorage(TensorStorage):
         """Replaces this storage's content with the store checkpointed at ``path``; with load
         hooks (``rb.register_load_hook``), with what they return for its rows."""
         self._check_writable()
-        src = self._open_group(path, "r")
+        src = open_group(path, "r")
         read_attrs(src, str(path))
         hooks = load_hooks(self)
         if not hooks:
             self._replace_content(src)
             return
         saved = type(self).open(path, mode="r")
-        data = saved.get(torch.arange(saved._len0())) if saved._header is not None else None
+        data = saved.get(torch.arange(saved._len0())) if saved.log.header is not None else None
         saved.close()
         if data is None:
             raise RuntimeError(f"{path}: the checkpoint holds no rows to load")
@@ -1986,20 +1923,20 @@ class ZarrStorage(TensorStorage):
     def _replace_content(self, src: zarr.Group) -> None:
         """This store's content becomes a copy of the store of ``src``."""
         self._check_writable()
-        if self._header is not None:
+        if self.log.header is not None:
             self._land_writes(wait=True)
-        _clear_store(self._group.store)
-        _copy_store(src.store, self._group.store)
+        clear_store(self.log.store)
+        copy_store(src.store, self.log.store)
         self._written_chunks = 0  # nothing past the loaded commit is ours
-        self._group = zarr.open_group(self._group.store, mode="a", zarr_format=3)
-        header, commit = read_attrs(self._group, self._where)
-        self._header = None
+        self.log.reopen()
+        header, commit = self.log.read()
+        self.log.header = None
         if header is not None:
-            self._read_layout_extras(self._group.attrs.asdict()["zarrl"], header)
+            self.log.adopt_layout(self.log.meta(), header)
             self._setup(header)
             self._adopt_commit(commit, full=True)
         else:
-            self._commit, self._len = commit, 0
+            self.log.commit, self._len = commit, 0
             self.ring.adopt(0, 0)
             self.ring.tail = None
             self.initialized = False
@@ -2038,7 +1975,7 @@ class ZarrStorage(TensorStorage):
             "ndim": self.ndim,
             "device": self.device,
             "_growing": self.ring.growing,
-            "_tail": tuple(self._header.tail) if self._header is not None else None,
+            "_tail": tuple(self.log.header.tail) if self.log.header is not None else None,
             "_compilable": False,
             "_rng": None,
             "_len_value": self._len_value,
@@ -2062,7 +1999,7 @@ class ZarrStorage(TensorStorage):
             self.flush()
             dest = make_temp_store()
             with _naming_store(self._where):
-                _copy_store(self._group.store, zarr.storage.LocalStore(str(dest)))
+                copy_store(self.log.store, zarr.storage.LocalStore(str(dest)))
             ref["store"] = dest
             new = pickling.reopen(type(self), ref)
             new._temp_release = remove_on_release(new, dest)
@@ -2203,43 +2140,13 @@ def _unsynced(store) -> bool:
     return bool(log)
 
 
-def _run_io(coroutines: list, return_exceptions: bool = False) -> list:
-    """Runs zarr array coroutines concurrently on zarr's event loop (one round trip)."""
-    from zarr.core.sync import sync
-
-    async def gather():
-        return await asyncio.gather(*coroutines, return_exceptions=return_exceptions)
-
-    return sync(gather()) if coroutines else []
-
-
-def _copy_store(src, dst) -> None:
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
-
-    async def copy():
-        proto = default_buffer_prototype()
-        async for key in src.list():
-            buf = await src.get(key, prototype=proto)
-            if buf is not None:
-                await dst.set(key, buf)
-
-    sync(copy())
-
-
 def _write_new_store(path, data: TensorDictBase, ndim: int) -> None:
     """A new zarrl store at ``path`` holding the rows of ``data`` (``[rows, ...]``); an
     existing zarrl store there is replaced, anything else is refused."""
     path = os.fspath(path)
     if os.path.exists(path) and os.listdir(path):
-        existing = ZarrStorage._open_group(path, "r")
+        existing = open_group(path, "r")
         read_attrs(existing, path)  # refuses a directory that is not a zarrl store
-        _clear_store(zarr.storage.LocalStore(path))
+        clear_store(zarr.storage.LocalStore(path))
     with ZarrStorage(None, path=path, ndim=ndim) as dest:
         dest.set(torch.arange(data.shape[0]), data)
-
-
-def _clear_store(store) -> None:
-    from zarr.core.sync import sync
-
-    sync(store.clear())

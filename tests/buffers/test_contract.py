@@ -93,7 +93,7 @@ def test_chunks_are_sized_by_bytes_so_a_huge_row_is_one_chunk(tmp_path):
         storage = ZarrStorage(4, path=tmp_path / f"b{floats}.zarr")
         rb = TensorDictReplayBuffer(storage=storage)
         rb.extend(TensorDict(x=torch.ones(1, floats), batch_size=[1]))
-        assert storage._header.chunk_rows == rows_per_chunk
+        assert storage.log.header.chunk_rows == rows_per_chunk
         assert torch.equal(rb[:]["x"], torch.ones(1, floats))
 
 

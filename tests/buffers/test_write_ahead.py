@@ -51,7 +51,7 @@ def test_completed_chunks_are_stored_in_the_background_before_any_commit(tmp_pat
     rb.extend(batch(9))  # chunks 0 and 1 complete, the interval defers their commit
     storage._land_writes(wait=True)
     assert {p.name for p in (path / "a").glob("c.*")} == {"c.0", "c.1"}  # written ahead
-    assert storage._commit.write_count == 0 and stored_ids(path) == []  # but not committed
+    assert storage.log.commit.write_count == 0 and stored_ids(path) == []  # but not committed
     assert seen and all(name.startswith("zarrl-encode") for name in seen)
     seen.clear()
     storage.flush()  # only the head chunk is left to encode
@@ -69,7 +69,7 @@ def test_a_commit_never_covers_a_chunk_still_being_written(tmp_path, encoder_thr
     rb.extend(batch(4))  # chunk 0 complete: handed to the background
     time.sleep(0.1)  # the interval has passed: a commit is due
     rb.extend(batch(5, start=4))  # chunk 1 complete too
-    assert storage._commit.write_count == 0  # chunk 0 is not written yet: nothing committed
+    assert storage.log.commit.write_count == 0  # chunk 0 is not written yet: nothing committed
     assert stored_ids(path) == []
     gate.set()
     storage._land_writes(wait=True)
@@ -78,7 +78,7 @@ def test_a_commit_never_covers_a_chunk_still_being_written(tmp_path, encoder_thr
     storage._land_writes(wait=True)
     time.sleep(0.1)
     rb.extend(batch(1, start=10))
-    assert storage._commit.write_count == 8  # both landed chunks, not the head chunk
+    assert storage.log.commit.write_count == 8  # both landed chunks, not the head chunk
     assert stored_ids(path) == list(range(8))
     storage.close()
     assert stored_ids(path) == list(range(11))
