@@ -96,7 +96,9 @@ class CommitLog:
 
     def reopen(self, group: zarr.Group | None = None) -> None:
         """Uses ``group`` (default: the store's group reopened for writing) from now on."""
-        self.group = group or zarr.open_group(self.group.store, mode="a", zarr_format=3)
+        if group is None:
+            group = zarr.open_group(self.group.store, mode="a", zarr_format=3)
+        self.group = group
 
     def adopt_layout(self, meta: Mapping, header: Header) -> None:
         """``header`` and the pytree structure and per-element batch dims recorded beside it
