@@ -10,7 +10,6 @@ done flags, rewards: the *index columns*) are always mirrored in RAM by ring pos
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import concurrent.futures
 import contextlib
@@ -37,7 +36,6 @@ from tensordict.base import _is_leaf_nontensor
 from torchrl.data.replay_buffers.storages import TensorStorage
 from torchrl.data.replay_buffers.writers import RoundRobinWriter
 
-from . import _compat_zarr as zarr_compat
 from . import codecs as leaf_codecs
 from . import pickling, pytrees, sampler_state, xor_rows
 from ._compat_tensordict import td_from_leaves
@@ -52,7 +50,7 @@ from ._compat_torchrl import (
     wrap_writer_init,
     writer_position,
 )
-from .chunk_codec import ChunkCodec, drop_chunks, fetch_chunks, store_chunks
+from .chunk_io import ChunkStore, StaleRead
 from .chunk_pool import ChunkPool, load_group
 from .commit_log import CommitLog, open_group
 from .format import (
@@ -62,8 +60,6 @@ from .format import (
     LeafSpec,
     ReadOnlyStorageError,
     StoreFormatError,
-    check_array,
-    codec_chain,
     describe_schema,
     key_path,
     numpy_dtype_name,
@@ -73,21 +69,12 @@ from .format import (
 from .lazy_view import lazy_tensordict, path_tree
 from .ring import Ring
 from .seals import (
-    SEAL_CHUNK,
-    SealTable,
-    array_metadata_crc,
-    chunk_problem,
-    data_crc,
-    open_table,
-    seal_rows,
     seal_spec,
 )
 from .store_io import (
     check_local_writable,
     clear_store,
     copy_store,
-    grow_array,
-    put_objects,
     remove_partials,
     run_io,
     sync_log,
@@ -100,20 +87,11 @@ _log = logging.getLogger("zarrl.buffers")
 _UNBOUNDED = 2**31 - 1  # TorchRL keeps len() in an int32 shared value
 
 
-class _ThreadFlag(threading.local):
-    active = False  # per thread; True in the thread that runs background refills
-
-
-_REFILL_THREAD = _ThreadFlag()
 _TENSOR_KEY = "_tensor"
 _DEFAULT_CACHE_BYTES = 256 * 2**20
 _TARGET_CHUNK_BYTES = 2**22
 _RESERVED_NAMES = frozenset({"zarr.json", ".zattrs", ".zgroup", ".zarray"})
 _INDEX_MAX_BYTES = 16  # leaves with at most this many bytes per element stay in RAM
-
-
-class _StaleRead(RuntimeError):
-    """A reader loaded chunks the writer has recycled since the reader's last refresh."""
 
 
 def _serialized(method: Callable) -> Callable:
@@ -299,8 +277,6 @@ class ZarrStorage(TensorStorage):
         self._last_refresh = time.monotonic()
         self._pool: ChunkPool | None = None
         self._index: dict[str, torch.Tensor] = {}
-        self._arrays: dict[str, zarr.Array] = {}
-        self._seals: SealTable | None = None  # format version 3 (``seals.py``)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._write_ahead = WriteAhead(run_io)  # completed chunks, written in the background
         self._refill: concurrent.futures.Future | None = None
@@ -318,6 +294,8 @@ class ZarrStorage(TensorStorage):
         with _naming_store(self._where):
             # the group, layout and commit record (``buffers/commit_log.py``)
             self.log = CommitLog(open_group(path, _mode), self._where, self.ring.max_size, ndim)
+            # leaf arrays, codecs and seal table (``buffers/chunk_io.py``)
+            self.chunks = ChunkStore(self.log, self.ring, self.read_only, compressors)
             if not self.read_only:
                 check_local_writable(self.log.store, self._where)
                 remove_partials(self.log.store)  # torn temporaries of a killed writer
@@ -388,8 +366,8 @@ class ZarrStorage(TensorStorage):
             self._setup(header)
             self._adopt_fresh(commit)
             R, end = header.chunk_rows, commit.base + commit.write_count
-            if self._seals is not None and not self.read_only and end % R:
-                self._load_chunks([end // R])  # the head chunk on disk, checked: its crcs
+            if self.chunks.seals is not None and not self.read_only and end % R:
+                self.chunks.load([end // R])  # the head chunk on disk, checked: its crcs
 
     def _adopt_fresh(self, commit: Commit) -> None:
         """``_adopt_commit(commit, full=True)``; a reader that the writer moved past while it
@@ -398,11 +376,11 @@ class ZarrStorage(TensorStorage):
             try:
                 self._adopt_commit(commit, full=True)
                 return
-            except _StaleRead:
+            except StaleRead:
                 if attempt == 3:
                     raise
                 self.log.reopen(self.log.fresh_group())
-                self._arrays = {path: self.log.group[path] for path in self.log.header.schema}
+                self.chunks.reload()
                 _, commit = self.log.read()
 
     # ============================================================ identity
@@ -497,30 +475,7 @@ class ZarrStorage(TensorStorage):
         self.log.header = header
         self.ring.tail = header.tail
         R, tail = header.chunk_rows, header.tail
-        if create:
-            self._arrays = self._create_arrays(header)
-        else:
-            self._arrays = {}
-            for path in header.schema:
-                try:
-                    self._arrays[path] = self.log.group[path]
-                except KeyError:
-                    raise StoreFormatError(
-                        f"{self._where}: array {path!r} listed in the schema is missing"
-                    ) from None
-                except (ValueError, TypeError, UnicodeDecodeError) as err:  # JSON errors
-                    raise StoreFormatError(
-                        f"{self._where}/{path}/zarr.json is not valid array metadata: {err}"
-                    ) from None
-                check_array(self._where, path, self._arrays[path], header)
-        self._seals = None
-        if header.chunk_seals is not None:
-            extent = self.log.commit.extent if create else None
-            self._seals = open_table(self.log.group, header, self._where, extent)
-            if create:  # bind each array's codecs and chunking into the header
-                header.chunk_seals["arrays"] = {
-                    p: array_metadata_crc(a) for p, a in self._arrays.items()
-                }
+        self.chunks.attach(header, create)
         cap0 = header.capacity
         live_chunks = None if cap0 is None else -(cap0 // -R) + 2
         pool_specs = header.schema
@@ -551,52 +506,6 @@ class ZarrStorage(TensorStorage):
         }
         self.initialized = True
 
-    def _create_arrays(self, header: Header) -> dict[str, zarr.Array]:
-        """Creates one array per leaf, all in one event-loop call. A ring buffer's arrays are
-        sized to its capacity (rounded up to whole chunks) at once, so the first pass over the
-        ring never resizes them; ``commit.extent`` records that size."""
-        R, tail = header.chunk_rows, header.tail
-        options = {
-            path: leaf_codecs.array_options(
-                path,
-                spec,
-                1 + len(tail),
-                self._compressors_arg,
-                xor_source=header.xor_previous.get(path),
-            )
-            for path, spec in header.schema.items()
-        }
-        for opts in options.values():
-            opts["compressors"], _ = codec_chain(opts["compressors"])  # + crc32c
-        extent = 0 if header.capacity is None else -(header.capacity // -R) * R
-        extent = max(extent, self.log.commit.extent)
-        root = zarr_compat.async_group(self.log.group)
-        parents = sorted({p.rpartition("/")[0] for p in header.schema} - {""}, key=len)
-
-        async def create() -> list:
-            for parent in parents:  # nested keys: a sub-group per level, outermost first
-                await root.require_group(parent)
-            return await asyncio.gather(
-                *(
-                    root.create_array(
-                        path,
-                        shape=(extent, *tail, *spec.shape),
-                        chunks=(R, *tail, *spec.shape),
-                        dtype=spec.dtype,
-                        fill_value=0,
-                        # flat chunk files (c.<row chunk>.0...): no directory per chunk
-                        chunk_key_encoding={"name": "default", "separator": "."},
-                        overwrite=True,  # only leftovers of an uncommitted first write
-                        **options[path],  # filters, compressors, dimension_names (codecs.py)
-                    )
-                    for path, spec in header.schema.items()
-                )
-            )
-
-        (created,) = run_io([create()])  # one event-loop round trip for the whole layout
-        self.log.commit.extent = extent
-        return {path: zarr.Array(a) for path, a in zip(header.schema, created)}
-
     @property
     def is_ram_mirror(self) -> bool:
         """Whether every live chunk fits in the pool (no eviction ever needed)."""
@@ -606,14 +515,6 @@ class ZarrStorage(TensorStorage):
         return self._pool.max_slots >= -(cap0 // -self.log.header.chunk_rows) + 2
 
     # ============================================================ index maths
-    def _phys(self, pos: torch.Tensor) -> torch.Tensor:
-        """Physical row (write-order log) of each ring position ``pos`` (int64)."""
-        cap0 = self.log.header.capacity
-        if cap0 is None or self.ring.write_count <= cap0:  # not wrapped yet: one generation
-            return pos + self.ring.base
-        gen = torch.div(self.ring.write_count - 1 - pos, cap0, rounding_mode="floor").clamp_min(0)
-        return self.ring.base + gen * cap0 + pos
-
     def _len0(self) -> int:
         """Live rows along dim 0."""
         return self.ring.rows_of(self._len)
@@ -677,105 +578,6 @@ class ZarrStorage(TensorStorage):
         return td[reindex]
 
     # ================================================================== reads
-    def _load_chunk(self, chunk: int) -> dict[str, np.ndarray]:
-        return self._load_chunks([chunk])[0]
-
-    def _load_chunks(self, chunks: list[int], paths=None) -> list[dict[str, np.ndarray]]:
-        """Decodes physical chunks of every leaf (or of ``paths``, none of them XORed) from the
-        store, all reads concurrently (zeros past the extent); a chunk that fails its checksum
-        or (version 3) is missing, misplaced or stale raises ``CorruptChunkError``."""
-        R = self.log.header.chunk_rows
-        codecs = self._chunk_codecs()
-        paths = list(self._arrays) if paths is None else list(paths)
-        if not all(c.supported for c in codecs.values()):
-            return self._load_chunks_zarr(chunks, paths)
-        reads = [(chunk, path) for chunk in chunks for path in paths]
-        raws = fetch_chunks([(codecs[path], chunk) for chunk, path in reads], run_io)
-        if self._seals is not None:  # entries checked once the chunks are read
-            # the refill thread's reads may be rewritten before they are used: not recorded
-            self._check_seals(chunks, reads, raws, record=not _REFILL_THREAD.active)
-        out: dict[int, dict[str, np.ndarray]] = {c: {} for c in chunks}
-        for (chunk, path), raw in zip(reads, raws):
-            codec = codecs[path]
-            if raw is None:  # never written, or deleted as all-zero: the fill value
-                out[chunk][path] = np.zeros(codec.chunk_shape, codec.dtype)
-                continue
-            try:
-                out[chunk][path] = codec.decode(raw)
-            except Exception as err:  # zarr's codecs raise on corrupt bytes and bad checksums
-                raise CorruptChunkError(
-                    f"{self._where}: array {path!r}, chunk {chunk} (rows {chunk * R}:"
-                    f"{(chunk + 1) * R}) could not be decoded or failed its crc32c checksum: "
-                    f"{err!r}"
-                ) from err
-        pairs = self.log.header.xor_previous if len(paths) == len(self._arrays) else {}
-        return [xor_rows.apply(out[c], pairs) for c in chunks]
-
-    def _check_seals(self, chunks: list[int], reads: list, raws: list, record: bool) -> None:
-        """Version 3: every chunk read must be the one its seal entry (or the commit record,
-        for the head chunk) binds to its array and index (``seals.chunk_problem``); ``record``:
-        the writer notes the versions it read (``SealTable.disk_crc``)."""
-        R, reader = self.log.header.chunk_rows, self.read_only
-        col, live_start = (
-            self._seals.col,
-            self.ring.live_start(self.log.commit.base, self.log.commit.write_count),
-        )
-        bound = 16 if reader else None
-        rows = self._seals.rows(chunks, run_io, self._where, bound=bound)
-        crcs = [None if raw is None else data_crc(raw) for raw in raws]
-        for attempt in range(2):
-            problem = None
-            for (chunk, path), crc in zip(reads, crcs):
-                entry = rows[chunk][col[path]]
-                problem = chunk_problem(path, chunk, crc, entry, self.log.commit, R, live_start)
-                if problem is not None:
-                    break
-            if problem is None or not reader or attempt:
-                break
-            # a reader's seal chunks may predate the chunks it read: read them again
-            rows = self._seals.rows(chunks, run_io, self._where, fresh=True, bound=bound)
-        if problem is not None:
-            self._seal_failure(problem)
-        if record and not reader:
-            self._seals.record(
-                [((chunk, path), crc) for (chunk, path), crc in zip(reads, crcs) if crc is not None]
-            )
-
-    def _seal_failure(self, problem: str) -> None:
-        """Raises ``CorruptChunkError``, or ``_StaleRead`` in a reader the writer has moved past
-        (it may have rewritten or recycled the chunk since this reader's commit)."""
-        if self.read_only:
-            fresh = self.log.latest()
-            if fresh.revision != self.log.commit.revision:
-                raise _StaleRead(f"{self._where}: {problem} (the writer committed since)")
-        raise CorruptChunkError(f"{self._where}: {problem}")
-
-    def _load_chunks_zarr(self, chunks: list[int], paths=None) -> list[dict[str, np.ndarray]]:
-        """``_load_chunks`` through zarr's own read path (codecs without a sync path)."""
-        R = self.log.header.chunk_rows
-        paths = list(self._arrays) if paths is None else list(paths)
-        reads = []
-        for chunk in chunks:
-            start = chunk * R
-            for path in paths:
-                arr = self._arrays[path]
-                stop = max(start, min(start + R, arr.shape[0]))
-                reads.append((chunk, path, arr, slice(start, stop)))
-        values = run_io(
-            [zarr_compat.async_array(arr).getitem(sel) for _, _, arr, sel in reads],
-            return_exceptions=True,
-        )
-        out: dict[int, dict[str, np.ndarray]] = {c: {} for c in chunks}
-        for (chunk, path, _, sel), value in zip(reads, values):
-            if isinstance(value, BaseException):  # zarr raises codec errors on corrupt bytes
-                raise CorruptChunkError(
-                    f"{self._where}: array {path!r}, chunk {chunk} (rows {sel.start}:{sel.stop}) "
-                    f"could not be decoded or failed its crc32c checksum: {value!r}"
-                ) from value
-            out[chunk][path] = np.asarray(value)
-        pairs = self.log.header.xor_previous if len(paths) == len(self._arrays) else {}
-        return [xor_rows.apply(out[c], pairs) for c in chunks]
-
     def _gather(self, rows: torch.Tensor, keys=None) -> dict[str, torch.Tensor]:
         """Leaves at ring positions ``rows`` -> {path: [N, *tail, *shape]} on ``self.device``."""
         keys = list(self.log.header.schema) if keys is None else keys
@@ -787,7 +589,7 @@ class ZarrStorage(TensorStorage):
 
             def load(chunks: list[int]):
                 loaded.extend(chunks)
-                return self._load_chunks(chunks)
+                return self.chunks.load(chunks)
 
             got = self._pool.gather(phys, load, big)
             if self.read_only and loaded:
@@ -803,13 +605,13 @@ class ZarrStorage(TensorStorage):
 
     def _check_not_stale(self, first_row: int) -> None:
         """Readers: chunks just loaded must still be live in the newest commit (the writer may
-        have recycled them since this reader's last refresh); raises ``_StaleRead`` if not."""
+        have recycled them since this reader's last refresh); raises ``StaleRead`` if not."""
         commit = self.log.latest()
         R = self.log.header.chunk_rows
         if first_row // R < commit.gc_below // R:  # its chunk may already be deleted
             with self._pool.lock:
                 self._pool.drop_clean()
-            raise _StaleRead(
+            raise StaleRead(
                 f"{self._where}: rows read by this reader were recycled by the writer; call "
                 "refresh() more often (or set refresh_every_seconds)"
             )
@@ -831,7 +633,7 @@ class ZarrStorage(TensorStorage):
             try:
                 leaves = self._gather(rows)
                 break
-            except _StaleRead:  # readers only: adopt the newest commit, read the same positions
+            except StaleRead:  # readers only: adopt the newest commit, read the same positions
                 if attempt == 3:
                     raise
                 self.refresh()
@@ -952,15 +754,6 @@ class ZarrStorage(TensorStorage):
             )
             self._schedule_refill()
 
-    def _live_phys_range(self) -> tuple[int, int]:
-        cap0 = self.log.header.capacity
-        n0 = self._len0()
-        end = self.ring.base + self.ring.write_count
-        start = end - n0 if cap0 is None else self.ring.base + max(0, self.ring.write_count - cap0)
-        if cap0 is not None and n0 < min(self.ring.write_count, cap0):
-            start = end - n0
-        return start, max(start, end)
-
     def _resident_runs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached live rows as runs, int64 ``[n_cached_chunks]`` each: ``shift`` (physical row
         of a run minus the number of cached rows before it) and the cumulative row count, so
@@ -986,16 +779,11 @@ class ZarrStorage(TensorStorage):
             R = self.log.header.chunk_rows
             start, end = self.ring.live_range(self._len0())
             want = torch.randint(start // R, (end - 1) // R + 1, (min(4, self._pool.max_slots),))
-            self._pool.ensure(torch.unique(want), self._load_chunks)
+            self._pool.ensure(torch.unique(want), self.chunks.load)
             return self._sample_resident(batch_size)
         u = torch.randint(int(cum[-1]), (batch_size,), generator=self._rng)
         phys = shift[torch.searchsorted(cum, u, right=True)] + u
         return self.ring.position(phys)
-
-    def _pos_of_phys(self, phys: torch.Tensor) -> torch.Tensor:
-        cap0 = self.log.header.capacity
-        rel = phys - self.ring.base
-        return rel if cap0 is None else rel % cap0
 
     def _refill_rows(self) -> int:
         """Rows one background refill decodes: a run of 1/16 of the cache's chunks."""
@@ -1034,10 +822,9 @@ class ZarrStorage(TensorStorage):
 
         def refill():
             t0 = time.monotonic()
-            try:
-                _REFILL_THREAD.active = True
-                decoded = list(zip(missing, self._load_chunks(missing)))
-            except _StaleRead:  # a reader the writer moved past: refill after a refresh
+            try:  # may be rewritten before it is used: not recorded in the seal table
+                decoded = list(zip(missing, self.chunks.load(missing, record=False)))
+            except StaleRead:  # a reader the writer moved past: refill after a refresh
                 return None, []
             if self.read_only:  # the writer may have recycled (deleted) them since our refresh
                 commit = self.log.latest()
@@ -1277,7 +1064,7 @@ class ZarrStorage(TensorStorage):
 
         def loader(chunks: list[int]):
             stored = [c for c in chunks if c < stored_chunks]
-            decoded = dict(zip(stored, self._load_chunks(stored)))
+            decoded = dict(zip(stored, self.chunks.load(stored)))
             return [decoded.get(c) for c in chunks]
 
         chunks = phys // R
@@ -1313,24 +1100,12 @@ class ZarrStorage(TensorStorage):
         if span > self._pool.map_size or self._pool.max_slots > self._pool.map_size:
             self._pool.remap(max(span, self._pool.max_slots, 2 * self._pool.map_size))
 
-    def _ring_capacity(self) -> int | None:
-        """Rows of the ring (``None`` for a growing store), known before the first write too."""
-        if self.log.header is not None:
-            return self.log.header.capacity
-        return self.ring.max_size
-
     def _get_new_len(self, data, cursor):
         """TorchRL's length update (``+ numel``), bounded by the rows actually live: rewriting
         rows already stored with ``set_cursor=True`` does not count them twice (the commit record
         must never claim more rows than the store holds)."""
         numel = data.shape[: self.ndim].numel()
         self._len = min(self._len + numel, self.max_size, self.ring.live_len(self.ring.write_count))
-
-    def _live_len(self, wc: int) -> int:
-        """Elements (rows × ``prod(tail)``) live after ``wc`` rows were written."""
-        cap0 = self.log.header.capacity
-        tail_n = max(1, math.prod(self.log.header.tail))
-        return (wc if cap0 is None else min(wc, cap0)) * tail_n
 
     # ============================================================ durability
     def _maybe_commit(self) -> None:
@@ -1365,15 +1140,15 @@ class ZarrStorage(TensorStorage):
             return
         R = self.log.header.chunk_rows
         head = (self.ring.base + self.ring.write_count) // R
-        codecs = self._chunk_codecs()
-        if not all(codec.supported for codec in codecs.values()):
+        if not self.chunks.sync_codecs:
             return
+        codecs = self.chunks.codecs()
         ahead = self._write_ahead.in_flight
         with self._pool.lock:
             chunks = sorted(c for c in self._pool.dirty - ahead if c < head)
         if not chunks:
             return
-        run_io(self._grow_arrays((chunks[-1] + 1) * R))
+        run_io(self.chunks.grow((chunks[-1] + 1) * R))
         half = max(1, self._pool.max_slots // 2)
         while self._write_ahead.in_flight and len(self._write_ahead.in_flight) + len(chunks) > half:
             self._land_writes(wait=self._write_ahead.batches - 1)  # back-pressure: the oldest
@@ -1389,19 +1164,9 @@ class ZarrStorage(TensorStorage):
             items, tags = [], []
             for c in chunks:
                 block = xor_rows.apply(self._pool.chunk_arrays(c), self.log.header.xor_previous)
-                items += [(codecs[path], c, block[path]) for path in self._arrays]
-                tags += list(self._arrays)
+                items += [(codecs[path], c, block[path]) for path in self.chunks.arrays]
+                tags += list(self.chunks.arrays)
         self._write_ahead.submit(items, fresh_from, fsync=self.durability == "os", tags=tags)
-
-    def _seal_entries(self, items: list[tuple[str, int, int]]) -> list:
-        """Stages the seal entries of chunks ``(leaf, chunk, crc)`` written for the next commit;
-        returns the writes of the seal chunks they touch (none for an unsealed store)."""
-        if self._seals is None:
-            return []
-        table = self._seals.stage(
-            items, self.log.commit, self.log.header.chunk_rows, run_io, self._where
-        )
-        return put_objects(table)
 
     def _land_writes(self, wait: bool | int) -> None:
         """Marks the chunks of finished write-ahead batches clean (``wait``: see
@@ -1412,7 +1177,7 @@ class ZarrStorage(TensorStorage):
             written = self._write_ahead.land(wait, sync_log(self.log.store), landed)
         finally:
             if landed:  # entries before the commit covering them
-                run_io(self._seal_entries(landed))
+                run_io(self.chunks.seal_entries(landed))
         if written:
             self._written_chunks = max(self._written_chunks, written[-1] + 1)
             self._pool.mark_clean(written)
@@ -1566,12 +1331,12 @@ class ZarrStorage(TensorStorage):
             inplace_revision=old.inplace_revision + int(self._inplace_pending),
             gc_below=gc_below,
             head=None
-            if self._seals is None
-            else self._seals.head(base + write_count, self.log.header.chunk_rows, old),
+            if self.chunks.seals is None
+            else self.chunks.seals.head(base + write_count, self.log.header.chunk_rows, old),
         )
         live_start = self.ring.live_start(base, write_count)
         self.log.publish(commit, durable=durability == "os", live_start=live_start)
-        if self._seals is not None:
+        if self.chunks.seals is not None:
             self._settle_seals()
         self._inplace_pending = False
         self._collect_garbage(gc_below)
@@ -1579,14 +1344,13 @@ class ZarrStorage(TensorStorage):
     def _settle_seals(self) -> None:
         """After a commit: in-place rewrites it counted accept only their new version; the
         writer forgets what it no longer caches (bounded memory)."""
-        run_io(put_objects(self._seals.settle()))
         R = self.log.header.chunk_rows
         head = (self.log.commit.base + self.log.commit.write_count) // R
 
         def keep(chunks: torch.Tensor) -> torch.Tensor:
             return (self._pool.slots_of(chunks) >= 0) | (chunks >= head - 1)
 
-        self._seals.forget(keep)
+        self.chunks.settle(keep)
 
     def _write_dirty(self, skip: int | None = None) -> None:
         """Data half of a commit: encodes every staged chunk but ``skip`` (whole chunks, the
@@ -1606,50 +1370,13 @@ class ZarrStorage(TensorStorage):
             dirty = sorted(c for c in self._pool.dirty if c != skip and c not in ahead)
             if not dirty:
                 return
-            io = self._grow_arrays((dirty[-1] + 1) * R)
-            codecs = self._chunk_codecs()
-            fallback = []
-            encoded = []
-            sealed = []
-            for c in dirty:
-                block = xor_rows.apply(self._pool.chunk_arrays(c), self.log.header.xor_previous)
-                for path, arr in self._arrays.items():
-                    codec = codecs[path]
-                    if codec.supported:
-                        encoded.append((codec, c, codec.encode(block[path])))
-                        sealed.append((path, c, data_crc(encoded[-1][2])))
-                    else:
-                        fallback.append((arr, slice(c * R, (c + 1) * R), block[path]))
-            if self._seals is not None and sealed:  # entries before their chunks (crash-safe)
-                run_io(io + self._seal_entries(sealed))
-                io = []
+            io = self.chunks.grow((dirty[-1] + 1) * R)
+            pairs = self.log.header.xor_previous
+            blocks = [(c, xor_rows.apply(self._pool.chunk_arrays(c), pairs)) for c in dirty]
             committed_end = self.log.commit.base + self.log.commit.write_count  # as published
-            io += store_chunks(encoded, fresh_from=-(committed_end // -R))
-            io += [zarr_compat.async_array(arr).setitem(sel, value) for arr, sel, value in fallback]
-            run_io(io)
+            self.chunks.write(blocks, io, fresh_from=-(committed_end // -R))
             self._written_chunks = max(self._written_chunks, dirty[-1] + 1)
             self._pool.mark_clean(dirty)
-
-    def _grow_arrays(self, end_rows: int) -> list:
-        """Resizes every array (metadata only, geometrically) to hold ``end_rows`` physical
-        rows; returns coroutines for non-local stores."""
-        io: list = []
-        if end_rows > self.log.commit.extent:
-            extent = max(end_rows, 2 * self.log.commit.extent)
-            for arr in self._arrays.values():  # metadata only: no chunk is touched
-                io += grow_array(arr, extent)
-            if self._seals is not None:
-                io += grow_array(self._seals.array, seal_rows(extent, self.log.header.chunk_rows))
-            self.log.commit.extent = extent
-        return io
-
-    def _chunk_codecs(self) -> dict[str, ChunkCodec]:
-        """Whole-chunk codecs of the current arrays (rebuilt when the arrays are reloaded)."""
-        cached = getattr(self, "_codecs", None)
-        if cached is None or cached[0] is not self._arrays:
-            cached = (self._arrays, {p: ChunkCodec(a) for p, a in self._arrays.items()})
-            self._codecs = cached
-        return cached[1]
 
     def _collect_garbage(self, gc_below: int) -> None:
         """Deletes the chunks wholly below ``gc_below`` (published in the commit record)."""
@@ -1658,16 +1385,9 @@ class ZarrStorage(TensorStorage):
         first = getattr(self, "_gc_done", 0)
         if dead_below <= first:
             return
-        codecs = self._chunk_codecs()
-        dead = []
         for c in range(first, dead_below):
             self._pool.evict(c)
-            dead += [(codecs[p], c) for p, arr in self._arrays.items() if c * R < arr.shape[0]]
-        if self._seals is not None:  # seal chunks whose data chunks are all dead
-            gone = range(first // SEAL_CHUNK, dead_below // SEAL_CHUNK)
-            self._seals.discard(gone)
-            dead += [(self._seals.codec, k) for k in gone]
-        run_io(drop_chunks(dead))  # absent chunks read back as the fill value 0
+        self.chunks.drop(first, dead_below)
         self._gc_done = dead_below
 
     @_names_store
@@ -1731,10 +1451,10 @@ class ZarrStorage(TensorStorage):
         )
         if commit.extent != old.extent:  # the writer resized the arrays: reload their metadata
             self.log.reopen(group)
-            self._arrays = {path: group[path] for path in self.log.header.schema}
+            self.chunks.reload()
         try:
             self._adopt_commit(commit, full=full, since=old)
-        except _StaleRead:
+        except StaleRead:
             self._adopt_fresh(commit)
         return True
 
@@ -1767,13 +1487,13 @@ class ZarrStorage(TensorStorage):
         if self._index and end > start:
             self._ensure_index_rows(self._len0())
             pos = self.ring.position(torch.arange(start, end))
-            if self._seals is not None:  # through the chunk checks (seals)
-                for path, values in self._read_rows(list(self._index), start, end).items():
+            if self.chunks.seals is not None:  # through the chunk checks (seals)
+                for path, values in self.chunks.read_rows(list(self._index), start, end).items():
                     self._index[path][pos] = values
             else:
                 for path in self._index:
                     try:
-                        rows = self._arrays[path][start:end]
+                        rows = self.chunks.arrays[path][start:end]
                     except Exception as err:
                         raise CorruptChunkError(
                             f"{self._where}: array {path!r}, rows {start}:{end} could not be "
@@ -1781,20 +1501,6 @@ class ZarrStorage(TensorStorage):
                         ) from err
                     self._index[path][pos] = torch.from_numpy(np.ascontiguousarray(rows))
         self._bump_mutation_revision()
-
-    def _read_rows(self, paths: list[str], start: int, end: int) -> dict[str, torch.Tensor]:
-        """Physical rows ``[start, end)`` of ``paths`` (not XORed) through ``_load_chunks``,
-        64 chunks at a time: ``{path: [end - start, *tail, *shape]}``."""
-        R = self.log.header.chunk_rows
-        parts: dict[str, list[np.ndarray]] = {p: [] for p in paths}
-        chunks = list(range(start // R, -(end // -R)))
-        for i in range(0, len(chunks), 64):
-            group = chunks[i : i + 64]
-            for c, arrays in zip(group, self._load_chunks(group, paths)):
-                lo, hi = max(start, c * R) - c * R, min(end, (c + 1) * R) - c * R
-                for p in paths:
-                    parts[p].append(arrays[p][lo:hi])
-        return {p: torch.from_numpy(np.concatenate(v)) for p, v in parts.items()}
 
     # ============================================================ TorchRL API
     def attach(self, buffer: Any) -> None:

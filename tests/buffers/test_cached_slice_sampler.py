@@ -80,14 +80,14 @@ def test_slices_from_partly_cached_trajectories_never_read_synchronously(tmp_pat
     storage.refill_ratio = 4.0
     rb.sample()  # the first batch may load chunks synchronously
     loads = []
-    original = storage._load_chunks
+    original = storage.chunks.load
 
-    def load(chunks):  # counts synchronous decodes only, not the background refill's
+    def load(chunks, *args, **kwargs):  # synchronous decodes only, not the refill's
         if threading.current_thread() is threading.main_thread():
             loads.extend(chunks)
-        return original(chunks)
+        return original(chunks, *args, **kwargs)
 
-    storage._load_chunks = load
+    storage.chunks.load = load
     seen = set()
     for _ in range(40):
         batch = rb.sample()

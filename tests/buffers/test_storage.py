@@ -344,14 +344,14 @@ def _count_sync_loads(storage) -> list:
     """Chunks decoded on the calling (main) thread, i.e. synchronous misses; the background
     refill thread's decodes are not counted."""
     calls: list = []
-    original = storage._load_chunks
+    original = storage.chunks.load
 
-    def load(chunks):
+    def load(chunks, *args, **kwargs):
         if threading.current_thread() is threading.main_thread():
             calls.extend(chunks)
-        return original(chunks)
+        return original(chunks, *args, **kwargs)
 
-    storage._load_chunks = load
+    storage.chunks.load = load
     return calls
 
 
@@ -379,8 +379,10 @@ def test_refill_work_is_earned_by_sampled_rows(tmp_path):
     rb.extend(trajectories(400))
     storage.flush()  # refills decode committed chunks only
     decoded: list = []
-    original = storage._load_chunks
-    storage._load_chunks = lambda chunks: decoded.extend(chunks) or original(chunks)
+    original = storage.chunks.load
+    storage.chunks.load = lambda chunks, *a, **k: (
+        decoded.extend(chunks) or original(chunks, *a, **k)
+    )
     rb.sample()  # may load the first chunks synchronously
     decoded.clear()
     for _ in range(100):
@@ -398,9 +400,9 @@ def test_cached_rows_are_drawn_uniformly_from_a_wrapped_ring(tmp_path):
     rb = TensorDictReplayBuffer(storage=storage, batch_size=32)
     rb.extend(trajectories(130))  # live physical rows 30..129: chunk 3 is only partly live
     storage.refill_ratio = 0.0  # freeze the cache contents
-    storage._pool.ensure(torch.tensor([3, 9]), storage._load_chunks)
+    storage._pool.ensure(torch.tensor([3, 9]), storage.chunks.load)
     mask = storage.resident_positions()
-    chunk_of_pos = storage._phys(torch.arange(100)) // 8
+    chunk_of_pos = storage.ring.phys(torch.arange(100)) // 8
     assert torch.equal(mask, torch.isin(chunk_of_pos, storage._pool.resident()))
     assert mask[30:32].all() and mask[72:80].all()  # rows 30, 31 (chunk 3) and chunk 9
     pos = storage._rand_given_ndim(40_000)
@@ -408,7 +410,7 @@ def test_cached_rows_are_drawn_uniformly_from_a_wrapped_ring(tmp_path):
     counts = torch.bincount(pos, minlength=100)[mask].float()
     assert (counts > 0).all() and (counts - counts.mean()).abs().max() < 0.3 * counts.mean()
     batch = storage.get(pos[:256])
-    assert torch.equal(batch["obs"][:, 0].long(), storage._phys(pos[:256]))  # row id = phys
+    assert torch.equal(batch["obs"][:, 0].long(), storage.ring.phys(pos[:256]))  # row id = phys
     storage.close()
 
 
