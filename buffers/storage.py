@@ -11,7 +11,6 @@ done flags, rewards: the *index columns*) are always mirrored in RAM by ring pos
 from __future__ import annotations
 
 import atexit
-import concurrent.futures
 import contextlib
 import copy
 import functools
@@ -51,7 +50,6 @@ from ._compat_torchrl import (
     writer_position,
 )
 from .chunk_io import ChunkStore, StaleRead
-from .chunk_pool import ChunkPool, load_group
 from .commit_log import CommitLog, open_group
 from .format import (
     Commit,
@@ -66,6 +64,7 @@ from .format import (
     read_attrs,
     torch_dtype,
 )
+from .hot_tier import HotTier
 from .lazy_view import lazy_tensordict, path_tree
 from .ring import Ring
 from .seals import (
@@ -255,7 +254,6 @@ class ZarrStorage(TensorStorage):
         self.existsok = existsok
         self._chunk_rows_arg = chunk_rows
         self._compressors_arg = compressors
-        self._cache = cache
         self.cache_device = torch.device(cache_device) if cache_device else self.device
         self.flush_every_rows = flush_every_rows
         self.flush_every_seconds = flush_every_seconds
@@ -275,15 +273,8 @@ class ZarrStorage(TensorStorage):
         self._written_chunks = 0  # chunk ids below this were stored by this process
         self._inplace_pending = False
         self._last_refresh = time.monotonic()
-        self._pool: ChunkPool | None = None
         self._index: dict[str, torch.Tensor] = {}
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._write_ahead = WriteAhead(run_io)  # completed chunks, written in the background
-        self._refill: concurrent.futures.Future | None = None
-        self._refill_credit = 0.0  # rows the background refill may decode
-        self._next_refill = 0.0  # monotonic time before which no refill starts
-        self._resident_cache: tuple | None = None
-        self._resident_mask: tuple | None = None
         self._closed = False
         self._io_lock = threading.RLock()
         self._owner_pid = os.getpid()
@@ -296,6 +287,8 @@ class ZarrStorage(TensorStorage):
             self.log = CommitLog(open_group(path, _mode), self._where, self.ring.max_size, ndim)
             # leaf arrays, codecs and seal table (``buffers/chunk_io.py``)
             self.chunks = ChunkStore(self.log, self.ring, self.read_only, compressors)
+            # decoded chunks and their refill (``buffers/hot_tier.py``)
+            self.hot = HotTier(self.ring, self.log, self.chunks, cache, self.cache_device)
             if not self.read_only:
                 check_local_writable(self.log.store, self._where)
                 remove_partials(self.log.store)  # torn temporaries of a killed writer
@@ -474,28 +467,10 @@ class ZarrStorage(TensorStorage):
         """Builds arrays (when ``create``), the chunk pool and the RAM index for ``header``."""
         self.log.header = header
         self.ring.tail = header.tail
-        R, tail = header.chunk_rows, header.tail
+        tail = header.tail
         self.chunks.attach(header, create)
+        self.hot.build(header)
         cap0 = header.capacity
-        live_chunks = None if cap0 is None else -(cap0 // -R) + 2
-        pool_specs = header.schema
-        chunk_bytes = R * max(1, math.prod(tail)) * sum(s.nbytes for s in pool_specs.values())
-        if self._cache == "ram":
-            max_slots = live_chunks if live_chunks is not None else 8
-        else:
-            budget = _DEFAULT_CACHE_BYTES if self._cache is None else int(self._cache)
-            max_slots = max(4, budget // max(1, chunk_bytes))
-            if live_chunks is not None and live_chunks <= max_slots:
-                max_slots = live_chunks  # a mirror: nothing is ever decoded outside the pool
-            else:  # the budget also holds a refill run and a group of misses being decoded
-                max_slots = max(4, max_slots - 2 * load_group(max_slots))
-        # a bounded store reserves its whole cache at once (untouched pages cost nothing); an
-        # unbounded one grows on demand up to max_slots
-        n_slots = max_slots if live_chunks is not None else min(max_slots, 16)
-        map_size = live_chunks if live_chunks is not None else max(64, 2 * max_slots)
-        self._pool = ChunkPool(
-            pool_specs, tail, R, n_slots, map_size, self.cache_device, max_slots=max_slots
-        )
         idx_rows = cap0 if cap0 is not None else 1024
         self._index = {
             k: torch.zeros(
@@ -509,10 +484,7 @@ class ZarrStorage(TensorStorage):
     @property
     def is_ram_mirror(self) -> bool:
         """Whether every live chunk fits in the pool (no eviction ever needed)."""
-        cap0 = self.log.header.capacity if self.log.header else None
-        if cap0 is None:
-            return self._cache == "ram"
-        return self._pool.max_slots >= -(cap0 // -self.log.header.chunk_rows) + 2
+        return self.hot.is_mirror
 
     # ============================================================ index maths
     def _len0(self) -> int:
@@ -585,13 +557,7 @@ class ZarrStorage(TensorStorage):
         big = [k for k in keys if k not in self._index]
         if big:
             phys = self.ring.phys(rows)
-            loaded: list[int] = []
-
-            def load(chunks: list[int]):
-                loaded.extend(chunks)
-                return self.chunks.load(chunks)
-
-            got = self._pool.gather(phys, load, big)
+            got, loaded = self.hot.gather(phys, big)
             if self.read_only and loaded:
                 fresh = torch.isin(phys // self.log.header.chunk_rows, torch.tensor(loaded))
                 self._check_not_stale(int(phys[fresh].min()))
@@ -609,8 +575,7 @@ class ZarrStorage(TensorStorage):
         commit = self.log.latest()
         R = self.log.header.chunk_rows
         if first_row // R < commit.gc_below // R:  # its chunk may already be deleted
-            with self._pool.lock:
-                self._pool.drop_clean()
+            self.hot.drop_clean()
             raise StaleRead(
                 f"{self._where}: rows read by this reader were recycled by the writer; call "
                 "refresh() more often (or set refresh_every_seconds)"
@@ -706,10 +671,10 @@ class ZarrStorage(TensorStorage):
     def _rand_given_ndim(self, batch_size: int):
         """Uniform positions; when the buffer exceeds the cache, uniform over cached rows."""
         self._maybe_auto_refresh()
-        if self.log.header is None or self.is_ram_mirror or not self._pool.specs:
+        if self.log.header is None or self.is_ram_mirror or not self.hot.pool.specs:
             return super()._rand_given_ndim(batch_size)
         self.request_refill(batch_size)  # residency changes here, before drawing
-        pos = self._sample_resident(batch_size)
+        pos = self.hot.sample(batch_size, self._len0(), self._rng)
         if self.ndim == 1:
             return pos.to(self.device)
         others = tuple(
@@ -722,22 +687,9 @@ class ZarrStorage(TensorStorage):
         when the pool mirrors every live row (everything is cached). The same tensor object is
         returned until the residency or the live range changes (callers may cache on its
         identity and must not modify it)."""
-        if self.log.header is None or self.is_ram_mirror:
+        if self.log.header is None:
             return None
-        live = self.ring.live_range(self._len0())
-        key = (self._pool, self._pool.version, live, self.ring.base, self._len0())
-        if self._resident_mask is None or self._resident_mask[0] != key:
-            R = self.log.header.chunk_rows
-            first = live[0] // R
-            cached = torch.zeros(max(0, -(live[1] // -R) - first), dtype=torch.bool)
-            with self._pool.lock:
-                chunks = self._pool.resident() - first
-            cached[chunks[(chunks >= 0) & (chunks < cached.numel())]] = True
-            phys = torch.arange(*live)
-            mask = torch.zeros(self._len0(), dtype=torch.bool)
-            mask[self.ring.position(phys)] = cached[phys // R - first]
-            self._resident_mask = (key, mask)
-        return self._resident_mask[1]
+        return self.hot.resident_positions(self._len0())
 
     def request_refill(self, rows: int = 1) -> None:
         """Swaps the last background refill into the cache, then earns ``rows *
@@ -748,115 +700,8 @@ class ZarrStorage(TensorStorage):
         the cache stay cached until they are gathered."""
         if self.log.header is not None and not self.is_ram_mirror:
             self._commit_deferred()
-            self._install_refill()
-            self._refill_credit = min(
-                self._refill_credit + rows * self.refill_ratio, 2 * self._refill_rows()
-            )
-            self._schedule_refill()
-
-    def _resident_runs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cached live rows as runs, int64 ``[n_cached_chunks]`` each: ``shift`` (physical row
-        of a run minus the number of cached rows before it) and the cumulative row count, so
-        the ``u``-th cached row is ``shift[k] + u`` with ``k = searchsorted(cum, u, right)``.
-        Recomputed only when the pool's residency or the live range changed."""
-        R = self.log.header.chunk_rows
-        live = self.ring.live_range(self._len0())
-        key = (self._pool, self._pool.version, live)
-        if self._resident_cache is None or self._resident_cache[0] != key:
-            with self._pool.lock:
-                chunks = self._pool.resident()
-            lo = torch.clamp(chunks * R, min=live[0])
-            counts = (torch.clamp((chunks + 1) * R, max=live[1]) - lo).clamp_min(0)
-            lo, counts = lo[counts > 0], counts[counts > 0]
-            cum = counts.cumsum(0)
-            self._resident_cache = (key, lo - (cum - counts), cum)
-        return self._resident_cache[1], self._resident_cache[2]
-
-    def _sample_resident(self, batch_size: int) -> torch.Tensor:
-        """``batch_size`` ring positions drawn uniformly from the cached live rows."""
-        shift, cum = self._resident_runs()
-        if cum.numel() == 0:  # nothing cached yet: load a few chunks synchronously
-            R = self.log.header.chunk_rows
-            start, end = self.ring.live_range(self._len0())
-            want = torch.randint(start // R, (end - 1) // R + 1, (min(4, self._pool.max_slots),))
-            self._pool.ensure(torch.unique(want), self.chunks.load)
-            return self._sample_resident(batch_size)
-        u = torch.randint(int(cum[-1]), (batch_size,), generator=self._rng)
-        phys = shift[torch.searchsorted(cum, u, right=True)] + u
-        return self.ring.position(phys)
-
-    def _refill_rows(self) -> int:
-        """Rows one background refill decodes: a run of 1/16 of the cache's chunks."""
-        return self._pool.load_group * self.log.header.chunk_rows
-
-    def _schedule_refill(self) -> None:
-        """Starts decoding a run of consecutive uncached, committed live chunks (1/16 of the
-        cache) in the background once enough credit is earned and the refill thread has rested
-        3x its last run (so it works at most ~1/4 of the time); ``_install_refill`` swaps them
-        in at a later sampling call."""
-        R = self.log.header.chunk_rows
-        if (
-            self._refill is not None
-            or self._refill_credit < self._refill_rows()
-            or time.monotonic() < self._next_refill
-        ):
-            return
-        start, _ = self.ring.live_range(self._len0())
-        # whole committed chunks only: their bytes change only through in-place writes
-        first, last = start // R, (self.ring.base + self.log.commit.write_count) // R - 1
-        if last < first:
-            return
-        n = self._refill_rows() // R
-        run_start = int(
-            torch.randint(first, max(first, last - n + 1) + 1, (1,), generator=self._rng)
-        )
-        want = torch.arange(run_start, min(last, run_start + n - 1) + 1)
-        with self._pool.lock:
-            missing = want[self._pool.slots_of(want) < 0].tolist()
-        if not missing:
-            return
-        self._refill_credit -= len(missing) * R
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(1, "zarrl-refill")
-        version, gc_chunk = self._refill_version(), self.log.commit.gc_below // R
-
-        def refill():
-            t0 = time.monotonic()
-            try:  # may be rewritten before it is used: not recorded in the seal table
-                decoded = list(zip(missing, self.chunks.load(missing, record=False)))
-            except StaleRead:  # a reader the writer moved past: refill after a refresh
-                return None, []
-            if self.read_only:  # the writer may have recycled (deleted) them since our refresh
-                commit = self.log.latest()
-                gc_chunk_now = max(gc_chunk, commit.gc_below // R)
-                decoded = [(c, a) for c, a in decoded if c >= gc_chunk_now]
-            self._next_refill = time.monotonic() + 3 * (time.monotonic() - t0)
-            return version, decoded
-
-        self._refill = self._executor.submit(refill)
-
-    def _refill_version(self) -> tuple:
-        """Changes whenever committed chunks may have changed bytes (in-place writes, a new
-        base or a reader's full refresh), which makes a pending refill stale."""
-        c = self.log.commit
-        return c.inplace_revision, c.base, self._inplace_pending, self.ring.base
-
-    def _install_refill(self) -> None:
-        """Installs the chunks of a finished refill that are still uncached and not stale."""
-        if self._refill is None or not self._refill.done():
-            return
-        future, self._refill = self._refill, None
-        version, decoded = future.result()  # a corrupt chunk raises here, in the sampler
-        if version != self._refill_version() or self._inplace_pending:
-            return
-        start, _ = self.ring.live_range(self._len0())
-        R = self.log.header.chunk_rows
-        with self._pool.lock:
-            for c, arrays in decoded:
-                if len(self._pool.dirty) >= self._pool.max_slots:
-                    return  # every slot holds unflushed rows: nothing may be evicted
-                if c >= start // R and int(self._pool.slots_of(torch.tensor([c]))[0]) < 0:
-                    self._pool.install(c, arrays)
+            earned = rows * self.refill_ratio
+            self.hot.refill(earned, self._len0(), self._inplace_pending, self._rng)
 
     # ================================================================= writes
     def _check_owner_process(self) -> None:
@@ -1055,7 +900,7 @@ class ZarrStorage(TensorStorage):
             phys = self.ring.phys(rows)
             if int(phys.min()) < self.ring.base + self.log.commit.write_count:
                 self._inplace_pending = True
-        self._grow_map_for(int(phys.max()))
+        self.hot.grow_for(int(phys.max()))
         committed_end = self.ring.base + self.log.commit.write_count
         R = self.log.header.chunk_rows
         # chunks that may hold data: committed rows, or rows this process already stored
@@ -1069,14 +914,14 @@ class ZarrStorage(TensorStorage):
 
         chunks = phys // R
         uniq = torch.unique(chunks)
-        room = max(1, self._pool.max_slots // 2)
-        if uniq.numel() + len(self._pool.dirty - self._write_ahead.in_flight) <= room:
-            self._pool.write(phys, leaves, loader, run=run)
+        room = max(1, self.hot.pool.max_slots // 2)
+        if uniq.numel() + len(self.hot.pool.dirty - self._write_ahead.in_flight) <= room:
+            self.hot.pool.write(phys, leaves, loader, run=run)
         else:  # more chunks than the cache holds: stage and write them group by group
             self._write_dirty()
             for group in uniq.split(room):
                 mask = torch.isin(chunks, group)
-                self._pool.write(phys[mask], {k: v[mask] for k, v in leaves.items()}, loader)
+                self.hot.pool.write(phys[mask], {k: v[mask] for k, v in leaves.items()}, loader)
                 self._write_dirty()
         at = slice(int(rows[0]), int(rows[0]) + rows.numel()) if ring_run else rows
         for k, t in self._index.items():
@@ -1088,17 +933,6 @@ class ZarrStorage(TensorStorage):
                 new = torch.zeros((max(n, 2 * t.shape[0]), *t.shape[1:]), dtype=t.dtype)
                 new[: t.shape[0]] = t
                 self._index[k] = new
-
-    def _grow_map_for(self, max_phys: int) -> None:
-        """Growing buffers: widen the chunk map (and the pool, for ``cache='ram'``)."""
-        if self.log.header.capacity is not None:
-            return
-        R = self.log.header.chunk_rows
-        span = max_phys // R - self.ring.base // R + 2
-        if self._cache == "ram" and span > self._pool.max_slots:
-            self._pool.max_slots = max(span, 2 * self._pool.max_slots)
-        if span > self._pool.map_size or self._pool.max_slots > self._pool.map_size:
-            self._pool.remap(max(span, self._pool.max_slots, 2 * self._pool.map_size))
 
     def _get_new_len(self, data, cursor):
         """TorchRL's length update (``+ numel``), bounded by the rows actually live: rewriting
@@ -1120,8 +954,8 @@ class ZarrStorage(TensorStorage):
         due = explicit or self._completed_chunks_due()
         # staged chunks not being written ahead (those are pinned until they land, at most
         # half the pool: _start_write_ahead waits for them beyond that)
-        waiting = self._pool.dirty - self._write_ahead.in_flight
-        pressure = len(waiting) >= max(1, self._pool.max_slots // 2)
+        waiting = self.hot.pool.dirty - self._write_ahead.in_flight
+        pressure = len(waiting) >= max(1, self.hot.pool.max_slots // 2)
         if due and not pressure and not self._inplace_pending:
             # completed chunks (rate-limited by min_commit_interval > 0): commit what the
             # background has written, never waiting for encoding
@@ -1144,12 +978,12 @@ class ZarrStorage(TensorStorage):
             return
         codecs = self.chunks.codecs()
         ahead = self._write_ahead.in_flight
-        with self._pool.lock:
-            chunks = sorted(c for c in self._pool.dirty - ahead if c < head)
+        with self.hot.pool.lock:
+            chunks = sorted(c for c in self.hot.pool.dirty - ahead if c < head)
         if not chunks:
             return
         run_io(self.chunks.grow((chunks[-1] + 1) * R))
-        half = max(1, self._pool.max_slots // 2)
+        half = max(1, self.hot.pool.max_slots // 2)
         while self._write_ahead.in_flight and len(self._write_ahead.in_flight) + len(chunks) > half:
             self._land_writes(wait=self._write_ahead.batches - 1)  # back-pressure: the oldest
         committed_end = self.log.commit.base + self.log.commit.write_count
@@ -1160,10 +994,10 @@ class ZarrStorage(TensorStorage):
         chunks = [c for c in chunks if c >= fresh_from]
         if not chunks:
             return
-        with self._pool.lock:
+        with self.hot.pool.lock:
             items, tags = [], []
             for c in chunks:
-                block = xor_rows.apply(self._pool.chunk_arrays(c), self.log.header.xor_previous)
+                block = xor_rows.apply(self.hot.pool.chunk_arrays(c), self.log.header.xor_previous)
                 items += [(codecs[path], c, block[path]) for path in self.chunks.arrays]
                 tags += list(self.chunks.arrays)
         self._write_ahead.submit(items, fresh_from, fsync=self.durability == "os", tags=tags)
@@ -1180,7 +1014,7 @@ class ZarrStorage(TensorStorage):
                 run_io(self.chunks.seal_entries(landed))
         if written:
             self._written_chunks = max(self._written_chunks, written[-1] + 1)
-            self._pool.mark_clean(written)
+            self.hot.pool.mark_clean(written)
 
     def _commit_deferred(self) -> None:
         """Completed chunks whose commit ``min_commit_interval`` deferred are committed at the next
@@ -1213,8 +1047,8 @@ class ZarrStorage(TensorStorage):
         head = staged_end // R
         if write_ahead:
             self._start_write_ahead()
-            with self._pool.lock:
-                head = min(head, *self._pool.dirty) if self._pool.dirty else head
+            with self.hot.pool.lock:
+                head = min(head, *self.hot.pool.dirty) if self.hot.pool.dirty else head
             if head * R - self.ring.base <= self.log.commit.write_count:
                 return
         elif staged_end % R == 0 or head * R - self.ring.base <= self.log.commit.write_count:
@@ -1305,7 +1139,7 @@ class ZarrStorage(TensorStorage):
             return
         self._check_owner_process()
         if not (
-            self._pool.dirty
+            self.hot.pool.dirty
             or self._inplace_pending
             or (self.ring.base, self.ring.write_count, self._len)
             != (self.log.commit.base, self.log.commit.write_count, self.log.commit.length)
@@ -1348,7 +1182,7 @@ class ZarrStorage(TensorStorage):
         head = (self.log.commit.base + self.log.commit.write_count) // R
 
         def keep(chunks: torch.Tensor) -> torch.Tensor:
-            return (self._pool.slots_of(chunks) >= 0) | (chunks >= head - 1)
+            return (self.hot.pool.slots_of(chunks) >= 0) | (chunks >= head - 1)
 
         self.chunks.settle(keep)
 
@@ -1366,17 +1200,17 @@ class ZarrStorage(TensorStorage):
     def _write_staged(self, skip: int | None, ahead: frozenset[int]) -> None:
         """``_write_dirty`` of the staged chunks not in ``ahead``."""
         R = self.log.header.chunk_rows
-        with self._pool.lock:
-            dirty = sorted(c for c in self._pool.dirty if c != skip and c not in ahead)
+        with self.hot.pool.lock:
+            dirty = sorted(c for c in self.hot.pool.dirty if c != skip and c not in ahead)
             if not dirty:
                 return
             io = self.chunks.grow((dirty[-1] + 1) * R)
             pairs = self.log.header.xor_previous
-            blocks = [(c, xor_rows.apply(self._pool.chunk_arrays(c), pairs)) for c in dirty]
+            blocks = [(c, xor_rows.apply(self.hot.pool.chunk_arrays(c), pairs)) for c in dirty]
             committed_end = self.log.commit.base + self.log.commit.write_count  # as published
             self.chunks.write(blocks, io, fresh_from=-(committed_end // -R))
             self._written_chunks = max(self._written_chunks, dirty[-1] + 1)
-            self._pool.mark_clean(dirty)
+            self.hot.pool.mark_clean(dirty)
 
     def _collect_garbage(self, gc_below: int) -> None:
         """Deletes the chunks wholly below ``gc_below`` (published in the commit record)."""
@@ -1386,7 +1220,7 @@ class ZarrStorage(TensorStorage):
         if dead_below <= first:
             return
         for c in range(first, dead_below):
-            self._pool.evict(c)
+            self.hot.pool.evict(c)
         self.chunks.drop(first, dead_below)
         self._gc_done = dead_below
 
@@ -1409,8 +1243,7 @@ class ZarrStorage(TensorStorage):
         if self._temp_release is None:
             self._flush(self.durability)
         self._write_ahead.close()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        self.hot.close()
         self._closed = True
         if not self.read_only:
             pickling.unregister_writer(self)
@@ -1469,16 +1302,16 @@ class ZarrStorage(TensorStorage):
     def _adopt_commit(self, commit: Commit, full: bool, since: Commit | None = None) -> None:
         """Makes ``commit`` the visible state: lengths, cursor, RAM index columns."""
         R = self.log.header.chunk_rows
-        with self._pool.lock:
+        with self.hot.pool.lock:
             if full:
-                self._pool.drop_clean()
+                self.hot.pool.drop_clean()
             elif since is not None:
-                self._pool.evict((since.base + since.write_count) // R)  # old head chunk
+                self.hot.pool.evict((since.base + since.write_count) // R)  # old head chunk
         self.log.commit = commit
         self.ring.adopt(commit.base, commit.write_count)
         self._len = commit.length
         self._gc_done = commit.gc_below // R
-        self._grow_map_for(self.ring.base + self.ring.write_count)
+        self.hot.grow_for(self.ring.base + self.ring.write_count)
         if self.ring.write_count:
             self._set_last_cursor(self.ring.cursor())
         start, end = self.ring.live_range(self._len0())
@@ -1528,9 +1361,9 @@ class ZarrStorage(TensorStorage):
         if self.log.header is not None:
             self._land_writes(wait=True)
             R = self.log.header.chunk_rows
-            with self._pool.lock:
-                self._pool.dirty.clear()
-                self._pool.drop_clean()
+            with self.hot.pool.lock:
+                self.hot.pool.dirty.clear()
+                self.hot.pool.drop_clean()
             self.ring.restart(R)
             for t in self._index.values():
                 t.zero_()

@@ -136,7 +136,7 @@ def test_staged_head_chunk_written_past_the_commit_is_reloaded_after_eviction(tm
     storage = ZarrStorage(None, path=path, chunk_rows=4, cache=1, min_commit_interval=0)
     storage.set(torch.arange(10), rows(0, 10))  # chunks 0..2, head chunk 2 holds rows 8, 9
     assert storage.log.commit.write_count == 8
-    storage._pool.evict(2)  # as sampling other chunks would
+    storage.hot.pool.evict(2)  # as sampling other chunks would
     storage.set(torch.arange(10, 12), rows(10, 2))
     storage.close()
     reopened = ZarrStorage.open(path, mode="r")
