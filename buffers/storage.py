@@ -50,6 +50,7 @@ from ._compat_torchrl import (
     writer_position,
 )
 from .chunk_io import ChunkStore, StaleRead
+from .chunk_writer import ChunkWriter
 from .commit_log import CommitLog, open_group
 from .format import (
     Commit,
@@ -75,12 +76,10 @@ from .store_io import (
     clear_store,
     copy_store,
     remove_partials,
-    run_io,
     sync_log,
 )
 from .temp_store import make_temp_store, remove_on_release
 from .worker_proxy import WriteChannel, new_proxy, rollback_writers
-from .write_ahead import WriteAhead
 
 _log = logging.getLogger("zarrl.buffers")
 _UNBOUNDED = 2**31 - 1  # TorchRL keeps len() in an int32 shared value
@@ -270,11 +269,8 @@ class ZarrStorage(TensorStorage):
             self._temp_release = remove_on_release(self, path)
         self._path_arg = path
         self._where = str(path) if not isinstance(path, zarr.abc.store.Store) else repr(path)
-        self._written_chunks = 0  # chunk ids below this were stored by this process
-        self._inplace_pending = False
         self._last_refresh = time.monotonic()
         self._index: dict[str, torch.Tensor] = {}
-        self._write_ahead = WriteAhead(run_io)  # completed chunks, written in the background
         self._closed = False
         self._io_lock = threading.RLock()
         self._owner_pid = os.getpid()
@@ -289,6 +285,8 @@ class ZarrStorage(TensorStorage):
             self.chunks = ChunkStore(self.log, self.ring, self.read_only, compressors)
             # decoded chunks and their refill (``buffers/hot_tier.py``)
             self.hot = HotTier(self.ring, self.log, self.chunks, cache, self.cache_device)
+            # staged chunks, write-ahead, dead chunks (``buffers/chunk_writer.py``)
+            self.chunk_writer = ChunkWriter(self.ring, self.log, self.chunks, self.hot)
             if not self.read_only:
                 check_local_writable(self.log.store, self._where)
                 remove_partials(self.log.store)  # torn temporaries of a killed writer
@@ -701,7 +699,7 @@ class ZarrStorage(TensorStorage):
         if self.log.header is not None and not self.is_ram_mirror:
             self._commit_deferred()
             earned = rows * self.refill_ratio
-            self.hot.refill(earned, self._len0(), self._inplace_pending, self._rng)
+            self.hot.refill(earned, self._len0(), self.chunk_writer.in_place_pending, self._rng)
 
     # ================================================================= writes
     def _check_owner_process(self) -> None:
@@ -895,34 +893,10 @@ class ZarrStorage(TensorStorage):
             ring_run = int(rows[-1]) - int(rows[0]) + 1 == rows.numel()  # no wrap-around
         else:
             ring_run = False
-            self._land_writes(wait=True)  # rows of chunks being written ahead may change
             self._ensure_index_rows(int(rows.max()) + 1)
             phys = self.ring.phys(rows)
-            if int(phys.min()) < self.ring.base + self.log.commit.write_count:
-                self._inplace_pending = True
-        self.hot.grow_for(int(phys.max()))
-        committed_end = self.ring.base + self.log.commit.write_count
-        R = self.log.header.chunk_rows
-        # chunks that may hold data: committed rows, or rows this process already stored
-        # past the commit; anything later is absent or a torn leftover of a crash: zeros
-        stored_chunks = max(-(committed_end // -R), self._written_chunks)
-
-        def loader(chunks: list[int]):
-            stored = [c for c in chunks if c < stored_chunks]
-            decoded = dict(zip(stored, self.chunks.load(stored)))
-            return [decoded.get(c) for c in chunks]
-
-        chunks = phys // R
-        uniq = torch.unique(chunks)
-        room = max(1, self.hot.pool.max_slots // 2)
-        if uniq.numel() + len(self.hot.pool.dirty - self._write_ahead.in_flight) <= room:
-            self.hot.pool.write(phys, leaves, loader, run=run)
-        else:  # more chunks than the cache holds: stage and write them group by group
-            self._write_dirty()
-            for group in uniq.split(room):
-                mask = torch.isin(chunks, group)
-                self.hot.pool.write(phys[mask], {k: v[mask] for k, v in leaves.items()}, loader)
-                self._write_dirty()
+            self.chunk_writer.before_rewrite(phys)
+        self.chunk_writer.stage(phys, leaves, run)
         at = slice(int(rows[0]), int(rows[0]) + rows.numel()) if ring_run else rows
         for k, t in self._index.items():
             t[at] = leaves[k]
@@ -943,7 +917,7 @@ class ZarrStorage(TensorStorage):
 
     # ============================================================ durability
     def _maybe_commit(self) -> None:
-        self._land_writes(wait=False)
+        self.chunk_writer.land(wait=False)
         committed_end = self.ring.base + self.log.commit.write_count
         staged_end = self.ring.base + self.ring.write_count
         since = time.monotonic() - self.log.last_publish
@@ -953,10 +927,9 @@ class ZarrStorage(TensorStorage):
         ) or (self.flush_every_seconds is not None and since >= self.flush_every_seconds)
         due = explicit or self._completed_chunks_due()
         # staged chunks not being written ahead (those are pinned until they land, at most
-        # half the pool: _start_write_ahead waits for them beyond that)
-        waiting = self.hot.pool.dirty - self._write_ahead.in_flight
-        pressure = len(waiting) >= max(1, self.hot.pool.max_slots // 2)
-        if due and not pressure and not self._inplace_pending:
+        # half the pool: start_write_ahead waits for them beyond that)
+        pressure = self.chunk_writer.pressure
+        if due and not pressure and not self.chunk_writer.in_place_pending:
             # completed chunks (rate-limited by min_commit_interval > 0): commit what the
             # background has written, never waiting for encoding
             ahead = not explicit and self.min_commit_interval > 0
@@ -967,54 +940,8 @@ class ZarrStorage(TensorStorage):
             self._start_write_ahead()
 
     def _start_write_ahead(self) -> None:
-        """Starts encoding and storing the completed, staged chunks in the background
-        (``buffers/write_ahead.py``): the next commit then finds them written (and, for
-        ``durability="os"``, fsynced). No commit record is written here."""
-        if self._inplace_pending:
-            return
-        R = self.log.header.chunk_rows
-        head = (self.ring.base + self.ring.write_count) // R
-        if not self.chunks.sync_codecs:
-            return
-        codecs = self.chunks.codecs()
-        ahead = self._write_ahead.in_flight
-        with self.hot.pool.lock:
-            chunks = sorted(c for c in self.hot.pool.dirty - ahead if c < head)
-        if not chunks:
-            return
-        run_io(self.chunks.grow((chunks[-1] + 1) * R))
-        half = max(1, self.hot.pool.max_slots // 2)
-        while self._write_ahead.in_flight and len(self._write_ahead.in_flight) + len(chunks) > half:
-            self._land_writes(wait=self._write_ahead.batches - 1)  # back-pressure: the oldest
-        committed_end = self.log.commit.base + self.log.commit.write_count
-        fresh_from = -(committed_end // -R)
-        # only chunks that hold no committed row: their seal entries are staged when they land
-        # (before the commit that covers them); a rewrite of committed rows is written by the
-        # commit itself, entries first
-        chunks = [c for c in chunks if c >= fresh_from]
-        if not chunks:
-            return
-        with self.hot.pool.lock:
-            items, tags = [], []
-            for c in chunks:
-                block = xor_rows.apply(self.hot.pool.chunk_arrays(c), self.log.header.xor_previous)
-                items += [(codecs[path], c, block[path]) for path in self.chunks.arrays]
-                tags += list(self.chunks.arrays)
-        self._write_ahead.submit(items, fresh_from, fsync=self.durability == "os", tags=tags)
-
-    def _land_writes(self, wait: bool | int) -> None:
-        """Marks the chunks of finished write-ahead batches clean (``wait``: see
-        ``WriteAhead.land``); their unsynced files go to the store's log for the next durable
-        commit."""
-        landed: list[tuple[str, int, int]] = []
-        try:
-            written = self._write_ahead.land(wait, sync_log(self.log.store), landed)
-        finally:
-            if landed:  # entries before the commit covering them
-                run_io(self.chunks.seal_entries(landed))
-        if written:
-            self._written_chunks = max(self._written_chunks, written[-1] + 1)
-            self.hot.pool.mark_clean(written)
+        """Completed chunks are encoded and stored in the background (``ChunkWriter``)."""
+        self.chunk_writer.start_write_ahead(fsync=self.durability == "os")
 
     def _commit_deferred(self) -> None:
         """Completed chunks whose commit ``min_commit_interval`` deferred are committed at the next
@@ -1047,8 +974,7 @@ class ZarrStorage(TensorStorage):
         head = staged_end // R
         if write_ahead:
             self._start_write_ahead()
-            with self.hot.pool.lock:
-                head = min(head, *self.hot.pool.dirty) if self.hot.pool.dirty else head
+            head = self.chunk_writer.first_staged(head)
             if head * R - self.ring.base <= self.log.commit.write_count:
                 return
         elif staged_end % R == 0 or head * R - self.ring.base <= self.log.commit.write_count:
@@ -1057,7 +983,7 @@ class ZarrStorage(TensorStorage):
         wc = head * R - self.ring.base
         length = min(self._len, self.ring.live_len(wc))
         if not write_ahead:
-            self._write_dirty(skip=head)
+            self.chunk_writer.write_dirty(skip=head)
         self._publish(wc, max(length, self.log.commit.length), self.commit_durability)
 
     def flush(self) -> None:
@@ -1139,14 +1065,14 @@ class ZarrStorage(TensorStorage):
             return
         self._check_owner_process()
         if not (
-            self.hot.pool.dirty
-            or self._inplace_pending
+            self.chunk_writer.staged
+            or self.chunk_writer.in_place_pending
             or (self.ring.base, self.ring.write_count, self._len)
             != (self.log.commit.base, self.log.commit.write_count, self.log.commit.length)
             or (durability == "os" and _unsynced(self.log.store))  # an earlier cheap commit
         ):
             return
-        self._write_dirty()
+        self.chunk_writer.write_dirty()
         self._publish(self.ring.write_count, self._len, durability)
 
     def _publish(self, write_count: int, length: int, durability: str) -> None:
@@ -1162,7 +1088,7 @@ class ZarrStorage(TensorStorage):
             write_count=write_count,
             length=length,
             extent=old.extent,
-            inplace_revision=old.inplace_revision + int(self._inplace_pending),
+            inplace_revision=old.inplace_revision + int(self.chunk_writer.in_place_pending),
             gc_below=gc_below,
             head=None
             if self.chunks.seals is None
@@ -1170,59 +1096,7 @@ class ZarrStorage(TensorStorage):
         )
         live_start = self.ring.live_start(base, write_count)
         self.log.publish(commit, durable=durability == "os", live_start=live_start)
-        if self.chunks.seals is not None:
-            self._settle_seals()
-        self._inplace_pending = False
-        self._collect_garbage(gc_below)
-
-    def _settle_seals(self) -> None:
-        """After a commit: in-place rewrites it counted accept only their new version; the
-        writer forgets what it no longer caches (bounded memory)."""
-        R = self.log.header.chunk_rows
-        head = (self.log.commit.base + self.log.commit.write_count) // R
-
-        def keep(chunks: torch.Tensor) -> torch.Tensor:
-            return (self.hot.pool.slots_of(chunks) >= 0) | (chunks >= head - 1)
-
-        self.chunks.settle(keep)
-
-    def _write_dirty(self, skip: int | None = None) -> None:
-        """Data half of a commit: encodes every staged chunk but ``skip`` (whole chunks, the
-        arrays' own codec chain) and stores them, with any array resize, in one concurrent
-        event-loop call (no commit record); chunks being written ahead in the background are
-        left to it, and waited for."""
-        ahead = self._write_ahead.in_flight  # the background writes them meanwhile
-        try:
-            self._write_staged(skip, ahead)
-        finally:
-            self._land_writes(wait=True)
-
-    def _write_staged(self, skip: int | None, ahead: frozenset[int]) -> None:
-        """``_write_dirty`` of the staged chunks not in ``ahead``."""
-        R = self.log.header.chunk_rows
-        with self.hot.pool.lock:
-            dirty = sorted(c for c in self.hot.pool.dirty if c != skip and c not in ahead)
-            if not dirty:
-                return
-            io = self.chunks.grow((dirty[-1] + 1) * R)
-            pairs = self.log.header.xor_previous
-            blocks = [(c, xor_rows.apply(self.hot.pool.chunk_arrays(c), pairs)) for c in dirty]
-            committed_end = self.log.commit.base + self.log.commit.write_count  # as published
-            self.chunks.write(blocks, io, fresh_from=-(committed_end // -R))
-            self._written_chunks = max(self._written_chunks, dirty[-1] + 1)
-            self.hot.pool.mark_clean(dirty)
-
-    def _collect_garbage(self, gc_below: int) -> None:
-        """Deletes the chunks wholly below ``gc_below`` (published in the commit record)."""
-        R = self.log.header.chunk_rows
-        dead_below = gc_below // R
-        first = getattr(self, "_gc_done", 0)
-        if dead_below <= first:
-            return
-        for c in range(first, dead_below):
-            self.hot.pool.evict(c)
-        self.chunks.drop(first, dead_below)
-        self._gc_done = dead_below
+        self.chunk_writer.committed(gc_below)
 
     @_names_store
     def close(self) -> None:
@@ -1242,7 +1116,7 @@ class ZarrStorage(TensorStorage):
             return
         if self._temp_release is None:
             self._flush(self.durability)
-        self._write_ahead.close()
+        self.chunk_writer.close()
         self.hot.close()
         self._closed = True
         if not self.read_only:
@@ -1310,7 +1184,7 @@ class ZarrStorage(TensorStorage):
         self.log.commit = commit
         self.ring.adopt(commit.base, commit.write_count)
         self._len = commit.length
-        self._gc_done = commit.gc_below // R
+        self.chunk_writer.adopt(commit.gc_below)
         self.hot.grow_for(self.ring.base + self.ring.write_count)
         if self.ring.write_count:
             self._set_last_cursor(self.ring.cursor())
@@ -1359,15 +1233,12 @@ class ZarrStorage(TensorStorage):
     def _empty(self) -> None:
         self._check_writable()
         if self.log.header is not None:
-            self._land_writes(wait=True)
+            self.chunk_writer.discard_staged()
             R = self.log.header.chunk_rows
-            with self.hot.pool.lock:
-                self.hot.pool.dirty.clear()
-                self.hot.pool.drop_clean()
             self.ring.restart(R)
             for t in self._index.values():
                 t.zero_()
-            self._inplace_pending = True
+            self.chunk_writer.in_place_pending = True
         self._len = 0
         self._bump_mutation_revision()
         if self.log.header is not None:
@@ -1463,10 +1334,10 @@ class ZarrStorage(TensorStorage):
         """This store's content becomes a copy of the store of ``src``."""
         self._check_writable()
         if self.log.header is not None:
-            self._land_writes(wait=True)
+            self.chunk_writer.land(wait=True)
         clear_store(self.log.store)
         copy_store(src.store, self.log.store)
-        self._written_chunks = 0  # nothing past the loaded commit is ours
+        self.chunk_writer.forget_written()  # nothing past the loaded commit is ours
         self.log.reopen()
         header, commit = self.log.read()
         self.log.header = None
