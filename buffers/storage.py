@@ -15,7 +15,6 @@ import contextlib
 import copy
 import functools
 import logging
-import math
 import os
 import sys
 import threading
@@ -30,14 +29,11 @@ import torch
 import zarr
 import zarr.abc.store
 import zarr.storage
-from tensordict import LazyStackedTensorDict, TensorDict, TensorDictBase, is_tensor_collection
-from tensordict.base import _is_leaf_nontensor
+from tensordict import TensorDict, TensorDictBase, is_tensor_collection
 from torchrl.data.replay_buffers.storages import TensorStorage
 from torchrl.data.replay_buffers.writers import RoundRobinWriter
 
-from . import codecs as leaf_codecs
-from . import pickling, pytrees, sampler_state, xor_rows
-from ._compat_tensordict import td_from_leaves
+from . import pickling, pytrees, sampler_state
 from ._compat_torchrl import (
     after_sampler_init,
     buffer_lock,
@@ -56,20 +52,22 @@ from .format import (
     Commit,
     CorruptChunkError,
     Header,
-    LeafSpec,
     ReadOnlyStorageError,
     StoreFormatError,
-    describe_schema,
     key_path,
-    numpy_dtype_name,
     read_attrs,
     torch_dtype,
 )
 from .hot_tier import HotTier
-from .lazy_view import lazy_tensordict, path_tree
+from .lazy_view import lazy_tensordict
 from .ring import Ring
-from .seals import (
-    seal_spec,
+from .row_data import (
+    TENSOR_KEY,
+    as_tensordict,
+    flip_list,
+    infer_header,
+    nested_td,
+    validate,
 )
 from .store_io import (
     check_local_writable,
@@ -83,13 +81,6 @@ from .worker_proxy import WriteChannel, new_proxy, rollback_writers
 
 _log = logging.getLogger("zarrl.buffers")
 _UNBOUNDED = 2**31 - 1  # TorchRL keeps len() in an int32 shared value
-
-
-_TENSOR_KEY = "_tensor"
-_DEFAULT_CACHE_BYTES = 256 * 2**20
-_TARGET_CHUNK_BYTES = 2**22
-_RESERVED_NAMES = frozenset({"zarr.json", ".zattrs", ".zgroup", ".zarray"})
-_INDEX_MAX_BYTES = 16  # leaves with at most this many bytes per element stay in RAM
 
 
 def _serialized(method: Callable) -> Callable:
@@ -129,14 +120,6 @@ def _naming_store(where: str):
         if err.errno is None:
             raise OSError(message) from err
         raise OSError(err.errno, message, err.filename) from err
-
-
-def _flip_list(data: list):
-    if is_tensor_collection(data[0]):
-        return torch.stack(data)
-    if pytrees.is_pytree(data[0]):
-        return pytrees.stack(data)
-    return torch.stack([torch.as_tensor(d) for d in data])
 
 
 class ZarrStorage(TensorStorage):
@@ -407,60 +390,6 @@ class ZarrStorage(TensorStorage):
         cap0 = self.ring.capacity
         return torch.Size([self._len0() if cap0 is None else cap0, *self.log.header.tail])
 
-    def _infer_header(self, element: TensorDictBase) -> Header:
-        tail = tuple(element.batch_size)
-        if len(tail) != self.ndim - 1:
-            raise ValueError(
-                f"expected one element to have {self.ndim - 1} batch dims for ndim={self.ndim}, "
-                f"got batch_size={tuple(element.batch_size)}"
-            )
-        schema = {}
-        for key, leaf in _stored_leaves(element):
-            if not isinstance(leaf, torch.Tensor):
-                raise ValueError(
-                    f"key {key!r}: only tensors can be stored, got {type(leaf).__name__} "
-                    "(non-tensor leaves such as td.set_non_tensor values are not stored by "
-                    "ZarrStorage: encode them as tensors or td.exclude() them); nothing was written"
-                )
-            schema[key_path(key)] = LeafSpec(
-                numpy_dtype_name(leaf.dtype, key), tuple(leaf.shape[len(tail) :])
-            )
-        if not schema:
-            raise ValueError("cannot store a TensorDict without tensor leaves")
-        tail_n = max(1, math.prod(tail))
-        row_bytes = tail_n * sum(s.nbytes for s in schema.values())
-        if self._chunk_rows_arg is not None:
-            chunk_rows = int(self._chunk_rows_arg)
-        else:
-            chunk_rows = 2 ** int(math.log2(max(1, _TARGET_CHUNK_BYTES // max(1, row_bytes))))
-            chunk_rows = int(min(chunk_rows, 65536))  # a huge row: one row per chunk
-        if self._index_keys_arg is not None:
-            missing = set(self._index_keys_arg) - set(schema)
-            if missing:
-                raise ValueError(f"index_keys {sorted(missing)} are not in the data")
-            index_keys = list(self._index_keys_arg)
-        else:
-            index_keys = [k for k, s in schema.items() if s.nbytes <= _INDEX_MAX_BYTES]
-        return Header(
-            capacity=self.ring.capacity_for(tail),
-            ndim=self.ndim,
-            tail=tail,
-            chunk_rows=chunk_rows,
-            schema=schema,
-            index_keys=index_keys,
-            tensor_root=False,
-            codec={  # informative: each array's metadata holds its codecs
-                "chains": {
-                    path: leaf_codecs.describe(
-                        leaf_codecs.array_options(path, spec, 1 + len(tail), self._compressors_arg)
-                    )
-                    for path, spec in schema.items()
-                }
-            },
-            xor_previous=xor_rows.pairs_for(schema, set(index_keys)) if self.dedupe_next else {},
-            chunk_seals=seal_spec(list(schema)),
-        )
-
     def _setup(self, header: Header, create: bool = False) -> None:
         """Builds arrays (when ``create``), the chunk pool and the RAM index for ``header``."""
         self.log.header = header
@@ -581,8 +510,8 @@ class ZarrStorage(TensorStorage):
 
     def _to_td(self, leaves: Mapping[str, torch.Tensor], batch) -> TensorDictBase | torch.Tensor:
         if self.log.header.tensor_root:
-            return leaves[_TENSOR_KEY]
-        return _nested_td(leaves, torch.Size(batch), self.device)
+            return leaves[TENSOR_KEY]
+        return nested_td(leaves, torch.Size(batch), self.device)
 
     @_serialized
     def get(self, index) -> TensorDictBase | torch.Tensor:
@@ -636,7 +565,7 @@ class ZarrStorage(TensorStorage):
 
     def _to_td_any(self, leaves, batch):
         if self.log.header.tensor_root:
-            return TensorDict({_TENSOR_KEY: leaves[_TENSOR_KEY]}, batch_size=batch)[_TENSOR_KEY]
+            return TensorDict({TENSOR_KEY: leaves[TENSOR_KEY]}, batch_size=batch)[TENSOR_KEY]
         return self._to_td(leaves, batch)
 
     def _is_full_view(self, index) -> bool:
@@ -720,84 +649,6 @@ class ZarrStorage(TensorStorage):
         if self._closed:
             raise RuntimeError(f"{self._where}: the storage is closed")
 
-    def _as_td(self, data, batched: bool) -> TensorDictBase:
-        """``data`` as a TensorDict with ``ndim`` batch dims (``ndim - 1`` for one element):
-        tensors under ``_TENSOR_KEY``, pytrees by leaf path; a TensorDict's further batch dims
-        (a ``[N, 4]`` batch in an ``ndim=1`` storage) become leading leaf dims
-        (``item_batch``)."""
-        nb = (1 if batched else 0) + self.ndim - 1
-        if is_tensor_collection(data):
-            if data.batch_dims <= nb:
-                return data
-            extra = tuple(data.batch_size[nb:])
-            if self.log.header is not None and extra != self.log.item_batch:
-                raise ValueError(
-                    f"data batch dims {tuple(data.batch_size)}: the store holds elements of "
-                    f"batch {list(self.log.item_batch)} beyond its ndim={self.ndim}; nothing was "
-                    "written"
-                )
-            if isinstance(data, LazyStackedTensorDict):
-                _stored_leaves(data)  # a ragged stack is refused by name
-                data = data.contiguous()
-            if type(data) is not TensorDict:
-                data = data.to_tensordict()
-            data = data.clone(recurse=False)
-            data.batch_size = data.batch_size[:nb]
-            self.log.item_batch = extra
-            return data
-        if isinstance(data, torch.Tensor):
-            return TensorDict({_TENSOR_KEY: data}, batch_size=data.shape[:nb])
-        if pytrees.is_pytree(data):
-            leaves, structure = pytrees.flatten(data)
-            if self.log.header is not None and structure != self.log.pytree:
-                raise ValueError(
-                    f"pytree structure {structure} does not match the stored {self.log.pytree}; "
-                    "nothing was written"
-                )
-            self.log.pytree = structure
-            first = next(iter(leaves.values()))
-            td = TensorDict(batch_size=first.shape[:nb])
-            for path, leaf in leaves.items():
-                td.set(tuple(path.split("/")), leaf)
-            return td
-        raise TypeError(
-            f"ZarrStorage stores TensorDicts, tensors and pytrees (dicts, lists and tuples of "
-            f"tensors), got {type(data)}"
-        )
-
-    def _validate(self, td: TensorDictBase) -> dict[str, torch.Tensor]:
-        """Leaves of ``td`` keyed by path, checked against the schema (raises, writes nothing)."""
-        header = self.log.header
-        leaves = {}
-        for key, leaf in _stored_leaves(td):
-            if not isinstance(leaf, torch.Tensor):
-                raise ValueError(
-                    f"key {key!r}: only tensors can be stored, got {type(leaf).__name__} "
-                    "(non-tensor leaves such as td.set_non_tensor values are not stored by "
-                    "ZarrStorage: encode them as tensors or td.exclude() them); nothing was written"
-                )
-            leaves[key_path(key)] = leaf
-        got = {
-            k: LeafSpec(numpy_dtype_name(v.dtype, k), tuple(v.shape[td.batch_dims :]))
-            for k, v in leaves.items()
-        }
-        if got != header.schema:
-            bad = sorted(set(got) ^ set(header.schema)) or sorted(
-                k for k in got if got[k] != header.schema[k]
-            )
-            raise ValueError(
-                f"data does not match the stored schema at key(s) {bad}: stored schema "
-                f"{describe_schema(header.schema)}, data schema {describe_schema(got)}; "
-                "nothing was written"
-            )
-        tail = tuple(td.batch_size[1:])
-        if tail != header.tail:
-            raise ValueError(
-                f"data batch dims {tuple(td.batch_size)} do not match the stored "
-                f"[rows, *{list(header.tail)}]; nothing was written"
-            )
-        return leaves
-
     @_serialized
     def set(self, cursor, data, *, set_cursor: bool = True):
         self._set(cursor, data, set_cursor, rollback=True)
@@ -812,12 +663,12 @@ class ZarrStorage(TensorStorage):
     def _set(self, cursor, data, set_cursor: bool, rollback: bool) -> None:
         self._check_writable()
         if isinstance(data, list):
-            data = _flip_list(data)
+            data = flip_list(data)
         is_int = isinstance(cursor, (int, np.integer)) or (
             isinstance(cursor, torch.Tensor) and cursor.ndim == 0
         )
         try:
-            td = self._as_td(data, batched=not is_int)
+            td = as_tensordict(data, not is_int, self.ndim, self.log)
         except ValueError:
             n = 1 if is_int else _rows_of_cursor(cursor)
             if rollback and set_cursor and n:  # the writer's cursor moves back: no hole
@@ -830,7 +681,15 @@ class ZarrStorage(TensorStorage):
             cursor = torch.tensor([int(cursor)])
         if self.log.header is None:
             try:
-                header = self._infer_header(td[0])
+                header = infer_header(
+                    td[0],
+                    self.ndim,
+                    self.ring.capacity_for,
+                    self._chunk_rows_arg,
+                    self._index_keys_arg,
+                    self.chunks.compressors,
+                    self.dedupe_next,
+                )
             except ValueError:  # refused before anything exists: the writer moves back too
                 if rollback and set_cursor and not isinstance(cursor, tuple):
                     rollback_writers(self._attached_entities, td.shape[0], self.ring.capacity)
@@ -841,7 +700,7 @@ class ZarrStorage(TensorStorage):
         if isinstance(cursor, tuple) and len(cursor) > 1:  # checked as whole rows
             return self._set_partial(cursor, td, set_cursor)
         try:
-            leaves = self._validate(td)
+            leaves = validate(td, self.log.header)
         except ValueError:
             if rollback and set_cursor and not isinstance(cursor, tuple):
                 rollback_writers(self._attached_entities, td.shape[0], self.ring.capacity)
@@ -871,7 +730,7 @@ class ZarrStorage(TensorStorage):
         block[(inv.reshape(-1), *cursor[1:])] = td.reshape(-1).to("cpu")
         if self.log.item_batch:
             block.batch_size = block.batch_size[: self.ndim]
-        self._write_rows(uniq, self._validate(block), append=False)
+        self._write_rows(uniq, validate(block, self.log.header), append=False)
         self._bump_mutation_revision()
         self._maybe_commit()
 
@@ -1464,30 +1323,6 @@ class _StorageView(TensorDict):
         return out
 
 
-def _stored_leaves(td: TensorDictBase) -> list[tuple[Any, Any]]:
-    """``(key, leaf)`` of every leaf of ``td``, non-tensor leaves included (so they are refused
-    by name instead of dropped); raises for a ragged lazy stack or a reserved leaf name."""
-    try:
-        items = list(td.items(include_nested=True, leaves_only=True, is_leaf=_is_leaf_nontensor))
-    except RuntimeError as err:
-        if isinstance(td, LazyStackedTensorDict):
-            raise ValueError(
-                "ZarrStorage cannot store a ragged lazy stack (its elements' leaves differ in "
-                "shape): pad them to one shape first with zarrl.buffers.pad_sequences (and "
-                "unpad after sampling), or use torchrl's LazyStackStorage; "
-                f"stacking failed with: {err}"
-            ) from err
-        raise
-    for key, _ in items:
-        parts = (key,) if isinstance(key, str) else tuple(key)
-        if any(part in _RESERVED_NAMES for part in parts):
-            raise ValueError(
-                f"key {key!r}: {sorted(_RESERVED_NAMES)} are zarr metadata names and cannot be "
-                "leaf names; rename the leaf"
-            )
-    return items
-
-
 def _unpickle_storage(ref: dict[str, Any]) -> ZarrStorage:
     return pickling.reopen(ZarrStorage, ref)
 
@@ -1526,22 +1361,6 @@ def _flush_at_exit(ref: weakref.ref) -> None:
         storage.flush()
     except Exception as err:  # the store may be gone (temporary directories) at exit
         print(f"zarrl: could not flush {storage._where} at exit: {err}", file=sys.stderr)
-
-
-def _nested_td(leaves: Mapping[str, torch.Tensor], batch: torch.Size, device) -> TensorDict:
-    """TensorDict from ``{"next/obs": tensor}`` leaves, without per-key validation (the leaves
-    come from the store's own schema, already checked)."""
-    return _build_td(path_tree(tuple(leaves)), leaves, batch, device)
-
-
-def _build_td(node: dict, leaves: Mapping[str, torch.Tensor], batch, device) -> TensorDict:
-    """One level of ``_nested_td``. A module function, not a recursive closure: such a closure
-    is a reference cycle holding ``leaves`` (a whole batch) until the cyclic GC runs."""
-    source = {
-        k: _build_td(v, leaves, batch, device) if isinstance(v, dict) else leaves[v]
-        for k, v in node.items()
-    }
-    return td_from_leaves(source, batch, device)
 
 
 def _unsynced(store) -> bool:
