@@ -50,15 +50,14 @@ from .chunk_writer import ChunkWriter
 from .commit_log import CommitLog, open_group
 from .format import (
     Commit,
-    CorruptChunkError,
     Header,
     ReadOnlyStorageError,
     StoreFormatError,
     key_path,
     read_attrs,
-    torch_dtype,
 )
 from .hot_tier import HotTier
+from .index_columns import IndexColumns
 from .lazy_view import lazy_tensordict
 from .ring import Ring
 from .row_data import (
@@ -243,7 +242,7 @@ class ZarrStorage(TensorStorage):
         self.refresh_every_seconds = refresh_every_seconds
         self.gc_grace_seconds = gc_grace_seconds
         self.dedupe_next = dedupe_next
-        self._index_keys_arg = None if index_keys is None else [key_path(k) for k in index_keys]
+        self.index_keys_arg = None if index_keys is None else [key_path(k) for k in index_keys]
         self._temp_release = None
         if path is None:
             if _mode != "w":
@@ -253,7 +252,7 @@ class ZarrStorage(TensorStorage):
         self._path_arg = path
         self._where = str(path) if not isinstance(path, zarr.abc.store.Store) else repr(path)
         self._last_refresh = time.monotonic()
-        self._index: dict[str, torch.Tensor] = {}
+        self.index = IndexColumns()  # small leaves mirrored in RAM (``index_columns.py``)
         self._closed = False
         self._io_lock = threading.RLock()
         self._owner_pid = os.getpid()
@@ -394,18 +393,9 @@ class ZarrStorage(TensorStorage):
         """Builds arrays (when ``create``), the chunk pool and the RAM index for ``header``."""
         self.log.header = header
         self.ring.tail = header.tail
-        tail = header.tail
         self.chunks.attach(header, create)
         self.hot.build(header)
-        cap0 = header.capacity
-        idx_rows = cap0 if cap0 is not None else 1024
-        self._index = {
-            k: torch.zeros(
-                (idx_rows, *tail, *header.schema[k].shape),
-                dtype=torch_dtype(header.schema[k].dtype),
-            )
-            for k in header.index_keys
-        }
+        self.index.build(header)
         self.initialized = True
 
     @property
@@ -481,7 +471,7 @@ class ZarrStorage(TensorStorage):
         """Leaves at ring positions ``rows`` -> {path: [N, *tail, *shape]} on ``self.device``."""
         keys = list(self.log.header.schema) if keys is None else keys
         out = {}
-        big = [k for k in keys if k not in self._index]
+        big = [k for k in keys if k not in self.index]
         if big:
             phys = self.ring.phys(rows)
             got, loaded = self.hot.gather(phys, big)
@@ -490,8 +480,8 @@ class ZarrStorage(TensorStorage):
                 self._check_not_stale(int(phys[fresh].min()))
             out.update(got)
         for k in keys:
-            if k in self._index:
-                out[k] = torch.index_select(self._index[k], 0, rows)  # much faster than [rows]
+            if k in self.index:
+                out[k] = self.index.gather(k, rows)
         if all(out[k].device == self.device for k in keys):
             return {k: out[k] for k in keys}
         return {k: out[k].to(self.device, non_blocking=True) for k in keys}
@@ -549,18 +539,18 @@ class ZarrStorage(TensorStorage):
             or self.log.pytree is not None
             or self.read_only
             or self._is_full_view(index)
-            or not self._index
+            or not self.index
         ):
             return self.get(index)
         rows, reindex = self._rows_and_reindex(index)
         if reindex is not None and not (isinstance(reindex[0], str) and len(reindex[1]) == 1):
             return self.get(index)
-        eager = {k: torch.index_select(v, 0, rows).to(self.device) for k, v in self._index.items()}
+        eager = {k: self.index.gather(k, rows).to(self.device) for k in self.index}
 
         def loader(path):
             return lambda: self._gather(rows, [path])[path]
 
-        lazy = {k: loader(k) for k in self.log.header.schema if k not in self._index}
+        lazy = {k: loader(k) for k in self.log.header.schema if k not in self.index}
         return lazy_tensordict(eager, lazy, self._batch_of(rows.numel()), self.device)
 
     def _to_td_any(self, leaves, batch):
@@ -583,12 +573,12 @@ class ZarrStorage(TensorStorage):
     def _full_view(self) -> TensorDictBase:
         """``storage[:]``: index columns are RAM views, other leaves load on first access."""
         n0 = self._len0()
-        eager = {k: v[:n0].to(self.device) for k, v in self._index.items()}
+        eager = {k: self.index.head(k, n0).to(self.device) for k in self.index}
 
         def loader(path):  # the row range is built only if a large column is looked up
             return lambda: self._gather(torch.arange(n0), [path])[path]
 
-        lazy = {k: loader(k) for k in self.log.header.schema if k not in self._index}
+        lazy = {k: loader(k) for k in self.log.header.schema if k not in self.index}
         view = lazy_tensordict(eager, lazy, self._batch_of(n0), self.device)
         if not self.read_only:  # writes into the view reach the store (``rb[0, 3:4] = td``)
             view.__class__ = _StorageView
@@ -686,7 +676,7 @@ class ZarrStorage(TensorStorage):
                     self.ndim,
                     self.ring.capacity_for,
                     self._chunk_rows_arg,
-                    self._index_keys_arg,
+                    self.index_keys_arg,
                     self.chunks.compressors,
                     self.dedupe_next,
                 )
@@ -748,24 +738,16 @@ class ZarrStorage(TensorStorage):
             phys, rows = phys[n - keep :], rows[n - keep :]
             leaves = {k: v[n - keep :] for k, v in leaves.items()}
             self.ring.advance(n)
-            self._ensure_index_rows(int(rows.max()) + 1)
+            self.index.ensure_rows(int(rows.max()) + 1)
             ring_run = int(rows[-1]) - int(rows[0]) + 1 == rows.numel()  # no wrap-around
         else:
             ring_run = False
-            self._ensure_index_rows(int(rows.max()) + 1)
+            self.index.ensure_rows(int(rows.max()) + 1)
             phys = self.ring.phys(rows)
             self.chunk_writer.before_rewrite(phys)
         self.chunk_writer.stage(phys, leaves, run)
         at = slice(int(rows[0]), int(rows[0]) + rows.numel()) if ring_run else rows
-        for k, t in self._index.items():
-            t[at] = leaves[k]
-
-    def _ensure_index_rows(self, n: int) -> None:
-        for k, t in list(self._index.items()):
-            if t.shape[0] < n:
-                new = torch.zeros((max(n, 2 * t.shape[0]), *t.shape[1:]), dtype=t.dtype)
-                new[: t.shape[0]] = t
-                self._index[k] = new
+        self.index.write(at, leaves)
 
     def _get_new_len(self, data, cursor):
         """TorchRL's length update (``+ numel``), bounded by the rows actually live: rewriting
@@ -1050,22 +1032,10 @@ class ZarrStorage(TensorStorage):
         start, end = self.ring.live_range(self._len0())
         if since is not None and not full:
             start = max(start, since.base + since.write_count)
-        if self._index and end > start:
-            self._ensure_index_rows(self._len0())
+        if self.index and end > start:
+            self.index.ensure_rows(self._len0())
             pos = self.ring.position(torch.arange(start, end))
-            if self.chunks.seals is not None:  # through the chunk checks (seals)
-                for path, values in self.chunks.read_rows(list(self._index), start, end).items():
-                    self._index[path][pos] = values
-            else:
-                for path in self._index:
-                    try:
-                        rows = self.chunks.arrays[path][start:end]
-                    except Exception as err:
-                        raise CorruptChunkError(
-                            f"{self._where}: array {path!r}, rows {start}:{end} could not be "
-                            f"decoded or failed its crc32c checksum: {err}"
-                        ) from err
-                    self._index[path][pos] = torch.from_numpy(np.ascontiguousarray(rows))
+            self.index.reload(self.chunks, start, end, pos)
         self._bump_mutation_revision()
 
     # ============================================================ TorchRL API
@@ -1095,8 +1065,7 @@ class ZarrStorage(TensorStorage):
             self.chunk_writer.discard_staged()
             R = self.log.header.chunk_rows
             self.ring.restart(R)
-            for t in self._index.values():
-                t.zero_()
+            self.index.clear()
             self.chunk_writer.in_place_pending = True
         self._len = 0
         self._bump_mutation_revision()
