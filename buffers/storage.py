@@ -257,8 +257,7 @@ class ZarrStorage(TensorStorage):
         self._io_lock = threading.RLock()
         self._owner_pid = os.getpid()
         self._channel: WriteChannel | None = None  # created when sent to a worker process
-        self._sampler_saved: dict[int, str] = {}  # id(sampler) -> fingerprint of its last save
-        self._sampler_locks: dict[int, Any] = {}
+        self._samplers = sampler_state.SamplerStates()  # what was saved, under which lock
         self.rows_at_open = 0
         with _naming_store(self._where):
             # the group, layout and commit record (``buffers/commit_log.py``)
@@ -847,12 +846,8 @@ class ZarrStorage(TensorStorage):
         with self._io_lock, _naming_store(self._where):
             self._flush(self.durability)  # the state describes committed rows
             commit = self.log.commit.to_json()
-        lock = self._sampler_locks.get(id(sampler))
-        with lock or contextlib.nullcontext(), _naming_store(self._where):
-            saved = sampler_state.save(self.log.group, sampler, commit)
-        if saved is not None:
-            self._sampler_saved[id(sampler)] = saved
-        return saved is not None
+        with _naming_store(self._where):
+            return self._samplers.save(self.log.group, sampler, commit)
 
     def load_sampler_state(self, sampler: Any) -> bool:
         """Restores ``sampler`` from the state stored with the store by a sampler of the same
@@ -875,9 +870,7 @@ class ZarrStorage(TensorStorage):
             missed = self.ring.position(torch.arange(start, self.ring.base + self.ring.write_count))
             if missed.numel() and hasattr(sampler, "extend"):
                 sampler.extend(missed)
-        arrays: dict = {}
-        doc = sampler_state.encode(sampler.state_dict(), arrays)
-        self._sampler_saved[id(sampler)] = sampler_state.fingerprint(doc, arrays)
+        self._samplers.loaded(sampler)
         return True
 
     def _save_attached_samplers(self) -> None:
@@ -885,21 +878,8 @@ class ZarrStorage(TensorStorage):
         this storage last saved or loaded it (one sampler per store: the first buffer's)."""
         if self.read_only or self._closed or self.log.header is None:
             return
-        for buffer in list(self._attached_entities):
-            sampler = buffer_sampler(buffer)
-            if sampler is None:
-                continue
-            with buffer_lock(buffer) or contextlib.nullcontext():
-                arrays: dict = {}
-                try:
-                    doc = sampler_state.encode(sampler.state_dict(), arrays)
-                except TypeError:
-                    continue
-                if self._sampler_saved.get(id(sampler)) == sampler_state.fingerprint(doc, arrays):
-                    return
-                self._sampler_locks[id(sampler)] = buffer_lock(buffer)
-                self.save_sampler_state(sampler)
-            return
+        buffers = list(self._attached_entities)
+        self._samplers.save_changed(buffers, buffer_sampler, buffer_lock, self.save_sampler_state)
 
     def _flush(self, durability: str) -> None:
         if self.read_only or self._closed or self.log.header is None:
