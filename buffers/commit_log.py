@@ -86,6 +86,10 @@ class CommitLog:
         """The validated header (``None``: no schema yet) and commit record of the group."""
         return read_attrs(self.group, self.where)
 
+    def read_group(self, group: zarr.Group) -> tuple[Header | None, Commit]:
+        """The validated header and commit record of ``group`` (e.g. a ``fresh_group``)."""
+        return read_attrs(group, self.where)
+
     def fresh_group(self) -> zarr.Group:
         """The group re-opened read-only: its attributes as the store holds them now."""
         return zarr.open_group(self.group.store, mode="r", zarr_format=3)

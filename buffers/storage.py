@@ -59,6 +59,7 @@ from .format import (
 from .hot_tier import HotTier
 from .index_columns import IndexColumns
 from .lazy_view import lazy_tensordict
+from .reader import Reader
 from .ring import Ring
 from .row_data import (
     TENSOR_KEY,
@@ -251,7 +252,6 @@ class ZarrStorage(TensorStorage):
             self._temp_release = remove_on_release(self, path)
         self._path_arg = path
         self._where = str(path) if not isinstance(path, zarr.abc.store.Store) else repr(path)
-        self._last_refresh = time.monotonic()
         self.index = IndexColumns()  # small leaves mirrored in RAM (``index_columns.py``)
         self._closed = False
         self._io_lock = threading.RLock()
@@ -268,6 +268,10 @@ class ZarrStorage(TensorStorage):
             self.hot = HotTier(self.ring, self.log, self.chunks, cache, self.cache_device)
             # staged chunks, write-ahead, dead chunks (``buffers/chunk_writer.py``)
             self.chunk_writer = ChunkWriter(self.ring, self.log, self.chunks, self.hot)
+            # adopting commits, stale-read checks (``buffers/reader.py``)
+            self.reader = Reader(
+                self.ring, self.log, self.chunks, self.hot, self.chunk_writer, self.index
+            )
             if not self.read_only:
                 check_local_writable(self.log.store, self._where)
                 remove_partials(self.log.store)  # torn temporaries of a killed writer
@@ -342,18 +346,9 @@ class ZarrStorage(TensorStorage):
                 self.chunks.load([end // R])  # the head chunk on disk, checked: its crcs
 
     def _adopt_fresh(self, commit: Commit) -> None:
-        """``_adopt_commit(commit, full=True)``; a reader that the writer moved past while it
-        read the index columns adopts the newest commit instead."""
-        for attempt in range(4):
-            try:
-                self._adopt_commit(commit, full=True)
-                return
-            except StaleRead:
-                if attempt == 3:
-                    raise
-                self.log.reopen(self.log.fresh_group())
-                self.chunks.reload()
-                _, commit = self.log.read()
+        """``_adopt_commit(commit, full=True)``, or the newest commit for a reader the writer
+        moved past meanwhile (``Reader.adopt_fresh``)."""
+        self._adopted(self.reader.adopt_fresh(commit))
 
     # ============================================================ identity
     @property
@@ -476,7 +471,7 @@ class ZarrStorage(TensorStorage):
             got, loaded = self.hot.gather(phys, big)
             if self.read_only and loaded:
                 fresh = torch.isin(phys // self.log.header.chunk_rows, torch.tensor(loaded))
-                self._check_not_stale(int(phys[fresh].min()))
+                self.reader.check_not_stale(int(phys[fresh].min()))
             out.update(got)
         for k in keys:
             if k in self.index:
@@ -484,18 +479,6 @@ class ZarrStorage(TensorStorage):
         if all(out[k].device == self.device for k in keys):
             return {k: out[k] for k in keys}
         return {k: out[k].to(self.device, non_blocking=True) for k in keys}
-
-    def _check_not_stale(self, first_row: int) -> None:
-        """Readers: chunks just loaded must still be live in the newest commit (the writer may
-        have recycled them since this reader's last refresh); raises ``StaleRead`` if not."""
-        commit = self.log.latest()
-        R = self.log.header.chunk_rows
-        if first_row // R < commit.gc_below // R:  # its chunk may already be deleted
-            self.hot.drop_clean()
-            raise StaleRead(
-                f"{self._where}: rows read by this reader were recycled by the writer; call "
-                "refresh() more often (or set refresh_every_seconds)"
-            )
 
     def _to_td(self, leaves: Mapping[str, torch.Tensor], batch) -> TensorDictBase | torch.Tensor:
         if self.log.header.tensor_root:
@@ -955,9 +938,7 @@ class ZarrStorage(TensorStorage):
     @_serialized
     def refresh(self) -> bool:
         """Re-reads the commit record; returns whether new data became visible."""
-        self._last_refresh = time.monotonic()
-        group = self.log.fresh_group()
-        header, commit = read_attrs(group, self._where)
+        group, header, commit = self.reader.poll()
         if header is None:
             return False
         if self.log.header is None:
@@ -968,15 +949,7 @@ class ZarrStorage(TensorStorage):
             return True
         if commit.revision == self.log.commit.revision:
             return False
-        old = self.log.commit
-        full = (
-            commit.inplace_revision != old.inplace_revision
-            or commit.base != old.base
-            or (
-                header.capacity is not None
-                and commit.write_count - old.write_count >= header.capacity
-            )
-        )
+        old, full = self.log.commit, self.reader.needs_full(commit)
         if commit.extent != old.extent:  # the writer resized the arrays: reload their metadata
             self.log.reopen(group)
             self.chunks.reload()
@@ -987,35 +960,20 @@ class ZarrStorage(TensorStorage):
         return True
 
     def _maybe_auto_refresh(self) -> None:
-        if (
-            self.read_only
-            and self.refresh_every_seconds is not None
-            and time.monotonic() - self._last_refresh >= self.refresh_every_seconds
-        ):
+        if self.read_only and self.reader.due(self.refresh_every_seconds):
             self.refresh()
 
     def _adopt_commit(self, commit: Commit, full: bool, since: Commit | None = None) -> None:
-        """Makes ``commit`` the visible state: lengths, cursor, RAM index columns."""
-        R = self.log.header.chunk_rows
-        with self.hot.pool.lock:
-            if full:
-                self.hot.pool.drop_clean()
-            elif since is not None:
-                self.hot.pool.evict((since.base + since.write_count) // R)  # old head chunk
-        self.log.commit = commit
-        self.ring.adopt(commit.base, commit.write_count)
+        """Makes ``commit`` the visible state (``Reader.adopt``), then TorchRL's length, cursor
+        and mutation revision."""
+        self.reader.adopt(commit, full, since)
+        self._adopted(commit)
+
+    def _adopted(self, commit: Commit) -> None:
+        """TorchRL's bookkeeping of an adopted ``commit``: length, last cursor, revision."""
         self._len = commit.length
-        self.chunk_writer.adopt(commit.gc_below)
-        self.hot.grow_for(self.ring.base + self.ring.write_count)
         if self.ring.write_count:
             self._set_last_cursor(self.ring.cursor())
-        start, end = self.ring.live_range(self._len0())
-        if since is not None and not full:
-            start = max(start, since.base + since.write_count)
-        if self.index and end > start:
-            self.index.ensure_rows(self._len0())
-            pos = self.ring.position(torch.arange(start, end))
-            self.index.reload(self.chunks, start, end, pos)
         self._bump_mutation_revision()
 
     # ============================================================ TorchRL API
