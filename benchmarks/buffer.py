@@ -374,7 +374,7 @@ def main() -> None:
             stores, filled = fill_all(
                 storages(data.bytes()), data, batch, root / shape, fill_repeats
             )
-            chunk_rows[shape] = stores["Zarr default"]._header.chunk_rows
+            chunk_rows[shape] = stores["Zarr default"].log.header.chunk_rows
             for name, row in sample_times(stores, repeats).items():
                 results[shape, name] = {**filled[name], **row}
             for storage in stores.values():

@@ -108,7 +108,7 @@ def sample_store(path: str, cache: int, batches: int) -> dict:
         if i % 4 == 0:  # exact slices read missed chunks synchronously: the larger transients
             checksum += int(slice_rb.sample()["action"].sum())
     elapsed = time.perf_counter() - t0
-    pool = storage._pool
+    pool = storage.hot.pool
     return {
         "imports": imports,
         "cache": cache,

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 
-__all__ = ["CHECKED_TENSORDICT", "td_from_leaves", "td_with_leaf_mapping"]
+__all__ = ["CHECKED_TENSORDICT", "is_leaf_nontensor", "td_from_leaves", "td_with_leaf_mapping"]
 
 #: tensordict releases these functions were checked against
 CHECKED_TENSORDICT = ("0.14.3",)
@@ -34,3 +34,11 @@ def td_with_leaf_mapping(
     td = TensorDict._new_unsafe(source={}, batch_size=batch_size, device=device)
     td._tensordict = leaves
     return td
+
+
+def is_leaf_nontensor(cls: type) -> bool:
+    """``is_leaf`` for ``TensorDictBase.items`` that also yields non-tensor leaves (so they are
+    refused by name instead of dropped): ``tensordict.base._is_leaf_nontensor``."""
+    from tensordict.base import _is_leaf_nontensor
+
+    return _is_leaf_nontensor(cls)

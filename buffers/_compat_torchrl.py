@@ -70,3 +70,36 @@ def after_sampler_init(buffer: Any, restore: Callable[[Any], bool]) -> None:
             original()
 
     buffer._initialize_prioritized_sampler = initialize
+
+
+def buffer_writer(buffer: Any) -> Any | None:
+    """The buffer's writer once built (``ReplayBuffer._writer``), else ``None``."""
+    return getattr(buffer, "__dict__", {}).get("_writer")
+
+
+def writer_position(writer: Any) -> tuple[int, int]:
+    """``(write_count, cursor)`` of a ``RoundRobinWriter`` (``_write_count``, ``_cursor``)."""
+    return writer._write_count, writer._cursor
+
+
+def set_writer_position(writer: Any, write_count: int, cursor: int) -> None:
+    """Moves a ``RoundRobinWriter`` to ``write_count`` rows written, next row at ``cursor``."""
+    writer._write_count = write_count
+    writer._cursor = cursor
+
+
+def wrap_writer_init(buffer: Any, wrap: Callable[[Any], Any]) -> bool:
+    """A buffer that builds its writer lazily (``ReplayBuffer._init_writer``: ``None`` for
+    TorchRL's ``RoundRobinWriter``, a class or a factory) passes the built writer through
+    ``wrap``; a writer instance there is wrapped at once. Returns whether the buffer had such an
+    initializer."""
+    from torchrl.data.replay_buffers.writers import RoundRobinWriter, Writer
+
+    if not hasattr(buffer, "_init_writer"):
+        return False
+    init = buffer._init_writer or RoundRobinWriter  # ``None``: TorchRL's default writer
+    if isinstance(init, Writer):
+        wrap(init)
+    elif callable(init):
+        buffer._init_writer = lambda: wrap(init())
+    return True

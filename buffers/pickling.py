@@ -35,11 +35,11 @@ def store_key(store: Any) -> str:
 
 
 def register_writer(storage: Any) -> None:
-    _WRITERS[store_key(storage._group.store)] = storage
+    _WRITERS[store_key(storage.store)] = storage
 
 
 def unregister_writer(storage: Any) -> None:
-    key = store_key(storage._group.store)
+    key = store_key(storage.store)
     if _WRITERS.get(key) is storage:
         del _WRITERS[key]
 
@@ -49,21 +49,21 @@ def open_writer(store: Any) -> Any | None:
     if isinstance(store, (str, os.PathLike)):
         store = zarr.storage.LocalStore(os.fspath(store))
     writer = _WRITERS.get(store_key(store))
-    return None if writer is None or writer._closed else writer
+    return None if writer is None or writer.closed else writer
 
 
 def reference(storage: Any) -> dict[str, Any]:
     """What a pickle holds: the store, the constructor options, the mode."""
-    store = storage._path_arg
+    store = storage.location
     if isinstance(store, zarr.storage.LocalStore):
         store = str(store.root)
     if isinstance(store, (str, os.PathLike)):
         store = os.path.abspath(os.fspath(store))
     return {
         "store": store,
-        "max_size": None if storage._growing else storage.max_size,
+        "max_size": storage.ring.max_size,
         "read_only": storage.read_only,
-        "options": dict(storage._init_options),
+        "options": storage.init_options,
     }
 
 
@@ -74,7 +74,7 @@ def reopen(cls: type, ref: dict[str, Any]) -> Any:
         writer = open_writer(store)
         if writer is not None:
             raise RuntimeError(
-                f"cannot unpickle a writable ZarrStorage of {writer._where}: this process "
+                f"cannot unpickle a writable ZarrStorage of {writer.where}: this process "
                 "already has a writer open on that store, and a store has one writer. Close the "
                 "original first, use copy.deepcopy(rb) for an independent copy, or "
                 "ZarrStorage.open(path, mode='r') for a reader"

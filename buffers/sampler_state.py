@@ -13,10 +13,11 @@ dtype, size bounded by the sampler's own state) before use.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -189,3 +190,48 @@ def _elements(template: Any) -> int:
     if isinstance(template, (tuple, list)):
         return sum(_elements(v) for v in template)
     return 0
+
+
+class SamplerStates:
+    """The sampler states one storage saved or loaded: a fingerprint per sampler (a state is
+    saved again only when it changed) and the buffer lock each sampler is saved under."""
+
+    def __init__(self) -> None:
+        self._saved: dict[int, str] = {}  # id(sampler) -> fingerprint of its last save or load
+        self._locks: dict[int, Any] = {}  # id(sampler) -> the lock of its buffer
+
+    def save(self, group: zarr.Group, sampler: Any, commit: Mapping) -> bool:
+        """``save`` under the sampler's buffer lock; returns whether it was saved."""
+        with self._locks.get(id(sampler)) or contextlib.nullcontext():
+            saved = save(group, sampler, commit)
+        if saved is not None:
+            self._saved[id(sampler)] = saved
+        return saved is not None
+
+    def loaded(self, sampler: Any) -> None:
+        """``sampler`` holds the stored state now (its current state is the saved one)."""
+        arrays: dict = {}
+        doc = encode(sampler.state_dict(), arrays)
+        self._saved[id(sampler)] = fingerprint(doc, arrays)
+
+    def save_changed(
+        self, buffers: list, sampler_of: Callable, lock_of: Callable, save: Callable
+    ) -> None:
+        """``save(sampler)`` for the first of ``buffers`` whose sampler (``sampler_of``) has a
+        state that changed since it was saved or loaded, under its buffer's lock
+        (``lock_of``); one sampler per store."""
+        for buffer in buffers:
+            sampler = sampler_of(buffer)
+            if sampler is None:
+                continue
+            with lock_of(buffer) or contextlib.nullcontext():
+                arrays: dict = {}
+                try:
+                    doc = encode(sampler.state_dict(), arrays)
+                except TypeError:
+                    continue
+                if self._saved.get(id(sampler)) == fingerprint(doc, arrays):
+                    return
+                self._locks[id(sampler)] = lock_of(buffer)
+                save(sampler)
+            return

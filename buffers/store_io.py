@@ -14,6 +14,7 @@ chunk replaces (this saves a temporary name and a rename per chunk file).
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import dataclasses
 import json
@@ -24,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import zarr
+import zarr.abc.store
 from zarr.core.buffer import Buffer, default_buffer_prototype
 from zarr.storage import LocalStore, StorePath
 
@@ -308,3 +310,34 @@ def check_local_writable(store, where: str) -> None:
         ) from err
     os.close(fd)
     probe.unlink(missing_ok=True)
+
+
+def run_io(coroutines: list, return_exceptions: bool = False) -> list:
+    """Runs zarr store/array coroutines concurrently on zarr's event loop (one round trip)."""
+    from zarr.core.sync import sync
+
+    async def gather():
+        return await asyncio.gather(*coroutines, return_exceptions=return_exceptions)
+
+    return sync(gather()) if coroutines else []
+
+
+def copy_store(src: zarr.abc.store.Store, dst: zarr.abc.store.Store) -> None:
+    """Copies every object of ``src`` into ``dst`` (any zarr stores)."""
+    from zarr.core.sync import sync
+
+    async def copy():
+        proto = default_buffer_prototype()
+        async for key in src.list():
+            buf = await src.get(key, prototype=proto)
+            if buf is not None:
+                await dst.set(key, buf)
+
+    sync(copy())
+
+
+def clear_store(store: zarr.abc.store.Store) -> None:
+    """Removes every object of ``store``."""
+    from zarr.core.sync import sync
+
+    sync(store.clear())

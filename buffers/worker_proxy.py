@@ -24,6 +24,8 @@ from tensordict import TensorDict, is_tensor_collection
 from torchrl.data.replay_buffers.storages import Storage
 from torchrl.data.replay_buffers.writers import RoundRobinWriter
 
+from ._compat_torchrl import buffer_writer, set_writer_position, writer_position
+
 _POLL_SECONDS = 0.5
 
 
@@ -31,10 +33,14 @@ def rollback_writers(entities: list, n: int, cap0: int | None) -> None:
     """A refused write must not leave a hole: round-robin writers move their cursor before
     calling ``set``, so move the writers of the attached buffers ``n`` rows back."""
     for buffer in entities:
-        writer = getattr(buffer, "__dict__", {}).get("_writer")
-        if isinstance(writer, RoundRobinWriter) and writer._write_count >= n:
-            writer._write_count -= n
-            writer._cursor = (writer._cursor - n) % cap0 if cap0 else writer._cursor - n
+        writer = buffer_writer(buffer)
+        if not isinstance(writer, RoundRobinWriter):
+            continue
+        write_count, cursor = writer_position(writer)
+        if write_count >= n:
+            set_writer_position(
+                writer, write_count - n, (cursor - n) % cap0 if cap0 else cursor - n
+            )
 
 
 def _alive(pid: int) -> bool:
@@ -84,7 +90,7 @@ class WriteChannel:
     def __init__(self, storage: Any) -> None:
         ctx = multiprocessing.get_context("spawn")  # its locks may go to any child process
         self.owner_pid = os.getpid()
-        self.where = storage._where
+        self.where = storage.where
         self.requests_in, self.requests_out = ctx.Pipe(duplex=False)
         self.replies_in, self.replies_out = ctx.Pipe(duplex=False)
         self.lock = ctx.Lock()  # one round trip at a time: each reply reaches its sender
@@ -114,7 +120,7 @@ def _pump(ref: weakref.ref, requests, replies, closed) -> None:
     while not closed.is_set():
         if not requests.poll(_POLL_SECONDS):
             storage = ref()
-            if storage is None or storage._closed:
+            if storage is None or storage.closed:
                 closed.set()
             storage = None
             continue
@@ -125,9 +131,9 @@ def _pump(ref: weakref.ref, requests, replies, closed) -> None:
             cursor, packed, set_cursor = pickle.loads(msg[8:])
             data = _unpack(packed)
             storage = ref()
-            if storage is None or storage._closed:
+            if storage is None or storage.closed:
                 raise RuntimeError("the storage was closed in its owning process")
-            storage._apply_remote_write(cursor, data, set_cursor)
+            storage.apply_worker_write(cursor, data, set_cursor)
         except BaseException as err:  # reported to the worker, the pump keeps serving
             error = (type(err), str(err))
         finally:

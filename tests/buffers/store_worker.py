@@ -68,7 +68,7 @@ def child(path: str, max_size: int | None, seed: int) -> None:
     rng = random.Random(seed)
     storage = storage_at(path, max_size, flush_every_rows=rng.choice([None, 7, 40]))
     rb = TensorDictReplayBuffer(storage=storage, batch_size=4)
-    next_id = storage._wc
+    next_id = storage.ring.write_count
     while True:
         n = rng.randint(1, 40)
         rb.extend(rows(next_id, n))
@@ -118,16 +118,18 @@ def reader(path: str, target_wc: int) -> None:
     print("ready", flush=True)
     states, checked = set(), 0
     deadline = time.monotonic() + 120
-    while storage._wc < target_wc and time.monotonic() < deadline:
+    while storage.ring.write_count < target_wc and time.monotonic() < deadline:
         storage.refresh()
         if len(storage):
             data = storage[torch.arange(len(storage))]
             ids = check_rows(data)
-            live = set(range(storage._wc - len(storage), storage._wc))  # a stale read refreshes
+            wc = storage.ring.write_count  # a stale read refreshes
+            live = set(range(wc - len(storage), wc))
             assert len(set(ids.tolist())) == ids.numel() and set(ids.tolist()) <= live
             checked += ids.numel()
-            states.add((len(storage), storage._wc))
-    print(json.dumps({"states": len(states), "checked": checked, "wc": storage._wc}), flush=True)
+            states.add((len(storage), storage.ring.write_count))
+    wc = storage.ring.write_count
+    print(json.dumps({"states": len(states), "checked": checked, "wc": wc}), flush=True)
 
 
 if __name__ == "__main__":

@@ -51,8 +51,7 @@ def test_slices_come_from_cached_trajectories_and_hold_the_stored_rows(tmp_path)
         obs = batch["obs"][:, 0].view(4, 8)
         assert torch.equal(obs[:, 1:] - obs[:, :-1], torch.ones(4, 7))  # contiguous rows
         assert torch.equal(batch["episode"], (batch["obs"][:, 0] // 20).long())
-        if storage._refill is not None:
-            storage._refill.result()
+        storage.hot.wait_refill()
         start, _, lengths = sampler._get_stop_and_length(storage)  # installs the refill
         mask = storage.resident_positions()
         assert bool(fully_resident(start[:, 0], lengths, mask).all())
@@ -80,14 +79,14 @@ def test_slices_from_partly_cached_trajectories_never_read_synchronously(tmp_pat
     storage.refill_ratio = 4.0
     rb.sample()  # the first batch may load chunks synchronously
     loads = []
-    original = storage._load_chunks
+    original = storage.chunks.load
 
-    def load(chunks):  # counts synchronous decodes only, not the background refill's
+    def load(chunks, *args, **kwargs):  # synchronous decodes only, not the refill's
         if threading.current_thread() is threading.main_thread():
             loads.extend(chunks)
-        return original(chunks)
+        return original(chunks, *args, **kwargs)
 
-    storage._load_chunks = load
+    storage.chunks.load = load
     seen = set()
     for _ in range(40):
         batch = rb.sample()
@@ -95,9 +94,8 @@ def test_slices_from_partly_cached_trajectories_never_read_synchronously(tmp_pat
         assert torch.equal(obs[:, 1:] - obs[:, :-1], torch.ones(4, 7))  # contiguous rows
         assert (batch["episode"].view(4, 8) == batch["episode"].view(4, 8)[:, :1]).all()
         seen.update(batch["episode"].tolist())
-        if storage._refill is not None:
-            storage._refill.result()
-        storage._next_refill = 0.0  # no rest between refills
+        storage.hot.wait_refill()
+        storage.hot.skip_rest()  # no rest between refills
     assert loads == [] and len(seen) > 1
     storage.close()
 

@@ -93,7 +93,7 @@ def test_chunks_are_sized_by_bytes_so_a_huge_row_is_one_chunk(tmp_path):
         storage = ZarrStorage(4, path=tmp_path / f"b{floats}.zarr")
         rb = TensorDictReplayBuffer(storage=storage)
         rb.extend(TensorDict(x=torch.ones(1, floats), batch_size=[1]))
-        assert storage._header.chunk_rows == rows_per_chunk
+        assert storage.log.header.chunk_rows == rows_per_chunk
         assert torch.equal(rb[:]["x"], torch.ones(1, floats))
 
 
@@ -103,7 +103,7 @@ def test_no_path_makes_a_temporary_store_removed_at_close():
     rb.extend(rows(5))
     assert torch.equal(rb[:]["obs"].squeeze(-1), torch.arange(5.0))
     assert rb.sample()["obs"].shape == (4, 1)
-    where = storage._path_arg
+    where = storage.location
     assert where.exists() and "temporary" in repr(storage)
     storage.close()
     assert not where.exists() and not where.parent.exists()
@@ -114,7 +114,7 @@ def test_a_temporary_store_is_removed_when_collected():
 
     storage = ZarrStorage(100)
     storage.set(torch.arange(3), rows(3))
-    where = storage._path_arg
+    where = storage.location
     del storage
     gc.collect()
     assert not where.parent.exists()

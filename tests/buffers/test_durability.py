@@ -62,9 +62,9 @@ def test_sigkilled_writer_leaves_store_at_last_commit(tmp_path, zygote, max_size
                 continue
             assert verify_store(path) == []  # every committed chunk in its place, sealed
             storage = ZarrStorage.open(path, mode="r")  # must not raise
-            if storage._header is not None:  # the duplicated next obs is stored XORed
-                assert storage._header.xor_previous == {"obs": "next/obs"}
-            wc = storage._wc
+            if storage.log.header is not None:  # the duplicated next obs is stored XORed
+                assert storage.log.header.xor_previous == {"obs": "next/obs"}
+            wc = storage.ring.write_count
             assert wc >= last_wc  # commits never go backwards
             n = len(storage)
             assert n == (wc if max_size is None else min(wc, max_size))
@@ -135,8 +135,8 @@ def test_staged_head_chunk_written_past_the_commit_is_reloaded_after_eviction(tm
     path = str(tmp_path / "evict.zarr")
     storage = ZarrStorage(None, path=path, chunk_rows=4, cache=1, min_commit_interval=0)
     storage.set(torch.arange(10), rows(0, 10))  # chunks 0..2, head chunk 2 holds rows 8, 9
-    assert storage._commit.write_count == 8
-    storage._pool.evict(2)  # as sampling other chunks would
+    assert storage.log.commit.write_count == 8
+    storage.hot.pool.evict(2)  # as sampling other chunks would
     storage.set(torch.arange(10, 12), rows(10, 2))
     storage.close()
     reopened = ZarrStorage.open(path, mode="r")
@@ -146,13 +146,13 @@ def test_staged_head_chunk_written_past_the_commit_is_reloaded_after_eviction(tm
 def test_completed_chunks_commit_at_most_every_min_commit_interval(tmp_path):
     eager = ZarrStorage(None, path=str(tmp_path / "a.zarr"), chunk_rows=4, min_commit_interval=0)
     eager.set(torch.arange(9), rows(0, 9))
-    assert eager._commit.write_count == 8  # every completed chunk commits
+    assert eager.log.commit.write_count == 8  # every completed chunk commits
     lazy = ZarrStorage(None, path=str(tmp_path / "b.zarr"), chunk_rows=4, min_commit_interval=60)
     lazy.set(torch.arange(9), rows(0, 9))
-    assert lazy._commit.write_count == 0  # a bulk load within the interval: staged only
+    assert lazy.log.commit.write_count == 0  # a bulk load within the interval: staged only
     lazy.flush_every_rows = 12
     lazy.set(torch.arange(9, 13), rows(9, 4))
-    assert lazy._commit.write_count == 12  # explicit triggers are not rate-limited
+    assert lazy.log.commit.write_count == 12  # explicit triggers are not rate-limited
     lazy.close()
     eager.close()
-    assert ZarrStorage.open(str(tmp_path / "b.zarr"), mode="r")._wc == 13
+    assert ZarrStorage.open(str(tmp_path / "b.zarr"), mode="r").ring.write_count == 13

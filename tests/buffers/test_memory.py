@@ -47,11 +47,11 @@ def test_misses_are_decoded_a_sixteenth_of_the_pool_at_a_time():
 def test_the_cache_budget_holds_the_pool_a_refill_and_a_group_of_misses(tmp_path):
     storage = ZarrStorage(4000, path=tmp_path / "m.zarr", chunk_rows=64, cache=2**20)
     TensorDictReplayBuffer(storage=storage).extend(transitions(4000))
-    pool = storage._pool
+    pool = storage.hot.pool
     assert not storage.is_ram_mirror
     decoded = (pool.max_slots + 2 * pool.load_group) * pool.chunk_nbytes
     assert decoded <= 2**20  # every decoded chunk, in the pool or waiting, within the budget
-    assert storage._refill_rows() == pool.load_group * 64
+    assert storage.hot.refill_rows == pool.load_group * 64
     storage.close()
 
 

@@ -42,7 +42,7 @@ def test_deepcopy_is_an_independent_copy_like_lazy_memmap(tmp_path, filled):
             assert twin.sample()["obs"].shape == (2,)
     copied = buffers["zarr"]
     twin = copy.deepcopy(copied)
-    where = twin.storage._path_arg
+    where = twin.storage.location
     assert where.exists() and where != tmp_path / "b.zarr"
     twin.storage.close()  # a temporary store: removed with its copy
     assert not where.exists()
@@ -62,7 +62,7 @@ def test_pickle_reopens_the_store_once_the_writer_is_closed(tmp_path):
     assert len(again) == 6 and torch.equal(again[:]["obs"], torch.arange(6.0))
     again.extend(rows(6, 2))  # the writer cursor came with the buffer
     assert torch.equal(again[:]["obs"], torch.arange(8.0))
-    assert again.storage._init_options["chunk_rows"] == 4
+    assert again.storage.init_options["chunk_rows"] == 4
 
 
 def test_pickle_of_an_empty_buffer_and_of_a_reader(tmp_path):
@@ -78,7 +78,7 @@ def test_pickle_of_an_empty_buffer_and_of_a_reader(tmp_path):
     twin = pickle.loads(pickle.dumps(reader))  # readers never conflict
     assert twin.read_only and torch.equal(twin[:]["obs"], torch.arange(3.0))
     copied = copy.deepcopy(reader)
-    assert copied.read_only and copied._where == reader._where
+    assert copied.read_only and copied.where == reader.where
 
 
 def test_temporary_store_pickles_as_a_reference_too():

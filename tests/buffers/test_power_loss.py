@@ -56,7 +56,7 @@ def test_process_durability_fsyncs_nothing_and_os_commits_catch_up(tmp_path, eve
     storage.durability = "os"
     storage.close()
     assert _chunk_files(path) <= {p for kind, p in events if kind == "fsync"}
-    assert ZarrStorage.open(path, "r")._wc == 6
+    assert ZarrStorage.open(path, "r").ring.write_count == 6
 
 
 def test_unknown_durability_is_refused(tmp_path):

@@ -148,3 +148,25 @@ def test_owner_priorities_survive_worker_extends(tmp_path):
     assert torch.equal(tree_values(reopened.prioritized_sampler), values)
     reopened.sample()  # catching up does not reset the restored priorities
     assert torch.equal(tree_values(reopened.prioritized_sampler), values)
+
+
+def test_sampler_states_save_a_changed_state_only(tmp_path):
+    from torchrl.data.replay_buffers.samplers import PrioritizedSampler
+    from zarrl.buffers.commit_log import open_group
+    from zarrl.buffers.format import Commit
+    from zarrl.buffers.sampler_state import SamplerStates
+
+    group, states, saves = open_group(tmp_path / "s.zarr", "a"), SamplerStates(), []
+    sampler = PrioritizedSampler(8, alpha=0.6, beta=0.4)
+
+    def save(s) -> bool:
+        saves.append(s)
+        return states.save(group, s, Commit().to_json())
+
+    buffers = [object()]
+    states.save_changed(buffers, lambda b: sampler, lambda b: None, save)
+    states.save_changed(buffers, lambda b: sampler, lambda b: None, save)
+    assert saves == [sampler]  # the second call found the state unchanged
+    sampler.update_priority(torch.tensor([1]), torch.tensor([5.0]))
+    states.save_changed(buffers, lambda b: sampler, lambda b: None, save)
+    assert len(saves) == 2

@@ -333,25 +333,24 @@ def test_bounded_cache_refills_in_the_background_to_cover_every_row(tmp_path):
         batch = rb.sample()
         assert_rows_consistent(batch)
         seen.update(batch["obs"][:, 0].long().tolist())
-        if storage._refill is not None:  # deterministic test: let each refill land
-            storage._refill.result()
-        storage._next_refill = 0.0
+        storage.hot.wait_refill()  # deterministic test: let each refill land
+        storage.hot.skip_rest()
     assert len(seen) > 300  # sampling is not stuck on the first cached chunks
-    assert storage._pool.n_slots <= 4 + 4  # memory stays bounded by the cache
+    assert storage.hot.pool.n_slots <= 4 + 4  # memory stays bounded by the cache
 
 
 def _count_sync_loads(storage) -> list:
     """Chunks decoded on the calling (main) thread, i.e. synchronous misses; the background
     refill thread's decodes are not counted."""
     calls: list = []
-    original = storage._load_chunks
+    original = storage.chunks.load
 
-    def load(chunks):
+    def load(chunks, *args, **kwargs):
         if threading.current_thread() is threading.main_thread():
             calls.extend(chunks)
-        return original(chunks)
+        return original(chunks, *args, **kwargs)
 
-    storage._load_chunks = load
+    storage.chunks.load = load
     return calls
 
 
@@ -363,9 +362,8 @@ def test_rows_drawn_from_the_cache_stay_cached_until_gathered(tmp_path):
     loads = _count_sync_loads(storage)
     for _ in range(60):
         pos = storage._rand_given_ndim(32)
-        if storage._refill is not None:
-            storage._refill.result()  # a refill lands between the draw and the gather
-        storage._next_refill = 0.0  # no rest between refills
+        storage.hot.wait_refill()  # a refill lands between the draw and the gather
+        storage.hot.skip_rest()  # no rest between refills
         batch = storage.get(pos)
         assert_rows_consistent(batch)
         assert torch.equal(batch["obs"][:, 0].long(), pos)
@@ -379,16 +377,17 @@ def test_refill_work_is_earned_by_sampled_rows(tmp_path):
     rb.extend(trajectories(400))
     storage.flush()  # refills decode committed chunks only
     decoded: list = []
-    original = storage._load_chunks
-    storage._load_chunks = lambda chunks: decoded.extend(chunks) or original(chunks)
+    original = storage.chunks.load
+    storage.chunks.load = lambda chunks, *a, **k: (
+        decoded.extend(chunks) or original(chunks, *a, **k)
+    )
     rb.sample()  # may load the first chunks synchronously
     decoded.clear()
     for _ in range(100):
         rb.sample()
-        if storage._refill is not None:
-            storage._refill.result()
-        storage._next_refill = 0.0  # no rest between refills
-    run_rows = storage._refill_rows()
+        storage.hot.wait_refill()
+        storage.hot.skip_rest()  # no rest between refills
+    run_rows = storage.hot.refill_rows
     assert 0 < len(decoded) * 8 <= storage.refill_ratio * 100 * 32 + 2 * run_rows
     storage.close()
 
@@ -398,17 +397,17 @@ def test_cached_rows_are_drawn_uniformly_from_a_wrapped_ring(tmp_path):
     rb = TensorDictReplayBuffer(storage=storage, batch_size=32)
     rb.extend(trajectories(130))  # live physical rows 30..129: chunk 3 is only partly live
     storage.refill_ratio = 0.0  # freeze the cache contents
-    storage._pool.ensure(torch.tensor([3, 9]), storage._load_chunks)
+    storage.hot.pool.ensure(torch.tensor([3, 9]), storage.chunks.load)
     mask = storage.resident_positions()
-    chunk_of_pos = storage._phys(torch.arange(100)) // 8
-    assert torch.equal(mask, torch.isin(chunk_of_pos, storage._pool.resident()))
+    chunk_of_pos = storage.ring.phys(torch.arange(100)) // 8
+    assert torch.equal(mask, torch.isin(chunk_of_pos, storage.hot.pool.resident()))
     assert mask[30:32].all() and mask[72:80].all()  # rows 30, 31 (chunk 3) and chunk 9
     pos = storage._rand_given_ndim(40_000)
     assert mask[pos].all()  # only cached, live rows
     counts = torch.bincount(pos, minlength=100)[mask].float()
     assert (counts > 0).all() and (counts - counts.mean()).abs().max() < 0.3 * counts.mean()
     batch = storage.get(pos[:256])
-    assert torch.equal(batch["obs"][:, 0].long(), storage._phys(pos[:256]))  # row id = phys
+    assert torch.equal(batch["obs"][:, 0].long(), storage.ring.phys(pos[:256]))  # row id = phys
     storage.close()
 
 
@@ -416,14 +415,13 @@ def test_a_refill_decoded_before_an_in_place_write_is_dropped(tmp_path):
     storage = ZarrStorage(400, path=tmp_path / "s.zarr", chunk_rows=8, cache=1)
     ReplayBuffer(storage=storage).extend(trajectories(400))
     storage.refill_ratio = 10.0
-    while storage._refill is None:
+    while not storage.hot.refill_pending:
         storage._rand_given_ndim(32)
-    _, decoded = storage._refill.result()
-    chunk = decoded[0][0]
+    chunk = storage.hot.wait_refill()[0]
     row = torch.tensor([chunk * 8])  # not wrapped: position = physical row
     storage.set(row, trajectories(1, 1000), set_cursor=False)
     storage.flush()
-    storage._pool.evict(chunk)  # the refill would now bring the old bytes back
+    storage.hot.pool.evict(chunk)  # the refill would now bring the old bytes back
     storage.request_refill(0)
     assert storage.get(row)["obs"][0, 0] == 1000
     storage.close()
@@ -437,7 +435,7 @@ def test_ram_mirror_on_cache_device_returns_batches_on_device(tmp_path):
     rb = TensorDictReplayBuffer(storage=storage, batch_size=16)
     rb.extend(trajectories(64))
     assert storage.is_ram_mirror
-    assert storage._pool.data["pixels"].device.type == device
+    assert storage.hot.pool.data["pixels"].device.type == device
     batch = rb.sample()
     assert batch["pixels"].device.type == device
     assert_rows_consistent(batch.cpu())

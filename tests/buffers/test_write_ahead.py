@@ -49,9 +49,9 @@ def test_completed_chunks_are_stored_in_the_background_before_any_commit(tmp_pat
     storage = ZarrStorage(None, path=path, chunk_rows=4, min_commit_interval=3600)
     rb = ReplayBuffer(storage=storage)
     rb.extend(batch(9))  # chunks 0 and 1 complete, the interval defers their commit
-    storage._land_writes(wait=True)
+    storage.chunk_writer.land(wait=True)
     assert {p.name for p in (path / "a").glob("c.*")} == {"c.0", "c.1"}  # written ahead
-    assert storage._commit.write_count == 0 and stored_ids(path) == []  # but not committed
+    assert storage.log.commit.write_count == 0 and stored_ids(path) == []  # but not committed
     assert seen and all(name.startswith("zarrl-encode") for name in seen)
     seen.clear()
     storage.flush()  # only the head chunk is left to encode
@@ -69,16 +69,16 @@ def test_a_commit_never_covers_a_chunk_still_being_written(tmp_path, encoder_thr
     rb.extend(batch(4))  # chunk 0 complete: handed to the background
     time.sleep(0.1)  # the interval has passed: a commit is due
     rb.extend(batch(5, start=4))  # chunk 1 complete too
-    assert storage._commit.write_count == 0  # chunk 0 is not written yet: nothing committed
+    assert storage.log.commit.write_count == 0  # chunk 0 is not written yet: nothing committed
     assert stored_ids(path) == []
     gate.set()
-    storage._land_writes(wait=True)
+    storage.chunk_writer.land(wait=True)
     time.sleep(0.1)
     rb.extend(batch(1, start=9))
-    storage._land_writes(wait=True)
+    storage.chunk_writer.land(wait=True)
     time.sleep(0.1)
     rb.extend(batch(1, start=10))
-    assert storage._commit.write_count == 8  # both landed chunks, not the head chunk
+    assert storage.log.commit.write_count == 8  # both landed chunks, not the head chunk
     assert stored_ids(path) == list(range(8))
     storage.close()
     assert stored_ids(path) == list(range(11))
@@ -91,7 +91,7 @@ def test_an_in_place_write_waits_for_the_chunk_being_written(tmp_path, encoder_t
     rb = ReplayBuffer(storage=storage)
     gate.clear()
     rb.extend(batch(6))  # chunk 0 is being written in the background
-    assert storage._write_ahead.in_flight == {0}
+    assert storage.chunk_writer.write_ahead.in_flight == {0}
     threading.Timer(0.2, gate.set).start()
     storage[1] = batch(1, start=100)[0]  # rewrites row 1 of chunk 0: after the batch lands
     assert gate.is_set()  # it waited for the old bytes of chunk 0 to be written
@@ -134,8 +134,8 @@ def test_durable_stores_fsync_chunks_written_ahead_before_the_flush(tmp_path, fs
     storage = ZarrStorage(None, path=path, chunk_rows=4, min_commit_interval=3600)
     rb = ReplayBuffer(storage=storage)
     rb.extend(batch(10))
-    storage._land_writes(wait=True)
-    storage._write_ahead.close()  # waits for the background fsyncs too
+    storage.chunk_writer.land(wait=True)
+    storage.chunk_writer.write_ahead.close()  # waits for the background fsyncs too
     early = {p for kind, p in fsyncs if kind == "fsync"}
     ahead = {path / leaf / f"c.{i}.0" for leaf in ("obs",) for i in (0, 1)}
     ahead |= {path / "a" / "c.0", path / "a" / "c.1"}
@@ -156,7 +156,7 @@ def test_process_durability_writes_ahead_without_fsync(tmp_path, fsyncs):
     storage.durability = "process"
     rb = ReplayBuffer(storage=storage)
     rb.extend(batch(10))
-    storage._land_writes(wait=True)
+    storage.chunk_writer.land(wait=True)
     assert (path / "a" / "c.0").exists()
     assert not [p for kind, p in fsyncs if kind == "fsync"]
     storage.durability = "os"

@@ -1,0 +1,58 @@
+"""The chunk writer (``buffers/chunk_writer.py``) through its public methods."""
+
+import torch
+from zarrl.buffers.chunk_io import ChunkStore
+from zarrl.buffers.chunk_writer import ChunkWriter
+from zarrl.buffers.commit_log import CommitLog, open_group
+from zarrl.buffers.format import Commit, Header, LeafSpec
+from zarrl.buffers.hot_tier import HotTier
+from zarrl.buffers.ring import Ring
+
+R, ROWS = 4, 32
+
+
+def _writer(path) -> ChunkWriter:
+    log = CommitLog(open_group(path, "a"), str(path), max_size=ROWS, ndim=1)
+    log.header = Header(ROWS, 1, (), R, {"obs": LeafSpec("int64", (2,))}, [], False)
+    ring = Ring(ROWS)
+    ring.tail = ()
+    chunks = ChunkStore(log, ring, read_only=False)
+    chunks.attach(log.header, create=True)
+    hot = HotTier(ring, log, chunks, cache="ram", device=torch.device("cpu"))
+    hot.build(log.header)
+    return ChunkWriter(ring, log, chunks, hot)
+
+
+def _append(writer: ChunkWriter, n: int) -> None:
+    phys = writer.ring.end + torch.arange(n)
+    writer.stage(phys, {"obs": phys[:, None].repeat(1, 2)}, run=True)
+    writer.ring.advance(n)
+
+
+def test_staged_rows_reach_the_store_at_write_dirty_or_through_the_write_ahead(tmp_path):
+    writer = _writer(tmp_path / "w.zarr")
+    _append(writer, 10)  # chunks 0, 1 complete, chunk 2 partly filled
+    assert writer.staged and writer.first_staged(99) == 0
+    writer.start_write_ahead(fsync=False)
+    writer.land(wait=True)
+    assert writer.written_chunks == 2 and writer.first_staged(99) == 2  # the head stays
+    writer.write_dirty()
+    assert not writer.staged and writer.written_chunks == 3
+    blocks = writer.chunks.load([0, 2])
+    assert blocks[1]["obs"][:2, 0].tolist() == [8, 9]  # the partly filled head chunk
+
+
+def test_a_rewrite_of_committed_rows_is_in_place_and_dead_chunks_are_deleted(tmp_path):
+    writer = _writer(tmp_path / "w.zarr")
+    _append(writer, 12)
+    writer.write_dirty()
+    writer.log.publish(Commit(revision=1, write_count=12, length=12, extent=ROWS), False, 0)
+    writer.before_rewrite(torch.tensor([13]))  # past the commit: not in place
+    assert not writer.in_place_pending
+    writer.before_rewrite(torch.tensor([3]))
+    assert writer.in_place_pending
+    writer.committed(gc_below=8)  # chunks 0 and 1 are dead
+    assert not writer.in_place_pending and writer.deleted_below == 2
+    assert not (tmp_path / "w.zarr" / "obs" / "c.0.0").exists()
+    assert (tmp_path / "w.zarr" / "obs" / "c.2.0").exists()
+    writer.close()
