@@ -1,15 +1,24 @@
 """Codec chains of zarrl arrays: stock Zarr v3 + numcodecs codecs, recorded in each array's
 metadata, so any Zarr client with numcodecs decodes the stored values on its own.
 
-Default chain of a leaf ``[rows, *tail, *shape]`` (see ``docs/storage_format.md``, "Codecs"):
+The default chain of a leaf ``[rows, *tail, *shape]`` is chosen per leaf kind (``leaf_kind``;
+see ``docs/storage_format.md``, "Codecs", for the measurements behind it):
 
-* floating point: ``transpose`` (rows last, so each scalar column is a contiguous time series),
-  ``numcodecs.astype`` (same dtype: the next filter sees the raw bits), two
-  ``numcodecs.delta`` filters over the bits read as integers of the same width (second-order
-  differences along rows, wrapping integer arithmetic: lossless for every bit pattern, NaN and
-  ±inf included), then Blosc zstd with byte shuffle;
-* other dtypes (integers, bool, uint8 pixels): Blosc LZ4 with byte shuffle;
+* ``"float_series"``: floating point with at most ``SERIES_MAX_ELEMENTS`` elements per row (per
+  environment for ``ndim=2``): a few columns followed over consecutive steps (states, actions,
+  rewards), whose rows compress far better as differences. ``transpose`` (rows last, so each
+  scalar column is a contiguous time series), ``numcodecs.astype`` (same dtype: the next filter
+  sees the raw bits), two ``numcodecs.delta`` filters over the bits read as integers of the same
+  width (second-order differences along rows, wrapping integer arithmetic: lossless for every bit
+  pattern, NaN and ±inf included), then Blosc zstd 1 with byte shuffle in 1 MiB blocks;
+* ``"float_wide"``: floating point with more elements per row (per-token log-probabilities,
+  embeddings, float images): the structure is within the row, the row delta gains little and
+  costs three times the encode time, so no filter and Blosc LZ4 with byte shuffle;
+* ``"other"`` (integers, bool, uint8 pixels): Blosc LZ4 with byte shuffle;
 * then the crc32c checksum that ``format.codec_chain`` always appends.
+
+``ZarrStorage(compressors=...)`` replaces the Blosc step of every leaf (float series keep their
+row-delta filters).
 
 zarrl encodes and decodes whole chunks itself (``chunk_codec.ChunkCodec``) with the array's own
 codec objects, one synchronous step per codec (``_compat_zarr.encode_step``/``decode_step``).
@@ -17,6 +26,7 @@ codec objects, one synchronous step per codec (``_compat_zarr.encode_step``/``de
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -35,8 +45,19 @@ warnings.filterwarnings(
 )
 
 DELTA_ORDER = 2  # second-order differences: smooth series leave only their curvature
-FLOAT_COMPRESSOR = {"cname": "zstd", "clevel": 1, "shuffle": "shuffle", "blocksize": 1 << 20}
+#: float leaves with at most this many elements per row (per environment) are series
+SERIES_MAX_ELEMENTS = 64
+SERIES_COMPRESSOR = {"cname": "zstd", "clevel": 1, "shuffle": "shuffle", "blocksize": 1 << 20}
 OTHER_COMPRESSOR = {"cname": "lz4", "clevel": 5, "shuffle": "shuffle"}
+LEAF_KINDS = ("float_series", "float_wide", "other")
+
+
+def leaf_kind(dtype: np.dtype, shape: tuple[int, ...] = ()) -> str:
+    """The codec policy's kind of a leaf of ``dtype`` whose row (per environment) has ``shape``:
+    ``"float_series"``, ``"float_wide"`` or ``"other"`` (see the module docstring)."""
+    if np.dtype(dtype).kind != "f":
+        return "other"
+    return "float_series" if math.prod(shape) <= SERIES_MAX_ELEMENTS else "float_wide"
 
 
 def rows_last(ndim: int) -> tuple[int, ...]:
@@ -58,10 +79,19 @@ def row_delta_filters(dtype: np.dtype, ndim: int, order: int = DELTA_ORDER) -> l
     return out
 
 
-def default_compressors(dtype: np.dtype) -> list:
-    """Bytes-to-bytes codecs of the default chain for a leaf of ``dtype`` (checksum excluded)."""
-    kind = FLOAT_COMPRESSOR if np.dtype(dtype).kind == "f" else OTHER_COMPRESSOR
-    return [zarr.codecs.BloscCodec(**kind)]
+def default_compressors(dtype: np.dtype, shape: tuple[int, ...] = ()) -> list:
+    """Bytes-to-bytes codecs of the default chain for a leaf of ``dtype`` with rows of
+    ``shape`` (checksum excluded)."""
+    series = leaf_kind(dtype, shape) == "float_series"
+    return [zarr.codecs.BloscCodec(**(SERIES_COMPRESSOR if series else OTHER_COMPRESSOR))]
+
+
+def default_filters(dtype: np.dtype, shape: tuple[int, ...], ndim: int) -> list:
+    """Array-to-array filters of the default chain for a leaf of ``dtype`` with rows of
+    ``shape``, stored in an array of ``ndim`` dims: the row delta for float series only."""
+    if leaf_kind(dtype, shape) != "float_series":
+        return []
+    return row_delta_filters(dtype, ndim)
 
 
 def dimension_names(path: str, n_batch: int, leaf_ndim: int) -> tuple[str, ...]:
@@ -84,14 +114,18 @@ def array_options(
     compressors: list | None,
     xor_source: str | None = None,
 ) -> dict[str, Any]:
-    """``create_array`` keyword arguments of one leaf: filters, compressors (``None`` = the
-    per-dtype default; crc32c appended later by ``format.codec_chain``), dimension names and,
+    """``create_array`` keyword arguments of one leaf: filters and compressors (``None`` = the
+    default of its ``leaf_kind``; crc32c appended later by ``format.codec_chain``), dimension names and,
     for a de-duplicated leaf (``dedupe_next=True``), attributes saying it needs zarrl to read."""
     ndim = n_batch + len(spec.shape)
     dtype = np.dtype(spec.dtype)
     out: dict[str, Any] = {
-        "filters": row_delta_filters(dtype, ndim),
-        "compressors": default_compressors(dtype) if compressors is None else list(compressors),
+        "filters": default_filters(dtype, tuple(spec.shape), ndim),
+        "compressors": (
+            default_compressors(dtype, tuple(spec.shape))
+            if compressors is None
+            else list(compressors)
+        ),
         "dimension_names": dimension_names(path, n_batch, len(spec.shape)),
     }
     if xor_source is not None:
@@ -119,8 +153,12 @@ def describe(options: dict[str, Any]) -> list[str]:
 
 
 __all__ = [
+    "LEAF_KINDS",
+    "SERIES_MAX_ELEMENTS",
     "array_options",
     "default_compressors",
+    "default_filters",
+    "leaf_kind",
     "dimension_names",
     "row_delta_filters",
     "rows_last",
