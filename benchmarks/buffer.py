@@ -10,9 +10,10 @@ per the storage's ``durability``: "Zarr default" (``durability="os"``: the flush
 automatic commits ``"process"``), "Zarr fsync all" (every commit fsynced) and "Zarr no fsync"
 (``"process"`` everywhere: survives a killed process, not a power cut). Completed chunks are
 encoded and written (and, for ``"os"``, fsynced) in the background while extends go on
-(``buffers/write_ahead.py``). Default codecs: true values in every array, floats through
-row-delta filters and Blosc zstd 1 in 1 MiB blocks, other leaves Blosc LZ4
-(``buffers/codecs.py``, docs/storage_format.md). "Zarr cache=1/4" is a store four times
+(``buffers/write_ahead.py``). Default codecs, chosen per leaf kind: true values in every
+array, float leaves of at most 64 elements per row through row-delta filters and Blosc zstd 1
+in 1 MiB blocks, other leaves (wider floats included) Blosc LZ4 (``buffers/codecs.py``,
+docs/storage_format.md). "Zarr cache=1/4" is a store four times
 larger than its chunk cache: its RandomSampler batches come from cached rows (refilled in the
 background, ``ZarrStorage.refill_ratio`` rows decoded per sampled row), while a plain
 SliceSampler stays exact and reads missed chunks synchronously. The row "Zarr 1/4 CachedSlice"
@@ -284,9 +285,12 @@ def _plain_chain(**blosc) -> Callable:
 
 
 CODEC_CANDIDATES: dict[str, Callable] = {
-    "default": lambda value: (
-        leaf_codecs.row_delta_filters(value.dtype, value.ndim),
-        leaf_codecs.default_compressors(value.dtype),
+    "default (per leaf kind)": lambda value: (
+        leaf_codecs.default_filters(value.dtype, value.shape[1:], value.ndim),
+        leaf_codecs.default_compressors(value.dtype, value.shape[1:]),
+    ),
+    "d2+zstd1 1MiB, every float": _float_chain(
+        2, cname="zstd", clevel=1, shuffle="shuffle", blocksize=2**20
     ),
     "d2+zstd1 (auto blocks)": _float_chain(2, cname="zstd", clevel=1, shuffle="shuffle"),
     "d2+zstd3 1MiB blocks": _float_chain(
