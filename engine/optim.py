@@ -17,6 +17,9 @@ GROUP_OWNERS = {
     "log_z": "log_z",
 }
 
+#: a head of a sequence policy (``zarrl.envs.generations``) -> its group
+HEAD_GROUPS = {"value_head": "value", "log_z_head": "log_z"}
+
 
 def parameter_groups(loss: nn.Module, lrs: Mapping[str, float]) -> list[dict[str, Any]]:
     """Adam groups ``policy`` / ``value`` / ``log_z`` of ``loss``'s trainable parameters.
@@ -34,6 +37,8 @@ def parameter_groups(loss: nn.Module, lrs: Mapping[str, float]) -> list[dict[str
             continue
         owner = name.split(".", 1)[0]
         group = GROUP_OWNERS.get(owner)
+        if group == "policy":  # the heads of a sequence policy learn at their own rates
+            group = HEAD_GROUPS.get(name.split(".")[1], group)
         if group is None:
             raise ValueError(
                 f"parameter {name!r} of {type(loss).__name__} is owned by {owner!r}, which has no "

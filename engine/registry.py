@@ -42,6 +42,9 @@ LOSSES = {
     "pcl": "PCLLoss",
     "rtb": "RTBLoss",
     "kl_reinforce": "KLReinforceLoss",
+    "sequence_rtb": "SequenceRTBLoss",
+    "sequence_trust_pcl": "SequenceTrustPCLLoss",
+    "sequence_kl_reinforce": "SequenceKLReinforceLoss",
 }
 
 
@@ -112,6 +115,8 @@ def build_loss(
     for arg in (p for p in positional if p in NETWORK_ARGUMENTS):
         what = NETWORK_ARGUMENTS[arg]
         factory = networks.get(what)
+        if factory is None and accepted[arg].default is not inspect.Parameter.empty:
+            continue  # an optional network the task does not provide (a stored reference)
         if factory is None:
             raise ConfigError(
                 f"loss.name: {name!r} ({cls.__name__}) needs a {what} network ({arg}), which "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from tensordict.nn import TensorDictModuleBase
@@ -20,7 +21,7 @@ from torchrl.envs import EnvBase
 from zarrl.engine.config import ConfigError, EnvConfig, ModelConfig
 from zarrl.engine.schema import unknown_key
 
-__all__ = ["TASKS", "Task", "build_task", "register_task", "task_options"]
+__all__ = ["TASKS", "StoredDataTask", "Task", "build_task", "register_task", "task_options"]
 
 
 @runtime_checkable
@@ -63,6 +64,21 @@ class Task(Protocol):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
+        ...
+
+
+@runtime_checkable
+class StoredDataTask(Protocol):
+    """A task that learns offline from a stored dataset of its own kind (not from environment
+    steps): the Trainer asks it for the data source instead of building a slice sampler.
+
+    The source has ``sample() -> TensorDict`` (one training batch), ``len()`` and ``write_count``
+    (rows held), ``state_dict()`` / ``load_state_dict()`` (its sampling state, for exact resume),
+    ``flush()`` and ``close()``.
+    """
+
+    def open_data(self, path: str | Path, *, batch_size: int, seed: int) -> Any:
+        """The data source of ``path`` (``buffer.path``), drawing ``batch_size`` items a batch."""
         ...
 
 
