@@ -1,4 +1,4 @@
-"""The ``zarrl`` command: collect, train, inspect, verify, eval, demo.
+"""The ``zarrl`` command: collect, train, inspect, verify, eval, demo, import.
 
 Dotted overrides (``loss.gamma=0.97``) may come anywhere after the subcommand. Config arguments
 are a path, or the name of a shipped config (``cartpole_trust_pcl``; ``configs/<name>.yaml`` also
@@ -118,6 +118,10 @@ def _parser() -> argparse.ArgumentParser:
     from zarrl.engine.experiments.gmm_posterior.cli import add_experiment_parser, main_experiment
 
     add_experiment_parser(sub).set_defaults(handler=main_experiment)
+
+    from zarrl.engine.importing import add_import_parser
+
+    add_import_parser(sub)
     return parser
 
 

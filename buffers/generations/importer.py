@@ -1,0 +1,341 @@
+"""``import_generations``: files of logged generations -> a generations buffer, validated.
+
+Order of an import (the last step is its commit point, ``layout.py``): read and validate every
+file (nothing is written yet; with ``on_error="fail"`` a bad row stops here), append the token
+rows to ``tokens/`` and commit them, write the import's arrays under ``imports/<id>/``, then its
+record. The rows of an import stay in RAM until it commits (about 60 bytes per token): split
+very large logs into several imports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tensordict import TensorDict
+
+from ..storage import ZarrStorage
+from ..store_io import put_group_attributes
+from .layout import (
+    FACTS_ATTR,
+    IMPORT_ARRAYS,
+    IMPORT_ATTR,
+    IMPORTS,
+    Facts,
+    Tables,
+    load_tables,
+    open_root,
+    read_facts,
+    token_path,
+)
+from .readers import digest, format_of, parse_field_map, read_blocks
+from .records import Columns, GenerationsImportError, Problem, validate
+
+
+@dataclasses.dataclass
+class FileReport:
+    path: str
+    sha256: str
+    records: int = 0
+    skipped: int = 0
+    tokens: int = 0
+
+
+@dataclasses.dataclass
+class ImportReport:
+    """What an import did: per file, records imported and skipped; ``problems`` lists every
+    skipped record with its reason; ``import_id`` is ``None`` when nothing was committed."""
+
+    files: list[FileReport]
+    problems: list[Problem]
+    import_id: str | None
+    completions: int
+    tokens: int
+    new_prompts: int
+
+    @property
+    def skipped(self) -> int:
+        return len(self.problems)
+
+
+def import_generations(
+    files: Sequence[str | os.PathLike],
+    buffer: str | os.PathLike,
+    *,
+    vocab_size: int | None = None,
+    eos_id: int | None = None,
+    max_new_tokens: int | None = None,
+    on_error: str = "fail",
+    field_map: str | Mapping[str, str] | None = None,
+    allow_duplicate: bool = False,
+) -> ImportReport:
+    """Imports ``files`` (``.jsonl``, ``.parquet``, saved ``datasets`` folders) into the buffer
+    at ``buffer`` (created when absent: ``vocab_size`` and ``eos_id`` are then required).
+
+    ``on_error="fail"``: any bad record raises ``GenerationsImportError`` listing every bad
+    record, and nothing is committed; ``"skip"``: the good records are imported and the bad ones
+    reported. A file whose sha256 an earlier import of this buffer (or this call) already holds
+    is refused unless ``allow_duplicate``.
+    """
+    if on_error not in ("fail", "skip"):
+        raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+    if not files:
+        raise ValueError("no file to import")
+    fmap = parse_field_map(field_map)
+    for f in files:
+        if not Path(f).exists():
+            raise FileNotFoundError(f"{f}: no such file or folder")
+        format_of(f)
+    where = os.fspath(buffer)
+    Path(where).mkdir(parents=True, exist_ok=True)
+    root = open_root(where, "a")
+    stored = read_facts(root, where)
+    tables = load_tables(root, where)
+    facts = _agree_facts(stored, tables, vocab_size, eos_id, max_new_tokens, where)
+
+    reports = [FileReport(os.fspath(f), digest(f)) for f in files]
+    _refuse_duplicates(reports, tables, allow_duplicate)
+
+    has_ref = tables.has_ref
+    blocks: list[Columns] = []
+    problems: list[Problem] = []
+    for report in reports:
+        for cols in read_blocks(report.path, fmap):
+            if has_ref is None and cols.n:
+                has_ref = bool(cols.ref_len[0] >= 0)
+            ok, bad = validate(
+                cols,
+                file=report.path,
+                where_word="line" if format_of(report.path) == "jsonl" else "row",
+                vocab_size=facts.vocab_size,
+                eos_id=facts.eos_id,
+                max_new_tokens=facts.max_new_tokens,
+                has_ref=has_ref,
+            )
+            found = cols.pre_problems + bad
+            problems += found
+            report.skipped += len(found)
+            good = cols if ok.all() else cols.take(ok)
+            report.records += good.n
+            report.tokens += int(good.comp_len.sum())
+            if good.n:
+                blocks.append(good)
+    if problems and on_error == "fail":
+        raise GenerationsImportError(
+            f"{len(problems)} bad record(s); nothing imported (use --on-error skip to import "
+            f"the rest). First: {problems[0]}",
+            problems,
+        )
+    if stored != facts:
+        attrs = {**root.attrs.asdict(), FACTS_ATTR: facts.to_attrs()}
+        put_group_attributes(root, attrs, durable=True)
+    if not blocks:
+        return ImportReport(reports, problems, None, 0, 0, 0)
+    cols = _concat(blocks)
+    import_id, new_prompts = _commit(root, where, tables, cols, reports, bool(has_ref), facts)
+    return ImportReport(reports, problems, import_id, cols.n, int(cols.comp_len.sum()), new_prompts)
+
+
+def _agree_facts(
+    stored: Facts | None,
+    tables: Tables,
+    vocab_size: int | None,
+    eos_id: int | None,
+    max_new_tokens: int | None,
+    where: str,
+) -> Facts:
+    """The buffer's facts: the stored ones, which the arguments given must match once an
+    import is committed; a buffer with no import yet takes the arguments."""
+    for name, v, lo in (("vocab_size", vocab_size, 1), ("eos_id", eos_id, 0)):
+        if v is not None and (not isinstance(v, int) or v < lo):
+            raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if stored is not None and tables.records:
+        given = {"vocab_size": vocab_size, "eos_id": eos_id, "max_new_tokens": max_new_tokens}
+        for name, v in given.items():
+            if v is not None and v != getattr(stored, name):
+                raise GenerationsImportError(
+                    f"{where} stores {name}={getattr(stored, name)}, the import says {v}"
+                )
+        return stored
+    base = stored or Facts(0, -1, None)
+    vocab = vocab_size if vocab_size is not None else (base.vocab_size or None)
+    eos = eos_id if eos_id is not None else (base.eos_id if base.eos_id >= 0 else None)
+    if vocab is None or eos is None:
+        raise GenerationsImportError(
+            f"{where} is a new buffer: give its vocabulary size and end token "
+            "(--vocab-size V --eos-id E)"
+        )
+    if eos >= vocab:
+        raise GenerationsImportError(f"eos_id={eos} is outside the vocabulary [0, {vocab})")
+    limit = max_new_tokens if max_new_tokens is not None else base.max_new_tokens
+    return Facts(vocab, eos, limit)
+
+
+def _refuse_duplicates(reports: list[FileReport], tables: Tables, allow: bool) -> None:
+    if allow:
+        return
+    seen: dict[str, str] = {}
+    for rec in tables.records:
+        for f in rec["files"]:
+            seen.setdefault(f["sha256"], f"import {rec['id']} ({f.get('path', '?')})")
+    for r in reports:
+        if r.sha256 in seen:
+            raise GenerationsImportError(
+                f"{r.path} was already imported into this buffer by {seen[r.sha256]} "
+                "(same sha256); pass --allow-duplicate to import it again"
+            )
+        seen[r.sha256] = f"this import ({r.path})"
+
+
+def _concat(blocks: list[Columns]) -> Columns:
+    if len(blocks) == 1:
+        return blocks[0]
+    fields = {}
+    for f in dataclasses.fields(Columns):
+        if f.name in ("prompt_text", "pre_problems"):
+            continue
+        fields[f.name] = np.concatenate([getattr(b, f.name) for b in blocks])
+    return Columns(**fields)
+
+
+def _prompt_index(tables: Tables, cols: Columns) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(global prompt index [n], new prompts' tokens, their offsets [new + 1])``: identical
+    token lists share an index, with the buffer's earlier prompts too."""
+    known: dict[bytes, int] = {}
+    ptok, poff = tables.prompt_tokens, tables.prompt_offsets
+    for i in range(tables.num_prompts):
+        known.setdefault(ptok[poff[i] : poff[i + 1]].tobytes(), i)
+    offsets = np.concatenate([[0], np.cumsum(cols.prompt_len)])
+    keys = [cols.prompt_tok[a:b].tobytes() for a, b in zip(offsets[:-1], offsets[1:])]
+    first_new = tables.num_prompts
+    index = np.empty(cols.n, dtype=np.int64)
+    new_records: list[int] = []
+    for i, key in enumerate(keys):
+        j = known.get(key)
+        if j is None:
+            j = known[key] = first_new + len(new_records)
+            new_records.append(i)
+        index[i] = j
+    new = np.asarray(new_records, dtype=np.int64)
+    lens = cols.prompt_len[new]
+    toks = cols.prompt_tok[_ranges(offsets[new], lens)]
+    return index, toks, np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+
+
+def _ranges(begin: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    total = int(lengths.sum())
+    first = np.cumsum(lengths) - lengths
+    return np.repeat(begin - first, lengths) + np.arange(total)
+
+
+def token_rows(
+    cols: Columns,
+    prompt: np.ndarray,
+    completion0: int,
+    eos_id: int,
+    has_ref: bool,
+) -> tuple[TensorDict, dict[str, np.ndarray]]:
+    """The token rows ``[T]`` of ``cols`` (leaves of ``layout.LEAVES``) and the per-completion
+    arrays of the import (``layout.IMPORT_ARRAYS`` but the prompt table)."""
+    n, lens = cols.n, cols.comp_len
+    T = int(lens.sum())
+    owner = np.repeat(np.arange(n), lens)
+    first = np.cumsum(lens) - lens
+    position = np.arange(T) - first[owner]
+    last = np.zeros(T, dtype=bool)
+    last[first + lens - 1] = True
+    terminated = cols.comp_tok[first + lens - 1] == eos_id
+    log_reward = np.where(cols.has_reward, cols.reward, cols.log_reward).astype(np.float32)
+    group = np.where(cols.has_group, cols.group_id, prompt)
+    done_terminated = np.zeros(T, dtype=bool)
+    done_terminated[last] = terminated
+    leaves = {
+        "action": torch.from_numpy(cols.comp_tok.astype(np.int64)),
+        "sample_log_prob": torch.from_numpy(cols.logp.astype(np.float32)),
+        "position": torch.from_numpy(position.astype(np.int32)),
+        "completion": torch.from_numpy(owner + completion0),
+        "prompt": torch.from_numpy(prompt[owner]),
+        "group_id": torch.from_numpy(group[owner]),
+        "policy_version": torch.from_numpy(cols.policy_version[owner]),
+        "log_reward": torch.from_numpy(log_reward[owner]),
+        ("next", "done"): torch.from_numpy(last),
+        ("next", "terminated"): torch.from_numpy(done_terminated),
+        ("next", "truncated"): torch.from_numpy(last & ~done_terminated),
+        ("next", "reward"): torch.from_numpy(
+            np.where(last, log_reward[owner], 0.0).astype(np.float32)
+        ),
+    }
+    if has_ref:
+        leaves["ref_log_prob"] = torch.from_numpy(cols.ref.astype(np.float32))
+    per_completion = {
+        "completion_length": lens.astype(np.int64),
+        "completion_prompt": prompt,
+        "completion_group": group.astype(np.int64),
+        "completion_policy_version": cols.policy_version.astype(np.int64),
+        "completion_log_reward": log_reward,
+        "completion_terminated": terminated,
+    }
+    return TensorDict(leaves, batch_size=[T]), per_completion
+
+
+def _commit(
+    root,
+    where: str,
+    tables: Tables,
+    cols: Columns,
+    reports: list[FileReport],
+    has_ref: bool,
+    facts: Facts,
+) -> tuple[str, int]:
+    """Appends and commits the token rows, writes the import's arrays, then its record."""
+    prompt, ptok, poff = _prompt_index(tables, cols)
+    c0 = tables.num_completions
+    rows, per_completion = token_rows(cols, prompt, c0, facts.eos_id, has_ref)
+    path = token_path(where)
+    storage = (
+        ZarrStorage.open(path, mode="r+")
+        if (path / "zarr.json").is_file()
+        else ZarrStorage(None, path=path)
+    )
+    try:
+        r0 = len(storage)  # rows of a killed import (no record) stay, uncounted, before these
+        storage.set(torch.arange(r0, r0 + len(rows)), rows)
+        storage.flush()
+    finally:
+        storage.close()
+    import_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
+    imports = root.require_group(IMPORTS)
+    group = imports.create_group(import_id)
+    arrays = {"prompt_tokens": ptok, "prompt_offsets": poff, **per_completion}
+    for name, dtype in IMPORT_ARRAYS.items():
+        group.create_array(name, data=np.ascontiguousarray(arrays[name], dtype=dtype))
+    p0 = tables.num_prompts
+    record = {
+        "id": import_id,
+        "time": time.time(),
+        "files": [
+            {
+                "path": r.path,
+                "sha256": r.sha256,
+                "records": r.records,
+                "skipped": r.skipped,
+                "tokens": r.tokens,
+            }
+            for r in reports
+        ],
+        "rows": [r0, r0 + len(rows)],
+        "completions": [c0, c0 + cols.n],
+        "prompts": [p0, p0 + len(poff) - 1],
+        "has_ref": has_ref,
+    }
+    # the commit point (open_root opens local stores: the write happens here, atomic, fsynced)
+    put_group_attributes(group, {IMPORT_ATTR: record}, durable=True)
+    return import_id, len(poff) - 1

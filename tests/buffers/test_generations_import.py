@@ -1,0 +1,488 @@
+"""Importing logged generations: every bad input of issue 16 is reported with its file, line or
+row and field; ``fail`` commits nothing, ``skip`` imports the rest; round trips through each
+format and field map."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from zarrl.buffers.generations import (
+    GenerationsBuffer,
+    GenerationsImportError,
+    import_generations,
+)
+from zarrl.buffers.generations import importer as importer_module
+
+sys.path.insert(0, str(Path(__file__).parent))
+from generations_support import (  # noqa: E402
+    EOS,
+    MAX_NEW,
+    VOCAB,
+    expected,
+    make_records,
+    write_datasets,
+    write_jsonl,
+    write_parquet,
+)
+
+FACTS = {"vocab_size": VOCAB, "eos_id": EOS, "max_new_tokens": MAX_NEW}
+
+
+def _check_holds(buf: GenerationsBuffer, records: list[dict]) -> None:
+    """Every completion of ``buf`` equals its record (tokens exact, floats as float32)."""
+    want = expected(records)
+    assert buf.num_completions == len(records)
+    assert buf.num_prompts == len(want["prompts"])
+    batch = buf.completions(torch.arange(len(records)))
+    for i, r in enumerate(records):
+        n = len(r["completion_ids"])
+        assert batch["tokens", "response"][i, :n].tolist() == r["completion_ids"]
+        got = batch["log_probs", "behaviour"][i, :n]
+        assert torch.equal(got, torch.tensor(r["logprobs"], dtype=torch.float32))
+        if "ref_logprobs" in r:
+            ref = torch.tensor(r["ref_logprobs"], dtype=torch.float32)
+            assert torch.equal(batch["log_probs", "ref"][i, :n], ref)
+        prompt = batch["tokens", "prompt"][i][batch["masks", "prompt"][i]]
+        assert prompt.tolist() == r["prompt_ids"]
+    assert batch["prompt"].tolist() == want["prompt_index"]
+    assert torch.equal(batch["log_reward"], torch.tensor(want["log_reward"], dtype=torch.float32))
+    assert batch["group_id"].tolist() == want["group_id"]
+    assert batch["policy_version"].tolist() == want["policy_version"]
+    assert batch["terminated"].tolist() == want["terminated"]
+
+
+# ----------------------------------------------------------------- round trips
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "datasets"])
+def test_each_format_round_trips_exactly(tmp_path, fmt):
+    records = make_records(40, seed=1)
+    writer = {"jsonl": write_jsonl, "parquet": write_parquet, "datasets": write_datasets}[fmt]
+    src = writer(tmp_path / f"logs.{fmt}" if fmt != "datasets" else tmp_path / "ds", records)
+    report = import_generations([src], tmp_path / "buf", **FACTS)
+    assert (report.completions, report.skipped) == (40, 0)
+    assert report.tokens == sum(len(r["completion_ids"]) for r in records)
+    with GenerationsBuffer.open(tmp_path / "buf") as buf:
+        assert (buf.vocab_size, buf.eos_id, buf.max_new_tokens) == (VOCAB, EOS, MAX_NEW)
+        assert buf.has_ref
+        _check_holds(buf, records)
+
+
+def test_token_rows_follow_the_flat_layout(tmp_path):
+    records = make_records(12, seed=2)
+    import_generations([write_jsonl(tmp_path / "a.jsonl", records)], tmp_path / "buf", **FACTS)
+    group = zarr.open_group(str(tmp_path / "buf" / "tokens"), mode="r")  # plain zarr
+    lengths = [len(r["completion_ids"]) for r in records]
+    (imp,) = zarr.open_group(str(tmp_path / "buf" / "imports"), mode="r").groups()
+    r0, r1 = imp[1].attrs["zarrl_generations_import"]["rows"]
+    assert (r0, r1) == (0, sum(lengths))
+    rows = {key: group[key][r0:r1] for key in ("action", "completion", "position")}
+    rows |= {
+        f"next/{k}": group[f"next/{k}"][r0:r1]
+        for k in ("done", "terminated", "truncated", "reward")
+    }
+    owner = np.repeat(np.arange(12), lengths)
+    assert rows["action"].tolist() == sum((r["completion_ids"] for r in records), [])
+    assert rows["completion"].tolist() == owner.tolist()
+    first = np.cumsum(lengths) - lengths
+    assert rows["position"].tolist() == (np.arange(len(owner)) - first[owner]).tolist()
+    last = np.zeros(len(owner), dtype=bool)
+    last[first + np.array(lengths) - 1] = True
+    assert rows["next/done"].tolist() == last.tolist()
+    ends_eos = np.array([r["completion_ids"][-1] == EOS for r in records])
+    assert rows["next/terminated"][last].tolist() == ends_eos.tolist()
+    assert rows["next/truncated"][last].tolist() == (~ends_eos).tolist()
+    assert not rows["next/terminated"][~last].any()
+    want = expected(records)["log_reward"]
+    assert np.array_equal(rows["next/reward"][last], np.float32(want))
+    assert (rows["next/reward"][~last] == 0).all()
+    facts = zarr.open_group(str(tmp_path / "buf"), mode="r").attrs["zarrl_generations"]
+    assert (facts["vocab_size"], facts["eos_id"], facts["max_new_tokens"]) == (VOCAB, EOS, MAX_NEW)
+
+
+def test_second_import_appends_and_shares_known_prompts(tmp_path):
+    first, second = make_records(10, seed=3, ref=False), make_records(7, seed=3, ref=False)
+    import_generations([write_jsonl(tmp_path / "a.jsonl", first)], tmp_path / "buf", **FACTS)
+    second = [{**r, "logprobs": [x - 0.5 for x in r["logprobs"]]} for r in second]  # new file
+    report = import_generations([write_jsonl(tmp_path / "b.jsonl", second)], tmp_path / "buf")
+    assert report.new_prompts == 0  # the same prompt table: no new prompts
+    with GenerationsBuffer.open(tmp_path / "buf") as buf:
+        assert not buf.has_ref
+        _check_holds(buf, first + second)
+        assert [len(rec["files"]) for rec in buf.imports] == [1, 1]
+
+
+def test_trl_names_are_recognised_and_a_user_map_renames(tmp_path):
+    records = make_records(9, seed=4)
+    trl = [
+        {
+            "prompt_ids": r["prompt_ids"],
+            "completion_ids": r["completion_ids"],
+            "sampling_per_token_logps": r["logprobs"],
+            "ref_per_token_logps": r["ref_logprobs"],
+            "score": r.get("reward", r.get("log_reward")),
+        }
+        for r in records
+    ]
+    for fmt, writer in (("jsonl", write_jsonl), ("parquet", write_parquet)):
+        src = writer(tmp_path / f"trl.{fmt}", trl)
+        buf_path = tmp_path / f"buf-{fmt}"
+        import_generations([src], buf_path, **FACTS, field_map="score=reward")
+        want = [
+            {k: v for k, v in r.items() if k not in ("group_id", "policy_version", "log_reward")}
+            | {"reward": r.get("reward", r.get("log_reward"))}
+            for r in records
+        ]
+        with GenerationsBuffer.open(buf_path) as buf:
+            _check_holds(buf, want)
+
+
+def _chat_response(record: dict, as_token_strings: bool) -> dict:
+    content = [
+        {
+            "token": f"token_id:{t}" if as_token_strings else chr(97 + t),
+            "logprob": lp,
+            "bytes": [97 + t],
+            "top_logprobs": [],
+        }
+        for t, lp in zip(record["completion_ids"], record["logprobs"])
+    ]
+    choice = {"index": 0, "message": {"role": "assistant", "content": "..."}}
+    choice["logprobs"] = {"content": content}
+    choice["finish_reason"] = "stop"
+    if not as_token_strings:
+        choice["token_ids"] = record["completion_ids"]  # vLLM return_token_ids=True
+    return {"id": "chatcmpl-1", "object": "chat.completion", "choices": [choice]}
+
+
+def test_openai_and_vllm_responses_import_one_record_per_choice(tmp_path):
+    records = make_records(6, seed=5, ref=False)
+    lines = []
+    for i in range(0, 6, 2):  # two choices per response, the prompt ids on the response
+        a = _chat_response(records[i], as_token_strings=True)
+        b = _chat_response(records[i + 1], as_token_strings=False)
+        a["choices"].append(b["choices"][0])
+        a["prompt_token_ids"] = records[i]["prompt_ids"]
+        a["rewards"] = [records[i].get("reward", records[i].get("log_reward")),
+                        records[i + 1].get("reward", records[i + 1].get("log_reward"))]  # fmt: skip
+        lines.append(a)
+        records[i + 1] = {**records[i + 1], "prompt_ids": records[i]["prompt_ids"]}
+    legacy = {  # the completions API: logprobs.tokens / token_logprobs, prompt ids per choice
+        "object": "text_completion",
+        "choices": [
+            {
+                "text": "...",
+                "prompt_token_ids": [3, 4],
+                "logprobs": {"tokens": ["token_id:5", "token_id:0"], "token_logprobs": [-1, -0.5]},
+            }
+        ],
+        "log_reward": 0.25,
+    }
+    lines.append(legacy)
+    src = write_jsonl(tmp_path / "responses.jsonl", lines)
+    import_generations([src], tmp_path / "buf", **FACTS)
+    want = [
+        {k: v for k, v in r.items() if k not in ("group_id", "policy_version", "log_reward")}
+        | {"reward": r.get("reward", r.get("log_reward"))}
+        for r in records
+    ]
+    want.append({"prompt_ids": [3, 4], "completion_ids": [5, 0], "logprobs": [-1.0, -0.5],
+                 "log_reward": 0.25})  # fmt: skip
+    with GenerationsBuffer.open(tmp_path / "buf") as buf:
+        _check_holds(buf, want)
+
+
+def test_a_response_without_token_ids_is_reported(tmp_path):
+    resp = _chat_response(make_records(1, seed=6)[0], as_token_strings=False)
+    del resp["choices"][0]["token_ids"]
+    resp["prompt_token_ids"], resp["reward"] = [1], 0.0
+    src = write_jsonl(tmp_path / "r.jsonl", [resp])
+    with pytest.raises(GenerationsImportError) as err:
+        import_generations([src], tmp_path / "buf", **FACTS)
+    (problem,) = err.value.problems
+    assert (problem.where, problem.field) == ("line 1", "completion_ids")
+    assert "return_token_ids" in problem.message
+
+
+# ----------------------------------------------------------------- bad rows
+BAD_ROWS = {
+    "lengths disagree": (lambda r: r.update(logprobs=r["logprobs"][:-1]), "logprobs", "length"),
+    "ref lengths disagree": (
+        lambda r: r.update(ref_logprobs=r["ref_logprobs"] + [-1.0]),
+        "ref_logprobs",
+        "length",
+    ),
+    "id out of vocab": (
+        lambda r: r.update(completion_ids=[VOCAB] + r["completion_ids"][1:]),
+        "completion_ids",
+        "vocabulary",
+    ),
+    "negative prompt id": (lambda r: r.update(prompt_ids=[-1]), "prompt_ids", "vocabulary"),
+    "log-prob > 0": (
+        lambda r: r.update(logprobs=[0.5] + r["logprobs"][1:]),
+        "logprobs",
+        "> 0",
+    ),
+    "log-prob NaN": (
+        lambda r: r.update(logprobs=[math.nan] + r["logprobs"][1:]),
+        "logprobs",
+        "NaN",
+    ),
+    "ref log-prob inf": (
+        lambda r: r.update(ref_logprobs=[-math.inf] + r["ref_logprobs"][1:]),
+        "ref_logprobs",
+        "infinite",
+    ),
+    "reward inf": (
+        lambda r: (r.pop("log_reward", None), r.update(reward=math.inf)),
+        "reward",
+        "finite",
+    ),
+    "log_reward NaN": (
+        lambda r: (r.pop("reward", None), r.update(log_reward=math.nan)),
+        "log_reward",
+        "finite",
+    ),
+    "both rewards": (lambda r: r.update(reward=1.0, log_reward=0.0), "reward", "exactly one"),
+    "no reward": (
+        lambda r: (r.pop("reward", None), r.pop("log_reward", None)),
+        "reward",
+        "missing",
+    ),
+    "too long": (
+        lambda r: r.update(
+            completion_ids=[1] * (MAX_NEW + 1),
+            logprobs=[-1.0] * (MAX_NEW + 1),
+            ref_logprobs=[-1.0] * (MAX_NEW + 1),
+        ),
+        "completion_ids",
+        "length limit",
+    ),
+    "eos inside": (
+        lambda r: r.update(
+            completion_ids=[EOS, 1], logprobs=[-1.0, -1.0], ref_logprobs=[-1.0, -1.0]
+        ),
+        "completion_ids",
+        "end token",
+    ),
+    "empty completion": (
+        lambda r: r.update(completion_ids=[], logprobs=[], ref_logprobs=[]),
+        "completion_ids",
+        "empty",
+    ),
+    "ids not integers": (
+        lambda r: r.update(completion_ids=[1.5] * len(r["completion_ids"])),
+        "completion_ids",
+        "integers",
+    ),
+    "missing field": (lambda r: r.pop("logprobs"), "logprobs", "missing"),
+    "missing ref": (lambda r: r.pop("ref_logprobs"), "ref_logprobs", "missing"),
+}
+
+
+WHOLE_FILE = ("ids not integers", "missing field")
+"""In Parquet these are a column's type / a missing column: the whole file is refused (below)."""
+
+
+@pytest.mark.parametrize(
+    ("fmt", "case"),
+    [("jsonl", c) for c in sorted(BAD_ROWS)]
+    + [("parquet", c) for c in sorted(BAD_ROWS) if c not in WHOLE_FILE],
+)
+def test_a_bad_row_is_named_and_fail_commits_nothing(tmp_path, case, fmt):
+    records = make_records(8, seed=7)
+    spoil, field, words = BAD_ROWS[case]
+    spoil(records[5])
+    writer = write_jsonl if fmt == "jsonl" else write_parquet
+    src = writer(tmp_path / f"bad.{fmt}", records)
+    buf = tmp_path / "buf"
+    import_generations(
+        [write_jsonl(tmp_path / "good.jsonl", make_records(3, seed=8))], buf, **FACTS
+    )
+    with pytest.raises(GenerationsImportError) as err:
+        import_generations([src], buf)
+    (problem,) = err.value.problems
+    assert problem.file == str(src)
+    assert problem.where == ("line 6" if fmt == "jsonl" else "row 5")
+    assert problem.field == field
+    assert words in problem.message
+    with GenerationsBuffer.open(buf) as reader:
+        assert reader.num_completions == 3  # nothing of the failed import
+        assert len(reader.imports) == 1
+        assert len(reader.storage) == reader.num_tokens  # not even uncounted rows
+
+    report = import_generations([src], buf, on_error="skip")
+    assert (report.completions, report.skipped) == (7, 1)
+    assert report.problems[0].where == problem.where
+    assert report.files[0].records == 7
+    with GenerationsBuffer.open(buf) as reader:
+        del records[5]
+        _check_holds(reader, make_records(3, seed=8) + records)
+
+
+def test_truncated_and_malformed_jsonl_lines_are_named(tmp_path):
+    records = make_records(5, seed=9)
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    lines = text.splitlines(keepends=True)
+    lines[1] = '{"prompt_ids": [1], oops\n'
+    lines[2] = "[1, 2]\n"
+    src = tmp_path / "bad.jsonl"
+    src.write_text("".join(lines) + json.dumps(make_records(1, seed=10)[0])[:-7])  # cut short
+    with pytest.raises(GenerationsImportError) as err:
+        import_generations([src], tmp_path / "buf", **FACTS)
+    got = [(p.where, p.field, p.message.split(" (")[0]) for p in err.value.problems]
+    assert got == [
+        ("line 2", None, "is not valid JSON"),
+        ("line 3", None, "is not a JSON object"),
+        ("line 6", None, "is cut short"),
+    ]
+    assert not GenerationsBuffer_exists(tmp_path / "buf")
+    report = import_generations([src], tmp_path / "buf", **FACTS, on_error="skip")
+    assert (report.completions, report.skipped) == (3, 3)
+
+
+def GenerationsBuffer_exists(path: Path) -> bool:
+    try:
+        GenerationsBuffer.open(path).close()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def test_parquet_missing_column_and_wrong_type_are_named(tmp_path):
+    records = make_records(4, seed=11)
+    no_logprobs = write_parquet(
+        tmp_path / "a.parquet", [{k: v for k, v in r.items() if k != "logprobs"} for r in records]
+    )
+    with pytest.raises(
+        GenerationsImportError, match=r"a\.parquet: missing column\(s\) \['logprobs'\]"
+    ):
+        import_generations([no_logprobs], tmp_path / "buf", **FACTS)
+    as_text = write_parquet(
+        tmp_path / "b.parquet",
+        [{**r, "logprobs": [str(x) for x in r["logprobs"]]} for r in records],
+    )
+    with pytest.raises(
+        GenerationsImportError,
+        match=r"column 'logprobs' .*list<element: string>, expected a list of numbers",
+    ):
+        import_generations([as_text], tmp_path / "buf", **FACTS)
+    no_reward = write_parquet(
+        tmp_path / "c.parquet",
+        [{k: v for k, v in r.items() if k not in ("reward", "log_reward")} for r in records],
+    )
+    with pytest.raises(GenerationsImportError, match=r"reward \(or log_reward\)"):
+        import_generations([no_reward], tmp_path / "buf", **FACTS)
+    (tmp_path / "d.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(GenerationsImportError, match="not a readable Parquet file"):
+        import_generations([tmp_path / "d.parquet"], tmp_path / "buf", **FACTS)
+
+
+def test_parquet_null_entries_are_bad_rows(tmp_path):
+    records = make_records(6, seed=12)
+    records[2]["logprobs"] = [None] + records[2]["logprobs"][1:]
+    src = write_parquet(tmp_path / "n.parquet", records)
+    report = import_generations([src], tmp_path / "buf", **FACTS, on_error="skip")
+    assert [(p.where, p.field) for p in report.problems] == [("row 2", "logprobs")]
+    assert report.completions == 5
+
+
+def test_datasets_folder_with_wrong_types_or_splits_is_refused(tmp_path):
+    import datasets
+
+    records = make_records(4, seed=13)
+    bad = [{**r, "completion_ids": [str(t) for t in r["completion_ids"]]} for r in records]
+    src = write_datasets(tmp_path / "ds", bad)
+    with pytest.raises(GenerationsImportError) as err:
+        import_generations([src], tmp_path / "buf", **FACTS)
+    assert "column 'completion_ids'" in str(err.value) and "expected a list of integers" in str(
+        err.value
+    )
+    assert "datasets features" in str(err.value)
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(records)})
+    dd.save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(GenerationsImportError, match=r"DatasetDict with splits \['train'\]"):
+        import_generations([tmp_path / "dd"], tmp_path / "buf", **FACTS)
+
+
+# ----------------------------------------------------------------- buffer rules
+def test_importing_the_same_file_twice_is_refused_unless_allowed(tmp_path):
+    src = write_jsonl(tmp_path / "a.jsonl", make_records(5, seed=14))
+    import_generations([src], tmp_path / "buf", **FACTS)
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes(src.read_bytes())
+    with pytest.raises(
+        GenerationsImportError,
+        match=r"copy\.jsonl was already imported into this buffer by import .*a\.jsonl.*same sha256",
+    ):
+        import_generations([copy], tmp_path / "buf")
+    with pytest.raises(GenerationsImportError, match="by this import"):
+        import_generations([src, copy], tmp_path / "buf2", **FACTS)
+    report = import_generations([copy], tmp_path / "buf", allow_duplicate=True)
+    assert report.completions == 5
+    with GenerationsBuffer.open(tmp_path / "buf") as buf:
+        assert buf.num_completions == 10
+        assert buf.imports[0]["files"][0]["sha256"] == buf.imports[1]["files"][0]["sha256"]
+
+
+def test_buffer_facts_are_required_then_enforced(tmp_path):
+    src = write_jsonl(tmp_path / "a.jsonl", make_records(3, seed=15))
+    with pytest.raises(GenerationsImportError, match="--vocab-size V --eos-id E"):
+        import_generations([src], tmp_path / "buf")
+    import_generations([src], tmp_path / "buf", **FACTS)
+    other = write_jsonl(tmp_path / "b.jsonl", make_records(3, seed=16))
+    with pytest.raises(
+        GenerationsImportError, match=f"stores vocab_size={VOCAB}, the import says 50"
+    ):
+        import_generations([other], tmp_path / "buf", vocab_size=50)
+    no_ref = write_jsonl(tmp_path / "c.jsonl", make_records(3, seed=17, ref=False))
+    with pytest.raises(GenerationsImportError) as err:
+        import_generations([no_ref], tmp_path / "buf")
+    assert {p.field for p in err.value.problems} == {"ref_logprobs"}
+
+
+def test_a_killed_import_is_invisible_and_the_next_one_is_exact(tmp_path, monkeypatch):
+    """Killed after its token rows were committed, before its record: readers see nothing of
+    it, and the next import counts only its own rows."""
+    first = make_records(4, seed=18)
+    import_generations([write_jsonl(tmp_path / "a.jsonl", first)], tmp_path / "buf", **FACTS)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    real = importer_module.put_group_attributes
+    monkeypatch.setattr(importer_module, "put_group_attributes", killed)
+    with pytest.raises(KeyboardInterrupt):
+        import_generations(
+            [write_jsonl(tmp_path / "b.jsonl", make_records(5, seed=19))], tmp_path / "buf"
+        )
+    monkeypatch.setattr(importer_module, "put_group_attributes", real)
+    with GenerationsBuffer.open(tmp_path / "buf") as buf:
+        assert buf.num_completions == 4
+        assert buf.num_prompts == len(expected(first)["prompts"])
+        assert len(buf.storage) > buf.num_tokens  # the killed import's rows, uncounted
+        _check_holds(buf, first)
+    third = make_records(6, seed=20)
+    import_generations([write_jsonl(tmp_path / "b.jsonl", third)], tmp_path / "buf")
+    with GenerationsBuffer.open(tmp_path / "buf") as buf:
+        _check_holds(buf, first + third)
+
+
+def test_field_map_errors_name_the_entry():
+    from zarrl.buffers.generations import parse_field_map
+
+    assert parse_field_map("a=reward, trl") == {
+        "a": "reward",
+        "sampling_per_token_logps": "logprobs",
+        "ref_per_token_logps": "ref_logprobs",
+        "rewards": "reward",
+    }
+    with pytest.raises(ValueError, match="'oops' is not old=new"):
+        parse_field_map("oops")
+    with pytest.raises(ValueError, match=r"\['score'\] are not schema fields"):
+        parse_field_map("reward=score")
