@@ -73,6 +73,8 @@ class BufferConfig:
     cache: str | None = "ram"  # None | "ram" (full in-RAM mirror)
     flush_every_rows: int | None = None
     flush_every_seconds: float | None = 30.0
+    compress: bool = True  # Blosc-zstd chunks (false: raw chunks, faster writes of random floats)
+    chunk_rows: int | None = None  # rows per chunk (null: the storage's; sampler: train.batch_size)
 
 
 @dataclass
@@ -83,13 +85,14 @@ class CollectorConfig:
 
 @dataclass
 class TrainConfig:
-    mode: str = "online"  # online | offline | mixed
+    mode: str = "online"  # online | offline | mixed | sampler (zarrl.engine.sources registry)
     total_frames: int = 100_000  # environment steps (online / mixed)
     total_updates: int | None = None  # learner updates (required offline; optional cap otherwise)
     updates_per_frame: float = 0.1  # update-to-data ratio
     warmup_frames: int = 1_000  # no update before the buffer holds this many rows
-    batch_size: int = 64  # sub-trajectories per update
-    slice_len: int = 16  # steps per sub-trajectory (>= loss rollout)
+    batch_size: int = 64  # sub-trajectories per update (sampler: whole trajectories)
+    slice_len: int = 16  # steps per sub-trajectory (>= loss rollout; unused by the sampler)
+    replay_ratio: float = 0.0  # sampler: share of each batch re-drawn from stored trajectories
     checkpoint_every_updates: int = 2_000
     log_every_updates: int = 100
     stop_at_target: bool = False  # stop once eval.target_return is reached
@@ -102,13 +105,15 @@ class OptimConfig:
     lr_log_z: float = 1e-2
     adam_eps: float = 2e-4
     grad_clip: float | None = 10.0  # global grad-norm clip; None disables
+    fused: bool = False  # torch's fused Adam kernel (one kernel for all parameters)
 
 
 @dataclass
 class EvalConfig:
     episodes: int = 20  # 0 disables evaluation
     every_frames: int = 10_000  # online / mixed
-    every_updates: int = 2_000  # offline
+    every_updates: int = 2_000  # offline / sampler
+    at_start: bool = False  # also evaluate before the first update
     deterministic: bool = True
     target_return: float | None = None
 
@@ -155,7 +160,7 @@ _CHOICES = {
     "run.device": None,  # checked by check_device
     "model.activation": ("tanh", "relu", "elu"),
     "buffer.cache": (None, "ram"),
-    "train.mode": ("online", "offline", "mixed"),
+    "train.mode": ("online", "offline", "mixed", "sampler"),
     "log.backend": ("csv", "tensorboard"),
 }
 _POSITIVE = (
@@ -214,12 +219,33 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{key}: got {value!r}, expected a value >= 0")
     if config.buffer.max_size is not None and config.buffer.max_size <= 0:
         raise ConfigError(f"buffer.max_size: got {config.buffer.max_size!r}, expected > 0 or null")
+    if not 0.0 <= config.train.replay_ratio < 1.0:
+        raise ConfigError(
+            f"train.replay_ratio: got {config.train.replay_ratio!r}, expected 0 <= ratio < 1"
+        )
+    if config.buffer.chunk_rows is not None and config.buffer.chunk_rows <= 0:
+        raise ConfigError(
+            f"buffer.chunk_rows: got {config.buffer.chunk_rows!r}, expected a value > 0 or null"
+        )
     if config.optim.grad_clip is not None and config.optim.grad_clip <= 0:
         raise ConfigError(f"optim.grad_clip: got {config.optim.grad_clip!r}, expected > 0 or null")
     if any(h <= 0 for h in config.model.hidden):
         raise ConfigError(f"model.hidden: got {config.model.hidden!r}, expected positive widths")
     t = config.train
-    if config.buffer.max_size is not None and config.buffer.max_size < t.warmup_frames:
+    if (
+        t.mode == "sampler"
+        and config.buffer.max_size is not None
+        and (config.buffer.max_size < t.batch_size)
+    ):
+        raise ConfigError(
+            f"buffer.max_size: got {config.buffer.max_size}, expected >= train.batch_size "
+            f"({t.batch_size}): one update's trajectories must fit in the buffer"
+        )
+    if (
+        t.mode != "sampler"
+        and config.buffer.max_size is not None
+        and (config.buffer.max_size < t.warmup_frames)
+    ):
         raise ConfigError(
             f"buffer.max_size: got {config.buffer.max_size}, expected >= train.warmup_frames "
             f"({t.warmup_frames}): the buffer would never hold enough rows to start learning"
@@ -228,6 +254,10 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"train.total_updates: got {t.total_updates!r}, expected > 0 or null "
             "(a run of no update learns nothing)"
+        )
+    if t.mode == "sampler" and t.total_updates is None:
+        raise ConfigError(
+            "train.total_updates: got None, expected a number of updates in sampler mode"
         )
     if t.mode == "online" and t.updates_per_frame * (t.total_frames - t.warmup_frames) < 1:
         raise ConfigError(

@@ -24,6 +24,7 @@ from zarrl.engine.config import BufferConfig, ConfigError, EnvConfig
 __all__ = [
     "BufferPathError",
     "MissingDependencyError",
+    "DERIVED_LOSSES",
     "LOSSES",
     "NETWORK_ARGUMENTS",
     "WHOLE_TRAJECTORY_LOSSES",
@@ -46,6 +47,9 @@ LOSSES = {
     "sequence_trust_pcl": "SequenceTrustPCLLoss",
     "sequence_kl_reinforce": "SequenceKLReinforceLoss",
 }
+#: config name -> (the loss it is built from, the zarrl.algorithms function converting it): the
+#: section's keyword arguments are those of the base loss
+DERIVED_LOSSES = {"trust_pcl_from_rtb": ("rtb", "trust_pcl_from_rtb")}
 
 
 class BufferPathError(RuntimeError):
@@ -60,18 +64,22 @@ def canonical_loss_name(name: str) -> str:
     """``trust-pcl`` (the ``zarrl experiment`` spelling) and ``trust_pcl`` both give
     ``trust_pcl``; raises :class:`ConfigError` with a "did you mean" for an unknown name."""
     canonical = str(name).strip().lower().replace("-", "_")
-    if canonical in LOSSES:
+    names = [*LOSSES, *DERIVED_LOSSES]
+    if canonical in names:
         return canonical
-    close = difflib.get_close_matches(canonical, LOSSES, n=1)
+    close = difflib.get_close_matches(canonical, names, n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
-    raise ConfigError(f"loss.name: got {name!r}{hint}, expected one of {', '.join(LOSSES)}")
+    raise ConfigError(f"loss.name: got {name!r}{hint}, expected one of {', '.join(names)}")
 
 
 def loss_class(name: str) -> type[nn.Module]:
-    """The ``zarrl.algorithms`` class of the loss ``name`` (either spelling, see above)."""
+    """The ``zarrl.algorithms`` class of the loss ``name`` (either spelling, see above); for a
+    derived loss, the class of the loss it is built from."""
     import zarrl.algorithms as algorithms
 
-    return getattr(algorithms, LOSSES[canonical_loss_name(name)])
+    canonical = canonical_loss_name(name)
+    base = DERIVED_LOSSES[canonical][0] if canonical in DERIVED_LOSSES else canonical
+    return getattr(algorithms, LOSSES[base])
 
 
 def loss_arguments(cls: type) -> dict[str, inspect.Parameter]:
@@ -85,7 +93,7 @@ def loss_arguments(cls: type) -> dict[str, inspect.Parameter]:
 #: the networks a loss may name in its signature -> what the task is asked for
 NETWORK_ARGUMENTS = {"actor_network": "actor", "value_network": "value", "prior_network": "prior"}
 #: losses whose batches must hold whole trajectories (train.slice_len >= the longest episode)
-WHOLE_TRAJECTORY_LOSSES = frozenset({"rtb", "kl_reinforce"})
+WHOLE_TRAJECTORY_LOSSES = frozenset({"rtb", "kl_reinforce", "trust_pcl_from_rtb"})
 REFERENCES = ("lagged", "prior")
 
 
@@ -154,9 +162,15 @@ def build_loss(
             )
     section = _check_argument_types(cls, section)
     try:
-        return cls(**built, **section), reference
+        loss = cls(**built, **section)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"loss: {cls.__name__} rejected {section}: {err}") from err
+    derived = DERIVED_LOSSES.get(canonical_loss_name(name))
+    if derived is not None:
+        import zarrl.algorithms as algorithms
+
+        loss = getattr(algorithms, derived[1])(loss)
+    return loss, reference
 
 
 def _matches(value: Any, tp: Any) -> bool:
@@ -283,12 +297,27 @@ def _storage_kwargs(section: BufferConfig, writable: bool = True) -> dict[str, A
     return kwargs
 
 
+def _layout_kwargs(section: BufferConfig, chunk_rows: int | None) -> dict[str, Any]:
+    """Chunking and codecs of a new store (an existing store keeps its own)."""
+    kwargs: dict[str, Any] = {"chunk_rows": section.chunk_rows or chunk_rows}
+    if not section.compress:
+        kwargs["compressors"] = []
+    return kwargs
+
+
 TRAIN_APPEND_HINT = "train with --mixed to add to it, or choose another buffer.path"
 
 
-def create_storage(path: str | Path, *, config: BufferConfig, hint: str = TRAIN_APPEND_HINT):
+def create_storage(
+    path: str | Path,
+    *,
+    config: BufferConfig,
+    hint: str = TRAIN_APPEND_HINT,
+    chunk_rows: int | None = None,
+):
     """A new, empty ``ZarrStorage`` at ``path`` (CPU tensors); refuses to overwrite anything
-    (``hint``: how the caller's user appends to an existing store instead)."""
+    (``hint``: how the caller's user appends to an existing store instead). ``chunk_rows``: rows
+    per chunk where ``config.chunk_rows`` is null (``None``: the storage's default)."""
     from zarrl.buffers import ZarrStorage
 
     path = Path(path)
@@ -296,7 +325,13 @@ def create_storage(path: str | Path, *, config: BufferConfig, hint: str = TRAIN_
         raise BufferPathError(
             f"buffer path {str(path)!r} already exists; refusing to overwrite it ({hint})"
         )
-    return ZarrStorage(config.max_size, path=str(path), existsok=False, **_storage_kwargs(config))
+    return ZarrStorage(
+        config.max_size,
+        path=str(path),
+        existsok=False,
+        **_storage_kwargs(config),
+        **_layout_kwargs(config, chunk_rows),
+    )
 
 
 def open_storage(path: str | Path, *, mode: str, config: BufferConfig):

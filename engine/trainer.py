@@ -1,7 +1,9 @@
-"""The Trainer: collector -> Zarr replay buffer -> slice sampler -> loss -> optimizer, with
-evaluation, logging, checkpoints and exact resume.
+"""The Trainer, the one training loop of zarrl: data source -> Zarr replay buffer -> batch ->
+loss -> optimizer -> reference/target update, with evaluation, logging, checkpoints and exact
+resume.
 
-Read ``run()`` top to bottom: it is the whole training loop. Modes:
+Read ``run()`` top to bottom: it is the whole training loop. ``train.mode`` picks the data source
+(:mod:`zarrl.engine.sources`):
 
 - ``online``: a TorchRL ``Collector`` (CPU) writes into a ``ZarrStorage`` replay buffer; after every
   collected batch the learner performs ``updates_per_frame * frames`` updates (fractions carry over)
@@ -10,6 +12,9 @@ Read ``run()`` top to bottom: it is the whole training loop. Modes:
   performs ``train.total_updates`` updates (evaluation in an environment is optional).
 - ``mixed``: like online, but starting from the existing buffer at ``buffer.path`` (its rows are
   sampled from the first update on and new rows are appended to it).
+- ``sampler``: every update the task's sampler function draws ``train.batch_size`` whole
+  trajectories, which are written to the run's buffer and read back as the batch (plus
+  ``train.replay_ratio`` of older ones); ``train.total_updates`` updates.
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import nn
 from torchrl.collectors import Collector
-from torchrl.data import SliceSampler, TensorDictReplayBuffer
 from torchrl.record.loggers import CSVLogger, Logger
 from tqdm.auto import tqdm
 from zarrl.algorithms import TrustPCLLoss
@@ -46,14 +50,13 @@ from zarrl.engine.layout import RunLayout
 from zarrl.engine.optim import parameter_groups
 from zarrl.engine.policies import TRAJ_KEY, next_trajectory_id, uniform_policy_like
 from zarrl.engine.registry import (
-    WHOLE_TRAJECTORY_LOSSES,
     MissingDependencyError,
     build_loss,
-    canonical_loss_name,
     create_storage,
     open_storage,
 )
 from zarrl.engine.reporting import format_table, plot_learning_curve
+from zarrl.engine.sources import build_source
 from zarrl.engine.tasks import build_task
 
 __all__ = ["RunFolderError", "Trainer", "resolve_device"]
@@ -118,7 +121,7 @@ class Trainer:
 
     def _setup(self, config: Config, checkpoint: dict[str, Any] | None) -> None:
         """Builds environments, learner, buffer, logger and collector (see ``__init__``)."""
-        self.storage = self.collector = None
+        self.storage = self.collector = self.source = None
         self.device = resolve_device(config.run.device)
         if config.run.num_threads:
             torch.set_num_threads(config.run.num_threads)
@@ -142,8 +145,10 @@ class Trainer:
         self._new_episode_lengths: list[float] = []
         self.updates_to_target: int | None = None
         self.online = config.train.mode in ("online", "mixed")
+        self._evaluated_at: tuple[int, int] | None = None  # (frames, updates) of the last one
+        self._window: dict[str, list[float]] = {}  # sums and counts of update stats since a log
 
-        self.task = build_task(config.env, config.model)
+        self.task = build_task(config.env, config.model, seed=config.run.seed)
         if checkpoint is not None:
             extra = checkpoint["extra"]
             self.task.load_state_dict(extra.get("task", {"obs_norm": extra.get("obs_norm")}))
@@ -151,6 +156,9 @@ class Trainer:
         self._build_environments()
         self._build_learner()
         self._build_buffer(resuming=checkpoint is not None)
+        self.source = build_source(config.train.mode, self)
+        self.buffer = self.source.buffer
+        self._rows_seen = self._rows_written()
         if checkpoint is not None:
             self._load_state(checkpoint)
         if self.online:
@@ -158,13 +166,17 @@ class Trainer:
         self.layout.root.mkdir(parents=True, exist_ok=True)
         save_config(config, self.layout.config)
         self.logger = self._build_logger()
-        self.collector = self._build_collector() if self.online else None
+        if self.source.collects:
+            self.collector = self._build_collector()
+            self.source.attach(self.collector)
 
     def _discard(self, created: list[Path]) -> None:
         """Close what a failed start opened and remove the paths it created."""
-        collector = getattr(self, "collector", None)
-        if collector is not None:
-            collector.shutdown()
+        source = getattr(self, "source", None)
+        if source is not None:
+            source.close()
+        elif getattr(self, "collector", None) is not None:
+            self.collector.shutdown()
         close = getattr(getattr(self, "storage", None), "close", None)
         if close is not None:
             close()
@@ -208,18 +220,6 @@ class Trainer:
             cfg.loss, networks, task=f"the {cfg.env.task!r} task ({task.description})"
         )
         self.loss = loss.to(self.device)
-        loss_name = canonical_loss_name(cfg.loss["name"])
-        if loss_name in WHOLE_TRAJECTORY_LOSSES and cfg.train.slice_len < task.max_episode_steps:
-            raise ConfigError(
-                f"train.slice_len: got {cfg.train.slice_len}, expected >= the longest episode "
-                f"({task.max_episode_steps} steps): {loss_name} learns from whole trajectories"
-            )
-        rollout = getattr(self.loss, "rollout", None)
-        if isinstance(rollout, int) and cfg.train.slice_len < rollout:
-            raise ConfigError(
-                f"train.slice_len: got {cfg.train.slice_len}, expected >= loss.rollout ({rollout}): "
-                "a slice shorter than the rollout window never holds a whole window"
-            )
         # lagged reference policy / target values: theta~ <- kappa theta~ + (1 - kappa) theta
         make_updater = getattr(self.loss, "make_target_updater", None)
         self.target_updater = (
@@ -230,7 +230,9 @@ class Trainer:
             "value": cfg.optim.lr_value,
             "log_z": cfg.optim.lr_log_z,
         }
-        self.optimizer = torch.optim.Adam(parameter_groups(self.loss, lrs), eps=cfg.optim.adam_eps)
+        self.optimizer = torch.optim.Adam(
+            parameter_groups(self.loss, lrs), eps=cfg.optim.adam_eps, fused=cfg.optim.fused or None
+        )
         # the collector acts with its own CPU copy of the policy, synced after every update round
         self.collector_policy = task.build_actor()
         self._sync_collector_policy(initial=True)
@@ -251,18 +253,9 @@ class Trainer:
                     f"{str(path)!r}: the run would make no update"
                 )
         else:
-            self.storage = create_storage(path, config=cfg.buffer)
-        sampler = SliceSampler(
-            slice_len=cfg.train.slice_len,
-            traj_key=TRAJ_KEY,
-            strict_length=False,
-            pad_output=True,
-        )
-        self.buffer = TensorDictReplayBuffer(
-            storage=self.storage,
-            sampler=sampler,
-            batch_size=cfg.train.batch_size * cfg.train.slice_len,
-        )
+            # the sampler writes one update's trajectories at a time: by default one chunk each
+            sampled = cfg.train.batch_size if cfg.train.mode == "sampler" else None
+            self.storage = create_storage(path, config=cfg.buffer, chunk_rows=sampled)
 
     def _build_logger(self) -> Logger:
         cfg = self.config
@@ -327,9 +320,7 @@ class Trainer:
             self.collector.update_policy_weights_()
 
     def _sample(self) -> TensorDictBase:
-        batch = self.buffer.sample()
-        cfg = self.config.train
-        batch = batch.reshape(cfg.batch_size, cfg.slice_len)
+        batch = self.source.next_batch()
         if self.device.type == "cuda":  # page-locked host memory, asynchronous copy
             return batch.pin_memory().to(self.device, non_blocking=True)
         return batch.to(self.device)
@@ -350,6 +341,10 @@ class Trainer:
         if self.target_updater is not None:
             self.target_updater.step()
         self.counters["updates"] += 1
+        rows = self._rows_written()
+        if not self.online:  # rows a sampler wrote in this update (a collector's are counted apart)
+            self.counters["frames"] += rows - self._rows_seen
+        self._rows_seen = rows
         stats = {
             k: float(v.detach().float())
             for k, v in out.items()
@@ -357,6 +352,11 @@ class Trainer:
         }
         stats["loss"] = float(loss.detach())
         stats["grad_norm"] = grad_norm
+        for key, value in stats.items():  # logged as means over the updates since the last log
+            total = self._window.setdefault(key, [0.0, 0])
+            if math.isfinite(value):
+                total[0] += value
+                total[1] += 1
         return stats
 
     def _update_lambda(self, returns: list[float], lengths: list[float]) -> None:
@@ -384,9 +384,9 @@ class Trainer:
         )
 
     def _maybe_evaluate(self, force: bool = False) -> float | None:
+        """Evaluate when due (or ``force``): the task's metrics always, returns of evaluation
+        episodes where ``eval.episodes`` > 0; returns their mean (``None`` without episodes)."""
         cfg = self.config.eval
-        if self.eval_env is None or cfg.episodes == 0:
-            return None
         if self.online:
             due = self.counters["frames"] - self._last_eval_frames >= cfg.every_frames
         else:
@@ -395,16 +395,21 @@ class Trainer:
             return None
         self._last_eval_frames = self.counters["frames"]
         self._last_eval_updates = self.counters["updates"]
-        returns = self.evaluate()
-        mean = float(returns.mean())
+        self._evaluated_at = (self.counters["frames"], self.counters["updates"])
         step = self.counters["frames"] if self.online else self.counters["updates"]
-        self.logger.log_scalar("eval/return_mean", mean, step=step)
-        if returns.numel() > 1:
-            self.logger.log_scalar("eval/return_std", float(returns.std()), step=step)
-        self.eval_history.append((self.counters["frames"], self.counters["updates"], mean))
+        mean = None
+        if self.eval_env is not None:
+            returns = self.evaluate()
+            mean = float(returns.mean())
+            self.logger.log_scalar("eval/return_mean", mean, step=step)
+            if returns.numel() > 1:
+                self.logger.log_scalar("eval/return_std", float(returns.std()), step=step)
+            self.eval_history.append((self.counters["frames"], self.counters["updates"], mean))
         self.task_metrics = self.task.metrics(self.actor, self.loss, reference=self.reference)
         for key, value in self.task_metrics.items():
             self.logger.log_scalar(f"eval/{key}", value, step=step)
+        if mean is None:
+            return None
         target = cfg.target_return
         if target is not None and mean >= target and self.frames_to_target is None:
             self.frames_to_target = self.counters["frames"]
@@ -435,13 +440,14 @@ class Trainer:
                 "time_to_target": getattr(self, "time_to_target", None),
                 "buffer_rows": len(self.storage),
                 "task": self.task.state_dict(),
+                "source": self.source.state_dict(),
                 "buffer_path": str(self.buffer_path),
             },
         }
 
     def save(self, final: bool = False) -> Path:
         """Flush the buffer (durable first), then write the checkpoint atomically."""
-        if self.online:
+        if self.config.train.mode != "offline":  # the only mode that opens the buffer read-only
             self.storage.flush()
         state = self.state_dict()
         path = save_checkpoint(self.layout.last_checkpoint, state)
@@ -462,6 +468,7 @@ class Trainer:
         self.updates_to_target = extra.get("updates_to_target")
         if extra["time_to_target"] is not None:
             self.time_to_target = extra["time_to_target"]
+        self.source.load_state_dict(extra.get("source", {}))
         if self.online:
             # rows committed after the checkpoint (before a crash) are kept: count them as
             # collected so that the buffer length and the frame counter stay consistent.
@@ -494,6 +501,7 @@ class Trainer:
         """Train until the configured budget is spent; returns the summary figures."""
         cfg = self.config
         self._t0 = time.monotonic()
+        self._rows_seen = self._rows_written()
         self._last_eval_frames = self.counters["frames"]
         self._last_eval_updates = self.counters["updates"]
         self._last_ckpt_updates = self.counters["updates"]
@@ -508,21 +516,21 @@ class Trainer:
             unit="frames" if self.online else "updates",
             dynamic_ncols=True,
         )
-        iterator = iter(self.collector) if self.collector is not None else None
         collect_time = learn_time = 0.0
         frames_in_window = updates_in_window = 0
         try:
+            if cfg.eval.at_start and self.counters["updates"] == 0:
+                self._maybe_evaluate(force=True)
             while not self._done():
                 # 1. collect one batch into the replay buffer (online / mixed)
-                if iterator is not None:
-                    rows_before = self._rows_written()
+                if self.source.collects:
                     self._acting.random = self.counters["frames"] < cfg.collector.init_random_frames
                     t = time.perf_counter()
-                    next(iterator)
+                    new = self.source.collect()
+                    self._rows_seen = self._rows_written()
                     elapsed = time.perf_counter() - t
                     collect_time += elapsed
                     self.counters["collect_seconds"] += elapsed
-                    new = self._rows_written() - rows_before
                     self.counters["frames"] += new
                     self.counters["batches"] += 1
                     frames_in_window += new
@@ -544,8 +552,9 @@ class Trainer:
                         cfg.train.log_every_updates,
                         (cfg.train.total_updates or 0) - self.counters["updates"],
                     )
-                # 2. learn
-                if len(self.storage) >= cfg.train.warmup_frames and n_updates > 0:
+                # 2. learn (a sampler writes the rows of each update itself: no warm-up)
+                warm = cfg.train.mode == "sampler" or len(self.storage) >= cfg.train.warmup_frames
+                if warm and n_updates > 0:
                     t = time.perf_counter()
                     for _ in range(n_updates):
                         stats = self.update()
@@ -563,9 +572,7 @@ class Trainer:
                     not self.online
                 ):
                     last_log_updates = self.counters["updates"]
-                    self._log_stats(
-                        stats, frames_in_window, collect_time, updates_in_window, learn_time
-                    )
+                    self._log_stats(frames_in_window, collect_time, updates_in_window, learn_time)
                     frames_in_window = updates_in_window = 0
                     collect_time = learn_time = 0.0
                 postfix = {"upd": self.counters["updates"]}
@@ -584,30 +591,29 @@ class Trainer:
                 ):
                     self._last_ckpt_updates = self.counters["updates"]
                     self.save()
-            self._maybe_evaluate(force=not self.eval_history or self._eval_is_stale())
+            self._maybe_evaluate(force=self._eval_is_stale())
             self.save(final=True)
         finally:
             bar.close()
-            if self.collector is not None:
-                self.collector.shutdown()
+            self.source.close()
         return self._finish()
 
     def _eval_is_stale(self) -> bool:
-        last = self.eval_history[-1]
-        return (last[0], last[1]) != (self.counters["frames"], self.counters["updates"])
+        """Whether the policy changed since the last evaluation (or none was made)."""
+        return self._evaluated_at != (self.counters["frames"], self.counters["updates"])
 
     def _log_stats(
         self,
-        stats: dict[str, float],
         frames: int,
         collect_time: float,
         updates: int,
         learn_time: float,
     ) -> None:
         step = self.counters["frames"] if self.online else self.counters["updates"]
-        for key, value in stats.items():
-            if math.isfinite(value):
-                self.logger.log_scalar(f"train/{key}", value, step=step)
+        for key, (total, count) in self._window.items():
+            if count:
+                self.logger.log_scalar(f"train/{key}", total / count, step=step)
+        self._window.clear()
         if collect_time > 0:
             self.logger.log_scalar("perf/frames_per_s", frames / collect_time, step=step)
         if learn_time > 0:
@@ -630,6 +636,7 @@ class Trainer:
                 self.counters["frames"], self.counters["collect_seconds"]
             ),
             "updates/s (learning)": _rate(self.counters["updates"], self.counters["learn_seconds"]),
+            "learn time (s)": round(self.counters["learn_seconds"], 2),
             "final eval return": last_eval,
             "best eval return": best_eval,
             "steps to target": self.frames_to_target,
@@ -642,7 +649,7 @@ class Trainer:
     def _finish(self) -> dict[str, Any]:
         self.counters["wall_time"] += time.monotonic() - self._t0
         self._t0 = time.monotonic()
-        if not self.eval_history or self._eval_is_stale():  # else the last evaluation's are current
+        if self._eval_is_stale():  # else the last evaluation's are current
             self.task_metrics = self.task.metrics(self.actor, self.loss, reference=self.reference)
         summary = self.summary()
         self.layout.summary.write_text(json.dumps(summary, indent=2))
@@ -659,8 +666,7 @@ class Trainer:
         return summary
 
     def close(self) -> None:
-        if self.collector is not None:
-            self.collector.shutdown()
+        self.source.close()
         close = getattr(self.storage, "close", None)
         if close is not None:
             close()

@@ -69,22 +69,25 @@ class Task(Protocol):
 
 @runtime_checkable
 class StoredDataTask(Protocol):
-    """A task that learns offline from a stored dataset of its own kind (not from environment
-    steps): the Trainer asks it for the data source instead of building a slice sampler.
+    """A task that learns offline from a stored dataset of its own kind (not environment steps):
+    ``train.mode: offline`` asks it for the storage and the data source instead of opening a
+    ``ZarrStorage`` of steps for TorchRL's slice sampler."""
 
-    The source has ``sample() -> TensorDict`` (one training batch), ``len()`` and ``write_count``
-    (rows held), ``state_dict()`` / ``load_state_dict()`` (its sampling state, for exact resume),
-    ``flush()`` and ``close()``.
-    """
+    def attach_buffer(self, path: str | Path) -> Any:
+        """Open the dataset at ``path`` (``buffer.path``) before the networks are built (its
+        facts size them); returns the run's storage (``len()``, ``close()``)."""
+        ...
 
-    def open_data(self, path: str | Path, *, batch_size: int, seed: int) -> Any:
-        """The data source of ``path`` (``buffer.path``), drawing ``batch_size`` items a batch."""
+    def data_source(self, *, batch_size: int, seed: int) -> Any:
+        """The :class:`zarrl.engine.sources.DataSource` drawing ``batch_size`` items a batch."""
         ...
 
 
-TaskFactory = Callable[[EnvConfig, ModelConfig], Task]
+#: ``(env section, model section, *, seed) -> Task``; ``seed`` is the run's ``run.seed`` (for the
+#: task's own random streams, e.g. a fixed evaluation sample)
+TaskFactory = Callable[..., Task]
 
-#: ``env.task`` name -> factory ``(env section, model section) -> Task``.
+#: ``env.task`` name -> factory ``(env section, model section, *, seed) -> Task``.
 TASKS: dict[str, TaskFactory] = {}
 
 
@@ -100,14 +103,15 @@ def register_task(name: str) -> Callable[[TaskFactory], TaskFactory]:
     return add
 
 
-def build_task(env: EnvConfig, model: ModelConfig) -> Task:
-    """The task named by ``env.task``, built from the ``env`` and ``model`` sections."""
+def build_task(env: EnvConfig, model: ModelConfig, *, seed: int = 0) -> Task:
+    """The task named by ``env.task``, built from the ``env`` and ``model`` sections for a run
+    seeded with ``seed``."""
     factory = TASKS.get(env.task)
     if factory is None:
         close = difflib.get_close_matches(env.task, TASKS, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ConfigError(f"env.task: got {env.task!r}{hint}, expected one of {', '.join(TASKS)}")
-    return factory(env, model)
+    return factory(env, model, seed=seed)
 
 
 def task_options(task: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict:

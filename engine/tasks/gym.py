@@ -25,7 +25,7 @@ class GymTask:
 
     provides: frozenset[str] = frozenset()
 
-    def __init__(self, env: EnvConfig, model: ModelConfig) -> None:
+    def __init__(self, env: EnvConfig, model: ModelConfig, *, seed: int = 0) -> None:
         if env.options:
             raise ConfigError(
                 f"env.options: got {dict(env.options)!r}, expected none for the 'gym' task "

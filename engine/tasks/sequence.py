@@ -80,7 +80,7 @@ class SequenceTask:
 
     provides: frozenset[str] = frozenset({"prior"})
 
-    def __init__(self, env: EnvConfig, model: ModelConfig) -> None:
+    def __init__(self, env: EnvConfig, model: ModelConfig, *, seed: int = 0) -> None:
         opts = task_options("sequence", env.options, DEFAULTS)
         self.options = opts
         self.num_envs = env.num_envs

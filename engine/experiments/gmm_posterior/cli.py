@@ -10,7 +10,12 @@ import argparse
 from pathlib import Path
 
 from zarrl.engine.config import ConfigError
-from zarrl.engine.experiments.gmm_posterior.config import METHODS
+from zarrl.engine.experiments.gmm_posterior.config import (
+    GUIDANCE,
+    METHODS,
+    canonical_method,
+    load_sweep,
+)
 
 __all__ = ["add_experiment_parser", "main_experiment"]
 
@@ -27,12 +32,17 @@ def add_experiment_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("experiment", help="run a reproducible experiment (gmm-posterior)")
     p.add_argument("name", choices=["gmm-posterior"], help="which experiment")
     p.add_argument("overrides", nargs="*", help="dotted overrides for every method's config")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated method names")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument(
+        "--methods",
+        help=f"comma-separated method names (default: sweep.yaml's, {','.join(METHODS)})",
+    )
+    p.add_argument("--seeds", help="comma-separated seeds (default: sweep.yaml's, 0,1,2)")
     p.add_argument("--updates", type=int, help="updates per run (default: the configs', 5000)")
     p.add_argument("--batch-size", type=int, help="trajectories per update (default 500)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--run-dir", default="runs/gmm-posterior", help="experiment folder")
+    p.add_argument(
+        "--run-dir", help="experiment folder (default: sweep.yaml's, runs/gmm-posterior)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
         "--report-only",
@@ -50,25 +60,25 @@ def main_experiment(args: argparse.Namespace) -> int:
         write_report,
     )
     from zarrl.engine.experiments.gmm_posterior.reporting import format_results_markdown
-    from zarrl.engine.experiments.gmm_posterior.runner import resolve_device
-    from zarrl.envs.gmm_posterior import load_prior
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    sweep = load_sweep()
+    methods = sweep.methods
+    if args.methods is not None:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    seeds = sweep.seeds if args.seeds is None else _int_list(args.seeds)
+    run_dir = Path(sweep.dir if args.run_dir is None else args.run_dir)
     if args.report_only:
-        config = next(
-            iter(method_configs(methods[:1], args.overrides, run_dir=args.run_dir).values())
-        )
-        root = Path(args.run_dir)
-        if not root.is_dir():
-            raise ConfigError(f"--run-dir: got {str(root)!r}, which does not exist")
-        prior_net = load_prior(config.prior, device=resolve_device(args.device or "cpu"))
-        result = write_report(root, config, prior_net)
+        trained = [m for m in methods if canonical_method(m) != GUIDANCE] or [sweep.guidance.config]
+        config = next(iter(method_configs(trained[:1], args.overrides, root=run_dir).values()))
+        if not run_dir.is_dir():
+            raise ConfigError(f"--run-dir: got {str(run_dir)!r}, which does not exist")
+        result = write_report(run_dir, config)
     else:
         result = run_experiment(
             methods,
-            _int_list(args.seeds),
+            seeds,
             args.overrides,
-            run_dir=args.run_dir,
+            run_dir=run_dir,
             updates=args.updates,
             batch_size=args.batch_size,
             device=args.device,

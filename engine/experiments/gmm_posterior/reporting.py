@@ -19,6 +19,7 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from zarrl.engine.reporting import read_scalar
 from zarrl.envs.gmm_posterior import GRID_MEANS, TARGET_MEANS
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "plot_learning_curves",
     "plot_sample_panels",
     "read_curve",
+    "scalars_folder",
     "sample_panels_figure",
     "write_results",
 ]
@@ -112,16 +114,30 @@ def write_results(rows: Sequence[Mapping[str, Any]], folder: str | Path) -> tupl
     return md, csv_path
 
 
-def read_curve(path: str | Path) -> dict[str, list[float]]:
-    """``curve.csv`` -> ``{column: values}`` (floats; empty when the file is missing)."""
-    path = Path(path)
-    if not path.is_file():
+def scalars_folder(run: str | Path) -> Path | None:
+    """The Trainer's scalar CSV folder of the run folder ``run`` (``logs/<run.name>/scalars``),
+    or ``None`` when it has logged nothing yet."""
+    found = sorted(Path(run).glob("logs/*/scalars"))
+    return found[0] if found else None
+
+
+def read_curve(run: str | Path) -> dict[str, list[float]]:
+    """The learning curve of the run folder ``run`` from the Trainer's scalar CSVs:
+    ``{"update": steps of the evaluations, <metric>: the task metrics logged there (eval/*),
+    "loss": the mean training loss of the interval ending there (NaN where none)}``; empty when
+    nothing was evaluated yet."""
+    folder = scalars_folder(run)
+    if folder is None:
         return {}
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
+    updates, _ = read_scalar(folder, "eval/tv")
+    if not updates:
         return {}
-    return {k: [float(r[k]) if r[k] not in ("", None) else math.nan for r in rows] for k in rows[0]}
+    curve: dict[str, list[float]] = {"update": updates}
+    names = sorted(f"eval/{p.stem}" for p in (folder / "eval").glob("*.csv")) + ["train/loss"]
+    for name in names:
+        by_step = dict(zip(*read_scalar(folder, name), strict=True))
+        curve[name.split("/", 1)[1]] = [by_step.get(u, math.nan) for u in updates]
+    return curve
 
 
 #: Colour, line style and drawing order of each method in every figure. RTB is a wide translucent
@@ -382,7 +398,7 @@ def plot_learning_curves(
     band: str = "minmax",
     pair: tuple[str, str] = ("rtb", "trust-pcl-equivalent"),
 ) -> Path:
-    """Learning curves ``{method: [curve per seed]}`` (columns of ``curve.csv``) against updates
+    """Learning curves ``{method: [curve per seed]}`` (:func:`read_curve`) against updates
     into the PNG ``path``: loss, learned log Z, TV, wrong-mode mass, ELBO, W₂, one colour per
     method, mean over seeds with a ``band`` (``"minmax"`` or ``"std"``) over seeds, and the
     ``pair[0] − pair[1]`` difference under each metric (see :func:`learning_curves_figure`)."""
