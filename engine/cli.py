@@ -122,6 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     from zarrl.engine.importing import add_import_parser
 
     add_import_parser(sub)
+    from zarrl.engine.generations_commands import add_sample_score_parsers
+
+    add_sample_score_parsers(sub)
     return parser
 
 

@@ -18,7 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 from zarrl.engine.config import ConfigError, EnvConfig, ModelConfig
-from zarrl.engine.generations_data import GenerationsDataSource
+from zarrl.engine.generations_data import (
+    GenerationsDataSource,
+    buffer_facts,
+    open_generations_buffer,
+)
 from zarrl.engine.tasks.base import register_task, task_options
 from zarrl.envs.generations import CausalTransformerPolicy
 
@@ -63,7 +67,7 @@ class GenerationsTask:
     (``table`` | ``head``), ``group_size`` (0), ``init_run`` (""), ``reference_run`` ("").
     ``env.name`` is a display name; the ``model`` section is unused."""
 
-    def __init__(self, env: EnvConfig, model: ModelConfig) -> None:
+    def __init__(self, env: EnvConfig, model: ModelConfig, *, seed: int = 0) -> None:
         opts = task_options("generations", env.options, DEFAULTS)
         if opts["log_z"] not in ("table", "head"):
             raise ConfigError(f"env.options.log_z: got {opts['log_z']!r}, expected table or head")
@@ -74,6 +78,7 @@ class GenerationsTask:
                 raise ConfigError(f"env.options.{key}: run folder {opts[key]!r} does not exist")
         self.options, self.name = opts, env.name
         self.facts: dict[str, int] = {}
+        self.generations = None
         self.provides = frozenset({"prior"}) if opts["reference_run"] else frozenset()
 
     # -- what the learner asks
@@ -91,23 +96,31 @@ class GenerationsTask:
     def max_episode_steps(self) -> int:
         return int(self.facts.get("max_new_tokens", 1))
 
-    def open_data(self, path: str | Path, *, batch_size: int, seed: int) -> GenerationsDataSource:
-        """The run's data source; the buffer's facts size the policy (a resumed run's must match
-        the checkpoint's)."""
-        group = self.options["group_size"] or None
-        data = GenerationsDataSource(path, batch_size=batch_size, seed=seed, group_size=group)
-        facts = data.facts()
+    def attach_buffer(self, path: str | Path):
+        """Open the generations buffer at ``path``; its facts size the policy (a resumed run's
+        must match the checkpoint's). Returns its token storage."""
+        generations = open_generations_buffer(path)
+        facts = buffer_facts(generations)
         if self.facts:
             changed = [k for k in FACTS if k != "max_prompt_len" and facts[k] != self.facts[k]]
             if changed:
-                data.close()
+                generations.close()
                 raise ConfigError(
-                    f"buffer.path: {str(path)!r} has {', '.join(f'{k}={facts[k]}' for k in changed)}"
-                    f", but the run was trained with "
-                    f"{', '.join(f'{k}={self.facts[k]}' for k in changed)}"
+                    f"buffer.path: {str(path)!r} has "
+                    f"{', '.join(f'{k}={facts[k]}' for k in changed)}, but the run was trained "
+                    f"with {', '.join(f'{k}={self.facts[k]}' for k in changed)}"
                 )
-        self.facts = {**facts, **self.facts} if self.facts else facts
-        return data
+        else:
+            self.facts = facts
+        self.generations = generations
+        return generations.storage
+
+    def data_source(self, *, batch_size: int, seed: int) -> GenerationsDataSource:
+        """Whole completions of the attached buffer, ``batch_size`` a batch."""
+        group = self.options["group_size"] or None
+        return GenerationsDataSource(
+            self.generations, batch_size=batch_size, seed=seed, group_size=group
+        )
 
     def make_env(self, *, seed: int, num_envs: int | None = None) -> None:
         """No environment: this task learns from a stored buffer only."""

@@ -80,7 +80,10 @@ class RandomAutoregressivePrior:
     def log_prob_table(self) -> Tensor:
         """log prior(y | prompt) ``[P, N]`` (float64) of every completion ``self.completions``."""
         return torch.tensor(
-            [[sum(self.token_log_probs(p, c)) for c in self.completions] for p in range(self.num_prompts)],
+            [
+                [sum(self.token_log_probs(p, c)) for c in self.completions]
+                for p in range(self.num_prompts)
+            ],
             dtype=torch.float64,
         )
 
@@ -142,10 +145,14 @@ class RandomAutoregressivePrior:
     def total_variation(self, records: list[dict], key: str, beta: float) -> list[float]:
         """Per prompt, TV between exp(record[key]) over the enumerated completions and the
         target; every completion of every prompt must appear once in ``records``."""
-        learned = torch.full((self.num_prompts, len(self.completions)), math.nan, dtype=torch.float64)
+        learned = torch.full(
+            (self.num_prompts, len(self.completions)), math.nan, dtype=torch.float64
+        )
         by_prompt = {tuple(ids): p for p, ids in enumerate(self.prompt_ids)}
         for r in records:
-            learned[by_prompt[tuple(r["prompt_ids"])], self.index[tuple(r["completion_ids"])]] = r[key]
+            learned[by_prompt[tuple(r["prompt_ids"])], self.index[tuple(r["completion_ids"])]] = r[
+                key
+            ]
         if torch.isnan(learned).any():
             raise ValueError("records do not cover every completion of every prompt")
         return (0.5 * (learned.exp() - self.target(beta)).abs().sum(-1)).tolist()

@@ -66,7 +66,7 @@ class CausalTransformerPolicy(AutoregressivePolicy):
         B, Lp = prompt_tokens.shape
         L = response_tokens.shape[1]
         S = 1 + Lp + L
-        if S > self.max_positions:
+        if self.max_positions < S:
             raise ValueError(
                 f"1 + prompt ({Lp}) + completion ({L}) = {S} tokens exceed the policy's "
                 f"max_positions ({self.max_positions})"
