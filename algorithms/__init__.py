@@ -14,6 +14,7 @@ from zarrl.algorithms.rtb import RTBLoss
 from zarrl.algorithms.scoring import BatchedLogProb
 from zarrl.algorithms.sequence_losses import (
     SequenceKLReinforceLoss,
+    SequenceMLELoss,
     SequenceRTBLoss,
     SequenceTrustPCLLoss,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "SequenceRTBLoss",
     "SequenceTrustPCLLoss",
     "SequenceKLReinforceLoss",
+    "SequenceMLELoss",
     "sequence_trust_pcl_from_rtb",
     "sequence_rtb_from_trust_pcl",
 ]

@@ -12,6 +12,7 @@ for the batch layout and the policy interface.
 - :class:`SequenceKLReinforceLoss`: off-policy REINFORCE for E[log_reward] − (1/β)·KL(π‖π_ref)
   with token- or sequence-level importance weights (truncated or masked) and their effective
   sample size.
+- :class:`SequenceMLELoss`: maximum likelihood of the stored completions (pre-training a prior).
 
 RTB and Trust-PCL are squared consistency residuals, zero on every completion at the optimum,
 whichever policy sampled it: they need no importance weights (the behaviour log-probs are only a
@@ -38,7 +39,12 @@ from zarrl.algorithms._common import (
 from zarrl.algorithms.path_consistency import path_consistency
 from zarrl.algorithms.sequence_scoring import SequenceHeads, SequencePolicy
 
-__all__ = ["SequenceKLReinforceLoss", "SequenceRTBLoss", "SequenceTrustPCLLoss"]
+__all__ = [
+    "SequenceKLReinforceLoss",
+    "SequenceMLELoss",
+    "SequenceRTBLoss",
+    "SequenceTrustPCLLoss",
+]
 
 Reduction = Literal["mean", "sum", "none"]
 
@@ -481,6 +487,43 @@ class SequenceKLReinforceLoss(_SequenceLoss):
                 "ess": 1.0 / normalized.pow(2).sum(),
                 "is_weight_mean": w_tok.sum() / mask.sum().clamp(min=1),
                 "is_clipped_fraction": changed.sum().to(dtype) / mask.sum().clamp(min=1),
+            },
+            batch_size=[],
+        )
+
+
+class SequenceMLELoss(_SequenceLoss):
+    """Maximum likelihood of the stored completions (supervised fine-tuning, or pre-training a
+    prior on text): the mean over completions of −Σ_t log π(y_t|x, y_<t). Rewards, reference
+    and behaviour log-probs are not read.
+
+    Args:
+        actor_network: the trained policy (:class:`SequencePolicy`).
+        reduction: ``"mean"`` (over completions, weighted by ``priority_weight``), ``"sum"`` or
+            ``"none"`` (``[B]``).
+    """
+
+    def __init__(self, actor_network: nn.Module, *, reduction: Reduction = "mean") -> None:
+        super().__init__(actor_network, None, 1.0, reduction, False)
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        k = self.tensor_keys
+        return [k.response, k.response_mask]
+
+    @property
+    def out_keys(self) -> list[str]:
+        return ["loss_objective", "nll_per_token"]
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDict:
+        mask = self._mask(tensordict)
+        log_q = self._actor(lambda m: m.token_log_probs(tensordict))
+        nll = -torch.where(mask, log_q, 0.0).sum(-1)
+        loss = self._reduce_rows(nll, self._row_weights(tensordict, nll.dtype))
+        return TensorDict(
+            {
+                "loss_objective": loss,
+                "nll_per_token": nll.detach().sum() / mask.sum().clamp(min=1),
             },
             batch_size=[],
         )

@@ -46,6 +46,7 @@ LOSSES = {
     "sequence_rtb": "SequenceRTBLoss",
     "sequence_trust_pcl": "SequenceTrustPCLLoss",
     "sequence_kl_reinforce": "SequenceKLReinforceLoss",
+    "sequence_mle": "SequenceMLELoss",
 }
 #: config name -> (the loss it is built from, the zarrl.algorithms function converting it): the
 #: section's keyword arguments are those of the base loss
