@@ -30,6 +30,14 @@ def load_group(n_slots: int) -> int:
 Loader = Callable[[list], list]
 
 
+def unique_chunks(chunks: torch.Tensor) -> torch.Tensor:
+    """``torch.unique(chunks)`` (int64 [N]); a sorted input (the chunks of an append) takes
+    ``unique_consecutive``, linear where ``unique`` sorts (0.25 s for 10^6 rows on 2 cores)."""
+    if chunks.numel() > 1 and bool((chunks[1:] >= chunks[:-1]).all()):
+        return torch.unique_consecutive(chunks)
+    return torch.unique(chunks)
+
+
 class ChunkPool:
     """Decoded chunks in RAM (or on a GPU): ``[n_slots * chunk_rows, ...]`` per leaf."""
 
@@ -206,8 +214,8 @@ class ChunkPool:
             slots = self.slots_of(chunks)
             missing = (slots < 0).nonzero().squeeze(-1)
             if missing.numel():
-                need = torch.unique(chunks[missing])
-                protect = frozenset(torch.unique(chunks).tolist())
+                need = unique_chunks(chunks[missing])
+                protect = frozenset(unique_chunks(chunks).tolist())
                 need = need.tolist()
                 step = self.load_group
                 for i in range(0, len(need), step):  # a group's reads run concurrently
@@ -231,7 +239,7 @@ class ChunkPool:
                 self.referenced.index_fill_(0, slots, True)
                 rows = self.pool_rows(phys, slots).to(self.device)
                 return {k: torch.index_select(self.data[k], 0, rows) for k in keys}
-            uniq = torch.unique(chunks)
+            uniq = unique_chunks(chunks)
             room = self.max_slots - len(self.dirty)
             if uniq.numel() <= room:
                 return self._gather_resident(phys, chunks, loader, keys)
@@ -269,7 +277,7 @@ class ChunkPool:
         with self.lock:
             chunks = phys // self.R
             slots = self.ensure(chunks, loader)
-            touched = torch.unique(chunks).tolist()
+            touched = unique_chunks(chunks).tolist()
             self.dirty.update(touched)
             if run:  # one slice copy per chunk, several times cheaper than an indexed write
                 n, first = phys.numel(), int(phys[0])

@@ -50,7 +50,7 @@ from ._compat_torchrl import (
     save_hooks,
 )
 from .chunk_codec import ChunkCodec, drop_chunks, fetch_chunks, store_chunks
-from .chunk_pool import ChunkPool, load_group
+from .chunk_pool import ChunkPool, load_group, unique_chunks
 from .format import (
     Commit,
     CorruptChunkError,
@@ -1314,7 +1314,7 @@ class ZarrStorage(TensorStorage):
             return [decoded.get(c) for c in chunks]
 
         chunks = phys // R
-        uniq = torch.unique(chunks)
+        uniq = unique_chunks(chunks)
         room = max(1, self._pool.max_slots // 2)
         if uniq.numel() + len(self._pool.dirty - self._write_ahead.in_flight) <= room:
             self._pool.write(phys, leaves, loader, run=run)

@@ -133,10 +133,12 @@ class GenerationsBuffer:
             raise IndexError(f"prompt index outside [0, {self.num_prompts})")
         begin, end = self._poff[idx], self._poff[idx + 1]
         lengths = end - begin
-        width = int(lengths.max()) if idx.numel() else 0
-        mask = torch.arange(width) >= (width - lengths).unsqueeze(-1)
-        tokens = torch.zeros(len(idx), width, dtype=torch.int64)
-        tokens[mask] = self._ptok[_ranges(begin, lengths)]
+        P = len(idx)
+        width = int(lengths.max()) if P else 0
+        slot = _ranges(torch.arange(P) * width + width - lengths, lengths)  # right-aligned
+        mask = torch.zeros(P * width, dtype=torch.bool).index_fill_(0, slot, True).view(P, width)
+        tokens = torch.zeros(P * width, dtype=torch.int64)
+        tokens = tokens.index_copy_(0, slot, self._ptok[_ranges(begin, lengths)]).view(P, width)
         return tokens.to(self.device), mask.to(self.device)
 
     def completions(self, indices: torch.Tensor) -> TensorDict:
@@ -150,16 +152,17 @@ class GenerationsBuffer:
             raise ValueError("completions() needs at least one index")
         lengths = self._length[idx]
         width = int(lengths.max())
-        rows = _ranges(self._start[idx], lengths)
-        keys = ["action", "sample_log_prob"] + (["ref_log_prob"] if self.has_ref else [])
-        leaves = self.storage[rows].select(*keys)
-        mask = torch.arange(width) < lengths.unsqueeze(-1)
         B = len(idx)
+        rows = _ranges(self._start[idx], lengths)  # the token rows, completion after completion
+        keys = ["action", "sample_log_prob"] + (["ref_log_prob"] if self.has_ref else [])
+        leaves = read_leaves(self.storage, rows, keys)
+        # where each token lands in the flattened [B, L] batch: completion * L + position
+        slot = _ranges(torch.arange(B) * width, lengths)
+        mask = torch.zeros(B * width, dtype=torch.bool).index_fill_(0, slot, True).view(B, width)
 
         def padded(flat: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-            out = torch.zeros(B, width, dtype=dtype)
-            out[mask] = flat.to(dtype)
-            return out
+            out = torch.zeros(B * width, dtype=dtype)
+            return out.index_copy_(0, slot, flat.to(dtype)).view(B, width)
 
         prompt = self._prompt[idx]
         ptokens, pmask = self.prompt_tokens(prompt)
@@ -219,6 +222,14 @@ class GenerationsBuffer:
             f"prompts={self.num_prompts}, tokens={self.num_tokens}, vocab_size={self.vocab_size}, "
             f"eos_id={self.eos_id}, has_ref={self.has_ref})"
         )
+
+
+def read_leaves(storage: ZarrStorage, rows: torch.Tensor, keys: list[str]) -> dict:
+    """``{key: [N]}`` of the storage's rows ``rows`` for ``keys`` only (``storage[rows]``
+    reads every leaf: three of thirteen are needed here). The one use of ``ZarrStorage``'s
+    internal ``_gather``: the lock ``get`` takes, then the narrow read."""
+    with storage._io_lock:
+        return storage._gather(rows, keys)
 
 
 def _ranges(begin: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ choice) and any user map (``parse_field_map("old=new,...")``), applied first.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import itertools
 import json
@@ -121,26 +122,44 @@ def read_jsonl(path: str | os.PathLike, field_map: Mapping[str, str]) -> Iterato
                 return
             records: list[tuple[int, dict]] = []
             problems: list[Problem] = []
-            for number, raw in block:
-                if not raw.strip():
-                    continue
-                try:
-                    obj = loads(raw)
-                except JSONDecodeError as err:
-                    what = (
-                        "is cut short (the file ends inside a record)"
-                        if not raw.endswith(b"\n")
-                        else f"is not valid JSON ({err})"
-                    )
-                    problems.append(Problem(file, f"line {number}", None, what))
-                    continue
-                if not isinstance(obj, dict):
-                    problems.append(Problem(file, f"line {number}", None, "is not a JSON object"))
-                    continue
-                records.extend((number, r) for r in _expand(obj, field_map))
+            with _no_gc():  # a block's millions of parsed objects would trigger full collections
+                _parse_block(block, records, problems, file, field_map)
             cols = columns_from_records(records, file, "line")
             cols.pre_problems = problems + cols.pre_problems
             yield cols
+
+
+def _parse_block(block, records: list, problems: list, file: str, field_map) -> None:
+    """Parses ``(line number, bytes)`` pairs into ``records`` / ``problems``."""
+    for number, raw in block:
+        if not raw.strip():
+            continue
+        try:
+            obj = loads(raw)
+        except JSONDecodeError as err:
+            what = (
+                "is cut short (the file ends inside a record)"
+                if not raw.endswith(b"\n")
+                else f"is not valid JSON ({err})"
+            )
+            problems.append(Problem(file, f"line {number}", None, what))
+            continue
+        if not isinstance(obj, dict):
+            problems.append(Problem(file, f"line {number}", None, "is not a JSON object"))
+            continue
+        records.extend((number, r) for r in _expand(obj, field_map))
+
+
+@contextlib.contextmanager
+def _no_gc():
+    """The cyclic garbage collector paused (parsed JSON holds no cycles)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _expand(obj: dict, field_map: Mapping[str, str]) -> list[dict]:

@@ -1,0 +1,314 @@
+"""Logged generations: import throughput, whole-completion sampling and bytes on disk, side by
+side with the baselines of issue 16, in one run.
+
+* import from Parquet (tokens/s) against pyarrow reading the same file into numpy alone
+  (target >= 0.5x), and from JSON Lines against parsing its lines alone with the same parser
+  (``json.loads``, target >= 0.5x); the import validates every row, builds the token rows and
+  commits them durably (fsync) with the import record;
+* whole-completion sampling, ``B = 256``: ``GenerationsBuffer.sample`` against a TorchRL
+  ``ReplayBuffer`` over ``LazyTensorStorage`` holding the same completions padded to the length
+  limit (``[N, max_new_tokens]`` plus a mask; target <= 1.0x the time);
+* bytes on disk against ``LazyMemmapStorage`` holding the same data padded (target <= 0.5x for
+  long-tailed lengths: log-normal here, capped at the length limit);
+* training tokens/s of a model: ``training_tokens_per_second`` (the slot filled by the model
+  side, branch ``issue16-model``, when ``zarrl.envs.generations`` provides a benchmark step).
+
+    python benchmarks/generations.py            # 8,000 completions (~1 min on 2 cores)
+    python benchmarks/generations.py --quick    # 2,000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+VOCAB, EOS, MAX_NEW = 32000, 2, 1024
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``lscpu``), or the platform's processor string."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def make_logs(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """``n`` completions over 200 prompts: log-normal lengths (median 60 tokens, a long tail
+    capped at ``MAX_NEW``), flat token / log-prob arrays with per-completion lengths."""
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(np.round(rng.lognormal(np.log(60), 1.0, size=n)), 1, MAX_NEW).astype(np.int64)
+    plen_table = rng.integers(20, 100, size=200)
+    prompt_of = rng.integers(0, 200, size=n)
+    prompt_table = [rng.integers(3, VOCAB, size=k) for k in plen_table]
+    T = int(lengths.sum())
+    tokens = rng.integers(3, VOCAB, size=T)
+    ends = np.cumsum(lengths) - 1
+    stopped = lengths < MAX_NEW
+    tokens[ends[stopped]] = EOS
+    return {
+        "lengths": lengths,
+        "tokens": tokens,
+        "logprobs": -rng.exponential(1.0, size=T),
+        "ref": -rng.exponential(1.0, size=T),
+        "reward": rng.normal(size=n),
+        "prompts": [prompt_table[p] for p in prompt_of],
+    }
+
+
+def write_parquet(logs: dict, path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    offsets = pa.array(np.concatenate([[0], np.cumsum(logs["lengths"])]).astype(np.int32))
+    plens = np.array([len(p) for p in logs["prompts"]])
+    poffsets = pa.array(np.concatenate([[0], np.cumsum(plens)]).astype(np.int32))
+    table = pa.table(
+        {
+            "prompt_ids": pa.ListArray.from_arrays(poffsets, np.concatenate(logs["prompts"])),
+            "completion_ids": pa.ListArray.from_arrays(offsets, logs["tokens"]),
+            "logprobs": pa.ListArray.from_arrays(offsets, logs["logprobs"]),
+            "ref_logprobs": pa.ListArray.from_arrays(offsets, logs["ref"]),
+            "reward": logs["reward"],
+        }
+    )
+    pq.write_table(table, path)
+
+
+def write_jsonl(logs: dict, path: Path) -> None:
+    bounds = np.concatenate([[0], np.cumsum(logs["lengths"])])
+    with open(path, "w") as f:
+        for i in range(len(logs["lengths"])):
+            a, b = bounds[i], bounds[i + 1]
+            rec = {
+                "prompt_ids": logs["prompts"][i].tolist(),
+                "completion_ids": logs["tokens"][a:b].tolist(),
+                "logprobs": logs["logprobs"][a:b].tolist(),
+                "ref_logprobs": logs["ref"][a:b].tolist(),
+                "reward": float(logs["reward"][i]),
+            }
+            f.write(json.dumps(rec) + "\n")
+
+
+def best_of(fn: Callable[[], object], repeats: int) -> float:
+    """Fastest of ``repeats`` wall-clock runs (seconds)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def pyarrow_read_alone(path: Path) -> None:
+    """The Parquet baseline: every column into numpy (lists as flat values plus lengths)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    for name in table.column_names:
+        col = table.column(name).combine_chunks()
+        if hasattr(col, "flatten") and col.type.num_fields == 1:
+            col.flatten().to_numpy()
+            pc.list_value_length(col).to_numpy()
+        else:
+            col.to_numpy()
+
+
+def json_parse_alone(path: Path) -> None:
+    """The JSON Lines baseline: every line parsed, with the parser the import uses."""
+    from zarrl.buffers.generations.readers import loads
+
+    with open(path, "rb") as f:
+        for line in f:
+            loads(line)
+
+
+def bench_import(logs: dict, tmp: Path, repeats: int) -> list[tuple[str, float, float]]:
+    from zarrl.buffers.generations import import_generations
+
+    T = int(logs["lengths"].sum())
+    facts = {"vocab_size": VOCAB, "eos_id": EOS, "max_new_tokens": MAX_NEW}
+    rows = []
+    for fmt, writer, baseline in (
+        ("parquet", write_parquet, pyarrow_read_alone),
+        ("jsonl", write_jsonl, json_parse_alone),
+    ):
+        src = tmp / f"logs.{fmt}"
+        writer(logs, src)
+        base = best_of(lambda src=src, baseline=baseline: baseline(src), repeats)
+        counter = iter(range(100))
+
+        def run(src=src, counter=counter, fmt=fmt) -> None:
+            import_generations([src], tmp / f"buf-{fmt}-{next(counter)}", **facts)
+
+        ours = best_of(run, repeats)
+        rows.append((fmt, T / ours, T / base))
+    return rows
+
+
+def bench_sampling(logs: dict, buffer_path: Path, batch: int, draws: int) -> tuple[float, float]:
+    """Seconds per batch of ``batch`` whole completions: ours, then padded LazyTensorStorage."""
+    from tensordict import TensorDict
+    from torchrl.data import LazyTensorStorage, ReplayBuffer
+    from zarrl.buffers.generations import GenerationsBuffer
+
+    n = len(logs["lengths"])
+    mask = torch.arange(MAX_NEW) < torch.from_numpy(logs["lengths"]).unsqueeze(-1)
+
+    def padded(flat: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        out = torch.zeros(n, MAX_NEW, dtype=dtype)
+        out[mask] = torch.from_numpy(flat).to(dtype)
+        return out
+
+    data = TensorDict(
+        {
+            "tokens": padded(logs["tokens"], torch.int64),
+            "log_probs": padded(logs["logprobs"], torch.float32),
+            "ref_log_probs": padded(logs["ref"], torch.float32),
+            "mask": mask,
+            "log_reward": torch.from_numpy(logs["reward"]).float(),
+        },
+        batch_size=[n],
+    )
+    rb = ReplayBuffer(storage=LazyTensorStorage(n), batch_size=batch)
+    rb.extend(data)
+    gen = torch.Generator().manual_seed(0)
+    with GenerationsBuffer.open(buffer_path) as buf:
+        buf.sample(batch, generator=gen)  # warm: the storage's index columns
+        rb.sample()
+        ours = best_of(lambda: [buf.sample(batch, generator=gen) for _ in range(draws)], 3)
+        theirs = best_of(lambda: [rb.sample() for _ in range(draws)], 3)
+    return ours / draws, theirs / draws
+
+
+def disk_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def bench_disk(logs: dict, buffer_path: Path, tmp: Path) -> tuple[int, int]:
+    """Bytes of our buffer, and of LazyMemmapStorage holding the same data padded."""
+    from tensordict import TensorDict
+    from torchrl.data import LazyMemmapStorage
+
+    n = len(logs["lengths"])
+    storage = LazyMemmapStorage(n, scratch_dir=str(tmp / "memmap"))
+    mask = torch.arange(MAX_NEW) < torch.from_numpy(logs["lengths"]).unsqueeze(-1)
+    chunk = 1024
+    bounds = np.concatenate([[0], np.cumsum(logs["lengths"])])
+    for a in range(0, n, chunk):  # padded in pieces: the whole padded set may not fit in RAM
+        b = min(n, a + chunk)
+        m = mask[a:b]
+        flat = slice(bounds[a], bounds[b])
+
+        def padded(x: np.ndarray, dtype: torch.dtype, m=m, flat=flat) -> torch.Tensor:
+            out = torch.zeros(m.shape, dtype=dtype)
+            out[m] = torch.from_numpy(x[flat]).to(dtype)
+            return out
+
+        piece = TensorDict(
+            {
+                "tokens": padded(logs["tokens"], torch.int64),
+                "log_probs": padded(logs["logprobs"], torch.float32),
+                "ref_log_probs": padded(logs["ref"], torch.float32),
+                "mask": m,
+                "log_reward": torch.from_numpy(logs["reward"][a:b]).float(),
+                "prompt": torch.zeros(b - a, dtype=torch.int64),
+            },
+            batch_size=[b - a],
+        )
+        storage.set(torch.arange(a, b), piece)
+    return disk_bytes(buffer_path), disk_bytes(tmp / "memmap")
+
+
+def training_tokens_per_second(
+    step: Callable[[object], None], buffer, batch_size: int = 64, steps: int = 20
+) -> float:
+    """THE MODEL SIDE'S SLOT: completion tokens per second of ``step(batch)`` (one optimizer
+    update of a model on a batch from ``buffer.sample(batch_size)``), sampling included,
+    after one warm-up step."""
+    step(buffer.sample(batch_size))
+    tokens = 0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        batch = buffer.sample(batch_size)
+        step(batch)
+        tokens += int(batch["masks", "response"].sum())
+    return tokens / (time.perf_counter() - t0)
+
+
+def model_step(buffer) -> Callable[[object], None] | None:
+    """The in-zarrl model's training step, when the model side (``zarrl.envs.generations``,
+    function ``benchmark_step(buffer)``) is installed; ``None`` otherwise."""
+    try:
+        from zarrl.envs.generations import benchmark_step
+    except ImportError:
+        return None
+    return benchmark_step(buffer)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2,000 completions")
+    parser.add_argument("--completions", type=int, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    n = args.completions or (2000 if args.quick else 8000)
+    logs = make_logs(n)
+    T = int(logs["lengths"].sum())
+    print(f"CPU: {cpu_model()} ({os.cpu_count()} cores visible), torch threads 1")
+    print(
+        f"data: {n} completions, {T} tokens, lengths log-normal (median "
+        f"{int(np.median(logs['lengths']))}, mean {logs['lengths'].mean():.0f}, max "
+        f"{logs['lengths'].max()}, limit {MAX_NEW}), vocab {VOCAB}, 200 prompts, ref log-probs"
+    )
+    tmp = Path(tempfile.mkdtemp(prefix="zarrl-gen-bench-"))
+    try:
+        print("\n| import | zarrl tokens/s | baseline tokens/s | ratio (target >= 0.5) |")
+        print("|---|---|---|---|")
+        for fmt, ours, base in bench_import(logs, tmp, repeats=2):
+            what = "pyarrow into numpy" if fmt == "parquet" else "json.loads per line"
+            print(f"| {fmt} (vs {what}) | {ours:,.0f} | {base:,.0f} | {ours / base:.2f}x |")
+        buffer_path = tmp / "buf-parquet-0"
+        ours, theirs = bench_sampling(logs, buffer_path, batch=256, draws=50)
+        print("\n| sampling B=256 whole completions | ms/batch | ratio (target <= 1.0) |")
+        print("|---|---|---|")
+        print(f"| GenerationsBuffer.sample (padded to the batch's longest) | {ours * 1e3:.2f} | "
+              f"{ours / theirs:.2f}x |")  # fmt: skip
+        print(f"| LazyTensorStorage, padded to {MAX_NEW} | {theirs * 1e3:.2f} | 1.00x |")
+        ours_b, memmap_b = bench_disk(logs, buffer_path, tmp)
+        print("\n| bytes on disk | MB | ratio (target <= 0.5) |")
+        print("|---|---|---|")
+        print(f"| zarrl generations buffer | {ours_b / 1e6:.1f} | {ours_b / memmap_b:.3f}x |")
+        print(f"| LazyMemmapStorage, padded to {MAX_NEW} | {memmap_b / 1e6:.1f} | 1.00x |")
+        from zarrl.buffers.generations import GenerationsBuffer
+
+        with GenerationsBuffer.open(buffer_path) as buf:
+            step = model_step(buf)
+            if step is None:
+                print("\ntraining tokens/s: needs zarrl.envs.generations.benchmark_step")
+            else:
+                rate = training_tokens_per_second(step, buf)
+                print(f"\ntraining tokens/s (in-zarrl model, batch 64): {rate:,.0f}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
