@@ -100,7 +100,7 @@ def run_demo(
     beta: float = 1.0,
     figure: str | Path | None = None,
     progress: bool = True,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     """Run the demo in ``folder`` (created; must not hold a demo already); returns the
     before/after table and writes ``table.md`` and the figure (``figure`` or
     ``folder/generations_demo.png``)."""
@@ -175,15 +175,25 @@ def run_demo(
         "prior (before)": _stats(before, score_records(prior, before, facts, "prior samples")),
         "RTB fine-tuned (after)": _stats(after, score_records(prior, after, facts, "samples")),
     }
-    table["target (prior·exp(β·reward))"] = {"β": beta}
+    rewards = torch.tensor([r["log_reward"] for r in before], dtype=torch.float64)
+    weights = (beta * rewards).softmax(0)  # the prior's samples reweighted toward the target
+    table["target prior·exp(β·reward) (reweighted prior samples)"] = {
+        "mean reward (count of 'a')": round(float((weights * rewards).sum()), 3),
+        "KL to the prior (nats)": round(
+            float(beta * (weights * rewards).sum() - torch.logsumexp(beta * rewards, 0))
+            + float(torch.log(torch.tensor(float(len(before))))),
+            3,
+        ),
+        "distinct completions": "",
+    }
     lines = ["| | " + " | ".join(table["prior (before)"]) + " |", "|---|---|---|---|"]
-    for name in ("prior (before)", "RTB fine-tuned (after)"):
-        lines.append(f"| {name} | " + " | ".join(str(v) for v in table[name].values()) + " |")
+    for name, row in table.items():
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in row.values()) + " |")
     (folder / "table.md").write_text("\n".join(lines) + "\n")
     _plot(before, after, Path(figure) if figure else folder / "generations_demo.png", beta)
     if progress:
-        for name in ("prior (before)", "RTB fine-tuned (after)"):
-            print(format_table(table[name], title=name))
+        for name, row in table.items():
+            print(format_table(row, title=name))
         print("examples after: " + ", ".join(_decode(r["completion_ids"]) for r in after[:12]))
     return table
 

@@ -27,7 +27,8 @@ def parameter_groups(loss: nn.Module, lrs: Mapping[str, float]) -> list[dict[str
     A parameter belongs to the group of the loss attribute that owns it (TorchRL's functional
     ``actor_network_params`` and ``value_network_params``, RTB's ``log_z``); a value network that
     is a :class:`~zarrl.algorithms.LogZValue` (Trust-PCL built from RTB: V(s₀) = α·log Z) is the
-    ``log_z`` group. Frozen parameters (priors, targets) are left out. ``lrs`` maps each group
+    ``log_z`` group, and so is the ``log_z_head`` of a sequence policy (its ``value_head``: the
+    ``value`` group). Frozen parameters (priors, targets) are left out. ``lrs`` maps each group
     name to its learning rate; a parameter owned by anything else is refused by name.
     """
     value_is_log_z = isinstance(getattr(loss, "value_network", None), LogZValue)

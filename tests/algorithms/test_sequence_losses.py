@@ -104,15 +104,15 @@ def test_trust_pcl_windows_match_a_direct_sum():
         r[-1] = batch["log_reward"][i]
         for t in range(n):
             k = min(t + d - 1, n - 1)
-            c = -value[i, t] + sum(r[j] - lam * log_q[i, j] + lam * ref[i, j] for j in range(t, k + 1))
+            c = -value[i, t] + sum(
+                r[j] - lam * log_q[i, j] + lam * ref[i, j] for j in range(t, k + 1)
+            )
             if k < n - 1:
                 c = c + value[i, k + 1]
             assert abs(float(residual[i, t] - c)) < TOL64
         assert bool(starts[i, :n].all()) and not bool(starts[i, n:].any())
     out = loss(batch)
-    per_row = torch.stack(
-        [0.5 * residual[i][starts[i]].pow(2).mean() for i in range(m.shape[0])]
-    )
+    per_row = torch.stack([0.5 * residual[i][starts[i]].pow(2).mean() for i in range(m.shape[0])])
     assert (out["loss_objective"] - per_row).abs().max() < TOL64
 
 
@@ -127,7 +127,10 @@ def test_reference_model_scores_like_stored_reference():
     assert abs(float(stored - scored)) < TOL64
     with pytest.raises(KeyError, match="reference's log-probs"):
         SequenceRTBLoss(policy, beta=1.0)(without)
-    assert not any(p.requires_grad for p in SequenceRTBLoss(policy, prior).prior_network_params.values(True, True))
+    assert not any(
+        p.requires_grad
+        for p in SequenceRTBLoss(policy, prior).prior_network_params.values(True, True)
+    )
 
 
 def test_kl_reinforce_weights_corrections_and_ess():

@@ -58,9 +58,7 @@ def _tv(logged, run: Path) -> list[float]:
     out = run / "scored.jsonl"
     assert main(["score", str(run), str(every), "--out", str(out)]) == 0
     records = read_jsonl(out)
-    assert all(
-        abs(sum(r["policy_logprobs"]) - r["policy_logprob"]) < 1e-9 for r in records
-    )
+    assert all(abs(sum(r["policy_logprobs"]) - r["policy_logprob"]) < 1e-9 for r in records)
     tv = _prior().total_variation(records, "policy_logprob", BETA)
     print(f"{run.name}: TV per prompt {[round(x, 4) for x in tv]}", file=sys.stderr)
     return tv
@@ -126,7 +124,9 @@ def test_resume_continues_exactly(logged, tmp_path):
     base += ["train.batch_size=32", "train.checkpoint_every_updates=3", "train.log_every_updates=3"]
     assert main([*base, f"run.dir={tmp_path}", "run.name=whole", "train.total_updates=6"]) == 0
     assert main([*base, f"run.dir={tmp_path}", "run.name=cut", "train.total_updates=3"]) == 0
-    assert main(["train", "--resume", str(tmp_path / "cut"), "train.total_updates=6", "--quiet"]) == 0
+    assert (
+        main(["train", "--resume", str(tmp_path / "cut"), "train.total_updates=6", "--quiet"]) == 0
+    )
     a = torch.load(tmp_path / "whole" / "checkpoints" / "final.pt", weights_only=True)
     b = torch.load(tmp_path / "cut" / "checkpoints" / "final.pt", weights_only=True)
     assert a["counters"]["updates"] == b["counters"]["updates"] == 6
@@ -145,3 +145,56 @@ def test_wrong_mode_and_missing_buffer_are_named(logged, tmp_path, capsys):
     assert code == 1 and "does not exist" in capsys.readouterr().err
     code = main(["score", str(tmp_path / "no_run"), str(tmp_path / "x.jsonl"), "--out", "y"])
     assert code == 1
+
+
+def test_demo_generations_runs_end_to_end_small(tmp_path):
+    """The demo's rounds on a tiny budget: the table, its file and the figure are written, the
+    prior's own samples are at KL 0 from it and the grammar's log-probs are normalized."""
+    import itertools
+    import math
+
+    from zarrl.engine.generations_demo import CONSONANTS, VOWELS, grammar_log_probs, run_demo
+
+    syllables = [c + v for c in CONSONANTS for v in VOWELS]
+    total = sum(
+        math.exp(sum(grammar_log_probs("".join(s))))
+        for k in range(1, 5)
+        for s in itertools.product(syllables, repeat=k)
+    )
+    assert abs(total - 1.0) < 1e-9
+    figure = tmp_path / "fig.png"
+    table = run_demo(
+        tmp_path / "demo",
+        words=300,
+        samples=200,
+        pretrain_updates=3,
+        finetune_updates=3,
+        figure=figure,
+        progress=False,
+    )
+    before, after = table["prior (before)"], table["RTB fine-tuned (after)"]
+    assert abs(before["KL to the prior (nats)"]) < 1e-3  # its own samples, float32 log-probs
+    assert 0 < before["distinct completions"] <= 200 and 0 < after["distinct completions"] <= 200
+    assert figure.is_file() and (tmp_path / "demo" / "table.md").is_file()
+
+
+def test_demo_generations_refuses_unknown_options(tmp_path, capsys):
+    assert main(["demo", "generations", "--runs", str(tmp_path), "bogus=1"]) == 2
+    assert "expected key=value with key one of" in capsys.readouterr().err
+
+
+def test_policy_heads_get_their_own_optimizer_groups():
+    from zarrl.algorithms import SequenceTrustPCLLoss
+    from zarrl.engine.optim import parameter_groups
+    from zarrl.envs.generations import CausalTransformerPolicy
+
+    policy = CausalTransformerPolicy(5, d_model=8, num_heads=2, num_prompts=3)
+    groups = parameter_groups(
+        SequenceTrustPCLLoss(policy), {"policy": 1.0, "value": 2.0, "log_z": 3.0}
+    )
+    by_name = {g["name"]: g for g in groups}
+    assert [p.shape for p in by_name["log_z"]["params"]] == [torch.Size([3])]
+    assert {p.shape for p in by_name["value"]["params"]} == {torch.Size([1, 8]), torch.Size([1])}
+    assert by_name["log_z"]["lr"] == 3.0 and by_name["value"]["lr"] == 2.0
+    total = sum(p.numel() for g in groups for p in g["params"])
+    assert total == sum(p.numel() for p in policy.parameters())
