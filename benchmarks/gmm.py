@@ -25,14 +25,8 @@ import time
 from pathlib import Path
 
 import torch
-from zarrl.engine.experiments.gmm_posterior.config import load_gmm_config, method_config_path
-from zarrl.engine.experiments.gmm_posterior.methods import build_learner, exploration_std
-from zarrl.engine.experiments.gmm_posterior.runner import (
-    _open_buffer,
-    pack_trajectories,
-    unpack_trajectories,
-)
-from zarrl.engine.layout import RunLayout
+from zarrl.engine.experiments.gmm_posterior.config import load_method_config
+from zarrl.engine.trainer import Trainer
 from zarrl.envs.gmm_posterior import (
     DEFAULT_PRIOR_PATH,
     NUM_STEPS,
@@ -132,37 +126,70 @@ def set_kernels(on: bool, saved: dict) -> None:
         module._library.loaded = lib if on else None
 
 
+class _TimedSampler:
+    """The task's sampler function, timing its draws (the ``sampling`` part)."""
+
+    def __init__(self, task, device: torch.device) -> None:
+        self.task, self.device, self.seconds = task, device, 0.0
+
+    def sample_rows(self, actor, num, *, draw, generator):
+        t = _clock(self.device)
+        rows = self.task.sample_rows(actor, num, draw=draw, generator=generator)
+        self.seconds += _clock(self.device) - t
+        return rows
+
+    def batch_from_rows(self, rows):
+        return self.task.batch_from_rows(rows)
+
+
 def bench_method(
-    method: str, prior, batch: int, repeats: int, warmup: int, folder: Path, device: torch.device
+    method: str, prior: Path | None, batch: int, repeats: int, warmup: int, folder: Path, device
 ):
-    config = load_gmm_config(
-        method_config_path(method),
-        [f"train.batch_size={batch}", f"buffer.max_size={4 * batch}", f"run.device={device}"],
+    """``Trainer.update()`` of ``method`` (the one training loop), split into its parts: the
+    sampler function's draw, the rest of the data source (buffer write and read-back), the loss
+    forward (scoring), and the rest of the update (backward, Adam)."""
+    overrides = [
+        f"run.dir={folder}",
+        f"run.name={method}",
+        f"run.device={device}",
+        f"train.batch_size={batch}",
+        f"buffer.max_size={4 * batch}",
+        f"train.total_updates={warmup + repeats}",
+        "log.progress=false",
+    ]
+    if prior is not None:
+        overrides.append(f"env.options.prior={prior}")
+    trainer = Trainer(load_method_config(method, overrides))
+    sampler = trainer.source.sampler = _TimedSampler(trainer.task, device)
+    source_batch = trainer.source.next_batch
+    spent = {"source": 0.0, "scoring": 0.0}
+
+    def next_batch():
+        t = _clock(device)
+        out = source_batch()
+        spent["source"] += _clock(device) - t
+        return out
+
+    trainer.source.next_batch = next_batch
+    start: list[float] = []
+    trainer.loss.register_forward_pre_hook(lambda *_: start.append(_clock(device)))
+    trainer.loss.register_forward_hook(
+        lambda *_: spent.__setitem__("scoring", spent["scoring"] + _clock(device) - start.pop())
     )
-    torch.manual_seed(0)
-    learner = build_learner(config, prior, device)
-    buffer = _open_buffer(config, RunLayout(folder / method))
-    e = exploration_std(0, config.train)
     times: dict[str, list[float]] = {p: [] for p in (*PARTS, "total")}
-    for i in range(warmup + repeats):
-        t0 = _clock(device)
-        td = learner.actor.sample_trajectories(
-            batch, extra_std=e, reference=learner.prior.drift_net
-        )
-        t1 = _clock(device)
-        rows = buffer.storage.get(buffer.extend(pack_trajectories(td).cpu()))
-        batch_td = unpack_trajectories(rows.to(device))
-        t2 = _clock(device)
-        loss = learner.loss(batch_td).get("loss_objective")
-        t3 = _clock(device)
-        learner.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        learner.optimizer.step()
-        t4 = _clock(device)
-        if i >= warmup:
-            for part, dt in zip((*PARTS, "total"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
-                times[part].append(dt)
-    buffer.storage.close()
+    try:
+        for i in range(warmup + repeats):
+            sampler.seconds = spent["source"] = spent["scoring"] = 0.0
+            t0 = _clock(device)
+            trainer.update()
+            total = _clock(device) - t0
+            if i >= warmup:
+                rest = total - spent["source"] - spent["scoring"]
+                parts = (sampler.seconds, spent["source"] - sampler.seconds, spent["scoring"], rest)
+                for part, dt in zip((*PARTS, "total"), (*parts, total), strict=True):
+                    times[part].append(dt)
+    finally:
+        trainer.close()
     return times
 
 
@@ -213,7 +240,13 @@ def main() -> None:
                 set_kernels(kernels == "on", saved)
                 folder = Path(tmp) / kernels
                 t = bench_method(
-                    method, prior, args.batch, args.repeats, args.warmup, folder, device
+                    method,
+                    path if path.is_file() else None,
+                    args.batch,
+                    args.repeats,
+                    args.warmup,
+                    folder,
+                    device,
                 )
                 rows.append((f"{method} [kernels {kernels}]", t))
     set_kernels(True, saved)

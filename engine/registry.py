@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
-import numbers
-import types
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 from zarrl.engine.config import BufferConfig, ConfigError, EnvConfig
+from zarrl.engine.schema import conform
 
 __all__ = [
     "BufferPathError",
@@ -174,49 +173,18 @@ def build_loss(
     return loss, reference
 
 
-def _matches(value: Any, tp: Any) -> bool:
-    """Whether ``value`` fits the annotation ``tp`` (unknown annotations accept anything)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, t) for t in typing.get_args(tp))
-    if origin is typing.Literal:
-        return value in typing.get_args(tp)
-    if tp is type(None):
-        return value is None
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if tp is str:
-        return isinstance(value, str)
-    return True
-
-
 def _check_argument_types(cls: type, section: dict[str, Any]) -> dict[str, Any]:
-    """``section`` with each loss argument checked against its annotation (``gamma=abc`` is
-    refused here, naming the key, not deep inside the loss); YAML 1.1 strings such as ``1e-3``
-    become floats where a float is expected."""
+    """``section`` with each loss argument checked against its annotation
+    (:func:`~zarrl.engine.schema.conform`: ``gamma=abc`` is refused here, naming the key, not
+    deep inside the loss; YAML 1.1 strings such as ``1e-3`` become floats)."""
     try:
         hints = typing.get_type_hints(cls.__init__)
     except Exception:  # unresolvable annotations: the loss checks its own arguments
         return section
-    checked = dict(section)
-    for key, value in section.items():
-        tp = hints.get(key)
-        if tp is None or _matches(value, tp):
-            continue
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                if _matches(float(value), tp):
-                    checked[key] = float(value)
-                    continue
-        expected = tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
-        raise ConfigError(
-            f"loss.{key}: got {value!r} ({type(value).__name__}), expected {expected}"
-        )
-    return checked
+    return {
+        key: value if hints.get(key) is None else conform(value, hints[key], f"loss.{key}")
+        for key, value in section.items()
+    }
 
 
 def make_environment(

@@ -13,8 +13,10 @@ mean" for unknown keys. Open sections (a loss's keyword arguments, a task's opti
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import numbers
 import types
 import typing
 from collections.abc import Mapping
@@ -23,7 +25,7 @@ from typing import Any, TypeVar
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-__all__ = ["ConfigError", "build", "describe_type", "unknown_key"]
+__all__ = ["ConfigError", "build", "conform", "describe_type", "unknown_key"]
 
 T = TypeVar("T")
 
@@ -37,23 +39,61 @@ def describe_type(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _strict(value: Any, tp: Any) -> bool:
-    """Whether ``value`` may go where ``tp`` is annotated without a lossy conversion (the checks
-    OmegaConf does not make; everything else is left to it)."""
+def conform(value: Any, tp: Any, key: str) -> Any:
+    """``value`` as the annotation ``tp`` takes it, or a :class:`ConfigError` naming ``key``.
+
+    The one value-against-type check of zarrl's configs (dataclass sections, a loss's keyword
+    arguments, a task's options). Accepted: a value of the type; an int where a float goes (made
+    a float); a number written as a YAML 1.1 string (``"1e-3"``) where a number goes (parsed);
+    ``None`` where the annotation allows it; lists item by item (``key[i]`` named); anything for
+    ``Any``, mappings and annotations it does not know. Refused: the lossy conversions other
+    readers make silently (a number where a boolean or a string goes, a boolean where a number
+    goes, ``3.5`` where an int goes).
+    """
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        options = [t for t in typing.get_args(tp) if t is not type(None)]
-        return value is None or any(_strict(value, t) for t in options)
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is str:
-        return isinstance(value, str)
-    if tp in (int, float):
-        return not isinstance(value, bool)
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for option in (t for t in options if t is not type(None)):
+            with contextlib.suppress(ConfigError):
+                return conform(value, option, key)
+        raise _mismatch(value, tp, key)
+    if origin is typing.Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise _mismatch(value, tp, key)
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _mismatch(value, tp, key)
+    if tp is bool or tp is str:
+        if isinstance(value, tp):
+            return value
+        raise _mismatch(value, tp, key)
+    if tp is int or tp is float:
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return conform(tp(value.strip()), tp, key)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            return tp(value)
+        elif tp is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return float(value)
+        raise _mismatch(value, tp, key)
     if origin is list and isinstance(value, (list, tuple)):
-        (item,) = typing.get_args(tp)
-        return all(_strict(v, item) for v in value)
-    return True
+        (item,) = typing.get_args(tp) or (Any,)
+        return [conform(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is list or tp is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        raise _mismatch(value, tp, key)
+    return value
+
+
+def _mismatch(value: Any, tp: Any, key: str) -> ConfigError:
+    return ConfigError(
+        f"{key}: got {value!r} ({type(value).__name__}), expected {describe_type(tp)}"
+    )
 
 
 def unknown_key(
@@ -82,11 +122,8 @@ def _check(cls: type, data: Any, prefix: str) -> None:
         elif typing.get_origin(tp) is dict or tp is dict:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{prefix}{key}: got {value!r}, expected a mapping")
-        elif not _strict(value, tp):
-            raise ConfigError(
-                f"{prefix}{key}: got {value!r} ({type(value).__name__}), expected "
-                f"{describe_type(tp)}"
-            )
+        else:
+            conform(value, tp, f"{prefix}{key}")
 
 
 def _lookup(data: Any, dotted: str) -> Any:

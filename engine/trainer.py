@@ -662,6 +662,14 @@ class Trainer:
             self.task_metrics = self.task.metrics(self.actor, self.loss, reference=self.reference)
         summary = self.summary()
         self.layout.summary.write_text(json.dumps(summary, indent=2))
+        if self.eval_history or self.counters["episodes"]:  # returns to plot
+            self._plot()
+        if self.config.log.progress:
+            print(format_table(summary, title="zarrl run summary"))
+        return summary
+
+    def _plot(self) -> None:
+        """``learning_curve.png``: training and evaluation returns."""
         plot_learning_curve(
             self.layout.scalars(self.config.run.name),
             self.layout.plot,
@@ -670,9 +678,6 @@ class Trainer:
             xlabel="environment steps" if self.online else "learner updates",
             run_name=self.config.run.name,
         )
-        if self.config.log.progress:
-            print(format_table(summary, title="zarrl run summary"))
-        return summary
 
     def close(self) -> None:
         self.source.close()

@@ -19,7 +19,7 @@ from tensordict.nn import TensorDictModuleBase
 from torch import nn
 from torchrl.envs import EnvBase
 from zarrl.engine.config import ConfigError, EnvConfig, ModelConfig
-from zarrl.engine.schema import unknown_key
+from zarrl.engine.schema import conform, unknown_key
 
 __all__ = ["TASKS", "StoredDataTask", "Task", "build_task", "register_task", "task_options"]
 
@@ -116,32 +116,13 @@ def build_task(env: EnvConfig, model: ModelConfig, *, seed: int = 0) -> Task:
 
 def task_options(task: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict:
     """``defaults`` updated with ``options`` (the ``env.options`` of a task), each checked: an
-    unknown key gets a "did you mean", a value of another type than its default is refused."""
+    unknown key gets a "did you mean", a value is checked against the type of its default
+    (:func:`~zarrl.engine.schema.conform`; a ``None`` default takes anything)."""
     merged = dict(defaults)
     for key, value in options.items():
         if key not in defaults:
             raise unknown_key(key, list(defaults), "env.options.", f"unknown option of {task!r}")
         default = defaults[key]
-        ok = (
-            default is None
-            or (isinstance(default, bool) and isinstance(value, bool))
-            or (
-                isinstance(default, int)
-                and not isinstance(default, bool)
-                and isinstance(value, int)
-                and not isinstance(value, bool)
-            )
-            or (
-                isinstance(default, float)
-                and isinstance(value, (int, float))
-                and not isinstance(value, bool)
-            )
-            or (isinstance(default, str) and isinstance(value, str))
-        )
-        if not ok:
-            raise ConfigError(
-                f"env.options.{key}: got {value!r} ({type(value).__name__}), expected "
-                f"{type(default).__name__}"
-            )
-        merged[key] = float(value) if isinstance(default, float) else value
+        tp = Any if default is None else type(default)
+        merged[key] = conform(value, tp, f"env.options.{key}")
     return merged

@@ -167,7 +167,8 @@ class GMMPosteriorTask:
                 raise ConfigError(f"env.options.{key}: got {self.options[key]!r}, expected >= 0")
         self.num_envs = env.num_envs
         self.seed = seed
-        self.prior_net = load_prior(self.options["prior"])
+        with torch.random.fork_rng(devices=[]):  # loading draws a throw-away initialization:
+            self.prior_net = load_prior(self.options["prior"])  # leave the run's stream alone
         self._prior = DiffusionActor(self.prior_net)
         self.description = (
             f"{env.name} (25-mode diffusion prior -> 9-mode posterior, T={NUM_STEPS})"

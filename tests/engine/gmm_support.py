@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from zarrl.engine.experiments.gmm_posterior.config import load_gmm_config, method_config_path
+from zarrl.engine.experiments.gmm_posterior.config import load_method_config
 from zarrl.envs.gmm_posterior import DEFAULT_PRIOR_PATH, load_prior
 
 PRIOR = DEFAULT_PRIOR_PATH
@@ -14,23 +14,24 @@ def load_test_prior():
     return load_prior(PRIOR)
 
 
-def small(method: str, tmp_path, *overrides: str):
-    """A method's config shrunk to run in about a second."""
+def small(method: str, tmp_path, *overrides: str, name: str = "exp"):
+    """A method's learner config shrunk to run in about a second (run folder ``tmp_path/name``)."""
     base = [
         f"run.dir={tmp_path}",
-        "run.name=exp",
+        f"run.name={name}",
         "run.device=cpu",
         "run.num_threads=1",
-        "train.updates=6",
+        "train.total_updates=6",
         "train.batch_size=16",
-        "train.eval_every=3",
-        "train.checkpoint_every=3",
+        "train.log_every_updates=3",
+        "train.checkpoint_every_updates=3",
+        "eval.every_updates=3",
         "buffer.max_size=64",
-        "eval.num_samples=64",
-        "eval.w2=false",
-        "progress=false",
+        "env.options.eval_samples=64",
+        "env.options.eval_w2=false",
+        "log.progress=false",
     ]
-    return load_gmm_config(method_config_path(method), [*base, *overrides])
+    return load_method_config(method, [*base, *overrides])
 
 
 def final_parameters(folder) -> dict[str, torch.Tensor]:

@@ -317,9 +317,10 @@ def test_shipped_configs_resolve_by_name_outside_the_checkout(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     assert load_config("cartpole_trust_pcl").run.name == "cartpole_trust_pcl"
     assert load_config("configs/demo.yaml").run.name == "demo"
-    from zarrl.engine.experiments.gmm_posterior.config import load_gmm_config, method_config_path
+    from zarrl.engine.experiments.gmm_posterior.config import load_method_config
 
-    assert load_gmm_config(method_config_path("trust_pcl")).name == "trust-pcl"
+    assert load_method_config("trust_pcl").loss["name"] == "trust_pcl"
+    assert load_config("gmm/rtb").env.task == "gmm_posterior"
 
 
 def test_missing_optional_dependency_names_the_extra_and_writes_nothing(tmp_path, capsys):

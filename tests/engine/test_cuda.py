@@ -58,29 +58,27 @@ def test_cartpole_learner_trains_on_cuda_and_checkpoints_load_on_cpu(tmp_path, t
 
 
 def test_gmm_rtb_and_equivalent_trust_pcl_stay_identical_on_cuda(tmp_path):
-    from zarrl.engine.experiments.gmm_posterior.config import load_gmm_config, method_config_path
-    from zarrl.engine.experiments.gmm_posterior.runner import run_method
-    from zarrl.envs.gmm_posterior import load_prior
+    from zarrl.engine.experiments.gmm_posterior.config import load_method_config
+    from zarrl.engine.experiments.gmm_posterior.experiment import train_method
 
-    prior = load_prior()
     over = [
         f"run.dir={tmp_path}",
-        "run.name=exp",
         "run.device=cuda",
-        "train.updates=20",
+        "train.total_updates=20",
         "train.batch_size=64",
-        "train.eval_every=20",
-        "train.checkpoint_every=20",
+        "train.log_every_updates=20",
+        "train.checkpoint_every_updates=20",
+        "eval.every_updates=20",
         "buffer.max_size=256",
-        "eval.num_samples=256",
-        "eval.w2=false",
-        "progress=false",
+        "env.options.eval_samples=256",
+        "env.options.eval_w2=false",
+        "log.progress=false",
     ]
     params = {}
     for method in ("rtb", "trust-pcl-equivalent"):
-        config = load_gmm_config(method_config_path(method), over)
-        summary = run_method(config, tmp_path / method, prior_net=prior)
-        assert summary["updates"] == 20 and summary["device"].startswith("cuda")
+        config = load_method_config(method, [*over, f"run.name={method}"])
+        summary = train_method(config, method)
+        assert summary["updates"] == 20
         ckpt = torch.load(tmp_path / method / "checkpoints" / "last.pt", weights_only=True)
         params[method] = {
             k.split("actor_network_params.")[-1]: v

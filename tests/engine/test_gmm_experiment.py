@@ -21,10 +21,11 @@ def test_experiment_command_runs_end_to_end_and_writes_table_and_figures(tmp_pat
         [
             "experiment",
             "gmm-posterior",
-            f"prior={PRIOR}",
-            "train.eval_every=2",
-            "eval.num_samples=64",
-            "eval.w2=false",
+            f"env.options.prior={PRIOR}",
+            "eval.every_updates=2",
+            "train.log_every_updates=2",
+            "env.options.eval_samples=64",
+            "env.options.eval_w2=false",
             "buffer.max_size=32",
             "--methods",
             "rtb,guidance",
@@ -47,6 +48,7 @@ def test_experiment_command_runs_end_to_end_and_writes_table_and_figures(tmp_pat
     for name in ("results.md", "results.csv", "samples.png", "learning_curves.png"):
         assert (run_dir / name).stat().st_size > 0
     assert (run_dir / "configs" / "rtb.yaml").is_file()
+    assert (run_dir / "rtb" / "seed1" / "logs" / "seed1" / "scalars" / "eval" / "tv.csv").is_file()
     with open(run_dir / "results.csv", newline="") as fh:
         rows = {r["method"]: r for r in csv.DictReader(fh)}
     assert rows["rtb"]["seeds"] == "2" and float(rows["rtb"]["tv_std"]) >= 0.0
@@ -61,7 +63,12 @@ def test_experiment_from_python_skips_finished_runs(tmp_path, prior):
         progress=False,
         report=False,
     )
-    over = [f"prior={PRIOR}", "eval.num_samples=32", "eval.w2=false", "buffer.max_size=16"]
+    over = [
+        f"env.options.prior={PRIOR}",
+        "env.options.eval_samples=32",
+        "env.options.eval_w2=false",
+        "buffer.max_size=16",
+    ]
     first = run_experiment(["rtb"], [0], over, **kwargs)
     second = run_experiment(["rtb"], [0], over, **kwargs)
     assert second["summaries"] == first["summaries"]

@@ -18,7 +18,6 @@ from zarrl.engine.experiments.gmm_posterior.reporting import (
     plot_sample_panels,
     write_results,
 )
-from zarrl.engine.experiments.gmm_posterior.runner import CURVE_FIELDS
 
 
 def summary(seed: int, tv: float, **extra) -> dict:
@@ -57,21 +56,22 @@ def test_collect_summaries_reads_finished_runs_and_the_last_curve_row_of_unfinis
     done = tmp_path / "rtb" / "seed0"
     done.mkdir(parents=True)
     (done / "summary.json").write_text(json.dumps(summary(0, 0.1)))
-    running = tmp_path / "trust-pcl" / "seed1"
-    running.mkdir(parents=True)
-    with open(running / "curve.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CURVE_FIELDS)
-        writer.writeheader()
-        for update, tv in ((0, 0.6), (250, 0.4)):
-            writer.writerow(
-                {k: 0.0 for k in CURVE_FIELDS} | {"update": update, "tv": tv, "train_s": 50}
-            )
+    scalars = tmp_path / "trust-pcl" / "seed1" / "logs" / "seed1" / "scalars"
+    (scalars / "eval").mkdir(parents=True)
+    (scalars / "perf").mkdir()
+    (scalars / "train").mkdir()
+    # the Trainer's CSVLogger files: one "step,value" row per logged step
+    (scalars / "eval" / "tv.csv").write_text("0,0.6\n250,0.4\n")
+    (scalars / "eval" / "wrong_mode_mass.csv").write_text("0,0.5\n250,0.1\n")
+    (scalars / "train" / "loss.csv").write_text("250,3.0\n")
+    (scalars / "perf" / "updates_per_s.csv").write_text("250,5.0\n")
     (tmp_path / "guidance" / "seed0").mkdir(parents=True)  # nothing written yet: skipped
     found = collect_summaries(tmp_path)
     assert list(found) == ["rtb", "trust-pcl"]
     (partial,) = found["trust-pcl"]
     assert partial["partial"] and partial["updates"] == 250 and partial["seed"] == 1
     assert partial["tv"] == 0.4 and partial["updates_per_s"] == pytest.approx(5.0)
+    assert partial["wrong_mode_mass"] == 0.1 and partial["loss"] == 3.0
 
 
 def test_figures_are_written_for_samples_and_curves(tmp_path):

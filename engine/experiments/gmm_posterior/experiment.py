@@ -104,13 +104,12 @@ def run_summary(folder: str | Path, method: str, seed: int) -> dict[str, Any] | 
     base = {"method": method, "seed": seed}
     if (folder / "summary.json").is_file():
         found = json.loads((folder / "summary.json").read_text())
-        learn_s = found.get("learn time (s)", math.nan)
-        return {
-            **base,
-            **{k: v for k, v in found.items() if isinstance(v, (int, float))},
-            "train_s": learn_s,
-            "updates_per_s": found["updates"] / learn_s if learn_s else math.nan,
-        }
+        summary = {**base, **{k: v for k, v in found.items() if isinstance(v, (int, float))}}
+        learn_s = found.get("learn time (s)")  # a Trainer's (guidance trains nothing)
+        if learn_s is not None:
+            summary["train_s"] = learn_s
+            summary["updates_per_s"] = found["updates"] / learn_s if learn_s > 0 else math.nan
+        return summary
     curve = read_curve(folder)
     if not curve.get("update"):
         return None
