@@ -12,9 +12,16 @@ from tensordict import NestedKey, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import nn
 from zarrl.algorithms.rtb import RTBLoss
+from zarrl.algorithms.sequence_losses import SequenceRTBLoss, SequenceTrustPCLLoss
 from zarrl.algorithms.trust_pcl import TrustPCLLoss
 
-__all__ = ["LogZValue", "trust_pcl_from_rtb", "rtb_from_trust_pcl"]
+__all__ = [
+    "LogZValue",
+    "rtb_from_trust_pcl",
+    "sequence_rtb_from_trust_pcl",
+    "sequence_trust_pcl_from_rtb",
+    "trust_pcl_from_rtb",
+]
 
 
 class LogZValue(TensorDictModuleBase):
@@ -94,4 +101,44 @@ def rtb_from_trust_pcl(loss: TrustPCLLoss, initial_state: TensorDictBase | None 
         loss.actor_network, loss.reference_network, 1.0 / lam, log_z_init, reduction=loss.reduction
     )
     rtb.set_keys(**{k: getattr(loss.tensor_keys, k) for k in rtb.tensor_keys.__dataclass_fields__})
+    return rtb
+
+
+def sequence_trust_pcl_from_rtb(rtb: SequenceRTBLoss) -> SequenceTrustPCLLoss:
+    """The sequence Trust-PCL loss equal to α²·``rtb`` (α = 1/β): whole completions
+    (``rollout="full"``), V(prompt) = α·log Z(prompt), the same policy, reference and keys."""
+    loss = SequenceTrustPCLLoss(
+        rtb.actor_network,
+        rtb.prior_network,
+        beta=rtb.beta,
+        rollout="full",
+        entropy_coef=0.0,
+        reduction=rtb.reduction,
+        check_finite=rtb.check_finite,
+    )
+    loss.set_keys(**{k: getattr(rtb.tensor_keys, k) for k in rtb.tensor_keys.__dataclass_fields__})
+    return loss
+
+
+def sequence_rtb_from_trust_pcl(loss: SequenceTrustPCLLoss) -> SequenceRTBLoss:
+    """The sequence RTB loss whose α²-multiple is ``loss`` (β the same); raises ``ValueError``
+    naming the setting of ``loss`` that breaks the equivalence."""
+    if loss.rollout != "full":
+        raise ValueError(
+            f"this SequenceTrustPCLLoss has no RTB equivalent: rollout must be 'full', got "
+            f"{loss.rollout!r}"
+        )
+    if loss.entropy_coef != 0.0:
+        raise ValueError(
+            "this SequenceTrustPCLLoss has no RTB equivalent: entropy_coef must be 0, got "
+            f"{loss.entropy_coef}"
+        )
+    rtb = SequenceRTBLoss(
+        loss.actor_network,
+        loss.prior_network,
+        beta=loss.beta,
+        reduction=loss.reduction,
+        check_finite=loss.check_finite,
+    )
+    rtb.set_keys(**{k: getattr(loss.tensor_keys, k) for k in loss.tensor_keys.__dataclass_fields__})
     return rtb

@@ -10,8 +10,8 @@ side with the baselines of issue 16, in one run.
   limit (``[N, max_new_tokens]`` plus a mask; target <= 1.0x the time);
 * bytes on disk against ``LazyMemmapStorage`` holding the same data padded (target <= 0.5x for
   long-tailed lengths: log-normal here, capped at the length limit);
-* training tokens/s of a model: ``training_tokens_per_second`` (the slot filled by the model
-  side, branch ``issue16-model``, when ``zarrl.envs.generations`` provides a benchmark step).
+* training tokens/s of the in-zarrl model (offline RTB updates, sampling included) on these
+  logs and on the exact check's small-vocabulary logs.
 
     python benchmarks/generations.py            # 8,000 completions (~1 min on 2 cores)
     python benchmarks/generations.py --quick    # 2,000
@@ -253,14 +253,47 @@ def training_tokens_per_second(
     return tokens / (time.perf_counter() - t0)
 
 
-def model_step(buffer) -> Callable[[object], None] | None:
-    """The in-zarrl model's training step, when the model side (``zarrl.envs.generations``,
-    function ``benchmark_step(buffer)``) is installed; ``None`` otherwise."""
-    try:
-        from zarrl.envs.generations import benchmark_step
-    except ImportError:
-        return None
-    return benchmark_step(buffer)
+def model_step(buffer) -> Callable[[object], None]:
+    """One offline RTB update of the in-zarrl model (``CausalTransformerPolicy``, d_model 64, 2
+    layers, 4 heads, a log Z table per prompt; Adam) on a batch of the buffer: scoring of the
+    whole batch, the loss, backward and the optimizer step."""
+    from zarrl.algorithms import SequenceRTBLoss
+    from zarrl.engine.generations_data import buffer_facts
+    from zarrl.engine.optim import parameter_groups
+    from zarrl.envs.generations import CausalTransformerPolicy
+
+    facts = buffer_facts(buffer)
+    policy = CausalTransformerPolicy(
+        facts["vocab_size"],
+        max_positions=1 + facts["max_prompt_len"] + facts["max_new_tokens"],
+        num_prompts=facts["num_prompts"],
+    )
+    loss = SequenceRTBLoss(policy, beta=1.0)
+    optimizer = torch.optim.Adam(
+        parameter_groups(loss, {"policy": 1e-3, "value": 1e-3, "log_z": 1e-2})
+    )
+
+    def step(batch) -> None:
+        out = loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        out["loss_objective"].backward()
+        optimizer.step()
+
+    return step
+
+
+def _small_buffer(path: Path) -> None:
+    """The exact check's logs (tests/engine/test_generations.py), 2,000 completions, imported."""
+    from zarrl.buffers.generations import import_generations
+    from zarrl.engine.generations_io import write_jsonl as write_records
+    from zarrl.envs.generations.toy import RandomAutoregressivePrior
+
+    prior = RandomAutoregressivePrior(5, 4, 4, 2, seed=0, temperature=0.5)
+    records = prior.sample(
+        torch.arange(2).repeat_interleave(1000), torch.Generator().manual_seed(1)
+    )
+    write_records(path.with_suffix(".jsonl"), records)
+    import_generations([path.with_suffix(".jsonl")], path, vocab_size=5, eos_id=4, max_new_tokens=4)
 
 
 def main() -> None:
@@ -300,12 +333,19 @@ def main() -> None:
         from zarrl.buffers.generations import GenerationsBuffer
 
         with GenerationsBuffer.open(buffer_path) as buf:
-            step = model_step(buf)
-            if step is None:
-                print("\ntraining tokens/s: needs zarrl.envs.generations.benchmark_step")
-            else:
-                rate = training_tokens_per_second(step, buf)
-                print(f"\ntraining tokens/s (in-zarrl model, batch 64): {rate:,.0f}")
+            rate = training_tokens_per_second(model_step(buf), buf, batch_size=4, steps=5)
+            print(
+                f"\ntraining tokens/s (in-zarrl model, offline RTB, these logs: vocab {VOCAB}, "
+                f"batch 4): {rate:,.0f}"
+            )
+        small = tmp / "small.zarr"
+        _small_buffer(small)
+        with GenerationsBuffer.open(small) as buf:
+            rate = training_tokens_per_second(model_step(buf), buf, batch_size=256, steps=20)
+            print(
+                "training tokens/s (in-zarrl model, offline RTB, the exact check's logs: vocab 5, "
+                f"<= 4 tokens, batch 256): {rate:,.0f}"
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

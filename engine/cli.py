@@ -111,7 +111,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
     p.add_argument("--seed", type=int, default=12345)
 
-    p = sub.add_parser("demo", help="the main job: Trust-PCL on CartPole into a local Zarr store")
+    p = sub.add_parser(
+        "demo",
+        help="the main job: Trust-PCL on CartPole into a local Zarr store "
+        "(`zarrl demo generations`: offline RTB on a character model's own logs)",
+    )
     p.add_argument("overrides", nargs="*", help="dotted overrides of configs/demo.yaml")
     p.add_argument("--runs", default="runs", help="parent folder of the run")
 
@@ -122,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     from zarrl.engine.importing import add_import_parser
 
     add_import_parser(sub)
+    from zarrl.engine.generations_commands import add_sample_score_parsers
+
+    add_sample_score_parsers(sub)
     return parser
 
 
@@ -264,6 +271,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from zarrl.engine.config import load_config
     from zarrl.engine.trainer import Trainer
+
+    if args.overrides[:1] == ["generations"]:  # `zarrl demo generations`
+        from zarrl.engine.generations_demo import main_demo
+
+        return main_demo(args.runs, args.overrides[1:])
 
     config = load_config("demo", [f"run.dir={args.runs}", *args.overrides])
     base, n = config.run.name, 1

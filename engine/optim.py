@@ -17,6 +17,9 @@ GROUP_OWNERS = {
     "log_z": "log_z",
 }
 
+#: a head of a sequence policy (``zarrl.envs.generations``) -> its group
+HEAD_GROUPS = {"value_head": "value", "log_z_head": "log_z"}
+
 
 def parameter_groups(loss: nn.Module, lrs: Mapping[str, float]) -> list[dict[str, Any]]:
     """Adam groups ``policy`` / ``value`` / ``log_z`` of ``loss``'s trainable parameters.
@@ -24,7 +27,8 @@ def parameter_groups(loss: nn.Module, lrs: Mapping[str, float]) -> list[dict[str
     A parameter belongs to the group of the loss attribute that owns it (TorchRL's functional
     ``actor_network_params`` and ``value_network_params``, RTB's ``log_z``); a value network that
     is a :class:`~zarrl.algorithms.LogZValue` (Trust-PCL built from RTB: V(s₀) = α·log Z) is the
-    ``log_z`` group. Frozen parameters (priors, targets) are left out. ``lrs`` maps each group
+    ``log_z`` group, and so is the ``log_z_head`` of a sequence policy (its ``value_head``: the
+    ``value`` group). Frozen parameters (priors, targets) are left out. ``lrs`` maps each group
     name to its learning rate; a parameter owned by anything else is refused by name.
     """
     value_is_log_z = isinstance(getattr(loss, "value_network", None), LogZValue)
@@ -34,6 +38,8 @@ def parameter_groups(loss: nn.Module, lrs: Mapping[str, float]) -> list[dict[str
             continue
         owner = name.split(".", 1)[0]
         group = GROUP_OWNERS.get(owner)
+        if group == "policy":  # the heads of a sequence policy learn at their own rates
+            group = HEAD_GROUPS.get(name.split(".")[1], group)
         if group is None:
             raise ValueError(
                 f"parameter {name!r} of {type(loss).__name__} is owned by {owner!r}, which has no "

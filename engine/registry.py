@@ -42,6 +42,10 @@ LOSSES = {
     "pcl": "PCLLoss",
     "rtb": "RTBLoss",
     "kl_reinforce": "KLReinforceLoss",
+    "sequence_rtb": "SequenceRTBLoss",
+    "sequence_trust_pcl": "SequenceTrustPCLLoss",
+    "sequence_kl_reinforce": "SequenceKLReinforceLoss",
+    "sequence_mle": "SequenceMLELoss",
 }
 #: config name -> (the loss it is built from, the zarrl.algorithms function converting it): the
 #: section's keyword arguments are those of the base loss
@@ -119,6 +123,8 @@ def build_loss(
     for arg in (p for p in positional if p in NETWORK_ARGUMENTS):
         what = NETWORK_ARGUMENTS[arg]
         factory = networks.get(what)
+        if factory is None and accepted[arg].default is not inspect.Parameter.empty:
+            continue  # an optional network the task does not provide (a stored reference)
         if factory is None:
             raise ConfigError(
                 f"loss.name: {name!r} ({cls.__name__}) needs a {what} network ({arg}), which "

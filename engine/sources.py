@@ -274,9 +274,13 @@ def _collector_source(trainer: Trainer) -> CollectorSource:
 
 
 @register_source("offline")
-def _replay_source(trainer: Trainer) -> ReplaySource:
-    _check_slices(trainer)
+def _replay_source(trainer: Trainer) -> DataSource:
+    from zarrl.engine.tasks import StoredDataTask
+
     train = trainer.config.train
+    if isinstance(trainer.task, StoredDataTask):  # the task's own batches (whole completions)
+        return trainer.task.data_source(batch_size=train.batch_size, seed=trainer.config.run.seed)
+    _check_slices(trainer)
     return ReplaySource(trainer.storage, batch_size=train.batch_size, slice_len=train.slice_len)
 
 

@@ -57,7 +57,7 @@ from zarrl.engine.registry import (
 )
 from zarrl.engine.reporting import format_table, plot_learning_curve
 from zarrl.engine.sources import build_source
-from zarrl.engine.tasks import build_task
+from zarrl.engine.tasks import StoredDataTask, build_task
 
 __all__ = ["RunFolderError", "Trainer", "resolve_device"]
 
@@ -152,6 +152,13 @@ class Trainer:
             extra = checkpoint["extra"]
             self.task.load_state_dict(extra.get("task", {"obs_norm": extra.get("obs_norm")}))
         self.task_metrics: dict[str, float] = {}
+        if isinstance(self.task, StoredDataTask):  # its own dataset sizes its networks
+            if config.train.mode != "offline":
+                raise ConfigError(
+                    f"train.mode: got {config.train.mode!r}, but the {config.env.task!r} task "
+                    "learns offline from a stored buffer (train.mode=offline, --buffer PATH)"
+                )
+            self.storage = self.task.attach_buffer(self.buffer_path)
         self._build_environments()
         self._build_learner()
         self._build_buffer(resuming=checkpoint is not None)
@@ -240,6 +247,8 @@ class Trainer:
         cfg = self.config
         path = Path(cfg.buffer.path) if cfg.buffer.path else self.layout.default_buffer
         self.buffer_path = path
+        if self.storage is not None:  # the task's own dataset (StoredDataTask)
+            return
         if cfg.train.mode == "offline":
             self.storage = open_storage(path, mode="r", config=cfg.buffer)
         elif resuming or cfg.train.mode == "mixed":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from tensordict.nn import TensorDictModuleBase
@@ -20,7 +21,7 @@ from torchrl.envs import EnvBase
 from zarrl.engine.config import ConfigError, EnvConfig, ModelConfig
 from zarrl.engine.schema import conform, unknown_key
 
-__all__ = ["TASKS", "Task", "build_task", "register_task", "task_options"]
+__all__ = ["TASKS", "StoredDataTask", "Task", "build_task", "register_task", "task_options"]
 
 
 @runtime_checkable
@@ -63,6 +64,22 @@ class Task(Protocol):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
+        ...
+
+
+@runtime_checkable
+class StoredDataTask(Protocol):
+    """A task that learns offline from a stored dataset of its own kind (not environment steps):
+    ``train.mode: offline`` asks it for the storage and the data source instead of opening a
+    ``ZarrStorage`` of steps for TorchRL's slice sampler."""
+
+    def attach_buffer(self, path: str | Path) -> Any:
+        """Open the dataset at ``path`` (``buffer.path``) before the networks are built (its
+        facts size them); returns the run's storage (``len()``, ``close()``)."""
+        ...
+
+    def data_source(self, *, batch_size: int, seed: int) -> Any:
+        """The :class:`zarrl.engine.sources.DataSource` drawing ``batch_size`` items a batch."""
         ...
 
 
