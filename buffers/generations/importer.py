@@ -44,6 +44,17 @@ TOKEN_CHUNK_ROWS = 1 << 18
 files (and renames) of ``ZarrStorage``'s 4 MiB default, 1.3-1.7x faster imports measured."""
 
 
+INDEX_KEYS = [
+    "completion",
+    "position",
+    ("next", "done"),
+    ("next", "terminated"),
+    ("next", "truncated"),
+]
+"""Token leaves mirrored in RAM by the storage (15 bytes a token): what TorchRL's slice samplers
+look up (trajectory key, end flags). The other leaves are read through the chunk cache."""
+
+
 @dataclasses.dataclass
 class FileReport:
     path: str
@@ -343,7 +354,7 @@ def _commit(
     storage = (
         ZarrStorage.open(path, mode="r+")
         if (path / "zarr.json").is_file()
-        else ZarrStorage(None, path=path, chunk_rows=TOKEN_CHUNK_ROWS)
+        else ZarrStorage(None, path=path, chunk_rows=TOKEN_CHUNK_ROWS, index_keys=INDEX_KEYS)
     )
     try:
         r0 = len(storage)  # rows of a killed import (no record) stay, uncounted, before these
