@@ -413,7 +413,8 @@ class ZarrStorage(TensorStorage):
         """Leaves at ring positions ``rows`` -> {path: [N, *tail, *shape]} on ``self.device``."""
         keys = list(self.log.header.schema) if keys is None else keys
         out = {}
-        big = [k for k in keys if k not in self.index]
+        columns = self.index.columns
+        big = [k for k in keys if k not in columns]
         if big:
             phys = self.ring.phys(rows)
             got, loaded = self.hot.gather(phys, big)
@@ -422,8 +423,8 @@ class ZarrStorage(TensorStorage):
                 self.reader.check_not_stale(int(phys[fresh].min()))
             out.update(got)
         for k in keys:
-            if k in self.index:
-                out[k] = self.index.gather(k, rows)
+            if k in columns:
+                out[k] = torch.index_select(columns[k], 0, rows)  # much faster than [rows]
         if all(out[k].device == self.device for k in keys):
             return {k: out[k] for k in keys}
         return {k: out[k].to(self.device, non_blocking=True) for k in keys}
