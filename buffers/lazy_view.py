@@ -9,10 +9,12 @@ it is first looked up.
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
-from tensordict import TensorDict
+from tensordict import TensorDict, TensorDictBase, is_tensor_collection
 from zarrl.buffers._compat_tensordict import td_with_leaf_mapping
 
 
@@ -85,3 +87,48 @@ def path_tree(paths: tuple[str, ...]) -> dict:
             node = node.setdefault(p, {})
         node[name] = path
     return tree
+
+
+def writable_view(view: TensorDict, storage: Any) -> StorageView:
+    """``view`` (``storage[:]``) made a ``StorageView`` whose row assignments are written into
+    ``storage`` (held by weak reference) with ``storage.set(index, value, set_cursor=False)``."""
+    view.__class__ = StorageView
+    view._zarrl_storage = weakref.ref(storage)
+    return view
+
+
+class StorageView(TensorDict):
+    """``storage[:]`` of a writable ``ZarrStorage`` (``writable_view``): ``view[index] = td`` writes the rows into
+    the storage (TorchRL routes ``rb[i, j] = td`` through ``storage[:][i, j] = td``); assigning a
+    whole key is refused instead of changing a copy."""
+
+    def __setitem__(self, index, value) -> None:
+        ref = self.__dict__.get("_zarrl_storage")
+        storage = ref() if ref is not None else None
+        if storage is None:
+            return super().__setitem__(index, value)
+        if isinstance(index, str) or (
+            isinstance(index, tuple) and index and all(isinstance(i, str) for i in index)
+        ):
+            raise TypeError(
+                f"{storage.where}: assigning the key {index!r} of storage[:] would only change "
+                "a copy; write rows instead (rb[index] = td with every stored key)"
+            )
+        if self.__dict__.get("_zarrl_swapped"):  # a transposed view (buffers with dim_extend=1)
+            if isinstance(index, tuple) and len(index) == 2:
+                index = index[::-1]
+            elif not isinstance(index, tuple):
+                index = (slice(None), index)
+            if is_tensor_collection(value) and value.batch_dims >= 2:
+                value = value.transpose(0, 1)
+        storage.set(index, value, set_cursor=False)
+
+    def transpose(self, dim0: int, dim1: int) -> TensorDictBase:
+        out = super().transpose(dim0, dim1)
+        ref = self.__dict__.get("_zarrl_storage")
+        if ref is None or self.batch_dims != 2 or {dim0 % 2, dim1 % 2} != {0, 1}:
+            return out
+        out.__class__ = StorageView
+        out._zarrl_storage = ref
+        out._zarrl_swapped = not self.__dict__.get("_zarrl_swapped", False)
+        return out

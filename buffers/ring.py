@@ -26,7 +26,7 @@ class Ring:
         if max_size is not None and int(max_size) <= 0:
             raise ValueError(f"max_size must be a positive int or None, got {max_size!r}")
         self.max_size: int | None = None if max_size is None else int(max_size)
-        self.tail: tuple[int, ...] | None = None  # batch dims after dim 0, once known
+        self.tail = None  # batch dims after dim 0, once known
         self.base = 0  # physical row of ring position 0 of the current generation 0
         self.write_count = 0  # rows appended since ``base`` (staged, may be ahead of a commit)
 
@@ -36,17 +36,17 @@ class Ring:
         return self.max_size is None
 
     @property
-    def row_elements(self) -> int:
-        """Elements per row: ``prod(tail)`` (1 before the tail is known)."""
-        return max(1, math.prod(self.tail or ()))
+    def tail(self) -> tuple[int, ...] | None:
+        """Batch dims after dim 0 (``None`` until the first write decides them)."""
+        return self._tail
 
-    @property
-    def capacity(self) -> int | None:
-        """Rows of the ring along dim 0 (``None`` when growing); before the first write (tail
-        unknown) the capacity in elements."""
-        if self.max_size is None:
-            return None
-        return -(self.max_size // -self.row_elements)
+    @tail.setter
+    def tail(self, tail: tuple[int, ...] | None) -> None:
+        self._tail = None if tail is None else tuple(tail)
+        self.row_elements = max(1, math.prod(self._tail or ()))  # elements per row
+        # rows of the ring along dim 0 (None when growing); before the first write (tail
+        # unknown) the capacity in elements
+        self.capacity: int | None = self.capacity_for(self._tail or ())
 
     def capacity_for(self, tail: tuple[int, ...]) -> int | None:
         """Rows along dim 0 of a ring whose rows have batch dims ``tail``."""

@@ -29,7 +29,7 @@ import torch
 import zarr
 import zarr.abc.store
 import zarr.storage
-from tensordict import TensorDict, TensorDictBase, is_tensor_collection
+from tensordict import TensorDict, TensorDictBase
 from torchrl.data.replay_buffers.storages import TensorStorage
 from torchrl.data.replay_buffers.writers import RoundRobinWriter
 
@@ -58,7 +58,8 @@ from .format import (
 )
 from .hot_tier import HotTier
 from .index_columns import IndexColumns
-from .lazy_view import lazy_tensordict
+from .indexing import apply_reindex, rows_and_reindex
+from .lazy_view import lazy_tensordict, writable_view
 from .reader import Reader
 from .ring import Ring
 from .row_data import (
@@ -375,6 +376,11 @@ class ZarrStorage(TensorStorage):
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def worker_channel(self) -> WriteChannel | None:
+        """The channel worker processes write through (``None`` until sent to one)."""
+        return self._channel
+
     # ============================================================ layout/setup
     @property
     def _total_shape(self):
@@ -402,70 +408,13 @@ class ZarrStorage(TensorStorage):
         """Live rows along dim 0."""
         return self.ring.rows_of(self._len)
 
-    def _rows_and_reindex(self, index):
-        """dim-0 positions [N] to read + how to index the gathered ``[N, *tail]`` block."""
-        if (  # what samplers pass: a CPU int64 vector
-            isinstance(index, torch.Tensor)
-            and index.ndim == 1
-            and index.dtype == torch.long
-            and index.device.type == "cpu"
-        ):
-            return self._checked_rows(index), None
-        rest = ()
-        if isinstance(index, tuple):
-            if len(index) == 0:
-                index = slice(None)
-            else:
-                index, rest = index[0], tuple(index[1:])
-        n0 = self._len0()
-        if index is Ellipsis:
-            index = slice(None)
-        if isinstance(index, (int, np.integer)) or (
-            isinstance(index, torch.Tensor) and index.ndim == 0 and not index.is_floating_point()
-        ):
-            i = int(index)
-            if i < -n0 or i >= n0:
-                raise IndexError(f"index {i} out of range for a storage of {n0} rows")
-            rows = torch.tensor([i % n0 if i < 0 else i])
-            return rows, (0, *rest)
-        if isinstance(index, slice):
-            rows = torch.arange(*index.indices(n0))
-            return rows, ((slice(None), *rest) if rest else None)
-        idx = torch.as_tensor(np.asarray(index) if isinstance(index, list) else index)
-        if idx.dtype == torch.bool:
-            idx = idx.nonzero().squeeze(-1)
-        idx = self._checked_rows(idx.to("cpu", torch.long))
-        flat = idx.reshape(-1)
-        if rest:
-            return flat, (torch.arange(flat.numel()).reshape(idx.shape), *rest)
-        return flat, ("reshape", tuple(idx.shape))
-
-    def _checked_rows(self, idx: torch.Tensor) -> torch.Tensor:
-        """``idx`` (CPU int64, any shape) with negative positions wrapped; raises
-        ``IndexError`` outside ``[-len0, len0)``."""
-        if not idx.numel():
-            return idx
-        n0 = self._len0()
-        lo, hi = (int(v) for v in torch.aminmax(idx))
-        if hi >= n0 or lo < -n0:
-            raise IndexError(f"index out of range for a storage of {n0} rows")
-        return torch.where(idx < 0, idx + n0, idx) if lo < 0 else idx
-
-    @staticmethod
-    def _apply_reindex(td: TensorDictBase, reindex):
-        if reindex is None:
-            return td
-        if isinstance(reindex, tuple) and reindex and isinstance(reindex[0], str):
-            shape = reindex[1]
-            return td if len(shape) == 1 else td.reshape(*shape, *td.batch_size[1:])
-        return td[reindex]
-
     # ================================================================== reads
     def _gather(self, rows: torch.Tensor, keys=None) -> dict[str, torch.Tensor]:
         """Leaves at ring positions ``rows`` -> {path: [N, *tail, *shape]} on ``self.device``."""
         keys = list(self.log.header.schema) if keys is None else keys
         out = {}
-        big = [k for k in keys if k not in self.index]
+        columns = self.index.columns
+        big = [k for k in keys if k not in columns]
         if big:
             phys = self.ring.phys(rows)
             got, loaded = self.hot.gather(phys, big)
@@ -474,8 +423,8 @@ class ZarrStorage(TensorStorage):
                 self.reader.check_not_stale(int(phys[fresh].min()))
             out.update(got)
         for k in keys:
-            if k in self.index:
-                out[k] = self.index.gather(k, rows)
+            if k in columns:
+                out[k] = torch.index_select(columns[k], 0, rows)  # much faster than [rows]
         if all(out[k].device == self.device for k in keys):
             return {k: out[k] for k in keys}
         return {k: out[k].to(self.device, non_blocking=True) for k in keys}
@@ -492,7 +441,7 @@ class ZarrStorage(TensorStorage):
         self._maybe_auto_refresh()
         if self._is_full_view(index):
             return self._full_view()
-        rows, reindex = self._rows_and_reindex(index)
+        rows, reindex = rows_and_reindex(index, self._len0())
         for attempt in range(4):
             try:
                 leaves = self._gather(rows)
@@ -501,7 +450,7 @@ class ZarrStorage(TensorStorage):
                 if attempt == 3:
                     raise
                 self.refresh()
-        td = self._apply_reindex(self._to_td_any(leaves, self._batch_of(rows.numel())), reindex)
+        td = apply_reindex(self._to_td_any(leaves, self._batch_of(rows.numel())), reindex)
         if self.log.pytree is not None:  # the stored pytree, each leaf indexed as the TensorDict
             flat = {key_path(k): v for k, v in td.items(include_nested=True, leaves_only=True)}
             return pytrees.unflatten(flat, self.log.pytree)
@@ -524,7 +473,7 @@ class ZarrStorage(TensorStorage):
             or not self.index
         ):
             return self.get(index)
-        rows, reindex = self._rows_and_reindex(index)
+        rows, reindex = rows_and_reindex(index, self._len0())
         if reindex is not None and not (isinstance(reindex[0], str) and len(reindex[1]) == 1):
             return self.get(index)
         eager = {k: self.index.gather(k, rows).to(self.device) for k in self.index}
@@ -563,8 +512,7 @@ class ZarrStorage(TensorStorage):
         lazy = {k: loader(k) for k in self.log.header.schema if k not in self.index}
         view = lazy_tensordict(eager, lazy, self._batch_of(n0), self.device)
         if not self.read_only:  # writes into the view reach the store (``rb[0, 3:4] = td``)
-            view.__class__ = _StorageView
-            view._zarrl_storage = weakref.ref(self)
+            return writable_view(view, self)
         return view
 
     def _rand_given_ndim(self, batch_size: int):
@@ -696,7 +644,7 @@ class ZarrStorage(TensorStorage):
 
     def _set_partial(self, cursor: tuple, td: TensorDictBase, set_cursor: bool):
         """Writes a sub-row selection ``(dim0, *rest)``: read-modify-write of whole rows."""
-        rows, reindex = self._rows_and_reindex(cursor)
+        rows, reindex = rows_and_reindex(cursor, self._len0())
         uniq, inv = torch.unique(rows, return_inverse=True)
         block = self._to_td(self._gather(uniq), self._batch_of(uniq.numel())).to("cpu")
         block[(inv.reshape(-1), *cursor[1:])] = td.reshape(-1).to("cpu")
@@ -1193,43 +1141,6 @@ class ZarrStorage(TensorStorage):
         )
 
 
-class _StorageView(TensorDict):
-    """``storage[:]`` of a writable ``ZarrStorage``: ``view[index] = td`` writes the rows into
-    the storage (TorchRL routes ``rb[i, j] = td`` through ``storage[:][i, j] = td``); assigning a
-    whole key is refused instead of changing a copy."""
-
-    def __setitem__(self, index, value) -> None:
-        ref = self.__dict__.get("_zarrl_storage")
-        storage = ref() if ref is not None else None
-        if storage is None:
-            return super().__setitem__(index, value)
-        if isinstance(index, str) or (
-            isinstance(index, tuple) and index and all(isinstance(i, str) for i in index)
-        ):
-            raise TypeError(
-                f"{storage._where}: assigning the key {index!r} of storage[:] would only change "
-                "a copy; write rows instead (rb[index] = td with every stored key)"
-            )
-        if self.__dict__.get("_zarrl_swapped"):  # a transposed view (buffers with dim_extend=1)
-            if isinstance(index, tuple) and len(index) == 2:
-                index = index[::-1]
-            elif not isinstance(index, tuple):
-                index = (slice(None), index)
-            if is_tensor_collection(value) and value.batch_dims >= 2:
-                value = value.transpose(0, 1)
-        storage.set(index, value, set_cursor=False)
-
-    def transpose(self, dim0: int, dim1: int) -> TensorDictBase:
-        out = super().transpose(dim0, dim1)
-        ref = self.__dict__.get("_zarrl_storage")
-        if ref is None or self.batch_dims != 2 or {dim0 % 2, dim1 % 2} != {0, 1}:
-            return out
-        out.__class__ = _StorageView
-        out._zarrl_storage = ref
-        out._zarrl_swapped = not self.__dict__.get("_zarrl_swapped", False)
-        return out
-
-
 def _unpickle_storage(ref: dict[str, Any]) -> ZarrStorage:
     return pickling.reopen(ZarrStorage, ref)
 
@@ -1259,7 +1170,7 @@ def _flush_at_exit(ref: weakref.ref) -> None:
     storage = ref()
     if (
         storage is None
-        or storage._closed
+        or storage.closed
         or storage.read_only
         or storage._owner_pid != os.getpid()  # a forked child: the store is its parent's
     ):
@@ -1267,7 +1178,7 @@ def _flush_at_exit(ref: weakref.ref) -> None:
     try:
         storage.flush()
     except Exception as err:  # the store may be gone (temporary directories) at exit
-        print(f"zarrl: could not flush {storage._where} at exit: {err}", file=sys.stderr)
+        print(f"zarrl: could not flush {storage.where} at exit: {err}", file=sys.stderr)
 
 
 def _unsynced(store) -> bool:

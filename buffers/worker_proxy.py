@@ -109,6 +109,11 @@ class WriteChannel:
         del state["_thread"]  # the pump stays in the owner
         return state
 
+    @property
+    def pumping(self) -> bool:
+        """Whether the pump thread still applies requests."""
+        return self._thread.is_alive()
+
     def stop(self) -> None:
         """Stops the pump after the request being applied (waiting workers get an error)."""
         self.closed.set()

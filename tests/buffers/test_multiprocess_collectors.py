@@ -80,7 +80,7 @@ def test_multi_sync_collector_writes_real_rows_through_the_owner(tmp_path):
     assert len(reader) == 400
     assert (reader[:].to_tensordict().exclude("index") == data.exclude("index")).all()
     storage.close()
-    assert not storage._channel._thread.is_alive()  # the pump stops with the storage
+    assert not storage.worker_channel.pumping  # the pump stops with the storage
 
 
 def test_multi_async_collector_with_trajs_per_batch_and_a_slice_sampler(tmp_path):
