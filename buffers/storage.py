@@ -40,7 +40,7 @@ from torchrl.data.replay_buffers.writers import RoundRobinWriter, Writer
 
 from . import _compat_zarr as zarr_compat
 from . import codecs as leaf_codecs
-from . import pickling, pytrees, sampler_state, xor_rows
+from . import object_store, pickling, pytrees, sampler_state, xor_rows
 from ._compat_tensordict import td_from_leaves
 from ._compat_torchrl import (
     after_sampler_init,
@@ -157,7 +157,8 @@ class ZarrStorage(TensorStorage):
         max_size: capacity in elements (as ``LazyMemmapStorage``); ``None`` = grow without bound.
 
     Keyword Args:
-        path: a filesystem path or any ``zarr.abc.store.Store`` (memory, object storage...);
+        path: a filesystem path, a store URL (``s3://bucket/prefix/run.zarr``, ``memory://name``,
+            ``file:///abs/path``: ``buffers/object_store.py``) or any ``zarr.abc.store.Store``;
             ``None`` (as ``LazyMemmapStorage``): a temporary directory, removed at ``close()``,
             garbage collection or interpreter exit (``buffers/temp_store.py``).
         ndim: number of batch dims counted by the capacity (``2`` for ``[time, envs]`` data).
@@ -188,6 +189,8 @@ class ZarrStorage(TensorStorage):
             duplicated observation costs almost no disk. Such stores are format version 2 and
             mark each XORed array in its attributes. The default ``False`` stores true values
             in every array (version 1): any Zarr client reads them.
+        storage_options: options of a store URL's store (S3: ``endpoint_url``, ``region``,
+            credentials, ``allow_http``; ``docs/scale-out.md``).
     """
 
     refill_ratio = 0.25
@@ -222,6 +225,7 @@ class ZarrStorage(TensorStorage):
         refresh_every_seconds: float | None = None,
         gc_grace_seconds: float = 10.0,
         dedupe_next: bool = False,
+        storage_options: dict[str, Any] | None = None,
         shared_init: bool = False,
         _mode: str = "w",
     ) -> None:
@@ -260,6 +264,7 @@ class ZarrStorage(TensorStorage):
             "refresh_every_seconds": refresh_every_seconds,
             "gc_grace_seconds": gc_grace_seconds,
             "dedupe_next": dedupe_next,
+            "storage_options": storage_options,
         }
         self.existsok = existsok
         self._chunk_rows_arg = chunk_rows
@@ -311,11 +316,13 @@ class ZarrStorage(TensorStorage):
         self._sampler_locks: dict[int, Any] = {}
         self.rows_at_open = 0
         with _naming_store(self._where):
-            self._group = self._open_group(path, _mode)
+            self._group = self._open_group(path, _mode, storage_options)
             if not self.read_only:
                 check_local_writable(self._group.store, self._where)
                 remove_partials(self._group.store)  # torn temporaries of a killed writer
             self._attach_or_create()
+            if not self.read_only:
+                object_store.pin(self._group)  # the commit record version our commits replace
         if self._header is not None:
             self.rows_at_open = len(self)
             _log.info("zarrl: %s already holds %d rows (reopened)", self._where, len(self))
@@ -332,6 +339,7 @@ class ZarrStorage(TensorStorage):
         mode: str = "r+",
         *,
         device: torch.device | str = "cpu",
+        storage_options: dict[str, Any] | None = None,
         **cache_options: Any,
     ) -> ZarrStorage:
         """Reopens an existing store: committed rows, ring cursor and index columns.
@@ -342,7 +350,7 @@ class ZarrStorage(TensorStorage):
         """
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
-        group = cls._open_group(path, "r")
+        group = cls._open_group(path, "r", storage_options)
         header, _ = read_attrs(group, str(path))
         meta = group.attrs.asdict()["zarrl"]
         capacity_elems = meta.get("max_size")
@@ -354,14 +362,19 @@ class ZarrStorage(TensorStorage):
             device=device,
             existsok=True,
             _mode=mode,
+            storage_options=storage_options,
             **cache_options,
         )
 
     @staticmethod
-    def _open_group(path, mode: str) -> zarr.Group:
+    def _open_group(path, mode: str, storage_options: dict | None = None) -> zarr.Group:
         where = str(path)
         if isinstance(path, zarr.abc.store.Store):
             store = path
+        elif object_store.is_url(path):  # s3://, memory://, file:// (``object_store.py``)
+            store = object_store.open_store(path, storage_options, read_only=mode == "r")
+            if mode != "r" and object_store.is_object_store(store):
+                object_store.create_group_if_absent(store)
         else:
             path = os.fspath(path)
             if mode == "r" and not os.path.exists(path):
@@ -1941,7 +1954,10 @@ class ZarrStorage(TensorStorage):
         self.flush()
         hooks = save_hooks(self)
         if not hooks:
-            dest = zarr.storage.LocalStore(os.fspath(path))
+            if object_store.is_url(path):
+                dest = object_store.open_store(path, self._init_options["storage_options"])
+            else:
+                dest = zarr.storage.LocalStore(os.fspath(path))
             _copy_store(self._group.store, dest)
             return
         if self._header is None:
@@ -1982,6 +1998,7 @@ class ZarrStorage(TensorStorage):
         _copy_store(src.store, self._group.store)
         self._written_chunks = 0  # nothing past the loaded commit is ours
         self._group = zarr.open_group(self._group.store, mode="a", zarr_format=3)
+        object_store.pin(self._group)  # the copied commit record is the one we replace next
         header, commit = read_attrs(self._group, self._where)
         self._header = None
         if header is not None:

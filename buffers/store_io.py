@@ -28,6 +28,7 @@ from zarr.core.buffer import Buffer, default_buffer_prototype
 from zarr.storage import LocalStore, StorePath
 
 from . import _compat_zarr as zarr_compat
+from . import object_store
 from .errors import UnsafeStoreError
 
 
@@ -210,6 +211,8 @@ def put_objects(
 async def _set_all(items: Sequence[tuple[StorePath, Buffer]]) -> None:
     import asyncio
 
+    fenced = {id(k.store): k.store for k, _ in items if object_store.is_object_store(k.store)}
+    await asyncio.gather(*(object_store.check_fence(store) for store in fenced.values()))
     await asyncio.gather(*(key.set(data) for key, data in items))
 
 
@@ -244,6 +247,8 @@ def put_group_attributes(group: zarr.Group, attributes: dict, durable: bool = Fa
         write_file(path, data, atomic=True, durable=True)
         fsync_path(path.parent)
         io = []
+    elif object_store.is_object_store(key.store):
+        io = [object_store.put_commit(key, data)]  # conditional: refuses a concurrent commit
     else:
         io = put_objects([(key, data)])
     zarr_compat.replace_metadata(async_group, new)
