@@ -73,9 +73,13 @@ def list_segments(root: str | os.PathLike, storage_options: dict | None = None) 
     found = []
     for name in sync(names()):
         name = name.rstrip("/")
-        if name.endswith(".zarr") and _WRITER.match(name[: -len(".zarr")]):
-            if sync(store.exists(f"{name}/zarr.json")):
-                found.append(name[: -len(".zarr")])
+        writer = name.removesuffix(".zarr")
+        if (
+            name.endswith(".zarr")
+            and _WRITER.match(writer)
+            and sync(store.exists(f"{name}/zarr.json"))
+        ):
+            found.append(writer)
     return sorted(found)
 
 
