@@ -27,6 +27,7 @@ larger than its cache in fresh processes and reports its peak RSS against the bo
     python benchmarks/buffer.py --quick    # smaller data, fewer repeats
     python benchmarks/buffer.py --s3       # adds S3 (moto on loopback) beside local (the
                                            # ``scale`` extra): extend and sample ratios
+    python benchmarks/buffer.py --s3-only  # that table alone
 """
 
 from __future__ import annotations
@@ -361,6 +362,7 @@ def main() -> None:
     parser.add_argument(
         "--s3", action="store_true", help="add S3 (a moto server on loopback) beside local"
     )
+    parser.add_argument("--s3-only", action="store_true", help="only the S3 beside local table")
     args = parser.parse_args()
     torch.set_num_threads(1)
     scale = 0.2 if args.quick else 1.0
@@ -372,6 +374,12 @@ def main() -> None:
         "tokens": (token_generations(int(20_000 * scale)), 250),
     }
     root = Path(tempfile.mkdtemp(prefix="zarrl-bench-"))
+    if args.s3_only:
+        try:
+            object_store_table(datasets, root, fill_repeats, repeats)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        return
     results = {}
     chunk_rows = {}
     try:

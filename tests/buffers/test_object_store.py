@@ -244,3 +244,13 @@ def test_a_sigkilled_s3_writer_leaves_the_store_at_its_last_commit(s3):
         assert len(reader) >= committed[-1]
         ids = check_rows(reader.get(torch.arange(len(reader))))
     assert torch.equal(ids, torch.arange(len(ids)))
+
+
+def test_a_checkpoint_to_a_store_url_is_written_there(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    url = f"memory://{tmp_path.name}/ckpt.zarr"
+    with ZarrStorage(None, path=tmp_path / "run.zarr", chunk_rows=R) as st:
+        ReplayBuffer(storage=st).extend(batch(20))
+        st.dumps(url)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.zarr"]  # no 'memory:' folder
+    assert torch.equal(read_all(url, None)["action"], batch(20)["action"])
