@@ -285,7 +285,10 @@ def create_storage(path: str | Path, *, config: BufferConfig, hint: str = TRAIN_
     """A new, empty ``ZarrStorage`` at ``path`` (CPU tensors); refuses to overwrite anything
     (``hint``: how the caller's user appends to an existing store instead)."""
     from zarrl.buffers import ZarrStorage
+    from zarrl.buffers.object_store import is_url
 
+    if is_url(path):  # s3://... (credentials from the AWS_* environment): ZarrStorage refuses
+        return ZarrStorage(config.max_size, path=path, existsok=False, **_storage_kwargs(config))
     path = Path(path)
     if path.exists():
         raise BufferPathError(
@@ -297,10 +300,12 @@ def create_storage(path: str | Path, *, config: BufferConfig, hint: str = TRAIN_
 def open_storage(path: str | Path, *, mode: str, config: BufferConfig):
     """Open the existing zarrl store at ``path`` (``mode`` ``"r"`` or ``"r+"``, CPU tensors)."""
     from zarrl.buffers import ZarrStorage
+    from zarrl.buffers.object_store import is_url
 
-    path = Path(path)
-    if not path.exists():
-        raise BufferPathError(f"buffer path {str(path)!r} does not exist")
+    if not is_url(path):  # a store URL is checked by ZarrStorage.open
+        path = Path(path)
+        if not path.exists():
+            raise BufferPathError(f"buffer path {str(path)!r} does not exist")
     try:
         return ZarrStorage.open(str(path), mode=mode, **_storage_kwargs(config, mode == "r+"))
     except Exception as err:
