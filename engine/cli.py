@@ -102,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", help="run folder to continue from its last checkpoint")
     p.add_argument("--device", help="learner device: auto, cpu, cuda (sets run.device)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    p.add_argument("--backend", choices=("local", "ray"), help="sets collector.backend")
+    p.add_argument("--workers", type=int, help="Ray collector workers (collector.num_workers)")
 
     p = sub.add_parser("inspect", help="describe a Zarr buffer")
     p.add_argument("buffer")
@@ -198,6 +200,10 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
         overrides.append(f"run.device={args.device}")
     if args.quiet:
         overrides.append("log.progress=false")
+    if args.backend:
+        overrides.append(f"collector.backend={args.backend}")
+    if args.workers is not None:
+        overrides.append(f"collector.num_workers={args.workers}")
     return overrides
 
 

@@ -9,6 +9,9 @@ built inside the buffer's actor (one owner of the store; ``docs/scale-out.md``).
   ``j``-th trajectory ``offset + j * N + k``); weights reach the workers through TorchRL's
   weight-sync route (``update_policy_weights_``, ``RayWeightSyncScheme``).
 - ``collect_ray``: ``zarrl collect --backend ray``.
+- ``RayBatchCollector``: the ``Trainer``'s collector with ``collector.backend: ray``: Ray workers
+  collect, each batch comes back to the learner's process and is written into the learner's own
+  ``ZarrStorage`` buffer there (its sampler, checkpoints and counters unchanged).
 - ``close_ray_buffer``: commits the store (``state_dict()`` of the remote buffer flushes its
   storage) before the actor is stopped, so every collected row is in the store.
 
@@ -29,7 +32,13 @@ from tensordict import TensorDictBase
 from zarrl.engine.config import BufferConfig, ConfigError, EnvConfig, ModelConfig
 from zarrl.engine.policies import TRAJ_KEY, next_trajectory_id, uniform_policy_like
 
-__all__ = ["close_ray_buffer", "collect_ray", "ray_collector", "ray_replay_buffer"]
+__all__ = [
+    "RayBatchCollector",
+    "close_ray_buffer",
+    "collect_ray",
+    "ray_collector",
+    "ray_replay_buffer",
+]
 
 
 def init_ray(num_cpus: int | None = None) -> Any:
@@ -218,6 +227,74 @@ def collect_ray(
         state = close_ray_buffer(rb)
     rows = int(state["commit"]["write_count"])
     return {"rows added": rows - before, "rows in buffer": int(state["_len"])}
+
+
+class RayBatchCollector:
+    """Collector of the ``Trainer`` with ``collector.backend: ray``: ``num_workers`` Ray workers
+    (TorchRL ``RayCollector``, asynchronous) act with copies of ``policy``; each ``next()``
+    takes one worker's batch (``frames_per_batch`` steps), applies ``postproc``, extends
+    ``replay_buffer`` (the learner's local buffer), calls ``post_collect_hook`` and returns it.
+    ``update_policy_weights_()`` sends ``policy``'s current weights to the workers (TorchRL's
+    ``RayWeightSyncScheme``). Trajectory ids are made unique across workers before ``postproc``
+    (``offset_trajectories``). ``make_env(rank)`` builds worker ``rank``'s environment."""
+
+    def __init__(
+        self,
+        make_env: Callable[[int], Any],
+        policy: torch.nn.Module,
+        replay_buffer: Any,
+        *,
+        num_workers: int,
+        frames_per_batch: int,
+        postproc: Callable[[TensorDictBase], TensorDictBase],
+        post_collect_hook: Callable[[TensorDictBase], None],
+        init_random_frames: int = 0,
+    ) -> None:
+        from torchrl.collectors import Collector
+        from torchrl.collectors.distributed import RayCollector
+
+        if not isinstance(num_workers, int) or num_workers < 1:
+            raise ConfigError(f"collector.num_workers: got {num_workers!r}, expected an int >= 1")
+        init_ray()
+        self.policy, self.replay_buffer = policy, replay_buffer
+        self.postproc, self.post_collect_hook = postproc, post_collect_hook
+        self._collector = RayCollector(
+            [functools.partial(make_env, rank) for rank in range(num_workers)],
+            policy,
+            collector_class=Collector,
+            collector_kwargs=[
+                {
+                    "postproc": functools.partial(
+                        offset_trajectories, offset=0, num_workers=num_workers, rank=rank
+                    ),
+                    "auto_register_policy_transforms": False,
+                }
+                for rank in range(num_workers)
+            ],
+            num_collectors=num_workers,
+            frames_per_batch=frames_per_batch,
+            total_frames=2**62,  # until shutdown
+            init_random_frames=init_random_frames,
+            remote_configs={"num_cpus": 1},
+        )
+        self._collector.update_policy_weights_(policy)
+        self._iterator = iter(self._collector)
+
+    def __iter__(self) -> RayBatchCollector:
+        return self
+
+    def __next__(self) -> TensorDictBase:
+        batch = self.postproc(next(self._iterator))
+        self.replay_buffer.extend(batch)
+        self.post_collect_hook(batch)
+        return batch
+
+    def update_policy_weights_(self, *args: Any, **kwargs: Any) -> None:
+        """Sends the acting policy's current weights to every worker."""
+        self._collector.update_policy_weights_(self.policy)
+
+    def shutdown(self) -> None:
+        self._collector.shutdown()
 
 
 def parse_storage_options(items: list[str]) -> dict[str, Any] | None:

@@ -65,3 +65,33 @@ def test_policy_weights_reach_the_ray_workers(ray_local, tmp_path):
         logits = storage.get(torch.arange(len(storage)))["logits"]
     updated = (logits == new_logits).all(-1)
     assert not updated[:50].any() and updated[-50:].all()
+
+
+def test_zarrl_train_with_ray_collectors_keeps_every_row(ray_local, tmp_path):
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "cartpole_trust_pcl.yaml"
+    argv = [
+        "train",
+        str(config),
+        f"run.dir={tmp_path}",
+        "run.name=ray",
+        "train.total_frames=600",
+        "train.warmup_frames=200",
+        "collector.frames_per_batch=100",
+        "eval.episodes=0",
+        "run.device=cpu",
+        "--backend",
+        "ray",
+        "--workers",
+        "2",
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    state = torch.load(tmp_path / "ray" / "checkpoints" / "final.pt", weights_only=False)
+    with ZarrStorage.open(tmp_path / "ray" / "buffer.zarr", "r") as storage:
+        n = len(storage)
+        assert n >= 600 and n == state["counters"]["frames"]
+        ids = storage.get(torch.arange(n))[TRAJ_KEY]
+    assert set((ids % 2).tolist()) == {0, 1}  # both workers' trajectories, ids kept apart
+    assert state["counters"]["updates"] > 0
