@@ -487,7 +487,7 @@ def object_store_table(
             for label, kwargs in (
                 ("default", {}),
                 ("hot (ram)", {"cache": "ram"}),
-                ("cache=1/4", {"cache": quarter}),
+                ("cache 25%", {"cache": quarter}),
             ):
                 makers[f"local {label}"] = lambda n, p, kw=kwargs: ZarrStorage(n, path=p, **kw)
                 makers[f"S3 {label}"] = _s3_maker("s3://bench", options, **kwargs)
@@ -508,7 +508,7 @@ def object_store_table(
         f"{'local rnd ms':>12} {'S3 rnd ms':>10} {'random':>7} {'S3 slice ms':>11} {'slice':>7}"
     )
     for shape in ("vector", "pixel"):
-        for label in ("default", "hot (ram)", "cache=1/4"):
+        for label in ("default", "hot (ram)", "cache 25%"):
             loc, s3 = results[shape, f"local {label}"], results[shape, f"S3 {label}"]
             print(
                 f"{shape:7} {label:10} {loc['rows/s']:12.4g} {s3['rows/s']:10.4g} "
