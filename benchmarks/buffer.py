@@ -33,6 +33,7 @@ larger than its cache in fresh processes and reports its peak RSS against the bo
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import platform
@@ -468,6 +469,7 @@ def object_store_table(
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
