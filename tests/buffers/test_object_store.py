@@ -254,3 +254,31 @@ def test_a_checkpoint_to_a_store_url_is_written_there(tmp_path, monkeypatch):
         st.dumps(url)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.zarr"]  # no 'memory:' folder
     assert torch.equal(read_all(url, None)["action"], batch(20)["action"])
+
+
+def test_a_reader_process_beside_an_s3_writer_never_sees_a_torn_row(s3):
+    import json
+
+    sys.path.insert(0, str(HERE))
+    from store_worker import check_rows
+
+    bucket, options = s3
+    url = f"{bucket}/run.zarr"
+    code = CHILD.format(here=str(HERE), options=json.dumps(options), url=url)
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        first = int(child.stdout.readline())  # the store exists with rows
+        reader = ZarrStorage.open(url, "r", storage_options=options)
+        seen = [len(reader)]
+        deadline = time.monotonic() + 120
+        while len(set(seen)) < 4 and time.monotonic() < deadline:
+            reader.refresh()
+            n = len(reader)
+            ids = check_rows(reader.get(torch.arange(n)))  # every visible row whole
+            assert torch.equal(ids, torch.arange(n))
+            seen.append(n)
+        assert len(set(seen)) >= 4 and seen[0] >= first, seen  # it saw new commits
+        reader.close()
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
