@@ -166,9 +166,39 @@ def read_ray_dataset(
 ):
     """A ``ray.data.Dataset`` of the committed rows of the zarrl store at ``path_or_url`` (a
     path, a store URL such as ``s3://bucket/run.zarr`` with ``storage_options``, or a zarr
-    store), oldest first; ``columns``: array paths to read (default all); ``chunks_per_task``:
+    store), oldest first; for a segmented buffer (``segments.py``) the union of its segments; ``columns``: array paths to read (default all); ``chunks_per_task``:
     chunks per read task (default: spread over Ray's parallelism)."""
     import ray.data
 
-    source = datasource(path_or_url, storage_options, columns, chunks_per_task)
+    from .segments import list_segments, segment_path
+
+    writers = [] if isinstance(path_or_url, zarr.abc.store.Store) else None
+    if writers is None:
+        writers = list_segments(path_or_url, storage_options)
+    if writers:  # a segmented buffer: the union of its segments, in writer-name order
+        parts = [
+            datasource(segment_path(path_or_url, w), storage_options, columns, chunks_per_task)
+            for w in writers
+        ]
+        source = _union(parts)
+    else:
+        source = datasource(path_or_url, storage_options, columns, chunks_per_task)
     return ray.data.read_datasource(source, override_num_blocks=override_num_blocks)
+
+
+def _union(parts: list):
+    """One datasource of the read tasks of ``parts``, in order."""
+    from ray.data.datasource import Datasource
+
+    class _Union(Datasource):
+        def estimate_inmemory_data_size(self) -> int:
+            return sum(p.estimate_inmemory_data_size() for p in parts)
+
+        def get_name(self) -> str:
+            return "zarrl(segments)"
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
+            share = max(1, parallelism // len(parts))
+            return [task for p in parts for task in p.get_read_tasks(share)]
+
+    return _Union()

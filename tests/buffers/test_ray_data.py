@@ -78,3 +78,17 @@ def test_a_corrupt_chunk_fails_its_read_task_naming_the_array(ray_local, tmp_pat
     (task,) = [t for t in datasource(path, chunks_per_task=1).get_read_tasks(4)][1:2]
     with pytest.raises(CorruptChunkError, match=r"array 'obs', chunks 1\.\.1"):
         list(task())
+
+
+def test_the_dataset_of_a_segmented_buffer_is_the_union_of_its_segments(ray_local, tmp_path):
+    from zarrl.buffers.segments import SegmentedReader, open_segment_writer
+
+    root = tmp_path / "buf"
+    for name, start, n in (("a", 0, 20), ("b", 100, 13)):
+        with open_segment_writer(root, name, chunk_rows=R) as st:
+            ReplayBuffer(storage=st).extend(batch(n, start))
+    got = by_id(read_ray_dataset(str(root)))
+    with SegmentedReader(root) as reader:
+        want = reader.get(torch.arange(len(reader)))
+    assert np.array_equal(got["action"], want["action"].numpy())
+    assert np.array_equal(got["next/obs"], want["next", "obs"].numpy())
