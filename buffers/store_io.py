@@ -256,12 +256,13 @@ def put_group_attributes(group: zarr.Group, attributes: dict, durable: bool = Fa
 
 
 def grow_array(array: zarr.Array, rows: int) -> list:
-    """Sets ``array``'s dim-0 size to ``rows`` (≥ the current size: nothing is deleted) with
-    one metadata write; returns coroutines for non-local stores (see ``put_objects``)."""
+    """Sets ``array``'s dim-0 size to at least ``rows`` with one metadata write (nothing is
+    deleted: an array already that large, grown by a writer killed before its commit counted
+    it, is left as it is); returns coroutines for non-local stores (see ``put_objects``)."""
     async_array = zarr_compat.async_array(array)
     old = async_array.metadata
-    if rows < old.shape[0]:
-        raise ValueError(f"grow_array cannot shrink {array.path!r} from {old.shape[0]} to {rows}")
+    if rows <= old.shape[0]:
+        return []
     new = old.update_shape((rows, *old.shape[1:]))
     io = put_objects(metadata_objects(async_array.store_path, new))
     zarr_compat.replace_metadata(async_array, new)
