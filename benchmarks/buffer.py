@@ -26,11 +26,15 @@ larger than its cache in fresh processes and reports its peak RSS against the bo
 
     python benchmarks/buffer.py            # full run (~1.5 min on 2 cores)
     python benchmarks/buffer.py --quick    # smaller data, fewer repeats
+    python benchmarks/buffer.py --s3       # adds S3 (moto on loopback) beside local (the
+                                           # ``scale`` extra): extend and sample ratios
+    python benchmarks/buffer.py --s3-only  # that table alone
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import platform
@@ -360,6 +364,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-memory", action="store_true", help="skip the larger-than-cache case")
+    parser.add_argument(
+        "--s3", action="store_true", help="add S3 (a moto server on loopback) beside local"
+    )
+    parser.add_argument("--s3-only", action="store_true", help="only the S3 beside local table")
     args = parser.parse_args()
     torch.set_num_threads(1)
     scale = 0.2 if args.quick else 1.0
@@ -371,6 +379,12 @@ def main() -> None:
         "tokens": (token_generations(int(20_000 * scale)), 250),
     }
     root = Path(tempfile.mkdtemp(prefix="zarrl-bench-"))
+    if args.s3_only:
+        try:
+            object_store_table(datasets, root, fill_repeats, repeats)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        return
     results = {}
     chunk_rows = {}
     try:
@@ -428,6 +442,86 @@ def main() -> None:
         store_gb, cache_mib = (0.85, 128) if args.quick else (1.7, 256)
         figures = buffer_memory.run(int(store_gb * 1e9), cache_mib * 2**20, batches=400)
         print(buffer_memory.report(figures))
+    if args.s3:
+        object_store_table(datasets, root, fill_repeats, repeats)
+
+
+# ------------------------------------------------------------------ object storage (S3, moto)
+def _s3_maker(url: str, options: dict, **kwargs) -> Callable:
+    """A ``fill`` maker writing to ``<url>/<shape>/<name.round>`` on the S3 server."""
+
+    def make(n: int, path: Path) -> ZarrStorage:
+        return ZarrStorage(
+            n, path=f"{url}/{path.parent.name}/{path.name}", storage_options=options, **kwargs
+        )
+
+    return make
+
+
+def object_store_table(
+    datasets: dict[str, tuple[TensorDict, int]], root: Path, fill_repeats: int, repeats: int
+) -> None:
+    """The same fills and samplers on S3 (a moto server on 127.0.0.1: zarr's obstore-backed
+    store, every request over loopback HTTP) beside the local store: the default chunk cache,
+    the hot tier (``cache="ram"``) and a store four times larger than its cache; ratios S3 /
+    local for each."""
+    import socket
+    import urllib.request
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/bench", method="PUT"))
+    options = {
+        "endpoint_url": endpoint,
+        "region": "us-east-1",
+        "access_key_id": "bench",
+        "secret_access_key": "bench",
+    }
+    results = {}
+    try:
+        for shape in ("vector", "pixel"):
+            data, batch = datasets[shape]
+            quarter = max(1, data.bytes() // 4)
+            makers = {}
+            for label, kwargs in (
+                ("default", {}),
+                ("hot (ram)", {"cache": "ram"}),
+                ("cache 25%", {"cache": quarter}),
+            ):
+                makers[f"local {label}"] = lambda n, p, kw=kwargs: ZarrStorage(n, path=p, **kw)
+                makers[f"S3 {label}"] = _s3_maker("s3://bench", options, **kwargs)
+            stores, filled = fill_all(makers, data, batch, root / f"s3-{shape}", fill_repeats)
+            for name, row in sample_times(stores, repeats).items():
+                results[shape, name] = {**filled[name], **row}
+            for storage in stores.values():
+                storage.close()
+            shutil.rmtree(root / f"s3-{shape}", ignore_errors=True)
+    finally:
+        server.stop()
+    print(
+        f"\nObject storage: S3 (moto on 127.0.0.1, zarr ObjectStore over obstore) beside the "
+        f"local store ({cpu_model()}); ratios S3 / local of the same cache setting"
+    )
+    print(
+        f"{'shape':7} {'cache':10} {'local rows/s':>12} {'S3 rows/s':>10} {'extend':>7} "
+        f"{'local rnd ms':>12} {'S3 rnd ms':>10} {'random':>7} {'S3 slice ms':>11} {'slice':>7}"
+    )
+    for shape in ("vector", "pixel"):
+        for label in ("default", "hot (ram)", "cache 25%"):
+            loc, s3 = results[shape, f"local {label}"], results[shape, f"S3 {label}"]
+            print(
+                f"{shape:7} {label:10} {loc['rows/s']:12.4g} {s3['rows/s']:10.4g} "
+                f"{s3['rows/s'] / loc['rows/s']:7.2f} {loc['random ms']:12.3g} "
+                f"{s3['random ms']:10.3g} {s3['random ms'] / loc['random ms']:7.2f} "
+                f"{s3['slice ms']:11.3g} {s3['slice ms'] / loc['slice ms']:7.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,10 @@ Rows:
 - pipeline: ``Trainer.run()`` online (collect, write, sample, update, sync weights), with the
   frames/s of its collection phases and the updates/s of its learning phases.
 
-Run: ``.venv/bin/python benchmarks/engine.py [--frames 20000] [--updates 300]``.
+- with ``--ray``: 1 and 2 Ray collector workers (``engine/ray_collect.py``, a local Ray) writing
+  into a Ray-hosted ZarrStorage, beside the single-process collector into ZarrStorage.
+
+Run: ``.venv/bin/python benchmarks/engine.py [--frames 20000] [--updates 300] [--ray]``.
 """
 
 from __future__ import annotations
@@ -86,11 +89,54 @@ def learner_alone(trainer: Trainer, updates: int) -> float:
     return updates / (time.perf_counter() - start)
 
 
+def ray_collectors(trainer: Trainer, frames: int, workers: int, root: Path) -> float:
+    """Frames/s of ``workers`` Ray collector workers (same env and policy) writing into a
+    Ray-hosted ZarrStorage (``engine/ray_collect.py``), after one warm-up batch per worker."""
+    from zarrl.engine.config import BufferConfig
+    from zarrl.engine.ray_collect import (
+        close_ray_buffer,
+        init_ray,
+        ray_collector,
+        ray_replay_buffer,
+        storage_factory,
+    )
+    from zarrl.engine.registry import make_environment
+
+    init_ray()
+    env_cfg = trainer.config.env
+    path = str(root / f"ray{workers}.zarr")
+    rb = ray_replay_buffer(
+        storage_factory(path, BufferConfig(max_size=None, cache=None), create=True)
+    )
+    collector = ray_collector(
+        lambda: make_environment(env_cfg, seed=1),
+        trainer.collector_policy,
+        rb,
+        num_workers=workers,
+        frames_per_batch=trainer.config.collector.frames_per_batch,
+        total_frames=10 * frames + 10**6,
+    )
+    it = iter(collector)
+    for _ in range(workers):
+        next(it)
+    before, start = rb.write_count, time.perf_counter()
+    while rb.write_count - before < frames:
+        next(it)
+    elapsed = time.perf_counter() - start
+    n = rb.write_count - before
+    collector.shutdown()
+    close_ray_buffer(rb)
+    return n / elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=20_000, help="frames per collector figure")
     parser.add_argument("--updates", type=int, default=300, help="updates for the learner alone")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--ray", action="store_true", help="add 1 and 2 Ray collector workers (zarrl[scale])"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,6 +145,10 @@ def main() -> None:
         alone_frames = collector_alone(parts, args.frames)
         zarr_frames = collector_into_zarr(parts, args.frames)
         alone_updates = learner_alone(parts, args.updates)
+        ray_frames = {}
+        if args.ray:
+            for workers in (1, 2):
+                ray_frames[workers] = ray_collectors(parts, args.frames, workers, root)
         parts.close()
 
         pipeline = Trainer(_config(root, args.frames, "pipeline"))
@@ -123,6 +173,11 @@ def main() -> None:
         "pipeline wall time (s)": round(wall, 1),
         "pipeline overall env steps/s": round(summary["env steps"] / wall, 1),
     }
+    for workers, fps in ray_frames.items():
+        rows[f"{workers} Ray worker(s) -> Ray-hosted ZarrStorage (frames/s)"] = round(fps, 1)
+        rows[f"  ratio to the single-process collector -> Zarr ({workers})"] = round(
+            fps / zarr_frames, 3
+        )
     print(format_table(rows, title=f"engine pipeline overhead ({args.threads} thread(s), CPU)"))
 
 

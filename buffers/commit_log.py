@@ -26,18 +26,27 @@ import zarr
 import zarr.abc.store
 import zarr.storage
 
-from . import pytrees
+from . import object_store, pytrees
 from .format import Commit, Header, StoreFormatError, read_attrs, write_attrs
 from .store_io import run_io
 
 
-def open_group(path: str | os.PathLike | zarr.abc.store.Store, mode: str) -> zarr.Group:
-    """The Zarr v3 group at ``path`` (``mode``: ``"r"`` reads, anything else may create);
-    raises ``FileNotFoundError`` for a missing local path, ``StoreFormatError`` for a store
-    that is not a Zarr v3 group."""
+def open_group(
+    path: str | os.PathLike | zarr.abc.store.Store,
+    mode: str,
+    storage_options: dict | None = None,
+) -> zarr.Group:
+    """The Zarr v3 group at ``path`` (``mode``: ``"r"`` reads, anything else may create), a
+    local path, a zarr store or a store URL (``s3://``, ``memory://``, ``file://``: opened by
+    ``object_store.open_store`` with ``storage_options``); raises ``FileNotFoundError`` for a
+    missing local path, ``StoreFormatError`` for a store that is not a Zarr v3 group."""
     where = str(path)
     if isinstance(path, zarr.abc.store.Store):
         store = path
+    elif object_store.is_url(path):
+        store = object_store.open_store(path, storage_options, read_only=mode == "r")
+        if mode != "r" and object_store.is_object_store(store):
+            object_store.create_group_if_absent(store)
     else:
         path = os.fspath(path)
         if mode == "r" and not os.path.exists(path):

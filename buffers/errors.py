@@ -18,3 +18,8 @@ class ReadOnlyStorageError(RuntimeError):
 
 class CorruptChunkError(RuntimeError):
     """A stored chunk failed its checksum (or could not be decoded)."""
+
+
+class CommitConflictError(RuntimeError):
+    """An object store's commit record was changed by another writer since this writer read
+    it: the conditional put of this writer's commit was refused (``object_store.py``)."""

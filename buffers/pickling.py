@@ -23,6 +23,8 @@ from typing import Any
 
 import zarr.storage
 
+from . import object_store
+
 _WRITERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
@@ -57,7 +59,7 @@ def reference(storage: Any) -> dict[str, Any]:
     store = storage.location
     if isinstance(store, zarr.storage.LocalStore):
         store = str(store.root)
-    if isinstance(store, (str, os.PathLike)):
+    if isinstance(store, (str, os.PathLike)) and not object_store.is_url(store):
         store = os.path.abspath(os.fspath(store))
     return {
         "store": store,

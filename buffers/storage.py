@@ -33,7 +33,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data.replay_buffers.storages import TensorStorage
 from torchrl.data.replay_buffers.writers import RoundRobinWriter
 
-from . import pickling, pytrees, sampler_state
+from . import object_store, pickling, pytrees, sampler_state
 from ._compat_torchrl import (
     after_sampler_init,
     buffer_lock,
@@ -130,7 +130,8 @@ class ZarrStorage(TensorStorage):
         max_size: capacity in elements (as ``LazyMemmapStorage``); ``None`` = grow without bound.
 
     Keyword Args:
-        path: a filesystem path or any ``zarr.abc.store.Store`` (memory, object storage...);
+        path: a filesystem path, a store URL (``s3://bucket/prefix/run.zarr``, ``memory://name``,
+            ``file:///abs/path``: ``buffers/object_store.py``) or any ``zarr.abc.store.Store``;
             ``None`` (as ``LazyMemmapStorage``): a temporary directory, removed at ``close()``,
             garbage collection or interpreter exit (``buffers/temp_store.py``).
         ndim: number of batch dims counted by the capacity (``2`` for ``[time, envs]`` data).
@@ -161,6 +162,8 @@ class ZarrStorage(TensorStorage):
             duplicated observation costs almost no disk. Such stores are format version 2 and
             mark each XORed array in its attributes. The default ``False`` stores true values
             in every array (version 1): any Zarr client reads them.
+        storage_options: options of a store URL's store (S3: ``endpoint_url``, ``region``,
+            credentials, ``allow_http``; ``docs/scale-out.md``).
     """
 
     refill_ratio = 0.25
@@ -195,6 +198,7 @@ class ZarrStorage(TensorStorage):
         refresh_every_seconds: float | None = None,
         gc_grace_seconds: float = 10.0,
         dedupe_next: bool = False,
+        storage_options: dict[str, Any] | None = None,
         shared_init: bool = False,
         _mode: str = "w",
     ) -> None:
@@ -233,6 +237,7 @@ class ZarrStorage(TensorStorage):
             "refresh_every_seconds": refresh_every_seconds,
             "gc_grace_seconds": gc_grace_seconds,
             "dedupe_next": dedupe_next,
+            "storage_options": storage_options,
         }
         self.existsok = existsok
         self._chunk_rows_arg = chunk_rows
@@ -262,7 +267,9 @@ class ZarrStorage(TensorStorage):
         self.rows_at_open = 0
         with _naming_store(self._where):
             # the group, layout and commit record (``buffers/commit_log.py``)
-            self.log = CommitLog(open_group(path, _mode), self._where, self.ring.max_size, ndim)
+            self.log = CommitLog(
+                open_group(path, _mode, storage_options), self._where, self.ring.max_size, ndim
+            )
             # leaf arrays, codecs and seal table (``buffers/chunk_io.py``)
             self.chunks = ChunkStore(self.log, self.ring, self.read_only, compressors)
             # decoded chunks and their refill (``buffers/hot_tier.py``)
@@ -277,6 +284,8 @@ class ZarrStorage(TensorStorage):
                 check_local_writable(self.log.store, self._where)
                 remove_partials(self.log.store)  # torn temporaries of a killed writer
             self._attach_or_create()
+            if not self.read_only:
+                object_store.pin(self.log.group)  # the commit record version our commits replace
         if self.log.header is not None:
             self.rows_at_open = len(self)
             _log.info("zarrl: %s already holds %d rows (reopened)", self._where, len(self))
@@ -293,6 +302,7 @@ class ZarrStorage(TensorStorage):
         mode: str = "r+",
         *,
         device: torch.device | str = "cpu",
+        storage_options: dict[str, Any] | None = None,
         **cache_options: Any,
     ) -> ZarrStorage:
         """Reopens an existing store: committed rows, ring cursor and index columns.
@@ -303,7 +313,7 @@ class ZarrStorage(TensorStorage):
         """
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
-        group = open_group(path, "r")
+        group = open_group(path, "r", storage_options)
         header, _ = read_attrs(group, str(path))
         meta = group.attrs.asdict()["zarrl"]
         capacity_elems = meta.get("max_size")
@@ -315,6 +325,7 @@ class ZarrStorage(TensorStorage):
             device=device,
             existsok=True,
             _mode=mode,
+            storage_options=storage_options,
             **cache_options,
         )
 
@@ -1012,7 +1023,10 @@ class ZarrStorage(TensorStorage):
         self.flush()
         hooks = save_hooks(self)
         if not hooks:
-            dest = zarr.storage.LocalStore(os.fspath(path))
+            if object_store.is_url(path):
+                dest = object_store.open_store(path, self.init_options["storage_options"])
+            else:
+                dest = zarr.storage.LocalStore(os.fspath(path))
             copy_store(self.log.store, dest)
             return
         if self.log.header is None:
@@ -1053,6 +1067,7 @@ class ZarrStorage(TensorStorage):
         copy_store(src.store, self.log.store)
         self.chunk_writer.forget_written()  # nothing past the loaded commit is ours
         self.log.reopen()
+        object_store.pin(self.log.group)  # the copied commit record is the one we replace next
         header, commit = self.log.read()
         self.log.header = None
         if header is not None:

@@ -30,6 +30,7 @@ from zarr.core.buffer import Buffer, default_buffer_prototype
 from zarr.storage import LocalStore, StorePath
 
 from . import _compat_zarr as zarr_compat
+from . import object_store
 from .errors import UnsafeStoreError
 
 
@@ -212,6 +213,8 @@ def put_objects(
 async def _set_all(items: Sequence[tuple[StorePath, Buffer]]) -> None:
     import asyncio
 
+    fenced = {id(k.store): k.store for k, _ in items if object_store.is_object_store(k.store)}
+    await asyncio.gather(*(object_store.check_fence(store) for store in fenced.values()))
     await asyncio.gather(*(key.set(data) for key, data in items))
 
 
@@ -246,6 +249,8 @@ def put_group_attributes(group: zarr.Group, attributes: dict, durable: bool = Fa
         write_file(path, data, atomic=True, durable=True)
         fsync_path(path.parent)
         io = []
+    elif object_store.is_object_store(key.store):
+        io = [object_store.put_commit(key, data)]  # conditional: refuses a concurrent commit
     else:
         io = put_objects([(key, data)])
     zarr_compat.replace_metadata(async_group, new)
@@ -253,12 +258,13 @@ def put_group_attributes(group: zarr.Group, attributes: dict, durable: bool = Fa
 
 
 def grow_array(array: zarr.Array, rows: int) -> list:
-    """Sets ``array``'s dim-0 size to ``rows`` (≥ the current size: nothing is deleted) with
-    one metadata write; returns coroutines for non-local stores (see ``put_objects``)."""
+    """Sets ``array``'s dim-0 size to at least ``rows`` with one metadata write (nothing is
+    deleted: an array already that large, grown by a writer killed before its commit counted
+    it, is left as it is); returns coroutines for non-local stores (see ``put_objects``)."""
     async_array = zarr_compat.async_array(array)
     old = async_array.metadata
-    if rows < old.shape[0]:
-        raise ValueError(f"grow_array cannot shrink {array.path!r} from {old.shape[0]} to {rows}")
+    if rows <= old.shape[0]:
+        return []
     new = old.update_shape((rows, *old.shape[1:]))
     io = put_objects(metadata_objects(async_array.store_path, new))
     zarr_compat.replace_metadata(async_array, new)

@@ -79,6 +79,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-envs", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--backend", choices=("local", "ray"), default="local", help="ray: Ray collector workers"
+    )
+    p.add_argument("--workers", type=int, default=1, help="Ray collector workers (--backend ray)")
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="option of a store URL's store, e.g. endpoint_url=http://... (docs/scale-out.md)",
+    )
 
     p = sub.add_parser("train", help="train from a config (online, offline or mixed)")
     p.add_argument(
@@ -91,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", help="run folder to continue from its last checkpoint")
     p.add_argument("--device", help="learner device: auto, cpu, cuda (sets run.device)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    p.add_argument("--backend", choices=("local", "ray"), help="sets collector.backend")
+    p.add_argument("--workers", type=int, help="Ray collector workers (collector.num_workers)")
 
     p = sub.add_parser("inspect", help="describe a Zarr buffer")
     p.add_argument("buffer")
@@ -140,6 +153,8 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         raise _UsageError(f"--frames: got {args.frames}, expected a positive number of steps")
     if args.policy != "random" and not Path(args.policy).is_dir():
         raise _UsageError(f"--policy: got {args.policy!r}, expected 'random' or a run folder")
+    if args.backend == "ray" or args.storage_option:
+        return _collect_ray(args)
     result = collect(
         args.env,
         args.buffer,
@@ -158,6 +173,30 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _collect_ray(args: argparse.Namespace) -> int:
+    from zarrl.engine.ray_collect import collect_ray, parse_storage_options
+    from zarrl.engine.reporting import format_table
+
+    if args.backend != "ray":
+        raise _UsageError("--storage-option: store URLs are written by --backend ray")
+    if args.workers < 1:
+        raise _UsageError(f"--workers: got {args.workers}, expected at least 1")
+    result = collect_ray(
+        args.env,
+        args.buffer,
+        args.frames,
+        workers=args.workers,
+        policy=args.policy,
+        seed=args.seed,
+        append=args.append,
+        max_size=args.max_size,
+        commit_every_seconds=2.0 if args.commit_every is None else args.commit_every,
+        storage_options=parse_storage_options(args.storage_option),
+    )
+    print(format_table({"buffer": args.buffer, **result}, title="zarrl collect (ray)"))
+    return EXIT_OK
+
+
 def _train_overrides(args: argparse.Namespace) -> list[str]:
     overrides = list(args.overrides)
     if args.offline and args.mixed:
@@ -172,6 +211,10 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
         overrides.append(f"run.device={args.device}")
     if args.quiet:
         overrides.append("log.progress=false")
+    if args.backend:
+        overrides.append(f"collector.backend={args.backend}")
+    if args.workers is not None:
+        overrides.append(f"collector.num_workers={args.workers}")
     return overrides
 
 

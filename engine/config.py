@@ -81,6 +81,8 @@ class BufferConfig:
 class CollectorConfig:
     frames_per_batch: int = 200
     init_random_frames: int = 0  # first frames collected with uniformly random actions
+    backend: str = "local"  # local | ray (workers on Ray: engine/ray_collect.py)
+    num_workers: int = 1  # Ray collector workers (backend: ray)
 
 
 @dataclass
@@ -162,10 +164,12 @@ _CHOICES = {
     "buffer.cache": (None, "ram"),
     "train.mode": ("online", "offline", "mixed", "sampler"),
     "log.backend": ("csv", "tensorboard"),
+    "collector.backend": ("local", "ray"),
 }
 _POSITIVE = (
     "env.num_envs",
     "collector.frames_per_batch",
+    "collector.num_workers",
     "train.batch_size",
     "train.slice_len",
     "train.checkpoint_every_updates",

@@ -288,7 +288,10 @@ def create_storage(
     (``hint``: how the caller's user appends to an existing store instead). ``chunk_rows``: rows
     per chunk where ``config.chunk_rows`` is null (``None``: the storage's default)."""
     from zarrl.buffers import ZarrStorage
+    from zarrl.buffers.object_store import is_url
 
+    if is_url(path):  # s3://... (credentials from the AWS_* environment): ZarrStorage refuses
+        return ZarrStorage(config.max_size, path=path, existsok=False, **_storage_kwargs(config))
     path = Path(path)
     if path.exists():
         raise BufferPathError(
@@ -306,10 +309,12 @@ def create_storage(
 def open_storage(path: str | Path, *, mode: str, config: BufferConfig):
     """Open the existing zarrl store at ``path`` (``mode`` ``"r"`` or ``"r+"``, CPU tensors)."""
     from zarrl.buffers import ZarrStorage
+    from zarrl.buffers.object_store import is_url
 
-    path = Path(path)
-    if not path.exists():
-        raise BufferPathError(f"buffer path {str(path)!r} does not exist")
+    if not is_url(path):  # a store URL is checked by ZarrStorage.open
+        path = Path(path)
+        if not path.exists():
+            raise BufferPathError(f"buffer path {str(path)!r} does not exist")
     try:
         return ZarrStorage.open(str(path), mode=mode, **_storage_kwargs(config, mode == "r+"))
     except Exception as err:

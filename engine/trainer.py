@@ -283,6 +283,19 @@ class Trainer:
         def make() -> Any:
             return task.make_env(seed=seed)
 
+        if cfg.collector.backend == "ray":  # workers on Ray, rows written here (ray_collect.py)
+            from zarrl.engine.ray_collect import RayBatchCollector
+
+            return RayBatchCollector(
+                lambda rank: task.make_env(seed=seed + rank),
+                self.collector_policy,
+                self.buffer,
+                num_workers=cfg.collector.num_workers,
+                frames_per_batch=cfg.collector.frames_per_batch,
+                postproc=self._postprocess_batch,
+                post_collect_hook=self._record_episodes,
+                init_random_frames=cfg.collector.init_random_frames,
+            )
         return Collector(
             make,
             self._acting,
