@@ -34,7 +34,6 @@ larger than its cache in fresh processes and reports its peak RSS against the bo
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import os
 import platform
@@ -465,25 +464,11 @@ def object_store_table(
     store, every request over loopback HTTP) beside the local store: the default chunk cache,
     the hot tier (``cache="ram"``) and a store four times larger than its cache; ratios S3 /
     local for each."""
-    import socket
-    import urllib.request
+    from zarrl.buffers.local_s3 import LocalS3
 
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/bench", method="PUT"))
-    options = {
-        "endpoint_url": endpoint,
-        "region": "us-east-1",
-        "access_key_id": "bench",
-        "secret_access_key": "bench",
-    }
+    server = LocalS3().start()
+    server.create_bucket("bench")
+    options = server.storage_options
     results = {}
     try:
         for shape in ("vector", "pixel"):

@@ -25,15 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import multiprocessing as mp
 import os
 import platform
-import socket
 import subprocess
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -213,23 +210,10 @@ def run(design: str, writers: int, batches: int, n: int, s3: str | None, options
 
 
 def _moto() -> tuple[object, str, dict]:
-    from moto.server import ThreadedMotoServer
+    from zarrl.buffers.local_s3 import LocalS3
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/bench", method="PUT"))
-    options = {
-        "endpoint_url": endpoint,
-        "region": "us-east-1",
-        "access_key_id": "testing",
-        "secret_access_key": "testing",
-    }
-    return server, "s3://bench", options
+    server = LocalS3().start()
+    return server, server.create_bucket("bench"), server.storage_options
 
 
 def main() -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import random
 import signal
@@ -214,25 +213,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="zarrl-soak-") as tmp:
         root = f"{tmp}/buffer"
         if args.s3:
-            import socket
-            import urllib.request
+            from zarrl.buffers.local_s3 import LocalS3
 
-            from moto.server import ThreadedMotoServer
-
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
-            logging.getLogger("werkzeug").setLevel(logging.ERROR)
-            server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-            server.start()
-            endpoint = f"http://127.0.0.1:{port}"
-            urllib.request.urlopen(urllib.request.Request(f"{endpoint}/soak", method="PUT"))
-            options = {
-                "endpoint_url": endpoint,
-                "region": "us-east-1",
-                "access_key_id": "soak",
-                "secret_access_key": "soak",
-            }
+            server = LocalS3().start()
+            server.create_bucket("soak")
+            options = server.storage_options
             root = "s3://soak/buffer"
         try:
             result = soak(root, args.writers, args.minutes, options, args.seed)
