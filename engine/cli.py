@@ -250,7 +250,8 @@ def _print_locations(trainer) -> None:
     print(f"buffer:      {trainer.buffer_path}")
     print(f"checkpoints: {layout.checkpoints}")
     print(f"logs:        {layout.scalars(trainer.config.run.name)}")
-    print(f"plot:        {layout.plot}")
+    if layout.plot.is_file():  # a run with returns to plot
+        print(f"plot:        {layout.plot}")
     print(f"config:      {layout.config}")
 
 

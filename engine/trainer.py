@@ -674,7 +674,7 @@ class Trainer:
             self.task_metrics = self.task.metrics(self.actor, self.loss, reference=self.reference)
         summary = self.summary()
         self.layout.summary.write_text(json.dumps(summary, indent=2))
-        if self.eval_history or self.counters["episodes"]:  # returns to plot
+        if self.eval_history or self.config.train.mode != "sampler":  # a sampler plays no episode
             self._plot()
         if self.config.log.progress:
             print(format_table(summary, title="zarrl run summary"))
