@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -23,6 +25,7 @@ def _bash_blocks() -> list[str]:
     return re.findall(r"```bash\n(.*?)```", README.read_text(), re.S)
 
 
+@pytest.mark.timeout(900)  # a dozen real runs, each a fresh process: minutes on 2 busy cores
 def test_every_readme_command_block_runs_as_written(tmp_path):
     """Every ```bash block of the README, pasted line by line into a fresh folder (the shipped
     configs resolve by name there), with the ``zarrl`` of this interpreter on the PATH. Lines that
