@@ -68,7 +68,7 @@ def storage_factory(
         "cache": config.cache,
         "flush_every_rows": config.flush_every_rows,
         "flush_every_seconds": config.flush_every_seconds,
-        "storage_options": storage_options,
+        "storage_options": storage_options or dict(config.storage_options) or None,
     }
     if create:
         if config.chunk_rows is not None:

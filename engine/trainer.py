@@ -103,14 +103,13 @@ class Trainer:
                 )
         self.config = config
         _check_optional_dependencies(config)
-        self.buffer_path = (
-            Path(config.buffer.path) if config.buffer.path else self.layout.default_buffer
-        )
+        self.buffer_path = _buffer_location(config, self.layout)
         # a refused start writes nothing: what this constructor creates is removed on failure
         fresh = checkpoint is None
-        # (the folders above the run folder and the buffer too: deepest first)
-        paths = [self.buffer_path, self.layout.config, self.layout.logs, self.layout.root]
-        paths += [*self.layout.root.parents, *self.buffer_path.parents]
+        # (the folders above the run folder and a local buffer too: deepest first)
+        paths = [self.layout.config, self.layout.logs, self.layout.root, *self.layout.root.parents]
+        if isinstance(self.buffer_path, Path):
+            paths = [self.buffer_path, *paths, *self.buffer_path.parents]
         created = [p for p in paths if fresh and not p.exists()]
         try:
             self._setup(config, checkpoint)
@@ -245,8 +244,7 @@ class Trainer:
 
     def _build_buffer(self, resuming: bool) -> None:
         cfg = self.config
-        path = Path(cfg.buffer.path) if cfg.buffer.path else self.layout.default_buffer
-        self.buffer_path = path
+        path = self.buffer_path = _buffer_location(cfg, self.layout)
         if self.storage is not None:  # the task's own dataset (StoredDataTask)
             return
         if cfg.train.mode == "offline":
@@ -725,7 +723,17 @@ class _SwitchPolicy(TensorDictModuleBase):
         return self.random_policy(td) if self.random else self.policy(td)
 
 
-def _ray_hosted_storage(path: Path, cfg: Config, *, create: bool) -> Any:
+def _buffer_location(config: Config, layout: RunLayout) -> Path | str:
+    """``buffer.path`` (default: the run folder's ``buffer.zarr``): a local ``Path``, or a store
+    URL kept as its string (``s3://bucket/run.zarr``)."""
+    from zarrl.buffers.object_store import is_url
+
+    if not config.buffer.path:
+        return layout.default_buffer
+    return config.buffer.path if is_url(config.buffer.path) else Path(config.buffer.path)
+
+
+def _ray_hosted_storage(path: Path | str, cfg: Config, *, create: bool) -> Any:
     """The run's store built inside a Ray actor (``engine/ray_buffer.py``): a new one at
     ``path`` (``create``; refuses an existing path) or the existing one reopened for writing."""
     from zarrl.engine.ray_buffer import RayHostedStorage
@@ -733,12 +741,14 @@ def _ray_hosted_storage(path: Path, cfg: Config, *, create: bool) -> Any:
     from zarrl.engine.registry import BufferPathError
 
     create = create and cfg.train.mode != "mixed"
-    if create and path.exists():
+    if isinstance(path, str):  # a store URL: ZarrStorage refuses an existing / missing store
+        pass
+    elif create and path.exists():
         raise BufferPathError(
             f"buffer path {str(path)!r} already exists; refusing to overwrite it (train on it "
             "with --mixed, or choose another buffer.path)"
         )
-    if not create and not path.exists():
+    elif not create and not path.exists():
         raise BufferPathError(f"buffer path {str(path)!r} does not exist")
     return RayHostedStorage(storage_factory(str(path), cfg.buffer, create=create), str(path))
 
