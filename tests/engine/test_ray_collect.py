@@ -92,8 +92,11 @@ def test_zarrl_train_with_ray_collectors_keeps_every_row(ray_local, tmp_path):
     with ZarrStorage.open(tmp_path / "ray" / "buffer.zarr", "r") as storage:
         n = len(storage)
         assert n >= 600 and n == state["counters"]["frames"]
-        ids = storage.get(torch.arange(n))[TRAJ_KEY]
+        rows = storage.get(torch.arange(n))
+    ids = rows[TRAJ_KEY]
     assert set((ids % 2).tolist()) == {0, 1}  # both workers' trajectories, ids kept apart
+    # all 600 frames within init_random_frames (1000): the uniform policy's weights, same keys
+    assert (rows["logits"] == 0).all()
     assert state["counters"]["updates"] > 0
 
 
