@@ -104,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
     p.add_argument("--backend", choices=("local", "ray"), help="sets collector.backend")
     p.add_argument("--workers", type=int, help="Ray collector workers (collector.num_workers)")
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="option of a store URL's store (sets buffer.storage_options.KEY)",
+    )
 
     p = sub.add_parser("inspect", help="describe a Zarr buffer")
     p.add_argument("buffer")
@@ -153,8 +160,10 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         raise _UsageError(f"--frames: got {args.frames}, expected a positive number of steps")
     if args.policy != "random" and not Path(args.policy).is_dir():
         raise _UsageError(f"--policy: got {args.policy!r}, expected 'random' or a run folder")
-    if args.backend == "ray" or args.storage_option:
+    if args.backend == "ray":
         return _collect_ray(args)
+    from zarrl.engine.ray_collect import parse_storage_options
+
     result = collect(
         args.env,
         args.buffer,
@@ -168,6 +177,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         if args.commit_every is None
         else args.commit_every,
         progress=not args.quiet,
+        storage_options=parse_storage_options(args.storage_option),
     )
     print(format_table({"buffer": args.buffer, **result}, title="zarrl collect"))
     return EXIT_OK
@@ -177,8 +187,6 @@ def _collect_ray(args: argparse.Namespace) -> int:
     from zarrl.engine.ray_collect import collect_ray, parse_storage_options
     from zarrl.engine.reporting import format_table
 
-    if args.backend != "ray":
-        raise _UsageError("--storage-option: store URLs are written by --backend ray")
     if args.workers < 1:
         raise _UsageError(f"--workers: got {args.workers}, expected at least 1")
     result = collect_ray(
@@ -215,6 +223,11 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
         overrides.append(f"collector.backend={args.backend}")
     if args.workers is not None:
         overrides.append(f"collector.num_workers={args.workers}")
+    for item in args.storage_option:
+        key, eq, value = item.partition("=")
+        if not eq or not key or "." in key:
+            raise _UsageError(f"--storage-option: got {item!r}, expected KEY=VALUE")
+        overrides.append(f"buffer.storage_options.{key}={value}")
     return overrides
 
 

@@ -63,6 +63,7 @@ def collect(
     num_envs: int = 1,
     commit_every_seconds: float | None = COMMIT_EVERY_SECONDS,
     progress: bool = True,
+    storage_options: dict | None = None,
 ) -> dict[str, int | float]:
     """Collect ``frames`` environment steps into the Zarr buffer at ``buffer``.
 
@@ -71,7 +72,8 @@ def collect(
     unless ``append`` (then the store must exist, hold steps of the same observation and action
     shapes, and new trajectory ids continue after the stored ones). The store commits at least
     every ``commit_every_seconds`` (``None``: only at chunk boundaries and the end), which bounds
-    what a kill loses. Returns the rows added, the rows the buffer holds, the episodes completed
+    what a kill loses. ``storage_options``: options of a store URL's store (``--storage-option``).
+    Returns the rows added, the rows the buffer holds, the episodes completed
     and their mean return.
     """
     if max_size is not None and max_size <= 0:
@@ -95,7 +97,12 @@ def collect(
         obs_norm = task.state_dict().get("obs_norm")
     with torch.no_grad():
         probe = actor(env.fake_tensordict().reshape(-1)[:1])
-    buf_cfg = BufferConfig(max_size=max_size, cache=None, flush_every_seconds=commit_every_seconds)
+    buf_cfg = BufferConfig(
+        max_size=max_size,
+        cache=None,
+        flush_every_seconds=commit_every_seconds,
+        storage_options=dict(storage_options or {}),
+    )
     if append:
         storage = open_storage(buffer, mode="r+", config=buf_cfg)
         try:

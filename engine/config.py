@@ -75,6 +75,8 @@ class BufferConfig:
     flush_every_seconds: float | None = 30.0
     compress: bool = True  # Blosc-zstd chunks (false: raw chunks, faster writes of random floats)
     chunk_rows: int | None = None  # rows per chunk (null: the storage's; sampler: train.batch_size)
+    # options of a store URL's store (s3://...: endpoint_url, region, ...; docs/scale-out.md)
+    storage_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -52,8 +52,12 @@ def next_trajectory_id(storage) -> int:
     """One more than the largest trajectory id in ``storage`` (0 when empty or without ids).
 
     A new collector numbers its trajectories from 0; offsetting them by this value keeps them from
-    merging with stored trajectories in the slice sampler. Reads the id column in blocks.
+    merging with stored trajectories in the slice sampler. Reads the id column in blocks (a
+    storage held elsewhere, e.g. in a Ray actor, answers with its own ``next_trajectory_id()``).
     """
+    remote = getattr(storage, "next_trajectory_id", None)
+    if callable(remote):
+        return int(remote())
     n = len(storage)
     if n == 0 or TRAJ_KEY not in storage[n - 1 : n].keys(include_nested=True):
         return 0

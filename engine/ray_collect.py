@@ -10,8 +10,7 @@ built inside the buffer's actor (one owner of the store; ``docs/scale-out.md``).
   weight-sync route (``update_policy_weights_``, ``RayWeightSyncScheme``).
 - ``collect_ray``: ``zarrl collect --backend ray``.
 - ``RayBatchCollector``: the ``Trainer``'s collector with ``collector.backend: ray``: Ray workers
-  collect, each batch comes back to the learner's process and is written into the learner's own
-  ``ZarrStorage`` buffer there (its sampler, checkpoints and counters unchanged).
+  write into the run's Ray-hosted buffer (``engine/ray_buffer.py``), which the learner samples.
 - ``close_ray_buffer``: commits the store (``state_dict()`` of the remote buffer flushes its
   storage) before the actor is stopped, so every collected row is in the store.
 
@@ -69,9 +68,13 @@ def storage_factory(
         "cache": config.cache,
         "flush_every_rows": config.flush_every_rows,
         "flush_every_seconds": config.flush_every_seconds,
-        "storage_options": storage_options,
+        "storage_options": storage_options or dict(config.storage_options) or None,
     }
     if create:
+        if config.chunk_rows is not None:
+            kwargs["chunk_rows"] = config.chunk_rows
+        if not config.compress:
+            kwargs["compressors"] = []
         return functools.partial(ZarrStorage, config.max_size, path=path, **kwargs)
     return functools.partial(ZarrStorage.open, path, "r+", **kwargs)
 
@@ -231,67 +234,85 @@ def collect_ray(
 
 class RayBatchCollector:
     """Collector of the ``Trainer`` with ``collector.backend: ray``: ``num_workers`` Ray workers
-    (TorchRL ``RayCollector``, asynchronous) act with copies of ``policy``; each ``next()``
-    takes one worker's batch (``frames_per_batch`` steps), applies ``postproc``, extends
-    ``replay_buffer`` (the learner's local buffer), calls ``post_collect_hook`` and returns it.
-    ``update_policy_weights_()`` sends ``policy``'s current weights to the workers (TorchRL's
-    ``RayWeightSyncScheme``). Trajectory ids are made unique across workers before ``postproc``
+    (TorchRL ``RayCollector``, synchronous) act with copies of ``acting.policy`` and write into
+    the Ray-hosted ``replay_buffer`` (``engine/ray_buffer.py``); each ``next()`` waits for one
+    batch of every worker (``frames_per_batch`` steps in all), then hands the episodes they
+    finished (``episodes()``: their last rows, or ``None``) to ``post_collect_hook``; it returns
+    ``None`` (the rows stay in the buffer's actor). ``update_policy_weights_()`` sends the
+    current weights of ``acting.policy`` to the workers (TorchRL's ``RayWeightSyncScheme``), or
+    those of ``acting.random_policy`` (same modules, uniform output: the same row keys) while
+    ``acting.random`` is set (warm-up, ``collector.init_random_frames``). Worker
+    ``k``'s trajectory ids are renumbered ``traj_offset + j * num_workers + k``
     (``offset_trajectories``). ``make_env(rank)`` builds worker ``rank``'s environment."""
 
     def __init__(
         self,
         make_env: Callable[[int], Any],
-        policy: torch.nn.Module,
+        acting: Any,
         replay_buffer: Any,
         *,
         num_workers: int,
         frames_per_batch: int,
-        postproc: Callable[[TensorDictBase], TensorDictBase],
+        episodes: Callable[[], TensorDictBase | None],
         post_collect_hook: Callable[[TensorDictBase], None],
-        init_random_frames: int = 0,
+        traj_offset: int = 0,
     ) -> None:
         from torchrl.collectors import Collector
         from torchrl.collectors.distributed import RayCollector
 
         if not isinstance(num_workers, int) or num_workers < 1:
             raise ConfigError(f"collector.num_workers: got {num_workers!r}, expected an int >= 1")
+        if frames_per_batch < num_workers:
+            raise ConfigError(
+                f"collector.frames_per_batch: got {frames_per_batch}, expected at least "
+                f"collector.num_workers ({num_workers}): each worker collects its share"
+            )
         init_ray()
-        self.policy, self.replay_buffer = policy, replay_buffer
-        self.postproc, self.post_collect_hook = postproc, post_collect_hook
+        self.acting, self.episodes = acting, episodes
+        self.post_collect_hook = post_collect_hook
         self._collector = RayCollector(
             [functools.partial(make_env, rank) for rank in range(num_workers)],
-            policy,
+            acting.policy,
             collector_class=Collector,
             collector_kwargs=[
                 {
                     "postproc": functools.partial(
-                        offset_trajectories, offset=0, num_workers=num_workers, rank=rank
+                        offset_trajectories,
+                        offset=traj_offset,
+                        num_workers=num_workers,
+                        rank=rank,
                     ),
                     "auto_register_policy_transforms": False,
                 }
                 for rank in range(num_workers)
             ],
             num_collectors=num_workers,
-            frames_per_batch=frames_per_batch,
+            frames_per_batch=frames_per_batch // num_workers * num_workers,
             total_frames=2**62,  # until shutdown
-            init_random_frames=init_random_frames,
             remote_configs={"num_cpus": 1},
+            replay_buffer=replay_buffer,
+            sync=True,  # between two next() calls no worker writes: counters match the store
         )
-        self._collector.update_policy_weights_(policy)
+        self.update_policy_weights_()
         self._iterator = iter(self._collector)
 
     def __iter__(self) -> RayBatchCollector:
         return self
 
-    def __next__(self) -> TensorDictBase:
-        batch = self.postproc(next(self._iterator))
-        self.replay_buffer.extend(batch)
-        self.post_collect_hook(batch)
-        return batch
+    def __next__(self) -> None:
+        if self._sent_random != self.acting.random:  # warm-up began or ended
+            self.update_policy_weights_()
+        next(self._iterator)
+        finished = self.episodes()
+        if finished is not None:
+            self.post_collect_hook(finished)
+        return None
 
     def update_policy_weights_(self, *args: Any, **kwargs: Any) -> None:
         """Sends the acting policy's current weights to every worker."""
-        self._collector.update_policy_weights_(self.policy)
+        self._sent_random = bool(self.acting.random)
+        policy = self.acting.random_policy if self._sent_random else self.acting.policy
+        self._collector.update_policy_weights_(policy)
 
     def shutdown(self) -> None:
         self._collector.shutdown()

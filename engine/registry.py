@@ -259,7 +259,10 @@ def observation_norm_state(env) -> dict[str, torch.Tensor] | None:
 
 
 def _storage_kwargs(section: BufferConfig, writable: bool = True) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"cache": section.cache}
+    kwargs: dict[str, Any] = {
+        "cache": section.cache,
+        "storage_options": dict(section.storage_options) or None,
+    }
     if writable:
         kwargs["flush_every_rows"] = section.flush_every_rows
         kwargs["flush_every_seconds"] = section.flush_every_seconds
@@ -291,7 +294,13 @@ def create_storage(
     from zarrl.buffers.object_store import is_url
 
     if is_url(path):  # s3://... (credentials from the AWS_* environment): ZarrStorage refuses
-        return ZarrStorage(config.max_size, path=path, existsok=False, **_storage_kwargs(config))
+        return ZarrStorage(
+            config.max_size,
+            path=path,
+            existsok=False,
+            **_storage_kwargs(config),
+            **_layout_kwargs(config, chunk_rows),
+        )
     path = Path(path)
     if path.exists():
         raise BufferPathError(

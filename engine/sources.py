@@ -7,7 +7,7 @@ every source.
 
 | ``train.mode`` | source | adds rows | one update's batch |
 |---|---|---|---|
-| ``online`` / ``mixed`` | :class:`CollectorSource` | ``collect()``: one TorchRL collector batch | ``[batch_size, slice_len]`` slices |
+| ``online`` / ``mixed`` | :class:`CollectorSource` (:class:`RayCollectorSource` with ``collector.backend: ray``: a Ray-hosted buffer) | ``collect()``: one TorchRL collector batch | ``[batch_size, slice_len]`` slices |
 | ``offline`` | :class:`ReplaySource` | never (the stored buffer, read-only) | ``[batch_size, slice_len]`` slices |
 | ``sampler`` | :class:`SamplerSource` | each ``next_batch()``: fresh whole trajectories from the task's sampler function | ``[batch_size, T]`` |
 
@@ -36,6 +36,7 @@ __all__ = [
     "SOURCES",
     "CollectorSource",
     "DataSource",
+    "RayCollectorSource",
     "ReplaySource",
     "SamplerSource",
     "TrajectorySampler",
@@ -266,11 +267,34 @@ def _check_slices(trainer: Trainer) -> None:
         )
 
 
+class RayCollectorSource(CollectorSource):
+    """A :class:`CollectorSource` on a Ray-hosted buffer (``collector.backend: ray``): ``storage``
+    is a :class:`~zarrl.engine.ray_buffer.RayHostedStorage`; Ray workers extend its buffer and
+    :meth:`next_batch` samples it there (the same ``SliceSampler``, run in the buffer's actor)."""
+
+    def __init__(self, storage, *, batch_size: int, slice_len: int) -> None:
+        self.batch_size, self.slice_len = batch_size, slice_len
+        self.buffer = storage.buffer
+        self.buffer.set_sampler(
+            SliceSampler(
+                slice_len=slice_len, traj_key=TRAJ_KEY, strict_length=False, pad_output=True
+            )
+        )
+        self.collector = None
+        self._batches = None
+
+    def next_batch(self) -> TensorDictBase:
+        return self.buffer.sample(self.batch_size * self.slice_len).reshape(
+            self.batch_size, self.slice_len
+        )
+
+
 @register_source("online", "mixed")
 def _collector_source(trainer: Trainer) -> CollectorSource:
     _check_slices(trainer)
     train = trainer.config.train
-    return CollectorSource(trainer.storage, batch_size=train.batch_size, slice_len=train.slice_len)
+    kind = RayCollectorSource if trainer.config.collector.backend == "ray" else CollectorSource
+    return kind(trainer.storage, batch_size=train.batch_size, slice_len=train.slice_len)
 
 
 @register_source("offline")

@@ -103,14 +103,13 @@ class Trainer:
                 )
         self.config = config
         _check_optional_dependencies(config)
-        self.buffer_path = (
-            Path(config.buffer.path) if config.buffer.path else self.layout.default_buffer
-        )
+        self.buffer_path = _buffer_location(config, self.layout)
         # a refused start writes nothing: what this constructor creates is removed on failure
         fresh = checkpoint is None
-        # (the folders above the run folder and the buffer too: deepest first)
-        paths = [self.buffer_path, self.layout.config, self.layout.logs, self.layout.root]
-        paths += [*self.layout.root.parents, *self.buffer_path.parents]
+        # (the folders above the run folder and a local buffer too: deepest first)
+        paths = [self.layout.config, self.layout.logs, self.layout.root, *self.layout.root.parents]
+        if isinstance(self.buffer_path, Path):
+            paths = [self.buffer_path, *paths, *self.buffer_path.parents]
         created = [p for p in paths if fresh and not p.exists()]
         try:
             self._setup(config, checkpoint)
@@ -245,12 +244,13 @@ class Trainer:
 
     def _build_buffer(self, resuming: bool) -> None:
         cfg = self.config
-        path = Path(cfg.buffer.path) if cfg.buffer.path else self.layout.default_buffer
-        self.buffer_path = path
+        path = self.buffer_path = _buffer_location(cfg, self.layout)
         if self.storage is not None:  # the task's own dataset (StoredDataTask)
             return
         if cfg.train.mode == "offline":
             self.storage = open_storage(path, mode="r", config=cfg.buffer)
+        elif self.online and cfg.collector.backend == "ray":  # the store in a Ray actor
+            self.storage = _ray_hosted_storage(path, cfg, create=not resuming)
         elif resuming or cfg.train.mode == "mixed":
             self.storage = open_storage(path, mode="r+", config=cfg.buffer)
             rows = len(self.storage)
@@ -283,18 +283,18 @@ class Trainer:
         def make() -> Any:
             return task.make_env(seed=seed)
 
-        if cfg.collector.backend == "ray":  # workers on Ray, rows written here (ray_collect.py)
+        if cfg.collector.backend == "ray":  # workers on Ray write into the Ray-hosted buffer
             from zarrl.engine.ray_collect import RayBatchCollector
 
             return RayBatchCollector(
                 lambda rank: task.make_env(seed=seed + rank),
-                self.collector_policy,
+                self._acting,
                 self.buffer,
                 num_workers=cfg.collector.num_workers,
                 frames_per_batch=cfg.collector.frames_per_batch,
-                postproc=self._postprocess_batch,
+                episodes=self.storage.take_episodes,
                 post_collect_hook=self._record_episodes,
-                init_random_frames=cfg.collector.init_random_frames,
+                traj_offset=self.counters["traj_id_offset"],
             )
         return Collector(
             make,
@@ -468,9 +468,10 @@ class Trainer:
 
     def save(self, final: bool = False) -> Path:
         """Flush the buffer (durable first), then write the checkpoint atomically."""
+        # the state first: rows a Ray worker writes meanwhile are committed, never missing
+        state = self.state_dict()
         if self.config.train.mode != "offline":  # the only mode that opens the buffer read-only
             self.storage.flush()
-        state = self.state_dict()
         path = save_checkpoint(self.layout.last_checkpoint, state)
         if final:
             save_checkpoint(self.layout.final_checkpoint, state)
@@ -720,6 +721,36 @@ class _SwitchPolicy(TensorDictModuleBase):
 
     def forward(self, td: TensorDictBase) -> TensorDictBase:
         return self.random_policy(td) if self.random else self.policy(td)
+
+
+def _buffer_location(config: Config, layout: RunLayout) -> Path | str:
+    """``buffer.path`` (default: the run folder's ``buffer.zarr``): a local ``Path``, or a store
+    URL kept as its string (``s3://bucket/run.zarr``)."""
+    from zarrl.buffers.object_store import is_url
+
+    if not config.buffer.path:
+        return layout.default_buffer
+    return config.buffer.path if is_url(config.buffer.path) else Path(config.buffer.path)
+
+
+def _ray_hosted_storage(path: Path | str, cfg: Config, *, create: bool) -> Any:
+    """The run's store built inside a Ray actor (``engine/ray_buffer.py``): a new one at
+    ``path`` (``create``; refuses an existing path) or the existing one reopened for writing."""
+    from zarrl.engine.ray_buffer import RayHostedStorage
+    from zarrl.engine.ray_collect import storage_factory
+    from zarrl.engine.registry import BufferPathError
+
+    create = create and cfg.train.mode != "mixed"
+    if isinstance(path, str):  # a store URL: ZarrStorage refuses an existing / missing store
+        pass
+    elif create and path.exists():
+        raise BufferPathError(
+            f"buffer path {str(path)!r} already exists; refusing to overwrite it (train on it "
+            "with --mixed, or choose another buffer.path)"
+        )
+    elif not create and not path.exists():
+        raise BufferPathError(f"buffer path {str(path)!r} does not exist")
+    return RayHostedStorage(storage_factory(str(path), cfg.buffer, create=create), str(path))
 
 
 def _has_targets(loss: nn.Module) -> bool:

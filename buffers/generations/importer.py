@@ -34,6 +34,7 @@ from .layout import (
     load_tables,
     open_root,
     read_facts,
+    refuse_url,
     token_path,
 )
 from .readers import digest, format_of, parse_field_map, read_blocks
@@ -110,6 +111,7 @@ def import_generations(
             raise FileNotFoundError(f"{f}: no such file or folder")
         format_of(f)
     where = os.fspath(buffer)
+    refuse_url(where)
     Path(where).mkdir(parents=True, exist_ok=True)
     with _exclusive(where):
         return _import(

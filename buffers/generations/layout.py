@@ -117,9 +117,23 @@ def token_path(root: str | os.PathLike) -> Path:
     return Path(root) / TOKENS
 
 
+def refuse_url(where: str) -> None:
+    """Generations buffers live in a local folder for now (the import lock is a ``flock`` on
+    it): a store URL (``s3://``, ``memory://``, ...) is refused, naming it, before anything is
+    written (else a local folder named after the scheme would be)."""
+    from ..object_store import is_url
+
+    if is_url(where):
+        raise ValueError(
+            f"generations buffer {where!r}: a store URL; generations buffers are local folders "
+            "for now (import into a local path, then copy the folder to the bucket)"
+        )
+
+
 def open_root(path: str | os.PathLike, mode: str) -> zarr.Group:
     """The buffer's group; ``mode="r"`` refuses a path that holds none (naming it)."""
     where = os.fspath(path)
+    refuse_url(where)
     if mode == "r" and not (Path(where) / "zarr.json").is_file():
         raise FileNotFoundError(f"no generations buffer at {where} (no zarr.json)")
     store = zarr.storage.LocalStore(where, read_only=mode == "r")

@@ -92,6 +92,62 @@ def test_zarrl_train_with_ray_collectors_keeps_every_row(ray_local, tmp_path):
     with ZarrStorage.open(tmp_path / "ray" / "buffer.zarr", "r") as storage:
         n = len(storage)
         assert n >= 600 and n == state["counters"]["frames"]
-        ids = storage.get(torch.arange(n))[TRAJ_KEY]
+        rows = storage.get(torch.arange(n))
+    ids = rows[TRAJ_KEY]
     assert set((ids % 2).tolist()) == {0, 1}  # both workers' trajectories, ids kept apart
+    # all 600 frames within init_random_frames (1000): the uniform policy's weights, same keys
+    assert (rows["logits"] == 0).all()
     assert state["counters"]["updates"] > 0
+
+
+def test_trainer_learns_from_a_ray_hosted_buffer_and_sends_weights_to_the_workers(
+    ray_local, tmp_path
+):
+    """``collector.backend: ray`` in the Trainer: the store lives in a Ray actor (never opened by
+    the learner's process until the end), the workers write into it, the learner samples it and
+    its updated weights reach the workers (the logits they store change)."""
+    import copy
+    from pathlib import Path
+
+    from zarrl.engine.config import load_config
+    from zarrl.engine.trainer import Trainer
+
+    config = load_config(
+        Path(__file__).resolve().parents[2] / "configs" / "cartpole_trust_pcl.yaml",
+        [
+            f"run.dir={tmp_path}",
+            "run.name=rayhost",
+            "run.device=cpu",
+            "train.total_frames=600",
+            "train.warmup_frames=200",
+            "train.updates_per_frame=0.1",
+            "collector.frames_per_batch=100",
+            "collector.init_random_frames=0",
+            "collector.backend=ray",
+            "collector.num_workers=2",
+            "eval.episodes=0",
+            "log.progress=false",
+        ],
+    )
+    trainer = Trainer(config)
+    assert trainer.buffer.service_backend == "ray"  # sampled in the buffer's actor
+    initial = copy.deepcopy(trainer.collector_policy)
+    try:
+        summary = trainer.run()
+    finally:
+        trainer.close()
+    assert trainer.storage.closed
+    frames, updates = trainer.counters["frames"], trainer.counters["updates"]
+    assert frames >= 600 and updates == summary["updates"] > 0
+    state = torch.load(tmp_path / "rayhost" / "checkpoints" / "final.pt", weights_only=False)
+    assert state["counters"]["frames"] == frames
+    with ZarrStorage.open(tmp_path / "rayhost" / "buffer.zarr", "r") as storage:
+        assert len(storage) == frames  # every row the learner counted, no more
+        rows = storage.get(torch.arange(frames))
+    assert set((rows[TRAJ_KEY] % 2).tolist()) == {0, 1}
+    with torch.no_grad():
+        replay = initial(rows.select("observation").clone())["logits"]
+    same = torch.isclose(replay, rows["logits"], rtol=1e-5, atol=1e-6).all(-1)
+    assert same[:200].all()  # before the first update: the initial weights
+    assert not same[-100:].any()  # the last batch: weights the learner sent after its updates
+    assert trainer.recent_returns  # the workers' finished episodes reached the learner's logs

@@ -19,3 +19,57 @@ def test_zarrl_collect_writes_a_store_url_not_a_local_folder(tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == []  # before: a folder 'memory:' here
     with ZarrStorage.open(url, "r") as storage:
         assert len(storage) == 300
+
+
+def _option_args(options: dict) -> list[str]:
+    return [arg for key, value in options.items() for arg in ("--storage-option", f"{key}={value}")]
+
+
+def test_local_zarrl_collect_takes_storage_options_for_an_s3_url(s3, tmp_path, monkeypatch):
+    """``--storage-option`` with the local backend (before: refused unless --backend ray)."""
+    from zarrl.engine.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    bucket, options = s3
+    url = f"{bucket}/runs/cp.zarr"
+    argv = ["collect", "--env", "CartPole-v1", "--frames", "250", "--buffer", url, "--quiet"]
+    assert main([*argv, *_option_args(options)]) == 0
+    assert main([*argv, "--append", *_option_args(options)]) == 0
+    assert list(tmp_path.iterdir()) == []
+    with ZarrStorage.open(url, "r", storage_options=options) as storage:
+        assert len(storage) == 500
+
+
+def test_zarrl_train_online_into_an_s3_url_with_storage_options(s3, tmp_path):
+    """``zarrl train --buffer s3://... --storage-option ...`` (buffer.storage_options): the run's
+    buffer is the object store's; it reopens with every row the run counted."""
+    from pathlib import Path
+
+    import torch
+    from zarrl.engine.cli import main
+
+    bucket, options = s3
+    url = f"{bucket}/train/buffer.zarr"
+    config = Path(__file__).resolve().parents[2] / "configs" / "cartpole_trust_pcl.yaml"
+    argv = [
+        "train",
+        str(config),
+        f"run.dir={tmp_path}",
+        "run.name=s3run",
+        "run.device=cpu",
+        "train.total_frames=400",
+        "train.warmup_frames=200",
+        "collector.frames_per_batch=100",
+        "collector.init_random_frames=0",
+        "eval.episodes=0",
+        "--buffer",
+        url,
+        "--quiet",
+        *_option_args(options),
+    ]
+    assert main(argv) == 0
+    state = torch.load(tmp_path / "s3run" / "checkpoints" / "final.pt", weights_only=False)
+    assert state["counters"]["updates"] > 0
+    assert not (tmp_path / "s3run" / "buffer.zarr").exists()
+    with ZarrStorage.open(url, "r", storage_options=options) as storage:
+        assert len(storage) == state["counters"]["frames"] >= 400
