@@ -3,8 +3,9 @@ every possible completion → total variation to the exact target, by enumeratio
 
 The exact checks (RTB, Trust-PCL d = 2, KL-REINFORCE; full-sequence Trust-PCL by its
 equivalence to RTB) share one imported buffer (a module fixture). The logs: 8000 completions per
-prompt, 2 prompts, sampled from a known random autoregressive prior over 4 tokens + the end token, length <= 4 (341 possible completions a prompt), with a known
-Gaussian log_reward per completion; β = 1. The target prior·exp(β·log_reward), normalized per
+prompt, 2 prompts, sampled from a known random autoregressive prior over 4 tokens + the end
+token, length <= 4 (341 possible completions a prompt), with a known Gaussian log_reward per
+completion; β = 1. The target prior·exp(β·log_reward), normalized per
 prompt, is computed by enumeration (``RandomAutoregressivePrior.target``).
 """
 
@@ -289,3 +290,12 @@ def test_sample_reopens_a_relative_buffer_path_from_anywhere(enumerated, tmp_pat
     monkeypatch.chdir(tmp_path)
     assert main(["sample", str(tmp_path / "rel"), "--n", "3", "--out", "s.jsonl"]) == 0
     assert len(read_jsonl(tmp_path / "s.jsonl")) == 6  # 3 for each prompt of the buffer
+
+
+def test_other_tasks_refuse_a_hugging_face_model():
+    from zarrl.engine.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="model.kind: 'hf'.*generations task only"):
+        load_config("cartpole_trust_pcl", ["model.kind=hf"])
+    with pytest.raises(ConfigError, match="model.kind"):
+        load_config("generations/rtb", ["model.kind=gguf"])
