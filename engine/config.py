@@ -64,6 +64,8 @@ class EnvConfig:
 class ModelConfig:
     hidden: list[int] = field(default_factory=lambda: [64, 64])
     activation: str = "tanh"  # tanh | relu | elu
+    kind: str = "default"  # default: the task's own network | hf: a Hugging Face causal LM
+    hf: dict[str, Any] = field(default_factory=dict)  # kind hf: path | config, ... (generations)
 
 
 @dataclass
@@ -163,6 +165,7 @@ class Config:
 _CHOICES = {
     "run.device": None,  # checked by check_device
     "model.activation": ("tanh", "relu", "elu"),
+    "model.kind": ("default", "hf"),
     "buffer.cache": (None, "ram"),
     "train.mode": ("online", "offline", "mixed", "sampler"),
     "log.backend": ("csv", "tensorboard"),
@@ -237,6 +240,11 @@ def validate(config: Config) -> None:
         raise ConfigError(f"optim.grad_clip: got {config.optim.grad_clip!r}, expected > 0 or null")
     if any(h <= 0 for h in config.model.hidden):
         raise ConfigError(f"model.hidden: got {config.model.hidden!r}, expected positive widths")
+    if config.model.kind == "hf" and config.env.task != "generations":
+        raise ConfigError(
+            f"model.kind: 'hf' (a Hugging Face causal LM) is built by the generations task only, "
+            f"not by env.task {config.env.task!r}"
+        )
     t = config.train
     if (
         t.mode == "sampler"

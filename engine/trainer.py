@@ -462,7 +462,7 @@ class Trainer:
                 "buffer_rows": len(self.storage),
                 "task": self.task.state_dict(),
                 "source": self.source.state_dict(),
-                "buffer_path": str(self.buffer_path),
+                "buffer_path": _stored_path(self.config.buffer.path or self.layout.default_buffer),
             },
         }
 
@@ -706,6 +706,11 @@ def _check_optional_dependencies(config: Config) -> None:
             "log.backend: 'tensorboard' needs the tensorboard package, which is not installed: "
             "pip install 'zarrl[tensorboard]' (or use log.backend=csv)"
         )
+    if config.model.kind == "hf" and importlib.util.find_spec("transformers") is None:
+        raise MissingDependencyError(
+            "model.kind: 'hf' needs the transformers package, which is not installed: "
+            "pip install 'zarrl[llm]' (or use model.kind=default)"
+        )
 
 
 class _SwitchPolicy(TensorDictModuleBase):
@@ -751,6 +756,14 @@ def _ray_hosted_storage(path: Path | str, cfg: Config, *, create: bool) -> Any:
     elif not create and not path.exists():
         raise BufferPathError(f"buffer path {str(path)!r} does not exist")
     return RayHostedStorage(storage_factory(str(path), cfg.buffer, create=create), str(path))
+
+
+def _stored_path(path: str | Path) -> str:
+    """``path`` as a checkpoint keeps it: absolute (so that it resolves from any working
+    directory), a store URL (``s3://...``) as given."""
+    from zarrl.buffers.object_store import is_url
+
+    return str(path) if is_url(str(path)) else str(Path(path).absolute())
 
 
 def _has_targets(loss: nn.Module) -> bool:

@@ -3,8 +3,8 @@
 No environment: the learner draws whole completions from a generations buffer
 (``zarrl import generations``) through :class:`~zarrl.engine.generations_data.GenerationsDataSource`.
 The policy is a :class:`~zarrl.envs.generations.CausalTransformerPolicy` sized from the buffer's
-facts (vocabulary, end token, length limit, prompts), optionally started from the policy of
-another run (``init_run``); the reference is the buffer's stored ``ref_logprobs`` or the frozen
+facts (vocabulary, end token, length limit, prompts), or a Hugging Face causal LM
+(``model.kind: hf``), optionally started from the policy of another run (``init_run``); the reference is the buffer's stored ``ref_logprobs`` or the frozen
 policy of a run folder (``reference_run``). Losses: ``sequence_rtb``, ``sequence_trust_pcl``,
 ``sequence_kl_reinforce`` (``configs/generations/``).
 """
@@ -23,8 +23,10 @@ from zarrl.engine.generations_data import (
     buffer_facts,
     open_generations_buffer,
 )
+from zarrl.engine.generations_metrics import GenerationsEvaluator
+from zarrl.engine.generations_models import build_policy, hf_description
 from zarrl.engine.tasks.base import register_task, task_options
-from zarrl.envs.generations import CausalTransformerPolicy
+from zarrl.envs.generations import AutoregressivePolicy
 
 __all__ = ["GenerationsTask", "load_run_policy"]
 
@@ -36,11 +38,14 @@ DEFAULTS: dict[str, Any] = {
     "group_size": 0,  # 0: completions drawn uniformly; k: k completions of each drawn prompt
     "init_run": "",  # a run folder whose final policy the trained one starts from
     "reference_run": "",  # a run folder whose final policy is the frozen reference
+    "eval_samples": 64,  # completions sampled per evaluated prompt for the metrics (0: none)
+    "eval_prompts": 16,  # the buffer's first prompts evaluated
+    "eval_enumerate": 20_000,  # most completions enumerated for tv_to_target (0: never)
 }
 FACTS = ("vocab_size", "eos_id", "max_new_tokens", "num_prompts", "max_prompt_len")
 
 
-def load_run_policy(run_dir: str | Path) -> tuple[CausalTransformerPolicy, dict[str, int]]:
+def load_run_policy(run_dir: str | Path) -> tuple[AutoregressivePolicy, dict[str, int]]:
     """The final (else last) policy of a ``generations`` run folder and its buffer facts."""
     from zarrl.engine.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
     from zarrl.engine.config import Config
@@ -64,8 +69,11 @@ def load_run_policy(run_dir: str | Path) -> tuple[CausalTransformerPolicy, dict[
 @register_task("generations")
 class GenerationsTask:
     """``env.options``: ``d_model`` (64), ``num_layers`` (2), ``num_heads`` (4), ``log_z``
-    (``table`` | ``head``), ``group_size`` (0), ``init_run`` (""), ``reference_run`` ("").
-    ``env.name`` is a display name; the ``model`` section is unused."""
+    (``table`` | ``head``), ``group_size`` (0), ``init_run`` (""), ``reference_run`` (""),
+    ``eval_samples`` (64), ``eval_prompts`` (16), ``eval_enumerate`` (20000).
+    ``env.name`` is a display name. ``model.kind``: ``default`` (zarrl's transformer, sized by
+    the options above) or ``hf`` (a Hugging Face causal LM, ``model.hf``:
+    :mod:`zarrl.engine.generations_models`)."""
 
     def __init__(self, env: EnvConfig, model: ModelConfig, *, seed: int = 0) -> None:
         opts = task_options("generations", env.options, DEFAULTS)
@@ -73,10 +81,16 @@ class GenerationsTask:
             raise ConfigError(f"env.options.log_z: got {opts['log_z']!r}, expected table or head")
         if opts["group_size"] < 0:
             raise ConfigError(f"env.options.group_size: got {opts['group_size']}, expected >= 0")
+        for key in ("eval_samples", "eval_prompts", "eval_enumerate"):
+            if opts[key] < 0:
+                raise ConfigError(f"env.options.{key}: got {opts[key]}, expected >= 0")
         for key in ("init_run", "reference_run"):
             if opts[key] and not Path(opts[key]).is_dir():
                 raise ConfigError(f"env.options.{key}: run folder {opts[key]!r} does not exist")
         self.options, self.name = opts, env.name
+        self.kind, self.hf = model.kind, dict(model.hf)
+        self.seed, self._evaluator = seed, None
+        self.hf_config: str | None = None  # the HF model's JSON config, once built or restored
         self.facts: dict[str, int] = {}
         self.generations = None
         self.provides = frozenset({"prior"}) if opts["reference_run"] else frozenset()
@@ -126,22 +140,16 @@ class GenerationsTask:
         """No environment: this task learns from a stored buffer only."""
         return None
 
-    def build_actor(self, initialize: bool = True) -> CausalTransformerPolicy:
-        """A fresh policy (or, with ``init_run`` and ``initialize``, that run's weights)."""
+    def build_actor(self, initialize: bool = True) -> AutoregressivePolicy:
+        """A fresh policy (``model.kind``: zarrl's transformer or a Hugging Face causal LM; with
+        ``init_run`` and ``initialize``, that run's weights)."""
         if not self.facts:
             raise ConfigError("buffer.path: the generations task needs a buffer to size its policy")
-        f, o = self.facts, self.options
-        actor = CausalTransformerPolicy(
-            f["vocab_size"],
-            d_model=o["d_model"],
-            num_layers=o["num_layers"],
-            num_heads=o["num_heads"],
-            max_positions=max(64, 1 + f["max_prompt_len"] + f["max_new_tokens"]),
-            num_prompts=f["num_prompts"] if o["log_z"] == "table" else None,
-        )
-        if initialize and o["init_run"]:
-            start, _ = load_run_policy(o["init_run"])
-            _load_trunk(actor, start, o["init_run"])
+        actor = build_policy(self.kind, self.hf, self.options, self.facts, hf_config=self.hf_config)
+        self.hf_config = self.hf_config or hf_description(actor)
+        if initialize and self.options["init_run"]:
+            start, _ = load_run_policy(self.options["init_run"])
+            _load_trunk(actor, start, self.options["init_run"])
         return actor
 
     def build_value(self) -> nn.Module:
@@ -150,7 +158,7 @@ class GenerationsTask:
             "use sequence_rtb, sequence_trust_pcl or sequence_kl_reinforce"
         )
 
-    def build_prior(self) -> CausalTransformerPolicy:
+    def build_prior(self) -> AutoregressivePolicy:
         """The frozen policy of ``reference_run``."""
         prior, facts = load_run_policy(self.options["reference_run"])
         if facts["vocab_size"] != self.facts.get("vocab_size"):
@@ -162,13 +170,28 @@ class GenerationsTask:
         return prior.eval()
 
     def metrics(self, actor: nn.Module, loss: nn.Module, *, reference: str) -> dict[str, float]:
-        return {}
+        """``log_reward_mean``, ``kl_to_reference``, ``distinct_completions``,
+        ``logged_share`` and, where enumerable, ``tv_to_target``
+        (:mod:`zarrl.engine.generations_metrics`)."""
+        if self.generations is None:
+            return {}
+        if self._evaluator is None:
+            o = self.options
+            self._evaluator = GenerationsEvaluator(
+                self.generations,
+                samples=o["eval_samples"],
+                prompts=o["eval_prompts"],
+                enumerate_max=o["eval_enumerate"],
+                seed=self.seed + 20_000,
+            )
+        return self._evaluator(actor, loss)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"facts": dict(self.facts)}
+        return {"facts": dict(self.facts), "hf_config": self.hf_config}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.facts = {k: int(v) for k, v in state.get("facts", {}).items()}
+        self.hf_config = state.get("hf_config")
 
 
 def _load_trunk(actor: nn.Module, start: nn.Module, where: str) -> None:
