@@ -83,10 +83,7 @@ def test_token_rows_follow_the_flat_layout(tmp_path):
     r0, r1 = imp[1].attrs["zarrl_generations_import"]["rows"]
     assert (r0, r1) == (0, sum(lengths))
     rows = {key: group[key][r0:r1] for key in ("action", "completion", "position")}
-    rows |= {
-        f"next/{k}": group[f"next/{k}"][r0:r1]
-        for k in ("done", "terminated", "truncated", "reward")
-    }
+    rows["next/done"] = group["next/done"][r0:r1]
     owner = np.repeat(np.arange(12), lengths)
     assert rows["action"].tolist() == sum((r["completion_ids"] for r in records), [])
     assert rows["completion"].tolist() == owner.tolist()
@@ -95,13 +92,15 @@ def test_token_rows_follow_the_flat_layout(tmp_path):
     last = np.zeros(len(owner), dtype=bool)
     last[first + np.array(lengths) - 1] = True
     assert rows["next/done"].tolist() == last.tolist()
+    # per-completion values live in the import's arrays only, never repeated per token
+    assert sorted(k for k, _ in group.arrays()) == [
+        "action", "completion", "position", "ref_log_prob", "sample_log_prob"
+    ]  # fmt: skip
+    assert [k for k, _ in group["next"].arrays()] == ["done"]
     ends_eos = np.array([r["completion_ids"][-1] == EOS for r in records])
-    assert rows["next/terminated"][last].tolist() == ends_eos.tolist()
-    assert rows["next/truncated"][last].tolist() == (~ends_eos).tolist()
-    assert not rows["next/terminated"][~last].any()
+    assert imp[1]["completion_terminated"][:].tolist() == ends_eos.tolist()
     want = expected(records)["log_reward"]
-    assert np.array_equal(rows["next/reward"][last], np.float32(want))
-    assert (rows["next/reward"][~last] == 0).all()
+    assert np.array_equal(imp[1]["completion_log_reward"][:], np.float32(want))
     facts = zarr.open_group(str(tmp_path / "buf"), mode="r").attrs["zarrl_generations"]
     assert (facts["vocab_size"], facts["eos_id"], facts["max_new_tokens"]) == (VOCAB, EOS, MAX_NEW)
 
