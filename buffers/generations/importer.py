@@ -38,6 +38,7 @@ from .layout import (
     token_path,
     write_arrays,
 )
+from .prompts import prompt_index
 from .readers import digest, format_of, parse_field_map, read_blocks
 from .records import Columns, GenerationsImportError, Problem, validate
 
@@ -260,36 +261,6 @@ def _concat(blocks: list[Columns]) -> Columns:
     return Columns(**fields)
 
 
-def _prompt_index(tables: Tables, cols: Columns) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(global prompt index [n], new prompts' tokens, their offsets [new + 1])``: identical
-    token lists share an index, with the buffer's earlier prompts too."""
-    known: dict[bytes, int] = {}
-    ptok, poff = tables.prompt_tokens, tables.prompt_offsets
-    for i in range(tables.num_prompts):
-        known.setdefault(ptok[poff[i] : poff[i + 1]].tobytes(), i)
-    offsets = np.concatenate([[0], np.cumsum(cols.prompt_len)])
-    keys = [cols.prompt_tok[a:b].tobytes() for a, b in zip(offsets[:-1], offsets[1:])]
-    first_new = tables.num_prompts
-    index = np.empty(cols.n, dtype=np.int64)
-    new_records: list[int] = []
-    for i, key in enumerate(keys):
-        j = known.get(key)
-        if j is None:
-            j = known[key] = first_new + len(new_records)
-            new_records.append(i)
-        index[i] = j
-    new = np.asarray(new_records, dtype=np.int64)
-    lens = cols.prompt_len[new]
-    toks = cols.prompt_tok[_ranges(offsets[new], lens)]
-    return index, toks, np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-
-
-def _ranges(begin: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    total = int(lengths.sum())
-    first = np.cumsum(lengths) - lengths
-    return np.repeat(begin - first, lengths) + np.arange(total)
-
-
 def token_rows(
     cols: Columns,
     prompt: np.ndarray,
@@ -360,7 +331,9 @@ def _commit(
     facts: Facts,
 ) -> tuple[str, int]:
     """Appends and commits the token rows, writes the import's arrays, then its record."""
-    prompt, ptok, poff = _prompt_index(tables, cols)
+    prompt, ptok, poff = prompt_index(
+        tables.prompt_tokens, tables.prompt_offsets, cols.prompt_tok, cols.prompt_len
+    )
     c0 = tables.num_completions
     rows, per_completion = token_rows(
         cols, prompt, c0, facts.eos_id, has_ref, legacy=legacy_tokens(root)
