@@ -15,6 +15,7 @@ import fcntl
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -261,6 +262,14 @@ def _concat(blocks: list[Columns]) -> Columns:
     return Columns(**fields)
 
 
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """``torch.from_numpy`` of an array that may be read-only (Arrow's zero-copy columns): the
+    tensor is only read (the storage copies it), so the warning about writes is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a)
+
+
 def token_rows(
     cols: Columns,
     prompt: np.ndarray,
@@ -287,7 +296,7 @@ def token_rows(
     log_reward = np.where(cols.has_reward, cols.reward, cols.log_reward).astype(np.float32)
     group = np.where(cols.has_group, cols.group_id, prompt)
     leaves = {
-        "action": torch.from_numpy(cols.comp_tok.astype(np.int64, copy=False)),
+        "action": _tensor(cols.comp_tok.astype(np.int64, copy=False)),
         "sample_log_prob": torch.from_numpy(cols.logp.astype(np.float32)),
         "position": torch.from_numpy(position),
         "completion": torch.from_numpy(completion),

@@ -58,7 +58,7 @@ def prompt_index(
     of the buffer's ``K`` known prompts (``known_tokens`` with ``known_offsets`` ``[K + 1]``)
     extended by the new ones in order of first appearance: returns ``(index int64 [n], the new
     prompts' tokens, their offsets [new + 1])``."""
-    K, n = len(known_offsets) - 1, len(lengths)
+    K = len(known_offsets) - 1
     all_tokens = np.concatenate([known_tokens, tokens]).astype(np.int64, copy=False)
     offsets = np.concatenate([known_offsets, known_offsets[-1] + np.cumsum(lengths)])
     all_lengths = np.diff(offsets)

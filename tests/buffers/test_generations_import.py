@@ -537,3 +537,23 @@ def test_a_second_import_while_one_runs_is_refused(tmp_path):
     os.close(held)
     assert import_generations([src], tmp_path / "b", **FACTS).completions == 3
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["imports", "tokens", "zarr.json"]
+
+
+def test_a_version_1_buffer_is_read_and_appended_with_its_own_leaves(tmp_path, monkeypatch):
+    """Format version 1 buffers repeat per-completion values on every token row; an import
+    into one writes those leaves too (its storage refuses rows without them), and the reader
+    returns the same batches."""
+    first, second = make_records(6, seed=30), make_records(5, seed=31)
+    monkeypatch.setattr(importer_module, "legacy_tokens", lambda root: True)  # as v1 wrote
+    import_generations([write_jsonl(tmp_path / "a.jsonl", first)], tmp_path / "buf", **FACTS)
+    monkeypatch.undo()
+    tokens = zarr.open_group(str(tmp_path / "buf" / "tokens"), mode="r")
+    assert "log_reward" in tokens and "terminated" in tokens["next"]
+    import_generations([write_jsonl(tmp_path / "b.jsonl", second)], tmp_path / "buf")
+    with GenerationsBuffer.open(tmp_path / "buf") as buf:
+        _check_holds(buf, first + second)
+    tokens = zarr.open_group(str(tmp_path / "buf" / "tokens"), mode="r")
+    lengths = [len(r["completion_ids"]) for r in first + second]
+    rows = sum(lengths)
+    want = np.repeat(np.float32(expected(first + second)["log_reward"]), lengths)
+    assert np.array_equal(tokens["log_reward"][:rows], want)
