@@ -122,8 +122,7 @@ class ChunkWriter:
             chunks = sorted(c for c in pool.dirty - ahead if c < head)
         if not chunks:
             return
-        # the arrays grow once for every staged row (the head chunk's commit needs no resize)
-        run_io(self.chunks.grow(max(chunks[-1] + 1, -(self.ring.end // -R)) * R))
+        run_io(self.chunks.grow((chunks[-1] + 1) * R))
         half = max(1, pool.max_slots // 2)
         while self.write_ahead.in_flight and len(self.write_ahead.in_flight) + len(chunks) > half:
             self.land(wait=self.write_ahead.batches - 1)  # back-pressure: the oldest
