@@ -557,3 +557,22 @@ def test_a_version_1_buffer_is_read_and_appended_with_its_own_leaves(tmp_path, m
     rows = sum(lengths)
     want = np.repeat(np.float32(expected(first + second)["log_reward"]), lengths)
     assert np.array_equal(tokens["log_reward"][:rows], want)
+
+
+def test_the_import_arrays_are_fsynced_before_the_record(tmp_path, fsync_events):
+    """A power cut after the record's write must not lose the arrays it refers to: every file
+    of the import group is fsynced before the record's ``zarr.json`` is renamed into place."""
+    buffer = (tmp_path / "buf").resolve()
+    import_generations(
+        [write_jsonl(tmp_path / "a.jsonl", make_records(5, seed=32))], buffer, **FACTS
+    )
+    ((name, _),) = zarr.open_group(str(buffer / "imports"), mode="r").groups()
+    group = buffer / "imports" / name
+    record_at = max(
+        i
+        for i, (kind, p) in enumerate(fsync_events)
+        if kind == "commit" and p == group / "zarr.json"
+    )
+    fsynced = {p for kind, p in fsync_events[:record_at] if kind == "fsync"}
+    arrays = {p for p in group.rglob("*") if p.is_file() and p.parent != group}
+    assert arrays and arrays <= fsynced
