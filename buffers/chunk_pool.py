@@ -171,10 +171,15 @@ class ChunkPool:
             self.version += 1
 
     def install(
-        self, chunk: int, arrays: Mapping[str, np.ndarray] | None, protect: frozenset = frozenset()
+        self,
+        chunk: int,
+        arrays: Mapping[str, np.ndarray] | None,
+        protect: frozenset = frozenset(),
+        zero: bool = True,
     ) -> int:
-        """Places a decoded chunk (``None`` = all zeros) in a slot, never evicting a chunk in
-        ``protect``; returns the slot."""
+        """Places a decoded chunk (``None`` = all zeros; with ``zero=False``: rows left as they
+        are, for a chunk the caller overwrites whole at once) in a slot, never evicting a chunk
+        in ``protect``; returns the slot."""
         with self.lock:
             slot = int(self.slots_of(torch.tensor([chunk]))[0])
             if slot < 0:
@@ -198,7 +203,8 @@ class ChunkPool:
             rows = slice(slot * self.R, (slot + 1) * self.R)
             for k, t in self.data.items():
                 if arrays is None:
-                    t[rows].zero_()
+                    if zero:
+                        t[rows].zero_()
                 else:
                     src = torch.from_numpy(np.ascontiguousarray(arrays[k]))
                     n = src.shape[0]
@@ -208,8 +214,12 @@ class ChunkPool:
             self.referenced[slot] = True
             return slot
 
-    def ensure(self, chunks: torch.Tensor, loader: Loader) -> torch.Tensor:
-        """Slots for ``chunks`` (int64 [N]), loading the missing ones with ``loader``."""
+    def ensure(
+        self, chunks: torch.Tensor, loader: Loader, overwritten: frozenset = frozenset()
+    ) -> torch.Tensor:
+        """Slots for ``chunks`` (int64 [N]), loading the missing ones with ``loader``; a missing
+        chunk in ``overwritten`` (every row of it about to be written) that the loader finds
+        absent is not zeroed first."""
         with self.lock:
             slots = self.slots_of(chunks)
             missing = (slots < 0).nonzero().squeeze(-1)
@@ -221,7 +231,7 @@ class ChunkPool:
                 for i in range(0, len(need), step):  # a group's reads run concurrently
                     group = need[i : i + step]
                     for c, arrays in zip(group, loader(group)):
-                        self.install(c, arrays, protect)
+                        self.install(c, arrays, protect, zero=c not in overwritten)
                 slots = self.slots_of(chunks)
             assert bool((slots >= 0).all()), "chunk pool lost a chunk it was asked to keep"
             return slots
@@ -275,19 +285,23 @@ class ChunkPool:
         """Stages rows at ``phys`` (pinning their chunks as dirty until ``mark_clean``);
         ``run``: ``phys`` is a run of consecutive rows (``phys[0] + arange(n)``, appends)."""
         with self.lock:
-            chunks = phys // self.R
-            slots = self.ensure(chunks, loader)
-            touched = unique_chunks(chunks).tolist()
-            self.dirty.update(touched)
             if run:  # one slice copy per chunk, several times cheaper than an indexed write
                 n, first = phys.numel(), int(phys[0])
-                starts = self.slots_of(torch.tensor(touched)).tolist()
+                # the chunks of a run, without a per-row division nor lookup
+                run_chunks = torch.arange(first // self.R, (first + n - 1) // self.R + 1)
+                whole = range(-(first // -self.R), (first + n) // self.R)  # fully covered
+                starts = self.ensure(run_chunks, loader, frozenset(whole)).tolist()
+                touched = run_chunks.tolist()
+                self.dirty.update(touched)
                 for chunk, slot in zip(touched, starts):
                     lo, hi = max(first, chunk * self.R), min(first + n, (chunk + 1) * self.R)
                     dst = slice(slot * self.R + lo % self.R, slot * self.R + (hi - 1) % self.R + 1)
                     for k, t in self.data.items():
                         t[dst].copy_(values[k][lo - first : hi - first])
                 return
+            chunks = phys // self.R
+            slots = self.ensure(chunks, loader)
+            self.dirty.update(unique_chunks(chunks).tolist())
             rows = self.pool_rows(phys, slots).to(self.device)
             for k, t in self.data.items():
                 t[rows] = values[k].to(t.device)

@@ -54,7 +54,7 @@ class ChunkWriter:
         """Stages ``leaves`` (CPU, ``[N, *tail, *shape]``) at physical rows ``phys`` (int64
         ``[N]``; ``run``: consecutive) in the pool; more chunks than half the pool are staged
         and written group by group."""
-        self.hot.grow_for(int(phys.max()))
+        self.hot.grow_for(int(phys[-1]) if run else int(phys.max()))
         committed_end = self.ring.base + self.log.commit.write_count
         R = self.log.header.chunk_rows
         pool = self.hot.pool
@@ -67,13 +67,17 @@ class ChunkWriter:
             decoded = dict(zip(stored, self.chunks.load(stored)))
             return [decoded.get(c) for c in chunks]
 
-        chunks = phys // R
-        uniq = unique_chunks(chunks)
+        if run:  # an append's chunks, without a per-row division
+            first = int(phys[0])
+            uniq = torch.arange(first // R, (first + phys.numel() - 1) // R + 1)
+        else:
+            uniq = unique_chunks(phys // R)
         room = max(1, pool.max_slots // 2)
         if uniq.numel() + len(pool.dirty - self.write_ahead.in_flight) <= room:
             pool.write(phys, leaves, loader, run=run)
         else:  # more chunks than the cache holds: stage and write them group by group
             self.write_dirty()
+            chunks = phys // R
             for group in uniq.split(room):
                 mask = torch.isin(chunks, group)
                 pool.write(phys[mask], {k: v[mask] for k, v in leaves.items()}, loader)

@@ -218,6 +218,21 @@ async def _set_all(items: Sequence[tuple[StorePath, Buffer]]) -> None:
     await asyncio.gather(*(key.set(data) for key, data in items))
 
 
+def note_written(store: zarr.abc.store.Store, prefix: str) -> None:
+    """Adds every file under ``prefix`` of a local ``store`` (objects zarr itself wrote there)
+    to the store's ``SyncLog``, so that the next durable commit fsyncs them and their
+    directories first; nothing for other stores (their ``set`` is their durability)."""
+    log = sync_log(store)
+    if log is None:
+        return
+    top = Path(str(store.root)) / prefix
+    for directory, _, files in os.walk(top, followlinks=False):
+        here = Path(directory)
+        log.dirs.add(here)
+        log.files.update(here / name for name in files)
+    log.dirs.add(top.parent)
+
+
 def metadata_objects(where: StorePath, metadata) -> list[tuple[StorePath, Buffer]]:
     """The ``zarr.json`` object(s) zarr writes for group or array ``metadata`` at ``where``."""
     encoded = metadata.to_buffer_dict(default_buffer_prototype())

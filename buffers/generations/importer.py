@@ -15,6 +15,7 @@ import fcntl
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -31,12 +32,15 @@ from .layout import (
     IMPORTS,
     Facts,
     Tables,
+    legacy_tokens,
     load_tables,
     open_root,
     read_facts,
     refuse_url,
     token_path,
+    write_arrays,
 )
+from .prompts import prompt_index
 from .readers import digest, format_of, parse_field_map, read_blocks
 from .records import Columns, GenerationsImportError, Problem, validate
 
@@ -45,15 +49,16 @@ TOKEN_CHUNK_ROWS = 1 << 18
 files (and renames) of ``ZarrStorage``'s 4 MiB default, 1.3-1.7x faster imports measured."""
 
 
-INDEX_KEYS = [
-    "completion",
-    "position",
-    ("next", "done"),
-    ("next", "terminated"),
-    ("next", "truncated"),
-]
-"""Token leaves mirrored in RAM by the storage (15 bytes a token): what TorchRL's slice samplers
-look up (trajectory key, end flags). The other leaves are read through the chunk cache."""
+INDEX_KEYS = ["completion", "position", ("next", "done")]
+"""Token leaves mirrored in RAM by the storage (13 bytes a token): what TorchRL's slice samplers
+look up (trajectory key, end flag). The other leaves are read through the chunk cache."""
+
+TOKEN_CODECS = None
+"""Codecs of the token leaves (``ZarrStorage(compressors=...)``)."""
+
+IMPORT_COMMIT_INTERVAL = 3600.0
+"""``min_commit_interval`` of the import's token storage: no commit while the rows are
+appended (none would be visible: the import's record counts them), one at its flush."""
 
 
 @dataclasses.dataclass
@@ -259,34 +264,12 @@ def _concat(blocks: list[Columns]) -> Columns:
     return Columns(**fields)
 
 
-def _prompt_index(tables: Tables, cols: Columns) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(global prompt index [n], new prompts' tokens, their offsets [new + 1])``: identical
-    token lists share an index, with the buffer's earlier prompts too."""
-    known: dict[bytes, int] = {}
-    ptok, poff = tables.prompt_tokens, tables.prompt_offsets
-    for i in range(tables.num_prompts):
-        known.setdefault(ptok[poff[i] : poff[i + 1]].tobytes(), i)
-    offsets = np.concatenate([[0], np.cumsum(cols.prompt_len)])
-    keys = [cols.prompt_tok[a:b].tobytes() for a, b in zip(offsets[:-1], offsets[1:])]
-    first_new = tables.num_prompts
-    index = np.empty(cols.n, dtype=np.int64)
-    new_records: list[int] = []
-    for i, key in enumerate(keys):
-        j = known.get(key)
-        if j is None:
-            j = known[key] = first_new + len(new_records)
-            new_records.append(i)
-        index[i] = j
-    new = np.asarray(new_records, dtype=np.int64)
-    lens = cols.prompt_len[new]
-    toks = cols.prompt_tok[_ranges(offsets[new], lens)]
-    return index, toks, np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-
-
-def _ranges(begin: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    total = int(lengths.sum())
-    first = np.cumsum(lengths) - lengths
-    return np.repeat(begin - first, lengths) + np.arange(total)
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """``torch.from_numpy`` of an array that may be read-only (Arrow's zero-copy columns): the
+    tensor is only read (the storage copies it), so the warning about writes is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a)
 
 
 def token_rows(
@@ -295,39 +278,49 @@ def token_rows(
     completion0: int,
     eos_id: int,
     has_ref: bool,
+    legacy: bool = False,
 ) -> tuple[TensorDict, dict[str, np.ndarray]]:
-    """The token rows ``[T]`` of ``cols`` (leaves of ``layout.LEAVES``) and the per-completion
-    arrays of the import (``layout.IMPORT_ARRAYS`` but the prompt table)."""
+    """The token rows ``[T]`` of ``cols`` (leaves of ``layout.LEAVES``, plus
+    ``layout.LEGACY_LEAVES`` when ``legacy``: a format version 1 buffer's token storage) and
+    the per-completion arrays of the import (``layout.IMPORT_ARRAYS`` but the prompt table).
+    Every leaf is built once, at its stored dtype (no second copy)."""
     n, lens = cols.n, cols.comp_len
     T = int(lens.sum())
-    owner = np.repeat(np.arange(n), lens)
-    first = np.cumsum(lens) - lens
-    position = np.arange(T) - first[owner]
-    last = np.zeros(T, dtype=bool)
-    last[first + lens - 1] = True
-    terminated = cols.comp_tok[first + lens - 1] == eos_id
+    ends = np.cumsum(lens)  # one past each completion's last row
+    first = ends - lens
+    completion = np.repeat(np.arange(completion0, completion0 + n, dtype=np.int64), lens)
+    position = np.ones(T, dtype=np.int32)  # a running count restarted at each first row
+    position[first] = 1 - np.concatenate([[1], lens[:-1]])
+    np.cumsum(position, out=position)
+    done = np.zeros(T, dtype=bool)
+    done[ends - 1] = True
+    terminated = cols.comp_tok[ends - 1] == eos_id
     log_reward = np.where(cols.has_reward, cols.reward, cols.log_reward).astype(np.float32)
     group = np.where(cols.has_group, cols.group_id, prompt)
-    done_terminated = np.zeros(T, dtype=bool)
-    done_terminated[last] = terminated
     leaves = {
-        "action": torch.from_numpy(cols.comp_tok.astype(np.int64)),
+        "action": _tensor(cols.comp_tok.astype(np.int64, copy=False)),
         "sample_log_prob": torch.from_numpy(cols.logp.astype(np.float32)),
-        "position": torch.from_numpy(position.astype(np.int32)),
-        "completion": torch.from_numpy(owner + completion0),
-        "prompt": torch.from_numpy(prompt[owner]),
-        "group_id": torch.from_numpy(group[owner]),
-        "policy_version": torch.from_numpy(cols.policy_version[owner]),
-        "log_reward": torch.from_numpy(log_reward[owner]),
-        ("next", "done"): torch.from_numpy(last),
-        ("next", "terminated"): torch.from_numpy(done_terminated),
-        ("next", "truncated"): torch.from_numpy(last & ~done_terminated),
-        ("next", "reward"): torch.from_numpy(
-            np.where(last, log_reward[owner], 0.0).astype(np.float32)
-        ),
+        "position": torch.from_numpy(position),
+        "completion": torch.from_numpy(completion),
+        ("next", "done"): torch.from_numpy(done),
     }
     if has_ref:
         leaves["ref_log_prob"] = torch.from_numpy(cols.ref.astype(np.float32))
+    if legacy:
+        owner = completion - completion0
+        done_terminated = np.zeros(T, dtype=bool)
+        done_terminated[ends - 1] = terminated
+        reward = np.zeros(T, dtype=np.float32)
+        reward[ends - 1] = log_reward
+        leaves |= {
+            "prompt": torch.from_numpy(prompt[owner]),
+            "group_id": torch.from_numpy(group[owner]),
+            "policy_version": torch.from_numpy(cols.policy_version[owner]),
+            "log_reward": torch.from_numpy(log_reward[owner]),
+            ("next", "terminated"): torch.from_numpy(done_terminated),
+            ("next", "truncated"): torch.from_numpy(done & ~done_terminated),
+            ("next", "reward"): torch.from_numpy(reward),
+        }
     per_completion = {
         "completion_length": lens.astype(np.int64),
         "completion_prompt": prompt,
@@ -349,14 +342,25 @@ def _commit(
     facts: Facts,
 ) -> tuple[str, int]:
     """Appends and commits the token rows, writes the import's arrays, then its record."""
-    prompt, ptok, poff = _prompt_index(tables, cols)
+    prompt, ptok, poff = prompt_index(
+        tables.prompt_tokens, tables.prompt_offsets, cols.prompt_tok, cols.prompt_len
+    )
     c0 = tables.num_completions
-    rows, per_completion = token_rows(cols, prompt, c0, facts.eos_id, has_ref)
+    rows, per_completion = token_rows(
+        cols, prompt, c0, facts.eos_id, has_ref, legacy=legacy_tokens(root)
+    )
     path = token_path(where)
     storage = (
-        ZarrStorage.open(path, mode="r+")
+        ZarrStorage.open(path, mode="r+", min_commit_interval=IMPORT_COMMIT_INTERVAL)
         if (path / "zarr.json").is_file()
-        else ZarrStorage(None, path=path, chunk_rows=TOKEN_CHUNK_ROWS, index_keys=INDEX_KEYS)
+        else ZarrStorage(
+            None,
+            path=path,
+            chunk_rows=TOKEN_CHUNK_ROWS,
+            index_keys=INDEX_KEYS,
+            compressors=TOKEN_CODECS,
+            min_commit_interval=IMPORT_COMMIT_INTERVAL,
+        )
     )
     try:
         r0 = len(storage)  # rows of a killed import (no record) stay, uncounted, before these
@@ -365,11 +369,9 @@ def _commit(
     finally:
         storage.close()
     import_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
-    imports = root.require_group(IMPORTS)
-    group = imports.create_group(import_id)
+    group = root.require_group(IMPORTS).create_group(import_id)
     arrays = {"prompt_tokens": ptok, "prompt_offsets": poff, **per_completion}
-    for name, dtype in IMPORT_ARRAYS.items():
-        group.create_array(name, data=np.ascontiguousarray(arrays[name], dtype=dtype))
+    write_arrays(group, {name: arrays[name].astype(dt) for name, dt in IMPORT_ARRAYS.items()})
     p0 = tables.num_prompts
     record = {
         "id": import_id,
@@ -389,6 +391,6 @@ def _commit(
         "prompts": [p0, p0 + len(poff) - 1],
         "has_ref": has_ref,
     }
-    # the commit point (open_root opens local stores: the write happens here, atomic, fsynced)
+    # the commit point: the arrays above are fsynced first, then this one atomic write
     put_group_attributes(group, {IMPORT_ATTR: record}, durable=True)
     return import_id, len(poff) - 1

@@ -24,10 +24,15 @@ from typing import Any
 import numpy as np
 import zarr
 
+from .. import _compat_zarr as zarr_compat
 from ..errors import StoreFormatError
+from ..store_io import note_written, run_io
 
 FORMAT = "zarrl.generations"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version 2: the token storage holds per-token leaves only (``LEAVES``); per-completion values
+live in the imports' arrays alone. Version 1 buffers (``LEGACY_LEAVES`` too) are read, and
+appended to with their own leaves."""
 FACTS_ATTR = "zarrl_generations"
 IMPORT_ATTR = "zarrl_generations_import"
 TOKENS = "tokens"
@@ -39,16 +44,20 @@ LEAVES = (
     "ref_log_prob",
     "position",
     "completion",
+    ("next", "done"),
+)
+"""Leaves of the token storage (``ref_log_prob`` only in buffers with reference log-probs)."""
+
+LEGACY_LEAVES = (
     "prompt",
     "group_id",
     "policy_version",
     "log_reward",
-    ("next", "done"),
     ("next", "terminated"),
     ("next", "truncated"),
     ("next", "reward"),
 )
-"""Leaves of the token storage (``ref_log_prob`` only in buffers with reference log-probs)."""
+"""Per-completion values repeated on every token row by format version 1 buffers."""
 
 IMPORT_ARRAYS = {
     "prompt_tokens": np.int64,  # the import's new prompts, concatenated
@@ -60,6 +69,24 @@ IMPORT_ARRAYS = {
     "completion_log_reward": np.float32,  # [C]
     "completion_terminated": np.bool_,  # [C] ended with eos_id
 }
+
+
+def legacy_tokens(root: zarr.Group) -> bool:
+    """Whether the buffer's token storage is a format version 1 one (``LEGACY_LEAVES``)."""
+    return TOKENS in root and "log_reward" in root[TOKENS]
+
+
+def write_arrays(group: zarr.Group, arrays: Mapping[str, np.ndarray]) -> None:
+    """Writes 1-D ``arrays`` (one chunk each) into ``group``, all in one event-loop call, and
+    notes their files for the next durable write of the store (``store_io.note_written``)."""
+    parent = zarr_compat.async_group(group)
+    run_io(
+        [
+            parent.create_array(name, data=np.ascontiguousarray(a), chunks=(max(1, len(a)),))
+            for name, a in arrays.items()
+        ]
+    )
+    note_written(parent.store_path.store, parent.store_path.path)
 
 
 @dataclasses.dataclass(frozen=True)

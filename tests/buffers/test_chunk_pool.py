@@ -104,3 +104,31 @@ def test_version_changes_exactly_when_residency_changes():
     assert pool.version == v1
     pool.evict(0)
     assert pool.version != v1
+
+
+def test_a_run_fills_whole_chunks_without_zeroing_and_zeroes_the_rest_of_its_last():
+    """A run of appends installs absent chunks it covers whole without zeroing them first
+    (its rows overwrite every row); chunks it covers in part are zeroed past its rows, also
+    in a slot that held another chunk's data before."""
+    pool, calls = make_pool(2), []
+    pool.gather(torch.tensor([0, 4]), loader(calls))  # both slots hold non-zero rows
+    pool.evict(0)
+    pool.evict(1)
+    absent = lambda cs: [None] * len(cs)  # noqa: E731
+    zeroed = []
+    real_zero = torch.Tensor.zero_
+
+    def spy(t):
+        zeroed.append(t.shape[0])
+        return real_zero(t)
+
+    torch.Tensor.zero_ = spy
+    try:
+        pool.write(torch.arange(2, 8), {"x": torch.full((6, 3), 7.0)}, absent, run=True)
+    finally:
+        torch.Tensor.zero_ = real_zero
+    # chunk 0 (rows 0-3) is covered in part, chunk 1 (rows 4-7) whole: only chunk 0 zeroed
+    assert zeroed == [R]
+    out = pool.gather(torch.arange(0, 8), loader(calls))["x"][:, 0]
+    assert out.tolist() == [0, 0, 7, 7, 7, 7, 7, 7]
+    assert pool.dirty == {0, 1}

@@ -83,10 +83,7 @@ def test_token_rows_follow_the_flat_layout(tmp_path):
     r0, r1 = imp[1].attrs["zarrl_generations_import"]["rows"]
     assert (r0, r1) == (0, sum(lengths))
     rows = {key: group[key][r0:r1] for key in ("action", "completion", "position")}
-    rows |= {
-        f"next/{k}": group[f"next/{k}"][r0:r1]
-        for k in ("done", "terminated", "truncated", "reward")
-    }
+    rows["next/done"] = group["next/done"][r0:r1]
     owner = np.repeat(np.arange(12), lengths)
     assert rows["action"].tolist() == sum((r["completion_ids"] for r in records), [])
     assert rows["completion"].tolist() == owner.tolist()
@@ -95,13 +92,15 @@ def test_token_rows_follow_the_flat_layout(tmp_path):
     last = np.zeros(len(owner), dtype=bool)
     last[first + np.array(lengths) - 1] = True
     assert rows["next/done"].tolist() == last.tolist()
+    # per-completion values live in the import's arrays only, never repeated per token
+    assert sorted(k for k, _ in group.arrays()) == [
+        "action", "completion", "position", "ref_log_prob", "sample_log_prob"
+    ]  # fmt: skip
+    assert [k for k, _ in group["next"].arrays()] == ["done"]
     ends_eos = np.array([r["completion_ids"][-1] == EOS for r in records])
-    assert rows["next/terminated"][last].tolist() == ends_eos.tolist()
-    assert rows["next/truncated"][last].tolist() == (~ends_eos).tolist()
-    assert not rows["next/terminated"][~last].any()
+    assert imp[1]["completion_terminated"][:].tolist() == ends_eos.tolist()
     want = expected(records)["log_reward"]
-    assert np.array_equal(rows["next/reward"][last], np.float32(want))
-    assert (rows["next/reward"][~last] == 0).all()
+    assert np.array_equal(imp[1]["completion_log_reward"][:], np.float32(want))
     facts = zarr.open_group(str(tmp_path / "buf"), mode="r").attrs["zarrl_generations"]
     assert (facts["vocab_size"], facts["eos_id"], facts["max_new_tokens"]) == (VOCAB, EOS, MAX_NEW)
 
@@ -551,3 +550,42 @@ def test_a_store_url_is_refused_before_anything_is_written(tmp_path, monkeypatch
     with pytest.raises(ValueError, match="store URL"):
         GenerationsBuffer(url)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl"]
+
+
+def test_a_version_1_buffer_is_read_and_appended_with_its_own_leaves(tmp_path, monkeypatch):
+    """Format version 1 buffers repeat per-completion values on every token row; an import
+    into one writes those leaves too (its storage refuses rows without them), and the reader
+    returns the same batches."""
+    first, second = make_records(6, seed=30), make_records(5, seed=31)
+    monkeypatch.setattr(importer_module, "legacy_tokens", lambda root: True)  # as v1 wrote
+    import_generations([write_jsonl(tmp_path / "a.jsonl", first)], tmp_path / "buf", **FACTS)
+    monkeypatch.undo()
+    tokens = zarr.open_group(str(tmp_path / "buf" / "tokens"), mode="r")
+    assert "log_reward" in tokens and "terminated" in tokens["next"]
+    import_generations([write_jsonl(tmp_path / "b.jsonl", second)], tmp_path / "buf")
+    with GenerationsBuffer.open(tmp_path / "buf") as buf:
+        _check_holds(buf, first + second)
+    tokens = zarr.open_group(str(tmp_path / "buf" / "tokens"), mode="r")
+    lengths = [len(r["completion_ids"]) for r in first + second]
+    rows = sum(lengths)
+    want = np.repeat(np.float32(expected(first + second)["log_reward"]), lengths)
+    assert np.array_equal(tokens["log_reward"][:rows], want)
+
+
+def test_the_import_arrays_are_fsynced_before_the_record(tmp_path, fsync_events):
+    """A power cut after the record's write must not lose the arrays it refers to: every file
+    of the import group is fsynced before the record's ``zarr.json`` is renamed into place."""
+    buffer = (tmp_path / "buf").resolve()
+    import_generations(
+        [write_jsonl(tmp_path / "a.jsonl", make_records(5, seed=32))], buffer, **FACTS
+    )
+    ((name, _),) = zarr.open_group(str(buffer / "imports"), mode="r").groups()
+    group = buffer / "imports" / name
+    record_at = max(
+        i
+        for i, (kind, p) in enumerate(fsync_events)
+        if kind == "commit" and p == group / "zarr.json"
+    )
+    fsynced = {p for kind, p in fsync_events[:record_at] if kind == "fsync"}
+    arrays = {p for p in group.rglob("*") if p.is_file() and p.parent != group}
+    assert arrays and arrays <= fsynced
