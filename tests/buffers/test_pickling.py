@@ -90,3 +90,33 @@ def test_temporary_store_pickles_as_a_reference_too():
     twin = copy.deepcopy(storage)
     storage.close()  # the original temporary store is removed; the copy has its own
     assert torch.equal(twin[:]["obs"], torch.arange(3.0))
+
+
+def test_pickling_functions_reference_copy_and_refuse_a_reader_as_worker_writer(tmp_path):
+    from zarrl.buffers import pickling
+    from zarrl.buffers.format import ReadOnlyStorageError
+
+    storage = ZarrStorage(10, path=tmp_path / "p.zarr", chunk_rows=4)
+    storage.set(torch.arange(3), rows(0, 3))
+    unpickle, (ref,), state = pickling.reduce(storage, dict)
+    assert unpickle is dict and state == {"attached": []}
+    assert ref["store"] == str(tmp_path / "p.zarr") and not ref["read_only"]
+    assert ZarrStorage.open(tmp_path / "p.zarr", mode="r").get(torch.arange(3))["obs"].tolist() == [
+        0.0,
+        1.0,
+        2.0,
+    ]  # reduce flushed first
+    pickling.check_sendable(storage)
+    copy, temporary = pickling.copy_of(storage)
+    assert temporary is not None and copy.where == str(temporary)
+    copy.set(torch.arange(1), rows(50, 1))
+    assert storage.get(torch.arange(1))["obs"].tolist() == [0.0]  # independent
+    copy.close()
+    storage.close()
+    reader = ZarrStorage.open(tmp_path / "p.zarr", mode="r")
+    with pytest.raises(ReadOnlyStorageError, match="cannot become a writer in another process"):
+        pickling.check_sendable(reader)
+    twin, temporary = pickling.copy_of(reader)
+    assert temporary is None and twin.read_only and twin.where == reader.where
+    twin.close()
+    reader.close()
