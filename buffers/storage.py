@@ -40,7 +40,7 @@ from .chunk_io import ChunkStore, StaleRead
 from .chunk_writer import ChunkWriter
 from .commit_log import CommitLog, open_group
 from .committer import Committer
-from .format import Commit, Header, StoreFormatError, key_path, read_attrs
+from .format import Commit, Header, key_path, read_attrs
 from .gathering import Gatherer
 from .guard import StoreGuard, names_store, register_exit_flush, serialized
 from .hot_tier import HotTier
@@ -56,6 +56,11 @@ from .worker_proxy import WriteChannel, new_proxy, proxy_state, rollback_writers
 
 _log = logging.getLogger("zarrl.buffers")
 _UNBOUNDED = 2**31 - 1  # TorchRL keeps len() in an int32 shared value
+_REOPEN_OPTIONS = (  # constructor arguments that ``init_options`` reports
+    "ndim", "device", "chunk_rows", "compressors", "cache", "cache_device", "flush_every_rows",
+    "flush_every_seconds", "min_commit_interval", "index_keys", "refresh_every_seconds",
+    "gc_grace_seconds", "dedupe_next", "storage_options",
+)  # fmt: skip
 
 
 class ZarrStorage(TensorStorage):
@@ -158,22 +163,8 @@ class ZarrStorage(TensorStorage):
         )
         self.ring = Ring(max_size)  # capacity, base and write count (``buffers/ring.py``)
         self.read_only = _mode == "r"
-        self._init_options = {  # what a pickle or a deepcopy reopens the store with
-            "ndim": ndim,
-            "device": device,
-            "chunk_rows": chunk_rows,
-            "compressors": compressors,
-            "cache": cache,
-            "cache_device": cache_device,
-            "flush_every_rows": flush_every_rows,
-            "flush_every_seconds": flush_every_seconds,
-            "min_commit_interval": min_commit_interval,
-            "index_keys": index_keys,
-            "refresh_every_seconds": refresh_every_seconds,
-            "gc_grace_seconds": gc_grace_seconds,
-            "dedupe_next": dedupe_next,
-            "storage_options": storage_options,
-        }
+        arguments = locals()  # what a pickle or a deepcopy reopens the store with:
+        self._init_options = {name: arguments[name] for name in _REOPEN_OPTIONS}
         self.existsok = existsok
         self._chunk_rows_arg = chunk_rows
         self.cache_device = torch.device(cache_device) if cache_device else self.device
@@ -224,7 +215,10 @@ class ZarrStorage(TensorStorage):
             if not self.read_only:
                 check_local_writable(self.log.store, self._where)
                 remove_partials(self.log.store)  # torn temporaries of a killed writer
-            self._attach_or_create()
+            commit = self.reader.open_store(existsok)
+            if commit is not None:
+                self.initialized = True
+                self._adopted(commit)
             if not self.read_only:
                 object_store.pin(self.log.group)  # the commit record version our commits replace
         if self.log.header is not None:
@@ -268,32 +262,6 @@ class ZarrStorage(TensorStorage):
             storage_options=storage_options,
             **cache_options,
         )
-
-    def _attach_or_create(self) -> None:
-        group = self.log.group
-        attrs = group.attrs.asdict()
-        if "zarrl" not in attrs:
-            if bool(attrs) or any(True for _ in group.members()) or self.read_only:
-                raise StoreFormatError(
-                    f"{self._where} is a Zarr group but not a zarrl replay store "
-                    "(no attributes['zarrl'])"
-                )
-            self.log.write()  # empty zarrl store, schema decided by the first write
-            return
-        header, commit = self.log.read()
-        if not self.existsok and not self.read_only:
-            raise FileExistsError(
-                f"a zarrl store already exists at {self._where}; pass existsok=True or use "
-                "ZarrStorage.open(path) to continue it"
-            )
-        self.log.check_layout(attrs["zarrl"])
-        if header is not None:
-            self.log.adopt_layout(attrs["zarrl"], header)
-            self._setup(header)
-            self._adopted(self.reader.adopt_fresh(commit))
-            R, end = header.chunk_rows, commit.base + commit.write_count
-            if self.chunks.seals is not None and not self.read_only and end % R:
-                self.chunks.load([end // R])  # the head chunk on disk, checked: its crcs
 
     # ============================================================ identity
     @property
@@ -339,11 +307,7 @@ class ZarrStorage(TensorStorage):
 
     def _setup(self, header: Header, create: bool = False) -> None:
         """Builds arrays (when ``create``), the chunk pool and the RAM index for ``header``."""
-        self.log.header = header
-        self.ring.tail = header.tail
-        self.chunks.attach(header, create)
-        self.hot.build(header)
-        self.index.build(header)
+        self.reader.setup(header, create)
         self.initialized = True
 
     def _len0(self) -> int:
@@ -606,27 +570,11 @@ class ZarrStorage(TensorStorage):
     @serialized
     def refresh(self) -> bool:
         """Re-reads the commit record; returns whether new data became visible."""
-        group, header, commit = self.reader.poll()
-        if header is None:
-            return False
-        if self.log.header is None:
-            self.log.reopen(group)
-            self.log.adopt_layout(group.attrs.asdict()["zarrl"], header)
-            self._setup(header)
-            self._adopted(self.reader.adopt_fresh(commit))
-            return True
-        if commit.revision == self.log.commit.revision:
-            return False
-        old, full = self.log.commit, self.reader.needs_full(commit)
-        if commit.extent != old.extent:  # the writer resized the arrays: reload their metadata
-            self.log.reopen(group)
-            self.chunks.reload()
-        try:
-            self.reader.adopt(commit, full, since=old)
-        except StaleRead:
-            commit = self.reader.adopt_fresh(commit)
-        self._adopted(commit)
-        return True
+        commit = self.reader.refresh()
+        if commit is not None:
+            self.initialized = True
+            self._adopted(commit)
+        return commit is not None
 
     def _maybe_auto_refresh(self) -> None:
         if self.read_only and self.reader.due(self.refresh_every_seconds):
