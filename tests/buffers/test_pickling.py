@@ -12,6 +12,7 @@ import torch
 from tensordict import TensorDict
 from torchrl.data import LazyMemmapStorage, TensorDictReplayBuffer
 from zarrl.buffers import ZarrStorage
+from zarrl.buffers._compat_torchrl import attached_buffers
 
 
 def rows(start: int, n: int) -> TensorDict:
@@ -31,8 +32,8 @@ def test_deepcopy_is_an_independent_copy_like_lazy_memmap(tmp_path, filled):
             rb.extend(rows(0, 5))
         twin = copy.deepcopy(rb)
         assert len(twin) == len(rb), name
-        assert twin.storage is not rb.storage and rb in rb.storage._attached_entities
-        assert twin in twin.storage._attached_entities
+        assert twin.storage is not rb.storage and rb in attached_buffers(rb.storage)
+        assert twin in attached_buffers(twin.storage)
         twin.extend(rows(100, 2))  # the copy writes into its own store
         assert len(twin) == len(rb) + 2 and len(rb) == (5 if filled else 0), name
         assert torch.equal(twin[:]["obs"][-2:], torch.tensor([100.0, 101.0])), name
@@ -58,7 +59,7 @@ def test_pickle_reopens_the_store_once_the_writer_is_closed(tmp_path):
     storage.close()
     again = pickle.loads(blob)
     assert isinstance(again.storage, ZarrStorage) and not again.storage.read_only
-    assert again in again.storage._attached_entities
+    assert again in attached_buffers(again.storage)
     assert len(again) == 6 and torch.equal(again[:]["obs"], torch.arange(6.0))
     again.extend(rows(6, 2))  # the writer cursor came with the buffer
     assert torch.equal(again[:]["obs"], torch.arange(8.0))
