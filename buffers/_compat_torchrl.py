@@ -103,3 +103,23 @@ def wrap_writer_init(buffer: Any, wrap: Callable[[Any], Any]) -> bool:
     elif callable(init):
         buffer._init_writer = lambda: wrap(init())
     return True
+
+
+def attached_buffers(storage: Any) -> list:
+    """The buffers attached to a storage (``Storage._attached_entities``), as a new list."""
+    return list(storage._attached_entities)
+
+
+def set_attached_buffers(storage: Any, buffers: list) -> None:
+    """Makes ``buffers`` the storage's attached buffers (``_attached_entities_list``)."""
+    storage._attached_entities_list = list(buffers)
+
+
+def shared_counters(storage: Any) -> dict[str, Any]:
+    """The shared values a ``TensorStorage`` keeps its length, mutation revision and last cursor
+    in (``_len_value``, ``_mutation_revision_value``, ``_last_cursor_index_value``, created
+    here if not yet), keyed by those attribute names: a proxy storage given them in its state
+    shares them with the original across processes."""
+    _ = storage._len, storage._mutation_revision, storage._last_cursor_index
+    names = ("_len_value", "_mutation_revision_value", "_last_cursor_index_value")
+    return {name: getattr(storage, name) for name in names}

@@ -18,6 +18,7 @@ from .chunk_io import ChunkStore
 from .chunk_pool import unique_chunks
 from .commit_log import CommitLog
 from .hot_tier import HotTier
+from .index_columns import IndexColumns
 from .ring import Ring
 from .store_io import run_io, sync_log
 from .write_ahead import WriteAhead
@@ -28,10 +29,19 @@ class ChunkWriter:
 
     Args:
         ring, log, chunks, hot: the storage's ring, commit log, chunk I/O and hot tier.
+        index: the storage's RAM index columns, written beside the chunks by ``write_rows``.
     """
 
-    def __init__(self, ring: Ring, log: CommitLog, chunks: ChunkStore, hot: HotTier) -> None:
+    def __init__(
+        self,
+        ring: Ring,
+        log: CommitLog,
+        chunks: ChunkStore,
+        hot: HotTier,
+        index: IndexColumns | None = None,
+    ) -> None:
         self.ring, self.log, self.chunks, self.hot = ring, log, chunks, hot
+        self.index = IndexColumns() if index is None else index
         self.write_ahead = WriteAhead(run_io)  # completed chunks, written in the background
         self.written_chunks = 0  # chunk ids below this were stored by this process
         self.in_place_pending = False  # committed rows rewritten since the last commit
@@ -43,6 +53,32 @@ class ChunkWriter:
         return self.log.commit.base + self.log.commit.write_count
 
     # ------------------------------------------------------------------ staging
+    def write_rows(self, rows: torch.Tensor, leaves: dict[str, torch.Tensor], append: bool) -> None:
+        """Stages ``leaves`` (``{path: [N, *tail, *shape]}``, any device) at ring positions
+        ``rows`` (int64 ``[N]``) and writes the index columns. ``append``: the writer's cursor
+        moves; rows at the ring's next positions are appended (the write count advances; of a
+        batch larger than the ring only the last ring-full is kept), any others rewritten."""
+        cap0 = self.log.header.capacity
+        n = rows.numel()
+        leaves = {k: v.detach().to("cpu") for k, v in leaves.items()}
+        run = append and torch.equal(rows, self.ring.append_positions(n))  # consecutive rows
+        ring_run = False
+        if run:
+            phys = self.ring.end + torch.arange(n)
+            keep = n if cap0 is None else min(n, cap0)  # a batch larger than the ring
+            phys, rows = phys[n - keep :], rows[n - keep :]
+            leaves = {k: v[n - keep :] for k, v in leaves.items()}
+            self.ring.advance(n)
+            ring_run = int(rows[-1]) - int(rows[0]) + 1 == rows.numel()  # no wrap-around
+        else:
+            phys = self.ring.phys(rows)
+            self.before_rewrite(phys)
+        self.index.ensure_rows(int(rows.max()) + 1)
+        self.stage(phys, leaves, run)
+        self.index.write(
+            slice(int(rows[0]), int(rows[0]) + rows.numel()) if ring_run else rows, leaves
+        )
+
     def before_rewrite(self, phys: torch.Tensor) -> None:
         """Rows at physical rows ``phys`` (int64) are about to be rewritten (not appended):
         chunks being written ahead land first; committed rows make the commit in-place."""

@@ -19,11 +19,17 @@ from __future__ import annotations
 
 import os
 import weakref
+from collections.abc import Callable
+from multiprocessing.context import get_spawning_popen
 from typing import Any
 
 import zarr.storage
 
 from . import object_store
+from ._compat_torchrl import attached_buffers
+from .format import ReadOnlyStorageError
+from .store_io import copy_store
+from .temp_store import make_temp_store
 
 _WRITERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
@@ -81,5 +87,44 @@ def reopen(cls: type, ref: dict[str, Any]) -> Any:
                 "original first, use copy.deepcopy(rb) for an independent copy, or "
                 "ZarrStorage.open(path, mode='r') for a reader"
             )
+    options = {k: v for k, v in ref["options"].items() if k not in ("ndim", "storage_options")}
     mode = "r" if ref["read_only"] else "r+"
-    return cls(ref["max_size"], path=store, existsok=True, _mode=mode, **ref["options"])
+    return cls.open(store, mode, storage_options=ref["options"].get("storage_options"), **options)
+
+
+def spawning() -> bool:
+    """Whether this pickle goes to a process that ``multiprocessing`` is starting."""
+    return get_spawning_popen() is not None
+
+
+def reduce(storage: Any, unpickle: Callable[[dict[str, Any]], Any]) -> tuple:
+    """``__reduce__`` of a storage pickled outside a process start: a reference to its store,
+    reopened by ``unpickle(ref)``, with the buffers it was attached to (a writable storage is
+    flushed first, so the reference holds every row)."""
+    if not storage.read_only and not storage.closed:
+        storage.flush()
+    return unpickle, (reference(storage),), {"attached": attached_buffers(storage)}
+
+
+def check_sendable(storage: Any) -> None:
+    """Raises unless ``storage`` may become a writer proxy in a process being started."""
+    if storage.read_only:
+        raise ReadOnlyStorageError(
+            f"{storage.where} was opened read-only (mode='r') and cannot become a writer in "
+            "another process; reopen it with mode='r+' in the process that should own it"
+        )
+    storage.guard.check_writable()
+
+
+def copy_of(storage: Any) -> tuple[Any, str | None]:
+    """``copy.deepcopy`` of a storage (without its attached buffers) and the temporary store
+    it was copied into (``None`` for a reader: another reader of the same store)."""
+    ref = reference(storage)
+    if storage.read_only:
+        return reopen(type(storage), ref), None
+    storage.flush()
+    dest = make_temp_store()
+    with storage.guard.naming():
+        copy_store(storage.log.store, zarr.storage.LocalStore(str(dest)))
+    ref["store"] = dest
+    return reopen(type(storage), ref), dest

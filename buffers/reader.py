@@ -12,7 +12,7 @@ import zarr
 from .chunk_io import ChunkStore, StaleRead
 from .chunk_writer import ChunkWriter
 from .commit_log import CommitLog
-from .format import Commit, Header
+from .format import Commit, Header, StoreFormatError
 from .hot_tier import HotTier
 from .index_columns import IndexColumns
 from .ring import Ring
@@ -38,6 +38,70 @@ class Reader:
         self.ring, self.log, self.chunks = ring, log, chunks
         self.hot, self.writer, self.index = hot, writer, index
         self.last_refresh = time.monotonic()
+
+    def setup(self, header: Header, create: bool = False) -> None:
+        """Makes ``header`` the layout of the parts: the ring's row shape, the arrays (created
+        when ``create``), the chunk pool and the RAM index columns."""
+        self.log.header = header
+        self.ring.tail = header.tail
+        self.chunks.attach(header, create)
+        self.hot.build(header)
+        self.index.build(header)
+
+    def open_store(self, existsok: bool) -> Commit | None:
+        """Attaches the parts to the store's commit record (an empty group becomes an empty
+        zarrl store); returns the adopted commit, ``None`` while no row decided the schema.
+        Refuses a group that is not a zarrl store, and an existing store unless ``existsok``
+        (or read-only)."""
+        group, read_only = self.log.group, self.chunks.read_only
+        attrs = group.attrs.asdict()
+        if "zarrl" not in attrs:
+            if attrs or any(True for _ in group.members()) or read_only:
+                raise StoreFormatError(
+                    f"{self.log.where} is a Zarr group but not a zarrl replay store "
+                    "(no attributes['zarrl'])"
+                )
+            self.log.write()  # empty zarrl store, schema decided by the first write
+            return None
+        header, commit = self.log.read()
+        if not existsok and not read_only:
+            raise FileExistsError(
+                f"a zarrl store already exists at {self.log.where}; pass existsok=True or use "
+                "ZarrStorage.open(path) to continue it"
+            )
+        self.log.check_layout(attrs["zarrl"])
+        if header is None:
+            return None
+        self.log.adopt_layout(attrs["zarrl"], header)
+        self.setup(header)
+        commit = self.adopt_fresh(commit)
+        R, end = header.chunk_rows, commit.base + commit.write_count
+        if self.chunks.seals is not None and not read_only and end % R:
+            self.chunks.load([end // R])  # the head chunk on disk, checked: its crcs
+        return commit
+
+    def refresh(self) -> Commit | None:
+        """Re-reads the commit record and adopts a newer one (the first one: with its layout);
+        returns the adopted commit, ``None`` when nothing new is visible."""
+        group, header, commit = self.poll()
+        if header is None:
+            return None
+        if self.log.header is None:
+            self.log.reopen(group)
+            self.log.adopt_layout(group.attrs.asdict()["zarrl"], header)
+            self.setup(header)
+            return self.adopt_fresh(commit)
+        if commit.revision == self.log.commit.revision:
+            return None
+        old, full = self.log.commit, self.needs_full(commit)
+        if commit.extent != old.extent:  # the writer resized the arrays: reload their metadata
+            self.log.reopen(group)
+            self.chunks.reload()
+        try:
+            self.adopt(commit, full, since=old)
+        except StaleRead:
+            commit = self.adopt_fresh(commit)
+        return commit
 
     def due(self, every_seconds: float | None) -> bool:
         """Whether ``every_seconds`` (``None``: never) passed since the last ``poll``."""

@@ -208,6 +208,23 @@ class SamplerStates:
             self._saved[id(sampler)] = saved
         return saved is not None
 
+    def load(self, group: zarr.Group, sampler: Any, where: str, ring: Any) -> bool:
+        """Restores ``sampler`` from ``group`` (``load``) and announces to it the ring positions
+        of the rows appended after the state was saved (``sampler.extend``: new rows get the
+        default priority). ``ring``: the storage's ``Ring`` (``buffers/ring.py``). Returns
+        whether a state was loaded."""
+        meta = load(group, sampler, where, ring.capacity or ring.write_count)
+        if meta is None:
+            return False
+        if meta["base"] == ring.base and meta["write_count"] < ring.write_count:
+            start = ring.live_start(ring.base, ring.write_count)
+            start = max(start, ring.base + meta["write_count"])
+            missed = ring.position(torch.arange(start, ring.end))
+            if missed.numel() and hasattr(sampler, "extend"):
+                sampler.extend(missed)
+        self.loaded(sampler)
+        return True
+
     def loaded(self, sampler: Any) -> None:
         """``sampler`` holds the stored state now (its current state is the saved one)."""
         arrays: dict = {}

@@ -24,7 +24,13 @@ from tensordict import TensorDict, is_tensor_collection
 from torchrl.data.replay_buffers.storages import Storage
 from torchrl.data.replay_buffers.writers import RoundRobinWriter
 
-from ._compat_torchrl import buffer_writer, set_writer_position, writer_position
+from ._compat_torchrl import (
+    attached_buffers,
+    buffer_writer,
+    set_writer_position,
+    shared_counters,
+    writer_position,
+)
 
 _POLL_SECONDS = 0.5
 
@@ -153,6 +159,25 @@ def _pump(ref: weakref.ref, requests, replies, closed) -> None:
 def new_proxy() -> ZarrWriterProxy:
     """Unpickling entry point of ``ZarrStorage.__reduce__`` (the state follows)."""
     return ZarrWriterProxy.__new__(ZarrWriterProxy)
+
+
+def proxy_state(storage: Any, channel: WriteChannel) -> dict[str, Any]:
+    """The state of the ``ZarrWriterProxy`` that ``storage`` becomes in a process being
+    started: its channel, shape, the buffers it is attached to, and TorchRL's shared length,
+    revision and cursor values."""
+    header = storage.log.header
+    return {
+        "_channel": channel,
+        "max_size": storage.max_size,
+        "ndim": storage.ndim,
+        "device": storage.device,
+        "_growing": storage.ring.growing,
+        "_tail": tuple(header.tail) if header is not None else None,
+        "_compilable": False,
+        "_rng": None,
+        **shared_counters(storage),
+        "_attached_entities_list": attached_buffers(storage),
+    }
 
 
 class ZarrWriterProxy(Storage):

@@ -226,10 +226,8 @@ class GenerationsBuffer:
 
 def read_leaves(storage: ZarrStorage, rows: torch.Tensor, keys: list[str]) -> dict:
     """``{key: [N]}`` of the storage's rows ``rows`` for ``keys`` only (``storage[rows]``
-    reads every leaf: three of thirteen are needed here). The one use of ``ZarrStorage``'s
-    internal ``_gather``: the lock ``get`` takes, then the narrow read."""
-    with storage._io_lock:
-        return storage._gather(rows, keys)
+    reads every leaf: three of thirteen are needed here): ``ZarrStorage.read``."""
+    return storage.read(rows, keys)
 
 
 def _ranges(begin: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

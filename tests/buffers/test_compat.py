@@ -35,6 +35,12 @@ def test_every_private_name_the_compat_module_reads_exists():
     assert compat.buffer_lock(rb) is rb.__dict__["_replay_lock"]
     plain = ReplayBuffer(storage=LazyTensorStorage(8))
     assert compat.buffer_sampler(plain) is not None
+    assert compat.attached_buffers(plain.storage) == [plain]  # ``_attached_entities``
+    compat.set_attached_buffers(storage, [plain])
+    assert storage._attached_entities == [plain]
+    counters = compat.shared_counters(storage)
+    assert set(counters) == {"_len_value", "_mutation_revision_value", "_last_cursor_index_value"}
+    assert all(hasattr(value, "get_lock") for value in counters.values())  # shared values
 
 
 def test_the_tensordict_internals_exist_in_a_checked_release():

@@ -145,7 +145,7 @@ def test_a_stale_second_writer_cannot_commit_over_the_first(s3):
     message = str(err.value)
     assert url in message and "another writer committed revision" in message
     assert "write_count=24" in message
-    second._closed = True  # abandoned: its close must not retry the refused commit
+    second.guard.closed = True  # abandoned: its close must not retry the refused commit
     first.close()
     got = read_all(url, options)  # the first writer's rows, all of them, none of the second's
     assert torch.equal(got["action"], batch(24)["action"])
@@ -170,7 +170,7 @@ def test_a_commit_raced_past_the_chunk_check_is_still_refused(s3, monkeypatch):
     ReplayBuffer(storage=second).extend(batch(4, 50))
     with pytest.raises(CommitConflictError, match=r"committed revision \d+ \(write_count=16"):
         second.flush()
-    second._closed = True
+    second.guard.closed = True
     first.close()
     with ZarrStorage.open(url, "r", storage_options=options) as reader:
         assert len(reader) == 16  # the first writer's commit stands

@@ -12,6 +12,7 @@ import torch
 from tensordict import TensorDict
 from torchrl.data import LazyMemmapStorage, TensorDictReplayBuffer
 from zarrl.buffers import ZarrStorage
+from zarrl.buffers._compat_torchrl import attached_buffers
 
 
 def rows(start: int, n: int) -> TensorDict:
@@ -31,8 +32,8 @@ def test_deepcopy_is_an_independent_copy_like_lazy_memmap(tmp_path, filled):
             rb.extend(rows(0, 5))
         twin = copy.deepcopy(rb)
         assert len(twin) == len(rb), name
-        assert twin.storage is not rb.storage and rb in rb.storage._attached_entities
-        assert twin in twin.storage._attached_entities
+        assert twin.storage is not rb.storage and rb in attached_buffers(rb.storage)
+        assert twin in attached_buffers(twin.storage)
         twin.extend(rows(100, 2))  # the copy writes into its own store
         assert len(twin) == len(rb) + 2 and len(rb) == (5 if filled else 0), name
         assert torch.equal(twin[:]["obs"][-2:], torch.tensor([100.0, 101.0])), name
@@ -58,7 +59,7 @@ def test_pickle_reopens_the_store_once_the_writer_is_closed(tmp_path):
     storage.close()
     again = pickle.loads(blob)
     assert isinstance(again.storage, ZarrStorage) and not again.storage.read_only
-    assert again in again.storage._attached_entities
+    assert again in attached_buffers(again.storage)
     assert len(again) == 6 and torch.equal(again[:]["obs"], torch.arange(6.0))
     again.extend(rows(6, 2))  # the writer cursor came with the buffer
     assert torch.equal(again[:]["obs"], torch.arange(8.0))
@@ -90,3 +91,33 @@ def test_temporary_store_pickles_as_a_reference_too():
     twin = copy.deepcopy(storage)
     storage.close()  # the original temporary store is removed; the copy has its own
     assert torch.equal(twin[:]["obs"], torch.arange(3.0))
+
+
+def test_pickling_functions_reference_copy_and_refuse_a_reader_as_worker_writer(tmp_path):
+    from zarrl.buffers import pickling
+    from zarrl.buffers.format import ReadOnlyStorageError
+
+    storage = ZarrStorage(10, path=tmp_path / "p.zarr", chunk_rows=4)
+    storage.set(torch.arange(3), rows(0, 3))
+    unpickle, (ref,), state = pickling.reduce(storage, dict)
+    assert unpickle is dict and state == {"attached": []}
+    assert ref["store"] == str(tmp_path / "p.zarr") and not ref["read_only"]
+    assert ZarrStorage.open(tmp_path / "p.zarr", mode="r").get(torch.arange(3))["obs"].tolist() == [
+        0.0,
+        1.0,
+        2.0,
+    ]  # reduce flushed first
+    pickling.check_sendable(storage)
+    copy, temporary = pickling.copy_of(storage)
+    assert temporary is not None and copy.where == str(temporary)
+    copy.set(torch.arange(1), rows(50, 1))
+    assert storage.get(torch.arange(1))["obs"].tolist() == [0.0]  # independent
+    copy.close()
+    storage.close()
+    reader = ZarrStorage.open(tmp_path / "p.zarr", mode="r")
+    with pytest.raises(ReadOnlyStorageError, match="cannot become a writer in another process"):
+        pickling.check_sendable(reader)
+    twin, temporary = pickling.copy_of(reader)
+    assert temporary is None and twin.read_only and twin.where == reader.where
+    twin.close()
+    reader.close()

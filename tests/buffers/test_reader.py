@@ -38,3 +38,26 @@ def test_polled_commits_are_adopted_into_ring_and_index_columns(tmp_path):
     with pytest.raises(StaleRead, match="recycled"):
         reader.check_not_stale(0)
     writer.close()
+
+
+def test_open_store_and_refresh_return_the_adopted_commit(tmp_path):
+    import zarr
+    from zarrl.buffers.format import StoreFormatError
+
+    path = tmp_path / "o.zarr"
+    writer = ZarrStorage(32, path=path, chunk_rows=8)
+    reader = ZarrStorage.open(path, mode="r").reader
+    assert reader.refresh() is None  # no schema yet: nothing to adopt
+    ReplayBuffer(storage=writer).extend(_rows(10))
+    writer.flush()
+    commit = reader.refresh()
+    assert commit.write_count == 10 and reader.log.header.chunk_rows == 8
+    assert reader.refresh() is None  # nothing new since
+    assert writer.reader.open_store(existsok=True).write_count == 10
+    with pytest.raises(FileExistsError, match="already exists .*existsok=True"):
+        writer.reader.open_store(existsok=False)
+    writer.close()
+    other = zarr.open_group(tmp_path / "plain.zarr", mode="w")
+    other.attrs["note"] = "not a replay store"
+    with pytest.raises(StoreFormatError, match="plain.zarr is a Zarr group but not a zarrl"):
+        ZarrStorage(8, path=tmp_path / "plain.zarr", existsok=True)

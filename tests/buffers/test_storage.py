@@ -311,9 +311,9 @@ def test_full_view_loads_large_columns_only_when_accessed(tmp_path, monkeypatch)
     storage = ZarrStorage(100, path=tmp_path / "v.zarr", chunk_rows=8)
     storage.set(torch.arange(40), trajectories(40))
     loaded = []
-    original = storage._gather
+    original = storage.read
     monkeypatch.setattr(
-        storage, "_gather", lambda rows, keys=None: loaded.append(keys) or original(rows, keys)
+        storage, "read", lambda rows, keys=None: loaded.append(keys) or original(rows, keys)
     )
     view = storage[:]
     assert torch.equal(view["traj"], torch.arange(40) // TRAJ_LEN)  # index column, from RAM

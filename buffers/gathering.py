@@ -1,0 +1,107 @@
+"""Reads of a ``ZarrStorage``: leaves gathered at ring positions (index columns from RAM, other
+leaves through the hot tier, checked against recycling for readers), and the TensorDicts,
+tensors and lazy views built from them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+
+from .commit_log import CommitLog
+from .hot_tier import HotTier
+from .index_columns import IndexColumns
+from .lazy_view import lazy_tensordict
+from .reader import Reader
+from .ring import Ring
+from .row_data import TENSOR_KEY, nested_td
+
+
+class Gatherer:
+    """Reads rows of one storage by ring position.
+
+    Args:
+        ring, log, hot, index, reader: the storage's parts.
+        read_only: a reader (rows it loads are checked against the writer's recycling).
+        device: where the returned tensors go.
+    """
+
+    def __init__(
+        self,
+        ring: Ring,
+        log: CommitLog,
+        hot: HotTier,
+        index: IndexColumns,
+        reader: Reader,
+        read_only: bool,
+        device: torch.device,
+    ) -> None:
+        self.ring, self.log, self.hot, self.index, self.reader = ring, log, hot, index, reader
+        self.read_only, self.device = read_only, device
+
+    def gather(self, rows: torch.Tensor, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Leaves ``keys`` (default: all) at ring positions ``rows`` (int64 ``[N]``) as
+        ``{path: [N, *tail, *shape]}`` on the device; raises ``StaleRead`` when a reader loaded
+        chunks the writer has recycled since its last refresh."""
+        keys = list(self.log.header.schema) if keys is None else keys
+        out = {}
+        columns = self.index.columns
+        big = [k for k in keys if k not in columns]
+        if big:
+            phys = self.ring.phys(rows)
+            got, loaded = self.hot.gather(phys, big)
+            if self.read_only and loaded:
+                fresh = torch.isin(phys // self.log.header.chunk_rows, torch.tensor(loaded))
+                self.reader.check_not_stale(int(phys[fresh].min()))
+            out.update(got)
+        for k in keys:
+            if k in columns:
+                out[k] = torch.index_select(columns[k], 0, rows)  # much faster than [rows]
+        if all(out[k].device == self.device for k in keys):
+            return {k: out[k] for k in keys}
+        return {k: out[k].to(self.device, non_blocking=True) for k in keys}
+
+    def batch_of(self, n: int) -> list[int]:
+        """Batch size of ``n`` rows as returned: ``[n, *tail, *item_batch]``."""
+        return [n, *self.log.header.tail, *self.log.item_batch]
+
+    def to_td(self, leaves: Mapping[str, torch.Tensor], batch: list[int]) -> TensorDictBase:
+        """The TensorDict of gathered ``leaves`` with batch size ``batch``."""
+        return nested_td(leaves, torch.Size(batch), self.device)
+
+    def to_data(self, leaves: Mapping[str, torch.Tensor], batch: list[int]) -> Any:
+        """What ``get`` returns for gathered ``leaves``: the tensor of a tensor store (its
+        batch dims as ``batch``), else ``to_td``."""
+        if self.log.header.tensor_root:
+            return TensorDict({TENSOR_KEY: leaves[TENSOR_KEY]}, batch_size=batch)[TENSOR_KEY]
+        return self.to_td(leaves, batch)
+
+    def is_full_view(self, index: Any, ndim: int) -> bool:
+        """Whether ``index`` is ``:`` (or ``(:, :)`` up to ``ndim``) of a TensorDict store."""
+        if isinstance(index, tuple) and 1 <= len(index) <= ndim:
+            if any(not (isinstance(i, slice) and i == slice(None)) for i in index):
+                return False
+            index = index[0]
+        return (
+            isinstance(index, slice)
+            and index == slice(None)
+            and not self.log.header.tensor_root
+            and self.log.pytree is None
+        )
+
+    def lazy(self, rows: torch.Tensor | None, n: int, read: Callable) -> TensorDictBase:
+        """The ``n`` rows at ring positions ``rows`` (``None``: the first ``n``, the whole
+        buffer) with index columns gathered at once and the other leaves read by
+        ``read(rows, [path])`` (under the storage's lock) when first looked up."""
+        if rows is None:
+            eager = {k: self.index.head(k, n).to(self.device) for k in self.index}
+        else:
+            eager = {k: self.index.gather(k, rows).to(self.device) for k in self.index}
+
+        def loader(path: str) -> Callable[[], torch.Tensor]:  # positions built only if used
+            return lambda: read(torch.arange(n) if rows is None else rows, [path])[path]
+
+        lazy = {k: loader(k) for k in self.log.header.schema if k not in self.index}
+        return lazy_tensordict(eager, lazy, self.batch_of(n), self.device)
