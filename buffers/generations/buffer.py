@@ -226,7 +226,7 @@ class GenerationsBuffer:
 
 def read_leaves(storage: ZarrStorage, rows: torch.Tensor, keys: list[str]) -> dict:
     """``{key: [N]}`` of the storage's rows ``rows`` for ``keys`` only (``storage[rows]``
-    reads every leaf: three of thirteen are needed here): ``ZarrStorage.read``."""
+    reads every leaf: three of the six token leaves are needed here): ``ZarrStorage.read``."""
     return storage.read(rows, keys)
 
 
