@@ -36,9 +36,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -65,6 +63,7 @@ from zarrl.buffers.format import codec_chain
 
 sys.path.insert(0, str(Path(__file__).parent))
 import buffer_memory  # noqa: E402  (sibling script)
+from machine import cpu_model  # benchmarks/machine.py
 
 
 # ----------------------------------------------------------------------------- data
@@ -345,18 +344,6 @@ def codec_table(datasets: dict[str, tuple[TensorDict, int]]) -> list[tuple]:
     finally:
         numcodecs_blosc.set_nthreads(os.cpu_count() or 1)
     return rows
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``lscpu``), or the platform's processor string."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

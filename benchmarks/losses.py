@@ -17,11 +17,11 @@ Usage: python benchmarks/losses.py [--device cuda] [--threads 1] [--repeats 20] 
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from typing import Literal
 
 import torch
+from machine import cpu_model  # benchmarks/machine.py
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from torch import Tensor, nn
@@ -36,18 +36,6 @@ from zarrl.algorithms import (
 )
 
 Rollout = int | Literal["full"]
-
-
-def cpu_model() -> str:
-    """The CPU model name (from /proc/cpuinfo where available)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def previous_path_consistency(

@@ -27,8 +27,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -223,9 +221,9 @@ def main() -> None:
     parser.add_argument("--s3", action="store_true", help="also on a moto S3 server (loopback)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if "Model name" in ln), "")
-    print(f"CPU: {model or platform.processor()} ({mp.cpu_count()} cores)")
+    from machine import cpu_model
+
+    print(f"CPU: {cpu_model()} ({mp.cpu_count()} cores)")
     print(f"{args.batches} batches x {args.rows} rows per writer, a commit per batch")
     places: list[tuple[str, str | None, dict | None]] = [("local", None, None)]
     server = None

@@ -4,6 +4,7 @@ back from a run folder (for collection and evaluation)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from tensordict import TensorDictBase
@@ -50,6 +51,22 @@ def load_policy(
     return actor, config, task
 
 
+def gym_policy_for(
+    policy: str | Path, env_name: str, env_cfg: EnvConfig
+) -> tuple[ProbabilisticActor, Any]:
+    """``(actor, obs_norm)`` of the run folder ``policy`` for collecting on ``env_name``: refuses
+    a run trained on another task or environment (``ConfigError``) and makes ``env_cfg``
+    normalize observations as the run did."""
+    actor, run_config, task = load_policy(policy)
+    if run_config.env.task != "gym" or run_config.env.name != env_name:
+        raise ConfigError(
+            f"--policy: the run {str(policy)!r} was trained on {run_config.env.name}, not on "
+            f"--env {env_name}"
+        )
+    env_cfg.normalize_obs = run_config.env.normalize_obs
+    return actor, task.state_dict().get("obs_norm")
+
+
 def collect(
     env_name: str,
     buffer: str | Path,
@@ -87,14 +104,7 @@ def collect(
     if policy == "random":
         actor = uniform_policy_like(build_actor(env, ModelConfig()))
     else:
-        actor, run_config, task = load_policy(policy)
-        if run_config.env.task != "gym" or run_config.env.name != env_name:
-            raise ConfigError(
-                f"--policy: the run {str(policy)!r} was trained on {run_config.env.name}, not on "
-                f"--env {env_name}"
-            )
-        env_cfg.normalize_obs = run_config.env.normalize_obs
-        obs_norm = task.state_dict().get("obs_norm")
+        actor, obs_norm = gym_policy_for(policy, env_name, env_cfg)
     with torch.no_grad():
         probe = actor(env.fake_tensordict().reshape(-1)[:1])
     buf_cfg = BufferConfig(

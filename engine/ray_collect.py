@@ -189,16 +189,9 @@ def collect_ray(
         actor = uniform_policy_like(build_actor(probe_env, ModelConfig()))
         probe_env.close()
     else:
-        from zarrl.engine.collect import load_policy
+        from zarrl.engine.collect import gym_policy_for
 
-        actor, run_config, task = load_policy(policy)
-        if run_config.env.task != "gym" or run_config.env.name != env_name:
-            raise ConfigError(
-                f"--policy: the run {str(policy)!r} was trained on {run_config.env.name}, not on "
-                f"--env {env_name}"
-            )
-        env_cfg.normalize_obs = run_config.env.normalize_obs
-        obs_norm = task.state_dict().get("obs_norm")
+        actor, obs_norm = gym_policy_for(policy, env_name, env_cfg)
     config = BufferConfig(max_size=max_size, cache=None, flush_every_seconds=commit_every_seconds)
     offset, before = 0, 0
     if append:
