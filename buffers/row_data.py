@@ -54,13 +54,7 @@ def infer_header(
             f"got batch_size={tuple(element.batch_size)}"
         )
     schema = {}
-    for key, leaf in stored_leaves(element):
-        if not isinstance(leaf, torch.Tensor):
-            raise ValueError(
-                f"key {key!r}: only tensors can be stored, got {type(leaf).__name__} "
-                "(non-tensor leaves such as td.set_non_tensor values are not stored by "
-                "ZarrStorage: encode them as tensors or td.exclude() them); nothing was written"
-            )
+    for key, leaf in tensor_leaves(element):
         schema[key_path(key)] = LeafSpec(
             numpy_dtype_name(leaf.dtype, key), tuple(leaf.shape[len(tail) :])
         )
@@ -150,13 +144,7 @@ def as_tensordict(data: Any, batched: bool, ndim: int, log: CommitLog) -> Tensor
 def validate(td: TensorDictBase, header: Header) -> dict[str, torch.Tensor]:
     """Leaves of ``td`` keyed by path, checked against the schema (raises, writes nothing)."""
     leaves = {}
-    for key, leaf in stored_leaves(td):
-        if not isinstance(leaf, torch.Tensor):
-            raise ValueError(
-                f"key {key!r}: only tensors can be stored, got {type(leaf).__name__} "
-                "(non-tensor leaves such as td.set_non_tensor values are not stored by "
-                "ZarrStorage: encode them as tensors or td.exclude() them); nothing was written"
-            )
+    for key, leaf in tensor_leaves(td):
         leaves[key_path(key)] = leaf
     got = {
         k: LeafSpec(numpy_dtype_name(v.dtype, k), tuple(v.shape[td.batch_dims :]))
@@ -178,6 +166,19 @@ def validate(td: TensorDictBase, header: Header) -> dict[str, torch.Tensor]:
             f"[rows, *{list(header.tail)}]; nothing was written"
         )
     return leaves
+
+
+def tensor_leaves(td: TensorDictBase) -> list[tuple[Any, torch.Tensor]]:
+    """``stored_leaves(td)``, refusing a non-tensor leaf by name (nothing is written)."""
+    items = stored_leaves(td)
+    for key, leaf in items:
+        if not isinstance(leaf, torch.Tensor):
+            raise ValueError(
+                f"key {key!r}: only tensors can be stored, got {type(leaf).__name__} "
+                "(non-tensor leaves such as td.set_non_tensor values are not stored by "
+                "ZarrStorage: encode them as tensors or td.exclude() them); nothing was written"
+            )
+    return items
 
 
 def stored_leaves(td: TensorDictBase) -> list[tuple[Any, Any]]:
