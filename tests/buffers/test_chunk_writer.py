@@ -1,23 +1,16 @@
 """The chunk writer (``buffers/chunk_writer.py``) through its public methods."""
 
 import torch
-from zarrl.buffers.chunk_io import ChunkStore
+from parts_support import store_parts
 from zarrl.buffers.chunk_writer import ChunkWriter
-from zarrl.buffers.commit_log import CommitLog, open_group
-from zarrl.buffers.format import Commit, Header, LeafSpec
+from zarrl.buffers.format import Commit
 from zarrl.buffers.hot_tier import HotTier
-from zarrl.buffers.ring import Ring
 
 R, ROWS = 4, 32
 
 
 def _writer(path) -> ChunkWriter:
-    log = CommitLog(open_group(path, "a"), str(path), max_size=ROWS, ndim=1)
-    log.header = Header(ROWS, 1, (), R, {"obs": LeafSpec("int64", (2,))}, [], False)
-    ring = Ring(ROWS)
-    ring.tail = ()
-    chunks = ChunkStore(log, ring, read_only=False)
-    chunks.attach(log.header, create=True)
+    log, ring, chunks = store_parts(path, ROWS, R, (2,))
     hot = HotTier(ring, log, chunks, cache="ram", device=torch.device("cpu"))
     hot.build(log.header)
     return ChunkWriter(ring, log, chunks, hot)

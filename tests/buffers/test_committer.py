@@ -4,25 +4,17 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from zarrl.buffers.chunk_io import ChunkStore
+from parts_support import store_parts
 from zarrl.buffers.chunk_writer import ChunkWriter
-from zarrl.buffers.commit_log import CommitLog, open_group
 from zarrl.buffers.committer import Committer
-from zarrl.buffers.format import Header, LeafSpec
 from zarrl.buffers.guard import StoreGuard
 from zarrl.buffers.hot_tier import HotTier
-from zarrl.buffers.ring import Ring
 
 R, ROWS = 4, 32
 
 
 def _committer(path, **settings) -> Committer:
-    log = CommitLog(open_group(path, "a"), str(path), max_size=ROWS, ndim=1)
-    log.header = Header(ROWS, 1, (), R, {"obs": LeafSpec("int64", (2,))}, [], False)
-    ring = Ring(ROWS)
-    ring.tail = ()
-    chunks = ChunkStore(log, ring, read_only=False)
-    chunks.attach(log.header, create=True)
+    log, ring, chunks = store_parts(path, ROWS, R, (2,))
     hot = HotTier(ring, log, chunks, cache="ram", device=torch.device("cpu"))
     hot.build(log.header)
     options = {

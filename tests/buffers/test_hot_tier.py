@@ -3,23 +3,16 @@ written by ``ChunkStore``."""
 
 import numpy as np
 import torch
-from zarrl.buffers.chunk_io import ChunkStore
-from zarrl.buffers.commit_log import CommitLog, open_group
-from zarrl.buffers.format import Commit, Header, LeafSpec
+from parts_support import store_parts
+from zarrl.buffers.format import Commit
 from zarrl.buffers.hot_tier import HotTier
-from zarrl.buffers.ring import Ring
 
 R, CHUNKS = 8, 16
 
 
 def _tier(path, cache) -> HotTier:
     rows = R * CHUNKS
-    log = CommitLog(open_group(path, "a"), str(path), max_size=rows, ndim=1)
-    log.header = Header(rows, 1, (), R, {"obs": LeafSpec("int64", (64,))}, [], False)
-    ring = Ring(rows)
-    ring.tail = ()
-    chunks = ChunkStore(log, ring, read_only=False)
-    chunks.attach(log.header, create=True)
+    log, ring, chunks = store_parts(path, rows, R, (64,))
     ids = np.arange(rows)
     blocks = [(c, {"obs": np.repeat(ids[c * R : (c + 1) * R, None], 64, 1)}) for c in range(CHUNKS)]
     chunks.write(blocks, io=[], fresh_from=0)
