@@ -1,6 +1,7 @@
 """``GenerationsBuffer``: the reader of a generations buffer, returning padded batches of whole
 completions (the batch of ``docs/generations.md``), built without a loop over rows: the token
-rows of the B completions are gathered in one storage read, then scattered into ``[B, L]``."""
+rows of the B completions are gathered in one read (from the RAM mirror of ``token_mirror.py``
+when the buffer fits its budget, else from the token storage), then scattered into ``[B, L]``."""
 
 from __future__ import annotations
 
@@ -11,17 +12,31 @@ from tensordict import TensorDict
 
 from ..storage import ZarrStorage
 from .layout import Facts, Tables, load_tables, open_root, read_facts, token_path
+from .token_mirror import TokenMirror, mirror_bytes_per_token
+
+MIRROR_BYTES = 1 << 30
+"""Default RAM budget of the token mirror (``GenerationsBuffer(mirror_bytes=...)``)."""
 
 
 class GenerationsBuffer:
     """Read-only view of the committed imports of the buffer at ``path`` (``refresh()`` picks
     up later imports). ``storage``: the token ``ZarrStorage`` (one row per completion token;
     TorchRL's ``SliceSampler(slice_len=d, traj_key="completion")`` draws d-token windows from
-    it), ``None`` while the buffer holds no import."""
+    it), ``None`` while the buffer holds no import. Batches read the token leaves from a RAM
+    mirror of them (``token_mirror.py``, 12-16 bytes a token, filled at the first read) while the
+    buffer's tokens fit ``mirror_bytes``, else through the storage's chunk cache."""
 
-    def __init__(self, path: str | os.PathLike, *, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        device: torch.device | str = "cpu",
+        mirror_bytes: int = MIRROR_BYTES,
+    ) -> None:
         self.path = os.fspath(path)
         self.device = torch.device(device)
+        self.mirror_bytes = int(mirror_bytes)
+        self._mirror: TokenMirror | None = None
         self._root = open_root(self.path, "r")
         facts = read_facts(self._root, self.path)
         if facts is None:
@@ -31,9 +46,15 @@ class GenerationsBuffer:
         self._load()
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, device: torch.device | str = "cpu"):
+    def open(
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: torch.device | str = "cpu",
+        mirror_bytes: int = MIRROR_BYTES,
+    ):
         """The buffer at ``path`` (as the constructor)."""
-        return cls(path, device=device)
+        return cls(path, device=device, mirror_bytes=mirror_bytes)
 
     def _load(self) -> None:
         self._tables: Tables = load_tables(self._root, self.path)
@@ -131,14 +152,13 @@ class GenerationsBuffer:
         idx = torch.as_tensor(prompt_index, dtype=torch.int64).reshape(-1)
         if idx.numel() and (idx.min() < 0 or idx.max() >= self.num_prompts):
             raise IndexError(f"prompt index outside [0, {self.num_prompts})")
-        begin, end = self._poff[idx], self._poff[idx + 1]
-        lengths = end - begin
+        begin, end = self._poff[idx].unsqueeze(-1), self._poff[idx + 1].unsqueeze(-1)
         P = len(idx)
-        width = int(lengths.max()) if P else 0
-        slot = _ranges(torch.arange(P) * width + width - lengths, lengths)  # right-aligned
-        mask = torch.zeros(P * width, dtype=torch.bool).index_fill_(0, slot, True).view(P, width)
-        tokens = torch.zeros(P * width, dtype=torch.int64)
-        tokens = tokens.index_copy_(0, slot, self._ptok[_ranges(begin, lengths)]).view(P, width)
+        width = int((end - begin).max()) if P else 0
+        src = end - width + torch.arange(width)  # [P, Lp] right-aligned: prompt i ends at end[i]
+        mask = src >= begin
+        tokens = torch.index_select(self._ptok, 0, src.clamp_(min=0).view(-1)).view(P, width)
+        tokens = tokens.masked_fill_(~mask, 0)
         return tokens.to(self.device), mask.to(self.device)
 
     def completions(self, indices: torch.Tensor) -> TensorDict:
@@ -153,12 +173,16 @@ class GenerationsBuffer:
         lengths = self._length[idx]
         width = int(lengths.max())
         B = len(idx)
-        rows = _ranges(self._start[idx], lengths)  # the token rows, completion after completion
-        keys = ["action", "sample_log_prob"] + (["ref_log_prob"] if self.has_ref else [])
-        leaves = read_leaves(self.storage, rows, keys)
-        # where each token lands in the flattened [B, L] batch: completion * L + position
-        slot = _ranges(torch.arange(B) * width, lengths)
-        mask = torch.zeros(B * width, dtype=torch.bool).index_fill_(0, slot, True).view(B, width)
+        first = torch.cumsum(lengths, 0) - lengths  # of each completion in the gathered rows
+        T = int(first[-1] + lengths[-1])
+        offset = torch.arange(T)
+        # the token rows, completion after completion, and where each lands in the flattened
+        # [B, L] batch (completion * L + position): one repeat, two offsets
+        rows = torch.repeat_interleave(self._start[idx] - first, lengths, output_size=T) + offset
+        slot = torch.repeat_interleave(torch.arange(B) * width - first, lengths, output_size=T)
+        slot += offset
+        leaves = self._read_tokens(rows)
+        mask = torch.arange(width) < lengths.unsqueeze(-1)
 
         def padded(flat: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
             out = torch.zeros(B * width, dtype=dtype)
@@ -183,6 +207,19 @@ class GenerationsBuffer:
             batch[("log_probs", "ref")] = padded(leaves["ref_log_prob"], torch.float32)
         td = TensorDict(batch, batch_size=[B])
         return td.to(self.device) if self.device.type != "cpu" else td
+
+    def _read_tokens(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{leaf: [N]}`` of the leaves a batch reads, at token rows ``rows`` (int64 ``[N]``):
+        from the mirror when the buffer fits ``mirror_bytes`` (filled, or extended to rows of
+        later imports, here), else from the storage."""
+        keys = ["action", "sample_log_prob"] + (["ref_log_prob"] if self.has_ref else [])
+        end = self._tables.rows_end
+        if end * mirror_bytes_per_token(self.has_ref) > self.mirror_bytes:
+            return self.storage.read(rows, keys)
+        if self._mirror is None or self._mirror.keys != keys:
+            self._mirror = TokenMirror(keys)
+        self._mirror.extend_to(self.storage, end)
+        return self._mirror.read(rows)
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> TensorDict:
         """``batch_size`` whole completions drawn uniformly with replacement."""
@@ -222,16 +259,3 @@ class GenerationsBuffer:
             f"prompts={self.num_prompts}, tokens={self.num_tokens}, vocab_size={self.vocab_size}, "
             f"eos_id={self.eos_id}, has_ref={self.has_ref})"
         )
-
-
-def read_leaves(storage: ZarrStorage, rows: torch.Tensor, keys: list[str]) -> dict:
-    """``{key: [N]}`` of the storage's rows ``rows`` for ``keys`` only (``storage[rows]``
-    reads every leaf: three of the six token leaves are needed here): ``ZarrStorage.read``."""
-    return storage.read(rows, keys)
-
-
-def _ranges(begin: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """``cat([arange(b, b + n) for b, n in zip(begin, lengths)])``, without the loop."""
-    total = int(lengths.sum())
-    first = torch.cumsum(lengths, 0) - lengths
-    return torch.repeat_interleave(begin - first, lengths, output_size=total) + torch.arange(total)

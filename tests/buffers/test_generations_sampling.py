@@ -143,3 +143,31 @@ def test_refresh_sees_a_later_import(tmp_path):
         buf.refresh()
         assert buf.num_completions == 9
         assert buf.completions(torch.tensor([8]))["completion"].tolist() == [8]
+
+
+def test_the_mirror_and_the_storage_give_the_same_batch(logged, tmp_path):
+    buf, records = logged
+    idx = torch.tensor([59, 0, 7, 7, 31])
+    with GenerationsBuffer.open(buf.path, mirror_bytes=0) as direct:
+        want = direct.completions(idx)
+        assert direct._mirror is None  # over the budget: read through the storage
+    got = buf.completions(idx)
+    assert buf._mirror is not None
+    assert set(got.keys(True, True)) == set(want.keys(True, True))
+    for key in want.keys(True, True):
+        assert torch.equal(got[key], want[key]), key
+
+
+def test_refresh_extends_a_filled_mirror(tmp_path):
+    first, later = make_records(5, seed=23), make_records(4, seed=24)
+    import_generations([write_jsonl(tmp_path / "a.jsonl", first)], tmp_path / "b", **FACTS)
+    with GenerationsBuffer.open(tmp_path / "b") as buf:
+        buf.completions(torch.tensor([0]))  # fills the mirror with the first import's rows
+        import_generations([write_jsonl(tmp_path / "c.jsonl", later)], tmp_path / "b")
+        buf.refresh()
+        batch = buf.completions(torch.arange(9))
+        for b, r in enumerate(first + later):
+            n = len(r["completion_ids"])
+            assert batch["tokens", "response"][b, :n].tolist() == r["completion_ids"]
+            want = torch.tensor(r["logprobs"], dtype=torch.float32)
+            assert torch.equal(batch["log_probs", "behaviour"][b, :n], want)
