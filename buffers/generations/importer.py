@@ -9,6 +9,7 @@ very large logs into several imports.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
@@ -42,7 +43,7 @@ from .layout import (
 )
 from .prompts import prompt_index
 from .readers import digest, format_of, parse_field_map, read_blocks
-from .records import Columns, GenerationsImportError, Problem, validate
+from .records import Columns, GenerationsImportError, Problem, concat_columns, validate
 
 TOKEN_CHUNK_ROWS = 1 << 18
 """Token rows per chunk (about 15 MB of the 13 leaves before compression): a quarter of the
@@ -157,10 +158,38 @@ def _import(
     tables = load_tables(root, where)
     facts = _agree_facts(stored, tables, vocab_size, eos_id, max_new_tokens, where)
 
-    reports = [FileReport(os.fspath(f), digest(f)) for f in files]
-    _refuse_duplicates(reports, tables, allow_duplicate)
+    # the files' sha256 on a thread while they are read (hashlib releases the GIL); a
+    # duplicate is refused before any error of its reading is raised
+    reports = [FileReport(os.fspath(f), "") for f in files]
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="zarrl-sha256") as pool:
+        digests = [pool.submit(digest, f) for f in files]
+        try:
+            blocks, problems, has_ref = _read_all(reports, fmap, facts, tables.has_ref)
+        finally:
+            for report, d in zip(reports, digests):
+                report.sha256 = d.result()
+            _refuse_duplicates(reports, tables, allow_duplicate)
+    if problems and on_error == "fail":
+        raise GenerationsImportError(
+            f"{len(problems)} bad record(s); nothing imported (use --on-error skip to import "
+            f"the rest). First: {problems[0]}",
+            problems,
+        )
+    if stored != facts:
+        attrs = {**root.attrs.asdict(), FACTS_ATTR: facts.to_attrs()}
+        put_group_attributes(root, attrs, durable=True)
+    if not blocks:
+        return ImportReport(reports, problems, None, 0, 0, 0)
+    cols = concat_columns(blocks)
+    import_id, new_prompts = _commit(root, where, tables, cols, reports, bool(has_ref), facts)
+    return ImportReport(reports, problems, import_id, cols.n, int(cols.comp_len.sum()), new_prompts)
 
-    has_ref = tables.has_ref
+
+def _read_all(
+    reports: list[FileReport], fmap: dict[str, str], facts: Facts, has_ref: bool | None
+) -> tuple[list[Columns], list[Problem], bool | None]:
+    """Reads and validates every file: ``(blocks of good records, problems, has_ref)``;
+    ``reports`` get their counts."""
     blocks: list[Columns] = []
     problems: list[Problem] = []
     for report in reports:
@@ -184,20 +213,7 @@ def _import(
             report.tokens += int(good.comp_len.sum())
             if good.n:
                 blocks.append(good)
-    if problems and on_error == "fail":
-        raise GenerationsImportError(
-            f"{len(problems)} bad record(s); nothing imported (use --on-error skip to import "
-            f"the rest). First: {problems[0]}",
-            problems,
-        )
-    if stored != facts:
-        attrs = {**root.attrs.asdict(), FACTS_ATTR: facts.to_attrs()}
-        put_group_attributes(root, attrs, durable=True)
-    if not blocks:
-        return ImportReport(reports, problems, None, 0, 0, 0)
-    cols = _concat(blocks)
-    import_id, new_prompts = _commit(root, where, tables, cols, reports, bool(has_ref), facts)
-    return ImportReport(reports, problems, import_id, cols.n, int(cols.comp_len.sum()), new_prompts)
+    return blocks, problems, has_ref
 
 
 def _agree_facts(
@@ -251,17 +267,6 @@ def _refuse_duplicates(reports: list[FileReport], tables: Tables, allow: bool) -
                 "(same sha256); pass --allow-duplicate to import it again"
             )
         seen[r.sha256] = f"this import ({r.path})"
-
-
-def _concat(blocks: list[Columns]) -> Columns:
-    if len(blocks) == 1:
-        return blocks[0]
-    fields = {}
-    for f in dataclasses.fields(Columns):
-        if f.name in ("prompt_text", "pre_problems"):
-            continue
-        fields[f.name] = np.concatenate([getattr(b, f.name) for b in blocks])
-    return Columns(**fields)
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -111,22 +112,39 @@ def read_blocks(path: str | os.PathLike, field_map: Mapping[str, str]) -> Iterat
 
 # ================================================================ JSON Lines
 def read_jsonl(path: str | os.PathLike, field_map: Mapping[str, str]) -> Iterator[Columns]:
-    """Streams the file in blocks of ``BLOCK_RECORDS`` lines. A line that is not valid JSON (or
-    the last line cut short) becomes a ``Problem`` of its block (``Columns.pre_problems``)."""
+    """Streams the file in blocks of whole lines (``jsonl_arrow.BLOCK_BYTES``), each parsed
+    by ``pyarrow.json`` when it reads the block exactly (``jsonl_arrow.arrow_columns``), else
+    line by line with ``loads`` in blocks of ``BLOCK_RECORDS`` lines. A line that is not valid
+    JSON (or the last line cut short) becomes a ``Problem`` of its block
+    (``Columns.pre_problems``)."""
+    from .jsonl_arrow import arrow_columns, line_blocks
+
     file = str(path)
     with open(path, "rb") as fh:
-        lines = enumerate(fh, start=1)
-        while True:
-            block = list(itertools.islice(lines, BLOCK_RECORDS))
-            if not block:
-                return
-            records: list[tuple[int, dict]] = []
-            problems: list[Problem] = []
-            with _no_gc():  # a block's millions of parsed objects would trigger full collections
-                _parse_block(block, records, problems, file, field_map)
-            cols = columns_from_records(records, file, "line")
-            cols.pre_problems = problems + cols.pre_problems
-            yield cols
+        for first_line, lines, data in line_blocks(fh):
+            cols = arrow_columns(data, first_line, lines, field_map, file)
+            if cols is not None:
+                yield cols
+            else:
+                yield from _parse_lines(
+                    enumerate(io.BytesIO(data), start=first_line), file, field_map
+                )
+
+
+def _parse_lines(lines: Iterator[tuple[int, bytes]], file: str, field_map) -> Iterator[Columns]:
+    """``Columns`` of ``(line number, bytes)`` pairs parsed one by one with ``loads``, in
+    blocks of ``BLOCK_RECORDS`` lines."""
+    while True:
+        block = list(itertools.islice(lines, BLOCK_RECORDS))
+        if not block:
+            return
+        records: list[tuple[int, dict]] = []
+        problems: list[Problem] = []
+        with _no_gc():  # a block's millions of parsed objects would trigger full collections
+            _parse_block(block, records, problems, file, field_map)
+        cols = columns_from_records(records, file, "line")
+        cols.pre_problems = problems + cols.pre_problems
+        yield cols
 
 
 def _parse_block(block, records: list, problems: list, file: str, field_map) -> None:

@@ -118,6 +118,24 @@ class Columns:
         return {"prompt": self.prompt_tok, "comp": self.comp_tok, "logp": self.logp}[name]
 
 
+def concat_columns(blocks: list[Columns]) -> Columns:
+    """The records of ``blocks`` in order, as one ``Columns`` (prompt texts and problems are
+    kept when every block has texts / concatenated)."""
+    if len(blocks) == 1:
+        return blocks[0]
+    fields = {}
+    for f in dataclasses.fields(Columns):
+        if f.name in ("prompt_text", "pre_problems"):
+            continue
+        fields[f.name] = np.concatenate([getattr(b, f.name) for b in blocks])
+    text = None
+    if all(b.prompt_text is not None for b in blocks):
+        text = [t for b in blocks for t in b.prompt_text]
+    return Columns(
+        **fields, prompt_text=text, pre_problems=[p for b in blocks for p in b.pre_problems]
+    )
+
+
 def _segment_any(bad_tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """bool ``[n]``: some token of the record is bad (``lengths`` >= 0 per record)."""
     n = len(lengths)
