@@ -2,11 +2,12 @@
 multithreaded) into an Arrow table, then read column-wise as Parquet is (``readers.py``).
 
 It only takes blocks it reads exactly as the line-by-line parser would: one object per line (no
-blank line), the schema's columns with the schema's types after the field map, and no null
-anywhere in them (Arrow cannot tell a JSON ``null`` from an absent field, which the line parser
-reports differently). Any other block (a malformed or cut line, an OpenAI-style response, mixed
-types, absent optional fields on some lines) returns ``None`` and goes to the line parser, whose
-errors name the file, the line and the field.
+blank line), the schema's columns with the schema's types after the field map, every line with
+the required fields, and, when the block holds the word ``null`` at all, no null in them (Arrow
+cannot tell a JSON ``null`` from an absent optional field, which the line parser reports
+differently). Any other block (a malformed or cut line, an OpenAI-style response, mixed types)
+returns ``None`` and goes to the line parser, whose errors name the file, the line and the
+field.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from typing import BinaryIO
 
 from .records import FIELDS, Columns, concat_columns
 
+REQUIRED = ("prompt_ids", "completion_ids", "logprobs")
+"""Fields every record has (``readers._type_problem``)."""
+
 BLOCK_BYTES = 1 << 25
 """Bytes of lines per block (32 MiB, cut at a line end): bounds the RAM of one parse."""
 
@@ -25,10 +29,11 @@ ARROW_BLOCK_BYTES = 1 << 22
 path, and its block is parsed line by line."""
 
 
-def line_blocks(fh: BinaryIO, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, int, bytes]]:
+def line_blocks(fh: BinaryIO, block_bytes: int | None = None) -> Iterator[tuple[int, int, bytes]]:
     """``(number of the block's first line (1-based), lines in the block, bytes of whole
     lines)`` of a file opened in binary mode; the last block may end without a newline (a cut
-    last line, counted)."""
+    last line, counted); ``block_bytes``: ``BLOCK_BYTES`` unless given."""
+    block_bytes = block_bytes or BLOCK_BYTES
     line = 1
     while True:
         data = fh.read(block_bytes)
@@ -69,8 +74,11 @@ def arrow_columns(
     except GenerationsImportError:
         return None  # named per line by the line parser
     table = table.select(list(dict.fromkeys(sources.values())))
-    if any(_has_null(c) for c in table.columns):
-        return None
+    if b"null" in data:  # a JSON null somewhere: Arrow's nulls may not be absent fields
+        if any(_has_null(c) for c in table.columns):
+            return None
+    elif any(table.column(sources[f]).null_count for f in REQUIRED):
+        return None  # a required field absent from a line: "is missing", by the line parser
     parts, row = [], 0
     for batch in table.to_batches():
         parts.append(columns_from_arrow(batch, sources, first_line + row, file))
