@@ -238,9 +238,9 @@ class Trainer:
         self.optimizer = torch.optim.Adam(
             parameter_groups(self.loss, lrs), eps=cfg.optim.adam_eps, fused=cfg.optim.fused or None
         )
-        # the collector acts with its own CPU copy of the policy, synced after every update round
-        self.collector_policy = task.build_actor()
-        self._sync_collector_policy(initial=True)
+        # the collector acts with its own CPU copy of the policy, synced after every update
+        # round; built at first use (``collector_policy``): offline runs may never act
+        self._collector_policy: nn.Module | None = None
 
     def _build_buffer(self, resuming: bool) -> None:
         cfg = self.config
@@ -332,9 +332,20 @@ class Trainer:
         self._new_episode_lengths.extend(lengths.to(torch.float64).tolist())
 
     # ------------------------------------------------------------------ learner
+    @property
+    def collector_policy(self) -> nn.Module:
+        """The CPU acting policy (collector, evaluation episodes), a second copy of the
+        learner's, built and synced at first use."""
+        if self._collector_policy is None:
+            self._collector_policy = self.task.build_actor()
+            self._sync_collector_policy(initial=True)
+        return self._collector_policy
+
     def _sync_collector_policy(self, initial: bool = False) -> None:
-        """Copy the learner's policy weights into the CPU acting policy, then let the collector
-        propagate them to its internal copy (TorchRL ``update_policy_weights_``)."""
+        """Copy the learner's policy weights into the CPU acting policy (when built), then let
+        the collector propagate them to its internal copy (TorchRL ``update_policy_weights_``)."""
+        if self._collector_policy is None:
+            return
         learner = TensorDict.from_module(self.actor).data
         TensorDict.from_module(self.collector_policy).data.update_(learner.to("cpu"))
         if not initial and getattr(self, "collector", None) is not None:

@@ -299,3 +299,22 @@ def test_other_tasks_refuse_a_hugging_face_model():
         load_config("cartpole_trust_pcl", ["model.kind=hf"])
     with pytest.raises(ConfigError, match="model.kind"):
         load_config("generations/rtb", ["model.kind=gguf"])
+
+
+def test_offline_training_builds_one_policy(logged, tmp_path, monkeypatch):
+    """Offline runs never act: no second (acting) copy of the policy is built."""
+    from zarrl.engine.tasks.generations import GenerationsTask
+
+    built = []
+    original = GenerationsTask.build_actor
+
+    def counting(self, *args, **kwargs):
+        built.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GenerationsTask, "build_actor", counting)
+    _, buffer, _ = logged
+    args = ["train", "generations/rtb", "--buffer", str(buffer), "--quiet"]
+    args += [f"run.dir={tmp_path}", "run.name=one", "train.total_updates=2"]
+    assert main(args) == 0
+    assert len(built) == 1
