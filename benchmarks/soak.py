@@ -138,7 +138,14 @@ class Proc:
         self._drain()
 
 
-def soak(root: str, writers: int, minutes: float, options: dict | None, seed: int) -> dict:
+def soak(
+    root: str,
+    writers: int,
+    minutes: float,
+    options: dict | None,
+    seed: int,
+    kill_every: tuple[float, float] = (0.5, 3.0),
+) -> dict:
     rng = random.Random(seed)
     opt = json.dumps(options)
     procs = [Proc(["writer", root, str(k), opt]) for k in range(writers)]
@@ -148,7 +155,7 @@ def soak(root: str, writers: int, minutes: float, options: dict | None, seed: in
     committed = [0] * writers
     rss, kills = [], 0
     end = time.monotonic() + 60 * minutes
-    next_kill = time.monotonic() + rng.uniform(0.5, 3)
+    next_kill = time.monotonic() + rng.uniform(*kill_every)
     warm = time.monotonic() + min(60.0, 20 * minutes)
     while time.monotonic() < end:
         time.sleep(0.1)
@@ -164,7 +171,7 @@ def soak(root: str, writers: int, minutes: float, options: dict | None, seed: in
             victim.kill()
             kills += 1
             victim.start(rng.randrange(2**31))
-            next_kill = time.monotonic() + rng.uniform(0.5, 3)
+            next_kill = time.monotonic() + rng.uniform(*kill_every)
     for k, p in enumerate(procs):
         p.kill()
         committed[k] = max(committed[k], p.last.get("committed", 0))
@@ -205,9 +212,23 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0)
-    parser.add_argument("--writers", type=int, default=2)
+    parser.add_argument(
+        "--writers",
+        "--workers",
+        type=int,
+        default=2,
+        help="segment writers (segments) or Ray collector workers (ray)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--s3", action="store_true", help="on a moto S3 server (loopback)")
+    parser.add_argument(
+        "--mode",
+        choices=["ray", "segments"],
+        default="ray",
+        help="ray: Ray collectors into a Ray-hosted store and a training learner "
+        "(benchmarks/soak_ray.py); segments: segment writer processes and a sampling learner",
+    )
+    parser.add_argument("--kill-every", type=float, nargs=2, default=None, metavar=("MIN", "MAX"))
     args = parser.parse_args()
     server, options = None, None
     with tempfile.TemporaryDirectory(prefix="zarrl-soak-") as tmp:
@@ -220,7 +241,15 @@ def main() -> None:
             options = server.storage_options
             root = "s3://soak/buffer"
         try:
-            result = soak(root, args.writers, args.minutes, options, args.seed)
+            if args.mode == "ray":
+                sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+                from soak_ray import soak as ray_soak
+
+                every = tuple(args.kill_every or (3.0, 20.0))
+                result = ray_soak(root, args.writers, args.minutes, options, args.seed, every)
+            else:
+                every = tuple(args.kill_every or (0.5, 3.0))
+                result = soak(root, args.writers, args.minutes, options, args.seed, every)
         finally:
             if server is not None:
                 server.stop()
