@@ -250,7 +250,7 @@ def learner_main(args: dict) -> None:
     while True:
         storage.refresh()
         n = len(storage)
-        if n < batch_size:
+        if n < 64:  # batches of 256 rows drawn with replacement from at least 64
             time.sleep(0.2)
             continue
         for _ in range(8):
