@@ -5,6 +5,7 @@ rows of the B completions are gathered in one storage read, then scattered into 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 from tensordict import TensorDict
@@ -19,10 +20,17 @@ class GenerationsBuffer:
     TorchRL's ``SliceSampler(slice_len=d, traj_key="completion")`` draws d-token windows from
     it), ``None`` while the buffer holds no import."""
 
-    def __init__(self, path: str | os.PathLike, *, device: torch.device | str = "cpu") -> None:
-        self.path = os.fspath(path)
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        device: torch.device | str = "cpu",
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.path = os.fspath(path)  # a local folder or a store URL (``stores.py``)
         self.device = torch.device(device)
-        self._root = open_root(self.path, "r")
+        self.storage_options = storage_options
+        self._root = open_root(self.path, "r", storage_options)
         facts = read_facts(self._root, self.path)
         if facts is None:
             raise FileNotFoundError(f"{self.path}: an empty group, not a generations buffer")
@@ -31,15 +39,23 @@ class GenerationsBuffer:
         self._load()
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, device: torch.device | str = "cpu"):
+    def open(
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: torch.device | str = "cpu",
+        storage_options: dict[str, Any] | None = None,
+    ):
         """The buffer at ``path`` (as the constructor)."""
-        return cls(path, device=device)
+        return cls(path, device=device, storage_options=storage_options)
 
     def _load(self) -> None:
         self._tables: Tables = load_tables(self._root, self.path)
         t = self._tables
         if self.storage is None and t.num_completions:
-            self.storage = ZarrStorage.open(token_path(self.path), mode="r")
+            self.storage = ZarrStorage.open(
+                token_path(self.path), mode="r", storage_options=self.storage_options
+            )
         elif self.storage is not None:
             self.storage.refresh()
         if self.storage is not None and len(self.storage) < t.rows_end:
@@ -64,7 +80,7 @@ class GenerationsBuffer:
 
     def refresh(self) -> None:
         """Re-reads the import records (and the token storage's commit)."""
-        self._root = open_root(self.path, "r")
+        self._root = open_root(self.path, "r", self.storage_options)
         self._load()
 
     def close(self) -> None:
