@@ -26,7 +26,9 @@ def _soak(*args: str, timeout: float) -> dict:
         [sys.executable, str(SOAK), *args], capture_output=True, text=True, timeout=timeout
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout[run.stdout.index("{") :])
+    lines = run.stdout.splitlines()  # Ray may print worker errors before the result
+    first = max(i for i, line in enumerate(lines) if line.startswith("{"))
+    return json.loads("\n".join(lines[first:]))
 
 
 def test_a_short_segments_soak_keeps_every_committed_row():
