@@ -121,9 +121,16 @@ def import_generations(
     where = os.fspath(buffer)
     with import_lock(where, storage_options):
         return _import(
-            where, files, fmap, vocab_size, eos_id, max_new_tokens, on_error, allow_duplicate,
+            where,
+            files,
+            fmap,
+            vocab_size,
+            eos_id,
+            max_new_tokens,
+            on_error,
+            allow_duplicate,
             storage_options,
-        )  # fmt: skip
+        )
 
 
 def _import(

@@ -77,13 +77,17 @@ def _list(url: str, options: dict | None) -> list[dict]:
     return [m for batch in obstore.list(_lock_store(url, options)) for m in batch]
 
 
-def test_a_memory_url_buffer_round_trips(tmp_path):
-    url = "memory://gen-stores/buf"
+@pytest.mark.parametrize("scheme", ["memory", "file"])
+def test_memory_and_file_url_buffers_round_trip(tmp_path, scheme):
+    url = "memory://gen-stores/buf" if scheme == "memory" else f"file://{tmp_path}/buf"
     f = write_jsonl(tmp_path / "a.jsonl", make_records(7, seed=3))
     import_generations([f], url, **FACTS)
     with GenerationsBuffer.open(url) as buf:
         assert buf.num_completions == 7 and buf.storage is not None
         assert int(buf.completion_length.sum()) == len(buf.storage)
+    if scheme == "file":  # the same folder as the plain path
+        with GenerationsBuffer.open(tmp_path / "buf") as buf:
+            assert buf.num_completions == 7
 
 
 def test_an_unknown_scheme_is_refused_before_anything_is_written(tmp_path, monkeypatch):
