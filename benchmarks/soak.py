@@ -1,16 +1,19 @@
-"""Soak: several writers and a learner, killed and restarted at random, on one segmented buffer.
+"""Soak: writers and a learner, killed and restarted at random; every committed row checked.
 
+``--mode ray`` (the default): TorchRL Ray collectors into a Ray-hosted ``ZarrStorage`` and a
+learner that trains (``benchmarks/soak_ray.py``, ``docs/scale-out.md``). ``--mode segments``:
 ``--writers`` writer processes append to their own segments (``buffers/segments.py``) of one
 logical buffer; writer ``k``'s row ``i`` is a pure function of ``(k, i)`` (so a restarted writer
 continues after its committed rows with the same values). A learner process refreshes a
 ``SegmentedReader`` and samples random rows of the union, checking every sampled row, and reports
 its resident memory. For ``--minutes``, the driver SIGKILLs a random process (among those that
-reported since they started) every 0.5-3 s and restarts it. At the end: every row each writer reported committed is present and bit-exact, no
-row is torn, and the learner's memory stayed bounded (its peak RSS against its RSS after the first
+reported since they started) every 0.5-3 s and restarts it. At the end: every row each writer reported committed is present
+and bit-exact, no row is torn, and the learner's memory stayed bounded (its peak RSS against its RSS after the first
 minute of warm-up, or the first report). ``--s3`` runs on a moto S3 server on 127.0.0.1.
 
-    python benchmarks/soak.py --minutes 30           # the soak (not in CI)
-    python benchmarks/soak.py --minutes 0.3          # what tests/buffers/test_soak.py runs
+    python benchmarks/soak.py --minutes 30                      # the Ray soak (not in CI)
+    python benchmarks/soak.py --mode segments --minutes 30      # segment writers
+    python benchmarks/soak.py --mode segments --minutes 1       # as tests/buffers/test_soak.py
 """
 
 from __future__ import annotations
