@@ -346,13 +346,30 @@ def soak(
     kill_every: tuple[float, float] = (3.0, 20.0),
     rss_bound_mib: float = 3072.0,
 ) -> dict:
-    """Runs the Ray soak for ``minutes`` and checks the store; returns its figures."""
+    """Runs the Ray soak for ``minutes`` and checks the store; returns its figures (the
+    digest logs and the learner's checkpoint live in a temporary folder, removed at the end)."""
+    work = Path(tempfile.mkdtemp(prefix="zarrl-soak-ray-"))
+    try:
+        return _soak(work, root, workers, minutes, options, seed, kill_every, rss_bound_mib)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _soak(
+    work: Path,
+    root: str,
+    workers: int,
+    minutes: float,
+    options: dict | None,
+    seed: int,
+    kill_every: tuple[float, float],
+    rss_bound_mib: float,
+) -> dict:
     import ray
     import torch
     from zarrl.buffers import ZarrStorage
 
     rng = random.Random(seed)
-    work = Path(tempfile.mkdtemp(prefix="zarrl-soak-ray-"))
     (work / "digests").mkdir()
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     address = ray.get_runtime_context().gcs_address
@@ -477,7 +494,6 @@ def soak(
     peak = {k: max(v) / 2**20 for k, v in rss.items() if v}
     assert all(p < rss_bound_mib for p in peak.values()), f"RSS over {rss_bound_mib} MiB: {peak}"
     assert all(g < 1.5 for g in growth), f"RSS grew by {max(growth):.2f}x in one process"
-    shutil.rmtree(work)
     return {
         "mode": "ray",
         "minutes": minutes,
