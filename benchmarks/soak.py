@@ -1,16 +1,19 @@
-"""Soak: several writers and a learner, killed and restarted at random, on one segmented buffer.
+"""Soak: writers and a learner, killed and restarted at random; every committed row checked.
 
+``--mode ray`` (the default): TorchRL Ray collectors into a Ray-hosted ``ZarrStorage`` and a
+learner that trains (``benchmarks/soak_ray.py``, ``docs/scale-out.md``). ``--mode segments``:
 ``--writers`` writer processes append to their own segments (``buffers/segments.py``) of one
 logical buffer; writer ``k``'s row ``i`` is a pure function of ``(k, i)`` (so a restarted writer
 continues after its committed rows with the same values). A learner process refreshes a
 ``SegmentedReader`` and samples random rows of the union, checking every sampled row, and reports
 its resident memory. For ``--minutes``, the driver SIGKILLs a random process (among those that
-reported since they started) every 0.5-3 s and restarts it. At the end: every row each writer reported committed is present and bit-exact, no
-row is torn, and the learner's memory stayed bounded (its peak RSS against its RSS after the first
+reported since they started) every 0.5-3 s and restarts it. At the end: every row each writer reported committed is present
+and bit-exact, no row is torn, and the learner's memory stayed bounded (its peak RSS against its RSS after the first
 minute of warm-up, or the first report). ``--s3`` runs on a moto S3 server on 127.0.0.1.
 
-    python benchmarks/soak.py --minutes 30           # the soak (not in CI)
-    python benchmarks/soak.py --minutes 0.3          # what tests/buffers/test_soak.py runs
+    python benchmarks/soak.py --minutes 30                      # the Ray soak (not in CI)
+    python benchmarks/soak.py --mode segments --minutes 30      # segment writers
+    python benchmarks/soak.py --mode segments --minutes 1       # as tests/buffers/test_soak.py
 """
 
 from __future__ import annotations
@@ -138,7 +141,14 @@ class Proc:
         self._drain()
 
 
-def soak(root: str, writers: int, minutes: float, options: dict | None, seed: int) -> dict:
+def soak(
+    root: str,
+    writers: int,
+    minutes: float,
+    options: dict | None,
+    seed: int,
+    kill_every: tuple[float, float] = (0.5, 3.0),
+) -> dict:
     rng = random.Random(seed)
     opt = json.dumps(options)
     procs = [Proc(["writer", root, str(k), opt]) for k in range(writers)]
@@ -148,7 +158,7 @@ def soak(root: str, writers: int, minutes: float, options: dict | None, seed: in
     committed = [0] * writers
     rss, kills = [], 0
     end = time.monotonic() + 60 * minutes
-    next_kill = time.monotonic() + rng.uniform(0.5, 3)
+    next_kill = time.monotonic() + rng.uniform(*kill_every)
     warm = time.monotonic() + min(60.0, 20 * minutes)
     while time.monotonic() < end:
         time.sleep(0.1)
@@ -164,7 +174,7 @@ def soak(root: str, writers: int, minutes: float, options: dict | None, seed: in
             victim.kill()
             kills += 1
             victim.start(rng.randrange(2**31))
-            next_kill = time.monotonic() + rng.uniform(0.5, 3)
+            next_kill = time.monotonic() + rng.uniform(*kill_every)
     for k, p in enumerate(procs):
         p.kill()
         committed[k] = max(committed[k], p.last.get("committed", 0))
@@ -205,9 +215,23 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0)
-    parser.add_argument("--writers", type=int, default=2)
+    parser.add_argument(
+        "--writers",
+        "--workers",
+        type=int,
+        default=2,
+        help="segment writers (segments) or Ray collector workers (ray)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--s3", action="store_true", help="on a moto S3 server (loopback)")
+    parser.add_argument(
+        "--mode",
+        choices=["ray", "segments"],
+        default="ray",
+        help="ray: Ray collectors into a Ray-hosted store and a training learner "
+        "(benchmarks/soak_ray.py); segments: segment writer processes and a sampling learner",
+    )
+    parser.add_argument("--kill-every", type=float, nargs=2, default=None, metavar=("MIN", "MAX"))
     args = parser.parse_args()
     server, options = None, None
     with tempfile.TemporaryDirectory(prefix="zarrl-soak-") as tmp:
@@ -220,7 +244,15 @@ def main() -> None:
             options = server.storage_options
             root = "s3://soak/buffer"
         try:
-            result = soak(root, args.writers, args.minutes, options, args.seed)
+            if args.mode == "ray":
+                sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+                from soak_ray import soak as ray_soak
+
+                every = tuple(args.kill_every or (3.0, 20.0))
+                result = ray_soak(root, args.writers, args.minutes, options, args.seed, every)
+            else:
+                every = tuple(args.kill_every or (0.5, 3.0))
+                result = soak(root, args.writers, args.minutes, options, args.seed, every)
         finally:
             if server is not None:
                 server.stop()

@@ -15,19 +15,21 @@ from zarrl.engine.registry import BufferPathError
 __all__ = ["GenerationsDataSource", "buffer_facts", "open_generations_buffer"]
 
 
-def open_generations_buffer(path: str | Path):
-    """The ``GenerationsBuffer`` at ``path``; :class:`BufferPathError` names the path when it is
-    missing, is not a generations buffer, or holds no completion."""
+def open_generations_buffer(path: str | Path, storage_options: Mapping[str, Any] | None = None):
+    """The ``GenerationsBuffer`` at ``path`` (a folder or a store URL, ``storage_options`` for
+    its store); :class:`BufferPathError` names the path when it is missing, is not a
+    generations buffer, or holds no completion."""
     from zarrl.buffers.generations import GenerationsBuffer
+    from zarrl.buffers.object_store import is_url
 
-    path = Path(path)
-    if not path.exists():
+    path = path if is_url(path) else Path(path)
+    if isinstance(path, Path) and not path.exists():
         raise BufferPathError(
             f"generations buffer {str(path)!r} does not exist (create it with "
             "`zarrl import generations FILE --buffer PATH`)"
         )
     try:
-        buffer = GenerationsBuffer.open(path)
+        buffer = GenerationsBuffer.open(path, storage_options=dict(storage_options or {}) or None)
     except Exception as err:
         raise BufferPathError(
             f"{str(path)!r} cannot be opened as a generations buffer: {err}"

@@ -48,6 +48,13 @@ def add_import_parser(sub) -> argparse.ArgumentParser:
         action="store_true",
         help="import a file this buffer already holds (same sha256) again",
     )
+    g.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="option of a store URL's store (--buffer s3://...), e.g. endpoint_url=...",
+    )
     p.set_defaults(handler=main_import)
     return p
 
@@ -64,7 +71,14 @@ def main_import(args: argparse.Namespace) -> int:
     nothing to commit), 1 when it was refused (nothing committed), 2 for bad arguments."""
     from zarrl.buffers.errors import StoreFormatError
     from zarrl.buffers.generations import GenerationsImportError, import_generations
+    from zarrl.engine.config import ConfigError
+    from zarrl.engine.ray_collect import parse_storage_options
 
+    try:
+        options = parse_storage_options(args.storage_option)
+    except ConfigError as err:
+        print(f"zarrl import generations: error: {err}", file=sys.stderr)
+        return 2
     try:
         report = import_generations(
             args.files,
@@ -75,6 +89,7 @@ def main_import(args: argparse.Namespace) -> int:
             on_error=args.on_error,
             field_map=args.field_map,
             allow_duplicate=args.allow_duplicate,
+            storage_options=options,
         )
     except GenerationsImportError as err:
         print(f"zarrl import generations: error: {err}", file=sys.stderr)

@@ -157,7 +157,8 @@ class Trainer:
                     f"train.mode: got {config.train.mode!r}, but the {config.env.task!r} task "
                     "learns offline from a stored buffer (train.mode=offline, --buffer PATH)"
                 )
-            self.storage = self.task.attach_buffer(self.buffer_path)
+            options = dict(config.buffer.storage_options) or None
+            self.storage = self.task.attach_buffer(self.buffer_path, options)
         self._build_environments()
         self._build_learner()
         self._build_buffer(resuming=checkpoint is not None)

@@ -6,6 +6,7 @@ when the buffer fits its budget, else from the token storage), then scattered in
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 from tensordict import TensorDict
@@ -32,12 +33,14 @@ class GenerationsBuffer:
         *,
         device: torch.device | str = "cpu",
         mirror_bytes: int = MIRROR_BYTES,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
-        self.path = os.fspath(path)
+        self.path = os.fspath(path)  # a local folder or a store URL (``stores.py``)
         self.device = torch.device(device)
         self.mirror_bytes = int(mirror_bytes)
         self._mirror: TokenMirror | None = None
-        self._root = open_root(self.path, "r")
+        self.storage_options = storage_options
+        self._root = open_root(self.path, "r", storage_options)
         facts = read_facts(self._root, self.path)
         if facts is None:
             raise FileNotFoundError(f"{self.path}: an empty group, not a generations buffer")
@@ -52,15 +55,18 @@ class GenerationsBuffer:
         *,
         device: torch.device | str = "cpu",
         mirror_bytes: int = MIRROR_BYTES,
+        storage_options: dict[str, Any] | None = None,
     ):
         """The buffer at ``path`` (as the constructor)."""
-        return cls(path, device=device, mirror_bytes=mirror_bytes)
+        return cls(path, device=device, mirror_bytes=mirror_bytes, storage_options=storage_options)
 
     def _load(self) -> None:
         self._tables: Tables = load_tables(self._root, self.path)
         t = self._tables
         if self.storage is None and t.num_completions:
-            self.storage = ZarrStorage.open(token_path(self.path), mode="r")
+            self.storage = ZarrStorage.open(
+                token_path(self.path), mode="r", storage_options=self.storage_options
+            )
         elif self.storage is not None:
             self.storage.refresh()
         if self.storage is not None and len(self.storage) < t.rows_end:
@@ -85,7 +91,7 @@ class GenerationsBuffer:
 
     def refresh(self) -> None:
         """Re-reads the import records (and the token storage's commit)."""
-        self._root = open_root(self.path, "r")
+        self._root = open_root(self.path, "r", self.storage_options)
         self._load()
 
     def close(self) -> None:

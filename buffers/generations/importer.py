@@ -10,40 +10,40 @@ very large logs into several imports.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
-import fcntl
 import os
 import time
 import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tensordict import TensorDict
 
 from ..storage import ZarrStorage
-from ..store_io import put_group_attributes
+from ..store_io import put_group_attributes, run_io
 from .layout import (
     FACTS_ATTR,
     IMPORT_ARRAYS,
     IMPORT_ATTR,
     IMPORTS,
+    TOKENS,
     Facts,
     Tables,
     legacy_tokens,
     load_tables,
     open_root,
     read_facts,
-    refuse_url,
     token_path,
     write_arrays,
 )
 from .prompts import prompt_index
 from .readers import digest, format_of, parse_field_map, read_blocks
 from .records import Columns, GenerationsImportError, Problem, concat_columns, validate
+from .stores import check_import_lock, import_lock
 
 TOKEN_CHUNK_ROWS = 1 << 18
 """Token rows per chunk (about 15 MB of the 13 leaves before compression): a quarter of the
@@ -98,9 +98,12 @@ def import_generations(
     on_error: str = "fail",
     field_map: str | Mapping[str, str] | None = None,
     allow_duplicate: bool = False,
+    storage_options: dict[str, Any] | None = None,
 ) -> ImportReport:
     """Imports ``files`` (``.jsonl``, ``.parquet``, saved ``datasets`` folders) into the buffer
-    at ``buffer`` (created when absent: ``vocab_size`` and ``eos_id`` are then required).
+    at ``buffer`` (created when absent: ``vocab_size`` and ``eos_id`` are then required), a
+    local folder or a store URL (``s3://...`` with ``storage_options``, ``memory://``,
+    ``file://``). One import at a time per buffer (``stores.import_lock``).
 
     ``on_error="fail"``: any bad record raises ``GenerationsImportError`` listing every bad
     record, and nothing is committed; ``"skip"``: the good records are imported and the bad ones
@@ -117,30 +120,18 @@ def import_generations(
             raise FileNotFoundError(f"{f}: no such file or folder")
         format_of(f)
     where = os.fspath(buffer)
-    refuse_url(where)
-    Path(where).mkdir(parents=True, exist_ok=True)
-    with _exclusive(where):
+    with import_lock(where, storage_options):
         return _import(
-            where, files, fmap, vocab_size, eos_id, max_new_tokens, on_error, allow_duplicate
+            where,
+            files,
+            fmap,
+            vocab_size,
+            eos_id,
+            max_new_tokens,
+            on_error,
+            allow_duplicate,
+            storage_options,
         )
-
-
-@contextlib.contextmanager
-def _exclusive(where: str):
-    """One import at a time per buffer: an exclusive ``flock`` on the buffer's folder itself
-    (no lock file among the group's members; released by the OS if the process dies, so a
-    killed import leaves no stale lock)."""
-    fd = os.open(where, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise GenerationsImportError(
-                f"{where}: another import into this buffer is running; wait for it"
-            ) from None
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _import(
@@ -152,8 +143,9 @@ def _import(
     max_new_tokens: int | None,
     on_error: str,
     allow_duplicate: bool,
+    storage_options: dict[str, Any] | None = None,
 ) -> ImportReport:
-    root = open_root(where, "a")
+    root = open_root(where, "a", storage_options)
     stored = read_facts(root, where)
     tables = load_tables(root, where)
     facts = _agree_facts(stored, tables, vocab_size, eos_id, max_new_tokens, where)
@@ -177,11 +169,13 @@ def _import(
         )
     if stored != facts:
         attrs = {**root.attrs.asdict(), FACTS_ATTR: facts.to_attrs()}
-        put_group_attributes(root, attrs, durable=True)
+        run_io(put_group_attributes(root, attrs, durable=True))  # awaited on object stores
     if not blocks:
         return ImportReport(reports, problems, None, 0, 0, 0)
     cols = concat_columns(blocks)
-    import_id, new_prompts = _commit(root, where, tables, cols, reports, bool(has_ref), facts)
+    import_id, new_prompts = _commit(
+        root, where, tables, cols, reports, bool(has_ref), facts, storage_options
+    )
     return ImportReport(reports, problems, import_id, cols.n, int(cols.comp_len.sum()), new_prompts)
 
 
@@ -345,6 +339,7 @@ def _commit(
     reports: list[FileReport],
     has_ref: bool,
     facts: Facts,
+    storage_options: dict[str, Any] | None = None,
 ) -> tuple[str, int]:
     """Appends and commits the token rows, writes the import's arrays, then its record."""
     prompt, ptok, poff = prompt_index(
@@ -354,13 +349,14 @@ def _commit(
     rows, per_completion = token_rows(
         cols, prompt, c0, facts.eos_id, has_ref, legacy=legacy_tokens(root)
     )
-    path = token_path(where)
+    path, opts = token_path(where), {"storage_options": storage_options}
     storage = (
-        ZarrStorage.open(path, mode="r+", min_commit_interval=IMPORT_COMMIT_INTERVAL)
-        if (path / "zarr.json").is_file()
+        ZarrStorage.open(path, mode="r+", min_commit_interval=IMPORT_COMMIT_INTERVAL, **opts)
+        if TOKENS in root
         else ZarrStorage(
             None,
             path=path,
+            **opts,
             chunk_rows=TOKEN_CHUNK_ROWS,
             index_keys=INDEX_KEYS,
             compressors=TOKEN_CODECS,
@@ -397,5 +393,6 @@ def _commit(
         "has_ref": has_ref,
     }
     # the commit point: the arrays above are fsynced first, then this one atomic write
-    put_group_attributes(group, {IMPORT_ATTR: record}, durable=True)
+    check_import_lock()  # an object-store lock whose lease ran out: commit nothing
+    run_io(put_group_attributes(group, {IMPORT_ATTR: record}, durable=True))
     return import_id, len(poff) - 1

@@ -11,14 +11,16 @@ An import is visible once its record is written (one atomic ``zarr.json`` write,
 token rows are committed in ``tokens/`` and its arrays are written): a failed or killed import
 leaves no record, so readers never see its prompts nor its rows. Imports are records of their
 own, never a shared counter rewritten by each, so several writers can add records later.
+The group lives in a local folder or behind any store URL ``ZarrStorage`` accepts (``s3://``,
+``memory://``, ``file://``; ``stores.py``); on an object store the record's put is awaited last.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,7 @@ import zarr
 from .. import _compat_zarr as zarr_compat
 from ..errors import StoreFormatError
 from ..store_io import note_written, run_io
+from .stores import buffer_store, has_group, tokens_location
 
 FORMAT = "zarrl.generations"
 FORMAT_VERSION = 2
@@ -140,30 +143,20 @@ class Tables:
         return max((r["rows"][1] for r in self.records), default=0)
 
 
-def token_path(root: str | os.PathLike) -> Path:
-    return Path(root) / TOKENS
+def token_path(root: str | os.PathLike) -> str:
+    """Where the token ``ZarrStorage`` of the buffer at ``root`` lives (a path or a URL)."""
+    return tokens_location(os.fspath(root))
 
 
-def refuse_url(where: str) -> None:
-    """Generations buffers live in a local folder for now (the import lock is a ``flock`` on
-    it): a store URL (``s3://``, ``memory://``, ...) is refused, naming it, before anything is
-    written (else a local folder named after the scheme would be)."""
-    from ..object_store import is_url
-
-    if is_url(where):
-        raise ValueError(
-            f"generations buffer {where!r}: a store URL; generations buffers are local folders "
-            "for now (import into a local path, then copy the folder to the bucket)"
-        )
-
-
-def open_root(path: str | os.PathLike, mode: str) -> zarr.Group:
-    """The buffer's group; ``mode="r"`` refuses a path that holds none (naming it)."""
+def open_root(
+    path: str | os.PathLike, mode: str, storage_options: dict[str, Any] | None = None
+) -> zarr.Group:
+    """The buffer's group at a local path or a store URL (``stores.py``); ``mode="r"`` refuses
+    a location that holds none (naming it)."""
     where = os.fspath(path)
-    refuse_url(where)
-    if mode == "r" and not (Path(where) / "zarr.json").is_file():
+    store = buffer_store(where, storage_options, read_only=mode == "r")
+    if mode == "r" and not has_group(store):
         raise FileNotFoundError(f"no generations buffer at {where} (no zarr.json)")
-    store = zarr.storage.LocalStore(where, read_only=mode == "r")
     try:
         return zarr.open_group(store, mode="r" if mode == "r" else "a", zarr_format=3)
     except (ValueError, zarr.errors.ContainsArrayError) as err:
@@ -175,7 +168,10 @@ def read_facts(root: zarr.Group, where: str) -> Facts | None:
     attribute is a ``StoreFormatError`` naming the file and the attribute."""
     attrs = root.attrs.asdict()
     if FACTS_ATTR not in attrs:
-        if attrs or any(True for _ in root.members()):
+        with warnings.catch_warnings():  # an object store's import.lock is no zarr node
+            warnings.filterwarnings("ignore", "Object at", UserWarning)
+            members = any(True for _ in root.members())
+        if attrs or members:
             raise StoreFormatError(
                 f"{where}/zarr.json: not a generations buffer (no attribute {FACTS_ATTR!r})"
             )

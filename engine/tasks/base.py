@@ -73,9 +73,10 @@ class StoredDataTask(Protocol):
     ``train.mode: offline`` asks it for the storage and the data source instead of opening a
     ``ZarrStorage`` of steps for TorchRL's slice sampler."""
 
-    def attach_buffer(self, path: str | Path) -> Any:
-        """Open the dataset at ``path`` (``buffer.path``) before the networks are built (its
-        facts size them); returns the run's storage (``len()``, ``close()``)."""
+    def attach_buffer(self, path: str | Path, storage_options: dict | None = None) -> Any:
+        """Open the dataset at ``path`` (``buffer.path``; ``buffer.storage_options`` for a store
+        URL) before the networks are built (its facts size them); returns the run's storage
+        (``len()``, ``close()``)."""
         ...
 
     def data_source(self, *, batch_size: int, seed: int) -> Any:

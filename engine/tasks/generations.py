@@ -110,10 +110,10 @@ class GenerationsTask:
     def max_episode_steps(self) -> int:
         return int(self.facts.get("max_new_tokens", 1))
 
-    def attach_buffer(self, path: str | Path):
-        """Open the generations buffer at ``path``; its facts size the policy (a resumed run's
-        must match the checkpoint's). Returns its token storage."""
-        generations = open_generations_buffer(path)
+    def attach_buffer(self, path: str | Path, storage_options: dict | None = None):
+        """Open the generations buffer at ``path`` (a folder or a store URL); its facts size the
+        policy (a resumed run's must match the checkpoint's). Returns its token storage."""
+        generations = open_generations_buffer(path, storage_options)
         facts = buffer_facts(generations)
         if self.facts:
             changed = [k for k in FACTS if k != "max_prompt_len" and facts[k] != self.facts[k]]

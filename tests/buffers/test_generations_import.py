@@ -539,19 +539,6 @@ def test_a_second_import_while_one_runs_is_refused(tmp_path):
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["imports", "tokens", "zarr.json"]
 
 
-@pytest.mark.parametrize("url", ["s3://bucket/gen", "memory://gen"])
-def test_a_store_url_is_refused_before_anything_is_written(tmp_path, monkeypatch, url):
-    """Generations buffers are local folders for now: a URL is named and refused (before, the
-    import created a local folder named after the scheme, e.g. ``./s3:/bucket/gen``)."""
-    src = write_jsonl(tmp_path / "a.jsonl", make_records(4, seed=0))
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError, match="store URL"):
-        import_generations([src], url, **FACTS)
-    with pytest.raises(ValueError, match="store URL"):
-        GenerationsBuffer(url)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl"]
-
-
 def test_a_version_1_buffer_is_read_and_appended_with_its_own_leaves(tmp_path, monkeypatch):
     """Format version 1 buffers repeat per-completion values on every token row; an import
     into one writes those leaves too (its storage refuses rows without them), and the reader

@@ -73,3 +73,34 @@ def test_zarrl_train_online_into_an_s3_url_with_storage_options(s3, tmp_path):
     assert not (tmp_path / "s3run" / "buffer.zarr").exists()
     with ZarrStorage.open(url, "r", storage_options=options) as storage:
         assert len(storage) == state["counters"]["frames"] >= 400
+
+
+def test_zarrl_import_generations_and_train_on_an_s3_buffer(s3, tmp_path, monkeypatch):
+    """``zarrl import generations --buffer s3://... --storage-option ...`` then ``zarrl train``
+    offline on that buffer (a few updates of the MLE loss); nothing written locally but the run."""
+    import sys
+    from pathlib import Path
+
+    from zarrl.buffers.generations import GenerationsBuffer
+    from zarrl.engine.cli import main
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "buffers"))
+    from generations_support import EOS, MAX_NEW, VOCAB, make_records, write_jsonl
+
+    bucket, options = s3
+    url = f"{bucket}/gen.zarr"
+    logs = write_jsonl(tmp_path / "logs.jsonl", make_records(40, seed=8))
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    facts = ["--vocab-size", str(VOCAB), "--eos-id", str(EOS), "--max-new-tokens", str(MAX_NEW)]
+    argv = ["import", "generations", str(logs), "--buffer", url, *facts, *_option_args(options)]
+    assert main(argv) == 0
+    assert list(work.iterdir()) == []
+    with GenerationsBuffer.open(url, storage_options=options) as buf:
+        assert buf.num_completions == 40
+    run = ["train", "generations/mle", "--buffer", url, *_option_args(options), "--quiet"]
+    run += [f"run.dir={tmp_path / 'runs'}", "run.name=s3", "train.total_updates=4"]
+    run += ["train.batch_size=8", "train.log_every_updates=2", "env.options.d_model=16"]
+    assert main(run) == 0
+    assert (tmp_path / "runs" / "s3").is_dir() and list(work.iterdir()) == []
