@@ -14,13 +14,16 @@ CHUNK = 1024  # completions generated or scored per batched call
 
 
 def _prompts_of_run(run_dir: Path) -> list[list[int]]:
-    """The prompt table of the buffer the run trained on."""
+    """The prompt table of the buffer the run trained on (a folder, or a store URL reopened
+    with the run's ``buffer.storage_options``)."""
     import torch
     from zarrl.engine.checkpoint import latest_checkpoint, load_checkpoint
+    from zarrl.engine.config import Config
     from zarrl.engine.generations_data import open_generations_buffer
 
     state = load_checkpoint(latest_checkpoint(run_dir))
-    buffer = open_generations_buffer(state["extra"]["buffer_path"])
+    options = Config.from_dict(state["config"]).buffer.storage_options
+    buffer = open_generations_buffer(state["extra"]["buffer_path"], options)
     try:
         tokens, mask = buffer.prompt_tokens(torch.arange(buffer.num_prompts))
     finally:

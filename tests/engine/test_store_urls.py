@@ -104,3 +104,10 @@ def test_zarrl_import_generations_and_train_on_an_s3_buffer(s3, tmp_path, monkey
     run += ["train.batch_size=8", "train.log_every_updates=2", "env.options.d_model=16"]
     assert main(run) == 0
     assert (tmp_path / "runs" / "s3").is_dir() and list(work.iterdir()) == []
+    # ``zarrl sample`` of the run reads its prompts back from the S3 buffer, with the run's
+    # storage options (no AWS_* variables exist here)
+    out = tmp_path / "samples.jsonl"
+    assert main(["sample", str(tmp_path / "runs" / "s3"), "--n", "2", "--out", str(out)]) == 0
+    with GenerationsBuffer.open(url, storage_options=options) as buf:
+        prompts = buf.num_prompts
+    assert prompts >= 1 and len(out.read_text().splitlines()) == 2 * prompts
