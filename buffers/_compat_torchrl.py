@@ -9,6 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+MAX_SIZE_UNBOUNDED = 2**31 - 1
+"""The ``max_size`` of a storage without bound: TorchRL keeps ``len()`` in an int32 shared
+value (``TensorStorage._len_value``)."""
+
 
 def save_hooks(storage: Any) -> list[Callable]:
     """Hooks registered by ``rb.register_save_hook`` (kept by the storage's checkpointer in

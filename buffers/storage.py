@@ -16,7 +16,6 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 import zarr
 import zarr.abc.store
@@ -24,38 +23,29 @@ from tensordict import TensorDictBase
 from torchrl.data.replay_buffers.storages import TensorStorage
 from torchrl.data.replay_buffers.writers import RoundRobinWriter
 
-from . import checkpointer, object_store, pickling, pytrees, sampler_state
+from . import checkpointer, pickling, pytrees
 from ._compat_torchrl import (
+    MAX_SIZE_UNBOUNDED,
     after_sampler_init,
     attached_buffers,
-    buffer_lock,
-    buffer_sampler,
     buffer_writer,
     set_attached_buffers,
     set_writer_position,
     wrap_writer_init,
     writer_position,
 )
-from .chunk_io import ChunkStore, StaleRead
-from .chunk_writer import ChunkWriter
-from .commit_log import CommitLog, open_group
-from .committer import Committer
-from .format import Commit, Header, key_path, read_attrs
-from .gathering import Gatherer
-from .guard import StoreGuard, names_store, register_exit_flush, serialized
-from .hot_tier import HotTier
-from .index_columns import IndexColumns
+from .assembly import assemble, check_arguments, store_name, stored_shape
+from .chunk_io import StaleRead
+from .format import Commit, Header, key_path
+from .guard import names_store, register_exit_flush, serialized
 from .indexing import apply_reindex, rows_and_reindex
 from .lazy_view import writable_view
-from .reader import Reader
 from .ring import Ring
-from .row_data import as_tensordict, flip_list, infer_header, validate
-from .store_io import check_local_writable, remove_partials
+from .row_writer import Layout
 from .temp_store import make_temp_store, remove_on_release
 from .worker_proxy import WriteChannel, new_proxy, proxy_state, rollback_writers
 
 _log = logging.getLogger("zarrl.buffers")
-_UNBOUNDED = 2**31 - 1  # TorchRL keeps len() in an int32 shared value
 _REOPEN_OPTIONS = (  # constructor arguments that ``init_options`` reports
     "ndim", "device", "chunk_rows", "compressors", "cache", "cache_device", "flush_every_rows",
     "flush_every_seconds", "min_commit_interval", "index_keys", "refresh_every_seconds",
@@ -142,31 +132,17 @@ class ZarrStorage(TensorStorage):
         shared_init: bool = False,
         _mode: str = "w",
     ) -> None:
-        if shared_init:
-            raise ValueError(
-                "ZarrStorage does not support shared_init=True: processes do not initialize "
-                "the store in turn. Build the storage in the process that owns it and hand it "
-                "to collectors (replay_buffer=rb: workers write through the owner), or let "
-                "other processes read it with ZarrStorage.open(path, mode='r')"
-            )
-        if max_size is not None and int(max_size) <= 0:
-            raise ValueError(f"max_size must be a positive int or None, got {max_size!r}")
-        if chunk_rows is not None and not (isinstance(chunk_rows, int) and chunk_rows > 0):
-            raise ValueError(f"chunk_rows must be a positive int or None, got {chunk_rows!r}")
-        if cache not in (None, "ram") and not (isinstance(cache, int) and cache > 0):
-            raise ValueError(f"cache must be None, 'ram' or a positive byte count, got {cache!r}")
+        check_arguments(max_size, chunk_rows, cache, shared_init)
         super().__init__(
             storage=None,
-            max_size=_UNBOUNDED if max_size is None else int(max_size),
+            max_size=MAX_SIZE_UNBOUNDED if max_size is None else int(max_size),
             device=device,
             ndim=ndim,
         )
-        self.ring = Ring(max_size)  # capacity, base and write count (``buffers/ring.py``)
         self.read_only = _mode == "r"
         arguments = locals()  # what a pickle or a deepcopy reopens the store with:
         self._init_options = {name: arguments[name] for name in _REOPEN_OPTIONS}
         self.existsok = existsok
-        self._chunk_rows_arg = chunk_rows
         self.cache_device = torch.device(cache_device) if cache_device else self.device
         self.flush_every_rows = flush_every_rows
         self.flush_every_seconds = flush_every_seconds
@@ -182,45 +158,29 @@ class ZarrStorage(TensorStorage):
             path = make_temp_store()
             self._temp_release = remove_on_release(self, path)
         self._path_arg = path
-        self._where = str(path) if not isinstance(path, zarr.abc.store.Store) else repr(path)
-        # lock, owner process, closed state, errors naming the store (``buffers/guard.py``)
-        self.guard = StoreGuard(self._where, self.read_only)
-        self.index = IndexColumns()  # small leaves mirrored in RAM (``index_columns.py``)
+        self._where = store_name(path)
         self._channel: WriteChannel | None = None  # created when sent to a worker process
-        self._samplers = sampler_state.SamplerStates()  # what was saved, under which lock
         self.rows_at_open = 0
-        with self.guard.naming():
-            # the group, layout and commit record (``buffers/commit_log.py``)
-            self.log = CommitLog(
-                open_group(path, _mode, storage_options), self._where, self.ring.max_size, ndim
-            )
-            # leaf arrays, codecs and seal table (``buffers/chunk_io.py``)
-            self.chunks = ChunkStore(self.log, self.ring, self.read_only, compressors)
-            # decoded chunks and their refill (``buffers/hot_tier.py``)
-            self.hot = HotTier(self.ring, self.log, self.chunks, cache, self.cache_device)
-            # staged chunks, write-ahead, dead chunks (``buffers/chunk_writer.py``)
-            self.chunk_writer = ChunkWriter(self.ring, self.log, self.chunks, self.hot, self.index)
-            # when staged rows become a commit, and the commit (``buffers/committer.py``)
-            self.committer = Committer(
-                self.ring, self.log, self.chunks, self.chunk_writer, self.guard, self
-            )
-            # adopting commits, stale-read checks (``buffers/reader.py``)
-            self.reader = Reader(
-                self.ring, self.log, self.chunks, self.hot, self.chunk_writer, self.index
-            )
-            # rows read by ring position (``buffers/gathering.py``)
-            self.gatherer = Gatherer(
-                self.ring, self.log, self.hot, self.index, self.reader, self.read_only, self.device
-            )
-            if not self.read_only:
-                check_local_writable(self.log.store, self._where)
-                remove_partials(self.log.store)  # torn temporaries of a killed writer
-            commit = self.reader.open_store(existsok)
-            if commit is not None:
-                self.initialized = True
-                self._adopted(commit)
-            if not self.read_only:
-                object_store.pin(self.log.group)  # the commit record version our commits replace
+        self.ring = Ring(max_size)  # capacity, base and write count (``buffers/ring.py``)
+        parts, commit = assemble(  # the parts, each owning its state (``buffers/assembly.py``)
+            self,
+            self.ring,
+            path,
+            _mode,
+            storage_options=storage_options,
+            layout=Layout(ndim, chunk_rows, self.index_keys_arg, dedupe_next),
+            compressors=compressors,
+            cache=cache,
+            cache_device=self.cache_device,
+            device=self.device,
+            existsok=existsok,
+            setup=self._setup,
+        )
+        for name, part in vars(parts).items():
+            setattr(self, name, part)
+        if commit is not None:
+            self.initialized = True
+            self._adopted(commit)
         if self.log.header is not None:
             self.rows_at_open = len(self)
             _log.info("zarrl: %s already holds %d rows (reopened)", self._where, len(self))
@@ -248,12 +208,9 @@ class ZarrStorage(TensorStorage):
         """
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
-        group = open_group(path, "r", storage_options)
-        header, _ = read_attrs(group, str(path))
-        meta = group.attrs.asdict()["zarrl"]
-        ndim = header.ndim if header is not None else int(meta.get("ndim", 1))
+        max_size, ndim = stored_shape(path, storage_options)
         return cls(
-            meta.get("max_size"),
+            max_size,
             path=path,
             ndim=ndim,
             device=device,
@@ -417,81 +374,22 @@ class ZarrStorage(TensorStorage):
         self._set(cursor, data, set_cursor, rollback=False)
 
     def _set(self, cursor, data, set_cursor: bool, rollback: bool) -> None:
-        self.guard.check_writable()
-        if isinstance(data, list):
-            data = flip_list(data)
-        is_int = isinstance(cursor, (int, np.integer)) or (
-            isinstance(cursor, torch.Tensor) and cursor.ndim == 0
+        def refused(rows: int) -> None:  # the writers' cursor moves back: no hole
+            rollback_writers(attached_buffers(self), rows, self.ring.capacity)
+
+        written = self.rows.write(
+            cursor,
+            data,
+            append=set_cursor,
+            length=self._len,
+            on_refusal=refused if rollback and set_cursor else None,
         )
-        n = 1 if is_int else _rows_of_cursor(cursor)
-
-        def rollback_on_refusal() -> None:  # the writers' cursor moves back: no hole
-            if rollback and set_cursor and n:
-                rollback_writers(attached_buffers(self), n, self.ring.capacity)
-
-        try:
-            td = as_tensordict(data, not is_int, self.ndim, self.log)
-        except ValueError:
-            rollback_on_refusal()
-            raise
-        if not is_int and td.batch_dims and td.shape[0] == 0:
-            return  # an empty extend writes nothing (and initializes nothing)
-        if is_int:
-            td = td.unsqueeze(0)
-            cursor = torch.tensor([int(cursor)])
-        n = td.shape[0] if not isinstance(cursor, tuple) else 0
-        if self.log.header is None:
-            try:
-                header = infer_header(
-                    td[0],
-                    self.ndim,
-                    self.ring.capacity_for,
-                    self._chunk_rows_arg,
-                    self.index_keys_arg,
-                    self.chunks.compressors,
-                    self.dedupe_next,
-                )
-            except ValueError:  # refused before anything exists: the writer moves back too
-                rollback_on_refusal()
-                raise
-            header.tensor_root = isinstance(data, torch.Tensor)
-            self._setup(header, create=True)
-            self.log.write()
-        if isinstance(cursor, tuple) and len(cursor) > 1:  # checked as whole rows
-            return self._set_partial(cursor, td)
-        try:
-            leaves = validate(td, self.log.header)
-        except ValueError:
-            rollback_on_refusal()
-            raise
-        if isinstance(cursor, tuple):
-            cursor = cursor[0]
-        if isinstance(cursor, slice):
-            cursor = torch.arange(*cursor.indices(self.log.header.capacity or _UNBOUNDED))
-        rows = torch.as_tensor(cursor).reshape(-1).to("cpu", torch.long)
-        if rows.numel() != td.shape[0]:
-            raise ValueError(f"{rows.numel()} positions for {td.shape[0]} rows of data")
-        if set_cursor:
-            self._set_last_cursor(cursor)
-        self.chunk_writer.write_rows(rows, leaves, append=set_cursor)
-        if set_cursor:  # bounded by the live rows: rewriting rows already stored with
-            # set_cursor=True does not count them twice (a commit never claims more rows)
-            numel = td.shape[: self.ndim].numel()
-            self._len = min(self._len + numel, self.max_size, self.ring.live_len())
-        self._bump_mutation_revision()
-        self.committer.after_write(self._len)
-
-    def _set_partial(self, cursor: tuple, td: TensorDictBase) -> None:
-        """Writes a sub-row selection ``(dim0, *rest)``: read-modify-write of whole rows."""
-        rows, _ = rows_and_reindex(cursor, self._len0())
-        uniq, inv = torch.unique(rows, return_inverse=True)
-        gathered = self.gatherer.gather(uniq)
-        block = self.gatherer.to_td(gathered, self.gatherer.batch_of(uniq.numel())).to("cpu")
-        block[(inv.reshape(-1), *cursor[1:])] = td.reshape(-1).to("cpu")
-        if self.log.item_batch:
-            block.batch_size = block.batch_size[: self.ndim]
-        leaves = validate(block, self.log.header)
-        self.chunk_writer.write_rows(uniq, leaves, append=False)
+        if written is None:
+            return
+        if set_cursor and written.cursor is not None:  # bounded by the live rows: rewriting
+            # rows already stored with set_cursor=True does not count them twice
+            self._set_last_cursor(written.cursor)
+            self._len = min(self._len + written.elements, self.max_size, self.ring.live_len())
         self._bump_mutation_revision()
         self.committer.after_write(self._len)
 
@@ -502,7 +400,7 @@ class ZarrStorage(TensorStorage):
         samplers with the store when it changed (``save_sampler_state``)."""
         with self.guard.lock, self.guard.naming():
             self.committer.flush(self.durability, self._len)
-        self._save_attached_samplers()
+        self.samplers.save_attached(attached_buffers(self))
 
     # ========================================================= sampler state
     def save_sampler_state(self, sampler: Any) -> bool:
@@ -512,12 +410,7 @@ class ZarrStorage(TensorStorage):
         ``close()`` and checkpoints do it for the samplers of the attached buffers; a buffer
         built on the reopened store gets it back (``attach``). Returns whether it was saved
         (a state holding values other than tensors, trees and scalars is not)."""
-        self.guard.check_writable()
-        with self.guard.lock, self.guard.naming():
-            self.committer.flush(self.durability, self._len)  # the state: committed rows
-            commit = self.log.commit.to_json()
-        with self.guard.naming():
-            return self._samplers.save(self.log.group, sampler, commit)
+        return self.samplers.save(sampler)
 
     @names_store
     def load_sampler_state(self, sampler: Any) -> bool:
@@ -525,17 +418,7 @@ class ZarrStorage(TensorStorage):
         class; rows committed after that state was saved are announced to it
         (``sampler.extend``: new rows get the default priority). Returns whether a state was
         loaded."""
-        if self.log.header is None:
-            return False
-        return self._samplers.load(self.log.group, sampler, self._where, self.ring)
-
-    def _save_attached_samplers(self) -> None:
-        """``save_sampler_state`` for the attached buffers' samplers whose state changed since
-        this storage last saved or loaded it (one sampler per store: the first buffer's)."""
-        if self.read_only or self.closed or self.log.header is None:
-            return
-        buffers = attached_buffers(self)
-        self._samplers.save_changed(buffers, buffer_sampler, buffer_lock, self.save_sampler_state)
+        return self.samplers.load(sampler)
 
     @names_store
     def close(self) -> None:
@@ -546,7 +429,9 @@ class ZarrStorage(TensorStorage):
         if self._channel is not None:  # outside the lock: the pump may be applying a write
             self._channel.stop()
         if self._temp_release is None and not self.read_only:
-            self._save_attached_samplers()  # before the storage lock (buffer lock first)
+            self.samplers.save_attached(
+                attached_buffers(self)
+            )  # before the storage lock (buffer lock first)
         with self.guard.lock:
             if self.closed:
                 return
@@ -706,12 +591,3 @@ class ZarrStorage(TensorStorage):
 
 def _unpickle_storage(ref: dict[str, Any]) -> ZarrStorage:
     return pickling.reopen(ZarrStorage, ref)
-
-
-def _rows_of_cursor(cursor) -> int | None:
-    """Rows a round-robin writer's ``set`` at ``cursor`` covers (``None`` if not a row list)."""
-    if isinstance(cursor, torch.Tensor):
-        return cursor.numel()
-    if isinstance(cursor, (range, list)):
-        return len(cursor)
-    return None
