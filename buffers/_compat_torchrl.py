@@ -119,6 +119,12 @@ def set_attached_buffers(storage: Any, buffers: list) -> None:
     storage._attached_entities_list = list(buffers)
 
 
+def last_cursor(storage: Any) -> Any:
+    """The last cursor a ``TensorStorage`` was written at (``_last_cursor_index``: what
+    TorchRL's slice samplers take as the end of the newest trajectory)."""
+    return storage._last_cursor_index
+
+
 def shared_counters(storage: Any) -> dict[str, Any]:
     """The shared values a ``TensorStorage`` keeps its length, mutation revision and last cursor
     in (``_len_value``, ``_mutation_revision_value``, ``_last_cursor_index_value``, created

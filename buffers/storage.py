@@ -327,7 +327,12 @@ class ZarrStorage(TensorStorage):
         return self.gatherer.lazy(rows, rows.numel(), self.read)
 
     def _rand_given_ndim(self, batch_size: int):
-        """Uniform positions; when the buffer exceeds the cache, uniform over cached rows."""
+        return self.draw_positions(batch_size)
+
+    def draw_positions(self, batch_size: int) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """``batch_size`` uniform positions (int64 ``[batch_size]``, one per batch dim when
+        ``ndim > 1``) on ``device``: what TorchRL's samplers draw; when the buffer exceeds the
+        cache, uniform over the cached rows (requesting the next refill first)."""
         self._maybe_auto_refresh()
         if self.log.header is None or self.is_ram_mirror or not self.hot.pool.specs:
             return super()._rand_given_ndim(batch_size)
