@@ -21,36 +21,24 @@ import zarr
 import zarr.abc.store
 from tensordict import TensorDictBase
 from torchrl.data.replay_buffers.storages import TensorStorage
-from torchrl.data.replay_buffers.writers import RoundRobinWriter
 
-from . import checkpointer, pickling, pytrees
+from . import checkpointer, pickling
 from ._compat_torchrl import (
     MAX_SIZE_UNBOUNDED,
-    after_sampler_init,
     attached_buffers,
-    buffer_writer,
     set_attached_buffers,
-    set_writer_position,
-    wrap_writer_init,
-    writer_position,
 )
-from .assembly import assemble, check_arguments, store_name, stored_shape
-from .chunk_io import StaleRead
+from .assembly import assemble, check_arguments, stored_shape
 from .format import Commit, Header, key_path
 from .guard import names_store, register_exit_flush, serialized
-from .indexing import apply_reindex, rows_and_reindex
 from .lazy_view import writable_view
 from .ring import Ring
+from .round_robin import attach_buffer, restart_writers, rollback_writers
 from .row_writer import Layout
-from .temp_store import make_temp_store, remove_on_release
-from .worker_proxy import WriteChannel, new_proxy, proxy_state, rollback_writers
+from .temp_store import remove_on_release
+from .worker_proxy import WriteChannel, new_proxy, proxy_state
 
 _log = logging.getLogger("zarrl.buffers")
-_REOPEN_OPTIONS = (  # constructor arguments that ``init_options`` reports
-    "ndim", "device", "chunk_rows", "compressors", "cache", "cache_device", "flush_every_rows",
-    "flush_every_seconds", "min_commit_interval", "index_keys", "refresh_every_seconds",
-    "gc_grace_seconds", "dedupe_next", "storage_options",
-)  # fmt: skip
 
 
 class ZarrStorage(TensorStorage):
@@ -140,8 +128,6 @@ class ZarrStorage(TensorStorage):
             ndim=ndim,
         )
         self.read_only = _mode == "r"
-        arguments = locals()  # what a pickle or a deepcopy reopens the store with:
-        self._init_options = {name: arguments[name] for name in _REOPEN_OPTIONS}
         self.existsok = existsok
         self.cache_device = torch.device(cache_device) if cache_device else self.device
         self.flush_every_rows = flush_every_rows
@@ -151,14 +137,9 @@ class ZarrStorage(TensorStorage):
         self.gc_grace_seconds = gc_grace_seconds
         self.dedupe_next = dedupe_next
         self.index_keys_arg = None if index_keys is None else [key_path(k) for k in index_keys]
-        self._temp_release = None
-        if path is None:
-            if _mode != "w":
-                raise ValueError("a path is needed to open an existing store")
-            path = make_temp_store()
-            self._temp_release = remove_on_release(self, path)
-        self._path_arg = path
-        self._where = store_name(path)
+        # the path (a temporary store for none) and the options a pickle reopens it with
+        self.origin = pickling.Origin.of(self, path, _mode, locals())
+        path = self.origin.location
         self._channel: WriteChannel | None = None  # created when sent to a worker process
         self.rows_at_open = 0
         self.ring = Ring(max_size)  # capacity, base and write count (``buffers/ring.py``)
@@ -183,10 +164,10 @@ class ZarrStorage(TensorStorage):
             self._adopted(commit)
         if self.log.header is not None:
             self.rows_at_open = len(self)
-            _log.info("zarrl: %s already holds %d rows (reopened)", self._where, len(self))
+            _log.info("zarrl: %s already holds %d rows (reopened)", self.where, len(self))
         if not self.read_only:
             pickling.register_writer(self)
-            if self._temp_release is None:
+            if not self.origin.temporary:
                 register_exit_flush(self)
 
     # ================================================================ opening
@@ -224,7 +205,7 @@ class ZarrStorage(TensorStorage):
     @property
     def where(self) -> str:
         """The store as named in messages: its path, or the store object's ``repr``."""
-        return self._where
+        return self.origin.where
 
     @property
     def store(self) -> zarr.abc.store.Store:
@@ -234,12 +215,12 @@ class ZarrStorage(TensorStorage):
     @property
     def location(self) -> str | os.PathLike | zarr.abc.store.Store:
         """The ``path`` this storage was built with (a temporary directory when none was)."""
-        return self._path_arg
+        return self.origin.location
 
     @property
     def init_options(self) -> dict[str, Any]:
         """Keyword arguments a pickle or a deepcopy reopens the store with (a copy)."""
-        return dict(self._init_options)
+        return dict(self.origin.init_options)
 
     @property
     def closed(self) -> bool:
@@ -291,40 +272,14 @@ class ZarrStorage(TensorStorage):
             view = self.gatherer.lazy(None, self._len0(), self.read)  # index columns: RAM views
             # writes into a writer's view reach the store (``rb[0, 3:4] = td``)
             return view if self.read_only else writable_view(view, self)
-        rows, reindex = rows_and_reindex(index, self._len0())
-        for attempt in range(4):
-            try:
-                leaves = self.gatherer.gather(rows)
-                break
-            except StaleRead:  # readers only: adopt the newest commit, read the same positions
-                if attempt == 3:
-                    raise
-                self.refresh()
-        td = self.gatherer.to_data(leaves, self.gatherer.batch_of(rows.numel()))
-        td = apply_reindex(td, reindex)
-        if self.log.pytree is not None:  # the stored pytree, each leaf indexed as the TensorDict
-            flat = {key_path(k): v for k, v in td.items(include_nested=True, leaves_only=True)}
-            return pytrees.unflatten(flat, self.log.pytree)
-        return td
+        return self.gatherer.get(index, self._len0(), self.refresh)
 
     @serialized
     def __getitem__(self, index) -> TensorDictBase | torch.Tensor:
         """``storage[index]`` (what samplers use to read flags): the RAM index columns are
         gathered at once, other leaves only when first looked up (``get`` stays eager)."""
-        header = self.log.header
-        if (
-            header is None
-            or header.tensor_root
-            or self.log.pytree is not None
-            or self.read_only
-            or self.gatherer.is_full_view(index, self.ndim)
-            or not self.index
-        ):
-            return self.get(index)
-        rows, reindex = rows_and_reindex(index, self._len0())
-        if reindex is not None and not (isinstance(reindex[0], str) and len(reindex[1]) == 1):
-            return self.get(index)
-        return self.gatherer.lazy(rows, rows.numel(), self.read)
+        view = self.gatherer.lookup(index, self._len0(), self.ndim, self.read)
+        return self.get(index) if view is None else view
 
     def _rand_given_ndim(self, batch_size: int):
         return self.draw_positions(batch_size)
@@ -433,22 +388,22 @@ class ZarrStorage(TensorStorage):
             return
         if self._channel is not None:  # outside the lock: the pump may be applying a write
             self._channel.stop()
-        if self._temp_release is None and not self.read_only:
+        if not self.origin.temporary and not self.read_only:
             self.samplers.save_attached(
                 attached_buffers(self)
             )  # before the storage lock (buffer lock first)
         with self.guard.lock:
             if self.closed:
                 return
-            if self._temp_release is None:
+            if not self.origin.temporary:
                 self.committer.flush(self.durability, self._len)
             self.chunk_writer.close()
             self.hot.close()
             self.guard.closed = True
             if not self.read_only:
                 pickling.unregister_writer(self)
-            if self._temp_release is not None:  # a temporary store (no path given): removed
-                self._temp_release()
+            if self.origin.temporary:  # a temporary store (no path given): removed
+                self.origin.release()
 
     def __enter__(self) -> ZarrStorage:
         return self
@@ -493,19 +448,8 @@ class ZarrStorage(TensorStorage):
         built on a reopened storage keeps appending where the previous run stopped, and
         restores its sampler's state stored with the store (``load_sampler_state``)."""
         super().attach(buffer)
-        if self.log.header is None or self.ring.write_count == 0:
-            return
-        writer = buffer_writer(buffer)
-        if writer is not None:
-            self._sync_writer(writer)
-            return
-        wrap_writer_init(buffer, self._sync_writer)
-        after_sampler_init(buffer, self.load_sampler_state)  # the state stored with the store
-
-    def _sync_writer(self, writer):
-        if isinstance(writer, RoundRobinWriter) and writer_position(writer)[0] == 0:
-            set_writer_position(writer, self.ring.write_count, self.ring.next_position())
-        return writer
+        if self.log.header is not None:
+            attach_buffer(buffer, self.ring, self.load_sampler_state)
 
     @serialized
     def _empty(self) -> None:
@@ -550,11 +494,7 @@ class ZarrStorage(TensorStorage):
             return
         self._empty()
         self.set(torch.arange(data.shape[0]), data)
-        for buffer in attached_buffers(self):  # round-robin writers continue after the rows
-            writer = buffer_writer(buffer)
-            if isinstance(writer, RoundRobinWriter):
-                set_writer_position(writer, 0, writer_position(writer)[1])
-                self._sync_writer(writer)
+        restart_writers(attached_buffers(self), self.ring)  # continue after the rows
 
     # ============================================================ pickling
     def __reduce__(self):
@@ -579,13 +519,13 @@ class ZarrStorage(TensorStorage):
         new temporary store; a read-only one becomes another reader of its store."""
         new, temporary = pickling.copy_of(self)
         if temporary is not None:
-            new._temp_release = remove_on_release(new, temporary)
+            new.origin.release = remove_on_release(new, temporary)
         memo[id(self)] = new
         set_attached_buffers(new, copy.deepcopy(attached_buffers(self), memo))
         return new
 
     def __repr__(self) -> str:
-        where = f"temporary {self._where}" if self._temp_release is not None else self._where
+        where = f"temporary {self.where}" if self.origin.temporary else self.where
         reopened = f", reopened with {self.rows_at_open} rows" if self.rows_at_open else ""
         return (
             f"ZarrStorage(path={where}, len={len(self)}, max_size="
