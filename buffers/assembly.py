@@ -122,7 +122,7 @@ def assemble(
         committer = Committer(ring, log, chunks, chunk_writer, guard, host)
         reader = Reader(ring, log, chunks, hot, chunk_writer, index)
         gatherer = Gatherer(ring, log, hot, index, reader, read_only, device)
-        rows = RowWriter(ring, log, chunks, chunk_writer, gatherer, guard, layout, setup)
+        rows = RowWriter(ring, log, chunks, chunk_writer, index, gatherer, guard, layout, setup)
         samplers = StoreSamplers(
             log, guard, ring, lambda: committer.flush(host.durability, len(host))
         )

@@ -155,15 +155,18 @@ def check_sendable(storage: Any) -> None:
     storage.guard.check_writable()
 
 
-def copy_of(storage: Any) -> tuple[Any, str | None]:
-    """``copy.deepcopy`` of a storage (without its attached buffers) and the temporary store
-    it was copied into (``None`` for a reader: another reader of the same store)."""
+def copy_of(storage: Any) -> Any:
+    """``copy.deepcopy`` of a storage (without its attached buffers): a writer copied into a
+    new temporary store (removed with the copy, ``Origin.release``), a reader another reader of
+    the same store."""
     ref = reference(storage)
     if storage.read_only:
-        return reopen(type(storage), ref), None
+        return reopen(type(storage), ref)
     storage.flush()
     dest = make_temp_store()
     with storage.guard.naming():
         copy_store(storage.log.store, zarr.storage.LocalStore(str(dest)))
     ref["store"] = dest
-    return reopen(type(storage), ref), dest
+    new = reopen(type(storage), ref)
+    new.origin.release = remove_on_release(new, dest)
+    return new

@@ -25,6 +25,7 @@ from .chunk_writer import ChunkWriter
 from .commit_log import CommitLog
 from .gathering import Gatherer
 from .guard import StoreGuard
+from .index_columns import IndexColumns
 from .indexing import rows_and_reindex
 from .ring import Ring
 from .row_data import as_tensordict, flip_list, infer_header, validate
@@ -57,7 +58,7 @@ class RowWriter:
     """Stages the rows given to ``ZarrStorage.set`` in the chunk writer.
 
     Args:
-        ring, log, chunks, chunk_writer, gatherer, guard: the storage's parts.
+        ring, log, chunks, chunk_writer, index, gatherer, guard: the storage's parts.
         layout: what the first write's layout is inferred with.
         setup: makes a new layout the parts' one (``Reader.setup``, then TorchRL's
             ``initialized``); called with ``create=True`` before the arrays exist.
@@ -69,13 +70,25 @@ class RowWriter:
         log: CommitLog,
         chunks: ChunkStore,
         chunk_writer: ChunkWriter,
+        index: IndexColumns,
         gatherer: Gatherer,
         guard: StoreGuard,
         layout: Layout,
         setup: Callable[..., None],
     ) -> None:
         self.ring, self.log, self.chunks, self.chunk_writer = ring, log, chunks, chunk_writer
+        self.index = index
         self.gatherer, self.guard, self.layout, self.setup = gatherer, guard, layout, setup
+
+    def clear(self) -> None:
+        """Forgets every row (``empty``): staged chunks dropped, the ring restarted at the next
+        chunk, the index columns cleared; the chunks still stored are rewritten in place."""
+        if self.log.header is None:
+            return
+        self.chunk_writer.discard_staged()
+        self.ring.restart(self.log.header.chunk_rows)
+        self.index.clear()
+        self.chunk_writer.in_place_pending = True
 
     def write(
         self,

@@ -35,7 +35,6 @@ from .lazy_view import writable_view
 from .ring import Ring
 from .round_robin import attach_buffer, restart_writers, rollback_writers
 from .row_writer import Layout
-from .temp_store import remove_on_release
 from .worker_proxy import WriteChannel, new_proxy, proxy_state
 
 _log = logging.getLogger("zarrl.buffers")
@@ -388,10 +387,8 @@ class ZarrStorage(TensorStorage):
             return
         if self._channel is not None:  # outside the lock: the pump may be applying a write
             self._channel.stop()
-        if not self.origin.temporary and not self.read_only:
-            self.samplers.save_attached(
-                attached_buffers(self)
-            )  # before the storage lock (buffer lock first)
+        if not self.origin.temporary and not self.read_only:  # buffer locks before ours
+            self.samplers.save_attached(attached_buffers(self))
         with self.guard.lock:
             if self.closed:
                 return
@@ -454,11 +451,7 @@ class ZarrStorage(TensorStorage):
     @serialized
     def _empty(self) -> None:
         self.guard.check_writable()
-        if self.log.header is not None:
-            self.chunk_writer.discard_staged()
-            self.ring.restart(self.log.header.chunk_rows)
-            self.index.clear()
-            self.chunk_writer.in_place_pending = True
+        self.rows.clear()
         self._len = 0
         self._bump_mutation_revision()
         if self.log.header is not None:
@@ -517,9 +510,7 @@ class ZarrStorage(TensorStorage):
     def __deepcopy__(self, memo: dict) -> ZarrStorage:
         """An independent copy (as ``LazyMemmapStorage``): a writable storage is copied into a
         new temporary store; a read-only one becomes another reader of its store."""
-        new, temporary = pickling.copy_of(self)
-        if temporary is not None:
-            new.origin.release = remove_on_release(new, temporary)
+        new = pickling.copy_of(self)
         memo[id(self)] = new
         set_attached_buffers(new, copy.deepcopy(attached_buffers(self), memo))
         return new
