@@ -155,13 +155,13 @@ def check_sendable(storage: Any) -> None:
     storage.guard.check_writable()
 
 
-def copy_of(storage: Any) -> Any:
-    """``copy.deepcopy`` of a storage (without its attached buffers): a writer copied into a
-    new temporary store (removed with the copy, ``Origin.release``), a reader another reader of
-    the same store."""
+def copy_of(storage: Any) -> tuple[Any, str | None]:
+    """``copy.deepcopy`` of a storage (without its attached buffers) and the temporary store
+    a writer was copied into (removed with the copy: its ``Origin.release``); ``None`` for a
+    reader, whose copy is another reader of the same store."""
     ref = reference(storage)
     if storage.read_only:
-        return reopen(type(storage), ref)
+        return reopen(type(storage), ref), None
     storage.flush()
     dest = make_temp_store()
     with storage.guard.naming():
@@ -169,4 +169,4 @@ def copy_of(storage: Any) -> Any:
     ref["store"] = dest
     new = reopen(type(storage), ref)
     new.origin.release = remove_on_release(new, dest)
-    return new
+    return new, dest

@@ -510,7 +510,7 @@ class ZarrStorage(TensorStorage):
     def __deepcopy__(self, memo: dict) -> ZarrStorage:
         """An independent copy (as ``LazyMemmapStorage``): a writable storage is copied into a
         new temporary store; a read-only one becomes another reader of its store."""
-        new = pickling.copy_of(self)
+        new, _ = pickling.copy_of(self)
         memo[id(self)] = new
         set_attached_buffers(new, copy.deepcopy(attached_buffers(self), memo))
         return new
