@@ -122,8 +122,8 @@ def cpu_description() -> str:
 def set_kernels(on: bool, saved: dict) -> None:
     """Switch zarrl's compiled kernels (GELU and diffusion MLP) on or off for this process."""
     for module in (native_gelu, native_mlp):
-        lib = saved.setdefault(module.__name__, module._library.get())
-        module._library.loaded = lib if on else None
+        lib = saved.setdefault(module.__name__, module.library.get())
+        module.library.loaded = lib if on else None
 
 
 class _TimedSampler:

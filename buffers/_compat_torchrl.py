@@ -9,6 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+MAX_SIZE_UNBOUNDED = 2**31 - 1
+"""The ``max_size`` of a storage without bound: TorchRL keeps ``len()`` in an int32 shared
+value (``TensorStorage._len_value``)."""
+
 
 def save_hooks(storage: Any) -> list[Callable]:
     """Hooks registered by ``rb.register_save_hook`` (kept by the storage's checkpointer in
@@ -113,6 +117,12 @@ def attached_buffers(storage: Any) -> list:
 def set_attached_buffers(storage: Any, buffers: list) -> None:
     """Makes ``buffers`` the storage's attached buffers (``_attached_entities_list``)."""
     storage._attached_entities_list = list(buffers)
+
+
+def last_cursor(storage: Any) -> Any:
+    """The last cursor a ``TensorStorage`` was written at (``_last_cursor_index``: what
+    TorchRL's slice samplers take as the end of the newest trajectory)."""
+    return storage._last_cursor_index
 
 
 def shared_counters(storage: Any) -> dict[str, Any]:

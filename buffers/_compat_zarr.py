@@ -42,7 +42,7 @@ CHECKED_ZARR = ("3.1.6",)
 _CORE_SYNC = frozenset(
     {"BytesCodec", "BloscCodec", "ZstdCodec", "GzipCodec", "Crc32cCodec", "TransposeCodec"}
 )
-_NUMCODECS_KINDS = (
+NUMCODECS_KINDS = (
     _nc._NumcodecsArrayArrayCodec,
     _nc._NumcodecsBytesBytesCodec,
     _nc._NumcodecsArrayBytesCodec,
@@ -82,7 +82,7 @@ def chunk_specs(codecs: Sequence, spec) -> list:
 
 def supports_sync(codec) -> bool:
     """Whether ``encode_step``/``decode_step`` run ``codec`` (stateless, whole-chunk)."""
-    if isinstance(codec, _NUMCODECS_KINDS):
+    if isinstance(codec, NUMCODECS_KINDS):
         return True
     return isinstance(codec, SupportsSyncCodec) and type(codec).__name__ in _CORE_SYNC
 

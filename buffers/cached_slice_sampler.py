@@ -15,6 +15,8 @@ or a fully mirrored one, it is exactly ``SliceSampler``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torchrl.data import SliceSampler
 
@@ -111,6 +113,15 @@ class CachedSliceSampler(SliceSampler):
         return self._segments[1]
 
     def _get_stop_and_length(self, storage, fallback=True):
+        return self.trajectories(storage, fallback)
+
+    def trajectories(
+        self, storage: Any, fallback: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The trajectories slices are drawn from: ``(start [M, 1], stop [M, 1], lengths [M])``
+        positions, those of ``SliceSampler`` restricted to cached rows when ``storage`` is
+        larger than its cache (whole trajectories, or their cached segments when slices may
+        come from part of one). Requests the storage's next refill first."""
         start, stop, lengths = super()._get_stop_and_length(storage, fallback)
         resident = getattr(storage, "resident_positions", None)
         if resident is None or start.shape[1] != 1:

@@ -10,9 +10,13 @@ from typing import Any
 import torch
 from tensordict import TensorDict, TensorDictBase
 
+from . import pytrees
+from .chunk_io import StaleRead
 from .commit_log import CommitLog
+from .format import key_path
 from .hot_tier import HotTier
 from .index_columns import IndexColumns
+from .indexing import apply_reindex, rows_and_reindex
 from .lazy_view import lazy_tensordict
 from .reader import Reader
 from .ring import Ring
@@ -105,3 +109,43 @@ class Gatherer:
 
         lazy = {k: loader(k) for k in self.log.header.schema if k not in self.index}
         return lazy_tensordict(eager, lazy, self.batch_of(n), self.device)
+
+    def get(self, index: Any, n0: int, refresh: Callable[[], Any]) -> Any:
+        """What ``ZarrStorage.get(index)`` returns for ``n0`` live rows along dim 0 (not the
+        whole-buffer view): a TensorDict, a tensor or the stored pytree, indexed as TorchRL
+        indexes a ``TensorStorage``. A reader whose chunks were recycled under it adopts the
+        newest commit (``refresh()``) and reads the same positions again, up to 3 times."""
+        rows, reindex = rows_and_reindex(index, n0)
+        for attempt in range(4):
+            try:
+                leaves = self.gather(rows)
+                break
+            except StaleRead:  # readers only: adopt the newest commit, read the same positions
+                if attempt == 3:
+                    raise
+                refresh()
+        td = apply_reindex(self.to_data(leaves, self.batch_of(rows.numel())), reindex)
+        if self.log.pytree is not None:  # the stored pytree, each leaf indexed as the TensorDict
+            flat = {key_path(k): v for k, v in td.items(include_nested=True, leaves_only=True)}
+            return pytrees.unflatten(flat, self.log.pytree)
+        return td
+
+    def lookup(self, index: Any, n0: int, ndim: int, read: Callable) -> TensorDictBase | None:
+        """``storage[index]`` of a writer's TensorDict store (``n0`` live rows along dim 0, ``ndim``
+        batch dims counted by the capacity) as
+        a ``lazy`` view (index columns gathered at once); ``None`` where ``get`` serves it
+        (no index columns, a tensor or pytree store, the whole buffer, a multi-key index)."""
+        header = self.log.header
+        if (
+            header is None
+            or header.tensor_root
+            or self.log.pytree is not None
+            or self.read_only
+            or self.is_full_view(index, ndim)
+            or not self.index
+        ):
+            return None
+        rows, reindex = rows_and_reindex(index, n0)
+        if reindex is not None and not (isinstance(reindex[0], str) and len(reindex[1]) == 1):
+            return None
+        return self.lazy(rows, rows.numel(), read)

@@ -93,7 +93,7 @@ def writable_view(view: TensorDict, storage: Any) -> StorageView:
     """``view`` (``storage[:]``) made a ``StorageView`` whose row assignments are written into
     ``storage`` (held by weak reference) with ``storage.set(index, value, set_cursor=False)``."""
     view.__class__ = StorageView
-    view._zarrl_storage = weakref.ref(storage)
+    view.bind(weakref.ref(storage), swapped=False)
     return view
 
 
@@ -129,6 +129,11 @@ class StorageView(TensorDict):
         if ref is None or self.batch_dims != 2 or {dim0 % 2, dim1 % 2} != {0, 1}:
             return out
         out.__class__ = StorageView
-        out._zarrl_storage = ref
-        out._zarrl_swapped = not self.__dict__.get("_zarrl_swapped", False)
+        out.bind(ref, swapped=not self.__dict__.get("_zarrl_swapped", False))
         return out
+
+    def bind(self, storage: weakref.ref, swapped: bool) -> None:
+        """Makes row assignments go to ``storage()``; ``swapped``: this view is the transpose
+        of ``storage[:]`` (its first two dims exchanged)."""
+        self._zarrl_storage = storage
+        self._zarrl_swapped = swapped

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.context import get_spawning_popen
 from typing import Any
 
@@ -27,11 +28,49 @@ import zarr.storage
 
 from . import object_store
 from ._compat_torchrl import attached_buffers
+from .assembly import store_name
 from .format import ReadOnlyStorageError
 from .store_io import copy_store
-from .temp_store import make_temp_store
+from .temp_store import make_temp_store, remove_on_release
 
 _WRITERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+REOPEN_OPTIONS = (  # constructor arguments that ``init_options`` reports
+    "ndim", "device", "chunk_rows", "compressors", "cache", "cache_device", "flush_every_rows",
+    "flush_every_seconds", "min_commit_interval", "index_keys", "refresh_every_seconds",
+    "gc_grace_seconds", "dedupe_next", "storage_options",
+)  # fmt: skip
+
+
+@dataclass
+class Origin:
+    """Where a storage's rows are and what it was built with: ``location`` the ``path`` given
+    (the temporary store made when none was), ``where`` its name in messages, ``init_options``
+    the constructor options a pickle or a deepcopy reopens it with (``REOPEN_OPTIONS``), and
+    ``release`` the removal of a temporary store (``None`` for a store the caller named)."""
+
+    location: Any
+    where: str
+    init_options: dict[str, Any]
+    release: Callable[[], Any] | None = None
+
+    @classmethod
+    def of(cls, storage: Any, path: Any, mode: str, arguments: dict[str, Any]) -> Origin:
+        """The origin of ``storage`` built on ``path`` (``None``: a new temporary store, removed
+        at ``close()``, garbage collection or exit) in ``mode``, from its constructor's
+        ``arguments``."""
+        release = None
+        if path is None:
+            if mode != "w":
+                raise ValueError("a path is needed to open an existing store")
+            path = make_temp_store()
+            release = remove_on_release(storage, path)
+        options = {name: arguments[name] for name in REOPEN_OPTIONS}
+        return cls(path, store_name(path), options, release)
+
+    @property
+    def temporary(self) -> bool:
+        """Whether the store is a temporary one (no path was given)."""
+        return self.release is not None
 
 
 def store_key(store: Any) -> str:
@@ -118,7 +157,8 @@ def check_sendable(storage: Any) -> None:
 
 def copy_of(storage: Any) -> tuple[Any, str | None]:
     """``copy.deepcopy`` of a storage (without its attached buffers) and the temporary store
-    it was copied into (``None`` for a reader: another reader of the same store)."""
+    a writer was copied into (removed with the copy: its ``Origin.release``); ``None`` for a
+    reader, whose copy is another reader of the same store."""
     ref = reference(storage)
     if storage.read_only:
         return reopen(type(storage), ref), None
@@ -127,4 +167,6 @@ def copy_of(storage: Any) -> tuple[Any, str | None]:
     with storage.guard.naming():
         copy_store(storage.log.store, zarr.storage.LocalStore(str(dest)))
     ref["store"] = dest
-    return reopen(type(storage), ref), dest
+    new = reopen(type(storage), ref)
+    new.origin.release = remove_on_release(new, dest)
+    return new, dest

@@ -18,13 +18,19 @@ import copy
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import zarr
 
+from ._compat_torchrl import buffer_lock, buffer_sampler
 from .errors import StoreFormatError
+
+if TYPE_CHECKING:
+    from .commit_log import CommitLog
+    from .guard import StoreGuard
+    from .ring import Ring
 
 GROUP = ".zarrl_sampler"
 ATTR = "zarrl_sampler"
@@ -252,3 +258,46 @@ class SamplerStates:
                 self._locks[id(sampler)] = lock_of(buffer)
                 save(sampler)
             return
+
+
+class StoreSamplers:
+    """The sampler states kept with one store: saved after committing the rows they cover,
+    loaded with the rows appended since announced, and saved for the attached buffers' samplers
+    whose state changed (``SamplerStates``).
+
+    Args:
+        log, guard, ring: the storage's commit log, guard and ring.
+        commit: commits every staged row (the storage's flush, without the samplers).
+    """
+
+    def __init__(
+        self, log: CommitLog, guard: StoreGuard, ring: Ring, commit: Callable[[], None]
+    ) -> None:
+        self.log, self.guard, self.ring, self.commit = log, guard, ring, commit
+        self.states = SamplerStates()
+
+    def save(self, sampler: Any) -> bool:
+        """Commits the staged rows, then stores ``sampler.state_dict()`` at that commit; returns
+        whether it was saved (a state holding values other than tensors, trees and scalars is
+        not)."""
+        self.guard.check_writable()
+        with self.guard.lock, self.guard.naming():
+            self.commit()
+            commit = self.log.commit.to_json()
+        with self.guard.naming():
+            return self.states.save(self.log.group, sampler, commit)
+
+    def load(self, sampler: Any) -> bool:
+        """Restores ``sampler`` from the state stored by a sampler of the same class (rows
+        appended after it announced to it); returns whether a state was loaded."""
+        if self.log.header is None:
+            return False
+        return self.states.load(self.log.group, sampler, self.guard.where, self.ring)
+
+    def save_attached(self, buffers: list) -> None:
+        """``save`` for the first of ``buffers`` whose sampler's state changed since it was
+        last saved or loaded (one sampler per store); nothing for a read-only, closed or empty
+        store."""
+        if self.guard.read_only or self.guard.closed or self.log.header is None:
+            return
+        self.states.save_changed(buffers, buffer_sampler, buffer_lock, self.save)

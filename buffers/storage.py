@@ -16,51 +16,28 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 import zarr
 import zarr.abc.store
 from tensordict import TensorDictBase
 from torchrl.data.replay_buffers.storages import TensorStorage
-from torchrl.data.replay_buffers.writers import RoundRobinWriter
 
-from . import checkpointer, object_store, pickling, pytrees, sampler_state
+from . import checkpointer, pickling
 from ._compat_torchrl import (
-    after_sampler_init,
+    MAX_SIZE_UNBOUNDED,
     attached_buffers,
-    buffer_lock,
-    buffer_sampler,
-    buffer_writer,
     set_attached_buffers,
-    set_writer_position,
-    wrap_writer_init,
-    writer_position,
 )
-from .chunk_io import ChunkStore, StaleRead
-from .chunk_writer import ChunkWriter
-from .commit_log import CommitLog, open_group
-from .committer import Committer
-from .format import Commit, Header, key_path, read_attrs
-from .gathering import Gatherer
-from .guard import StoreGuard, names_store, register_exit_flush, serialized
-from .hot_tier import HotTier
-from .index_columns import IndexColumns
-from .indexing import apply_reindex, rows_and_reindex
+from .assembly import assemble, check_arguments, stored_shape
+from .format import Commit, Header, key_path
+from .guard import names_store, register_exit_flush, serialized
 from .lazy_view import writable_view
-from .reader import Reader
 from .ring import Ring
-from .row_data import as_tensordict, flip_list, infer_header, validate
-from .store_io import check_local_writable, remove_partials
-from .temp_store import make_temp_store, remove_on_release
-from .worker_proxy import WriteChannel, new_proxy, proxy_state, rollback_writers
+from .round_robin import attach_buffer, restart_writers, rollback_writers
+from .row_writer import Layout
+from .worker_proxy import WriteChannel, new_proxy, proxy_state
 
 _log = logging.getLogger("zarrl.buffers")
-_UNBOUNDED = 2**31 - 1  # TorchRL keeps len() in an int32 shared value
-_REOPEN_OPTIONS = (  # constructor arguments that ``init_options`` reports
-    "ndim", "device", "chunk_rows", "compressors", "cache", "cache_device", "flush_every_rows",
-    "flush_every_seconds", "min_commit_interval", "index_keys", "refresh_every_seconds",
-    "gc_grace_seconds", "dedupe_next", "storage_options",
-)  # fmt: skip
 
 
 class ZarrStorage(TensorStorage):
@@ -142,31 +119,15 @@ class ZarrStorage(TensorStorage):
         shared_init: bool = False,
         _mode: str = "w",
     ) -> None:
-        if shared_init:
-            raise ValueError(
-                "ZarrStorage does not support shared_init=True: processes do not initialize "
-                "the store in turn. Build the storage in the process that owns it and hand it "
-                "to collectors (replay_buffer=rb: workers write through the owner), or let "
-                "other processes read it with ZarrStorage.open(path, mode='r')"
-            )
-        if max_size is not None and int(max_size) <= 0:
-            raise ValueError(f"max_size must be a positive int or None, got {max_size!r}")
-        if chunk_rows is not None and not (isinstance(chunk_rows, int) and chunk_rows > 0):
-            raise ValueError(f"chunk_rows must be a positive int or None, got {chunk_rows!r}")
-        if cache not in (None, "ram") and not (isinstance(cache, int) and cache > 0):
-            raise ValueError(f"cache must be None, 'ram' or a positive byte count, got {cache!r}")
+        check_arguments(max_size, chunk_rows, cache, shared_init)
         super().__init__(
             storage=None,
-            max_size=_UNBOUNDED if max_size is None else int(max_size),
+            max_size=MAX_SIZE_UNBOUNDED if max_size is None else int(max_size),
             device=device,
             ndim=ndim,
         )
-        self.ring = Ring(max_size)  # capacity, base and write count (``buffers/ring.py``)
         self.read_only = _mode == "r"
-        arguments = locals()  # what a pickle or a deepcopy reopens the store with:
-        self._init_options = {name: arguments[name] for name in _REOPEN_OPTIONS}
         self.existsok = existsok
-        self._chunk_rows_arg = chunk_rows
         self.cache_device = torch.device(cache_device) if cache_device else self.device
         self.flush_every_rows = flush_every_rows
         self.flush_every_seconds = flush_every_seconds
@@ -175,58 +136,37 @@ class ZarrStorage(TensorStorage):
         self.gc_grace_seconds = gc_grace_seconds
         self.dedupe_next = dedupe_next
         self.index_keys_arg = None if index_keys is None else [key_path(k) for k in index_keys]
-        self._temp_release = None
-        if path is None:
-            if _mode != "w":
-                raise ValueError("a path is needed to open an existing store")
-            path = make_temp_store()
-            self._temp_release = remove_on_release(self, path)
-        self._path_arg = path
-        self._where = str(path) if not isinstance(path, zarr.abc.store.Store) else repr(path)
-        # lock, owner process, closed state, errors naming the store (``buffers/guard.py``)
-        self.guard = StoreGuard(self._where, self.read_only)
-        self.index = IndexColumns()  # small leaves mirrored in RAM (``index_columns.py``)
+        # the path (a temporary store for none) and the options a pickle reopens it with
+        self.origin = pickling.Origin.of(self, path, _mode, locals())
+        path = self.origin.location
         self._channel: WriteChannel | None = None  # created when sent to a worker process
-        self._samplers = sampler_state.SamplerStates()  # what was saved, under which lock
         self.rows_at_open = 0
-        with self.guard.naming():
-            # the group, layout and commit record (``buffers/commit_log.py``)
-            self.log = CommitLog(
-                open_group(path, _mode, storage_options), self._where, self.ring.max_size, ndim
-            )
-            # leaf arrays, codecs and seal table (``buffers/chunk_io.py``)
-            self.chunks = ChunkStore(self.log, self.ring, self.read_only, compressors)
-            # decoded chunks and their refill (``buffers/hot_tier.py``)
-            self.hot = HotTier(self.ring, self.log, self.chunks, cache, self.cache_device)
-            # staged chunks, write-ahead, dead chunks (``buffers/chunk_writer.py``)
-            self.chunk_writer = ChunkWriter(self.ring, self.log, self.chunks, self.hot, self.index)
-            # when staged rows become a commit, and the commit (``buffers/committer.py``)
-            self.committer = Committer(
-                self.ring, self.log, self.chunks, self.chunk_writer, self.guard, self
-            )
-            # adopting commits, stale-read checks (``buffers/reader.py``)
-            self.reader = Reader(
-                self.ring, self.log, self.chunks, self.hot, self.chunk_writer, self.index
-            )
-            # rows read by ring position (``buffers/gathering.py``)
-            self.gatherer = Gatherer(
-                self.ring, self.log, self.hot, self.index, self.reader, self.read_only, self.device
-            )
-            if not self.read_only:
-                check_local_writable(self.log.store, self._where)
-                remove_partials(self.log.store)  # torn temporaries of a killed writer
-            commit = self.reader.open_store(existsok)
-            if commit is not None:
-                self.initialized = True
-                self._adopted(commit)
-            if not self.read_only:
-                object_store.pin(self.log.group)  # the commit record version our commits replace
+        self.ring = Ring(max_size)  # capacity, base and write count (``buffers/ring.py``)
+        parts, commit = assemble(  # the parts, each owning its state (``buffers/assembly.py``)
+            self,
+            self.ring,
+            path,
+            _mode,
+            storage_options=storage_options,
+            layout=Layout(ndim, chunk_rows, self.index_keys_arg, dedupe_next),
+            compressors=compressors,
+            cache=cache,
+            cache_device=self.cache_device,
+            device=self.device,
+            existsok=existsok,
+            setup=self._setup,
+        )
+        for name, part in vars(parts).items():
+            setattr(self, name, part)
+        if commit is not None:
+            self.initialized = True
+            self._adopted(commit)
         if self.log.header is not None:
             self.rows_at_open = len(self)
-            _log.info("zarrl: %s already holds %d rows (reopened)", self._where, len(self))
+            _log.info("zarrl: %s already holds %d rows (reopened)", self.where, len(self))
         if not self.read_only:
             pickling.register_writer(self)
-            if self._temp_release is None:
+            if not self.origin.temporary:
                 register_exit_flush(self)
 
     # ================================================================ opening
@@ -248,12 +188,9 @@ class ZarrStorage(TensorStorage):
         """
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
-        group = open_group(path, "r", storage_options)
-        header, _ = read_attrs(group, str(path))
-        meta = group.attrs.asdict()["zarrl"]
-        ndim = header.ndim if header is not None else int(meta.get("ndim", 1))
+        max_size, ndim = stored_shape(path, storage_options)
         return cls(
-            meta.get("max_size"),
+            max_size,
             path=path,
             ndim=ndim,
             device=device,
@@ -267,7 +204,7 @@ class ZarrStorage(TensorStorage):
     @property
     def where(self) -> str:
         """The store as named in messages: its path, or the store object's ``repr``."""
-        return self._where
+        return self.origin.where
 
     @property
     def store(self) -> zarr.abc.store.Store:
@@ -277,12 +214,12 @@ class ZarrStorage(TensorStorage):
     @property
     def location(self) -> str | os.PathLike | zarr.abc.store.Store:
         """The ``path`` this storage was built with (a temporary directory when none was)."""
-        return self._path_arg
+        return self.origin.location
 
     @property
     def init_options(self) -> dict[str, Any]:
         """Keyword arguments a pickle or a deepcopy reopens the store with (a copy)."""
-        return dict(self._init_options)
+        return dict(self.origin.init_options)
 
     @property
     def closed(self) -> bool:
@@ -334,43 +271,22 @@ class ZarrStorage(TensorStorage):
             view = self.gatherer.lazy(None, self._len0(), self.read)  # index columns: RAM views
             # writes into a writer's view reach the store (``rb[0, 3:4] = td``)
             return view if self.read_only else writable_view(view, self)
-        rows, reindex = rows_and_reindex(index, self._len0())
-        for attempt in range(4):
-            try:
-                leaves = self.gatherer.gather(rows)
-                break
-            except StaleRead:  # readers only: adopt the newest commit, read the same positions
-                if attempt == 3:
-                    raise
-                self.refresh()
-        td = self.gatherer.to_data(leaves, self.gatherer.batch_of(rows.numel()))
-        td = apply_reindex(td, reindex)
-        if self.log.pytree is not None:  # the stored pytree, each leaf indexed as the TensorDict
-            flat = {key_path(k): v for k, v in td.items(include_nested=True, leaves_only=True)}
-            return pytrees.unflatten(flat, self.log.pytree)
-        return td
+        return self.gatherer.get(index, self._len0(), self.refresh)
 
     @serialized
     def __getitem__(self, index) -> TensorDictBase | torch.Tensor:
         """``storage[index]`` (what samplers use to read flags): the RAM index columns are
         gathered at once, other leaves only when first looked up (``get`` stays eager)."""
-        header = self.log.header
-        if (
-            header is None
-            or header.tensor_root
-            or self.log.pytree is not None
-            or self.read_only
-            or self.gatherer.is_full_view(index, self.ndim)
-            or not self.index
-        ):
-            return self.get(index)
-        rows, reindex = rows_and_reindex(index, self._len0())
-        if reindex is not None and not (isinstance(reindex[0], str) and len(reindex[1]) == 1):
-            return self.get(index)
-        return self.gatherer.lazy(rows, rows.numel(), self.read)
+        view = self.gatherer.lookup(index, self._len0(), self.ndim, self.read)
+        return self.get(index) if view is None else view
 
     def _rand_given_ndim(self, batch_size: int):
-        """Uniform positions; when the buffer exceeds the cache, uniform over cached rows."""
+        return self.draw_positions(batch_size)
+
+    def draw_positions(self, batch_size: int) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """``batch_size`` uniform positions (int64 ``[batch_size]``, one per batch dim when
+        ``ndim > 1``) on ``device``: what TorchRL's samplers draw; when the buffer exceeds the
+        cache, uniform over the cached rows (requesting the next refill first)."""
         self._maybe_auto_refresh()
         if self.log.header is None or self.is_ram_mirror or not self.hot.pool.specs:
             return super()._rand_given_ndim(batch_size)
@@ -417,81 +333,22 @@ class ZarrStorage(TensorStorage):
         self._set(cursor, data, set_cursor, rollback=False)
 
     def _set(self, cursor, data, set_cursor: bool, rollback: bool) -> None:
-        self.guard.check_writable()
-        if isinstance(data, list):
-            data = flip_list(data)
-        is_int = isinstance(cursor, (int, np.integer)) or (
-            isinstance(cursor, torch.Tensor) and cursor.ndim == 0
+        def refused(rows: int) -> None:  # the writers' cursor moves back: no hole
+            rollback_writers(attached_buffers(self), rows, self.ring.capacity)
+
+        written = self.rows.write(
+            cursor,
+            data,
+            append=set_cursor,
+            length=self._len,
+            on_refusal=refused if rollback and set_cursor else None,
         )
-        n = 1 if is_int else _rows_of_cursor(cursor)
-
-        def rollback_on_refusal() -> None:  # the writers' cursor moves back: no hole
-            if rollback and set_cursor and n:
-                rollback_writers(attached_buffers(self), n, self.ring.capacity)
-
-        try:
-            td = as_tensordict(data, not is_int, self.ndim, self.log)
-        except ValueError:
-            rollback_on_refusal()
-            raise
-        if not is_int and td.batch_dims and td.shape[0] == 0:
-            return  # an empty extend writes nothing (and initializes nothing)
-        if is_int:
-            td = td.unsqueeze(0)
-            cursor = torch.tensor([int(cursor)])
-        n = td.shape[0] if not isinstance(cursor, tuple) else 0
-        if self.log.header is None:
-            try:
-                header = infer_header(
-                    td[0],
-                    self.ndim,
-                    self.ring.capacity_for,
-                    self._chunk_rows_arg,
-                    self.index_keys_arg,
-                    self.chunks.compressors,
-                    self.dedupe_next,
-                )
-            except ValueError:  # refused before anything exists: the writer moves back too
-                rollback_on_refusal()
-                raise
-            header.tensor_root = isinstance(data, torch.Tensor)
-            self._setup(header, create=True)
-            self.log.write()
-        if isinstance(cursor, tuple) and len(cursor) > 1:  # checked as whole rows
-            return self._set_partial(cursor, td)
-        try:
-            leaves = validate(td, self.log.header)
-        except ValueError:
-            rollback_on_refusal()
-            raise
-        if isinstance(cursor, tuple):
-            cursor = cursor[0]
-        if isinstance(cursor, slice):
-            cursor = torch.arange(*cursor.indices(self.log.header.capacity or _UNBOUNDED))
-        rows = torch.as_tensor(cursor).reshape(-1).to("cpu", torch.long)
-        if rows.numel() != td.shape[0]:
-            raise ValueError(f"{rows.numel()} positions for {td.shape[0]} rows of data")
-        if set_cursor:
-            self._set_last_cursor(cursor)
-        self.chunk_writer.write_rows(rows, leaves, append=set_cursor)
-        if set_cursor:  # bounded by the live rows: rewriting rows already stored with
-            # set_cursor=True does not count them twice (a commit never claims more rows)
-            numel = td.shape[: self.ndim].numel()
-            self._len = min(self._len + numel, self.max_size, self.ring.live_len())
-        self._bump_mutation_revision()
-        self.committer.after_write(self._len)
-
-    def _set_partial(self, cursor: tuple, td: TensorDictBase) -> None:
-        """Writes a sub-row selection ``(dim0, *rest)``: read-modify-write of whole rows."""
-        rows, _ = rows_and_reindex(cursor, self._len0())
-        uniq, inv = torch.unique(rows, return_inverse=True)
-        gathered = self.gatherer.gather(uniq)
-        block = self.gatherer.to_td(gathered, self.gatherer.batch_of(uniq.numel())).to("cpu")
-        block[(inv.reshape(-1), *cursor[1:])] = td.reshape(-1).to("cpu")
-        if self.log.item_batch:
-            block.batch_size = block.batch_size[: self.ndim]
-        leaves = validate(block, self.log.header)
-        self.chunk_writer.write_rows(uniq, leaves, append=False)
+        if written is None:
+            return
+        if set_cursor and written.cursor is not None:  # bounded by the live rows: rewriting
+            # rows already stored with set_cursor=True does not count them twice
+            self._set_last_cursor(written.cursor)
+            self._len = min(self._len + written.elements, self.max_size, self.ring.live_len())
         self._bump_mutation_revision()
         self.committer.after_write(self._len)
 
@@ -502,7 +359,7 @@ class ZarrStorage(TensorStorage):
         samplers with the store when it changed (``save_sampler_state``)."""
         with self.guard.lock, self.guard.naming():
             self.committer.flush(self.durability, self._len)
-        self._save_attached_samplers()
+        self.samplers.save_attached(attached_buffers(self))
 
     # ========================================================= sampler state
     def save_sampler_state(self, sampler: Any) -> bool:
@@ -512,12 +369,7 @@ class ZarrStorage(TensorStorage):
         ``close()`` and checkpoints do it for the samplers of the attached buffers; a buffer
         built on the reopened store gets it back (``attach``). Returns whether it was saved
         (a state holding values other than tensors, trees and scalars is not)."""
-        self.guard.check_writable()
-        with self.guard.lock, self.guard.naming():
-            self.committer.flush(self.durability, self._len)  # the state: committed rows
-            commit = self.log.commit.to_json()
-        with self.guard.naming():
-            return self._samplers.save(self.log.group, sampler, commit)
+        return self.samplers.save(sampler)
 
     @names_store
     def load_sampler_state(self, sampler: Any) -> bool:
@@ -525,17 +377,7 @@ class ZarrStorage(TensorStorage):
         class; rows committed after that state was saved are announced to it
         (``sampler.extend``: new rows get the default priority). Returns whether a state was
         loaded."""
-        if self.log.header is None:
-            return False
-        return self._samplers.load(self.log.group, sampler, self._where, self.ring)
-
-    def _save_attached_samplers(self) -> None:
-        """``save_sampler_state`` for the attached buffers' samplers whose state changed since
-        this storage last saved or loaded it (one sampler per store: the first buffer's)."""
-        if self.read_only or self.closed or self.log.header is None:
-            return
-        buffers = attached_buffers(self)
-        self._samplers.save_changed(buffers, buffer_sampler, buffer_lock, self.save_sampler_state)
+        return self.samplers.load(sampler)
 
     @names_store
     def close(self) -> None:
@@ -545,20 +387,20 @@ class ZarrStorage(TensorStorage):
             return
         if self._channel is not None:  # outside the lock: the pump may be applying a write
             self._channel.stop()
-        if self._temp_release is None and not self.read_only:
-            self._save_attached_samplers()  # before the storage lock (buffer lock first)
+        if not self.origin.temporary and not self.read_only:  # buffer locks before ours
+            self.samplers.save_attached(attached_buffers(self))
         with self.guard.lock:
             if self.closed:
                 return
-            if self._temp_release is None:
+            if not self.origin.temporary:
                 self.committer.flush(self.durability, self._len)
             self.chunk_writer.close()
             self.hot.close()
             self.guard.closed = True
             if not self.read_only:
                 pickling.unregister_writer(self)
-            if self._temp_release is not None:  # a temporary store (no path given): removed
-                self._temp_release()
+            if self.origin.temporary:  # a temporary store (no path given): removed
+                self.origin.release()
 
     def __enter__(self) -> ZarrStorage:
         return self
@@ -603,28 +445,13 @@ class ZarrStorage(TensorStorage):
         built on a reopened storage keeps appending where the previous run stopped, and
         restores its sampler's state stored with the store (``load_sampler_state``)."""
         super().attach(buffer)
-        if self.log.header is None or self.ring.write_count == 0:
-            return
-        writer = buffer_writer(buffer)
-        if writer is not None:
-            self._sync_writer(writer)
-            return
-        wrap_writer_init(buffer, self._sync_writer)
-        after_sampler_init(buffer, self.load_sampler_state)  # the state stored with the store
-
-    def _sync_writer(self, writer):
-        if isinstance(writer, RoundRobinWriter) and writer_position(writer)[0] == 0:
-            set_writer_position(writer, self.ring.write_count, self.ring.next_position())
-        return writer
+        if self.log.header is not None:
+            attach_buffer(buffer, self.ring, self.load_sampler_state)
 
     @serialized
     def _empty(self) -> None:
         self.guard.check_writable()
-        if self.log.header is not None:
-            self.chunk_writer.discard_staged()
-            self.ring.restart(self.log.header.chunk_rows)
-            self.index.clear()
-            self.chunk_writer.in_place_pending = True
+        self.rows.clear()
         self._len = 0
         self._bump_mutation_revision()
         if self.log.header is not None:
@@ -660,11 +487,7 @@ class ZarrStorage(TensorStorage):
             return
         self._empty()
         self.set(torch.arange(data.shape[0]), data)
-        for buffer in attached_buffers(self):  # round-robin writers continue after the rows
-            writer = buffer_writer(buffer)
-            if isinstance(writer, RoundRobinWriter):
-                set_writer_position(writer, 0, writer_position(writer)[1])
-                self._sync_writer(writer)
+        restart_writers(attached_buffers(self), self.ring)  # continue after the rows
 
     # ============================================================ pickling
     def __reduce__(self):
@@ -687,15 +510,13 @@ class ZarrStorage(TensorStorage):
     def __deepcopy__(self, memo: dict) -> ZarrStorage:
         """An independent copy (as ``LazyMemmapStorage``): a writable storage is copied into a
         new temporary store; a read-only one becomes another reader of its store."""
-        new, temporary = pickling.copy_of(self)
-        if temporary is not None:
-            new._temp_release = remove_on_release(new, temporary)
+        new, _ = pickling.copy_of(self)
         memo[id(self)] = new
         set_attached_buffers(new, copy.deepcopy(attached_buffers(self), memo))
         return new
 
     def __repr__(self) -> str:
-        where = f"temporary {self._where}" if self._temp_release is not None else self._where
+        where = f"temporary {self.where}" if self.origin.temporary else self.where
         reopened = f", reopened with {self.rows_at_open} rows" if self.rows_at_open else ""
         return (
             f"ZarrStorage(path={where}, len={len(self)}, max_size="
@@ -706,12 +527,3 @@ class ZarrStorage(TensorStorage):
 
 def _unpickle_storage(ref: dict[str, Any]) -> ZarrStorage:
     return pickling.reopen(ZarrStorage, ref)
-
-
-def _rows_of_cursor(cursor) -> int | None:
-    """Rows a round-robin writer's ``set`` at ``cursor`` covers (``None`` if not a row list)."""
-    if isinstance(cursor, torch.Tensor):
-        return cursor.numel()
-    if isinstance(cursor, (range, list)):
-        return len(cursor)
-    return None

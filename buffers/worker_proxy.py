@@ -22,31 +22,11 @@ import numpy as np
 import torch
 from tensordict import TensorDict, is_tensor_collection
 from torchrl.data.replay_buffers.storages import Storage
-from torchrl.data.replay_buffers.writers import RoundRobinWriter
 
-from ._compat_torchrl import (
-    attached_buffers,
-    buffer_writer,
-    set_writer_position,
-    shared_counters,
-    writer_position,
-)
+from ._compat_torchrl import attached_buffers, shared_counters
+from .round_robin import rollback_writers
 
 _POLL_SECONDS = 0.5
-
-
-def rollback_writers(entities: list, n: int, cap0: int | None) -> None:
-    """A refused write must not leave a hole: round-robin writers move their cursor before
-    calling ``set``, so move the writers of the attached buffers ``n`` rows back."""
-    for buffer in entities:
-        writer = buffer_writer(buffer)
-        if not isinstance(writer, RoundRobinWriter):
-            continue
-        write_count, cursor = writer_position(writer)
-        if write_count >= n:
-            set_writer_position(
-                writer, write_count - n, (cursor - n) % cap0 if cap0 else cursor - n
-            )
 
 
 def _alive(pid: int) -> bool:

@@ -121,6 +121,12 @@ class GenerationsBuffer:
         return int(self._length.max()) if len(self._length) else 0
 
     @property
+    def mirrored_rows(self) -> int:
+        """Token rows held in the RAM mirror (0 until a batch is read, and while the buffer's
+        tokens exceed ``mirror_bytes``: batches are then read through the storage)."""
+        return 0 if self._mirror is None else self._mirror.rows
+
+    @property
     def num_prompts(self) -> int:
         return self._tables.num_prompts
 

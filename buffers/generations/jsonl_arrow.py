@@ -55,7 +55,7 @@ def arrow_columns(
     import pyarrow as pa
     import pyarrow.json as pj
 
-    from .readers import _check_arrow_schema, columns_from_arrow
+    from .readers import check_arrow_schema, columns_from_arrow
     from .records import GenerationsImportError
 
     try:
@@ -70,7 +70,7 @@ def arrow_columns(
     if sources is None:
         return None
     try:
-        _check_arrow_schema(table.schema, sources, file)
+        check_arrow_schema(table.schema, sources, file)
     except GenerationsImportError:
         return None  # named per line by the line parser
     table = table.select(list(dict.fromkeys(sources.values())))

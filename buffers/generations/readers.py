@@ -126,12 +126,12 @@ def read_jsonl(path: str | os.PathLike, field_map: Mapping[str, str]) -> Iterato
             if cols is not None:
                 yield cols
             else:
-                yield from _parse_lines(
+                yield from parse_lines(
                     enumerate(io.BytesIO(data), start=first_line), file, field_map
                 )
 
 
-def _parse_lines(lines: Iterator[tuple[int, bytes]], file: str, field_map) -> Iterator[Columns]:
+def parse_lines(lines: Iterator[tuple[int, bytes]], file: str, field_map) -> Iterator[Columns]:
     """``Columns`` of ``(line number, bytes)`` pairs parsed one by one with ``loads``, in
     blocks of ``BLOCK_RECORDS`` lines."""
     while True:
@@ -370,7 +370,7 @@ def _arrow_sources(names: list[str], field_map: Mapping[str, str]) -> dict[str, 
     return {f: renamed[f] for f in FIELDS if f in renamed}
 
 
-def _check_arrow_schema(schema, sources: dict[str, str], file: str) -> None:
+def check_arrow_schema(schema, sources: dict[str, str], file: str) -> None:
     """Missing columns and wrong column types, named (with what was found)."""
     import pyarrow.types as pt
 
@@ -520,7 +520,7 @@ def read_parquet(path: str | os.PathLike, field_map: Mapping[str, str]) -> Itera
         raise GenerationsImportError(f"{file}: not a readable Parquet file ({err})") from err
     schema = pf.schema_arrow
     sources = _arrow_sources(schema.names, field_map)
-    _check_arrow_schema(schema, sources, file)
+    check_arrow_schema(schema, sources, file)
     columns = list(dict.fromkeys(sources.values()))
     return _arrow_blocks(pf.iter_batches(batch_size=BLOCK_RECORDS, columns=columns), sources, file)
 
@@ -543,7 +543,7 @@ def read_datasets(path: str | os.PathLike, field_map: Mapping[str, str]) -> Iter
     table = ds.with_format("arrow")[:]
     sources = _arrow_sources(table.schema.names, field_map)
     try:
-        _check_arrow_schema(table.schema, sources, file)
+        check_arrow_schema(table.schema, sources, file)
     except GenerationsImportError as err:
         raise GenerationsImportError(f"{err} (datasets features: {ds.features})") from None
     return _arrow_blocks(table.to_batches(max_chunksize=BLOCK_RECORDS), sources, file)

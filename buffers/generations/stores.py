@@ -42,7 +42,7 @@ LOCK_KEY = "import.lock"
 LEASE_SECONDS = 60.0
 """How long an object-store import lock stays valid without renewal (renewed every third)."""
 
-_HELD: contextvars.ContextVar[_ObjectLock | None] = contextvars.ContextVar(
+_HELD: contextvars.ContextVar[ObjectLock | None] = contextvars.ContextVar(
     "zarrl_generations_import_lock", default=None
 )
 
@@ -94,7 +94,7 @@ def import_lock(where: str, storage_options: dict[str, Any] | None = None) -> It
         with _flock(folder):
             yield
         return
-    lock = _ObjectLock(open_store(where, storage_options).store, f"{where.rstrip('/')}/{LOCK_KEY}")
+    lock = ObjectLock(open_store(where, storage_options).store, f"{where.rstrip('/')}/{LOCK_KEY}")
     lock.acquire()
     token = _HELD.set(lock)
     try:
@@ -127,7 +127,7 @@ def _flock(folder: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-class _ObjectLock:
+class ObjectLock:
     """The lease object ``LOCK_KEY`` in the obstore store ``inner`` (``url``: for messages)."""
 
     def __init__(self, inner: Any, url: str, lease: float | None = None) -> None:

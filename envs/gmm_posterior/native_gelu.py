@@ -35,16 +35,18 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.zarrl_gelu.argtypes, lib.zarrl_gelu.restype = [p, p, p, n, n], None
 
 
-def _compile() -> ctypes.CDLL | None:
+def compile_library() -> ctypes.CDLL | None:
+    """Builds and loads the GELU kernel; ``None`` when switched off or no C compiler is found."""
     return load_library("gelu", ["gelu.c"], "ZARRL_NATIVE_GELU", _declare)
 
 
-_library = LazyLibrary(_compile)
+library = LazyLibrary(compile_library)
+"""The GELU kernel, built at first use; ``library.loaded = None`` switches them off (ATen then)."""
 
 
 def native_gelu_available() -> bool:
     """Whether the compiled kernel is in use (else ATen's GELU ops are)."""
-    return _library.get() is not None
+    return library.get() is not None
 
 
 def _native_ok(*tensors: Tensor | None) -> bool:
@@ -78,7 +80,7 @@ def gelu_and_grad(h: Tensor, g: Tensor, grad: Tensor, bias: Tensor | None = None
     ``g`` and ``grad`` have ``h``'s shape (``grad`` may be ``h`` itself), ``bias`` is ``[H]`` for
     ``h`` ``[..., H]`` (``None``: no bias). ``h`` itself may be overwritten (with ``h + bias``).
     """
-    lib = _library.get()
+    lib = library.get()
     if h.numel() == 0:
         return grad
     b, rows, cols = _layout(h, bias)
@@ -96,7 +98,7 @@ def gelu_(h: Tensor, out: Tensor | None = None, bias: Tensor | None = None) -> T
     """``GELU(h + bias)`` written into ``out`` (default: ``h`` itself, in place) -> ``out``; ``h``
     itself may be overwritten (with ``h + bias``)."""
     out = h if out is None else out
-    lib = _library.get()
+    lib = library.get()
     if h.numel() == 0:
         return out
     b, rows, cols = _layout(h, bias)

@@ -72,7 +72,8 @@ def _openmp_runtimes() -> set[str]:
     return {line.split()[-1] for line in maps.splitlines() if "libgomp" in line or "libomp" in line}
 
 
-def _compile() -> ctypes.CDLL | None:
+def compile_library() -> ctypes.CDLL | None:
+    """Builds and loads the diffusion MLP kernels; ``None`` when switched off or no C compiler is found."""
     before = _openmp_runtimes()
     lib = load_library(
         "diffusion_mlp", ["diffusion_mlp.c"], "ZARRL_NATIVE_MLP", _declare, ["-fopenmp"]
@@ -82,12 +83,13 @@ def _compile() -> ctypes.CDLL | None:
     return lib
 
 
-_library = LazyLibrary(_compile)
+library = LazyLibrary(compile_library)
+"""The diffusion MLP kernels, built at first use; ``library.loaded = None`` switches them off (ATen then)."""
 
 
 def native_mlp_available() -> bool:
     """Whether the compiled kernels are in use on this machine."""
-    return _library.get() is not None
+    return library.get() is not None
 
 
 def _layers(net) -> tuple:
@@ -163,7 +165,7 @@ def mlp_sample(
     (nats). ``drift``: ``None`` or a contiguous ``[T, N, D]`` tensor receiving ``dt·net(x_i, t_i)``.
     Returns ``(xs [T + 1, N, D], ref_log_prob or None)``.
     """
-    lib = _library.get()
+    lib = library.get()
     num, steps, dim = noise.shape
     post, keep = _pack(net, cond, dt)
     shift = noise.transpose(0, 1).contiguous()  # [T, N, D]
@@ -212,7 +214,7 @@ def mlp_sample(
 
 def mlp_output(g2: Tensor, out_weight: Tensor, out_bias: Tensor, dt: float) -> Tensor:
     """``dt·(g2·Woᵀ + bo)`` for the last hidden activations ``g2`` ``[N, 64]`` -> ``[N, 2]``."""
-    lib = _library.get()
+    lib = library.get()
     g2 = g2.contiguous()
     with torch.no_grad():
         wo, bo = (out_weight * dt).contiguous(), (out_bias * dt).contiguous()
@@ -247,7 +249,7 @@ def mlp_backward(
     hidden layers' ``[64, 64]`` weights ``(w_out, w2, w1)``. Returns the gradients of ``wo`` ``[2, 64]``, ``bo``,
     ``w2``, ``b2``, ``w1``, ``b1`` (layer shapes), ``wi_t`` ``[2, 64]`` (the state embedding's weight,
     transposed) and ``cond`` ``[num_cond, 64]``."""
-    lib = _library.get()
+    lib = library.get()
     rows = x.shape[0]
     shapes = {
         "wo": (DIM, HIDDEN),

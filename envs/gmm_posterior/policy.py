@@ -109,15 +109,17 @@ class DriftNetwork(nn.Module):
                 f"state must have last dimension {self.dim}, got shape {tuple(x.shape)}"
             )
         t = time_per_state(t, x)
-        t_emb = self._shared_time_embedding(t)
-        if torch.is_grad_enabled() and (x.requires_grad or self._builds_graph()):
+        t_emb = self.shared_time_embedding(t)
+        if torch.is_grad_enabled() and (x.requires_grad or self.builds_graph()):
             return self.drift_from_embedding(x, t_emb)
-        return self._drift_no_graph(x, t_emb)
+        return self.drift_no_graph(x, t_emb)
 
-    def _builds_graph(self) -> bool:
+    def builds_graph(self) -> bool:
+        """Whether a drift computed now records an autograd graph (some parameter needs a
+        gradient); the sampler and the losses pick the graph-free kernels otherwise."""
         return any(p.requires_grad for p in self.parameters())
 
-    def _drift_no_graph(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+    def drift_no_graph(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
         """Same as :meth:`drift_from_embedding` when no graph is needed (a frozen prior, sampling):
         biases folded, GELUs in place, ``addmm`` on the flattened batch (about 25 % faster), and
         large batches in blocks along the first dim so the ``[rows, H]`` activations stay in cache."""
@@ -143,7 +145,7 @@ class DriftNetwork(nn.Module):
         out = self.trunk[5]
         return torch.addmm(out.bias, h, out.weight.t()).reshape(x.shape)
 
-    def _shared_time_embedding(self, t: torch.Tensor) -> torch.Tensor:
+    def shared_time_embedding(self, t: torch.Tensor) -> torch.Tensor:
         """Embedding of ``t: [*B]`` broadcastable to ``[*B, hidden]``, computed on distinct times only."""
         flat = t.reshape(-1)
         if flat.numel() == 0:
@@ -301,7 +303,7 @@ class DiffusionActor(ProbabilisticActor):
         obs, time, action = td.get(self.observation_key), td.get(self.time_key), td.get(action_key)
         net, std = self.drift_net, self.step.behaviour_std
         fused = type(net).drift_from_embedding is DriftNetwork.drift_from_embedding and (
-            torch.is_grad_enabled() and net._builds_graph()
+            torch.is_grad_enabled() and net.builds_graph()
         )
         if not fused or obs.shape != action.shape or obs.shape[-1] != net.dim:
             loc = self.step.loc(obs, time)
@@ -326,7 +328,7 @@ class DiffusionActor(ProbabilisticActor):
                 cached,
             )
             return log_prob.view(time.shape[1], time.shape[0]).t()
-        cond = net._shared_time_embedding(time)
+        cond = net.shared_time_embedding(time)
         cond = cond.reshape(-1, cond.shape[-1])  # [1 | T | N, H]: row i uses cond[i % K]
         log_prob = fused_step_log_prob(
             net,
@@ -474,7 +476,7 @@ def _integrate_fused(
     (:mod:`~zarrl.envs.gmm_posterior.side_thread`)."""
     num, num_steps, dim = noise.shape
     hidden = t_emb.shape[-1]
-    keep = net._builds_graph() and 6 * noise[..., :1].numel() * hidden * noise.element_size() <= (
+    keep = net.builds_graph() and 6 * noise[..., :1].numel() * hidden * noise.element_size() <= (
         MAX_KEPT_ACTIVATION_BYTES
     )
     if native_mlp_supports(net, noise, t_emb) and (
@@ -554,7 +556,7 @@ class _SideWork:
     def run(self, i0: int, i1: int) -> None:
         net, std = self.reference
         x = self.xs[i0:i1]  # [k, N, D]
-        loc = net._drift_no_graph(x, self.ref_emb[i0:i1].unsqueeze(1)).mul_(self.dt).add_(x)
+        loc = net.drift_no_graph(x, self.ref_emb[i0:i1].unsqueeze(1)).mul_(self.dt).add_(x)
         self.ref_log_prob[i0:i1] = gaussian_step_log_prob(self.xs[i0 + 1 : i1 + 1], loc, std)
 
     def _next(self, newest: bool) -> tuple[int, int] | None:

@@ -17,6 +17,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ._compat_torch import tensor_version
 from .native_gelu import gelu_and_grad
 from .native_mlp import (
     mlp_backward,
@@ -210,7 +211,7 @@ MAX_KEPT_ACTIVATION_BYTES = 256 << 20
 
 def parameter_signature(net: nn.Module) -> tuple:
     """Identity and version of every parameter of ``net``: changes when any is updated."""
-    return tuple((p.data_ptr(), p._version, p.dtype) for p in net.parameters())
+    return tuple((p.data_ptr(), tensor_version(p), p.dtype) for p in net.parameters())
 
 
 class SampledActivations:

@@ -85,15 +85,16 @@ def test_prioritized_slice_sampler_end_to_end_weights_used_and_priorities_change
     )
     rb = TensorDictReplayBuffer(storage=LazyTensorStorage(64), sampler=sampler, batch_size=16)
     rb.extend(data)
-    before = sampler._sum_tree[torch.arange(32).numpy()].copy()
+    before = sampler.state_dict()["_sum_tree"][torch.arange(32).numpy()].copy()
     assert np.allclose(before, before[0])  # all at the default priority
     loss = _trust_pcl()
     batch = rb.sample()
     loss(batch)
     rb.update_tensordict_priority(batch)  # the call a trainer makes after each loss
-    after = sampler._sum_tree[torch.arange(32).numpy()]
+    state = sampler.state_dict()  # TorchRL's public state: the trees and eps
+    after = state["_sum_tree"][torch.arange(32).numpy()]
     index = batch["index"].reshape(-1)
-    written = batch["td_error"].reshape(-1).to(torch.float64) + sampler._eps
+    written = batch["td_error"].reshape(-1).to(torch.float64) + state["_eps"]
     # the tree holds |C| + eps at every sampled step (a step in two overlapping slices keeps one
     # of its values); float32 is the tree's own storage
     rtol = 2 * torch.finfo(torch.float32).eps

@@ -52,7 +52,7 @@ def test_slices_come_from_cached_trajectories_and_hold_the_stored_rows(tmp_path)
         assert torch.equal(obs[:, 1:] - obs[:, :-1], torch.ones(4, 7))  # contiguous rows
         assert torch.equal(batch["episode"], (batch["obs"][:, 0] // 20).long())
         storage.hot.wait_refill()
-        start, _, lengths = sampler._get_stop_and_length(storage)  # installs the refill
+        start, _, lengths = sampler.trajectories(storage)  # installs the refill
         mask = storage.resident_positions()
         assert bool(fully_resident(start[:, 0], lengths, mask).all())
         assert start.shape[0] < 32  # restricted to the cached subset of 32 episodes
@@ -65,7 +65,7 @@ def test_on_a_mirrored_storage_every_trajectory_is_eligible(tmp_path):
     rb = TensorDictReplayBuffer(storage=storage, sampler=sampler, batch_size=32)
     rb.extend(_episodes(640, traj_len=20))
     assert storage.resident_positions() is None
-    start, _, _ = sampler._get_stop_and_length(storage)
+    start, _, _ = sampler.trajectories(storage)
     assert start.shape[0] == 32
     storage.close()
 
@@ -106,7 +106,7 @@ def test_with_span_only_wholly_cached_trajectories_are_drawn(tmp_path):
     rb = TensorDictReplayBuffer(storage=storage, sampler=sampler, batch_size=32)
     rb.extend(_episodes(640, traj_len=20))
     rb.sample()
-    start, _, lengths = sampler._get_stop_and_length(storage)
+    start, _, lengths = sampler.trajectories(storage)
     assert lengths.eq(20).all()  # whole trajectories, all cached
     assert fully_resident(start[:, 0], lengths, storage.resident_positions()).all()
     storage.close()

@@ -37,7 +37,7 @@ def test_every_private_name_the_compat_module_reads_exists():
     assert compat.buffer_sampler(plain) is not None
     assert compat.attached_buffers(plain.storage) == [plain]  # ``_attached_entities``
     compat.set_attached_buffers(storage, [plain])
-    assert storage._attached_entities == [plain]
+    assert compat.attached_buffers(storage) == [plain]  # ``_attached_entities_list`` read back
     counters = compat.shared_counters(storage)
     assert set(counters) == {"_len_value", "_mutation_revision_value", "_last_cursor_index_value"}
     assert all(hasattr(value, "get_lock") for value in counters.values())  # shared values
@@ -65,7 +65,7 @@ def test_the_tensordict_internals_exist_in_a_checked_release():
 
 def test_the_zarr_internals_exist_in_a_checked_release(tmp_path):
     import zarr
-    from zarr.codecs.numcodecs import _codecs as numcodecs_wrappers
+    import zarr.codecs.numcodecs as numcodecs_wrappers
     from zarrl.buffers import _compat_zarr as zc
 
     assert zarr.__version__.split("+")[0] in zc.CHECKED_ZARR, zarr.__version__
@@ -76,8 +76,13 @@ def test_the_zarr_internals_exist_in_a_checked_release(tmp_path):
     assert zc.async_group(group).metadata.attributes == {}
     zc.replace_metadata(handle, handle.metadata.update_shape((16,)))
     assert handle.metadata.shape == (16,)
-    for cls in ("_NumcodecsArrayArrayCodec", "_NumcodecsBytesBytesCodec"):
-        assert hasattr(numcodecs_wrappers, cls)
+    wrapped = (  # one wrapper of each kind: array->array, bytes->bytes, array->bytes
+        numcodecs_wrappers.Delta(dtype="<f4"),
+        numcodecs_wrappers.Zstd(level=1),
+        numcodecs_wrappers.PCodec(),
+    )
+    for codec, kind in zip(wrapped, zc.NUMCODECS_KINDS, strict=True):
+        assert isinstance(codec, kind), (codec, kind)
     for codec in zc.async_array(array).metadata.codecs:  # zarr's own codecs run synchronously
         assert zc.supports_sync(codec)
         assert hasattr(codec, "_encode_sync") and hasattr(codec, "_decode_sync")

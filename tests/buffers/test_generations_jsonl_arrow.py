@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from zarrl.buffers.generations import GenerationsImportError, import_generations, jsonl_arrow
-from zarrl.buffers.generations.readers import _parse_lines
+from zarrl.buffers.generations.readers import parse_lines
 
 sys.path.insert(0, str(Path(__file__).parent))
 from generations_support import EOS, MAX_NEW, VOCAB, make_records, write_jsonl  # noqa: E402
@@ -32,7 +32,7 @@ def test_the_fast_path_reads_what_the_line_parser_reads(tmp_path):
     assert (first, lines) == (1, 200)
     fast = jsonl_arrow.arrow_columns(data, first, lines, {}, str(src))
     assert fast is not None  # optional fields absent on some lines: still the fast path
-    (slow,) = _parse_lines(enumerate(io.BytesIO(data), start=1), str(src), {})
+    (slow,) = parse_lines(enumerate(io.BytesIO(data), start=1), str(src), {})
     for f in dataclasses.fields(slow):
         if f.name in ("prompt_text", "pre_problems"):
             continue

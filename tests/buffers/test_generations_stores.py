@@ -122,8 +122,8 @@ def test_a_stale_lock_is_taken_over_by_exactly_one_importer(s3, tmp_path):
     inner = _lock_store(url, options)
     stale = {"owner": "killed-host:1:abc", "expires": time.time() - 1}
     obstore.put(inner, stores.LOCK_KEY, json.dumps(stale).encode(), mode="create")
-    first = stores._ObjectLock(inner, url)
-    second = stores._ObjectLock(inner, url)
+    first = stores.ObjectLock(inner, url)
+    second = stores.ObjectLock(inner, url)
     seen = obstore.get(inner, stores.LOCK_KEY)
     first.acquire()  # takes it over (If-Match the stale version)
     with pytest.raises(GenerationsImportError, match="another import"):

@@ -22,6 +22,7 @@ from torchrl.data import (
     TensorDictReplayBuffer,
 )
 from zarrl.buffers import ZarrStorage
+from zarrl.buffers._compat_torchrl import last_cursor
 
 TRAJ_LEN = 10
 
@@ -70,7 +71,7 @@ def test_ring_wraps_like_lazy_tensor_storage(storage_factory):
     assert (rb[:] == reference[:]).all()
     assert (rb[torch.tensor([3, 24, 0, 3])] == reference[torch.tensor([3, 24, 0, 3])]).all()
     assert (rb[5] == reference[5]).all()
-    assert rb.storage._last_cursor_index == reference.storage._last_cursor_index
+    assert last_cursor(rb.storage) == last_cursor(reference.storage)
     assert 24 in rb.storage and 25 not in rb.storage
 
 
@@ -270,7 +271,7 @@ def test_reopened_storage_keeps_appending_where_it_stopped(tmp_path):
             reference.extend(trajectories(9, start))
     reopened = ZarrStorage.open(path)
     rb = TensorDictReplayBuffer(storage=reopened, batch_size=4)
-    assert len(rb) == 20 and reopened._last_cursor_index == 6
+    assert len(rb) == 20 and last_cursor(reopened) == 6
     rb.extend(trajectories(5, 27))
     reference.extend(trajectories(5, 27))
     assert (rb[:].exclude("index") == reference[:].exclude("index")).all()
@@ -358,10 +359,10 @@ def test_rows_drawn_from_the_cache_stay_cached_until_gathered(tmp_path):
     storage = ZarrStorage(400, path=tmp_path / "c.zarr", chunk_rows=8, cache=1)  # 4 chunks
     TensorDictReplayBuffer(storage=storage, batch_size=32).extend(trajectories(400))
     storage.refill_ratio = 10.0  # a refill every batch: the cache turns over constantly
-    storage._rand_given_ndim(32)  # first draw may load a few chunks synchronously
+    storage.draw_positions(32)  # first draw may load a few chunks synchronously
     loads = _count_sync_loads(storage)
     for _ in range(60):
-        pos = storage._rand_given_ndim(32)
+        pos = storage.draw_positions(32)
         storage.hot.wait_refill()  # a refill lands between the draw and the gather
         storage.hot.skip_rest()  # no rest between refills
         batch = storage.get(pos)
@@ -402,7 +403,7 @@ def test_cached_rows_are_drawn_uniformly_from_a_wrapped_ring(tmp_path):
     chunk_of_pos = storage.ring.phys(torch.arange(100)) // 8
     assert torch.equal(mask, torch.isin(chunk_of_pos, storage.hot.pool.resident()))
     assert mask[30:32].all() and mask[72:80].all()  # rows 30, 31 (chunk 3) and chunk 9
-    pos = storage._rand_given_ndim(40_000)
+    pos = storage.draw_positions(40_000)
     assert mask[pos].all()  # only cached, live rows
     counts = torch.bincount(pos, minlength=100)[mask].float()
     assert (counts > 0).all() and (counts - counts.mean()).abs().max() < 0.3 * counts.mean()
@@ -416,7 +417,7 @@ def test_a_refill_decoded_before_an_in_place_write_is_dropped(tmp_path):
     ReplayBuffer(storage=storage).extend(trajectories(400))
     storage.refill_ratio = 10.0
     while not storage.hot.refill_pending:
-        storage._rand_given_ndim(32)
+        storage.draw_positions(32)
     chunk = storage.hot.wait_refill()[0]
     row = torch.tensor([chunk * 8])  # not wrapped: position = physical row
     storage.set(row, trajectories(1, 1000), set_cursor=False)

@@ -12,6 +12,7 @@ import time
 import yaml
 from torchrl.data import TensorDictReplayBuffer
 from zarrl.buffers import ZarrStorage
+from zarrl.buffers._compat_torchrl import buffer_writer, writer_position
 from zarrl.engine.checkpoint import CheckpointError, load_checkpoint
 from zarrl.engine.trainer import Trainer
 
@@ -94,7 +95,7 @@ def test_sigkill_mid_run_then_resume_completes_with_consistent_counters_and_buff
     assert trainer.buffer.write_count == frames
     storage = ZarrStorage.open(root / "buffer.zarr", mode="r")
     assert len(storage) == min(frames, CAPACITY)
-    assert trainer.buffer._writer._cursor == frames % CAPACITY
+    assert writer_position(buffer_writer(trainer.buffer))[1] == frames % CAPACITY
     final = load_checkpoint(root / "checkpoints" / "final.pt")
     assert final["counters"]["frames"] == frames
     assert final["counters"]["buffer_writes"] == frames

@@ -68,7 +68,7 @@ def test_no_graph_drift_of_a_frozen_or_no_grad_network_equals_the_autograd_drift
     with_graph = net(x, t)
     assert with_graph.requires_grad
     # the same time embedding, other kernels (mm + compiled GELU vs nn.Linear + ATen's GELU)
-    bound = 2 * drift_network_error(net, x, net._shared_time_embedding(t.squeeze(-1)))
+    bound = 2 * drift_network_error(net, x, net.shared_time_embedding(t.squeeze(-1)))
     with torch.no_grad():
         assert_within(net(x, t), with_graph, bound, "no-grad drift")
     net.requires_grad_(False)

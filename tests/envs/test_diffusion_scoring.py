@@ -161,9 +161,9 @@ def test_a_frozen_network_scores_large_batches_in_blocks_with_the_same_result(
         t_emb = net.time_embedding(time[0])  # [T, H], broadcast over the 9 trajectories
     else:
         t_emb = net.time_embedding(time.reshape(-1)).view(9, 10, -1)
-    whole = net._drift_no_graph(x, t_emb)
+    whole = net.drift_no_graph(x, t_emb)
     monkeypatch.setattr(diffusion_policy, "DRIFT_BLOCK_ROWS", 25)  # blocks of 2 trajectories
-    blocked = net._drift_no_graph(x, t_emb)
+    blocked = net.drift_no_graph(x, t_emb)
     # other row counts per product: other GEMM blockings, so float32 rounding apart (each within
     # the network's error estimate of the exact drift; a wrong block would be off by O(1))
     error = drift_network_error(net, x, t_emb)

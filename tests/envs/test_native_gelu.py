@@ -54,7 +54,7 @@ def kernel(request, monkeypatch):
     if request.param == "native" and not native_gelu_available():
         pytest.skip("no C compiler here: the ATen fallback is in use")
     if request.param == "aten":
-        monkeypatch.setattr(native_gelu._library, "loaded", None)
+        monkeypatch.setattr(native_gelu.library, "loaded", None)
     return request.param
 
 
@@ -143,4 +143,4 @@ def test_a_bias_is_added_before_the_activation_and_empty_inputs_pass(kernel):
 
 def test_the_kernel_is_off_when_asked(monkeypatch):
     monkeypatch.setenv("ZARRL_NATIVE_GELU", "0")
-    assert native_gelu._compile() is None
+    assert native_gelu.compile_library() is None

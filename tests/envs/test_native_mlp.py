@@ -44,7 +44,7 @@ def aten(monkeypatch):
     """Switch the kernels off for the duration (the ATen path then runs)."""
 
     def off():
-        monkeypatch.setattr(native_mlp._library, "loaded", None)
+        monkeypatch.setattr(native_mlp.library, "loaded", None)
 
     return off
 
@@ -152,7 +152,7 @@ def test_the_reference_log_density_is_a_gaussian_of_the_prior_drift():
 
 def test_the_kernels_are_off_when_asked(monkeypatch):
     monkeypatch.setenv("ZARRL_NATIVE_MLP", "0")
-    assert native_mlp._compile() is None
+    assert native_mlp.compile_library() is None
 
 
 def _subnormal(t: torch.Tensor) -> bool:
