@@ -3,6 +3,7 @@ record fsynced first (``durability="os"``); automatic commits (``"process"``) fs
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,34 @@ def test_unknown_durability_is_refused(tmp_path):
     ReplayBuffer(storage=storage).extend(batch(3))
     with pytest.raises(ValueError, match="durability must be 'os' or 'process'"):
         storage.flush()
+
+
+def test_durable_commit_takes_two_fsync_rounds(tmp_path, monkeypatch):
+    """Chunk files, their directories and the new record's bytes (under its temporary name)
+    are fsynced in one concurrent round, then the rename: a flush waits for two rounds of
+    journal commits, not four."""
+    from zarrl.buffers import store_io
+
+    path = (tmp_path / "r.zarr").resolve()
+    storage = ZarrStorage(None, path=path, chunk_rows=4, min_commit_interval=0)
+    ReplayBuffer(storage=storage).extend(batch(10))
+    rounds: list[object] = []
+    real_files, real_path, real_replace = store_io.fsync_files, store_io.fsync_path, os.replace
+    monkeypatch.setattr(store_io, "fsync_files", lambda paths: rounds.append(set(paths)))
+    monkeypatch.setattr(store_io, "fsync_path", lambda p: rounds.append({p}))
+
+    def replace(src, dst, *args, **kwargs):
+        real_replace(src, dst, *args, **kwargs)
+        if Path(dst) == path / "zarr.json":
+            rounds.append("rename")
+
+    monkeypatch.setattr(os, "replace", replace)
+    storage.flush()
+    assert rounds[-2:] == ["rename", {path}]  # the rename, then its directory
+    (first,) = rounds[:-2]
+    assert _chunk_files(path) - {path / "zarr.json"} <= first
+    assert {path / "obs", path / "a"} <= first
+    assert any(p.name.startswith("zarr.json.") and p.suffix == ".partial" for p in first)
+    monkeypatch.setattr(store_io, "fsync_files", real_files)
+    monkeypatch.setattr(store_io, "fsync_path", real_path)
+    storage.close()
