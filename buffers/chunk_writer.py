@@ -100,6 +100,8 @@ class ChunkWriter:
 
         def loader(chunks: list[int]):
             stored = [c for c in chunks if c < stored_chunks]
+            if not stored:  # fresh chunks of an append: nothing to read (zeros)
+                return [None] * len(chunks)
             decoded = dict(zip(stored, self.chunks.load(stored)))
             return [decoded.get(c) for c in chunks]
 

@@ -49,3 +49,22 @@ def test_a_rewrite_of_committed_rows_is_in_place_and_dead_chunks_are_deleted(tmp
     assert not (tmp_path / "w.zarr" / "obs" / "c.0.0").exists()
     assert (tmp_path / "w.zarr" / "obs" / "c.2.0").exists()
     writer.close()
+
+
+def test_appends_to_fresh_chunks_read_nothing_from_the_store(tmp_path, monkeypatch):
+    writer = _writer(tmp_path / "w.zarr")
+    reads: list[list[int]] = []
+    load = writer.chunks.load
+    monkeypatch.setattr(writer.chunks, "load", lambda chunks, *a, **k: reads.append(chunks))
+    _append(writer, 10)  # chunks 0-2 start empty: nothing stored to read
+    writer.write_dirty()
+    assert reads == []
+    monkeypatch.setattr(writer.chunks, "load", load)
+    writer.hot.pool.evict(2)  # the partly filled head chunk, stored by write_dirty
+    monkeypatch.setattr(
+        writer.chunks, "load", lambda chunks, *a, **k: reads.append(chunks) or load(chunks, *a, **k)
+    )
+    _append(writer, 1)
+    assert reads == [[2]]  # read back before row 10 is added to it
+    writer.write_dirty()
+    assert writer.chunks.load([2])[0]["obs"][:3, 0].tolist() == [8, 9, 10]
