@@ -109,9 +109,9 @@ def test_only_chunks_without_committed_rows_are_written_in_place(tmp_path, monke
     writes = []
     real = store_io.write_file
 
-    def spy(path, data, atomic=True, durable=False):
+    def spy(path, data, atomic=True, durable=False, **kwargs):
         writes.append((path.parent.name, path.name, atomic))
-        real(path, data, atomic, durable)
+        real(path, data, atomic, durable, **kwargs)
 
     monkeypatch.setattr(store_io, "write_file", spy)
     storage = ZarrStorage(100, path=str(tmp_path / "w.zarr"), chunk_rows=16)
