@@ -23,7 +23,7 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/ruff check .
-	OMP_NUM_THREADS=2 $(PY) -m pytest -n 2 --dist loadgroup  # one worker a core (tests/conftest.py)
+	OMP_NUM_THREADS=2 $(PY) -m pytest
 	PY=$(abspath $(PY)) .ci/kernel_paths.sh  # the numerics tests under other CPU kernel paths
 	PY=$(abspath $(PY)) .ci/wheel_smoke.sh  # the wheel, installed outside the checkout, runs a demo
 

@@ -5,9 +5,10 @@ themselves and skipped with the reason only when the ``scale`` extra is not inst
   test: ``(url_prefix, storage_options)``;
 - ``ray_local``: a local Ray (``num_cpus=2``, no dashboard), started once per session.
 
-Under pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``) every worker gets an equal
-share of the cores for torch and the processes it starts, and the tests that must not overlap
-one another (``SERIAL``) run one after the other on one worker, in one ``xdist_group``.
+Run under pytest-xdist (``pytest -n 2 --dist loadgroup``; not in the ``dev`` extra: on the shared
+2-core box it was slower than one process), every worker gets an equal share of the cores for
+torch and the processes it starts, and the tests that must not overlap one another (``SERIAL``)
+run one after the other on one worker.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     for item in items:
         path = item.nodeid.split("::", 1)[0]
         if "ray_local" in getattr(item, "fixturenames", ()) or {path, item.nodeid} & set(SERIAL):
