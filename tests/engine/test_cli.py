@@ -258,14 +258,20 @@ def test_demo_runs_the_main_job_and_never_reuses_a_run_folder(tmp_path, capsys):
 
 def test_command_line_exit_codes_in_real_processes(tmp_path):
     run = [sys.executable, "-m", "zarrl.engine.cli"]
-    bad = subprocess.run(
-        [*run, "train", str(tmp_path / "none.yaml")], capture_output=True, text=True, timeout=120
-    )
-    assert bad.returncode == 2 and "does not exist" in bad.stderr
-    missing = subprocess.run(
-        [*run, "inspect", str(tmp_path / "none.zarr")], capture_output=True, text=True, timeout=120
-    )
-    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    procs = [  # started together: each spends seconds importing
+        subprocess.Popen([*run, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for args in (
+            ["train", str(tmp_path / "none.yaml")],
+            ["inspect", str(tmp_path / "none.zarr")],
+        )
+    ]
+    try:
+        (_, bad_err), (_, missing_err) = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[0].returncode == 2 and "does not exist" in bad_err
+    assert procs[1].returncode == 1 and "does not exist" in missing_err
 
 
 def test_unknown_subcommand_is_a_usage_error(capsys):
