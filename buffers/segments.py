@@ -17,6 +17,7 @@ up new commits and new segments.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -60,7 +61,9 @@ def _segments_store(root: str | os.PathLike, storage_options: dict | None):
 
 
 def list_segments(root: str | os.PathLike, storage_options: dict | None = None) -> list[str]:
-    """Writer names with a committed segment under ``root`` (sorted)."""
+    """Writer names with a segment under ``root`` that is a zarrl store (sorted). A segment whose
+    group exists but does not yet carry zarrl's attributes (a writer between creating the group
+    and writing its first record, or killed there) is not listed: it holds no committed row."""
     from zarr.core.sync import sync
 
     store = _segments_store(root, storage_options)
@@ -74,13 +77,28 @@ def list_segments(root: str | os.PathLike, storage_options: dict | None = None) 
     for name in sync(names()):
         name = name.rstrip("/")
         writer = name.removesuffix(".zarr")
-        if (
-            name.endswith(".zarr")
-            and _WRITER.match(writer)
-            and sync(store.exists(f"{name}/zarr.json"))
-        ):
+        if name.endswith(".zarr") and _WRITER.match(writer) and _is_zarrl_group(store, name):
             found.append(writer)
     return sorted(found)
+
+
+def _is_zarrl_group(store: zarr.abc.store.Store, name: str) -> bool:
+    """Whether ``name/zarr.json`` exists and is not a bare group (no attributes at all: a
+    segment being created). Anything else counts, metadata that does not parse and foreign
+    attributes included: opening the segment then names what is wrong with it."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    raw = sync(store.get(f"{name}/zarr.json", prototype=default_buffer_prototype()))
+    if raw is None:
+        return False
+    try:
+        meta = json.loads(raw.to_bytes())
+    except (ValueError, UnicodeDecodeError):
+        return True
+    if not isinstance(meta, dict) or meta.get("node_type") != "group":
+        return True
+    return meta.get("attributes") not in (None, {})
 
 
 def open_segment_writer(

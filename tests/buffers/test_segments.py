@@ -10,7 +10,9 @@ import textwrap
 
 import pytest
 import torch
+import zarr
 from tensordict import TensorDict
+from zarrl.buffers.errors import StoreFormatError
 from zarrl.buffers.segments import (
     SegmentedReader,
     list_segments,
@@ -90,6 +92,45 @@ def test_a_reader_refresh_sees_new_commits_and_new_segments(tmp_path):
     assert again.rows_at_open == 13
     again.close()
     reader.close()
+
+
+def test_a_segment_being_created_is_skipped_until_it_is_a_zarrl_store(tmp_path):
+    """A writer that has created its segment's group but not yet written zarrl's record (or was
+    killed right there) holds no committed row: readers skip it instead of failing, and the
+    writer (or its restart) still creates its segment there."""
+    from torchrl.data import ReplayBuffer
+
+    root = tmp_path / "buf"
+    a = open_segment_writer(root, "a", chunk_rows=8)
+    ReplayBuffer(storage=a).extend(rows(0, 0, 4))
+    a.flush()
+    zarr.open_group(segment_path(root, "b"), mode="w")  # the bare group, as at creation
+    assert list_segments(root) == ["a"]
+    reader = SegmentedReader(root)
+    assert reader.lengths() == {"a": 4}
+    b = open_segment_writer(root, "b", chunk_rows=8)
+    ReplayBuffer(storage=b).extend(rows(1, 0, 3))
+    b.flush()
+    assert reader.refresh() and reader.lengths() == {"a": 4, "b": 3}
+    assert reader.get(torch.arange(7))["id"].tolist() == [
+        0,
+        1,
+        2,
+        3,
+        1_000_000,
+        1_000_001,
+        1_000_002,
+    ]
+    for storage in (a, b, reader):
+        storage.close()
+
+
+def test_a_foreign_group_among_the_segments_is_named(tmp_path):
+    root = tmp_path / "buf"
+    group = zarr.open_group(segment_path(root, "x"), mode="w")
+    group.attrs["owner"] = "someone else"
+    with pytest.raises(StoreFormatError, match="not a zarrl replay store"):
+        SegmentedReader(root)
 
 
 def test_writer_names_are_checked():
