@@ -388,6 +388,8 @@ def _soak(
     expect_exit = False  # the collect process may exit 3 after its buffer actor was killed
     t0 = time.monotonic()
     end, next_kill = t0 + 60 * minutes, t0 + rng.uniform(*kill_every)
+    wanted: str | None = None  # the kind of process the next kill is for
+    wanted_until = 0.0
     try:
         while time.monotonic() < end:
             time.sleep(0.25)
@@ -426,9 +428,17 @@ def _soak(
             if collect.reported and collect.pids and not expect_exit:
                 targets += [("collect", collect.proc.pid)]
                 targets += [(k, p) for k in ("buffer", "worker") for p in collect.pids.get(k, [])]
+            # the kind is drawn first, then the slot waits until a process of that kind is up
+            # (the learner restarts in seconds, Ray actors in tens of seconds: drawing among
+            # the processes up would kill mostly the learner); a kind not up within the longest
+            # kill interval is drawn again
+            if wanted is None or now > wanted_until:
+                wanted, wanted_until = rng.choice(sorted(kills)), now + kill_every[1]
+            targets = [(k, p) for k, p in targets if k == wanted]
             if not targets:
                 continue
             kind, pid = rng.choice(targets)
+            wanted = None
             kills[kind] += 1
             if kind == "learner":
                 learner.kill()
