@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from generations_exact_support import exact_prior, import_exact_logs
 from zarrl.engine.cli import main
 from zarrl.engine.generations_io import read_jsonl, write_jsonl
-from zarrl.envs.generations.toy import RandomAutoregressivePrior
 
 PER_PROMPT = 8000
 BETA = 1.0
@@ -28,25 +28,12 @@ UPDATES = 700
 EQUIV_UPDATES = 10
 
 
-def _prior() -> RandomAutoregressivePrior:
-    return RandomAutoregressivePrior(5, 4, 4, 2, seed=0, temperature=0.5)
-
-
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory):
     """``(folder, buffer path, file of every completion)`` for the toy prior's logs."""
     root = tmp_path_factory.mktemp("generations")
-    prior = _prior()
-    prompts = torch.arange(2).repeat_interleave(PER_PROMPT)
-    write_jsonl(root / "logs.jsonl", prior.sample(prompts, torch.Generator().manual_seed(1)))
-    write_jsonl(root / "all.jsonl", prior.all_records())
-    buffer = root / "buffer.zarr"
-    code = main(
-        ["import", "generations", str(root / "logs.jsonl"), "--buffer", str(buffer)]
-        + ["--vocab-size", "5", "--eos-id", "4", "--max-new-tokens", "4"]
-    )
-    assert code == 0
-    return root, buffer, root / "all.jsonl"
+    buffer, every = import_exact_logs(root, PER_PROMPT)
+    return root, buffer, every
 
 
 def _train(logged, config: str, name: str, *overrides: str) -> Path:
@@ -63,7 +50,7 @@ def _tv(logged, run: Path) -> list[float]:
     assert main(["score", str(run), str(every), "--out", str(out)]) == 0
     records = read_jsonl(out)
     assert all(abs(sum(r["policy_logprobs"]) - r["policy_logprob"]) < 1e-9 for r in records)
-    tv = _prior().total_variation(records, "policy_logprob", BETA)
+    tv = exact_prior().total_variation(records, "policy_logprob", BETA)
     print(f"{run.name}: TV per prompt {[round(x, 4) for x in tv]}", file=sys.stderr)
     return tv
 
@@ -109,7 +96,7 @@ def test_kl_reinforce_off_policy_is_reported(logged):
     TV is stated (printed), and it must have moved well toward the target from the prior."""
     run = _train(logged, "generations/kl_reinforce", "kl")
     tv = _tv(logged, run)
-    prior = _prior()
+    prior = exact_prior()
     start = (0.5 * (prior.log_prob_table().exp() - prior.target(BETA)).abs().sum(-1)).tolist()
     assert all(t < 0.5 * s for t, s in zip(tv, start))
     ess = (run / "logs" / "kl" / "scalars" / "train" / "ess.csv").read_text().splitlines()
@@ -229,7 +216,7 @@ def enumerated(tmp_path_factory):
     """``(folder, buffer)``: every possible completion of each prompt logged once, with its
     reference log-probs (the prior's): the completion space is enumerable and fully logged."""
     root = tmp_path_factory.mktemp("enumerated")
-    records = _prior().all_records()
+    records = exact_prior().all_records()
     for r in records:
         r["ref_logprobs"] = r["logprobs"]
     write_jsonl(root / "all.jsonl", records)
@@ -259,7 +246,7 @@ def test_evaluation_metrics_match_enumeration(enumerated):
     args += ["eval.at_start=true", "eval.every_updates=3", f"env.options.eval_samples={n}"]
     assert main(args) == 0
     run = root / "runs" / "metrics"
-    prior = _prior()
+    prior = exact_prior()
     lengths = torch.tensor([len(c) for c in prior.completions], dtype=torch.float64)
     uniform = -lengths * math.log(5)  # log π(y) of the uniform policy [N]
     ratio = uniform - prior.log_prob_table()  # [P, N]

@@ -12,9 +12,9 @@ import shutil
 
 import pytest
 import torch
+from generations_exact_support import import_exact_logs
 from zarrl.engine.cli import main
-from zarrl.engine.generations_io import read_jsonl, write_jsonl
-from zarrl.envs.generations.toy import RandomAutoregressivePrior
+from zarrl.engine.generations_io import read_jsonl
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 transformers = pytest.importorskip(
@@ -33,20 +33,11 @@ TINY = {
 def setup(tmp_path_factory):
     """``(folder, buffer, saved model folder, file of every completion)``."""
     root = tmp_path_factory.mktemp("generations_hf")
-    prior = RandomAutoregressivePrior(5, 4, 4, 2, seed=0, temperature=0.5)
-    logs = prior.sample(torch.arange(2).repeat_interleave(200), torch.Generator().manual_seed(1))
-    write_jsonl(root / "logs.jsonl", logs)
-    write_jsonl(root / "all.jsonl", prior.all_records())
-    buffer = root / "buffer.zarr"
-    code = main(
-        ["import", "generations", str(root / "logs.jsonl"), "--buffer", str(buffer)]
-        + ["--vocab-size", "5", "--eos-id", "4", "--max-new-tokens", "4"]
-    )
-    assert code == 0
+    buffer, every = import_exact_logs(root, 200)
     torch.manual_seed(0)
     llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(vocab_size=5, **TINY))
     llama.save_pretrained(root / "llama")
-    return root, buffer, root / "llama", root / "all.jsonl"
+    return root, buffer, root / "llama", every
 
 
 def _args(setup, name: str, *extra: str) -> list[str]:
