@@ -188,30 +188,40 @@ def bench_import(logs: dict, tmp: Path, repeats: int) -> list[tuple[str, float, 
     return rows
 
 
-def bench_sampling(logs: dict, buffer_path: Path, batch: int, draws: int) -> tuple[float, float]:
-    """Seconds per batch of ``batch`` whole completions: ours, then padded LazyTensorStorage."""
+def padded_completions(logs: dict, a: int, b: int):
+    """Completions ``[a, b)`` of ``logs`` padded to ``MAX_NEW`` tokens, as a TensorDict
+    ``[b - a]`` (tokens, log-probs, reference log-probs, mask, log-reward): the layout the
+    padded TorchRL storages hold."""
     from tensordict import TensorDict
-    from torchrl.data import LazyTensorStorage, ReplayBuffer
-    from zarrl.buffers.generations import GenerationsBuffer
 
-    n = len(logs["lengths"])
-    mask = torch.arange(MAX_NEW) < torch.from_numpy(logs["lengths"]).unsqueeze(-1)
+    mask = torch.arange(MAX_NEW) < torch.from_numpy(logs["lengths"][a:b]).unsqueeze(-1)
+    bounds = np.concatenate([[0], np.cumsum(logs["lengths"])])
+    flat = slice(bounds[a], bounds[b])
 
-    def padded(flat: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-        out = torch.zeros(n, MAX_NEW, dtype=dtype)
-        out[mask] = torch.from_numpy(flat).to(dtype)
+    def padded(x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        out = torch.zeros(mask.shape, dtype=dtype)
+        out[mask] = torch.from_numpy(x[flat]).to(dtype)
         return out
 
-    data = TensorDict(
+    return TensorDict(
         {
             "tokens": padded(logs["tokens"], torch.int64),
             "log_probs": padded(logs["logprobs"], torch.float32),
             "ref_log_probs": padded(logs["ref"], torch.float32),
             "mask": mask,
-            "log_reward": torch.from_numpy(logs["reward"]).float(),
+            "log_reward": torch.from_numpy(logs["reward"][a:b]).float(),
         },
-        batch_size=[n],
+        batch_size=[b - a],
     )
+
+
+def bench_sampling(logs: dict, buffer_path: Path, batch: int, draws: int) -> tuple[float, float]:
+    """Seconds per batch of ``batch`` whole completions: ours, then padded LazyTensorStorage."""
+    from torchrl.data import LazyTensorStorage, ReplayBuffer
+    from zarrl.buffers.generations import GenerationsBuffer
+
+    n = len(logs["lengths"])
+    data = padded_completions(logs, 0, n)
     rb = ReplayBuffer(storage=LazyTensorStorage(n), batch_size=batch)
     rb.extend(data)
     gen = torch.Generator().manual_seed(0)
@@ -233,35 +243,15 @@ def disk_bytes(path: Path) -> int:
 
 def bench_disk(logs: dict, buffer_path: Path, tmp: Path) -> tuple[int, int]:
     """Bytes of our buffer, and of LazyMemmapStorage holding the same data padded."""
-    from tensordict import TensorDict
     from torchrl.data import LazyMemmapStorage
 
     n = len(logs["lengths"])
     storage = LazyMemmapStorage(n, scratch_dir=str(tmp / "memmap"))
-    mask = torch.arange(MAX_NEW) < torch.from_numpy(logs["lengths"]).unsqueeze(-1)
     chunk = 1024
-    bounds = np.concatenate([[0], np.cumsum(logs["lengths"])])
     for a in range(0, n, chunk):  # padded in pieces: the whole padded set may not fit in RAM
         b = min(n, a + chunk)
-        m = mask[a:b]
-        flat = slice(bounds[a], bounds[b])
-
-        def padded(x: np.ndarray, dtype: torch.dtype, m=m, flat=flat) -> torch.Tensor:
-            out = torch.zeros(m.shape, dtype=dtype)
-            out[m] = torch.from_numpy(x[flat]).to(dtype)
-            return out
-
-        piece = TensorDict(
-            {
-                "tokens": padded(logs["tokens"], torch.int64),
-                "log_probs": padded(logs["logprobs"], torch.float32),
-                "ref_log_probs": padded(logs["ref"], torch.float32),
-                "mask": m,
-                "log_reward": torch.from_numpy(logs["reward"][a:b]).float(),
-                "prompt": torch.zeros(b - a, dtype=torch.int64),
-            },
-            batch_size=[b - a],
-        )
+        piece = padded_completions(logs, a, b)
+        piece["prompt"] = torch.zeros(b - a, dtype=torch.int64)
         storage.set(torch.arange(a, b), piece)
     return disk_bytes(buffer_path), disk_bytes(tmp / "memmap")
 
