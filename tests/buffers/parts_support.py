@@ -3,6 +3,10 @@ the tests of the parts built on them (chunk writer, committer, hot tier)."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from typing import Any
+
 from zarrl.buffers.chunk_io import ChunkStore
 from zarrl.buffers.commit_log import CommitLog, open_group
 from zarrl.buffers.format import Header, LeafSpec
@@ -19,3 +23,27 @@ def store_parts(path, rows: int, chunk_rows: int, obs_shape: tuple[int, ...]):
     chunks = ChunkStore(log, ring, read_only=False)
     chunks.attach(log.header, create=True)
     return log, ring, chunks
+
+
+def call_while_locked(lock, call: Callable[[threading.Event], Any]) -> list:
+    """Runs ``call(released)`` on a thread while another thread holds ``lock``: asserts it has
+    not returned 0.2 s later, then sets ``released`` and lets go of the lock; returns
+    ``[call's result]``."""
+    held, release, done = threading.Event(), threading.Event(), []
+
+    def hold():
+        with lock:
+            held.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    caller = threading.Thread(target=lambda: done.append(call(release)))
+    caller.start()
+    caller.join(0.2)
+    assert not done  # blocked while the other thread holds the lock
+    release.set()
+    caller.join(5)
+    holder.join(5)
+    return done

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
+from parts_support import call_while_locked
 from tensordict import TensorDict
 from zarrl.buffers import ZarrStorage
 
@@ -36,23 +35,8 @@ def test_read_returns_only_the_keys_asked_for_at_ring_positions(tmp_path):
 def test_read_waits_for_the_storage_lock(tmp_path):
     storage = ZarrStorage(8, path=tmp_path / "l.zarr", chunk_rows=4)
     storage.set(torch.arange(4), rows(4))
-    held, release, done = threading.Event(), threading.Event(), []
-
-    def hold():
-        with storage.guard.lock:
-            held.set()
-            release.wait(5)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    held.wait(5)
-    reader = threading.Thread(target=lambda: done.append(storage.read(torch.tensor([2]))))
-    reader.start()
-    reader.join(0.2)
-    assert not done  # a write (the pump thread's, say) holds the lock
-    release.set()
-    reader.join(5)
-    holder.join(5)
+    # a write (the pump thread's, say) holds the lock
+    done = call_while_locked(storage.guard.lock, lambda _: storage.read(torch.tensor([2])))
     assert done and done[0]["done"].tolist() == [False]
     storage.close()
 

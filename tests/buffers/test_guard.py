@@ -1,9 +1,9 @@
 """The storage guard (``buffers/guard.py``): who may write, the lock, errors naming the store."""
 
 import errno
-import threading
 
 import pytest
+from parts_support import call_while_locked
 from zarrl.buffers.format import ReadOnlyStorageError
 from zarrl.buffers.guard import StoreGuard, naming_store, serialized
 
@@ -33,30 +33,12 @@ def test_os_errors_name_the_store_and_keep_their_type_and_errno():
 
 
 def test_serialized_methods_wait_for_the_lock():
-    held, release, done = threading.Event(), threading.Event(), []
-
     class Owner:
         guard = StoreGuard("l.zarr", read_only=False)
 
         @serialized
-        def call(self) -> bool:
-            return release.is_set()  # ran only once the holder let go
+        def call(self, released) -> bool:
+            return released.is_set()  # ran only once the holder let go
 
     owner = Owner()
-
-    def hold():
-        with owner.guard.lock:
-            held.set()
-            release.wait(5)
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    held.wait(5)
-    caller = threading.Thread(target=lambda: done.append(owner.call()))
-    caller.start()
-    caller.join(0.2)
-    assert not done  # blocked while another thread holds the lock
-    release.set()
-    caller.join(5)
-    thread.join(5)
-    assert done == [True]
+    assert call_while_locked(owner.guard.lock, owner.call) == [True]
