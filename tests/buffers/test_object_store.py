@@ -223,16 +223,22 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_a_sigkilled_s3_writer_leaves_the_store_at_its_last_commit(s3):
+def start_s3_writer(url: str, options: dict) -> subprocess.Popen:
+    """A writer process (``CHILD``) extending the store at ``url`` and printing its row count
+    after each commit, one line each."""
     import json
 
+    code = CHILD.format(here=str(HERE), options=json.dumps(options), url=url)
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+
+
+def test_a_sigkilled_s3_writer_leaves_the_store_at_its_last_commit(s3):
     sys.path.insert(0, str(HERE))
     from store_worker import check_rows
 
     bucket, options = s3
     url = f"{bucket}/run.zarr"
-    code = CHILD.format(here=str(HERE), options=json.dumps(options), url=url)
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = start_s3_writer(url, options)
     committed = []
     deadline = time.monotonic() + 120
     while len(committed) < 4 and time.monotonic() < deadline:
@@ -257,15 +263,12 @@ def test_a_checkpoint_to_a_store_url_is_written_there(tmp_path, monkeypatch):
 
 
 def test_a_reader_process_beside_an_s3_writer_never_sees_a_torn_row(s3):
-    import json
-
     sys.path.insert(0, str(HERE))
     from store_worker import check_rows
 
     bucket, options = s3
     url = f"{bucket}/run.zarr"
-    code = CHILD.format(here=str(HERE), options=json.dumps(options), url=url)
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = start_s3_writer(url, options)
     try:
         first = int(child.stdout.readline())  # the store exists with rows
         reader = ZarrStorage.open(url, "r", storage_options=options)
