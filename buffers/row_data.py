@@ -21,7 +21,7 @@ from .lazy_view import path_tree
 from .seals import seal_spec
 
 TENSOR_KEY = "_tensor"
-TARGET_CHUNK_BYTES = 2**22
+TARGET_CHUNK_BYTES = 2**23  # 4 to 8 MiB of all leaves per chunk (rows: a power of two)
 RESERVED_NAMES = frozenset({"zarr.json", ".zattrs", ".zgroup", ".zarray"})
 INDEX_MAX_BYTES = 16  # leaves with at most this many bytes per element stay in RAM
 
@@ -45,7 +45,7 @@ def infer_header(
     dedupe_next: bool = False,
 ) -> Header:
     """The header of a store whose first element is ``element`` (``ndim - 1`` batch dims):
-    schema, chunk rows (default ~4 MiB per chunk), index columns, codecs, XOR pairs, seals.
+    schema, chunk rows (default 4 to 8 MiB per chunk), index columns, codecs, XOR pairs, seals.
     ``capacity``: rows along dim 0 for the element's batch dims (a function of the tail)."""
     tail = tuple(element.batch_size)
     if len(tail) != ndim - 1:

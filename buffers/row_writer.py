@@ -34,7 +34,7 @@ from .row_data import as_tensordict, flip_list, infer_header, validate
 @dataclass(frozen=True)
 class Layout:
     """The constructor arguments the first write's layout is inferred with: batch dims counted
-    by the capacity, rows per chunk (``None``: about 4 MiB), the index leaves (``None``: the
+    by the capacity, rows per chunk (``None``: 4 to 8 MiB), the index leaves (``None``: the
     small ones), and whether ``("next", X)`` duplicates are stored XORed."""
 
     ndim: int

@@ -55,8 +55,9 @@ class ZarrStorage(TensorStorage):
         device: device of the tensors returned by ``get``.
         existsok: reopen an existing zarrl store at ``path`` instead of refusing it; the rows it
             already holds are logged, kept in ``rows_at_open`` and shown by ``repr``.
-        chunk_rows: rows (along dim 0) per chunk; default targets ~4 MiB per chunk (a power of
-            two between 1 and 65536: fewer, larger files make durable extends faster).
+        chunk_rows: rows (along dim 0) per chunk; default: the power of two between 1 and 65536
+            that makes a chunk of all leaves 4 to 8 MiB (fewer, larger files make durable
+            extends faster).
         compressors: zarr bytes-to-bytes codecs for every leaf; default per dtype
             (``buffers/codecs.py``: Blosc zstd for floats, after their row-delta filters, Blosc
             LZ4 otherwise); a crc32c checksum is always appended.

@@ -87,9 +87,9 @@ def test_assigning_a_key_of_the_full_view_is_refused(tmp_path):
 
 
 def test_chunks_are_sized_by_bytes_so_a_huge_row_is_one_chunk(tmp_path):
-    """Chunks target ~4 MiB: rows of 1 MiB give 4-row chunks, rows of 8 MiB one-row chunks
+    """Chunks target 8 MiB: rows of 1 MiB give 8-row chunks, rows of 8 MiB one-row chunks
     (chunks used to hold at least 16 rows, so one huge row cost 16x its size)."""
-    for floats, rows_per_chunk in ((2**18 - 16, 4), (2**21, 1)):  # + the 8-byte "index"
+    for floats, rows_per_chunk in ((2**18 - 16, 8), (2**21, 1)):  # + the 8-byte "index"
         storage = ZarrStorage(4, path=tmp_path / f"b{floats}.zarr")
         rb = TensorDictReplayBuffer(storage=storage)
         rb.extend(TensorDict(x=torch.ones(1, floats), batch_size=[1]))

@@ -20,7 +20,7 @@ def _element() -> TensorDict:
 
 def test_the_header_of_a_first_element():
     header = infer_header(_element(), ndim=1, capacity=lambda tail: 100)
-    assert header.capacity == 100 and header.chunk_rows == 2048  # <= 4 MiB of 1025-byte rows
+    assert header.capacity == 100 and header.chunk_rows == 4096  # <= 8 MiB of 1025-byte rows
     assert header.index_keys == ["next/done"]  # small leaves stay in RAM
     assert header.xor_previous == {} and set(header.chunk_seals["leaves"]) == {"obs", "next/done"}
     with pytest.raises(ValueError, match=r"index_keys \['reward'\]"):
