@@ -25,6 +25,7 @@ from zarr.core.buffer.cpu import as_numpy_array_wrapper
 
 __all__ = [
     "CHECKED_ZARR",
+    "array_at",
     "array_config",
     "async_array",
     "async_group",
@@ -57,6 +58,13 @@ def async_array(array: zarr.Array) -> Any:
 def async_group(group: zarr.Group) -> Any:
     """The ``AsyncGroup`` behind ``group``."""
     return group._async_group
+
+
+def array_at(metadata: Any, store_path: Any, config: Any) -> Any:
+    """An ``AsyncArray`` for ``metadata`` already written at ``store_path`` (not read back)."""
+    from zarr.core.array import AsyncArray
+
+    return AsyncArray(metadata, store_path, config)
 
 
 def array_config(array: Any) -> Any:

@@ -10,7 +10,6 @@ object store) goes through zarr's own store API, so nothing here assumes a local
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -20,6 +19,7 @@ import zarr
 from . import _compat_zarr as zarr_compat
 from . import codecs as leaf_codecs
 from . import xor_rows
+from .array_layout import create_arrays
 from .chunk_codec import ChunkCodec, drop_chunks, fetch_chunks, store_chunks
 from .commit_log import CommitLog
 from .format import CorruptChunkError, Header, StoreFormatError, check_array, codec_chain
@@ -119,32 +119,21 @@ class ChunkStore:
             opts["compressors"], _ = codec_chain(opts["compressors"])  # + crc32c
         extent = 0 if header.capacity is None else -(header.capacity // -R) * R
         extent = max(extent, self.log.commit.extent)
-        root = zarr_compat.async_group(self.log.group)
-        parents = sorted({p.rpartition("/")[0] for p in header.schema} - {""}, key=len)
-
-        async def create() -> list:
-            for parent in parents:  # nested keys: a sub-group per level, outermost first
-                await root.require_group(parent)
-            return await asyncio.gather(
-                *(
-                    root.create_array(
-                        path,
-                        shape=(extent, *tail, *spec.shape),
-                        chunks=(R, *tail, *spec.shape),
-                        dtype=spec.dtype,
-                        fill_value=0,
-                        # flat chunk files (c.<row chunk>.0...): no directory per chunk
-                        chunk_key_encoding={"name": "default", "separator": "."},
-                        overwrite=True,  # only leftovers of an uncommitted first write
-                        **options[path],  # filters, compressors, dimension_names (codecs.py)
-                    )
-                    for path, spec in header.schema.items()
-                )
+        specs = {
+            path: dict(
+                shape=(extent, *tail, *spec.shape),
+                chunks=(R, *tail, *spec.shape),
+                dtype=spec.dtype,
+                fill_value=0,
+                # flat chunk files (c.<row chunk>.0...): no directory per chunk
+                chunk_key_encoding={"name": "default", "separator": "."},
+                **options[path],  # filters, compressors, dimension_names (codecs.py)
             )
-
-        (created,) = run_io([create()])  # one event-loop round trip for the whole layout
+            for path, spec in header.schema.items()
+        }
+        created = create_arrays(self.log.group, specs)  # in one batch of writes
         self.log.commit.extent = extent
-        return {path: zarr.Array(a) for path, a in zip(header.schema, created)}
+        return created
 
     def codecs(self) -> dict[str, ChunkCodec]:
         """Whole-chunk codecs of the current arrays (rebuilt when the arrays are reloaded)."""
@@ -279,31 +268,53 @@ class ChunkStore:
         return {p: torch.from_numpy(np.concatenate(v)) for p, v in parts.items()}
 
     # ------------------------------------------------------------------ writes
-    def seal_entries(self, items: list[tuple[str, int, int]]) -> list:
+    def seal_entries(self, items: list[tuple[str, int, int]], defer: bool = False) -> list:
         """Stages the seal entries of chunks ``(leaf, chunk, crc)`` written for the next commit;
-        returns the writes of the seal chunks they touch (none for an unsealed store)."""
+        returns the writes of the seal chunks they touch (none for an unsealed store).
+        ``defer`` (chunks past the commit, already written): the seal chunks are written once,
+        by :meth:`pending_seals` at the next commit, instead of once per call."""
         if self.seals is None:
             return []
         table = self.seals.stage(
-            items, self.log.commit, self.log.header.chunk_rows, run_io, self.where
+            items, self.log.commit, self.log.header.chunk_rows, run_io, self.where, defer=defer
         )
         return put_objects(table)
 
-    def write(self, blocks: list[tuple[int, Block]], io: list, fresh_from: int) -> None:
+    def pending_seals(self) -> list:
+        """The writes of the seal chunks staged with ``defer`` since the last call; a commit
+        runs them before its record (its chunks are bound before it counts them)."""
+        if self.seals is None:
+            return []
+        return put_objects(self.seals.take_pending())
+
+    def write(
+        self,
+        blocks: list[tuple[int, Block]],
+        io: list,
+        fresh_from: int,
+        encode_all: Callable[[list], list] | None = None,
+    ) -> None:
         """Encodes and stores whole chunks ``(chunk, block)`` (already XORed) after the
         coroutines ``io`` (array resizes): seal entries first (crash-safe), then the chunks;
-        chunks from ``fresh_from`` on hold no committed row (written in place)."""
+        chunks from ``fresh_from`` on hold no committed row (written in place). ``encode_all``
+        encodes ``[(codec, chunk, array)]`` in order (e.g. on several threads; default: here,
+        one after the other)."""
         R = self.log.header.chunk_rows
         codecs = self.codecs()
-        fallback, encoded, sealed = [], [], []
+        fallback, pending = [], []
         for c, block in blocks:
             for path, arr in self.arrays.items():
                 codec = codecs[path]
                 if codec.supported:
-                    encoded.append((codec, c, codec.encode(block[path])))
-                    sealed.append((path, c, data_crc(encoded[-1][2])))
+                    pending.append((path, (codec, c, block[path])))
                 else:
                     fallback.append((arr, slice(c * R, (c + 1) * R), block[path]))
+        items = [item for _, item in pending]
+        blobs = (
+            [codec.encode(a) for codec, _, a in items] if encode_all is None else encode_all(items)
+        )
+        encoded = [(codec, c, blob) for (codec, c, _), blob in zip(items, blobs)]
+        sealed = [(path, c, data_crc(blob)) for (path, (_, c, _)), blob in zip(pending, blobs)]
         if self.seals is not None and sealed:  # entries before their chunks (crash-safe)
             run_io(io + self.seal_entries(sealed))
             io = []

@@ -187,8 +187,8 @@ class ChunkWriter:
         try:
             written = self.write_ahead.land(wait, sync_log(self.log.store), landed)
         finally:
-            if landed:  # entries before the commit covering them
-                run_io(self.chunks.seal_entries(landed))
+            if landed:  # entries before the commit covering them (written by that commit)
+                run_io(self.chunks.seal_entries(landed, defer=True))
         if written:
             self.written_chunks = max(self.written_chunks, written[-1] + 1)
             self.hot.pool.mark_clean(written)
@@ -213,7 +213,9 @@ class ChunkWriter:
             io = self.chunks.grow((dirty[-1] + 1) * R)
             pairs = self.log.header.xor_previous
             blocks = [(c, xor_rows.apply(pool.chunk_arrays(c), pairs)) for c in dirty]
-            self.chunks.write(blocks, io, fresh_from=-(self._committed_end // -R))  # published
+            self.chunks.write(  # published by the commit that follows
+                blocks, io, -(self._committed_end // -R), self.write_ahead.encode_all
+            )
             self.written_chunks = max(self.written_chunks, dirty[-1] + 1)
             pool.mark_clean(dirty)
 

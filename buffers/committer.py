@@ -20,7 +20,7 @@ from .commit_log import CommitLog
 from .format import Commit
 from .guard import StoreGuard
 from .ring import Ring
-from .store_io import sync_log
+from .store_io import run_io, sync_log
 
 DURABILITIES = ("os", "process")
 
@@ -170,5 +170,6 @@ class Committer:
             else seals.head(base + write_count, self.log.header.chunk_rows, old),
         )
         live_start = self.ring.live_start(base, write_count)
+        run_io(self.chunks.pending_seals())  # entries of chunks written ahead, before the record
         self.log.publish(commit, durable=durability == "os", live_start=live_start)
         self.writer.committed(gc_below)

@@ -244,6 +244,7 @@ class SealTable:
         self.cache: dict[int, np.ndarray] = {}
         self.disk_crc: dict[tuple[int, str], int] = {}
         self.unsettled: set[tuple[int, str]] = set()
+        self.pending: set[int] = set()  # seal chunks staged with ``defer``, not written yet
         self.lock = threading.RLock()
 
     def fetch(self, seal_chunks: list[int], run, where: str) -> dict[int, np.ndarray]:
@@ -289,17 +290,39 @@ class SealTable:
         with self.lock:
             self.disk_crc.update(crcs)
 
-    def stage(self, items: list[tuple[str, int, int]], commit, chunk_rows: int, run, where: str):
+    def stage(
+        self,
+        items: list[tuple[str, int, int]],
+        commit,
+        chunk_rows: int,
+        run,
+        where: str,
+        defer: bool = False,
+    ) -> list:
         """Entries for chunks ``(leaf, chunk, crc)`` about to be written by commit
         ``commit.revision + 1``; returns the seal chunk objects ``[(key, bytes)]`` to write
         before the chunks. A rewrite of a fully committed chunk keeps the crc on disk as
-        ``crc_prev`` until :meth:`settle` runs after the commit."""
+        ``crc_prev`` until :meth:`settle` runs after the commit. ``defer`` (chunks past the
+        commit, already written): nothing is returned, the touched seal chunks wait for
+        :meth:`take_pending`, which the next commit calls before its record."""
         if not items:
             return []
         with self.lock:
-            return self._stage(items, commit, chunk_rows, run, where)
+            objects = self._stage(items, commit, chunk_rows, run, where)
+            if defer:
+                self.pending |= objects
+                return []
+            self.pending -= objects
+            return self._objects(objects)
 
-    def _stage(self, items, commit, chunk_rows: int, run, where: str) -> list:
+    def take_pending(self) -> list:
+        """The seal chunk objects ``[(key, bytes)]`` staged with ``defer`` and not written
+        since; they are no longer pending once returned."""
+        with self.lock:
+            pending, self.pending = self.pending, set()
+            return self._objects(pending)
+
+    def _stage(self, items, commit, chunk_rows: int, run, where: str) -> set[int]:
         revision = commit.revision + 1
         full = (commit.base + commit.write_count) // chunk_rows
         self.rows([c for _, c, _ in items], run, where)
@@ -315,7 +338,7 @@ class SealTable:
             row[:] = entry(path, c, revision, prev, crc)
             self.disk_crc[(c, path)] = crc
             touched.add(c // SEAL_CHUNK)
-        return self._objects(touched)
+        return touched
 
     def settle(self) -> list:
         """After the commit that wrote them: in-place rewrites accept only their new version
@@ -356,14 +379,15 @@ class SealTable:
                 mask = keep(torch.tensor([c for c, _ in keys], dtype=torch.long)).tolist()
                 self.disk_crc = {k: self.disk_crc[k] for k, m in zip(keys, mask) if m}
             if len(self.cache) > 8:
-                newest = max(self.cache)
-                self.cache = {newest: self.cache[newest]}
+                keep_chunks = self.pending | {max(self.cache)}
+                self.cache = {k: t for k, t in self.cache.items() if k in keep_chunks}
 
     def discard(self, seal_chunks) -> None:
         """Forgets seal chunks deleted from the store (garbage collection)."""
         with self.lock:
             for k in seal_chunks:
                 self.cache.pop(k, None)
+                self.pending.discard(k)
 
 
 def open_table(group, header, where: str, extent: int | None) -> SealTable:

@@ -43,8 +43,8 @@ class _Batch:
 
 class WriteAhead:
     """Batches of chunk writes running in order on one background thread (created lazily),
-    each encoding its chunks on ``ENCODE_THREADS`` threads (blosc, zstd, file writes and fsyncs
-    release the GIL)."""
+    each encoding its chunks on ``ENCODE_THREADS`` threads, that one included (blosc, zstd,
+    file writes and fsyncs release the GIL)."""
 
     def __init__(self, run_io) -> None:
         self._run_io = run_io  # runs zarr coroutines (chunks of non-local stores)
@@ -77,10 +77,7 @@ class WriteAhead:
         files whose fsync has not finished when the batch lands, are left to the next durable
         commit (one fsync per directory there, not one per batch). ``tags`` (one per item,
         e.g. the array path) come back with each item's crc from :meth:`land`."""
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(1, "zarrl-write-ahead")
-            self._encoders = concurrent.futures.ThreadPoolExecutor(ENCODE_THREADS, "zarrl-encode")
-            self._syncer = concurrent.futures.ThreadPoolExecutor(1, "zarrl-sync")
+        self._start()
         tags = [None] * len(items) if tags is None else list(tags)
         batch = _Batch(
             chunks=sorted({c for _, c, _ in items}),
@@ -90,10 +87,36 @@ class WriteAhead:
         batch.future = self._executor.submit(self._write, list(items), fresh_from, fsync, batch)
         self._batches.append(batch)
 
+    def encode_all(self, items: Sequence[tuple[ChunkCodec, int, np.ndarray]]) -> list:
+        """The encoded bytes of ``(codec, chunk id, chunk array)`` items, in order: one group
+        of about equal bytes per encoder thread, the first encoded by the calling thread (a
+        thread's wake-up costs a futex round trip with the GIL held: one task per thread, not
+        one per chunk). Callable from the owner (a commit's chunks) and from the batches."""
+        groups = split_by_bytes(items, ENCODE_THREADS)
+        rest = []
+        if len(groups) > 1:
+            self._start()
+            rest = [self._encoders.submit(encode_group, [items[i] for i in g]) for g in groups[1:]]
+        first = encode_group([items[i] for i in groups[0]])
+        blobs: list = [None] * len(items)
+        for group, out in zip(groups, [first, *(f.result() for f in rest)]):
+            for i, blob in zip(group, out):
+                blobs[i] = blob
+        return blobs
+
+    def _start(self) -> None:
+        """Creates the threads (once)."""
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, "zarrl-write-ahead")
+            self._encoders = concurrent.futures.ThreadPoolExecutor(
+                max(1, ENCODE_THREADS - 1), "zarrl-encode"
+            )
+            self._syncer = concurrent.futures.ThreadPoolExecutor(1, "zarrl-sync")
+
     def _write(self, items, fresh_from: int, fsync: bool, batch: _Batch) -> None:
         log = SyncLog()
         try:
-            blobs = list(self._encoders.map(lambda item: item[0].encode(item[2]), items))
+            blobs = self.encode_all(items)
             batch.crcs = [data_crc(blob) for blob in blobs]
             encoded = [(codec, c, blob) for (codec, c, _), blob in zip(items, blobs)]
             self._run_io(store_chunks(encoded, fresh_from, log=log))
@@ -144,4 +167,21 @@ class WriteAhead:
             self._executor = self._encoders = self._syncer = None
 
 
-__all__ = ["WriteAhead"]
+def encode_group(items: Sequence[tuple[ChunkCodec, int, np.ndarray]]) -> list:
+    """The encoded bytes of ``(codec, chunk id, chunk array)`` items, in order."""
+    return [codec.encode(block) for codec, _, block in items]
+
+
+def split_by_bytes(items: Sequence[tuple[Any, int, np.ndarray]], parts: int) -> list[list[int]]:
+    """Indices of ``items`` in at most ``parts`` non-empty groups of about equal bytes (their
+    arrays'): largest first, each to the lightest group; ascending within a group."""
+    loads = [0] * max(1, min(parts, len(items)))
+    groups: list[list[int]] = [[] for _ in loads]
+    for i in sorted(range(len(items)), key=lambda i: -items[i][2].nbytes):
+        g = loads.index(min(loads))
+        loads[g] += items[i][2].nbytes
+        groups[g].append(i)
+    return [sorted(g) for g in groups if g] or [[]]
+
+
+__all__ = ["WriteAhead", "encode_group", "split_by_bytes"]

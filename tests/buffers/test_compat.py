@@ -76,6 +76,9 @@ def test_the_zarr_internals_exist_in_a_checked_release(tmp_path):
     assert zc.async_group(group).metadata.attributes == {}
     zc.replace_metadata(handle, handle.metadata.update_shape((16,)))
     assert handle.metadata.shape == (16,)
+    array[:4] = 1.0  # an array handle built from metadata, without reading it back
+    again = zarr.Array(zc.array_at(handle.metadata, handle.store_path, zc.array_config(handle)))
+    assert again.shape == (16,) and again[:4].tolist() == [1.0] * 4
     wrapped = (  # one wrapper of each kind: array->array, bytes->bytes, array->bytes
         numcodecs_wrappers.Delta(dtype="<f4"),
         numcodecs_wrappers.Zstd(level=1),

@@ -7,11 +7,16 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import zarr
 from tensordict import TensorDict
 from torchrl.data import ReplayBuffer
 from zarrl.buffers import ZarrStorage, chunk_codec
+from zarrl.buffers.store_io import run_io
+from zarrl.buffers.verify import verify_store
+from zarrl.buffers.write_ahead import WriteAhead, split_by_bytes
 
 
 def batch(n: int, start: int = 0) -> TensorDict:
@@ -52,10 +57,11 @@ def test_completed_chunks_are_stored_in_the_background_before_any_commit(tmp_pat
     storage.chunk_writer.land(wait=True)
     assert {p.name for p in (path / "a").glob("c.*")} == {"c.0", "c.1"}  # written ahead
     assert storage.log.commit.write_count == 0 and stored_ids(path) == []  # but not committed
-    assert seen and all(name.startswith("zarrl-encode") for name in seen)
+    assert seen and all(name.startswith(("zarrl-encode", "zarrl-write-ahead")) for name in seen)
     seen.clear()
-    storage.flush()  # only the head chunk is left to encode
-    assert len(seen) == 2 and all(name == "MainThread" for name in seen)
+    storage.flush()  # only the head chunk is left to encode: its two leaves, one on the
+    # flushing thread and one on an encoder thread (the flush waits for both)
+    assert sorted(seen) == ["MainThread", "zarrl-encode_0"]
     assert stored_ids(path) == list(range(9))
     storage.close()
 
@@ -99,6 +105,43 @@ def test_an_in_place_write_waits_for_the_chunk_being_written(tmp_path, encoder_t
     assert stored_ids(path) == [0, 100, 2, 3, 4, 5]
 
 
+def test_chunks_written_ahead_get_their_seal_entries_once_at_the_next_commit(tmp_path):
+    path = tmp_path / "s.zarr"
+    storage = ZarrStorage(None, path=path, chunk_rows=4, min_commit_interval=3600)
+    rb = ReplayBuffer(storage=storage)
+    rb.extend(batch(9))  # chunks 0 and 1 complete: written ahead, their commit deferred
+    storage.chunk_writer.land(wait=True)
+    seals = zarr.open_array(path / ".zarrl" / "seals", mode="r")
+    assert not seals[:2].any()  # landed, entries staged in RAM only: no seal write per batch
+    assert storage.chunks.seals.pending == {0}
+    storage.flush()  # the commit writes them before its record
+    assert storage.chunks.seals.pending == set()
+    assert seals[:2].all(axis=(1, 2)).all()  # every leaf of chunks 0 and 1 has its entry
+    assert verify_store(path) == [] and stored_ids(path) == list(range(9))
+    storage.close()
+
+
+def test_encode_all_keeps_the_order_and_balances_the_threads():
+    items = [(None, i, np.zeros(n, np.uint8)) for i, n in enumerate([10, 10, 10, 10, 100, 1, 1])]
+    groups = split_by_bytes(items, 2)
+    assert sorted(i for g in groups for i in g) == list(range(7))  # each item once
+    assert [sum(items[i][2].nbytes for i in g) for g in groups] == [100, 42]
+    assert all(g == sorted(g) for g in groups)
+    assert split_by_bytes(items[:1], 4) == [[0]] and split_by_bytes([], 2) == [[]]
+
+    class Codec:
+        def encode(self, block):
+            return (threading.current_thread().name, block.nbytes)
+
+    ahead = WriteAhead(run_io)
+    try:
+        blobs = ahead.encode_all([(Codec(), c, block) for _, c, block in items])
+    finally:
+        ahead.close()
+    assert [n for _, n in blobs] == [10, 10, 10, 10, 100, 1, 1]  # in the items' order
+    assert {name for name, _ in blobs} == {"MainThread", "zarrl-encode_0"}
+
+
 def test_a_failed_background_write_is_raised_and_its_rows_written_again(tmp_path, monkeypatch):
     path = tmp_path / "f.zarr"
     storage = ZarrStorage(None, path=path, chunk_rows=4, min_commit_interval=3600)
@@ -116,7 +159,7 @@ def test_a_failed_background_write_is_raised_and_its_rows_written_again(tmp_path
     rb.extend(batch(5))
     with pytest.raises(OSError, match="No space left"):
         storage.flush()  # the background error surfaces here; nothing was committed
-    assert failed_in[0].startswith("zarrl-encode")  # it failed in the background
+    assert failed_in[0].startswith(("zarrl-encode", "zarrl-write-ahead"))  # in the background
     assert stored_ids(path) == []
     storage.flush()  # chunk 0 is still staged: written again, then committed
     assert stored_ids(path) == list(range(5))
