@@ -24,6 +24,11 @@ from .store_io import run_io, sync_log
 from .write_ahead import WriteAhead
 
 
+def on_host(t: torch.Tensor) -> torch.Tensor:
+    """``t`` detached on the CPU (itself when it already is)."""
+    return t if t.device.type == "cpu" and not t.requires_grad else t.detach().to("cpu")
+
+
 class ChunkWriter:
     """Staged chunks of one writable storage and their way to the store.
 
@@ -60,7 +65,7 @@ class ChunkWriter:
         batch larger than the ring only the last ring-full is kept), any others rewritten."""
         cap0 = self.log.header.capacity
         n = rows.numel()
-        leaves = {k: v.detach().to("cpu") for k, v in leaves.items()}
+        leaves = {k: on_host(v) for k, v in leaves.items()}
         run = append and torch.equal(rows, self.ring.append_positions(n))  # consecutive rows
         ring_run = False
         if run:

@@ -22,6 +22,7 @@ from .seals import seal_spec
 
 TENSOR_KEY = "_tensor"
 TARGET_CHUNK_BYTES = 2**23  # 4 to 8 MiB of all leaves per chunk (rows: a power of two)
+MAX_CHUNK_ROWS = 65536  # default chunks of tiny rows
 RESERVED_NAMES = frozenset({"zarr.json", ".zattrs", ".zgroup", ".zarray"})
 INDEX_MAX_BYTES = 16  # leaves with at most this many bytes per element stay in RAM
 
@@ -66,7 +67,7 @@ def infer_header(
         chunk_rows = int(chunk_rows)
     else:
         chunk_rows = 2 ** int(math.log2(max(1, TARGET_CHUNK_BYTES // max(1, row_bytes))))
-        chunk_rows = int(min(chunk_rows, 65536))  # a huge row: one row per chunk
+        chunk_rows = int(min(chunk_rows, MAX_CHUNK_ROWS))  # a huge row: one row per chunk
     if index_keys is not None:
         missing = set(index_keys) - set(schema)
         if missing:

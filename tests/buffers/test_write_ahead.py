@@ -3,6 +3,8 @@ on (``buffers/write_ahead.py``); a commit never covers a chunk before it is full
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,7 +15,7 @@ import torch
 import zarr
 from tensordict import TensorDict
 from torchrl.data import ReplayBuffer
-from zarrl.buffers import ZarrStorage, chunk_codec
+from zarrl.buffers import ZarrStorage, chunk_codec, write_ahead
 from zarrl.buffers.store_io import run_io
 from zarrl.buffers.verify import verify_store
 from zarrl.buffers.write_ahead import WriteAhead, split_by_bytes
@@ -32,6 +34,7 @@ def stored_ids(path: Path) -> list[int]:
 def encoder_threads(monkeypatch):
     """Names of the threads that encode data chunks, and an event that holds their encoding back
     (the seal table's own chunks, ``.zarrl/seals``, are neither counted nor held)."""
+    monkeypatch.setattr(write_ahead, "ENCODE_THREADS", 2)  # the flushing thread and one more
     seen: list[str] = []
     gate = threading.Event()
     gate.set()
@@ -121,7 +124,8 @@ def test_chunks_written_ahead_get_their_seal_entries_once_at_the_next_commit(tmp
     storage.close()
 
 
-def test_encode_all_keeps_the_order_and_balances_the_threads():
+def test_encode_all_keeps_the_order_and_balances_the_threads(monkeypatch):
+    monkeypatch.setattr(write_ahead, "ENCODE_THREADS", 2)
     items = [(None, i, np.zeros(n, np.uint8)) for i, n in enumerate([10, 10, 10, 10, 100, 1, 1])]
     groups = split_by_bytes(items, 2)
     assert sorted(i for g in groups for i in g) == list(range(7))  # each item once
@@ -206,3 +210,24 @@ def test_process_durability_writes_ahead_without_fsync(tmp_path, fsyncs):
     storage.close()  # the durable close fsyncs what was written ahead
     files = {p for p in path.rglob("c.*") if p.is_file()}
     assert files <= {p for kind, p in fsyncs if kind == "fsync"}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+def test_background_threads_run_below_the_appending_thread(monkeypatch):
+    monkeypatch.setattr(write_ahead, "ENCODE_THREADS", 2)
+    ahead = WriteAhead(run_io)
+    items = [(chunk_codec_stub(), c, np.zeros(64, np.uint8)) for c in range(4)]
+    try:
+        nice = ahead.encode_all(items)
+    finally:
+        ahead.close()
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert set(nice) == {mine, min(19, mine + write_ahead.BACKGROUND_NICE)}
+
+
+def chunk_codec_stub():
+    class Codec:  # "encodes" to the nice value of the encoding thread
+        def encode(self, block):
+            return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    return Codec()
