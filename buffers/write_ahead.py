@@ -43,6 +43,7 @@ class _Batch:
     crcs: list[int] = field(default_factory=list)  # the crc32c each encoded item ends with
     unsynced: set[Path] = field(default_factory=set)
     synced: concurrent.futures.Future | None = None  # the fsync of ``unsynced``, if asked
+    work: tuple = ()  # the arguments of ``WriteAhead._write`` (run inline if not started)
 
 
 class WriteAhead:
@@ -88,22 +89,45 @@ class WriteAhead:
             future=None,  # type: ignore[arg-type]
             items=[(tag, c) for tag, (_, c, _) in zip(tags, items)],
         )
-        batch.future = self._executor.submit(self._write, list(items), fresh_from, fsync, batch)
+        batch.work = (list(items), fresh_from, fsync, batch)
+        batch.future = self._executor.submit(self._write, *batch.work)
         self._batches.append(batch)
+
+    def _run_inline(self, batches: list[_Batch]) -> None:
+        """Runs on the calling thread every batch of ``batches`` the background thread has not
+        started (a thread that must wait for them anyway does their work instead of idling
+        while the background catches up)."""
+        for batch in batches:
+            if not batch.future.cancel():
+                continue
+            done: concurrent.futures.Future = concurrent.futures.Future()
+            try:
+                self._write(*batch.work)
+            except BaseException as err:  # raised by ``land``, as from the background
+                done.set_exception(err)
+            else:
+                done.set_result(None)
+            batch.future = done
 
     def encode_all(self, items: Sequence[tuple[ChunkCodec, int, np.ndarray]]) -> list:
         """The encoded bytes of ``(codec, chunk id, chunk array)`` items, in order: one group
         of about equal bytes per encoder thread, the first encoded by the calling thread (a
         thread's wake-up costs a futex round trip with the GIL held: one task per thread, not
-        one per chunk). Callable from the owner (a commit's chunks) and from the batches."""
+        one per chunk), and any group no helper has started by then too (helpers busy with
+        another batch). Callable from the owner (a commit's chunks) and from the batches."""
         groups = split_by_bytes(items, ENCODE_THREADS)
         rest = []
         if len(groups) > 1:
             self._start()
             rest = [self._encoders.submit(encode_group, [items[i] for i in g]) for g in groups[1:]]
-        first = encode_group([items[i] for i in groups[0]])
+        outs = [encode_group([items[i] for i in groups[0]])]
+        for group, future in zip(groups[1:], rest):
+            if future.cancel():  # not started (the helpers are busy elsewhere): encoded here
+                outs.append(encode_group([items[i] for i in group]))
+            else:
+                outs.append(future.result())
         blobs: list = [None] * len(items)
-        for group, out in zip(groups, [first, *(f.result() for f in rest)]):
+        for group, out in zip(groups, outs):
             for i, blob in zip(group, out):
                 blobs[i] = blob
         return blobs
@@ -138,6 +162,8 @@ class WriteAhead:
         error here (later ones are still landed first); its chunks stay dirty and are written
         again later. ``landed`` receives ``(tag, chunk id, crc)`` of every item written."""
         keep = 0 if wait is True else None if wait is False else int(wait)
+        if keep is not None and len(self._batches) > keep:
+            self._run_inline(list(self._batches)[: len(self._batches) - keep])
         written: list[int] = []
         error: BaseException | None = None
         while self._batches:
