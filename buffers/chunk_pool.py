@@ -126,6 +126,17 @@ class ChunkPool:
         slots = torch.index_select(self._map_slot, 0, h)
         return slots.masked_fill_(torch.index_select(self._map_chunk, 0, h) != chunks, -1)
 
+    def _resident_slots(self, chunks: list[int]) -> list[int] | None:
+        """Slots of a few resident ``chunks`` (an append's one or two) by scalar lookups,
+        cheaper than ``slots_of`` for them; ``None`` if any is not resident."""
+        slots = []
+        for c in chunks:
+            h = c % self.map_size
+            if int(self._map_chunk[h]) != c:
+                return None
+            slots.append(int(self._map_slot[h]))
+        return slots
+
     def resident(self) -> torch.Tensor:
         return self.slot_chunk[self.slot_chunk >= 0]
 
@@ -288,10 +299,11 @@ class ChunkPool:
             if run:  # one slice copy per chunk, several times cheaper than an indexed write
                 n, first = phys.numel(), int(phys[0])
                 # the chunks of a run, without a per-row division nor lookup
-                run_chunks = torch.arange(first // self.R, (first + n - 1) // self.R + 1)
-                whole = range(-(first // -self.R), (first + n) // self.R)  # fully covered
-                starts = self.ensure(run_chunks, loader, frozenset(whole)).tolist()
-                touched = run_chunks.tolist()
+                touched = list(range(first // self.R, (first + n - 1) // self.R + 1))
+                starts = self._resident_slots(touched) if len(touched) <= 4 else None
+                if starts is None:  # a chunk to install: the vectorized path
+                    whole = range(-(first // -self.R), (first + n) // self.R)  # fully covered
+                    starts = self.ensure(torch.tensor(touched), loader, frozenset(whole)).tolist()
                 self.dirty.update(touched)
                 for chunk, slot in zip(touched, starts):
                     lo, hi = max(first, chunk * self.R), min(first + n, (chunk + 1) * self.R)
