@@ -15,8 +15,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import os
-import sys
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +28,9 @@ from .store_io import SyncLog, fsync_files
 
 # chunks encoded at once by a batch: blosc runs single-threaded outside the main thread, and
 # encoding dominates a batch
-ENCODE_THREADS = min(4, os.cpu_count() or 1)
-# how much lower the background threads' priority is (a nice increment; 0: the same)
-BACKGROUND_NICE = 5
+# threads that encode a batch (the write-ahead thread and its helpers): one core is left to the
+# thread that appends (on 2 cores, a second encoder only made both wait for each other)
+ENCODE_THREADS = min(4, max(1, (os.cpu_count() or 1) - 1))
 
 
 @dataclass
@@ -136,10 +134,8 @@ class WriteAhead:
         """Creates the threads (once)."""
         if self._executor is None:
             pool = concurrent.futures.ThreadPoolExecutor
-            self._executor = pool(1, "zarrl-write-ahead", initializer=lower_priority)
-            self._encoders = pool(
-                max(1, ENCODE_THREADS - 1), "zarrl-encode", initializer=lower_priority
-            )
+            self._executor = pool(1, "zarrl-write-ahead")
+            self._encoders = pool(max(1, ENCODE_THREADS - 1), "zarrl-encode")
             self._syncer = pool(1, "zarrl-sync")
 
     def _write(self, items, fresh_from: int, fsync: bool, batch: _Batch) -> None:
@@ -196,19 +192,6 @@ class WriteAhead:
             self._encoders.shutdown(wait=wait)
             self._syncer.shutdown(wait=wait)
             self._executor = self._encoders = self._syncer = None
-
-
-def lower_priority() -> None:
-    """Lowers the calling thread's scheduling priority by ``BACKGROUND_NICE`` (Linux, where a
-    thread has its own nice value; elsewhere nothing): when cores are short, the thread that
-    appends runs first and the background encodes in the time it leaves."""
-    if sys.platform != "linux" or not BACKGROUND_NICE:
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE)
-    except OSError:  # a sandbox that forbids it: same priority
-        pass
 
 
 def encode_group(items: Sequence[tuple[ChunkCodec, int, np.ndarray]]) -> list:

@@ -3,8 +3,6 @@ on (``buffers/write_ahead.py``); a commit never covers a chunk before it is full
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -261,24 +259,3 @@ def test_process_durability_writes_ahead_without_fsync(tmp_path, fsyncs):
     storage.close()  # the durable close fsyncs what was written ahead
     files = {p for p in path.rglob("c.*") if p.is_file()}
     assert files <= {p for kind, p in fsyncs if kind == "fsync"}
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
-def test_background_threads_run_below_the_appending_thread(monkeypatch):
-    monkeypatch.setattr(write_ahead, "ENCODE_THREADS", 2)
-    ahead = WriteAhead(run_io)
-    items = [(chunk_codec_stub(), c, np.zeros(64, np.uint8)) for c in range(4)]
-    try:
-        nice = ahead.encode_all(items)
-    finally:
-        ahead.close()
-    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    assert set(nice) == {mine, min(19, mine + write_ahead.BACKGROUND_NICE)}
-
-
-def chunk_codec_stub():
-    class Codec:  # "encodes" to the nice value of the encoding thread
-        def encode(self, block):
-            return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    return Codec()
