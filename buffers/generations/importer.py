@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
+from ..bulk_append import BulkAppender
 from ..storage import ZarrStorage
 from ..store_io import put_group_attributes, run_io
 from .layout import (
@@ -149,42 +150,57 @@ def _import(
     stored = read_facts(root, where)
     tables = load_tables(root, where)
     facts = _agree_facts(stored, tables, vocab_size, eos_id, max_new_tokens, where)
-
-    # the files' sha256 on a thread while they are read (hashlib releases the GIL); a
-    # duplicate is refused before any error of its reading is raised
-    reports = [FileReport(os.fspath(f), "") for f in files]
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="zarrl-sha256") as pool:
-        digests = [pool.submit(digest, f) for f in files]
-        try:
-            blocks, problems, has_ref = _read_all(reports, fmap, facts, tables.has_ref)
-        finally:
-            for report, d in zip(reports, digests):
-                report.sha256 = d.result()
-            _refuse_duplicates(reports, tables, allow_duplicate)
-    if problems and on_error == "fail":
-        raise GenerationsImportError(
-            f"{len(problems)} bad record(s); nothing imported (use --on-error skip to import "
-            f"the rest). First: {problems[0]}",
-            problems,
+    sink = _TokenSink(root, where, tables, facts, stored, storage_options)
+    try:
+        # the files' sha256 on a thread while they are read (hashlib releases the GIL); a
+        # duplicate is refused before any error of its reading is raised
+        reports = [FileReport(os.fspath(f), "") for f in files]
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="zarrl-sha256") as pool:
+            digests = [pool.submit(digest, f) for f in files]
+            try:
+                blocks, problems, has_ref = _read_all(
+                    reports, fmap, facts, tables.has_ref, sink, on_error
+                )
+            finally:
+                for report, d in zip(reports, digests):
+                    report.sha256 = d.result()
+                _refuse_duplicates(reports, tables, allow_duplicate)
+        if problems and on_error == "fail":
+            raise GenerationsImportError(
+                f"{len(problems)} bad record(s); nothing imported (use --on-error skip to "
+                f"import the rest). First: {problems[0]}",
+                problems,
+            )
+        if stored != facts:
+            sink.put_facts()
+        if not blocks:
+            sink.abandon()
+            return ImportReport(reports, problems, None, 0, 0, 0)
+        summary = concat_summaries(blocks)
+        prompt, ptok, poff = prompt_index(
+            tables.prompt_tokens, tables.prompt_offsets, summary.prompt_tok, summary.prompt_len
         )
-    if stored != facts:
-        attrs = {**root.attrs.asdict(), FACTS_ATTR: facts.to_attrs()}
-        run_io(put_group_attributes(root, attrs, durable=True))  # awaited on object stores
-    if not blocks:
-        return ImportReport(reports, problems, None, 0, 0, 0)
-    cols = concat_columns(blocks)
-    import_id, new_prompts = _commit(
-        root, where, tables, cols, reports, bool(has_ref), facts, storage_options
-    )
-    return ImportReport(reports, problems, import_id, cols.n, int(cols.comp_len.sum()), new_prompts)
+        r0, r1 = sink.finish(bool(has_ref), prompt)
+    except BaseException:
+        sink.abandon()  # nothing of this import is committed
+        raise
+    import_id = _record(root, tables, summary, prompt, ptok, poff, reports, bool(has_ref), r0, r1)
+    return ImportReport(reports, problems, import_id, len(prompt), r1 - r0, len(poff) - 1)
 
 
 def _read_all(
-    reports: list[FileReport], fmap: dict[str, str], facts: Facts, has_ref: bool | None
-) -> tuple[list[Columns], list[Problem], bool | None]:
-    """Reads and validates every file: ``(blocks of good records, problems, has_ref)``;
-    ``reports`` get their counts."""
-    blocks: list[Columns] = []
+    reports: list[FileReport],
+    fmap: dict[str, str],
+    facts: Facts,
+    has_ref: bool | None,
+    sink: _TokenSink,
+    on_error: str,
+) -> tuple[list[Summary], list[Problem], bool | None]:
+    """Reads and validates every file, block by block: the token rows of each good block go
+    to ``sink`` as soon as it is validated (none after a bad record with ``on_error="fail"``:
+    the import will commit nothing). Returns ``(per-completion summaries of the good blocks,
+    problems, has_ref)``; ``reports`` get their counts."""
+    blocks: list[Summary] = []
     problems: list[Problem] = []
     for report in reports:
         for cols in read_blocks(report.path, fmap):
@@ -206,7 +222,9 @@ def _read_all(
             report.records += good.n
             report.tokens += int(good.comp_len.sum())
             if good.n:
-                blocks.append(good)
+                blocks.append(summarize(good, facts.eos_id))
+                if not (problems and on_error == "fail"):
+                    sink.add(good, bool(has_ref))
     return blocks, problems, has_ref
 
 
@@ -271,18 +289,55 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a)
 
 
+@dataclasses.dataclass
+class Summary:
+    """Per-completion values of good records ``[n]`` (what the import's arrays hold, but the
+    prompt index): ``length`` int64, ``group_id`` int64 with ``has_group`` bool,
+    ``policy_version`` int64, ``log_reward`` float32, ``terminated`` bool (ends with the end
+    token); their prompts' tokens ``prompt_tok`` int64 flat with ``prompt_len`` int64 ``[n]``."""
+
+    length: np.ndarray
+    prompt_tok: np.ndarray
+    prompt_len: np.ndarray
+    group_id: np.ndarray
+    has_group: np.ndarray
+    policy_version: np.ndarray
+    log_reward: np.ndarray
+    terminated: np.ndarray
+
+
+def summarize(cols: Columns, eos_id: int) -> Summary:
+    """The per-completion values of a block of good records (every completion non-empty)."""
+    lens = cols.comp_len
+    return Summary(
+        length=lens.astype(np.int64),
+        prompt_tok=cols.prompt_tok.astype(np.int64, copy=False),
+        prompt_len=cols.prompt_len,
+        group_id=cols.group_id,
+        has_group=cols.has_group,
+        policy_version=cols.policy_version.astype(np.int64, copy=False),
+        log_reward=np.where(cols.has_reward, cols.reward, cols.log_reward).astype(np.float32),
+        terminated=cols.comp_tok[np.cumsum(lens) - 1] == eos_id,
+    )
+
+
+def concat_summaries(blocks: list[Summary]) -> Summary:
+    if len(blocks) == 1:
+        return blocks[0]
+    fields = dataclasses.fields(Summary)
+    return Summary(**{f.name: np.concatenate([getattr(b, f.name) for b in blocks]) for f in fields})
+
+
 def token_rows(
     cols: Columns,
-    prompt: np.ndarray,
     completion0: int,
-    eos_id: int,
     has_ref: bool,
-    legacy: bool = False,
-) -> tuple[TensorDict, dict[str, np.ndarray]]:
-    """The token rows ``[T]`` of ``cols`` (leaves of ``layout.LEAVES``, plus
-    ``layout.LEGACY_LEAVES`` when ``legacy``: a format version 1 buffer's token storage) and
-    the per-completion arrays of the import (``layout.IMPORT_ARRAYS`` but the prompt table).
-    Every leaf is built once, at its stored dtype (no second copy)."""
+    legacy: tuple[np.ndarray, Summary] | None = None,
+) -> TensorDict:
+    """The token rows ``[T]`` of good records ``cols`` whose first completion is number
+    ``completion0`` of the buffer (leaves of ``layout.LEAVES``; plus ``layout.LEGACY_LEAVES``
+    for a format version 1 buffer's token storage, from ``legacy = (prompt index [n], the
+    records' summary)``). Every leaf is built once, at its stored dtype (no second copy)."""
     n, lens = cols.n, cols.comp_len
     T = int(lens.sum())
     ends = np.cumsum(lens)  # one past each completion's last row
@@ -293,9 +348,6 @@ def token_rows(
     np.cumsum(position, out=position)
     done = np.zeros(T, dtype=bool)
     done[ends - 1] = True
-    terminated = cols.comp_tok[ends - 1] == eos_id
-    log_reward = np.where(cols.has_reward, cols.reward, cols.log_reward).astype(np.float32)
-    group = np.where(cols.has_group, cols.group_id, prompt)
     leaves = {
         "action": _tensor(cols.comp_tok.astype(np.int64, copy=False)),
         "sample_log_prob": torch.from_numpy(cols.logp.astype(np.float32)),
@@ -305,75 +357,136 @@ def token_rows(
     }
     if has_ref:
         leaves["ref_log_prob"] = torch.from_numpy(cols.ref.astype(np.float32))
-    if legacy:
+    if legacy is not None:
+        prompt, summary = legacy
         owner = completion - completion0
+        log_reward = summary.log_reward
         done_terminated = np.zeros(T, dtype=bool)
-        done_terminated[ends - 1] = terminated
+        done_terminated[ends - 1] = summary.terminated
         reward = np.zeros(T, dtype=np.float32)
         reward[ends - 1] = log_reward
+        group = np.where(summary.has_group, summary.group_id, prompt)
         leaves |= {
             "prompt": torch.from_numpy(prompt[owner]),
             "group_id": torch.from_numpy(group[owner]),
-            "policy_version": torch.from_numpy(cols.policy_version[owner]),
+            "policy_version": torch.from_numpy(summary.policy_version[owner]),
             "log_reward": torch.from_numpy(log_reward[owner]),
             ("next", "terminated"): torch.from_numpy(done_terminated),
             ("next", "truncated"): torch.from_numpy(done & ~done_terminated),
             ("next", "reward"): torch.from_numpy(reward),
         }
-    per_completion = {
-        "completion_length": lens.astype(np.int64),
-        "completion_prompt": prompt,
-        "completion_group": group.astype(np.int64),
-        "completion_policy_version": cols.policy_version.astype(np.int64),
-        "completion_log_reward": log_reward,
-        "completion_terminated": terminated,
-    }
-    return TensorDict(leaves, batch_size=[T]), per_completion
+    return TensorDict(leaves, batch_size=[T])
 
 
-def _commit(
+class _TokenSink:
+    """The token storage of one import: opened when the first good block arrives (created on
+    a new buffer, after its facts), its rows appended in bulk block by block
+    (``BulkAppender``: whole chunks encoded, written and fsynced in the background while the
+    next blocks are read); ``finish`` commits them, ``abandon`` drops them (no commit)."""
+
+    def __init__(
+        self,
+        root,
+        where: str,
+        tables: Tables,
+        facts: Facts,
+        stored: Facts | None,
+        storage_options: dict[str, Any] | None,
+    ) -> None:
+        self.root, self.where, self.facts = root, where, facts
+        self.facts_stored = stored == facts
+        self.storage_options = storage_options
+        self.legacy = legacy_tokens(root)
+        self.c0 = self.c_next = tables.num_completions
+        self.storage: ZarrStorage | None = None
+        self.appender: BulkAppender | None = None
+        self.r0 = 0
+        self.kept: list[Columns] = []  # a version 1 buffer's blocks, appended at ``finish``
+
+    def put_facts(self) -> None:
+        """Writes the buffer's facts (once; fsynced with the import's record)."""
+        if not self.facts_stored:
+            attrs = {**self.root.attrs.asdict(), FACTS_ATTR: self.facts.to_attrs()}
+            run_io(put_group_attributes(self.root, attrs))  # awaited on object stores
+            self.facts_stored = True
+
+    def add(self, cols: Columns, has_ref: bool) -> None:
+        """Appends the token rows of good records ``cols`` after those before."""
+        if self.legacy:
+            self.kept.append(cols)
+            return
+        self._open().append(token_rows(cols, self.c_next, has_ref))
+        self.c_next += cols.n
+
+    def finish(self, has_ref: bool, prompt: np.ndarray) -> tuple[int, int]:
+        """Commits the rows appended (``prompt``: the prompt index of every good record, for a
+        version 1 buffer's leaves); returns the token rows ``[r0, r1)`` they fill."""
+        appender = self._open()
+        if self.legacy:
+            cols = concat_columns(self.kept)
+            summary = summarize(cols, self.facts.eos_id)
+            appender.append(token_rows(cols, self.c0, has_ref, legacy=(prompt, summary)))
+        appender.finish()
+        r1 = len(self.storage)
+        self.storage.close()
+        return self.r0, r1
+
+    def abandon(self) -> None:
+        """Closes the storage without committing anything of this import."""
+        if self.storage is not None and not self.storage.closed:
+            self.storage.abandon()
+
+    def _open(self) -> BulkAppender:
+        if self.appender is not None:
+            return self.appender
+        self.put_facts()  # a new buffer's group holds its facts before any member
+        path, opts = token_path(self.where), {"storage_options": self.storage_options}
+        self.storage = (
+            ZarrStorage.open(path, mode="r+", min_commit_interval=IMPORT_COMMIT_INTERVAL, **opts)
+            if TOKENS in self.root
+            else ZarrStorage(
+                None,
+                path=path,
+                **opts,
+                chunk_rows=TOKEN_CHUNK_ROWS,
+                index_keys=INDEX_KEYS,
+                compressors=TOKEN_CODECS,
+                min_commit_interval=IMPORT_COMMIT_INTERVAL,
+            )
+        )
+        # rows of a killed import (no record) stay, uncounted, before these
+        self.r0 = len(self.storage)
+        self.appender = BulkAppender(self.storage)
+        return self.appender
+
+
+def _record(
     root,
-    where: str,
     tables: Tables,
-    cols: Columns,
+    summary: Summary,
+    prompt: np.ndarray,
+    prompt_tokens: np.ndarray,
+    prompt_offsets: np.ndarray,
     reports: list[FileReport],
     has_ref: bool,
-    facts: Facts,
-    storage_options: dict[str, Any] | None = None,
-) -> tuple[str, int]:
-    """Appends and commits the token rows, writes the import's arrays, then its record."""
-    prompt, ptok, poff = prompt_index(
-        tables.prompt_tokens, tables.prompt_offsets, cols.prompt_tok, cols.prompt_len
-    )
-    c0 = tables.num_completions
-    rows, per_completion = token_rows(
-        cols, prompt, c0, facts.eos_id, has_ref, legacy=legacy_tokens(root)
-    )
-    path, opts = token_path(where), {"storage_options": storage_options}
-    storage = (
-        ZarrStorage.open(path, mode="r+", min_commit_interval=IMPORT_COMMIT_INTERVAL, **opts)
-        if TOKENS in root
-        else ZarrStorage(
-            None,
-            path=path,
-            **opts,
-            chunk_rows=TOKEN_CHUNK_ROWS,
-            index_keys=INDEX_KEYS,
-            compressors=TOKEN_CODECS,
-            min_commit_interval=IMPORT_COMMIT_INTERVAL,
-        )
-    )
-    try:
-        r0 = len(storage)  # rows of a killed import (no record) stay, uncounted, before these
-        storage.set(torch.arange(r0, r0 + len(rows)), rows)
-        storage.flush()
-    finally:
-        storage.close()
+    r0: int,
+    r1: int,
+) -> str:
+    """Writes the import's arrays, then its record (the commit point); returns its id."""
     import_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
     group = root.require_group(IMPORTS).create_group(import_id)
-    arrays = {"prompt_tokens": ptok, "prompt_offsets": poff, **per_completion}
+    arrays = {
+        "prompt_tokens": prompt_tokens,
+        "prompt_offsets": prompt_offsets,
+        "completion_length": summary.length,
+        "completion_prompt": prompt,
+        "completion_group": np.where(summary.has_group, summary.group_id, prompt),
+        "completion_policy_version": summary.policy_version,
+        "completion_log_reward": summary.log_reward,
+        "completion_terminated": summary.terminated,
+    }
     write_arrays(group, {name: arrays[name].astype(dt) for name, dt in IMPORT_ARRAYS.items()})
-    p0 = tables.num_prompts
+    c0, p0 = tables.num_completions, tables.num_prompts
     record = {
         "id": import_id,
         "time": time.time(),
@@ -387,12 +500,12 @@ def _commit(
             }
             for r in reports
         ],
-        "rows": [r0, r0 + len(rows)],
-        "completions": [c0, c0 + cols.n],
-        "prompts": [p0, p0 + len(poff) - 1],
+        "rows": [r0, r1],
+        "completions": [c0, c0 + len(prompt)],
+        "prompts": [p0, p0 + len(prompt_offsets) - 1],
         "has_ref": has_ref,
     }
     # the commit point: the arrays above are fsynced first, then this one atomic write
     check_import_lock()  # an object-store lock whose lease ran out: commit nothing
     run_io(put_group_attributes(group, {IMPORT_ATTR: record}, durable=True))
-    return import_id, len(poff) - 1
+    return import_id

@@ -28,7 +28,10 @@ loads = json.loads
 JSONDecodeError = (json.JSONDecodeError, UnicodeDecodeError)
 
 BLOCK_RECORDS = 16384
-"""Records per block: the unit of validation (and of reading, for Parquet)."""
+"""Records per block: the unit of validation (and of reading, for JSON Lines)."""
+PARQUET_BATCH_RECORDS = 1024
+"""Records per block read from a Parquet file: small enough that the import writes the first
+blocks' chunks while the later ones are read and decoded (``importer.py``)."""
 
 TRL: dict[str, str] = {
     "sampling_per_token_logps": "logprobs",
@@ -509,8 +512,8 @@ def _arrow_blocks(batches, sources: dict[str, str], file: str) -> Iterator[Colum
 
 
 def read_parquet(path: str | os.PathLike, field_map: Mapping[str, str]) -> Iterator[Columns]:
-    """Column-wise, ``BLOCK_RECORDS`` rows at a time; a missing or mistyped column is named
-    before anything is read."""
+    """Column-wise, ``PARQUET_BATCH_RECORDS`` rows at a time (streamed: each block is decoded
+    when asked for); a missing or mistyped column is named before anything is read."""
     import pyarrow.parquet as pq
 
     file = str(path)
@@ -522,7 +525,7 @@ def read_parquet(path: str | os.PathLike, field_map: Mapping[str, str]) -> Itera
     sources = _arrow_sources(schema.names, field_map)
     check_arrow_schema(schema, sources, file)
     columns = list(dict.fromkeys(sources.values()))
-    return _arrow_blocks(pf.iter_batches(batch_size=BLOCK_RECORDS, columns=columns), sources, file)
+    return _arrow_blocks(pf.iter_batches(batch_size=PARQUET_BATCH_RECORDS, columns=columns), sources, file)
 
 
 def read_datasets(path: str | os.PathLike, field_map: Mapping[str, str]) -> Iterator[Columns]:
