@@ -27,6 +27,10 @@ from .store_io import run_io
 
 BACKLOG = 2
 """Write-ahead batches of bulk chunks in flight at most (each holds its source arrays)."""
+RESERVE_CHUNKS = 8
+"""A bulk append that grows the arrays makes room for at least this many more chunks (array
+metadata only, zeros past the commit): a growing import rewrites every leaf's metadata a few
+times instead of at every doubling."""
 
 
 def check_bulk(storage: Any) -> None:
@@ -95,7 +99,8 @@ def append_chunks(storage: Any, data: TensorDictBase) -> int:
     first = ring.end // R
     commit = storage.log.commit
     fresh_from = -((commit.base + commit.write_count) // -R)
-    run_io(chunks.grow(ring.end + n))  # array metadata (noted for the next durable commit)
+    # array metadata (noted for the next durable commit)
+    run_io(chunks.grow(ring.end + max(n, RESERVE_CHUNKS * R)))
     codecs = chunks.codecs()
     items, tags = [], []
     for i in range(n // R):

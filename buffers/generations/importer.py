@@ -1,10 +1,12 @@
 """``import_generations``: files of logged generations -> a generations buffer, validated.
 
-Order of an import (the last step is its commit point, ``layout.py``): read and validate every
-file (nothing is written yet; with ``on_error="fail"`` a bad row stops here), append the token
-rows to ``tokens/`` and commit them, write the import's arrays under ``imports/<id>/``, then its
-record. The rows of an import stay in RAM until it commits (about 60 bytes per token): split
-very large logs into several imports.
+Order of an import (the last step is its commit point, ``layout.py``): the files are read and
+validated block by block, and each good block's token rows are appended to ``tokens/`` as it
+comes (``token_sink.py``: whole chunks encoded, written and fsynced in the background while the
+next blocks are read; none after a bad row with ``on_error="fail"``, and nothing of them is
+committed then); at the end the token rows are committed, the import's arrays written under
+``imports/<id>/``, then its record. Until it commits, an import holds its records'
+per-completion values and prompts in RAM, and at most a chunk of token rows per leaf.
 """
 
 from __future__ import annotations
@@ -14,53 +16,29 @@ import dataclasses
 import os
 import time
 import uuid
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from tensordict import TensorDict
 
-from ..bulk_append import BulkAppender
-from ..storage import ZarrStorage
 from ..store_io import put_group_attributes, run_io
 from .layout import (
-    FACTS_ATTR,
     IMPORT_ARRAYS,
     IMPORT_ATTR,
     IMPORTS,
-    TOKENS,
     Facts,
     Tables,
-    legacy_tokens,
     load_tables,
     open_root,
     read_facts,
-    token_path,
     write_arrays,
 )
 from .prompts import prompt_index
 from .readers import digest, format_of, parse_field_map, read_blocks
-from .records import Columns, GenerationsImportError, Problem, concat_columns, validate
+from .records import GenerationsImportError, Problem, validate
 from .stores import check_import_lock, import_lock
-
-TOKEN_CHUNK_ROWS = 1 << 18
-"""Token rows per chunk (about 15 MB of the 13 leaves before compression): a quarter of the
-files (and renames) of ``ZarrStorage``'s 4 MiB default, 1.3-1.7x faster imports measured."""
-
-
-INDEX_KEYS = ["completion", "position", ("next", "done")]
-"""Token leaves mirrored in RAM by the storage (13 bytes a token): what TorchRL's slice samplers
-look up (trajectory key, end flag). The other leaves are read through the chunk cache."""
-
-TOKEN_CODECS = None
-"""Codecs of the token leaves (``ZarrStorage(compressors=...)``)."""
-
-IMPORT_COMMIT_INTERVAL = 3600.0
-"""``min_commit_interval`` of the import's token storage: no commit while the rows are
-appended (none would be visible: the import's record counts them), one at its flush."""
+from .token_sink import Summary, TokenSink, concat_summaries, summarize
 
 
 @dataclasses.dataclass
@@ -150,7 +128,7 @@ def _import(
     stored = read_facts(root, where)
     tables = load_tables(root, where)
     facts = _agree_facts(stored, tables, vocab_size, eos_id, max_new_tokens, where)
-    sink = _TokenSink(root, where, tables, facts, stored, storage_options)
+    sink = TokenSink(root, where, tables, facts, stored, storage_options)
     try:
         # the files' sha256 on a thread while they are read (hashlib releases the GIL); a
         # duplicate is refused before any error of its reading is raised
@@ -193,7 +171,7 @@ def _read_all(
     fmap: dict[str, str],
     facts: Facts,
     has_ref: bool | None,
-    sink: _TokenSink,
+    sink: TokenSink,
     on_error: str,
 ) -> tuple[list[Summary], list[Problem], bool | None]:
     """Reads and validates every file, block by block: the token rows of each good block go
@@ -279,185 +257,6 @@ def _refuse_duplicates(reports: list[FileReport], tables: Tables, allow: bool) -
                 "(same sha256); pass --allow-duplicate to import it again"
             )
         seen[r.sha256] = f"this import ({r.path})"
-
-
-def _tensor(a: np.ndarray) -> torch.Tensor:
-    """``torch.from_numpy`` of an array that may be read-only (Arrow's zero-copy columns): the
-    tensor is only read (the storage copies it), so the warning about writes is silenced."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(a)
-
-
-@dataclasses.dataclass
-class Summary:
-    """Per-completion values of good records ``[n]`` (what the import's arrays hold, but the
-    prompt index): ``length`` int64, ``group_id`` int64 with ``has_group`` bool,
-    ``policy_version`` int64, ``log_reward`` float32, ``terminated`` bool (ends with the end
-    token); their prompts' tokens ``prompt_tok`` int64 flat with ``prompt_len`` int64 ``[n]``."""
-
-    length: np.ndarray
-    prompt_tok: np.ndarray
-    prompt_len: np.ndarray
-    group_id: np.ndarray
-    has_group: np.ndarray
-    policy_version: np.ndarray
-    log_reward: np.ndarray
-    terminated: np.ndarray
-
-
-def summarize(cols: Columns, eos_id: int) -> Summary:
-    """The per-completion values of a block of good records (every completion non-empty)."""
-    lens = cols.comp_len
-    return Summary(
-        length=lens.astype(np.int64),
-        prompt_tok=cols.prompt_tok.astype(np.int64, copy=False),
-        prompt_len=cols.prompt_len,
-        group_id=cols.group_id,
-        has_group=cols.has_group,
-        policy_version=cols.policy_version.astype(np.int64, copy=False),
-        log_reward=np.where(cols.has_reward, cols.reward, cols.log_reward).astype(np.float32),
-        terminated=cols.comp_tok[np.cumsum(lens) - 1] == eos_id,
-    )
-
-
-def concat_summaries(blocks: list[Summary]) -> Summary:
-    if len(blocks) == 1:
-        return blocks[0]
-    fields = dataclasses.fields(Summary)
-    return Summary(**{f.name: np.concatenate([getattr(b, f.name) for b in blocks]) for f in fields})
-
-
-def token_rows(
-    cols: Columns,
-    completion0: int,
-    has_ref: bool,
-    legacy: tuple[np.ndarray, Summary] | None = None,
-) -> TensorDict:
-    """The token rows ``[T]`` of good records ``cols`` whose first completion is number
-    ``completion0`` of the buffer (leaves of ``layout.LEAVES``; plus ``layout.LEGACY_LEAVES``
-    for a format version 1 buffer's token storage, from ``legacy = (prompt index [n], the
-    records' summary)``). Every leaf is built once, at its stored dtype (no second copy)."""
-    n, lens = cols.n, cols.comp_len
-    T = int(lens.sum())
-    ends = np.cumsum(lens)  # one past each completion's last row
-    first = ends - lens
-    completion = np.repeat(np.arange(completion0, completion0 + n, dtype=np.int64), lens)
-    position = np.ones(T, dtype=np.int32)  # a running count restarted at each first row
-    position[first] = 1 - np.concatenate([[1], lens[:-1]])
-    np.cumsum(position, out=position)
-    done = np.zeros(T, dtype=bool)
-    done[ends - 1] = True
-    leaves = {
-        "action": _tensor(cols.comp_tok.astype(np.int64, copy=False)),
-        "sample_log_prob": torch.from_numpy(cols.logp.astype(np.float32)),
-        "position": torch.from_numpy(position),
-        "completion": torch.from_numpy(completion),
-        ("next", "done"): torch.from_numpy(done),
-    }
-    if has_ref:
-        leaves["ref_log_prob"] = torch.from_numpy(cols.ref.astype(np.float32))
-    if legacy is not None:
-        prompt, summary = legacy
-        owner = completion - completion0
-        log_reward = summary.log_reward
-        done_terminated = np.zeros(T, dtype=bool)
-        done_terminated[ends - 1] = summary.terminated
-        reward = np.zeros(T, dtype=np.float32)
-        reward[ends - 1] = log_reward
-        group = np.where(summary.has_group, summary.group_id, prompt)
-        leaves |= {
-            "prompt": torch.from_numpy(prompt[owner]),
-            "group_id": torch.from_numpy(group[owner]),
-            "policy_version": torch.from_numpy(summary.policy_version[owner]),
-            "log_reward": torch.from_numpy(log_reward[owner]),
-            ("next", "terminated"): torch.from_numpy(done_terminated),
-            ("next", "truncated"): torch.from_numpy(done & ~done_terminated),
-            ("next", "reward"): torch.from_numpy(reward),
-        }
-    return TensorDict(leaves, batch_size=[T])
-
-
-class _TokenSink:
-    """The token storage of one import: opened when the first good block arrives (created on
-    a new buffer, after its facts), its rows appended in bulk block by block
-    (``BulkAppender``: whole chunks encoded, written and fsynced in the background while the
-    next blocks are read); ``finish`` commits them, ``abandon`` drops them (no commit)."""
-
-    def __init__(
-        self,
-        root,
-        where: str,
-        tables: Tables,
-        facts: Facts,
-        stored: Facts | None,
-        storage_options: dict[str, Any] | None,
-    ) -> None:
-        self.root, self.where, self.facts = root, where, facts
-        self.facts_stored = stored == facts
-        self.storage_options = storage_options
-        self.legacy = legacy_tokens(root)
-        self.c0 = self.c_next = tables.num_completions
-        self.storage: ZarrStorage | None = None
-        self.appender: BulkAppender | None = None
-        self.r0 = 0
-        self.kept: list[Columns] = []  # a version 1 buffer's blocks, appended at ``finish``
-
-    def put_facts(self) -> None:
-        """Writes the buffer's facts (once; fsynced with the import's record)."""
-        if not self.facts_stored:
-            attrs = {**self.root.attrs.asdict(), FACTS_ATTR: self.facts.to_attrs()}
-            run_io(put_group_attributes(self.root, attrs))  # awaited on object stores
-            self.facts_stored = True
-
-    def add(self, cols: Columns, has_ref: bool) -> None:
-        """Appends the token rows of good records ``cols`` after those before."""
-        if self.legacy:
-            self.kept.append(cols)
-            return
-        self._open().append(token_rows(cols, self.c_next, has_ref))
-        self.c_next += cols.n
-
-    def finish(self, has_ref: bool, prompt: np.ndarray) -> tuple[int, int]:
-        """Commits the rows appended (``prompt``: the prompt index of every good record, for a
-        version 1 buffer's leaves); returns the token rows ``[r0, r1)`` they fill."""
-        appender = self._open()
-        if self.legacy:
-            cols = concat_columns(self.kept)
-            summary = summarize(cols, self.facts.eos_id)
-            appender.append(token_rows(cols, self.c0, has_ref, legacy=(prompt, summary)))
-        appender.finish()
-        r1 = len(self.storage)
-        self.storage.close()
-        return self.r0, r1
-
-    def abandon(self) -> None:
-        """Closes the storage without committing anything of this import."""
-        if self.storage is not None and not self.storage.closed:
-            self.storage.abandon()
-
-    def _open(self) -> BulkAppender:
-        if self.appender is not None:
-            return self.appender
-        self.put_facts()  # a new buffer's group holds its facts before any member
-        path, opts = token_path(self.where), {"storage_options": self.storage_options}
-        self.storage = (
-            ZarrStorage.open(path, mode="r+", min_commit_interval=IMPORT_COMMIT_INTERVAL, **opts)
-            if TOKENS in self.root
-            else ZarrStorage(
-                None,
-                path=path,
-                **opts,
-                chunk_rows=TOKEN_CHUNK_ROWS,
-                index_keys=INDEX_KEYS,
-                compressors=TOKEN_CODECS,
-                min_commit_interval=IMPORT_COMMIT_INTERVAL,
-            )
-        )
-        # rows of a killed import (no record) stay, uncounted, before these
-        self.r0 = len(self.storage)
-        self.appender = BulkAppender(self.storage)
-        return self.appender
 
 
 def _record(

@@ -25,11 +25,13 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.storage import MemoryStore
+from zarr import AsyncArray
+from zarr.core.metadata import ArrayV3Metadata
 
 from .. import _compat_zarr as zarr_compat
+from ..chunk_codec import ChunkCodec
 from ..errors import StoreFormatError
-from ..store_io import note_written, put_objects, run_io
+from ..store_io import metadata_objects, note_written, put_objects, run_io
 from .stores import buffer_store, has_group, tokens_location
 
 FORMAT = "zarrl.generations"
@@ -80,22 +82,45 @@ def legacy_tokens(root: zarr.Group) -> bool:
     return TOKENS in root and "log_reward" in root[TOKENS]
 
 
+IMPORT_CODECS = [
+    {"name": "bytes", "configuration": {"endian": "little"}},
+    {"name": "blosc", "configuration": {"cname": "lz4", "clevel": 5, "shuffle": "shuffle"}},
+    {"name": "crc32c"},
+]
+"""Codec chain of the import's arrays (stock Zarr v3: any zarr-python reads them)."""
+
+
 def write_arrays(group: zarr.Group, arrays: Mapping[str, np.ndarray]) -> None:
-    """Writes 1-D ``arrays`` (one chunk each) into ``group`` and notes their files for the next
-    durable write of the store (``store_io.note_written``). zarr encodes them into an in-memory
-    store, all in one event-loop call; their objects (the bytes zarr writes) are then put into
-    the group's store at once (local files directly, without zarr's per-file thread hops)."""
-    objects: dict = {}
-    scratch = zarr.open_group(MemoryStore(store_dict=objects), mode="w", zarr_format=3)
-    parent = zarr_compat.async_group(scratch)
-    run_io(
-        [
-            parent.create_array(name, data=np.ascontiguousarray(a), chunks=(max(1, len(a)),))
-            for name, a in arrays.items()
-        ]
-    )
+    """Writes 1-D ``arrays`` (one chunk each, ``IMPORT_CODECS``) into the new, empty ``group``
+    and notes their files for the next durable write of the store
+    (``store_io.note_written``). Each array's metadata and chunk are built here with zarr's own
+    metadata and codec objects and put at once; local files are written in place, since
+    nothing refers to the group before its record is written."""
     where = zarr_compat.async_group(group).store_path
-    run_io(put_objects((where / key, data) for key, data in objects.items() if "/" in key))
+    objects = []
+    for name, a in arrays.items():
+        a = np.ascontiguousarray(a)
+        meta = ArrayV3Metadata.from_dict(
+            {
+                "zarr_format": 3,
+                "node_type": "array",
+                "shape": [len(a)],
+                "data_type": a.dtype.name,
+                "chunk_grid": {
+                    "name": "regular",
+                    "configuration": {"chunk_shape": [max(1, len(a))]},
+                },
+                "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+                "fill_value": False if a.dtype == np.bool_ else 0,
+                "codecs": IMPORT_CODECS,
+                "attributes": {},
+            }
+        )
+        objects += metadata_objects(where / name, meta)
+        if len(a):
+            codec = ChunkCodec(zarr.Array(AsyncArray(meta, where / name)))
+            objects.append((codec.key(0), codec.encode(a)))
+    run_io(put_objects(objects, in_place=frozenset(key.path for key, _ in objects)))
     note_written(where.store, where.path)
 
 

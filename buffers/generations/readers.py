@@ -525,7 +525,9 @@ def read_parquet(path: str | os.PathLike, field_map: Mapping[str, str]) -> Itera
     sources = _arrow_sources(schema.names, field_map)
     check_arrow_schema(schema, sources, file)
     columns = list(dict.fromkeys(sources.values()))
-    return _arrow_blocks(pf.iter_batches(batch_size=PARQUET_BATCH_RECORDS, columns=columns), sources, file)
+    return _arrow_blocks(
+        pf.iter_batches(batch_size=PARQUET_BATCH_RECORDS, columns=columns), sources, file
+    )
 
 
 def read_datasets(path: str | os.PathLike, field_map: Mapping[str, str]) -> Iterator[Columns]:

@@ -18,6 +18,7 @@ from zarrl.buffers.generations import (
     GenerationsBuffer,
     GenerationsImportError,
     import_generations,
+    token_sink,
 )
 from zarrl.buffers.generations import importer as importer_module
 
@@ -544,7 +545,7 @@ def test_a_version_1_buffer_is_read_and_appended_with_its_own_leaves(tmp_path, m
     into one writes those leaves too (its storage refuses rows without them), and the reader
     returns the same batches."""
     first, second = make_records(6, seed=30), make_records(5, seed=31)
-    monkeypatch.setattr(importer_module, "legacy_tokens", lambda root: True)  # as v1 wrote
+    monkeypatch.setattr(token_sink, "legacy_tokens", lambda root: True)  # as v1 wrote
     import_generations([write_jsonl(tmp_path / "a.jsonl", first)], tmp_path / "buf", **FACTS)
     monkeypatch.undo()
     tokens = zarr.open_group(str(tmp_path / "buf" / "tokens"), mode="r")
