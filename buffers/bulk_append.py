@@ -99,8 +99,8 @@ def append_chunks(storage: Any, data: TensorDictBase) -> int:
     first = ring.end // R
     commit = storage.log.commit
     fresh_from = -((commit.base + commit.write_count) // -R)
-    # array metadata (noted for the next durable commit)
-    run_io(chunks.grow(ring.end + max(n, RESERVE_CHUNKS * R)))
+    if ring.end + n > storage.log.commit.extent:  # array metadata, fsynced at the next commit
+        run_io(chunks.grow(ring.end + max(n, RESERVE_CHUNKS * R)))
     codecs = chunks.codecs()
     items, tags = [], []
     for i in range(n // R):

@@ -158,12 +158,18 @@ def _import(
         prompt, ptok, poff = prompt_index(
             tables.prompt_tokens, tables.prompt_offsets, summary.prompt_tok, summary.prompt_len
         )
-        r0, r1 = sink.finish(bool(has_ref), prompt)
+        # the import's arrays are written on a thread while the token rows are committed
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="zarrl-arrays") as pool:
+            arrays = pool.submit(_write_import_arrays, root, summary, prompt, ptok, poff)
+            r0, r1 = sink.finish(bool(has_ref), prompt)
+            group = arrays.result()
     except BaseException:
         sink.abandon()  # nothing of this import is committed
         raise
-    import_id = _record(root, tables, summary, prompt, ptok, poff, reports, bool(has_ref), r0, r1)
-    return ImportReport(reports, problems, import_id, len(prompt), r1 - r0, len(poff) - 1)
+    rows, completions = (r0, r1), (tables.num_completions, tables.num_completions + len(prompt))
+    prompts = (tables.num_prompts, tables.num_prompts + len(poff) - 1)
+    _write_record(group, reports, rows, completions, prompts, bool(has_ref))
+    return ImportReport(reports, problems, group.basename, len(prompt), r1 - r0, len(poff) - 1)
 
 
 def _read_all(
@@ -259,19 +265,15 @@ def _refuse_duplicates(reports: list[FileReport], tables: Tables, allow: bool) -
         seen[r.sha256] = f"this import ({r.path})"
 
 
-def _record(
+def _write_import_arrays(
     root,
-    tables: Tables,
     summary: Summary,
     prompt: np.ndarray,
     prompt_tokens: np.ndarray,
     prompt_offsets: np.ndarray,
-    reports: list[FileReport],
-    has_ref: bool,
-    r0: int,
-    r1: int,
-) -> str:
-    """Writes the import's arrays, then its record (the commit point); returns its id."""
+):
+    """Creates the import's group ``imports/<id>`` and writes its arrays (``IMPORT_ARRAYS``);
+    nothing refers to it before its record. Returns the group."""
     import_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
     group = root.require_group(IMPORTS).create_group(import_id)
     arrays = {
@@ -285,9 +287,21 @@ def _record(
         "completion_terminated": summary.terminated,
     }
     write_arrays(group, {name: arrays[name].astype(dt) for name, dt in IMPORT_ARRAYS.items()})
-    c0, p0 = tables.num_completions, tables.num_prompts
+    return group
+
+
+def _write_record(
+    group,
+    reports: list[FileReport],
+    rows: tuple[int, int],
+    completions: tuple[int, int],
+    prompts: tuple[int, int],
+    has_ref: bool,
+) -> None:
+    """Writes the import's record into its group: the commit point (the token rows and the
+    group's arrays were written before; they are fsynced first, then this one atomic write)."""
     record = {
-        "id": import_id,
+        "id": group.basename,
         "time": time.time(),
         "files": [
             {
@@ -299,12 +313,11 @@ def _record(
             }
             for r in reports
         ],
-        "rows": [r0, r1],
-        "completions": [c0, c0 + len(prompt)],
-        "prompts": [p0, p0 + len(prompt_offsets) - 1],
+        "rows": list(rows),
+        "completions": list(completions),
+        "prompts": list(prompts),
         "has_ref": has_ref,
     }
     # the commit point: the arrays above are fsynced first, then this one atomic write
     check_import_lock()  # an object-store lock whose lease ran out: commit nothing
     run_io(put_group_attributes(group, {IMPORT_ATTR: record}, durable=True))
-    return import_id
