@@ -1,7 +1,8 @@
 """The prompt table of an import: identical prompts (token lists) share one index, across the
 buffer's earlier imports too, found without a Python loop over records.
 
-Each prompt gets a 64-bit key (a wrapping sum of per-token hashes of token and position,
+With pyarrow (the ``generations`` extra), each prompt's token bytes go through Arrow's hash table
+(``dictionary_encode`` of a binary view of the tokens: exact). Without it, each prompt gets a 64-bit key (a wrapping sum of per-token hashes of token and position,
 mixed with the length); prompts are grouped by key, then every prompt is compared token by token
 with its group's first member, so two prompts share an index only if they are equal. Should two
 different prompts ever share a key, the exact path (a dictionary of token bytes) decides instead.
@@ -62,9 +63,9 @@ def prompt_index(
     all_tokens = np.concatenate([known_tokens, tokens]).astype(np.int64, copy=False)
     offsets = np.concatenate([known_offsets, known_offsets[-1] + np.cumsum(lengths)])
     all_lengths = np.diff(offsets)
-    rep = _arrow_representatives(all_tokens, offsets)
+    rep = arrow_representatives(all_tokens, offsets)
     if rep is None:
-        rep = _hashed_representatives(all_tokens, offsets, all_lengths)
+        rep = hashed_representatives(all_tokens, offsets, all_lengths)
     rep_new = rep[K:]
     new_reps = np.unique(rep_new[rep_new >= K])  # new prompts, in order of first appearance
     index = rep_new.copy()
@@ -76,7 +77,7 @@ def prompt_index(
     return index.astype(np.int64, copy=False), new_tokens, new_offsets
 
 
-def _arrow_representatives(tokens: np.ndarray, offsets: np.ndarray) -> np.ndarray | None:
+def arrow_representatives(tokens: np.ndarray, offsets: np.ndarray) -> np.ndarray | None:
     """int64 ``[P]``: the first prompt equal to each prompt, by Arrow's hash table over the
     prompts' bytes (exact: equal bytes, equal prompts); ``None`` without pyarrow, or past 2 GiB
     of prompt bytes."""
@@ -99,7 +100,7 @@ def _arrow_representatives(tokens: np.ndarray, offsets: np.ndarray) -> np.ndarra
     return first[index]
 
 
-def _hashed_representatives(
+def hashed_representatives(
     tokens: np.ndarray, offsets: np.ndarray, lengths: np.ndarray
 ) -> np.ndarray:
     """int64 ``[P]``: the first prompt equal to each prompt, grouped by a 64-bit key and then

@@ -364,7 +364,7 @@ def _type_problem(r: dict) -> tuple[str, str] | None:
 _REQUIRED = ("prompt_ids", "completion_ids", "logprobs")
 
 
-def _arrow_sources(names: list[str], field_map: Mapping[str, str]) -> dict[str, str]:
+def arrow_sources(names: list[str], field_map: Mapping[str, str]) -> dict[str, str]:
     """``{schema field: column name}`` after the user map, then TRL's names."""
     renamed = {field_map.get(c, c): c for c in names}
     for old, new in TRL.items():
@@ -522,7 +522,7 @@ def read_parquet(path: str | os.PathLike, field_map: Mapping[str, str]) -> Itera
     except Exception as err:  # pyarrow raises ArrowInvalid / OSError for a damaged file
         raise GenerationsImportError(f"{file}: not a readable Parquet file ({err})") from err
     schema = pf.schema_arrow
-    sources = _arrow_sources(schema.names, field_map)
+    sources = arrow_sources(schema.names, field_map)
     check_arrow_schema(schema, sources, file)
     columns = list(dict.fromkeys(sources.values()))
     return _arrow_blocks(
@@ -546,7 +546,7 @@ def read_datasets(path: str | os.PathLike, field_map: Mapping[str, str]) -> Iter
             f"(e.g. {os.path.join(file, next(iter(ds), 'train'))})"
         )
     table = ds.with_format("arrow")[:]
-    sources = _arrow_sources(table.schema.names, field_map)
+    sources = arrow_sources(table.schema.names, field_map)
     try:
         check_arrow_schema(table.schema, sources, file)
     except GenerationsImportError as err:

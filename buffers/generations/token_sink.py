@@ -162,7 +162,7 @@ class TokenSink:
 
     def put_facts(self) -> None:
         """Writes the buffer's facts (once; fsynced with the import's record)."""
-        self._opened()
+        self.opened()
         self._put_facts()
 
     def add(self, cols: Columns, has_ref: bool) -> None:
@@ -196,19 +196,19 @@ class TokenSink:
     def abandon(self) -> None:
         """Closes the storage without committing anything of this import."""
         try:
-            self._opened()
+            self.opened()
         finally:
             self._pool.shutdown()
             if self.storage is not None and not self.storage.closed:
                 self.storage.abandon()
 
-    def _opened(self) -> None:
+    def opened(self) -> None:
         """Waits for the storage's opening, if started (raising its error)."""
         if self._opening is not None:
             self._opening.result()
 
     def _drain(self) -> None:
-        self._opened()
+        self.opened()
         for rows in self.waiting:
             self.appender.append(rows)
         self.waiting.clear()
