@@ -120,3 +120,17 @@ def test_append_chunks_refuses_what_it_cannot_append(tmp_path):
     with pytest.raises(ValueError, match="a ring of fixed capacity"):
         BulkAppender(ring)
     ring.close()
+
+
+def test_bulk_chunks_and_their_directories_are_fsynced_before_the_commit(tmp_path, fsync_events):
+    path = (tmp_path / "d").resolve()
+    storage = ZarrStorage(None, path=path, chunk_rows=R, index_keys=INDEX)
+    appender = BulkAppender(storage)
+    appender.append(_rows(70, 1))  # chunks 0 to 3 in bulk, 6 rows through the pool
+    appender.finish()
+    last = max(i for i, (kind, p) in enumerate(fsync_events) if p == path / "zarr.json")
+    before = {p for kind, p in fsync_events[:last] if kind == "fsync"}
+    chunks = {p for p in path.rglob("c.*") if p.is_file() and p.parent.name != "seals"}
+    assert len(chunks) == 5 * 5 and chunks <= before  # 5 leaves, 4 bulk chunks and the head
+    assert {path / "action", path / "next" / "done"} <= before  # their directory entries
+    storage.close()
