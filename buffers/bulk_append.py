@@ -148,6 +148,15 @@ class BulkAppender:
             self.storage.append_chunks(self._take(whole))
             self.appended += whole
 
+    def reserve(self, rows: int) -> None:
+        """Grows the arrays (their metadata only; the store's layout must exist) to hold at
+        least ``rows`` more rows, so that the appends that follow resize nothing."""
+        storage = self.storage
+        with storage.guard.lock:
+            end = storage.ring.end + rows
+            if end > storage.log.commit.extent:
+                run_io(storage.chunks.grow(end))
+
     def finish(self) -> None:
         """Appends the rows still held (through ``set``), then commits (``flush``)."""
         if self.held:

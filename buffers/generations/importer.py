@@ -26,10 +26,10 @@ from ..store_io import put_group_attributes, run_io
 from .layout import (
     IMPORT_ARRAYS,
     IMPORT_ATTR,
-    IMPORTS,
     Facts,
     Tables,
     load_tables,
+    new_import_group,
     open_root,
     read_facts,
     write_arrays,
@@ -160,7 +160,8 @@ def _import(
         )
         # the import's arrays are written on a thread while the token rows are committed
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="zarrl-arrays") as pool:
-            arrays = pool.submit(_write_import_arrays, root, summary, prompt, ptok, poff)
+            first = not tables.records
+            arrays = pool.submit(_write_import_arrays, root, first, summary, prompt, ptok, poff)
             r0, r1 = sink.finish(bool(has_ref), prompt)
             group = arrays.result()
     except BaseException:
@@ -267,15 +268,17 @@ def _refuse_duplicates(reports: list[FileReport], tables: Tables, allow: bool) -
 
 def _write_import_arrays(
     root,
+    first: bool,
     summary: Summary,
     prompt: np.ndarray,
     prompt_tokens: np.ndarray,
     prompt_offsets: np.ndarray,
 ):
-    """Creates the import's group ``imports/<id>`` and writes its arrays (``IMPORT_ARRAYS``);
-    nothing refers to it before its record. Returns the group."""
+    """Creates the import's group ``imports/<id>`` (and ``imports/`` for the buffer's
+    ``first`` import) and writes its arrays (``IMPORT_ARRAYS``); nothing refers to it before
+    its record. Returns the group."""
     import_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
-    group = root.require_group(IMPORTS).create_group(import_id)
+    group = new_import_group(root, import_id, create_parent=first)
     arrays = {
         "prompt_tokens": prompt_tokens,
         "prompt_offsets": prompt_offsets,

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr import AsyncArray
+from zarr import AsyncArray, AsyncGroup
+from zarr.core.group import GroupMetadata
 from zarr.core.metadata import ArrayV3Metadata
 
 from .. import _compat_zarr as zarr_compat
@@ -90,14 +91,25 @@ IMPORT_CODECS = [
 """Codec chain of the import's arrays (stock Zarr v3: any zarr-python reads them)."""
 
 
+def new_import_group(root: zarr.Group, import_id: str, create_parent: bool) -> zarr.Group:
+    """A handle on the new group ``imports/<import_id>``: nothing is written here
+    (``write_arrays`` writes its ``zarr.json`` with its arrays); ``create_parent`` creates
+    ``imports/`` when absent."""
+    if create_parent:
+        root.require_group(IMPORTS)
+    where = zarr_compat.async_group(root).store_path / IMPORTS / import_id
+    return zarr.Group(AsyncGroup(GroupMetadata(), where))
+
+
 def write_arrays(group: zarr.Group, arrays: Mapping[str, np.ndarray]) -> None:
-    """Writes 1-D ``arrays`` (one chunk each, ``IMPORT_CODECS``) into the new, empty ``group``
-    and notes their files for the next durable write of the store
-    (``store_io.note_written``). Each array's metadata and chunk are built here with zarr's own
-    metadata and codec objects and put at once; local files are written in place, since
-    nothing refers to the group before its record is written."""
-    where = zarr_compat.async_group(group).store_path
-    objects = []
+    """Writes the new ``group`` (``new_import_group``: its ``zarr.json``) and its 1-D
+    ``arrays`` (one chunk each, ``IMPORT_CODECS``), and notes their files for the next durable
+    write of the store (``store_io.note_written``). Each array's metadata and chunk are built
+    here with zarr's own metadata and codec objects and put at once; local files are written in
+    place, since nothing refers to the group before its record is written."""
+    async_group = zarr_compat.async_group(group)
+    where = async_group.store_path
+    objects = metadata_objects(where, async_group.metadata)
     for name, a in arrays.items():
         a = np.ascontiguousarray(a)
         meta = ArrayV3Metadata.from_dict(

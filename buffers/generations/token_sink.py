@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
-from ..bulk_append import BulkAppender, ensure_layout
+from ..bulk_append import RESERVE_CHUNKS, BulkAppender, ensure_layout
 from ..storage import ZarrStorage
-from ..store_io import put_group_attributes, run_io
+from ..store_io import clear_store, put_group_attributes, run_io
 from .layout import FACTS_ATTR, TOKENS, Facts, Tables, legacy_tokens, token_path
 from .records import Columns, concat_columns
 
@@ -132,11 +132,11 @@ def token_rows(
 
 
 class TokenSink:
-    """The token storage of one import. It is opened (created on a new buffer, after the
-    buffer's facts) on a thread of its own as soon as the first good block arrives, while the
-    next blocks are read; the blocks' token rows wait for it, then are appended in bulk
-    (``BulkAppender``: whole chunks encoded, written and fsynced in the background). ``finish``
-    commits them, ``abandon`` drops them (no commit)."""
+    """The token storage of one import, opened (created on a new buffer, after the buffer's
+    facts) on a thread of its own from the start, while the files are read; its layout is
+    made there from the first good block. The blocks' token rows wait for it, then are
+    appended in bulk (``BulkAppender``: whole chunks encoded, written and fsynced in the
+    background). ``finish`` commits them, ``abandon`` drops them (no commit)."""
 
     def __init__(
         self,
@@ -149,6 +149,8 @@ class TokenSink:
     ) -> None:
         self.root, self.where, self.facts = root, where, facts
         self.facts_stored = stored == facts
+        self.attrs_before = root.attrs.asdict()  # restored by ``abandon`` on a new buffer
+        self.new_buffer = not tables.records and TOKENS not in root
         self.storage_options = storage_options
         self.legacy = legacy_tokens(root)
         self.c0 = self.c_next = tables.num_completions
@@ -158,7 +160,8 @@ class TokenSink:
         self.waiting: list[TensorDict] = []  # token rows waiting for the storage to open
         self.kept: list[Columns] = []  # a version 1 buffer's blocks, appended at ``finish``
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="zarrl-open")
-        self._opening: concurrent.futures.Future | None = None
+        self._tasks = [self._pool.submit(self._open)]  # run in order on that thread
+        self._layout_asked = False
 
     def put_facts(self) -> None:
         """Writes the buffer's facts (once; fsynced with the import's record)."""
@@ -172,10 +175,9 @@ class TokenSink:
             return
         rows = token_rows(cols, self.c_next, has_ref)
         self.c_next += cols.n
-        if self._opening is None:
-            self._opening = self._pool.submit(self._open, rows[:1])
+        self._ask_layout(rows)
         self.waiting.append(rows)
-        if self._opening.done():
+        if self._tasks[-1].done():
             self._drain()
 
     def finish(self, has_ref: bool, prompt: np.ndarray) -> tuple[int, int]:
@@ -184,8 +186,9 @@ class TokenSink:
         if self.legacy:
             cols = concat_columns(self.kept)
             summary = summarize(cols, self.facts.eos_id)
-            self.waiting.append(token_rows(cols, self.c0, has_ref, legacy=(prompt, summary)))
-            self._opening = self._pool.submit(self._open, self.waiting[0][:1])
+            rows = token_rows(cols, self.c0, has_ref, legacy=(prompt, summary))
+            self._ask_layout(rows)
+            self.waiting.append(rows)
         self._drain()
         self.appender.finish()
         r1 = len(self.storage)
@@ -194,18 +197,28 @@ class TokenSink:
         return self.r0, r1
 
     def abandon(self) -> None:
-        """Closes the storage without committing anything of this import."""
-        try:
-            self.opened()
-        finally:
-            self._pool.shutdown()
-            if self.storage is not None and not self.storage.closed:
-                self.storage.abandon()
+        """Closes the storage without committing anything of this import (an error of its
+        opening is left to the error being handled). On a buffer this import was creating,
+        what it created goes too: the token storage's objects (it held no committed row) and
+        the facts, so the location is left as it was."""
+        self._pool.shutdown()  # waits for the opening
+        if self.storage is not None and not self.storage.closed:
+            self.storage.abandon()
+        if self.new_buffer:
+            if self.storage is not None:
+                clear_store(self.storage.store)
+            if self.root.attrs.asdict() != self.attrs_before:
+                run_io(put_group_attributes(self.root, self.attrs_before))
 
     def opened(self) -> None:
-        """Waits for the storage's opening, if started (raising its error)."""
-        if self._opening is not None:
-            self._opening.result()
+        """Waits for the storage's opening (and layout, once asked for), raising its error."""
+        for task in self._tasks:
+            task.result()
+
+    def _ask_layout(self, rows: TensorDict) -> None:
+        if not self._layout_asked:
+            self._tasks.append(self._pool.submit(self._layout, rows[:1]))
+            self._layout_asked = True
 
     def _drain(self) -> None:
         self.opened()
@@ -219,8 +232,8 @@ class TokenSink:
             run_io(put_group_attributes(self.root, attrs))  # awaited on object stores
             self.facts_stored = True
 
-    def _open(self, example: TensorDict) -> None:
-        """Opens or creates the token storage and its layout (``example``: one token row)."""
+    def _open(self) -> None:
+        """Opens or creates the token storage."""
         self._put_facts()  # a new buffer's group holds its facts before any member
         path, opts = token_path(self.where), {"storage_options": self.storage_options}
         self.storage = (
@@ -239,4 +252,9 @@ class TokenSink:
         # rows of a killed import (no record) stay, uncounted, before these
         self.r0 = len(self.storage)
         self.appender = BulkAppender(self.storage)
+
+    def _layout(self, example: TensorDict) -> None:
+        """The storage's layout from ``example`` (one token row) when it has none, and room in
+        its arrays for the rows to come (resized here rather than by the appends)."""
         ensure_layout(self.storage, example)
+        self.appender.reserve(RESERVE_CHUNKS * self.storage.log.header.chunk_rows)

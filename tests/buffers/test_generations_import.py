@@ -644,6 +644,20 @@ def test_a_bad_row_in_a_late_block_commits_nothing(tmp_path, small_chunks, monke
         _check_holds(reader, first + records[:37] + records[38:])
 
 
+def test_a_failed_first_import_leaves_no_buffer(tmp_path, small_chunks):
+    records = make_records(40, seed=46, min_len=3)
+    records[38]["completion_ids"][0] = VOCAB  # outside the vocabulary, in the last block
+    src = write_parquet(tmp_path / "a.parquet", records)
+    with pytest.raises(GenerationsImportError, match="row 38"):
+        import_generations([src], tmp_path / "buf", **FACTS)
+    assert not GenerationsBuffer_exists(tmp_path / "buf")
+    assert not list((tmp_path / "buf").rglob("c.*"))  # no chunk of the token storage either
+    good = make_records(6, seed=47)
+    import_generations([write_parquet(tmp_path / "b.parquet", good)], tmp_path / "buf", **FACTS)
+    with GenerationsBuffer.open(tmp_path / "buf") as reader:
+        _check_holds(reader, good)
+
+
 def test_an_import_killed_mid_bulk_append_leaves_the_buffer_as_before(
     tmp_path, small_chunks, monkeypatch
 ):
