@@ -122,7 +122,7 @@ def write_arrays(group: zarr.Group, arrays: Mapping[str, np.ndarray]) -> None:
                     "name": "regular",
                     "configuration": {"chunk_shape": [max(1, len(a))]},
                 },
-                "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+                "chunk_key_encoding": {"name": "default", "configuration": {"separator": "."}},
                 "fill_value": False if a.dtype == np.bool_ else 0,
                 "codecs": IMPORT_CODECS,
                 "attributes": {},
