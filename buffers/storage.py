@@ -59,7 +59,8 @@ class ZarrStorage(TensorStorage):
             two between 1 and 65536: fewer, larger files make durable extends faster).
         compressors: zarr bytes-to-bytes codecs for every leaf; default per dtype
             (``buffers/codecs.py``: Blosc zstd for floats, after their row-delta filters, Blosc
-            LZ4 otherwise); a crc32c checksum is always appended.
+            LZ4 otherwise); or ``{leaf path: codecs}``: those leaves' whole chain (no filter),
+            the others' default; a crc32c checksum is always appended.
         cache: ``None`` (256 MiB of decoded chunks), ``"ram"`` (mirror every live row), or a
             budget in bytes. A buffer that fits in the budget is mirrored entirely.
         cache_device: where the decoded chunks live (default ``device``), e.g. ``"cuda"``.
@@ -105,7 +106,7 @@ class ZarrStorage(TensorStorage):
         device: torch.device | str = "cpu",
         existsok: bool = False,
         chunk_rows: int | None = None,
-        compressors: list | None = None,
+        compressors: list | Mapping[str, list] | None = None,
         cache: None | str | int = None,
         cache_device: torch.device | str | None = None,
         flush_every_rows: int | None = None,

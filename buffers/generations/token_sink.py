@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import zarr.codecs
 from tensordict import TensorDict
 
 from ..bulk_append import RESERVE_CHUNKS, BulkAppender, ensure_layout
@@ -26,8 +27,12 @@ INDEX_KEYS = ["completion", "position", ("next", "done")]
 """Token leaves mirrored in RAM by the storage (13 bytes a token): what TorchRL's slice samplers
 look up (trajectory key, end flag). The other leaves are read through the chunk cache."""
 
-TOKEN_CODECS = None
-"""Codecs of the token leaves (``ZarrStorage(compressors=...)``)."""
+LOGPROB_CODECS = [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")]
+TOKEN_CODECS = {"sample_log_prob": LOGPROB_CODECS, "ref_log_prob": LOGPROB_CODECS}
+"""Codecs of the token leaves (``ZarrStorage(compressors=...)``): the log-probs are scalar
+floats per row, but noise, not series: the default row delta and zstd encode a 262,144-row chunk
+in 1.4 ms to 1.17x, LZ4 with bit shuffle and no filter in 0.3 ms to 1.11x (measured on the
+benchmark's log-probs); the other leaves keep their default (LZ4, byte shuffle)."""
 
 IMPORT_COMMIT_INTERVAL = 3600.0
 """``min_commit_interval`` of the import's token storage: no automatic commit while the rows
