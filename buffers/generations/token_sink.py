@@ -34,6 +34,11 @@ floats per row, but noise, not series: the default row delta and zstd encode a 2
 in 1.4 ms to 1.17x, LZ4 with bit shuffle and no filter in 0.3 ms to 1.11x (measured on the
 benchmark's log-probs); the other leaves keep their default (LZ4, byte shuffle)."""
 
+MAX_WAITING_BLOCKS = 1
+"""Blocks of token rows that may wait for the token storage to open (its layout is made from
+the first block); the next block waits for it instead, so an import's rows never pile up in RAM
+behind a slow opening (an object store)."""
+
 IMPORT_COMMIT_INTERVAL = 3600.0
 """``min_commit_interval`` of the import's token storage: no automatic commit while the rows
 are appended (none would be visible: the import's record counts them), one at its end."""
@@ -182,7 +187,7 @@ class TokenSink:
         self.c_next += cols.n
         self._ask_layout(rows)
         self.waiting.append(rows)
-        if self._tasks[-1].done():
+        if len(self.waiting) > MAX_WAITING_BLOCKS or self._tasks[-1].done():
             self._drain()
 
     def finish(self, has_ref: bool, prompt: np.ndarray) -> tuple[int, int]:
