@@ -93,12 +93,13 @@ IMPORT_CODECS = [
 
 def new_import_group(root: zarr.Group, import_id: str, create_parent: bool) -> zarr.Group:
     """A handle on the new group ``imports/<import_id>``: nothing is written here
-    (``write_arrays`` writes its ``zarr.json`` with its arrays); ``create_parent`` creates
-    ``imports/`` when absent."""
-    if create_parent:
-        root.require_group(IMPORTS)
-    where = zarr_compat.async_group(root).store_path / IMPORTS / import_id
-    return zarr.Group(AsyncGroup(GroupMetadata(), where))
+    (``write_arrays`` writes its ``zarr.json`` with its arrays); ``create_parent`` (no import
+    committed yet) writes ``imports/`` as an empty group."""
+    parent = zarr_compat.async_group(root).store_path / IMPORTS
+    if create_parent:  # an empty group's document, atomically (it may exist, empty)
+        run_io(put_objects(metadata_objects(parent, GroupMetadata())))
+        note_written(parent.store, parent.path)  # its entry in the buffer's folder too
+    return zarr.Group(AsyncGroup(GroupMetadata(), parent / import_id))
 
 
 def write_arrays(group: zarr.Group, arrays: Mapping[str, np.ndarray]) -> None:
