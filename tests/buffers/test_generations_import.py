@@ -577,6 +577,8 @@ def test_the_import_arrays_are_fsynced_before_the_record(tmp_path, fsync_events)
     fsynced = {p for kind, p in fsync_events[:record_at] if kind == "fsync"}
     arrays = {p for p in group.rglob("*") if p.is_file() and p.parent != group}
     assert arrays and arrays <= fsynced
+    # the group's own document and entry, imports/ and the facts of the new buffer too
+    assert {group.parent, group.parent / "zarr.json", buffer, buffer / "zarr.json"} <= fsynced
 
 
 def test_a_parquet_file_read_in_batches_gives_the_columns_of_the_whole_table(tmp_path, monkeypatch):
