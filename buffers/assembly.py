@@ -4,7 +4,7 @@ and the parts, each owning its state, wired to one another (``docs/architecture.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -97,7 +97,7 @@ def assemble(
     *,
     storage_options: dict[str, Any] | None,
     layout: Layout,
-    compressors: list | None,
+    compressors: list | Mapping[str, list] | None,
     cache: None | str | int,
     cache_device: torch.device,
     device: torch.device,

@@ -18,7 +18,8 @@ see ``docs/storage_format.md``, "Codecs", for the measurements behind it):
 * then the crc32c checksum that ``format.codec_chain`` always appends.
 
 ``ZarrStorage(compressors=...)`` replaces the Blosc step of every leaf (float series keep their
-row-delta filters).
+row-delta filters), or, as a mapping ``{leaf path: compressors}``, the whole chain of the leaves
+it names (no filter: e.g. scalar per-row floats that are noise, not series).
 
 zarrl encodes and decodes whole chunks itself (``chunk_codec.ChunkCodec``) with the array's own
 codec objects, one synchronous step per codec (``_compat_zarr.encode_step``/``decode_step``).
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -111,21 +113,30 @@ def array_options(
     path: str,
     spec: LeafSpec,
     n_batch: int,
-    compressors: list | None,
+    compressors: list | Mapping[str, list] | None,
     xor_source: str | None = None,
 ) -> dict[str, Any]:
-    """``create_array`` keyword arguments of one leaf: filters and compressors (``None`` = the
-    default of its ``leaf_kind``; crc32c appended later by ``format.codec_chain``), dimension names and,
-    for a de-duplicated leaf (``dedupe_next=True``), attributes saying it needs zarrl to read."""
+    """``create_array`` keyword arguments of one leaf: filters and compressors (crc32c appended
+    later by ``format.codec_chain``), dimension names and, for a de-duplicated leaf
+    (``dedupe_next=True``), attributes saying it needs zarrl to read. ``compressors``: ``None``
+    = the default of the leaf's ``leaf_kind``; a list replaces the Blosc step of every leaf
+    (float series keep their row-delta filters); a mapping ``{leaf path: list}`` gives the
+    leaves it names exactly those compressors and no filter, the others their default."""
     ndim = n_batch + len(spec.shape)
     dtype = np.dtype(spec.dtype)
+    filters = default_filters(dtype, tuple(spec.shape), ndim)
+    if isinstance(compressors, Mapping):
+        if path in compressors:
+            filters, chosen = [], list(compressors[path])
+        else:
+            chosen = default_compressors(dtype, tuple(spec.shape))
+    elif compressors is None:
+        chosen = default_compressors(dtype, tuple(spec.shape))
+    else:
+        chosen = list(compressors)
     out: dict[str, Any] = {
-        "filters": default_filters(dtype, tuple(spec.shape), ndim),
-        "compressors": (
-            default_compressors(dtype, tuple(spec.shape))
-            if compressors is None
-            else list(compressors)
-        ),
+        "filters": filters,
+        "compressors": chosen,
         "dimension_names": dimension_names(path, n_batch, len(spec.shape)),
     }
     if xor_source is not None:

@@ -42,7 +42,7 @@ def infer_header(
     capacity: Callable[[tuple[int, ...]], int | None],
     chunk_rows: int | None = None,
     index_keys: list[str] | None = None,
-    compressors: list | None = None,
+    compressors: list | Mapping[str, list] | None = None,
     dedupe_next: bool = False,
 ) -> Header:
     """The header of a store whose first element is ``element`` (``ndim - 1`` batch dims):

@@ -22,7 +22,7 @@ import zarr.abc.store
 from tensordict import TensorDictBase
 from torchrl.data.replay_buffers.storages import TensorStorage
 
-from . import checkpointer, pickling
+from . import bulk_append, checkpointer, pickling
 from ._compat_torchrl import (
     MAX_SIZE_UNBOUNDED,
     attached_buffers,
@@ -60,7 +60,8 @@ class ZarrStorage(TensorStorage):
             extends faster).
         compressors: zarr bytes-to-bytes codecs for every leaf; default per dtype
             (``buffers/codecs.py``: Blosc zstd for floats, after their row-delta filters, Blosc
-            LZ4 otherwise); a crc32c checksum is always appended.
+            LZ4 otherwise); or ``{leaf path: codecs}``: those leaves' whole chain (no filter),
+            the others' default; a crc32c checksum is always appended.
         cache: ``None`` (256 MiB of decoded chunks), ``"ram"`` (mirror every live row), or a
             budget in bytes. A buffer that fits in the budget is mirrored entirely.
         cache_device: where the decoded chunks live (default ``device``), e.g. ``"cuda"``.
@@ -106,7 +107,7 @@ class ZarrStorage(TensorStorage):
         device: torch.device | str = "cpu",
         existsok: bool = False,
         chunk_rows: int | None = None,
-        compressors: list | None = None,
+        compressors: list | Mapping[str, list] | None = None,
         cache: None | str | int = None,
         cache_device: torch.device | str | None = None,
         flush_every_rows: int | None = None,
@@ -353,6 +354,19 @@ class ZarrStorage(TensorStorage):
         self._bump_mutation_revision()
         self.committer.after_write(self._len)
 
+    @serialized
+    def append_chunks(self, data: TensorDictBase) -> None:
+        """Bulk append of a growing storage (``max_size=None``): the rows of ``data`` (a
+        TensorDict ``[k * chunk_rows]`` of the stored schema) become ``k`` whole chunks at the
+        end, whose ring end must be a chunk boundary. The chunks are encoded, written and
+        fsynced in the background straight from ``data`` (no staging in the chunk pool); the
+        rows count from the next commit (``flush``) on, as those of ``set``
+        (``buffers/bulk_append.py``; ``BulkAppender`` takes rows in pieces of any size)."""
+        if bulk_append.append_chunks(self, data):
+            self._set_last_cursor(self.ring.cursor())
+            self._len = self.ring.live_len()
+            self._bump_mutation_revision()
+
     # ============================================================ durability
     def flush(self) -> None:
         """Writes every staged chunk, then publishes the commit record (the commit point),
@@ -401,6 +415,26 @@ class ZarrStorage(TensorStorage):
             if not self.read_only:
                 pickling.unregister_writer(self)
             if self.origin.temporary:  # a temporary store (no path given): removed
+                self.origin.release()
+
+    @names_store
+    def abandon(self) -> None:
+        """Closes without committing: the rows appended since the last commit are dropped,
+        as if the process had been killed (chunk files already written past the commit stay
+        uncounted; the next appends overwrite them). The store keeps its last commit."""
+        if self.closed:
+            return
+        if self._channel is not None:
+            self._channel.stop()
+        with self.guard.lock:
+            if self.closed:
+                return
+            self.chunk_writer.close()
+            self.hot.close()
+            self.guard.closed = True
+            if not self.read_only:
+                pickling.unregister_writer(self)
+            if self.origin.temporary:
                 self.origin.release()
 
     def __enter__(self) -> ZarrStorage:

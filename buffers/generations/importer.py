@@ -1,10 +1,12 @@
 """``import_generations``: files of logged generations -> a generations buffer, validated.
 
-Order of an import (the last step is its commit point, ``layout.py``): read and validate every
-file (nothing is written yet; with ``on_error="fail"`` a bad row stops here), append the token
-rows to ``tokens/`` and commit them, write the import's arrays under ``imports/<id>/``, then its
-record. The rows of an import stay in RAM until it commits (about 60 bytes per token): split
-very large logs into several imports.
+Order of an import (the last step is its commit point, ``layout.py``): the files are read and
+validated block by block, and each good block's token rows are appended to ``tokens/`` as it
+comes (``token_sink.py``: whole chunks encoded, written and fsynced in the background while the
+next blocks are read; none after a bad row with ``on_error="fail"``, and nothing of them is
+committed then); at the end the token rows are committed, the import's arrays written under
+``imports/<id>/``, then its record. Until it commits, an import holds its records'
+per-completion values and prompts in RAM, and at most a chunk of token rows per leaf.
 """
 
 from __future__ import annotations
@@ -14,52 +16,29 @@ import dataclasses
 import os
 import time
 import uuid
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from tensordict import TensorDict
 
-from ..storage import ZarrStorage
 from ..store_io import put_group_attributes, run_io
 from .layout import (
-    FACTS_ATTR,
     IMPORT_ARRAYS,
     IMPORT_ATTR,
-    IMPORTS,
-    TOKENS,
     Facts,
     Tables,
-    legacy_tokens,
     load_tables,
+    new_import_group,
     open_root,
     read_facts,
-    token_path,
     write_arrays,
 )
 from .prompts import prompt_index
 from .readers import digest, format_of, parse_field_map, read_blocks
-from .records import Columns, GenerationsImportError, Problem, concat_columns, validate
+from .records import GenerationsImportError, Problem, validate
 from .stores import check_import_lock, import_lock
-
-TOKEN_CHUNK_ROWS = 1 << 18
-"""Token rows per chunk (about 15 MB of the 13 leaves before compression): a quarter of the
-files (and renames) of ``ZarrStorage``'s 4 MiB default, 1.3-1.7x faster imports measured."""
-
-
-INDEX_KEYS = ["completion", "position", ("next", "done")]
-"""Token leaves mirrored in RAM by the storage (13 bytes a token): what TorchRL's slice samplers
-look up (trajectory key, end flag). The other leaves are read through the chunk cache."""
-
-TOKEN_CODECS = None
-"""Codecs of the token leaves (``ZarrStorage(compressors=...)``)."""
-
-IMPORT_COMMIT_INTERVAL = 3600.0
-"""``min_commit_interval`` of the import's token storage: no commit while the rows are
-appended (none would be visible: the import's record counts them), one at its flush."""
+from .token_sink import Summary, TokenSink, concat_summaries, summarize
 
 
 @dataclasses.dataclass
@@ -149,42 +128,64 @@ def _import(
     stored = read_facts(root, where)
     tables = load_tables(root, where)
     facts = _agree_facts(stored, tables, vocab_size, eos_id, max_new_tokens, where)
-
-    # the files' sha256 on a thread while they are read (hashlib releases the GIL); a
-    # duplicate is refused before any error of its reading is raised
-    reports = [FileReport(os.fspath(f), "") for f in files]
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="zarrl-sha256") as pool:
-        digests = [pool.submit(digest, f) for f in files]
-        try:
-            blocks, problems, has_ref = _read_all(reports, fmap, facts, tables.has_ref)
-        finally:
-            for report, d in zip(reports, digests):
-                report.sha256 = d.result()
-            _refuse_duplicates(reports, tables, allow_duplicate)
-    if problems and on_error == "fail":
-        raise GenerationsImportError(
-            f"{len(problems)} bad record(s); nothing imported (use --on-error skip to import "
-            f"the rest). First: {problems[0]}",
-            problems,
+    sink = TokenSink(root, where, tables, facts, stored, storage_options)
+    try:
+        # the files' sha256 on a thread while they are read (hashlib releases the GIL); a
+        # duplicate is refused before any error of its reading is raised
+        reports = [FileReport(os.fspath(f), "") for f in files]
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="zarrl-sha256") as pool:
+            digests = [pool.submit(digest, f) for f in files]
+            try:
+                blocks, problems, has_ref = _read_all(
+                    reports, fmap, facts, tables.has_ref, sink, on_error
+                )
+            finally:
+                for report, d in zip(reports, digests):
+                    report.sha256 = d.result()
+                _refuse_duplicates(reports, tables, allow_duplicate)
+        if problems and on_error == "fail":
+            raise GenerationsImportError(
+                f"{len(problems)} bad record(s); nothing imported (use --on-error skip to "
+                f"import the rest). First: {problems[0]}",
+                problems,
+            )
+        if stored != facts:
+            sink.put_facts()
+        if not blocks:
+            sink.abandon()
+            return ImportReport(reports, problems, None, 0, 0, 0)
+        summary = concat_summaries(blocks)
+        prompt, ptok, poff = prompt_index(
+            tables.prompt_tokens, tables.prompt_offsets, summary.prompt_tok, summary.prompt_len
         )
-    if stored != facts:
-        attrs = {**root.attrs.asdict(), FACTS_ATTR: facts.to_attrs()}
-        run_io(put_group_attributes(root, attrs, durable=True))  # awaited on object stores
-    if not blocks:
-        return ImportReport(reports, problems, None, 0, 0, 0)
-    cols = concat_columns(blocks)
-    import_id, new_prompts = _commit(
-        root, where, tables, cols, reports, bool(has_ref), facts, storage_options
-    )
-    return ImportReport(reports, problems, import_id, cols.n, int(cols.comp_len.sum()), new_prompts)
+        # the import's arrays are written on a thread while the token rows are committed
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="zarrl-arrays") as pool:
+            first = not tables.records
+            arrays = pool.submit(_write_import_arrays, root, first, summary, prompt, ptok, poff)
+            r0, r1 = sink.finish(bool(has_ref), prompt)
+            group = arrays.result()
+    except BaseException:
+        sink.abandon()  # nothing of this import is committed
+        raise
+    rows, completions = (r0, r1), (tables.num_completions, tables.num_completions + len(prompt))
+    prompts = (tables.num_prompts, tables.num_prompts + len(poff) - 1)
+    _write_record(group, reports, rows, completions, prompts, bool(has_ref))
+    return ImportReport(reports, problems, group.basename, len(prompt), r1 - r0, len(poff) - 1)
 
 
 def _read_all(
-    reports: list[FileReport], fmap: dict[str, str], facts: Facts, has_ref: bool | None
-) -> tuple[list[Columns], list[Problem], bool | None]:
-    """Reads and validates every file: ``(blocks of good records, problems, has_ref)``;
-    ``reports`` get their counts."""
-    blocks: list[Columns] = []
+    reports: list[FileReport],
+    fmap: dict[str, str],
+    facts: Facts,
+    has_ref: bool | None,
+    sink: TokenSink,
+    on_error: str,
+) -> tuple[list[Summary], list[Problem], bool | None]:
+    """Reads and validates every file, block by block: the token rows of each good block go
+    to ``sink`` as soon as it is validated (none after a bad record with ``on_error="fail"``:
+    the import will commit nothing). Returns ``(per-completion summaries of the good blocks,
+    problems, has_ref)``; ``reports`` get their counts."""
+    blocks: list[Summary] = []
     problems: list[Problem] = []
     for report in reports:
         for cols in read_blocks(report.path, fmap):
@@ -206,7 +207,9 @@ def _read_all(
             report.records += good.n
             report.tokens += int(good.comp_len.sum())
             if good.n:
-                blocks.append(good)
+                blocks.append(summarize(good, facts.eos_id))
+                if not (problems and on_error == "fail"):
+                    sink.add(good, bool(has_ref))
     return blocks, problems, has_ref
 
 
@@ -263,119 +266,45 @@ def _refuse_duplicates(reports: list[FileReport], tables: Tables, allow: bool) -
         seen[r.sha256] = f"this import ({r.path})"
 
 
-def _tensor(a: np.ndarray) -> torch.Tensor:
-    """``torch.from_numpy`` of an array that may be read-only (Arrow's zero-copy columns): the
-    tensor is only read (the storage copies it), so the warning about writes is silenced."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(a)
-
-
-def token_rows(
-    cols: Columns,
-    prompt: np.ndarray,
-    completion0: int,
-    eos_id: int,
-    has_ref: bool,
-    legacy: bool = False,
-) -> tuple[TensorDict, dict[str, np.ndarray]]:
-    """The token rows ``[T]`` of ``cols`` (leaves of ``layout.LEAVES``, plus
-    ``layout.LEGACY_LEAVES`` when ``legacy``: a format version 1 buffer's token storage) and
-    the per-completion arrays of the import (``layout.IMPORT_ARRAYS`` but the prompt table).
-    Every leaf is built once, at its stored dtype (no second copy)."""
-    n, lens = cols.n, cols.comp_len
-    T = int(lens.sum())
-    ends = np.cumsum(lens)  # one past each completion's last row
-    first = ends - lens
-    completion = np.repeat(np.arange(completion0, completion0 + n, dtype=np.int64), lens)
-    position = np.ones(T, dtype=np.int32)  # a running count restarted at each first row
-    position[first] = 1 - np.concatenate([[1], lens[:-1]])
-    np.cumsum(position, out=position)
-    done = np.zeros(T, dtype=bool)
-    done[ends - 1] = True
-    terminated = cols.comp_tok[ends - 1] == eos_id
-    log_reward = np.where(cols.has_reward, cols.reward, cols.log_reward).astype(np.float32)
-    group = np.where(cols.has_group, cols.group_id, prompt)
-    leaves = {
-        "action": _tensor(cols.comp_tok.astype(np.int64, copy=False)),
-        "sample_log_prob": torch.from_numpy(cols.logp.astype(np.float32)),
-        "position": torch.from_numpy(position),
-        "completion": torch.from_numpy(completion),
-        ("next", "done"): torch.from_numpy(done),
-    }
-    if has_ref:
-        leaves["ref_log_prob"] = torch.from_numpy(cols.ref.astype(np.float32))
-    if legacy:
-        owner = completion - completion0
-        done_terminated = np.zeros(T, dtype=bool)
-        done_terminated[ends - 1] = terminated
-        reward = np.zeros(T, dtype=np.float32)
-        reward[ends - 1] = log_reward
-        leaves |= {
-            "prompt": torch.from_numpy(prompt[owner]),
-            "group_id": torch.from_numpy(group[owner]),
-            "policy_version": torch.from_numpy(cols.policy_version[owner]),
-            "log_reward": torch.from_numpy(log_reward[owner]),
-            ("next", "terminated"): torch.from_numpy(done_terminated),
-            ("next", "truncated"): torch.from_numpy(done & ~done_terminated),
-            ("next", "reward"): torch.from_numpy(reward),
-        }
-    per_completion = {
-        "completion_length": lens.astype(np.int64),
-        "completion_prompt": prompt,
-        "completion_group": group.astype(np.int64),
-        "completion_policy_version": cols.policy_version.astype(np.int64),
-        "completion_log_reward": log_reward,
-        "completion_terminated": terminated,
-    }
-    return TensorDict(leaves, batch_size=[T]), per_completion
-
-
-def _commit(
+def _write_import_arrays(
     root,
-    where: str,
-    tables: Tables,
-    cols: Columns,
-    reports: list[FileReport],
-    has_ref: bool,
-    facts: Facts,
-    storage_options: dict[str, Any] | None = None,
-) -> tuple[str, int]:
-    """Appends and commits the token rows, writes the import's arrays, then its record."""
-    prompt, ptok, poff = prompt_index(
-        tables.prompt_tokens, tables.prompt_offsets, cols.prompt_tok, cols.prompt_len
-    )
-    c0 = tables.num_completions
-    rows, per_completion = token_rows(
-        cols, prompt, c0, facts.eos_id, has_ref, legacy=legacy_tokens(root)
-    )
-    path, opts = token_path(where), {"storage_options": storage_options}
-    storage = (
-        ZarrStorage.open(path, mode="r+", min_commit_interval=IMPORT_COMMIT_INTERVAL, **opts)
-        if TOKENS in root
-        else ZarrStorage(
-            None,
-            path=path,
-            **opts,
-            chunk_rows=TOKEN_CHUNK_ROWS,
-            index_keys=INDEX_KEYS,
-            compressors=TOKEN_CODECS,
-            min_commit_interval=IMPORT_COMMIT_INTERVAL,
-        )
-    )
-    try:
-        r0 = len(storage)  # rows of a killed import (no record) stay, uncounted, before these
-        storage.set(torch.arange(r0, r0 + len(rows)), rows)
-        storage.flush()
-    finally:
-        storage.close()
+    first: bool,
+    summary: Summary,
+    prompt: np.ndarray,
+    prompt_tokens: np.ndarray,
+    prompt_offsets: np.ndarray,
+):
+    """Creates the import's group ``imports/<id>`` (and ``imports/`` for the buffer's
+    ``first`` import) and writes its arrays (``IMPORT_ARRAYS``); nothing refers to it before
+    its record. Returns the group."""
     import_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
-    group = root.require_group(IMPORTS).create_group(import_id)
-    arrays = {"prompt_tokens": ptok, "prompt_offsets": poff, **per_completion}
+    group = new_import_group(root, import_id, create_parent=first)
+    arrays = {
+        "prompt_tokens": prompt_tokens,
+        "prompt_offsets": prompt_offsets,
+        "completion_length": summary.length,
+        "completion_prompt": prompt,
+        "completion_group": np.where(summary.has_group, summary.group_id, prompt),
+        "completion_policy_version": summary.policy_version,
+        "completion_log_reward": summary.log_reward,
+        "completion_terminated": summary.terminated,
+    }
     write_arrays(group, {name: arrays[name].astype(dt) for name, dt in IMPORT_ARRAYS.items()})
-    p0 = tables.num_prompts
+    return group
+
+
+def _write_record(
+    group,
+    reports: list[FileReport],
+    rows: tuple[int, int],
+    completions: tuple[int, int],
+    prompts: tuple[int, int],
+    has_ref: bool,
+) -> None:
+    """Writes the import's record into its group: the commit point (the token rows and the
+    group's arrays were written before; they are fsynced first, then this one atomic write)."""
     record = {
-        "id": import_id,
+        "id": group.basename,
         "time": time.time(),
         "files": [
             {
@@ -387,12 +316,11 @@ def _commit(
             }
             for r in reports
         ],
-        "rows": [r0, r0 + len(rows)],
-        "completions": [c0, c0 + cols.n],
-        "prompts": [p0, p0 + len(poff) - 1],
+        "rows": list(rows),
+        "completions": list(completions),
+        "prompts": list(prompts),
         "has_ref": has_ref,
     }
     # the commit point: the arrays above are fsynced first, then this one atomic write
     check_import_lock()  # an object-store lock whose lease ran out: commit nothing
     run_io(put_group_attributes(group, {IMPORT_ATTR: record}, durable=True))
-    return import_id, len(poff) - 1

@@ -1,7 +1,8 @@
 """The prompt table of an import: identical prompts (token lists) share one index, across the
 buffer's earlier imports too, found without a Python loop over records.
 
-Each prompt gets a 64-bit key (a wrapping sum of per-token hashes of token and position,
+With pyarrow (the ``generations`` extra), each prompt's token bytes go through Arrow's hash table
+(``dictionary_encode`` of a binary view of the tokens: exact). Without it, each prompt gets a 64-bit key (a wrapping sum of per-token hashes of token and position,
 mixed with the length); prompts are grouped by key, then every prompt is compared token by token
 with its group's first member, so two prompts share an index only if they are equal. Should two
 different prompts ever share a key, the exact path (a dictionary of token bytes) decides instead.
@@ -62,16 +63,9 @@ def prompt_index(
     all_tokens = np.concatenate([known_tokens, tokens]).astype(np.int64, copy=False)
     offsets = np.concatenate([known_offsets, known_offsets[-1] + np.cumsum(lengths)])
     all_lengths = np.diff(offsets)
-    _, first, inverse = np.unique(
-        prompt_keys(all_tokens, offsets), return_index=True, return_inverse=True
-    )
-    rep = first[inverse]  # the first prompt (known ones first) with the same key
-    same_length = all_lengths[rep] == all_lengths
-    equal = same_length.all() and np.array_equal(
-        all_tokens[ranges(offsets[rep], all_lengths)], all_tokens
-    )
-    if not equal:  # two different prompts share a key: decide by their bytes
-        rep = _exact_representatives(all_tokens, offsets)
+    rep = arrow_representatives(all_tokens, offsets)
+    if rep is None:
+        rep = hashed_representatives(all_tokens, offsets, all_lengths)
     rep_new = rep[K:]
     new_reps = np.unique(rep_new[rep_new >= K])  # new prompts, in order of first appearance
     index = rep_new.copy()
@@ -81,6 +75,43 @@ def prompt_index(
     new_tokens = all_tokens[ranges(offsets[new_reps], new_lengths)]
     new_offsets = np.concatenate([[0], np.cumsum(new_lengths)]).astype(np.int64)
     return index.astype(np.int64, copy=False), new_tokens, new_offsets
+
+
+def arrow_representatives(tokens: np.ndarray, offsets: np.ndarray) -> np.ndarray | None:
+    """int64 ``[P]``: the first prompt equal to each prompt, by Arrow's hash table over the
+    prompts' bytes (exact: equal bytes, equal prompts); ``None`` without pyarrow, or past 2 GiB
+    of prompt bytes."""
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+    except ImportError:
+        return None
+    if tokens.nbytes >= 1 << 31:
+        return None
+    bounds = (offsets * 8).astype(np.int32)
+    data = np.ascontiguousarray(tokens, dtype="<i8")
+    prompts = pa.Array.from_buffers(
+        pa.binary(), len(offsets) - 1, [None, pa.py_buffer(bounds), pa.py_buffer(data)]
+    )
+    encoded = pc.dictionary_encode(prompts)  # dictionary in order of first appearance
+    index = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    first = np.full(len(encoded.dictionary), len(index), dtype=np.int64)
+    np.minimum.at(first, index, np.arange(len(index)))
+    return first[index]
+
+
+def hashed_representatives(
+    tokens: np.ndarray, offsets: np.ndarray, lengths: np.ndarray
+) -> np.ndarray:
+    """int64 ``[P]``: the first prompt equal to each prompt, grouped by a 64-bit key and then
+    compared token by token (the exact path decides should two prompts share a key)."""
+    _, first, inverse = np.unique(
+        prompt_keys(tokens, offsets), return_index=True, return_inverse=True
+    )
+    rep = first[inverse]  # the first prompt (known ones first) with the same key
+    same_length = lengths[rep] == lengths
+    equal = same_length.all() and np.array_equal(tokens[ranges(offsets[rep], lengths)], tokens)
+    return rep if equal else _exact_representatives(tokens, offsets)
 
 
 def _exact_representatives(tokens: np.ndarray, offsets: np.ndarray) -> np.ndarray:

@@ -28,7 +28,10 @@ loads = json.loads
 JSONDecodeError = (json.JSONDecodeError, UnicodeDecodeError)
 
 BLOCK_RECORDS = 16384
-"""Records per block: the unit of validation (and of reading, for Parquet)."""
+"""Records per block: the unit of validation (and of reading, for JSON Lines)."""
+PARQUET_BATCH_RECORDS = 1024
+"""Records per block read from a Parquet file: small enough that the import writes the first
+blocks' chunks while the later ones are read and decoded (``importer.py``)."""
 
 TRL: dict[str, str] = {
     "sampling_per_token_logps": "logprobs",
@@ -361,7 +364,7 @@ def _type_problem(r: dict) -> tuple[str, str] | None:
 _REQUIRED = ("prompt_ids", "completion_ids", "logprobs")
 
 
-def _arrow_sources(names: list[str], field_map: Mapping[str, str]) -> dict[str, str]:
+def arrow_sources(names: list[str], field_map: Mapping[str, str]) -> dict[str, str]:
     """``{schema field: column name}`` after the user map, then TRL's names."""
     renamed = {field_map.get(c, c): c for c in names}
     for old, new in TRL.items():
@@ -509,8 +512,8 @@ def _arrow_blocks(batches, sources: dict[str, str], file: str) -> Iterator[Colum
 
 
 def read_parquet(path: str | os.PathLike, field_map: Mapping[str, str]) -> Iterator[Columns]:
-    """Column-wise, ``BLOCK_RECORDS`` rows at a time; a missing or mistyped column is named
-    before anything is read."""
+    """Column-wise, ``PARQUET_BATCH_RECORDS`` rows at a time (streamed: each block is decoded
+    when asked for); a missing or mistyped column is named before anything is read."""
     import pyarrow.parquet as pq
 
     file = str(path)
@@ -519,10 +522,12 @@ def read_parquet(path: str | os.PathLike, field_map: Mapping[str, str]) -> Itera
     except Exception as err:  # pyarrow raises ArrowInvalid / OSError for a damaged file
         raise GenerationsImportError(f"{file}: not a readable Parquet file ({err})") from err
     schema = pf.schema_arrow
-    sources = _arrow_sources(schema.names, field_map)
+    sources = arrow_sources(schema.names, field_map)
     check_arrow_schema(schema, sources, file)
     columns = list(dict.fromkeys(sources.values()))
-    return _arrow_blocks(pf.iter_batches(batch_size=BLOCK_RECORDS, columns=columns), sources, file)
+    return _arrow_blocks(
+        pf.iter_batches(batch_size=PARQUET_BATCH_RECORDS, columns=columns), sources, file
+    )
 
 
 def read_datasets(path: str | os.PathLike, field_map: Mapping[str, str]) -> Iterator[Columns]:
@@ -541,7 +546,7 @@ def read_datasets(path: str | os.PathLike, field_map: Mapping[str, str]) -> Iter
             f"(e.g. {os.path.join(file, next(iter(ds), 'train'))})"
         )
     table = ds.with_format("arrow")[:]
-    sources = _arrow_sources(table.schema.names, field_map)
+    sources = arrow_sources(table.schema.names, field_map)
     try:
         check_arrow_schema(table.schema, sources, file)
     except GenerationsImportError as err:

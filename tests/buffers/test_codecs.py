@@ -66,6 +66,26 @@ def test_explicit_compressors_replace_the_policy_compressor_of_every_leaf():
         assert bool(filters) == (kind == "float_series")
 
 
+def test_per_leaf_compressors_replace_the_whole_chain_of_the_leaves_named(tmp_path):
+    lz4 = zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+    for name, (dtype, shape, _) in KINDS.items():
+        options = leaf_codecs.array_options(name, LeafSpec(dtype, shape), 1, {"reward": [lz4]})
+        filters, comps = chain_names(options)
+        if name == "reward":  # a float series by its shape: no row delta when named
+            assert (filters, comps) == ([], [("BloscCodec", "lz4")])
+        else:  # the others keep the policy's chain
+            default = leaf_codecs.array_options(name, LeafSpec(dtype, shape), 1, None)
+            assert (filters, comps) == chain_names(default)
+    data = kinds_data(40)
+    storage = ZarrStorage(None, path=tmp_path / "s", chunk_rows=16, compressors={"reward": [lz4]})
+    storage.set(torch.arange(40), data)
+    storage.close()
+    plain = zarr.open_group(str(tmp_path / "s"), mode="r")
+    codecs = [type(c).__name__ for c in plain["reward"].metadata.codecs]
+    assert codecs == ["BytesCodec", "BloscCodec", "Crc32cCodec"]
+    assert np.array_equal(plain["reward"][:40], data["reward"].numpy())
+
+
 def kinds_data(n: int) -> TensorDict:
     g = torch.Generator().manual_seed(3)
     state = torch.randn(n + 1, 17, generator=g).cumsum(0)

@@ -18,6 +18,7 @@ from zarrl.buffers.generations import (
     GenerationsBuffer,
     GenerationsImportError,
     import_generations,
+    token_sink,
 )
 from zarrl.buffers.generations import importer as importer_module
 
@@ -544,7 +545,7 @@ def test_a_version_1_buffer_is_read_and_appended_with_its_own_leaves(tmp_path, m
     into one writes those leaves too (its storage refuses rows without them), and the reader
     returns the same batches."""
     first, second = make_records(6, seed=30), make_records(5, seed=31)
-    monkeypatch.setattr(importer_module, "legacy_tokens", lambda root: True)  # as v1 wrote
+    monkeypatch.setattr(token_sink, "legacy_tokens", lambda root: True)  # as v1 wrote
     import_generations([write_jsonl(tmp_path / "a.jsonl", first)], tmp_path / "buf", **FACTS)
     monkeypatch.undo()
     tokens = zarr.open_group(str(tmp_path / "buf" / "tokens"), mode="r")
@@ -576,3 +577,122 @@ def test_the_import_arrays_are_fsynced_before_the_record(tmp_path, fsync_events)
     fsynced = {p for kind, p in fsync_events[:record_at] if kind == "fsync"}
     arrays = {p for p in group.rglob("*") if p.is_file() and p.parent != group}
     assert arrays and arrays <= fsynced
+    # the group's own document and entry, imports/ and the facts of the new buffer too
+    assert {group.parent, group.parent / "zarr.json", buffer, buffer / "zarr.json"} <= fsynced
+
+
+def test_a_parquet_file_read_in_batches_gives_the_columns_of_the_whole_table(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+    from zarrl.buffers.generations import readers
+    from zarrl.buffers.generations.records import concat_columns
+
+    records = make_records(23, seed=40)
+    records[4]["completion_ids"] = None  # a null: reported with its row in its own batch
+    src = write_parquet(tmp_path / "a.parquet", records)
+    monkeypatch.setattr(readers, "PARQUET_BATCH_RECORDS", 5)
+    blocks = list(readers.read_parquet(src, {}))
+    assert len(blocks) == 5
+    (table,) = pq.read_table(src).combine_chunks().to_batches()  # the whole file, one batch
+    sources = readers.arrow_sources(table.schema.names, {})
+    whole = readers.columns_from_arrow(table, sources, 0, str(src))
+    batched = concat_columns(blocks)
+    for name in ("prompt_tok", "comp_tok", "comp_len", "logp", "ref", "reward", "location"):
+        assert np.array_equal(getattr(batched, name), getattr(whole, name), equal_nan=True), name
+    assert batched.pre_problems == whole.pre_problems
+    assert [p.where for p in batched.pre_problems] == ["row 4"]
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Blocks of 4 Parquet records and token chunks of 8 rows: an import of a few dozen
+    records appends whole chunks in bulk (written ahead) before its last blocks are read."""
+    from zarrl.buffers.generations import readers
+
+    monkeypatch.setattr(readers, "PARQUET_BATCH_RECORDS", 4)
+    monkeypatch.setattr(token_sink, "TOKEN_CHUNK_ROWS", 8)
+
+
+def test_a_bad_row_in_a_late_block_commits_nothing(tmp_path, small_chunks, monkeypatch):
+    first = make_records(5, seed=41)
+    buf = tmp_path / "buf"
+    import_generations([write_parquet(tmp_path / "a.parquet", first)], buf, **FACTS)
+    bulk = []
+    real_append, real_add = token_sink.BulkAppender.append, token_sink.TokenSink.add
+
+    def add_then_wait(self, cols, has_ref):  # the storage opens before the next block is read
+        real_add(self, cols, has_ref)
+        self.opened()
+
+    monkeypatch.setattr(token_sink.TokenSink, "add", add_then_wait)
+    monkeypatch.setattr(
+        token_sink.BulkAppender,
+        "append",
+        lambda self, td: (bulk.append(td.shape[0]), real_append(self, td)),
+    )
+    records = make_records(40, seed=42, min_len=3)
+    records[37]["logprobs"][1] = 0.5
+    src = write_parquet(tmp_path / "b.parquet", records)
+    with pytest.raises(GenerationsImportError) as err:
+        import_generations([src], buf)
+    assert [(p.where, p.field) for p in err.value.problems] == [("row 37", "logprobs")]
+    assert sum(bulk) >= 3 * 8  # earlier blocks' rows were appended before the bad one was read
+    with GenerationsBuffer.open(buf) as reader:
+        assert reader.num_completions == 5 and len(reader.imports) == 1
+        assert len(reader.storage) == reader.num_tokens  # not even uncounted rows
+        _check_holds(reader, first)
+    report = import_generations([src], buf, on_error="skip")
+    assert report.skipped == 1
+    with GenerationsBuffer.open(buf) as reader:
+        _check_holds(reader, first + records[:37] + records[38:])
+
+
+def test_a_failed_first_import_leaves_no_buffer(tmp_path, small_chunks):
+    records = make_records(40, seed=46, min_len=3)
+    records[38]["completion_ids"][0] = VOCAB  # outside the vocabulary, in the last block
+    src = write_parquet(tmp_path / "a.parquet", records)
+    with pytest.raises(GenerationsImportError, match="row 38"):
+        import_generations([src], tmp_path / "buf", **FACTS)
+    assert not GenerationsBuffer_exists(tmp_path / "buf")
+    assert not list((tmp_path / "buf").rglob("c.*"))  # no chunk of the token storage either
+    good = make_records(6, seed=47)
+    import_generations([write_parquet(tmp_path / "b.parquet", good)], tmp_path / "buf", **FACTS)
+    with GenerationsBuffer.open(tmp_path / "buf") as reader:
+        _check_holds(reader, good)
+
+
+def test_an_import_killed_mid_bulk_append_leaves_the_buffer_as_before(
+    tmp_path, small_chunks, monkeypatch
+):
+    """Interrupted after whole chunks were written past the token storage's commit (the
+    storage is abandoned: closed with nothing more written, as a killed process leaves it):
+    readers see the buffer as before, and the next import overwrites the leftovers exactly."""
+    first = make_records(6, seed=43)
+    buf = tmp_path / "buf"
+    import_generations([write_parquet(tmp_path / "a.parquet", first)], buf, **FACTS)
+    with GenerationsBuffer.open(buf) as reader:
+        rows_before = len(reader.storage)
+    calls = []
+    real = token_sink.TokenSink.add
+
+    def killed_at_the_fifth_block(self, cols, has_ref):
+        calls.append(cols.n)
+        if len(calls) == 5:
+            self.storage.chunk_writer.land(wait=True)  # the chunks are on disk
+            raise KeyboardInterrupt
+        real(self, cols, has_ref)
+        self.opened()  # the storage opens before the next block is read
+
+    monkeypatch.setattr(token_sink.TokenSink, "add", killed_at_the_fifth_block)
+    second = make_records(40, seed=44, min_len=3)
+    with pytest.raises(KeyboardInterrupt):
+        import_generations([write_parquet(tmp_path / "b.parquet", second)], buf)
+    monkeypatch.undo()
+    chunk_files = sorted(p.name for p in (buf / "tokens" / "action").glob("c.*"))
+    assert len(chunk_files) > -(rows_before // -8)  # chunks written past the commit
+    with GenerationsBuffer.open(buf) as reader:
+        assert len(reader.storage) == rows_before
+        _check_holds(reader, first)
+    third = make_records(30, seed=45, min_len=3)
+    import_generations([write_parquet(tmp_path / "c.parquet", third)], buf)
+    with GenerationsBuffer.open(buf) as reader:
+        _check_holds(reader, first + third)

@@ -47,9 +47,27 @@ def test_identical_prompts_share_an_index_with_known_ones():
     _check(known, [])
 
 
+def test_arrow_and_hashed_paths_find_the_same_representatives():
+    rng = np.random.default_rng(1)
+    pool = [rng.integers(0, 40, size=rng.integers(0, 5)).tolist() for _ in range(25)] + [[]]
+    tokens, lengths = _flat([pool[i] for i in rng.integers(0, len(pool), size=500)])
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    arrow = prompts.arrow_representatives(tokens, offsets)
+    hashed = prompts.hashed_representatives(tokens, offsets, lengths)
+    assert arrow is not None and arrow.tolist() == hashed.tolist()
+    first = {}
+    want = [
+        first.setdefault(tuple(tokens[a:b]), i)
+        for i, (a, b) in enumerate(zip(offsets, offsets[1:]))
+    ]
+    assert arrow.tolist() == want
+
+
 def test_a_key_collision_falls_back_to_the_exact_comparison(monkeypatch):
     known = [[5, 6], [7]]
     block = [[7], [1, 2, 3], [5, 6], [9], [1, 2, 3], [8, 8]]
+    monkeypatch.setattr(prompts, "arrow_representatives", lambda tokens, offsets: None)  # numpy
+    _check(known, block)  # the hashed path without pyarrow
     monkeypatch.setattr(  # every prompt gets the same key
         prompts, "prompt_keys", lambda tokens, offsets: np.zeros(len(offsets) - 1, np.uint64)
     )

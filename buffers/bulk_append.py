@@ -1,0 +1,189 @@
+"""Bulk appends to a growing ``ZarrStorage``: whole chunks encoded and stored straight from the
+caller's arrays, bypassing the chunk pool's per-row staging.
+
+``append_chunks`` takes rows that fill whole chunks from the ring's end (which must be on a
+chunk boundary) and hands them to the storage's write-ahead (``buffers/write_ahead.py``): each
+chunk is encoded on the encoder threads, written as a fresh chunk file (no committed row lives
+in it) and, for ``durability="os"`` storages, fsynced on the sync thread while the caller goes
+on. Their seal entries are staged when the batch lands, before the commit that counts them,
+exactly as for the chunks the storage writes ahead itself; the rows are counted by the next
+commit (``flush``), never before. A crash before it leaves the chunk files past the commit:
+nothing counts them and the next appends overwrite them.
+
+``BulkAppender`` accepts rows in pieces of any size: the rows up to the next chunk boundary and
+the remainder after the last whole chunk go through ``ZarrStorage.set`` (the chunk pool), the
+whole chunks in between through ``append_chunks``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+
+from .row_data import infer_header, validate
+from .store_io import run_io
+
+BACKLOG = 2
+"""Write-ahead batches of bulk chunks in flight at most (each holds its source arrays)."""
+RESERVE_CHUNKS = 8
+"""A bulk append that grows the arrays makes room for at least this many more chunks (array
+metadata only, zeros past the commit): a growing import rewrites every leaf's metadata a few
+times instead of at every doubling."""
+
+
+def check_bulk(storage: Any) -> None:
+    """Raises ``ValueError`` naming why ``storage`` takes no bulk append: it must be writable,
+    growing (``max_size=None``), one batch dim, without ``dedupe_next`` and with synchronous
+    chunk codecs."""
+    header = storage.log.header
+    why = None
+    if storage.read_only:
+        why = "it is read-only"
+    elif storage.ring.capacity is not None:
+        why = "it is a ring of fixed capacity (bulk appends need max_size=None)"
+    elif storage.ndim != 1 or (header is not None and header.tail):
+        why = "it has more than one batch dim"
+    elif header is not None and header.xor_previous:
+        why = "it stores de-duplicated next leaves (dedupe_next=True)"
+    elif header is not None and not storage.chunks.sync_codecs:
+        why = "a leaf's codecs have no whole-chunk encoder"
+    if why is not None:
+        raise ValueError(f"{storage.where}: no bulk append: {why}")
+
+
+def ensure_layout(storage: Any, td: TensorDictBase) -> None:
+    """Creates the store's layout (arrays, seal table, an empty commit) from the first row of
+    ``td`` when the storage has none yet, as its first ``set`` would."""
+    if storage.log.header is not None:
+        return
+    layout = storage.rows.layout
+    header = infer_header(
+        td[0],
+        layout.ndim,
+        storage.ring.capacity_for,
+        layout.chunk_rows,
+        layout.index_keys,
+        storage.chunks.compressors,
+        layout.dedupe_next,
+    )
+    header.tensor_root = False
+    storage.rows.setup(header, create=True)
+    storage.log.write()
+
+
+def append_chunks(storage: Any, data: TensorDictBase) -> int:
+    """Appends the rows of ``data`` (a TensorDict ``[k * chunk_rows]`` of the store's schema)
+    as ``k`` whole chunks at the ring's end, which must be a chunk boundary; returns ``k``.
+    Called by ``ZarrStorage.append_chunks`` under its lock (it keeps TorchRL's bookkeeping)."""
+    check_bulk(storage)
+    storage.guard.check_writable()
+    if not isinstance(data, TensorDictBase) or data.batch_dims != 1:
+        raise ValueError(f"{storage.where}: a bulk append takes a TensorDict of batch [rows]")
+    td = data
+    ensure_layout(storage, td)
+    header, ring = storage.log.header, storage.ring
+    leaves = validate(td, header)
+    R, n = header.chunk_rows, td.shape[0]
+    if n % R or ring.end % R:
+        raise ValueError(
+            f"{storage.where}: a bulk append takes whole chunks of {R} rows from a chunk "
+            f"boundary; got {n} rows at physical row {ring.end}; nothing was written"
+        )
+    if n == 0:
+        return 0
+    writer, chunks = storage.chunk_writer, storage.chunks
+    leaves = {p: v.detach().to("cpu") for p, v in leaves.items()}
+    arrays = {p: leaves[p].numpy() for p in chunks.arrays}
+    first = ring.end // R
+    commit = storage.log.commit
+    fresh_from = -((commit.base + commit.write_count) // -R)
+    if ring.end + n > storage.log.commit.extent:  # array metadata, fsynced at the next commit
+        run_io(chunks.grow(ring.end + max(n, RESERVE_CHUNKS * R)))
+    codecs = chunks.codecs()
+    items, tags = [], []
+    for i in range(n // R):
+        for path, a in arrays.items():
+            items.append((codecs[path], first + i, a[i * R : (i + 1) * R]))
+            tags.append(path)
+    writer.write_ahead.submit(items, fresh_from, fsync=storage.durability == "os", tags=tags)
+    pos = ring.next_position()
+    ring.advance(n)
+    storage.hot.grow_for(ring.end - 1)
+    storage.index.ensure_rows(pos + n)
+    storage.index.write(slice(pos, pos + n), leaves)
+    writer.land(wait=BACKLOG)  # back-pressure: at most BACKLOG batches hold their arrays
+    return n // R
+
+
+class BulkAppender:
+    """Appends rows given in pieces of any size to a growing ``ZarrStorage``: whole chunks in
+    bulk (``ZarrStorage.append_chunks``), the rows before the first chunk boundary and after
+    the last whole chunk through ``set``. ``finish()`` commits them (``flush``); ``abandon()``
+    closes the storage without committing any of them."""
+
+    def __init__(self, storage: Any) -> None:
+        check_bulk(storage)
+        self.storage = storage
+        self.pieces: list[TensorDictBase] = []
+        self.held = 0  # rows in ``pieces``
+        self.appended = 0  # rows handed to the storage
+
+    def append(self, data: TensorDictBase) -> None:
+        """Appends the rows of ``data`` (``[N]``, the store's schema) after those before."""
+        if data.shape[0] == 0:
+            return
+        ensure_layout(self.storage, data)
+        self.pieces.append(data)
+        self.held += data.shape[0]
+        R = self.storage.log.header.chunk_rows
+        to_boundary = -self.storage.ring.end % R
+        if to_boundary:  # the head chunk first, through the pool
+            if self.held < to_boundary:
+                return
+            self._set(self._take(to_boundary))
+        whole = self.held // R * R
+        if whole:
+            self.storage.append_chunks(self._take(whole))
+            self.appended += whole
+
+    def reserve(self, rows: int) -> None:
+        """Grows the arrays (their metadata only; the store's layout must exist) to hold at
+        least ``rows`` more rows, so that the appends that follow resize nothing."""
+        storage = self.storage
+        with storage.guard.lock:
+            end = storage.ring.end + rows
+            if end > storage.log.commit.extent:
+                run_io(storage.chunks.grow(end))
+
+    def finish(self) -> None:
+        """Appends the rows still held (through ``set``), then commits (``flush``)."""
+        if self.held:
+            self._set(self._take(self.held))
+        self.storage.flush()
+
+    def abandon(self) -> None:
+        """Closes the storage without committing the rows appended (``ZarrStorage.abandon``)."""
+        self.pieces, self.held = [], 0
+        self.storage.abandon()
+
+    def _set(self, td: TensorDictBase) -> None:
+        start = len(self.storage)
+        self.storage.set(torch.arange(start, start + td.shape[0]), td)
+        self.appended += td.shape[0]
+
+    def _take(self, n: int) -> TensorDictBase:
+        """The first ``n`` held rows (one TensorDict); the rest stay held."""
+        out, got = [], 0
+        while got < n:
+            piece = self.pieces[0]
+            k = min(n - got, piece.shape[0])
+            out.append(piece[:k])
+            if k == piece.shape[0]:
+                self.pieces.pop(0)
+            else:
+                self.pieces[0] = piece[k:]
+            got += k
+        self.held -= n
+        return out[0] if len(out) == 1 else torch.cat(out)

@@ -1,0 +1,136 @@
+"""Bulk appends (``buffers/bulk_append.py``): whole chunks written straight from the caller's
+arrays store exactly what ``ZarrStorage.set`` stores, count only from the next commit, and an
+abandoned append leaves the store at its last commit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import zarr
+from tensordict import TensorDict
+from zarrl.buffers.bulk_append import BulkAppender
+from zarrl.buffers.storage import ZarrStorage
+
+R = 16
+INDEX = ["traj", ("next", "done")]
+
+
+def _rows(n: int, seed: int) -> TensorDict:
+    g = torch.Generator().manual_seed(seed)
+    return TensorDict(
+        {
+            "action": torch.randint(0, 1000, (n,), generator=g),
+            "logp": -torch.rand(n, generator=g),
+            "obs": torch.randn(n, 3, generator=g),
+            "traj": torch.arange(n) // 5 + 1000 * seed,
+            ("next", "done"): torch.rand(n, generator=g) < 0.2,
+        },
+        batch_size=[n],
+    )
+
+
+def _same(a: ZarrStorage, b: ZarrStorage) -> None:
+    assert len(a) == len(b)
+    ta, tb = a[:], b[:]
+    for key in ta.keys(True, True):
+        assert torch.equal(ta[key], tb[key]), key
+
+
+def test_bulk_appends_store_what_set_stores(tmp_path):
+    """Pieces crossing chunk boundaries, in two sessions (the second starts inside a partly
+    filled chunk): the same rows, readable (seal-checked) by a reopened storage and by plain
+    zarr, as the same rows given to ``set``."""
+    pieces = [_rows(7, 1), _rows(40, 2), _rows(3, 3), _rows(50, 4), _rows(1, 5)]
+    ref = ZarrStorage(None, path=tmp_path / "ref", chunk_rows=R, index_keys=INDEX)
+    for td in pieces:
+        n = len(ref)
+        ref.set(torch.arange(n, n + td.shape[0]), td)
+    ref.close()
+
+    bulk = ZarrStorage(None, path=tmp_path / "bulk", chunk_rows=R, index_keys=INDEX)
+    appender = BulkAppender(bulk)
+    for td in pieces[:2]:
+        appender.append(td)
+    appender.finish()
+    assert len(bulk) == 47
+    bulk.close()
+    bulk = ZarrStorage.open(tmp_path / "bulk", min_commit_interval=3600)
+    appender = BulkAppender(bulk)
+    for td in pieces[2:]:
+        appender.append(td)
+    bulk.chunk_writer.land(wait=True)
+    assert sorted(bulk.hot.pool.dirty) == [2]  # chunks 3 to 5 were never staged in the pool
+    assert bulk.chunk_writer.written_chunks == 6
+    appender.finish()
+    _same(bulk, ZarrStorage.open(tmp_path / "ref", mode="r"))  # the writer's own view
+    bulk.close()
+    _same(
+        ZarrStorage.open(tmp_path / "bulk", mode="r"), ZarrStorage.open(tmp_path / "ref", mode="r")
+    )
+    plain_ref = zarr.open_group(str(tmp_path / "ref"), mode="r")
+    plain = zarr.open_group(str(tmp_path / "bulk"), mode="r")
+    for path in ("action", "logp", "obs", "traj", "next/done"):
+        assert (plain[path][:101] == plain_ref[path][:101]).all(), path
+
+
+def test_bulk_rows_count_only_from_the_commit_and_abandon_keeps_the_last_one(tmp_path):
+    path = tmp_path / "s"
+    storage = ZarrStorage(None, path=path, chunk_rows=R, index_keys=INDEX)
+    first = _rows(20, 1)
+    storage.set(torch.arange(20), first)
+    storage.close()
+
+    storage = ZarrStorage.open(path, min_commit_interval=3600)
+    appender = BulkAppender(storage)
+    appender.append(_rows(60, 2))  # chunks 2 and 3 written ahead, past the commit
+    storage.chunk_writer.land(wait=True)
+    assert (path / "action" / "c.3").exists()
+    reader = ZarrStorage.open(path, mode="r")
+    assert len(reader) == 20  # nothing counted before a commit
+    appender.abandon()
+    assert storage.closed
+    reopened = ZarrStorage.open(path, mode="r")
+    assert len(reopened) == 20
+    assert torch.equal(reopened[:]["obs"], first["obs"])
+
+    storage = ZarrStorage.open(path, min_commit_interval=3600)  # the leftovers are overwritten
+    again = _rows(45, 3)
+    appender = BulkAppender(storage)
+    appender.append(again)
+    appender.finish()
+    storage.close()
+    reopened = ZarrStorage.open(path, mode="r")
+    assert len(reopened) == 65
+    assert torch.equal(reopened[:]["action"], torch.cat([first["action"], again["action"]]))
+
+
+def test_append_chunks_refuses_what_it_cannot_append(tmp_path):
+    storage = ZarrStorage(None, path=tmp_path / "a", chunk_rows=R)
+    storage.set(torch.arange(3), _rows(3, 1))
+    with pytest.raises(
+        ValueError,
+        match=r"whole chunks of 16 rows from a chunk boundary; got 16 rows at physical row 3",
+    ):
+        storage.append_chunks(_rows(16, 2))
+    with pytest.raises(ValueError, match="does not match the stored schema"):
+        storage.append_chunks(_rows(13, 3).exclude("obs"))
+    assert len(storage) == 3
+    storage.close()
+    ring = ZarrStorage(100, path=tmp_path / "ring", chunk_rows=R)
+    with pytest.raises(ValueError, match="a ring of fixed capacity"):
+        BulkAppender(ring)
+    ring.close()
+
+
+def test_bulk_chunks_and_their_directories_are_fsynced_before_the_commit(tmp_path, fsync_events):
+    path = (tmp_path / "d").resolve()
+    storage = ZarrStorage(None, path=path, chunk_rows=R, index_keys=INDEX)
+    appender = BulkAppender(storage)
+    appender.append(_rows(70, 1))  # chunks 0 to 3 in bulk, 6 rows through the pool
+    appender.finish()
+    last = max(i for i, (kind, p) in enumerate(fsync_events) if p == path / "zarr.json")
+    before = {p for kind, p in fsync_events[:last] if kind == "fsync"}
+    chunks = {p for p in path.rglob("c.*") if p.is_file() and p.parent.name != "seals"}
+    assert len(chunks) == 5 * 5 and chunks <= before  # 5 leaves, 4 bulk chunks and the head
+    assert {path / "action", path / "next" / "done"} <= before  # their directory entries
+    storage.close()
