@@ -29,6 +29,7 @@ import tempfile
 import time
 
 import numpy as np
+from json_lines import JsonLines  # benchmarks/json_lines.py (sibling script)
 
 OBS = 8
 
@@ -109,19 +110,12 @@ class Proc:
             text=True,
         )
         os.set_blocking(self.proc.stdout.fileno(), False)
+        self.lines = JsonLines(self.proc.stdout)
         self.starts += 1
         self.reported = False
 
     def _drain(self) -> list[dict]:
-        out = []
-        while True:
-            try:
-                line = self.proc.stdout.readline()
-            except (BlockingIOError, TypeError):  # no complete line yet
-                break
-            if not line:
-                break
-            out.append(json.loads(line))
+        out = self.lines.read()
         if out:
             self.last.update(out[-1])
             self.reported = True

@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from json_lines import JsonLines  # benchmarks/json_lines.py (sibling script)
 
 ENV = "CartPole-v1"
 #: digest multipliers (odd 64-bit constants, fixed so that any process computes the same hash)
@@ -307,20 +308,12 @@ class Child:
             start_new_session=True,
         )
         os.set_blocking(self.proc.stdout.fileno(), False)
+        self.lines = JsonLines(self.proc.stdout, prefix="{")
         self.starts += 1
         self.reported, self.pids = False, {}
 
     def reports(self) -> list[dict]:
-        out = []
-        while True:
-            try:
-                line = self.proc.stdout.readline()
-            except (BlockingIOError, TypeError):
-                break
-            if not line:
-                break
-            if line.startswith("{"):
-                out.append(json.loads(line))
+        out = self.lines.read()
         for report in out:
             self.last.update(report)
             self.pids.update(report.get("pids", {}))

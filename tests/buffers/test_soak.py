@@ -47,3 +47,28 @@ def test_a_short_ray_soak_keeps_every_committed_row_and_trains():
     assert result["rows bit-exact"] == result["rows stored"] >= result["rows reported committed"]
     assert result["rows reported committed"] > 0 and result["learner updates"] > 0
     assert set(result["rss MiB min/max"]) >= {"collect", "buffer", "worker", "learner"}
+
+
+def test_the_harness_parses_only_whole_lines_of_a_child(tmp_path):
+    """A non-blocking read may end mid-line (an unbuffered child writes a line and its newline
+    separately): the start is kept until the newline comes, blank and foreign lines skipped."""
+    import os
+
+    sys.path.insert(0, str(SOAK.parent))
+    try:
+        from json_lines import JsonLines
+    finally:
+        sys.path.remove(str(SOAK.parent))
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    with os.fdopen(r, "r") as stream:
+        lines = JsonLines(stream, prefix="{")
+        os.write(w, b'{"rows": 1')
+        assert lines.read() == []  # half a line: nothing yet
+        os.write(w, b', "samples": 2}')
+        assert lines.read() == []
+        os.write(w, b'\n\n(ray) a worker log line\n{"rows": 3}\n{"ro')
+        assert lines.read() == [{"rows": 1, "samples": 2}, {"rows": 3}]
+        os.write(w, b'ws": 4}\n')
+        assert lines.read() == [{"rows": 4}]
+    os.close(w)
