@@ -210,6 +210,9 @@ def test_a_failed_background_write_is_raised_and_its_rows_written_again(tmp_path
     monkeypatch.setattr(chunk_codec.ChunkCodec, "encode", encode)
     rb = ReplayBuffer(storage=storage)
     rb.extend(batch(5))
+    deadline = time.monotonic() + 30
+    while not failed_in and time.monotonic() < deadline:  # the background batch has run
+        time.sleep(0.01)
     with pytest.raises(OSError, match="No space left"):
         storage.flush()  # the background error surfaces here; nothing was committed
     assert failed_in[0].startswith(("zarrl-encode", "zarrl-write-ahead"))  # in the background
