@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from tensordict import TensorDictBase
 
+from .chunk_writer import on_host
 from .row_data import infer_header, validate
 from .store_io import run_io
 
@@ -94,11 +95,10 @@ def append_chunks(storage: Any, data: TensorDictBase) -> int:
     if n == 0:
         return 0
     writer, chunks = storage.chunk_writer, storage.chunks
-    leaves = {p: v.detach().to("cpu") for p, v in leaves.items()}
+    leaves = {p: on_host(v) for p, v in leaves.items()}
     arrays = {p: leaves[p].numpy() for p in chunks.arrays}
     first = ring.end // R
-    commit = storage.log.commit
-    fresh_from = -((commit.base + commit.write_count) // -R)
+    fresh_from = writer.fresh_from
     if ring.end + n > storage.log.commit.extent:  # array metadata, fsynced at the next commit
         run_io(chunks.grow(ring.end + max(n, RESERVE_CHUNKS * R)))
     codecs = chunks.codecs()

@@ -34,6 +34,7 @@ from .seals import (
     seal_rows,
 )
 from .store_io import grow_array, put_objects, run_io
+from .write_ahead import encode_group
 
 Block = dict[str, np.ndarray]  # one chunk of every leaf: {path: [chunk_rows, *tail, *shape]}
 
@@ -292,13 +293,13 @@ class ChunkStore:
         blocks: list[tuple[int, Block]],
         io: list,
         fresh_from: int,
-        encode_all: Callable[[list], list] | None = None,
+        encode_all: Callable[[list], list] = encode_group,
     ) -> None:
         """Encodes and stores whole chunks ``(chunk, block)`` (already XORed) after the
         coroutines ``io`` (array resizes): seal entries first (crash-safe), then the chunks;
         chunks from ``fresh_from`` on hold no committed row (written in place). ``encode_all``
-        encodes ``[(codec, chunk, array)]`` in order (e.g. on several threads; default: here,
-        one after the other)."""
+        encodes ``[(codec, chunk, array)]`` in order (default: one after the other, here;
+        ``WriteAhead.encode_all``: on several threads)."""
         R = self.log.header.chunk_rows
         codecs = self.codecs()
         fallback, pending = [], []
@@ -310,9 +311,7 @@ class ChunkStore:
                 else:
                     fallback.append((arr, slice(c * R, (c + 1) * R), block[path]))
         items = [item for _, item in pending]
-        blobs = (
-            [codec.encode(a) for codec, _, a in items] if encode_all is None else encode_all(items)
-        )
+        blobs = encode_all(items)
         encoded = [(codec, c, blob) for (codec, c, _), blob in zip(items, blobs)]
         sealed = [(path, c, data_crc(blob)) for (path, (_, c, _)), blob in zip(pending, blobs)]
         if self.seals is not None and sealed:  # entries before their chunks (crash-safe)

@@ -57,6 +57,11 @@ class ChunkWriter:
         """Physical row after the last committed row."""
         return self.log.commit.base + self.log.commit.write_count
 
+    @property
+    def fresh_from(self) -> int:
+        """The first chunk id that holds no committed row (written in place, not atomically)."""
+        return -(self._committed_end // -self.log.header.chunk_rows)
+
     # ------------------------------------------------------------------ staging
     def write_rows(self, rows: torch.Tensor, leaves: dict[str, torch.Tensor], append: bool) -> None:
         """Stages ``leaves`` (``{path: [N, *tail, *shape]}``, any device) at ring positions
@@ -169,7 +174,7 @@ class ChunkWriter:
         half = max(1, pool.max_slots // 2)
         while self.write_ahead.in_flight and len(self.write_ahead.in_flight) + len(chunks) > half:
             self.land(wait=self.write_ahead.batches - 1)  # back-pressure: the oldest
-        fresh_from = -(self._committed_end // -R)
+        fresh_from = self.fresh_from
         # only chunks that hold no committed row: their seal entries are staged when they land
         # (before the commit that covers them); a rewrite of committed rows is written by the
         # commit itself, entries first
@@ -219,7 +224,7 @@ class ChunkWriter:
             pairs = self.log.header.xor_previous
             blocks = [(c, xor_rows.apply(pool.chunk_arrays(c), pairs)) for c in dirty]
             self.chunks.write(  # published by the commit that follows
-                blocks, io, -(self._committed_end // -R), self.write_ahead.encode_all
+                blocks, io, self.fresh_from, self.write_ahead.encode_all
             )
             self.written_chunks = max(self.written_chunks, dirty[-1] + 1)
             pool.mark_clean(dirty)

@@ -26,8 +26,6 @@ from .chunk_codec import ChunkCodec, store_chunks
 from .seals import data_crc
 from .store_io import SyncLog, fsync_files
 
-# chunks encoded at once by a batch: blosc runs single-threaded outside the main thread, and
-# encoding dominates a batch
 # threads that encode a batch (the write-ahead thread and its helpers): one core is left to the
 # thread that appends (on 2 cores, a second encoder only made both wait for each other)
 ENCODE_THREADS = min(4, max(1, (os.cpu_count() or 1) - 1))
