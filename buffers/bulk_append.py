@@ -23,7 +23,7 @@ import torch
 from tensordict import TensorDictBase
 
 from .chunk_writer import on_host
-from .row_data import infer_header, validate
+from .row_data import validate
 from .store_io import run_io
 
 BACKLOG = 2
@@ -57,21 +57,8 @@ def check_bulk(storage: Any) -> None:
 def ensure_layout(storage: Any, td: TensorDictBase) -> None:
     """Creates the store's layout (arrays, seal table, an empty commit) from the first row of
     ``td`` when the storage has none yet, as its first ``set`` would."""
-    if storage.log.header is not None:
-        return
-    layout = storage.rows.layout
-    header = infer_header(
-        td[0],
-        layout.ndim,
-        storage.ring.capacity_for,
-        layout.chunk_rows,
-        layout.index_keys,
-        storage.chunks.compressors,
-        layout.dedupe_next,
-    )
-    header.tensor_root = False
-    storage.rows.setup(header, create=True)
-    storage.log.write()
+    if storage.log.header is None:
+        storage.rows.create_layout(storage.rows.infer_layout(td[0]))
 
 
 def append_chunks(storage: Any, data: TensorDictBase) -> int:

@@ -23,6 +23,7 @@ from ._compat_torchrl import MAX_SIZE_UNBOUNDED
 from .chunk_io import ChunkStore
 from .chunk_writer import ChunkWriter
 from .commit_log import CommitLog
+from .format import Header
 from .gathering import Gatherer
 from .guard import StoreGuard
 from .index_columns import IndexColumns
@@ -130,21 +131,11 @@ class RowWriter:
         n = td.shape[0] if not isinstance(cursor, tuple) else 0
         if self.log.header is None:
             try:
-                header = infer_header(
-                    td[0],
-                    ndim,
-                    self.ring.capacity_for,
-                    self.layout.chunk_rows,
-                    self.layout.index_keys,
-                    self.chunks.compressors,
-                    self.layout.dedupe_next,
-                )
+                header = self.infer_layout(td[0])
             except ValueError:  # refused before anything exists: the writer moves back too
                 refuse()
                 raise
-            header.tensor_root = isinstance(data, torch.Tensor)
-            self.setup(header, create=True)
-            self.log.write()
+            self.create_layout(header, tensor_root=isinstance(data, torch.Tensor))
         if isinstance(cursor, tuple) and len(cursor) > 1:  # checked as whole rows
             self.write_partial(cursor, td, length)
             return Written(None, 0)
@@ -162,6 +153,26 @@ class RowWriter:
             raise ValueError(f"{rows.numel()} positions for {td.shape[0]} rows of data")
         self.chunk_writer.write_rows(rows, leaves, append=append)
         return Written(cursor, td.shape[:ndim].numel())
+
+    def infer_layout(self, element: TensorDictBase) -> Header:
+        """The header a first write of ``element`` (one row) gives the store, from the
+        storage's layout arguments; raises ``ValueError`` for data it cannot store."""
+        return infer_header(
+            element,
+            self.layout.ndim,
+            self.ring.capacity_for,
+            self.layout.chunk_rows,
+            self.layout.index_keys,
+            self.chunks.compressors,
+            self.layout.dedupe_next,
+        )
+
+    def create_layout(self, header: Header, tensor_root: bool = False) -> None:
+        """Creates the store's arrays and seal table for ``header`` and writes it (the layout
+        of the first write; ``tensor_root``: the rows are plain tensors, not TensorDicts)."""
+        header.tensor_root = tensor_root
+        self.setup(header, create=True)
+        self.log.write()
 
     def write_partial(self, cursor: tuple, td: TensorDictBase, length: int) -> None:
         """Writes a sub-row selection ``cursor = (dim0, *rest)`` of the live rows (``length``
