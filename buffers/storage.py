@@ -398,43 +398,36 @@ class ZarrStorage(TensorStorage):
     def close(self) -> None:
         """Flushes and releases the background threads; the storage cannot be used afterwards
         (worker proxies still waiting get an error)."""
-        if self.closed:
-            return
-        if self._channel is not None:  # outside the lock: the pump may be applying a write
-            self._channel.stop()
-        if not self.origin.temporary and not self.read_only:  # buffer locks before ours
-            self.samplers.save_attached(attached_buffers(self))
-        with self.guard.lock:
-            if self.closed:
-                return
-            if not self.origin.temporary:
-                self.committer.flush(self.durability, self._len)
-            self.chunk_writer.close()
-            self.hot.close()
-            self.guard.closed = True
-            if not self.read_only:
-                pickling.unregister_writer(self)
-            if self.origin.temporary:  # a temporary store (no path given): removed
-                self.origin.release()
+        self._shut(commit=True)
 
     @names_store
     def abandon(self) -> None:
         """Closes without committing: the rows appended since the last commit are dropped,
         as if the process had been killed (chunk files already written past the commit stay
         uncounted; the next appends overwrite them). The store keeps its last commit."""
+        self._shut(commit=False)
+
+    def _shut(self, commit: bool) -> None:
+        """``close`` (``commit``: the attached samplers' state saved, then a flush) or
+        ``abandon``: the background threads released, the storage unusable afterwards."""
         if self.closed:
             return
-        if self._channel is not None:
+        if self._channel is not None:  # outside the lock: the pump may be applying a write
             self._channel.stop()
+        persistent = not self.origin.temporary
+        if commit and persistent and not self.read_only:  # buffer locks before ours
+            self.samplers.save_attached(attached_buffers(self))
         with self.guard.lock:
             if self.closed:
                 return
+            if commit and persistent:
+                self.committer.flush(self.durability, self._len)
             self.chunk_writer.close()
             self.hot.close()
             self.guard.closed = True
             if not self.read_only:
                 pickling.unregister_writer(self)
-            if self.origin.temporary:
+            if not persistent:  # a temporary store (no path given): removed
                 self.origin.release()
 
     def __enter__(self) -> ZarrStorage:
