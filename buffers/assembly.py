@@ -103,15 +103,17 @@ def assemble(
     device: torch.device,
     existsok: bool,
     setup: Callable[..., None],
+    mirror_index: bool = True,
 ) -> tuple[Parts, Commit | None]:
     """Opens (``mode="r"``, ``"r+"``) or creates (``"w"``) the store at ``path`` and builds the
     parts of ``host`` on it: ``ring`` its ring, ``setup(header, create=False)`` what makes a
     new layout the parts' one. A writable store is checked writable, its torn temporaries
     removed and its commit record pinned (``object_store.pin``). Returns the parts and the
-    adopted commit (``None`` while no row decided the layout). Errors name the store."""
+    adopted commit (``None`` while no row decided the layout). Errors name the store.
+    ``mirror_index=False``: no RAM mirror of the index columns (``IndexColumns``)."""
     read_only = mode == "r"
     guard = StoreGuard(store_name(path), read_only)
-    index = IndexColumns()
+    index = IndexColumns(mirror_index)
     with guard.naming():
         log = CommitLog(
             open_group(path, mode, storage_options), guard.where, ring.max_size, layout.ndim

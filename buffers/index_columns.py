@@ -10,22 +10,34 @@ import numpy as np
 import torch
 
 from .chunk_io import ChunkStore
-from .format import CorruptChunkError, Header, torch_dtype
+from .format import CorruptChunkError, Header, numpy_dtype_name, torch_dtype
+
+
+def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A zeroed CPU tensor whose pages the kernel zeroes on first touch (numpy's ``calloc``),
+    instead of ``torch.zeros``' fill of every byte up front: growing a column of hundreds of
+    MB would otherwise write it twice (the fill, then the rows)."""
+    return torch.from_numpy(np.zeros(shape, dtype=numpy_dtype_name(dtype, "index column")))
 
 
 class IndexColumns:
     """``{path: [rows, *tail, *shape]}`` tensors by ring position (grown on demand)."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
         self.columns: dict[str, torch.Tensor] = {}
+        self.enabled = enabled
 
     def build(self, header: Header) -> None:
-        """Zeroed columns for the ``header``'s index keys (the ring's rows, or 1024 to grow)."""
+        """Zeroed columns for the ``header``'s index keys (the ring's rows, or 1024 to grow);
+        none when the mirror is disabled: every leaf is then read through the chunk cache."""
+        if not self.enabled:
+            self.columns = {}
+            return
         rows = header.capacity if header.capacity is not None else 1024
         self.columns = {
-            k: torch.zeros(
+            k: lazy_zeros(
                 (rows, *header.tail, *header.schema[k].shape),
-                dtype=torch_dtype(header.schema[k].dtype),
+                torch_dtype(header.schema[k].dtype),
             )
             for k in header.index_keys
         }
@@ -51,7 +63,7 @@ class IndexColumns:
         """Grows every column (geometrically) to hold ``n`` ring positions."""
         for k, t in list(self.columns.items()):
             if t.shape[0] < n:
-                new = torch.zeros((max(n, 2 * t.shape[0]), *t.shape[1:]), dtype=t.dtype)
+                new = lazy_zeros((max(n, 2 * t.shape[0]), *t.shape[1:]), t.dtype)
                 new[: t.shape[0]] = t
                 self.columns[k] = new
 

@@ -36,8 +36,8 @@ from .temp_store import make_temp_store, remove_on_release
 _WRITERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 REOPEN_OPTIONS = (  # constructor arguments that ``init_options`` reports
     "ndim", "device", "chunk_rows", "compressors", "cache", "cache_device", "flush_every_rows",
-    "flush_every_seconds", "min_commit_interval", "index_keys", "refresh_every_seconds",
-    "gc_grace_seconds", "dedupe_next", "storage_options",
+    "flush_every_seconds", "min_commit_interval", "index_keys", "mirror_index",
+    "refresh_every_seconds", "gc_grace_seconds", "dedupe_next", "storage_options",
 )  # fmt: skip
 
 

@@ -72,6 +72,11 @@ class ZarrStorage(TensorStorage):
             rewrites the group's ``zarr.json``). ``0`` commits at every completed chunk.
         index_keys: leaves mirrored in RAM by position (default: leaves of at most 16 bytes
             per element, e.g. ``("collector", "traj_ids")``, ``("next", "done")``, rewards).
+        mirror_index: ``False`` keeps no RAM mirror of the index keys in this storage object:
+            for a writer that only appends (an import), which then neither reloads the
+            stored index columns when it opens nor copies every appended row into RAM;
+            samplers still work, reading those leaves through the chunk cache instead. The
+            stored ``index_keys`` (what readers mirror) are unchanged.
         refresh_every_seconds: read-only storages re-read the commit record this often.
         gc_grace_seconds: chunks overwritten by the ring are deleted this long after they died,
             so concurrent readers lagging less than this never lose a row they can see.
@@ -114,6 +119,7 @@ class ZarrStorage(TensorStorage):
         flush_every_seconds: float | None = None,
         min_commit_interval: float = 0.1,
         index_keys: list | None = None,
+        mirror_index: bool = True,
         refresh_every_seconds: float | None = None,
         gc_grace_seconds: float = 10.0,
         dedupe_next: bool = False,
@@ -157,6 +163,7 @@ class ZarrStorage(TensorStorage):
             device=self.device,
             existsok=existsok,
             setup=self._setup,
+            mirror_index=mirror_index,
         )
         for name, part in vars(parts).items():
             setattr(self, name, part)
@@ -186,7 +193,8 @@ class ZarrStorage(TensorStorage):
 
         ``mode="r+"`` continues writing; ``mode="r"`` is a reader (``refresh()`` picks up new
         commits). ``cache_options``: ``cache``, ``cache_device``, ``flush_every_rows``,
-        ``flush_every_seconds``, ``min_commit_interval``, ``refresh_every_seconds``.
+        ``flush_every_seconds``, ``min_commit_interval``, ``refresh_every_seconds``,
+        ``mirror_index``.
         """
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
