@@ -105,72 +105,95 @@ def append_chunks(storage: Any, data: TensorDictBase) -> int:
 
 
 class BulkAppender:
-    """Appends rows given in pieces of any size to a growing ``ZarrStorage``: whole chunks in
-    bulk (``ZarrStorage.append_chunks``), the rows before the first chunk boundary and after
-    the last whole chunk through ``set``. ``finish()`` commits them (``flush``); ``abandon()``
-    closes the storage without committing any of them."""
+    """Appends rows given in pieces of any size to a growing ``ZarrStorage``: the rows before
+    the first chunk boundary through ``set``, then every whole chunk in bulk
+    (``ZarrStorage.append_chunks``) from a buffer the pieces are copied into; ``finish()``
+    appends the rows of the last, partly filled chunk through ``set`` and commits them
+    (``flush``); ``abandon()`` closes the storage without committing any of them.
+
+    The chunk buffers (one chunk of every leaf each) are reused in turn, ``BACKLOG + 1`` of
+    them: ``append_chunks`` returns with at most ``BACKLOG`` write-ahead batches in flight and
+    batches land in order, so the buffer filled ``BACKLOG + 1`` chunks ago has been encoded.
+    Each row is copied once (piece -> buffer) into memory already faulted in, instead of
+    concatenating the pieces of every chunk into fresh arrays."""
 
     def __init__(self, storage: Any) -> None:
         check_bulk(storage)
         self.storage = storage
-        self.pieces: list[TensorDictBase] = []
-        self.held = 0  # rows in ``pieces``
+        self.buffers: list[TensorDictBase] = []  # BACKLOG + 1 chunk buffers, made on demand
+        self.turn = 0  # the buffer being filled
+        self.filled = 0  # its rows
         self.appended = 0  # rows handed to the storage
+
+    @property
+    def held(self) -> int:
+        """Rows copied into the chunk buffer and not handed to the storage yet."""
+        return self.filled
 
     def append(self, data: TensorDictBase) -> None:
         """Appends the rows of ``data`` (``[N]``, the store's schema) after those before."""
-        if data.shape[0] == 0:
+        n = data.shape[0]
+        if n == 0:
             return
         ensure_layout(self.storage, data)
-        self.pieces.append(data)
-        self.held += data.shape[0]
+        validate(data, self.storage.log.header)  # a clear error before anything is copied
         R = self.storage.log.header.chunk_rows
-        to_boundary = -self.storage.ring.end % R
-        if to_boundary:  # the head chunk first, through the pool
-            if self.held < to_boundary:
-                return
-            self._set(self._take(to_boundary))
-        whole = self.held // R * R
-        if whole:
-            self.storage.append_chunks(self._take(whole))
-            self.appended += whole
+        i = 0
+        if not self.filled:  # the head chunk first, through the pool
+            to_boundary = -self.storage.ring.end % R
+            if to_boundary:
+                i = min(to_boundary, n)
+                self._set(data[:i])
+        while i < n:
+            buffer = self._buffer(data, R)
+            k = min(R - self.filled, n - i)
+            buffer[self.filled : self.filled + k] = data[i : i + k]
+            self.filled += k
+            i += k
+            if self.filled == R:
+                self.storage.append_chunks(buffer)
+                self.appended += R
+                self.filled = 0
+                self.turn = (self.turn + 1) % (BACKLOG + 1)
 
     def reserve(self, rows: int) -> None:
-        """Grows the arrays (their metadata only; the store's layout must exist) to hold at
-        least ``rows`` more rows, so that the appends that follow resize nothing."""
+        """Makes room for at least ``rows`` more rows (the store's layout must exist): grows
+        the arrays (their metadata only) and the storage's index columns (memory the kernel
+        zeroes on first touch), so that the appends that follow resize and copy nothing."""
         storage = self.storage
         with storage.guard.lock:
             end = storage.ring.end + rows
             if end > storage.log.commit.extent:
                 run_io(storage.chunks.grow(end))
+            storage.index.ensure_rows(storage.ring.next_position() + rows)
 
     def finish(self) -> None:
-        """Appends the rows still held (through ``set``), then commits (``flush``)."""
-        if self.held:
-            self._set(self._take(self.held))
+        """Appends the rows of the partly filled chunk (through ``set``), then commits
+        (``flush``)."""
+        if self.filled:
+            self._set(self.buffers[self.turn][: self.filled])
+            self.filled = 0
         self.storage.flush()
 
     def abandon(self) -> None:
         """Closes the storage without committing the rows appended (``ZarrStorage.abandon``)."""
-        self.pieces, self.held = [], 0
+        self.buffers, self.filled = [], 0
         self.storage.abandon()
+
+    def _buffer(self, like: TensorDictBase, rows: int) -> TensorDictBase:
+        """The chunk buffer being filled, made (uninitialized, shaped as ``like``'s rows) the
+        first time its turn comes."""
+        if self.turn == len(self.buffers):
+            self.buffers.append(
+                like[:0].apply(
+                    lambda t: torch.empty((rows, *t.shape[1:]), dtype=t.dtype),
+                    batch_size=[rows],
+                    device="cpu",
+                )
+            )
+        return self.buffers[self.turn]
 
     def _set(self, td: TensorDictBase) -> None:
         start = len(self.storage)
         self.storage.set(torch.arange(start, start + td.shape[0]), td)
         self.appended += td.shape[0]
-
-    def _take(self, n: int) -> TensorDictBase:
-        """The first ``n`` held rows (one TensorDict); the rest stay held."""
-        out, got = [], 0
-        while got < n:
-            piece = self.pieces[0]
-            k = min(n - got, piece.shape[0])
-            out.append(piece[:k])
-            if k == piece.shape[0]:
-                self.pieces.pop(0)
-            else:
-                self.pieces[0] = piece[k:]
-            got += k
-        self.held -= n
-        return out[0] if len(out) == 1 else torch.cat(out)

@@ -134,3 +134,56 @@ def test_bulk_chunks_and_their_directories_are_fsynced_before_the_commit(tmp_pat
     assert len(chunks) == 5 * 5 and chunks <= before  # 5 leaves, 4 bulk chunks and the head
     assert {path / "action", path / "next" / "done"} <= before  # their directory entries
     storage.close()
+
+
+def test_a_writer_without_the_index_mirror_samples_from_the_chunks(tmp_path):
+    """``mirror_index=False``: no RAM column is kept (none reloaded at opening, none written
+    by appends), slices are still drawn by trajectory and rows read back exactly; the store's
+    ``index_keys`` stay what readers mirror; pickles carry the option."""
+    from torchrl.data import ReplayBuffer, SliceSampler
+
+    rows = _rows(70, 1)
+    storage = ZarrStorage(None, path=tmp_path / "s", chunk_rows=R, index_keys=INDEX)
+    storage.set(torch.arange(30), rows[:30])
+    storage.close()
+    writer = ZarrStorage.open(tmp_path / "s", mirror_index=False)
+    assert not writer.index.columns  # the committed rows' columns were not reloaded
+    appender = BulkAppender(writer)
+    appender.append(rows[30:])
+    appender.finish()
+    assert not writer.index.columns
+    assert torch.equal(writer[torch.arange(70)]["traj"], rows["traj"])
+    rb = ReplayBuffer(
+        storage=writer, sampler=SliceSampler(slice_len=5, traj_key="traj"), batch_size=20
+    )
+    batch = rb.sample()
+    assert (batch["traj"].view(4, 5) == batch["traj"].view(4, 5)[:, :1]).all()
+    assert writer.init_options["mirror_index"] is False  # what a pickle reopens it with
+    writer.close()
+    reader = ZarrStorage.open(tmp_path / "s", mode="r")
+    assert sorted(reader.index.columns) == ["next/done", "traj"]
+    assert torch.equal(reader[torch.arange(70)]["action"], rows["action"])
+    reader.close()
+
+
+def test_chunk_buffers_are_reused_in_turn_and_every_row_lands_intact(tmp_path):
+    """Many whole chunks from pieces of odd sizes: only ``BACKLOG + 1`` chunk buffers are
+    made, and a buffer refilled while earlier chunks are written ahead corrupts none of them."""
+    from zarrl.buffers.bulk_append import BACKLOG
+
+    rows = _rows(16 * 12 + 5, 2)
+    storage = ZarrStorage(None, path=tmp_path / "s", chunk_rows=R, index_keys=INDEX)
+    appender = BulkAppender(storage)
+    at = 0
+    for size in (3, 29, 16, 1, 50, 7, 64, 27):
+        appender.append(rows[at : at + size])
+        at += size
+    assert at == rows.shape[0]
+    assert len(appender.buffers) == BACKLOG + 1
+    appender.finish()
+    storage.close()
+    reopened = ZarrStorage.open(tmp_path / "s", mode="r")
+    got = reopened[:]
+    for key in rows.keys(True, True):
+        assert torch.equal(got[key], rows[key]), key
+    reopened.close()
