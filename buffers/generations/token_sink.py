@@ -246,9 +246,16 @@ class TokenSink:
     def _open(self) -> None:
         """Opens or creates the token storage."""
         self._put_facts()  # a new buffer's group holds its facts before any member
-        path, opts = token_path(self.where), {"storage_options": self.storage_options}
+        path = token_path(self.where)
+        # an import only appends: no RAM mirror of the index columns (neither the buffer's
+        # rows reloaded at opening nor the import's copied; 13 bytes a token)
+        opts = {
+            "storage_options": self.storage_options,
+            "min_commit_interval": IMPORT_COMMIT_INTERVAL,
+            "mirror_index": False,
+        }
         self.storage = (
-            ZarrStorage.open(path, mode="r+", min_commit_interval=IMPORT_COMMIT_INTERVAL, **opts)
+            ZarrStorage.open(path, mode="r+", **opts)
             if TOKENS in self.root
             else ZarrStorage(
                 None,
@@ -257,7 +264,6 @@ class TokenSink:
                 chunk_rows=TOKEN_CHUNK_ROWS,
                 index_keys=INDEX_KEYS,
                 compressors=TOKEN_CODECS,
-                min_commit_interval=IMPORT_COMMIT_INTERVAL,
             )
         )
         # rows of a killed import (no record) stay, uncounted, before these
