@@ -46,7 +46,7 @@ def add_import_parser(sub) -> argparse.ArgumentParser:
     g.add_argument(
         "--allow-duplicate",
         action="store_true",
-        help="import a file this buffer already holds (same sha256) again",
+        help="import a file this buffer already holds (same xxh3_128 hash) again",
     )
     g.add_argument(
         "--storage-option",

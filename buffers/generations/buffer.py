@@ -144,7 +144,7 @@ class GenerationsBuffer:
 
     @property
     def imports(self) -> list[dict]:
-        """The import records (files with their sha256, ranges, time), oldest first."""
+        """The import records (files with their hash, ``xxh3_128`` or, before it, ``sha256``; ranges, time), oldest first."""
         return list(self._tables.records)
 
     @property

@@ -35,7 +35,7 @@ from .layout import (
     write_arrays,
 )
 from .prompts import prompt_index
-from .readers import digest, format_of, parse_field_map, read_blocks
+from .readers import DIGEST, LEGACY_DIGEST, digest, format_of, parse_field_map, read_blocks
 from .records import GenerationsImportError, Problem, validate
 from .stores import check_import_lock, import_lock
 from .token_sink import Summary, TokenSink, concat_summaries, summarize
@@ -44,7 +44,7 @@ from .token_sink import Summary, TokenSink, concat_summaries, summarize
 @dataclasses.dataclass
 class FileReport:
     path: str
-    sha256: str
+    digests: dict[str, str]  # ``readers.DIGEST`` (and ``LEGACY_DIGEST`` for older buffers)
     records: int = 0
     skipped: int = 0
     tokens: int = 0
@@ -86,8 +86,8 @@ def import_generations(
 
     ``on_error="fail"``: any bad record raises ``GenerationsImportError`` listing every bad
     record, and nothing is committed; ``"skip"``: the good records are imported and the bad ones
-    reported. A file whose sha256 an earlier import of this buffer (or this call) already holds
-    is refused unless ``allow_duplicate``.
+    reported. A file whose hash (``readers.DIGEST``) an earlier import of this buffer (or this
+    call) already holds is refused unless ``allow_duplicate``.
     """
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
@@ -130,18 +130,19 @@ def _import(
     facts = _agree_facts(stored, tables, vocab_size, eos_id, max_new_tokens, where)
     sink = TokenSink(root, where, tables, facts, stored, storage_options)
     try:
-        # the files' sha256 on a thread while they are read (hashlib releases the GIL); a
-        # duplicate is refused before any error of its reading is raised
-        reports = [FileReport(os.fspath(f), "") for f in files]
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="zarrl-sha256") as pool:
-            digests = [pool.submit(digest, f) for f in files]
+        # the files' hashes on a thread while they are read (xxhash and hashlib release the
+        # GIL); a duplicate is refused before any error of its reading is raised
+        reports = [FileReport(os.fspath(f), {}) for f in files]
+        names = [DIGEST, LEGACY_DIGEST] if _has_legacy_digests(tables) else [DIGEST]
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="zarrl-digest") as pool:
+            digests = [pool.submit(digest, f, names) for f in files]
             try:
                 blocks, problems, has_ref = _read_all(
                     reports, fmap, facts, tables.has_ref, sink, on_error
                 )
             finally:
                 for report, d in zip(reports, digests):
-                    report.sha256 = d.result()
+                    report.digests = d.result()
                 _refuse_duplicates(reports, tables, allow_duplicate)
         if problems and on_error == "fail":
             raise GenerationsImportError(
@@ -250,20 +251,27 @@ def _agree_facts(
     return Facts(vocab, eos, limit)
 
 
+def _has_legacy_digests(tables: Tables) -> bool:
+    """Whether an import record of the buffer names a file by its ``LEGACY_DIGEST`` only."""
+    return any(DIGEST not in f for rec in tables.records for f in rec["files"])
+
+
 def _refuse_duplicates(reports: list[FileReport], tables: Tables, allow: bool) -> None:
     if allow:
         return
-    seen: dict[str, str] = {}
+    seen: dict[tuple[str, str], str] = {}
     for rec in tables.records:
         for f in rec["files"]:
-            seen.setdefault(f["sha256"], f"import {rec['id']} ({f.get('path', '?')})")
+            name = DIGEST if isinstance(f.get(DIGEST), str) else LEGACY_DIGEST
+            seen.setdefault((name, f[name]), f"import {rec['id']} ({f.get('path', '?')})")
     for r in reports:
-        if r.sha256 in seen:
-            raise GenerationsImportError(
-                f"{r.path} was already imported into this buffer by {seen[r.sha256]} "
-                "(same sha256); pass --allow-duplicate to import it again"
-            )
-        seen[r.sha256] = f"this import ({r.path})"
+        for name, value in r.digests.items():
+            if (name, value) in seen:
+                raise GenerationsImportError(
+                    f"{r.path} was already imported into this buffer by {seen[name, value]} "
+                    f"(same {name} hash); pass --allow-duplicate to import it again"
+                )
+        seen[DIGEST, r.digests[DIGEST]] = f"this import ({r.path})"
 
 
 def _write_import_arrays(
@@ -309,7 +317,7 @@ def _write_record(
         "files": [
             {
                 "path": r.path,
-                "sha256": r.sha256,
+                DIGEST: r.digests[DIGEST],
                 "records": r.records,
                 "skipped": r.skipped,
                 "tokens": r.tokens,

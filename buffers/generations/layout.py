@@ -33,6 +33,7 @@ from .. import _compat_zarr as zarr_compat
 from ..chunk_codec import ChunkCodec
 from ..errors import StoreFormatError
 from ..store_io import metadata_objects, note_written, put_objects, run_io
+from .readers import DIGEST, LEGACY_DIGEST
 from .stores import buffer_store, has_group, tokens_location
 
 FORMAT = "zarrl.generations"
@@ -339,7 +340,9 @@ def _check_record(rec: Any, where: str) -> dict:
         raise StoreFormatError(f"{file}: {IMPORT_ATTR}.id / has_ref missing or mistyped")
     files = rec.get("files")
     if not isinstance(files, list) or not all(
-        isinstance(f, Mapping) and isinstance(f.get("sha256"), str) for f in files
+        isinstance(f, Mapping)
+        and any(isinstance(f.get(name), str) for name in (DIGEST, LEGACY_DIGEST))
+        for f in files
     ):
         raise StoreFormatError(f"{file}: {IMPORT_ATTR}.files is not a list of files")
     return dict(rec)

@@ -15,11 +15,12 @@ import io
 import itertools
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xxhash
 
 from .records import FIELDS, Columns, GenerationsImportError, Problem
 
@@ -29,9 +30,11 @@ JSONDecodeError = (json.JSONDecodeError, UnicodeDecodeError)
 
 BLOCK_RECORDS = 16384
 """Records per block: the unit of validation (and of reading, for JSON Lines)."""
-PARQUET_BATCH_RECORDS = 1024
+PARQUET_BATCH_RECORDS = 4096
 """Records per block read from a Parquet file: small enough that the import writes the first
-blocks' chunks while the later ones are read and decoded (``importer.py``)."""
+blocks' chunks while the later ones are read and decoded (``importer.py``), large enough that
+the per-block costs (pyarrow's batch slicing, the block's validation) stay small: 1,024 made
+a 7.8 M-token import 15-20% slower."""
 
 TRL: dict[str, str] = {
     "sampling_per_token_logps": "logprobs",
@@ -74,18 +77,33 @@ def parse_field_map(spec: str | Mapping[str, str] | None) -> dict[str, str]:
     return pairs
 
 
-def digest(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes; of a folder: of its files' relative names and bytes, sorted."""
-    h = hashlib.sha256()
+DIGEST = "xxh3_128"
+"""The hash an import records of each file (``files[i]["xxh3_128"]``) to refuse importing the
+same file twice: xxHash's XXH3 128-bit, about 20x faster than sha256 here (a 150 MB Parquet file
+in 7 ms instead of 94 ms, on the import's critical path on 2 cores). Not cryptographic: it
+tells equal files from different ones, not a forged collision (which could only make an import
+be refused; ``allow_duplicate`` imports it anyway). Buffers written before it record
+``sha256``, which is then computed too (``LEGACY_DIGEST``)."""
+LEGACY_DIGEST = "sha256"
+
+
+def digest(path: str | os.PathLike, names: Sequence[str] = (DIGEST,)) -> dict[str, str]:
+    """``{name: hex digest}`` of a file's bytes (``names``: ``DIGEST`` and/or
+    ``LEGACY_DIGEST``, one read for all); of a folder: of its files' relative names and bytes,
+    sorted."""
+    makers = {DIGEST: xxhash.xxh3_128, LEGACY_DIGEST: hashlib.sha256}
+    hashes = {name: makers[name]() for name in names}
     path = Path(path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for f in files:
-        if path.is_dir():
-            h.update(str(f.relative_to(path)).encode() + b"\0")
+        for h in hashes.values():
+            if path.is_dir():
+                h.update(str(f.relative_to(path)).encode() + b"\0")
         with open(f, "rb") as fh:
             while chunk := fh.read(1 << 22):
-                h.update(chunk)
-    return h.hexdigest()
+                for h in hashes.values():
+                    h.update(chunk)
+    return {name: h.hexdigest() for name, h in hashes.items()}
 
 
 def format_of(path: str | os.PathLike) -> str:

@@ -419,7 +419,7 @@ def test_importing_the_same_file_twice_is_refused_unless_allowed(tmp_path):
     copy.write_bytes(src.read_bytes())
     with pytest.raises(
         GenerationsImportError,
-        match=r"copy\.jsonl was already imported into this buffer by import .*a\.jsonl.*same sha256",
+        match=r"copy\.jsonl was already imported into this buffer by import .*a\.jsonl.*same xxh3_128",
     ):
         import_generations([copy], tmp_path / "buf")
     with pytest.raises(GenerationsImportError, match="by this import"):
@@ -428,7 +428,42 @@ def test_importing_the_same_file_twice_is_refused_unless_allowed(tmp_path):
     assert report.completions == 5
     with GenerationsBuffer.open(tmp_path / "buf") as buf:
         assert buf.num_completions == 10
-        assert buf.imports[0]["files"][0]["sha256"] == buf.imports[1]["files"][0]["sha256"]
+        assert buf.imports[0]["files"][0]["xxh3_128"] == buf.imports[1]["files"][0]["xxh3_128"]
+
+
+def test_a_buffer_whose_records_name_files_by_sha256_still_refuses_them(tmp_path):
+    """Buffers written before the xxh3_128 hash record each file's sha256: the import then
+    hashes the new files both ways, refuses one whose sha256 is recorded, and records only
+    xxh3_128 for what it imports."""
+    import hashlib
+
+    from zarrl.buffers.generations.layout import IMPORT_ATTR
+
+    src = write_jsonl(tmp_path / "a.jsonl", make_records(5, seed=14))
+    import_generations([src], tmp_path / "buf", **FACTS)
+    with GenerationsBuffer.open(tmp_path / "buf") as buf:
+        import_id = buf.imports[0]["id"]
+    group = zarr.open_group(str(tmp_path / "buf" / "imports" / import_id), mode="r+")
+    record = group.attrs[IMPORT_ATTR]
+    for f in record["files"]:
+        del f["xxh3_128"]
+        f["sha256"] = hashlib.sha256(src.read_bytes()).hexdigest()
+    group.attrs[IMPORT_ATTR] = record
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes(src.read_bytes())
+    with pytest.raises(GenerationsImportError, match=r"a\.jsonl\) \(same sha256 hash\)"):
+        import_generations([copy], tmp_path / "buf")
+    other = write_jsonl(tmp_path / "b.jsonl", make_records(3, seed=15))
+    import_generations([other], tmp_path / "buf")
+    with GenerationsBuffer.open(tmp_path / "buf") as buf:
+        assert list(buf.imports[1]["files"][0]) == [
+            "path",
+            "xxh3_128",
+            "records",
+            "skipped",
+            "tokens",
+        ]
+        assert buf.num_completions == 8
 
 
 def test_buffer_facts_are_required_then_enforced(tmp_path):
