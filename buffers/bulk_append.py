@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from tensordict import TensorDictBase
 
@@ -147,7 +148,7 @@ class BulkAppender:
         while i < n:
             buffer = self._buffer(data, R)
             k = min(R - self.filled, n - i)
-            buffer[self.filled : self.filled + k] = data[i : i + k]
+            self._copy(data, i, i + k, buffer)
             self.filled += k
             i += k
             if self.filled == R:
@@ -192,6 +193,18 @@ class BulkAppender:
                 )
             )
         return self.buffers[self.turn]
+
+    def _copy(self, data: TensorDictBase, a: int, b: int, buffer: TensorDictBase) -> None:
+        """Rows ``[a, b)`` of ``data`` into the buffer's rows from ``self.filled`` on: numpy
+        copies for CPU leaves (no torch intra-op threads woken, which would spin on the cores
+        the background encoding needs), torch's for the others."""
+        at = slice(self.filled, self.filled + b - a)
+        for key, leaf in data.items(include_nested=True, leaves_only=True):
+            dest = buffer.get(key)[at]
+            if leaf.device.type == "cpu":
+                np.copyto(dest.numpy(), leaf[a:b].detach().numpy())
+            else:
+                dest.copy_(leaf[a:b])
 
     def _set(self, td: TensorDictBase) -> None:
         start = len(self.storage)
