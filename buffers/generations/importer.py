@@ -156,9 +156,11 @@ def _import(
             sink.abandon()
             return ImportReport(reports, problems, None, 0, 0, 0)
         summary = concat_summaries(blocks)
-        prompt, ptok, poff = prompt_index(
+        # the blocks' distinct prompts into the buffer's table, then each record's
+        distinct, ptok, poff = prompt_index(
             tables.prompt_tokens, tables.prompt_offsets, summary.prompt_tok, summary.prompt_len
         )
+        prompt = distinct[summary.prompt]
         # the import's arrays are written on a thread while the token rows are committed
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="zarrl-arrays") as pool:
             first = not tables.records

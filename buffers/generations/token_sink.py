@@ -17,6 +17,7 @@ from ..bulk_append import RESERVE_CHUNKS, BulkAppender, ensure_layout
 from ..storage import ZarrStorage
 from ..store_io import clear_store, put_group_attributes, run_io
 from .layout import FACTS_ATTR, TOKENS, Facts, Tables, legacy_tokens, token_path
+from .prompts import prompt_index
 from .records import Columns, concat_columns
 
 TOKEN_CHUNK_ROWS = 1 << 18
@@ -58,9 +59,12 @@ class Summary:
     """Per-completion values of good records ``[n]`` (what the import's arrays hold, but the
     prompt index): ``length`` int64, ``group_id`` int64 with ``has_group`` bool,
     ``policy_version`` int64, ``log_reward`` float32, ``terminated`` bool (ends with the end
-    token); their prompts' tokens ``prompt_tok`` int64 flat with ``prompt_len`` int64 ``[n]``."""
+    token); ``prompt`` int64 ``[n]``: each record's prompt among the distinct prompts of its
+    block (tokens ``prompt_tok`` int64 flat with ``prompt_len`` int64 ``[p]``), so that only
+    distinct prompts are held until the import's prompt table is made."""
 
     length: np.ndarray
+    prompt: np.ndarray
     prompt_tok: np.ndarray
     prompt_len: np.ndarray
     group_id: np.ndarray
@@ -73,10 +77,15 @@ class Summary:
 def summarize(cols: Columns, eos_id: int) -> Summary:
     """The per-completion values of a block of good records (every completion non-empty)."""
     lens = cols.comp_len
+    empty = np.zeros(0, dtype=np.int64)
+    prompt, ptok, poff = prompt_index(
+        empty, np.zeros(1, dtype=np.int64), cols.prompt_tok, cols.prompt_len
+    )
     return Summary(
         length=lens.astype(np.int64),
-        prompt_tok=cols.prompt_tok.astype(np.int64, copy=False),
-        prompt_len=cols.prompt_len,
+        prompt=prompt,
+        prompt_tok=ptok,
+        prompt_len=np.diff(poff),
         group_id=cols.group_id,
         has_group=cols.has_group,
         policy_version=cols.policy_version.astype(np.int64, copy=False),
@@ -86,10 +95,15 @@ def summarize(cols: Columns, eos_id: int) -> Summary:
 
 
 def concat_summaries(blocks: list[Summary]) -> Summary:
+    """The summaries of consecutive blocks as one (``prompt`` renumbered to index the
+    concatenated distinct prompts)."""
     if len(blocks) == 1:
         return blocks[0]
     fields = dataclasses.fields(Summary)
-    return Summary(**{f.name: np.concatenate([getattr(b, f.name) for b in blocks]) for f in fields})
+    out = {f.name: np.concatenate([getattr(b, f.name) for b in blocks]) for f in fields}
+    first = np.cumsum([0] + [len(b.prompt_len) for b in blocks[:-1]])
+    out["prompt"] += np.repeat(first, [len(b.prompt) for b in blocks])
+    return Summary(**out)
 
 
 def token_rows(
