@@ -12,6 +12,7 @@ per-completion values and prompts in RAM, and at most a chunk of token rows per 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
 import time
@@ -34,6 +35,7 @@ from .layout import (
     read_facts,
     write_arrays,
 )
+from .prefetch import prefetched
 from .prompts import prompt_index
 from .readers import DIGEST, LEGACY_DIGEST, digest, format_of, parse_field_map, read_blocks
 from .records import GenerationsImportError, Problem, validate
@@ -191,28 +193,30 @@ def _read_all(
     blocks: list[Summary] = []
     problems: list[Problem] = []
     for report in reports:
-        for cols in read_blocks(report.path, fmap):
-            if has_ref is None and cols.n:
-                has_ref = bool(cols.ref_len[0] >= 0)
-            ok, bad = validate(
-                cols,
-                file=report.path,
-                where_word="line" if format_of(report.path) == "jsonl" else "row",
-                vocab_size=facts.vocab_size,
-                eos_id=facts.eos_id,
-                max_new_tokens=facts.max_new_tokens,
-                has_ref=has_ref,
-            )
-            found = cols.pre_problems + bad
-            problems += found
-            report.skipped += len(found)
-            good = cols if ok.all() else cols.take(ok)
-            report.records += good.n
-            report.tokens += int(good.comp_len.sum())
-            if good.n:
-                blocks.append(summarize(good, facts.eos_id))
-                if not (problems and on_error == "fail"):
-                    sink.add(good, bool(has_ref))
+        # the next block is read and decoded on a thread while this one is validated and added
+        with contextlib.closing(prefetched(read_blocks(report.path, fmap))) as file_blocks:
+            for cols in file_blocks:
+                if has_ref is None and cols.n:
+                    has_ref = bool(cols.ref_len[0] >= 0)
+                ok, bad = validate(
+                    cols,
+                    file=report.path,
+                    where_word="line" if format_of(report.path) == "jsonl" else "row",
+                    vocab_size=facts.vocab_size,
+                    eos_id=facts.eos_id,
+                    max_new_tokens=facts.max_new_tokens,
+                    has_ref=has_ref,
+                )
+                found = cols.pre_problems + bad
+                problems += found
+                report.skipped += len(found)
+                good = cols if ok.all() else cols.take(ok)
+                report.records += good.n
+                report.tokens += int(good.comp_len.sum())
+                if good.n:
+                    blocks.append(summarize(good, facts.eos_id))
+                    if not (problems and on_error == "fail"):
+                        sink.add(good, bool(has_ref))
     return blocks, problems, has_ref
 
 

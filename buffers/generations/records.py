@@ -145,6 +145,34 @@ def _segment_any(bad_tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.bincount(owner[bad_tokens], minlength=n) > 0
 
 
+def _ids_outside(tokens: np.ndarray, lengths: np.ndarray, vocab_size: int) -> np.ndarray:
+    """bool ``[n]``: the record holds an id outside ``[0, vocab_size)``; a block's min and max
+    settle the common case of none without a pass per check."""
+    if not tokens.size or (tokens.min() >= 0 and tokens.max() < vocab_size):
+        return np.zeros(len(lengths), dtype=bool)
+    return _segment_any((tokens < 0) | (tokens >= vocab_size), lengths)
+
+
+def _early_end(tokens: np.ndarray, lengths: np.ndarray, eos_id: int) -> np.ndarray:
+    """bool ``[n]``: the record holds ``eos_id`` before its last token; none when the block
+    holds as many end tokens as its records' last tokens do."""
+    ends = np.cumsum(lengths)[lengths > 0] - 1
+    is_eos = tokens == eos_id
+    if np.count_nonzero(is_eos) == np.count_nonzero(is_eos[ends]):
+        return np.zeros(len(lengths), dtype=bool)
+    is_eos[ends] = False
+    return _segment_any(is_eos, lengths)
+
+
+def _bad_log_probs(values: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """bool ``[n]`` twice: the record holds a NaN or infinite value / a value > 0; a block's
+    min and max settle the common case of neither (a NaN fails both comparisons)."""
+    n = len(lengths)
+    if not values.size or (values.max() <= 0 and values.min() > -np.inf):
+        return np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    return _segment_any(~np.isfinite(values), lengths), _segment_any(values > 0, lengths)
+
+
 def validate(
     cols: Columns,
     *,
@@ -183,22 +211,19 @@ def validate(
     ):
         add(
             field,
-            _segment_any((toks < 0) | (toks >= vocab_size), lens),
+            _ids_outside(toks, lens, vocab_size),
             f"holds a token id outside the vocabulary [0, {vocab_size})",
         )
-    is_last = np.zeros(len(cols.comp_tok), dtype=bool)
-    ends = np.cumsum(comp_len) - 1
-    is_last[ends[comp_len > 0]] = True
     add(
         "completion_ids",
-        _segment_any((cols.comp_tok == eos_id) & ~is_last, comp_len),
+        _early_end(cols.comp_tok, comp_len, eos_id),
         f"holds the end token eos_id={eos_id} before its last token",
     )
     add("logprobs", cols.logp_len != comp_len, "length differs from completion_ids")
     same = cols.logp_len == comp_len
-    logp_bad = _segment_any(~np.isfinite(cols.logp), cols.logp_len)
-    add("logprobs", same & logp_bad, "holds a NaN or infinite log-prob")
-    add("logprobs", same & _segment_any(cols.logp > 0, cols.logp_len), "holds a log-prob > 0")
+    not_finite, positive = _bad_log_probs(cols.logp, cols.logp_len)
+    add("logprobs", same & not_finite, "holds a NaN or infinite log-prob")
+    add("logprobs", same & positive, "holds a log-prob > 0")
     has = cols.ref_len >= 0
     if has_ref is None and n:
         has_ref = bool(has[0])
@@ -209,12 +234,9 @@ def validate(
     ref_lens = np.maximum(cols.ref_len, 0)
     add("ref_logprobs", has & (cols.ref_len != comp_len), "length differs from completion_ids")
     ref_same = has & (cols.ref_len == comp_len)
-    add(
-        "ref_logprobs",
-        ref_same & _segment_any(~np.isfinite(cols.ref), ref_lens),
-        "holds a NaN or infinite log-prob",
-    )
-    add("ref_logprobs", ref_same & _segment_any(cols.ref > 0, ref_lens), "holds a log-prob > 0")
+    not_finite, positive = _bad_log_probs(cols.ref, ref_lens)
+    add("ref_logprobs", ref_same & not_finite, "holds a NaN or infinite log-prob")
+    add("ref_logprobs", ref_same & positive, "holds a log-prob > 0")
     both = cols.has_reward & cols.has_log_reward
     add("reward", both, "both reward and log_reward are given (exactly one is allowed)")
     add("reward", ~cols.has_reward & ~cols.has_log_reward, "missing (give reward or log_reward)")
