@@ -16,8 +16,11 @@ side with the baselines of issue 16, in one run.
 * training tokens/s of the in-zarrl model (offline RTB updates, sampling included) on these
   logs and on the exact check's small-vocabulary logs.
 
-    python benchmarks/generations.py            # 8,000 completions (~1 min on 2 cores)
-    python benchmarks/generations.py --quick    # 2,000
+Throughput of a Parquet import is also measured on 80,000 completions (7.8 M tokens, a 150 MB
+file), where the fixed cost of creating a buffer (about 30 ms) no longer dominates.
+
+    python benchmarks/generations.py            # 8,000 and 80,000 completions (~1 min on 2 cores)
+    python benchmarks/generations.py --quick    # 2,000 only
 """
 
 from __future__ import annotations
@@ -188,6 +191,29 @@ def bench_import(logs: dict, tmp: Path, repeats: int) -> list[tuple[str, float, 
     return rows
 
 
+def bench_large_parquet(n: int, tmp: Path, repeats: int) -> tuple[int, float, float]:
+    """A Parquet import of ``n`` completions (the same log-normal lengths, another seed) into
+    a new buffer against pyarrow reading the file alone, alternated: the throughput once the
+    fixed cost of creating a buffer (about 30 ms) no longer dominates. Returns ``(tokens,
+    ours tokens/s, baseline tokens/s)``."""
+    from zarrl.buffers.generations import import_generations
+
+    logs = make_logs(n, seed=1)
+    T = int(logs["lengths"].sum())
+    src = tmp / "large.parquet"
+    write_parquet(logs, src)
+    del logs
+    facts = {"vocab_size": VOCAB, "eos_id": EOS, "max_new_tokens": MAX_NEW}
+    base = ours = float("inf")
+    for i in range(repeats):
+        base = min(base, best_of(lambda: pyarrow_read_alone(src), 1))
+        where = tmp / f"large-{i}"
+        ours = min(ours, best_of(lambda where=where: import_generations([src], where, **facts), 1))
+        shutil.rmtree(where)
+    src.unlink()
+    return T, T / ours, T / base
+
+
 def padded_completions(logs: dict, a: int, b: int):
     """Completions ``[a, b)`` of ``logs`` padded to ``MAX_NEW`` tokens, as a TensorDict
     ``[b - a]`` (tokens, log-probs, reference log-probs, mask, log-reward): the layout the
@@ -319,9 +345,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2,000 completions")
     parser.add_argument("--completions", type=int, default=None)
+    parser.add_argument(
+        "--large",
+        type=int,
+        default=None,
+        help="completions of the large Parquet import (default 80,000; --quick: none; 0: none)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     n = args.completions or (2000 if args.quick else 8000)
+    if args.large is None:
+        args.large = 0 if args.quick else 80_000
     logs = make_logs(n)
     T = int(logs["lengths"].sum())
     print(f"CPU: {cpu_model()} ({os.cpu_count()} cores visible), torch threads 1")
@@ -342,6 +376,10 @@ def main() -> None:
         }
         for fmt, ours, base in bench_import(logs, tmp, repeats=3):
             print(f"| {what[fmt]} | {ours:,.0f} | {base:,.0f} | {ours / base:.2f}x |")
+        if args.large:
+            T_large, ours, base = bench_large_parquet(args.large, tmp, repeats=5)
+            print(f"| parquet, {args.large:,} completions ({T_large / 1e6:.1f} M tokens; vs "
+                  f"pyarrow into numpy) | {ours:,.0f} | {base:,.0f} | {ours / base:.2f}x |")  # fmt: skip
         buffer_path = tmp / "buf-parquet-0"
         ours, theirs = bench_sampling(logs, buffer_path, batch=256, draws=20)
         print("\n| sampling B=256 whole completions | ms/batch | ratio (target <= 1.0) |")

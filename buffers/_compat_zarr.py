@@ -67,6 +67,21 @@ def array_at(metadata: Any, store_path: Any, config: Any) -> Any:
     return AsyncArray(metadata, store_path, config)
 
 
+def group_metadata(attributes: dict | None = None) -> Any:
+    """zarr's ``GroupMetadata`` (v3) of a group holding ``attributes``."""
+    from zarr.core.group import GroupMetadata
+
+    return GroupMetadata(attributes=attributes or {})
+
+
+def group_at(metadata: Any, store_path: Any) -> zarr.Group:
+    """A ``zarr.Group`` for ``metadata`` at ``store_path``, not read back (zarrl writes its
+    ``zarr.json`` itself)."""
+    from zarr import AsyncGroup
+
+    return zarr.Group(AsyncGroup(metadata, store_path))
+
+
 def array_config(array: Any) -> Any:
     """The ``ArrayConfig`` of an ``AsyncArray`` (for its chunk spec)."""
     return array._config

@@ -29,16 +29,28 @@ def create_arrays(group: zarr.Group, specs: Mapping[str, dict[str, Any]]) -> dic
     ``overwrite``, so nothing stale survives under a new array."""
     if any(_occupied(group, path) for path in [*specs, *_parents(specs)]):
         return _create_in_place(group, specs)
+    arrays, documents = build_arrays(group, specs)
+    run_io(put_objects(documents))
+    return arrays
+
+
+def build_arrays(
+    group: zarr.Group, specs: Mapping[str, dict[str, Any]]
+) -> tuple[dict[str, zarr.Array], list[tuple[Any, Any]]]:
+    """The arrays ``{path: create_array keyword arguments}`` under ``group``, built by zarr in
+    memory and written nowhere: handles on them at their place under ``group``, and the
+    documents that create them there (``[(store path, bytes)]``, for ``put_objects``, with
+    the arrays' chunks when the caller writes them in the same put)."""
     memory = zarr.storage.MemoryStore()
     built, documents = run_io([_build(memory, specs)])[0]
     where = group.store_path
-    run_io(put_objects((where / key, data) for key, data in documents))
-    return {
+    arrays = {
         path: zarr.Array(
             zarr_compat.array_at(array.metadata, where / path, zarr_compat.array_config(array))
         )
         for path, array in zip(specs, built)
     }
+    return arrays, [(where / key, data) for key, data in documents]
 
 
 def _occupied(group: zarr.Group, path: str) -> bool:

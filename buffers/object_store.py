@@ -35,8 +35,8 @@ from typing import Any
 
 import zarr.storage
 from zarr.core.buffer import Buffer, default_buffer_prototype
-from zarr.core.group import GroupMetadata
 
+from . import _compat_zarr as zarr_compat
 from .errors import CommitConflictError
 
 SCHEMES = ("s3", "memory", "file")
@@ -168,7 +168,7 @@ def _describe(store: Any, path: str) -> str:
 
 def group_document(attributes: dict | None = None) -> bytes:
     """The ``zarr.json`` bytes zarr writes for a group with ``attributes``."""
-    meta = GroupMetadata(attributes=attributes or {})
+    meta = zarr_compat.group_metadata(attributes)
     return meta.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
 
 

@@ -25,11 +25,9 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr import AsyncArray, AsyncGroup
-from zarr.core.group import GroupMetadata
-from zarr.core.metadata import ArrayV3Metadata
 
 from .. import _compat_zarr as zarr_compat
+from ..array_layout import build_arrays
 from ..chunk_codec import ChunkCodec
 from ..errors import StoreFormatError
 from ..store_io import metadata_objects, note_written, put_objects, run_io
@@ -84,12 +82,23 @@ def legacy_tokens(root: zarr.Group) -> bool:
     return TOKENS in root and "log_reward" in root[TOKENS]
 
 
-IMPORT_CODECS = [
-    {"name": "bytes", "configuration": {"endian": "little"}},
-    {"name": "blosc", "configuration": {"cname": "lz4", "clevel": 5, "shuffle": "shuffle"}},
-    {"name": "crc32c"},
-]
-"""Codec chain of the import's arrays (stock Zarr v3: any zarr-python reads them)."""
+def import_array_spec(values: np.ndarray) -> dict[str, Any]:
+    """``create_array`` arguments of one import array holding ``values`` (1-D, one chunk):
+    Blosc LZ4 with byte shuffle and a crc32c checksum, ``.``-separated chunk keys (stock Zarr
+    v3: any zarr-python reads them)."""
+    return {
+        "shape": (len(values),),
+        "chunks": (max(1, len(values)),),
+        "dtype": values.dtype,
+        "fill_value": False if values.dtype == np.bool_ else 0,
+        "filters": (),
+        "serializer": zarr.codecs.BytesCodec(endian="little"),
+        "compressors": (
+            zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
+            zarr.codecs.Crc32cCodec(),
+        ),
+        "chunk_key_encoding": {"name": "default", "separator": "."},
+    }
 
 
 def new_import_group(root: zarr.Group, import_id: str, create_parent: bool) -> zarr.Group:
@@ -98,41 +107,25 @@ def new_import_group(root: zarr.Group, import_id: str, create_parent: bool) -> z
     committed yet) writes ``imports/`` as an empty group."""
     parent = zarr_compat.async_group(root).store_path / IMPORTS
     if create_parent:  # an empty group's document, atomically (it may exist, empty)
-        run_io(put_objects(metadata_objects(parent, GroupMetadata())))
+        run_io(put_objects(metadata_objects(parent, zarr_compat.group_metadata())))
         note_written(parent.store, parent.path)  # its entry in the buffer's folder too
-    return zarr.Group(AsyncGroup(GroupMetadata(), parent / import_id))
+    return zarr_compat.group_at(zarr_compat.group_metadata(), parent / import_id)
 
 
 def write_arrays(group: zarr.Group, arrays: Mapping[str, np.ndarray]) -> None:
     """Writes the new ``group`` (``new_import_group``: its ``zarr.json``) and its 1-D
-    ``arrays`` (one chunk each, ``IMPORT_CODECS``), and notes their files for the next durable
-    write of the store (``store_io.note_written``). Each array's metadata and chunk are built
-    here with zarr's own metadata and codec objects and put at once; local files are written in
-    place, since nothing refers to the group before its record is written."""
-    async_group = zarr_compat.async_group(group)
-    where = async_group.store_path
-    objects = metadata_objects(where, async_group.metadata)
-    for name, a in arrays.items():
-        a = np.ascontiguousarray(a)
-        meta = ArrayV3Metadata.from_dict(
-            {
-                "zarr_format": 3,
-                "node_type": "array",
-                "shape": [len(a)],
-                "data_type": a.dtype.name,
-                "chunk_grid": {
-                    "name": "regular",
-                    "configuration": {"chunk_shape": [max(1, len(a))]},
-                },
-                "chunk_key_encoding": {"name": "default", "configuration": {"separator": "."}},
-                "fill_value": False if a.dtype == np.bool_ else 0,
-                "codecs": IMPORT_CODECS,
-                "attributes": {},
-            }
-        )
-        objects += metadata_objects(where / name, meta)
+    ``arrays`` (one chunk each, ``import_array_spec``), and notes their files for the next
+    durable write of the store (``store_io.note_written``). The arrays' documents are zarr's
+    own (``array_layout.build_arrays``), their chunks encoded by their own codecs, and all are
+    put at once; local files are written in place, since nothing refers to the group before
+    its record is written."""
+    where = group.store_path
+    values = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    handles, documents = build_arrays(group, {n: import_array_spec(a) for n, a in values.items()})
+    objects = metadata_objects(where, zarr_compat.async_group(group).metadata) + documents
+    for name, a in values.items():
         if len(a):
-            codec = ChunkCodec(zarr.Array(AsyncArray(meta, where / name)))
+            codec = ChunkCodec(handles[name])
             objects.append((codec.key(0), codec.encode(a)))
     run_io(put_objects(objects, in_place=frozenset(key.path for key, _ in objects)))
     note_written(where.store, where.path)

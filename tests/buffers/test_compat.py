@@ -74,6 +74,8 @@ def test_the_zarr_internals_exist_in_a_checked_release(tmp_path):
     handle = zc.async_array(array)
     assert handle.metadata.shape == (8,) and zc.array_config(handle) is not None
     assert zc.async_group(group).metadata.attributes == {}
+    sub = zc.group_at(zc.group_metadata({"k": 1}), zc.async_group(group).store_path / "s")
+    assert sub.attrs.asdict() == {"k": 1} and sub.store_path.path == "s"
     zc.replace_metadata(handle, handle.metadata.update_shape((16,)))
     assert handle.metadata.shape == (16,)
     array[:4] = 1.0  # an array handle built from metadata, without reading it back
