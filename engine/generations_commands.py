@@ -13,17 +13,14 @@ __all__ = ["add_sample_score_parsers", "sample_run", "score_records", "score_run
 CHUNK = 1024  # completions generated or scored per batched call
 
 
-def _prompts_of_run(run_dir: Path) -> list[list[int]]:
-    """The prompt table of the buffer the run trained on (a folder, or a store URL reopened
-    with the run's ``buffer.storage_options``)."""
+def _prompts_of_run(run) -> list[list[int]]:
+    """The prompt table of the buffer the run (``tasks.generations.RunPolicy``) trained on (a
+    folder, or a store URL reopened with the run's ``buffer.storage_options``)."""
     import torch
-    from zarrl.engine.checkpoint import latest_checkpoint, load_checkpoint
-    from zarrl.engine.config import Config
     from zarrl.engine.generations_data import open_generations_buffer
 
-    state = load_checkpoint(latest_checkpoint(run_dir))
-    options = Config.from_dict(state["config"]).buffer.storage_options
-    buffer = open_generations_buffer(state["extra"]["buffer_path"], options)
+    options = run.config.buffer.storage_options
+    buffer = open_generations_buffer(run.extra["buffer_path"], options)
     try:
         tokens, mask = buffer.prompt_tokens(torch.arange(buffer.num_prompts))
     finally:
@@ -43,13 +40,14 @@ def sample_run(
     final policy, as import records with ``logprobs`` = the policy's."""
     import torch
     from zarrl.engine.generations_io import batch_to_records
-    from zarrl.engine.tasks.generations import load_run_policy
+    from zarrl.engine.tasks.generations import load_run
 
     if n <= 0:
         raise ValueError(f"--n: got {n}, expected > 0")
-    policy, facts = load_run_policy(run_dir)
+    run = load_run(run_dir)  # the checkpoint is read once, for the policy and the prompts
+    policy, facts = run.policy, run.facts
     policy.eval()
-    prompts = [prompt_ids] if prompt_ids is not None else _prompts_of_run(Path(run_dir))
+    prompts = [prompt_ids] if prompt_ids is not None else _prompts_of_run(run)
     for ids in prompts:
         bad = [t for t in ids if not 0 <= t < facts["vocab_size"]]
         if bad:

@@ -11,6 +11,7 @@ policy of a run folder (``reference_run``). Losses: ``sequence_rtb``, ``sequence
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from zarrl.engine.generations_models import build_policy, hf_description
 from zarrl.engine.tasks.base import register_task, task_options
 from zarrl.envs.generations import AutoregressivePolicy
 
-__all__ = ["GenerationsTask", "load_run_policy"]
+__all__ = ["GenerationsTask", "RunPolicy", "load_run", "load_run_policy"]
 
 DEFAULTS: dict[str, Any] = {
     "d_model": 64,
@@ -45,8 +46,19 @@ DEFAULTS: dict[str, Any] = {
 FACTS = ("vocab_size", "eos_id", "max_new_tokens", "num_prompts", "max_prompt_len")
 
 
-def load_run_policy(run_dir: str | Path) -> tuple[AutoregressivePolicy, dict[str, int]]:
-    """The final (else last) policy of a ``generations`` run folder and its buffer facts."""
+@dataclasses.dataclass
+class RunPolicy:
+    """What ``load_run`` reads of a ``generations`` run: its final (else last) ``policy``, the
+    buffer ``facts``, the run's ``config`` and its checkpoint's ``extra`` (``buffer_path``)."""
+
+    policy: AutoregressivePolicy
+    facts: dict[str, int]
+    config: Any
+    extra: dict[str, Any]
+
+
+def load_run(run_dir: str | Path) -> RunPolicy:
+    """The final (else last) checkpoint of a ``generations`` run folder, read once."""
     from zarrl.engine.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
     from zarrl.engine.config import Config
     from zarrl.engine.tasks.base import build_task
@@ -63,7 +75,13 @@ def load_run_policy(run_dir: str | Path) -> tuple[AutoregressivePolicy, dict[str
     task.load_state_dict(state["extra"]["task"])
     actor = task.build_actor(initialize=False)
     actor.load_state_dict(state["modules"]["actor"])
-    return actor, task.facts
+    return RunPolicy(actor, task.facts, config, state["extra"])
+
+
+def load_run_policy(run_dir: str | Path) -> tuple[AutoregressivePolicy, dict[str, int]]:
+    """The final (else last) policy of a ``generations`` run folder and its buffer facts."""
+    run = load_run(run_dir)
+    return run.policy, run.facts
 
 
 @register_task("generations")

@@ -275,8 +275,18 @@ def test_sample_reopens_a_relative_buffer_path_from_anywhere(enumerated, tmp_pat
     state = torch.load(tmp_path / "rel" / "checkpoints" / "final.pt", weights_only=True)
     assert state["extra"]["buffer_path"] == str(root / "buffer.zarr")
     monkeypatch.chdir(tmp_path)
+    from zarrl.engine import checkpoint
+
+    loads = []
+    real_load = checkpoint.load_checkpoint
+    monkeypatch.setattr(
+        checkpoint,
+        "load_checkpoint",
+        lambda path, **kw: loads.append(path) or real_load(path, **kw),
+    )
     assert main(["sample", str(tmp_path / "rel"), "--n", "3", "--out", "s.jsonl"]) == 0
     assert len(read_jsonl(tmp_path / "s.jsonl")) == 6  # 3 for each prompt of the buffer
+    assert [p.name for p in loads] == ["final.pt"]  # read once, for the policy and the prompts
 
 
 def test_other_tasks_refuse_a_hugging_face_model():
