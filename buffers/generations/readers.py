@@ -95,14 +95,16 @@ def digest(path: str | os.PathLike, names: Sequence[str] = (DIGEST,)) -> dict[st
     hashes = {name: makers[name]() for name in names}
     path = Path(path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    block = bytearray(1 << 22)  # read into one buffer, not a new bytes object per read
+    view = memoryview(block)
     for f in files:
         for h in hashes.values():
             if path.is_dir():
                 h.update(str(f.relative_to(path)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 22):
+        with open(f, "rb", buffering=0) as fh:
+            while got := fh.readinto(block):
                 for h in hashes.values():
-                    h.update(chunk)
+                    h.update(view[:got])
     return {name: h.hexdigest() for name, h in hashes.items()}
 
 
