@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -17,7 +17,8 @@ def prefetched(blocks: Iterable[T], depth: int = 1) -> Iterator[T]:
     """The items of ``blocks`` in order, each produced on a reader thread up to ``depth``
     items ahead of the caller (``depth`` bounds the items held in RAM beyond the current one).
     An error of the reading is raised at the item where it happened; a caller that stops early
-    (``close()`` of this generator, or an error of its own) stops the reader at its next item."""
+    (``close()`` of this generator, or an error of its own) stops the reader at its next item,
+    which closes ``blocks`` (a generator) on the reader thread."""
     slots: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -30,14 +31,19 @@ def prefetched(blocks: Iterable[T], depth: int = 1) -> Iterator[T]:
                 continue
         return False
 
+    source = iter(blocks)
+
     def read() -> None:
         try:
-            for item in blocks:
+            for item in source:
                 if not put((item, None)):
                     return
         except BaseException as err:  # raised in the caller, at this item
             put((_DONE, err))
             return
+        finally:
+            if isinstance(source, Generator):  # its cleanup runs here, not in another thread
+                source.close()
         put((_DONE, None))
 
     reader = threading.Thread(target=read, name="zarrl-read-ahead", daemon=True)
