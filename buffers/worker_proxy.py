@@ -11,6 +11,7 @@ owner are re-raised in the worker. Sampling stays in the owner.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -115,7 +116,11 @@ def _pump(ref: weakref.ref, requests, replies, closed) -> None:
                 closed.set()
             storage = None
             continue
-        msg = requests.recv_bytes()
+        try:
+            msg = requests.recv_bytes()
+        except EOFError:  # every process holding the requests' writing end is gone
+            closed.set()
+            break
         seq = int.from_bytes(msg[:8], "little")
         error = None
         try:
@@ -133,7 +138,8 @@ def _pump(ref: weakref.ref, requests, replies, closed) -> None:
             reply = pickle.dumps((seq, error))
         except Exception:  # an exception type pickle cannot name
             reply = pickle.dumps((seq, (RuntimeError, f"{error[0].__name__}: {error[1]}")))
-        replies.send_bytes(reply)
+        with contextlib.suppress(BrokenPipeError):  # its worker died waiting for it
+            replies.send_bytes(reply)
 
 
 def new_proxy() -> ZarrWriterProxy:
