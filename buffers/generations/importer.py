@@ -33,6 +33,7 @@ from .layout import (
     new_import_group,
     open_root,
     read_facts,
+    recorded_digest,
     write_arrays,
 )
 from .prefetch import prefetched
@@ -259,7 +260,9 @@ def _agree_facts(
 
 def _has_legacy_digests(tables: Tables) -> bool:
     """Whether an import record of the buffer names a file by its ``LEGACY_DIGEST`` only."""
-    return any(DIGEST not in f for rec in tables.records for f in rec["files"])
+    return any(
+        recorded_digest(f)[0] == LEGACY_DIGEST for rec in tables.records for f in rec["files"]
+    )
 
 
 def _refuse_duplicates(reports: list[FileReport], tables: Tables, allow: bool) -> None:
@@ -268,8 +271,7 @@ def _refuse_duplicates(reports: list[FileReport], tables: Tables, allow: bool) -
     seen: dict[tuple[str, str], str] = {}
     for rec in tables.records:
         for f in rec["files"]:
-            name = DIGEST if isinstance(f.get(DIGEST), str) else LEGACY_DIGEST
-            seen.setdefault((name, f[name]), f"import {rec['id']} ({f.get('path', '?')})")
+            seen.setdefault(recorded_digest(f), f"import {rec['id']} ({f.get('path', '?')})")
     for r in reports:
         for name, value in r.digests.items():
             if (name, value) in seen:

@@ -315,6 +315,14 @@ def load_tables(root: zarr.Group, where: str) -> Tables:
     )
 
 
+def recorded_digest(file: Mapping[str, Any]) -> tuple[str, str]:
+    """``(hash name, hex digest)`` by which an import record names one of its ``files``:
+    ``DIGEST``, or ``LEGACY_DIGEST`` in records written before it (``_check_record`` made sure
+    one of them is a string)."""
+    name = DIGEST if isinstance(file.get(DIGEST), str) else LEGACY_DIGEST
+    return name, file[name]
+
+
 def _check_record(rec: Any, where: str) -> dict:
     """An import record's fields, checked (``StoreFormatError`` naming the field)."""
     file = f"{where}/zarr.json"
