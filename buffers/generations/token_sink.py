@@ -29,8 +29,9 @@ Parquet file took a median 296-316 ms with 2**19 rows, 383-388 ms with 2**18 and
 the chunk pool)."""
 
 INDEX_KEYS = ["completion", "position", ("next", "done")]
-"""Token leaves mirrored in RAM by the storage (13 bytes a token): what TorchRL's slice samplers
-look up (trajectory key, end flag). The other leaves are read through the chunk cache."""
+"""The token storage's ``index_keys`` (13 bytes a token), mirrored in RAM by the storages that
+read a buffer (not by an import's, ``mirror_index=False``): what TorchRL's slice samplers look up
+(trajectory key, end flag). The other leaves are read through the chunk cache."""
 
 LOGPROB_CODECS = [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")]
 TOKEN_CODECS = {"sample_log_prob": LOGPROB_CODECS, "ref_log_prob": LOGPROB_CODECS}
