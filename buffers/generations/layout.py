@@ -82,10 +82,15 @@ def legacy_tokens(root: zarr.Group) -> bool:
     return TOKENS in root and "log_reward" in root[TOKENS]
 
 
-def import_array_spec(values: np.ndarray) -> dict[str, Any]:
-    """``create_array`` arguments of one import array holding ``values`` (1-D, one chunk):
-    Blosc LZ4 with byte shuffle and a crc32c checksum, ``.``-separated chunk keys (stock Zarr
-    v3: any zarr-python reads them)."""
+IMPORT_DIMENSIONS = {"prompt_tokens": "prompt_token", "prompt_offsets": "prompt_offset"}
+"""Dimension name of each import array (``completion`` for the others), so that xarray opens an
+import's group as one dataset."""
+
+
+def import_array_spec(name: str, values: np.ndarray) -> dict[str, Any]:
+    """``create_array`` arguments of the import array ``name`` holding ``values`` (1-D, one
+    chunk): Blosc LZ4 with byte shuffle and a crc32c checksum, ``.``-separated chunk keys, a
+    dimension name (stock Zarr v3: any zarr-python, and xarray, read them)."""
     return {
         "shape": (len(values),),
         "chunks": (max(1, len(values)),),
@@ -98,6 +103,7 @@ def import_array_spec(values: np.ndarray) -> dict[str, Any]:
             zarr.codecs.Crc32cCodec(),
         ),
         "chunk_key_encoding": {"name": "default", "separator": "."},
+        "dimension_names": (IMPORT_DIMENSIONS.get(name, "completion"),),
     }
 
 
@@ -121,7 +127,9 @@ def write_arrays(group: zarr.Group, arrays: Mapping[str, np.ndarray]) -> None:
     its record is written."""
     where = group.store_path
     values = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
-    handles, documents = build_arrays(group, {n: import_array_spec(a) for n, a in values.items()})
+    handles, documents = build_arrays(
+        group, {n: import_array_spec(n, a) for n, a in values.items()}
+    )
     objects = metadata_objects(where, zarr_compat.async_group(group).metadata) + documents
     for name, a in values.items():
         if len(a):

@@ -98,6 +98,13 @@ def test_token_rows_follow_the_flat_layout(tmp_path):
         "action", "completion", "position", "ref_log_prob", "sample_log_prob"
     ]  # fmt: skip
     assert [k for k, _ in group["next"].arrays()] == ["done"]
+    import xarray as xr  # the import's arrays open as one dataset
+
+    ds = xr.open_zarr(str(tmp_path / "buf" / "imports" / imp[0]), consolidated=False)
+    assert ds["completion_length"].dims == ("completion",)
+    assert ds["completion_length"].values.tolist() == lengths
+    distinct_prompts = {tuple(r["prompt_ids"]) for r in records}
+    assert ds.sizes["prompt_offset"] == len(distinct_prompts) + 1 and len(ds.data_vars) == 8
     ends_eos = np.array([r["completion_ids"][-1] == EOS for r in records])
     assert imp[1]["completion_terminated"][:].tolist() == ends_eos.tolist()
     want = expected(records)["log_reward"]
