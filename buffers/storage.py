@@ -363,14 +363,15 @@ class ZarrStorage(TensorStorage):
         self.committer.after_write(self._len)
 
     @serialized
-    def append_chunks(self, data: TensorDictBase) -> None:
+    def append_chunks(self, data: TensorDictBase, rows: int | None = None) -> None:
         """Bulk append of a growing storage (``max_size=None``): the rows of ``data`` (a
         TensorDict ``[k * chunk_rows]`` of the stored schema) become ``k`` whole chunks at the
         end, whose ring end must be a chunk boundary. The chunks are encoded, written and
         fsynced in the background straight from ``data`` (no staging in the chunk pool); the
         rows count from the next commit (``flush``) on, as those of ``set``
-        (``buffers/bulk_append.py``; ``BulkAppender`` takes rows in pieces of any size)."""
-        if bulk_append.append_chunks(self, data):
+        (``buffers/bulk_append.py``; ``BulkAppender`` takes rows in pieces of any size).
+        ``rows``: only the first ``rows`` count (the last chunk partly filled, zeros after)."""
+        if bulk_append.append_chunks(self, data, rows):
             self._set_last_cursor(self.ring.cursor())
             self._len = self.ring.live_len()
             self._bump_mutation_revision()

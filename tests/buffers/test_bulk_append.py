@@ -122,6 +122,41 @@ def test_append_chunks_refuses_what_it_cannot_append(tmp_path):
     ring.close()
 
 
+def test_a_partly_counted_last_chunk_reads_back_and_takes_more_rows_in_the_same_session(
+    tmp_path,
+):
+    """``finish`` writes the last, partly filled chunk in bulk with zeros past its rows; rows
+    ``set`` right after it (same session, before any reopening) land in that chunk without
+    losing the rows before them."""
+    rows, more = _rows(40, 7), _rows(5, 8)  # 2 whole chunks + 8 rows, then 5 more
+    storage = ZarrStorage(None, path=tmp_path / "s", chunk_rows=R, index_keys=INDEX)
+    appender = BulkAppender(storage)
+    appender.append(rows)
+    appender.finish()
+    assert len(storage) == 40
+    storage.set(torch.arange(40, 45), more)
+    storage.flush()
+    storage.close()
+    reopened = ZarrStorage.open(tmp_path / "s", mode="r")
+    got = reopened[:]
+    for key in rows.keys(True, True):
+        assert torch.equal(got[key], torch.cat([rows[key], more[key]])), key
+    reopened.close()
+    action = zarr.open_array(tmp_path / "s" / "action", mode="r")
+    assert not action[45:48].any()  # past the rows of the last chunk: zeros
+
+
+def test_append_chunks_counts_rows_of_its_last_chunk_only(tmp_path):
+    storage = ZarrStorage(None, path=tmp_path / "a", chunk_rows=R)
+    for bad in (0, 16, 33):
+        with pytest.raises(ValueError, match=f"counts between 17 and 32 of them.*not {bad}"):
+            storage.append_chunks(_rows(32, 1), rows=bad)
+    assert len(storage) == 0
+    storage.append_chunks(_rows(32, 1), rows=20)
+    assert len(storage) == 20
+    storage.close()
+
+
 def test_bulk_chunks_and_their_directories_are_fsynced_before_the_commit(tmp_path, fsync_events):
     path = (tmp_path / "d").resolve()
     storage = ZarrStorage(None, path=path, chunk_rows=R, index_keys=INDEX)
