@@ -24,7 +24,7 @@ class GenerationsBuffer:
     up later imports). ``storage``: the token ``ZarrStorage`` (one row per completion token;
     TorchRL's ``SliceSampler(slice_len=d, traj_key="completion")`` draws d-token windows from
     it), ``None`` while the buffer holds no import. Batches read the token leaves from a RAM
-    mirror of them (``token_mirror.py``, 12-16 bytes a token, filled at the first read) while the
+    mirror of them (``token_mirror.py``, 8-16 bytes a token, filled at the first read) while the
     buffer's tokens fit ``mirror_bytes``, else through the storage's chunk cache."""
 
     def __init__(
@@ -226,7 +226,8 @@ class GenerationsBuffer:
         later imports, here), else from the storage."""
         keys = ["action", "sample_log_prob"] + (["ref_log_prob"] if self.has_ref else [])
         end = self._tables.rows_end
-        if end * mirror_bytes_per_token(self.has_ref) > self.mirror_bytes:
+        action_bytes = self.storage.log.header.schema["action"].nbytes
+        if end * mirror_bytes_per_token(self.has_ref, action_bytes) > self.mirror_bytes:
             return self.storage.read(rows, keys)
         if self._mirror is None or self._mirror.keys != keys:
             self._mirror = TokenMirror(keys)

@@ -199,6 +199,7 @@ def _read_all(
             for cols in file_blocks:
                 if has_ref is None and cols.n:
                     has_ref = bool(cols.ref_len[0] >= 0)
+                    sink.prepare(has_ref)
                 ok, bad = validate(
                     cols,
                     file=report.path,

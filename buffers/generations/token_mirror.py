@@ -2,7 +2,7 @@
 ``sample_log_prob``, ``ref_log_prob``): one ``index_select`` per leaf from flat tensors,
 instead of the token storage's per-row chunk lookups through its chunk cache.
 
-The mirror costs ``MIRROR_BYTES_PER_TOKEN`` bytes a stored token (12 or 16, no padding); a
+The mirror costs ``mirror_bytes_per_token`` bytes a stored token (8 to 16, no padding); a
 buffer larger than the budget given to ``GenerationsBuffer`` is read through the storage.
 """
 
@@ -16,9 +16,10 @@ MIRROR_BLOCK_ROWS = 1 << 20
 """Rows read from the storage per step while the mirror is filled (bounds the temporaries)."""
 
 
-def mirror_bytes_per_token(has_ref: bool) -> int:
-    """RAM of the mirror per token row: int64 action, float32 log-prob(s)."""
-    return 8 + 4 + (4 if has_ref else 0)
+def mirror_bytes_per_token(has_ref: bool, action_bytes: int = 8) -> int:
+    """RAM of the mirror per token row: the stored action (int32 in new buffers, int64 in
+    those made before), float32 log-prob(s)."""
+    return action_bytes + 4 + (4 if has_ref else 0)
 
 
 class TokenMirror:

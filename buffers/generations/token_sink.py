@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import warnings
 from typing import Any
 
 import numpy as np
-import torch
-import zarr.codecs
 from tensordict import TensorDict
 
 from ..bulk_append import RESERVE_CHUNKS, BulkAppender, ensure_layout
@@ -19,6 +16,7 @@ from ..store_io import clear_store, put_group_attributes, run_io
 from .layout import FACTS_ATTR, TOKENS, Facts, Tables, legacy_tokens, token_path
 from .prompts import prompt_index
 from .records import Columns, concat_columns
+from .token_rows import TokenRows, legacy_token_rows
 
 TOKEN_CHUNK_ROWS = 1 << 19
 """Token rows per chunk of a new buffer (about 15 MB of the 6 leaves before compression):
@@ -33,12 +31,13 @@ INDEX_KEYS = ["completion", "position", ("next", "done")]
 read a buffer (not by an import's, ``mirror_index=False``): what TorchRL's slice samplers look up
 (trajectory key, end flag). The other leaves are read through the chunk cache."""
 
-LOGPROB_CODECS = [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")]
-TOKEN_CODECS = {"sample_log_prob": LOGPROB_CODECS, "ref_log_prob": LOGPROB_CODECS}
-"""Codecs of the token leaves (``ZarrStorage(compressors=...)``): the log-probs are scalar
-floats per row, but noise, not series: the default row delta and zstd encode a 262,144-row chunk
-in 1.4 ms to 1.17x, LZ4 with bit shuffle and no filter in 0.3 ms to 1.11x (measured on the
-benchmark's log-probs); the other leaves keep their default (LZ4, byte shuffle)."""
+TOKEN_CODECS: dict[str, list] = {"sample_log_prob": [], "ref_log_prob": []}
+"""Codecs of the token leaves (``ZarrStorage(compressors=...)``): the log-probs are stored
+uncompressed (their crc32c still checked): a float32 log-prob's 23 mantissa bits are noise, so
+no fast lossless codec gains much on them (LZ4 with bit shuffle: 1.11x on the benchmark's
+log-probs and 1.08x on log-probs concentrated near 0 as a language model's are; zstd the same)
+for 0.5 ms of encoding a 2**19-row chunk; the other leaves keep their default (LZ4, byte
+shuffle). Buffers made before keep the codecs they were made with."""
 
 MAX_WAITING_BLOCKS = 1
 """Blocks of token rows that may wait for the token storage to open (its layout is made from
@@ -48,14 +47,6 @@ behind a slow opening (an object store)."""
 IMPORT_COMMIT_INTERVAL = 3600.0
 """``min_commit_interval`` of the import's token storage: no automatic commit while the rows
 are appended (none would be visible: the import's record counts them), one at its end."""
-
-
-def _tensor(a: np.ndarray) -> torch.Tensor:
-    """``torch.from_numpy`` of an array that may be read-only (Arrow's zero-copy columns): the
-    tensor is only read (the storage copies it), so the warning about writes is silenced."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(a)
 
 
 @dataclasses.dataclass
@@ -110,56 +101,6 @@ def concat_summaries(blocks: list[Summary]) -> Summary:
     return Summary(**out)
 
 
-def token_rows(
-    cols: Columns,
-    completion0: int,
-    has_ref: bool,
-    legacy: tuple[np.ndarray, Summary] | None = None,
-) -> TensorDict:
-    """The token rows ``[T]`` of good records ``cols`` whose first completion is number
-    ``completion0`` of the buffer (leaves of ``layout.LEAVES``; plus ``layout.LEGACY_LEAVES``
-    for a format version 1 buffer's token storage, from ``legacy = (prompt index [n], the
-    records' summary)``). Every leaf is built once, at its stored dtype (no second copy)."""
-    n, lens = cols.n, cols.comp_len
-    T = int(lens.sum())
-    ends = np.cumsum(lens)  # one past each completion's last row
-    first = ends - lens
-    completion = np.repeat(np.arange(completion0, completion0 + n, dtype=np.int64), lens)
-    position = np.ones(T, dtype=np.int32)  # a running count restarted at each first row
-    position[first] = 1 - np.concatenate([[1], lens[:-1]])
-    np.cumsum(position, out=position)
-    done = np.zeros(T, dtype=bool)
-    done[ends - 1] = True
-    leaves = {
-        "action": _tensor(cols.comp_tok.astype(np.int64, copy=False)),
-        "sample_log_prob": torch.from_numpy(cols.logp.astype(np.float32)),
-        "position": torch.from_numpy(position),
-        "completion": torch.from_numpy(completion),
-        ("next", "done"): torch.from_numpy(done),
-    }
-    if has_ref:
-        leaves["ref_log_prob"] = torch.from_numpy(cols.ref.astype(np.float32))
-    if legacy is not None:
-        prompt, summary = legacy
-        owner = completion - completion0
-        log_reward = summary.log_reward
-        done_terminated = np.zeros(T, dtype=bool)
-        done_terminated[ends - 1] = summary.terminated
-        reward = np.zeros(T, dtype=np.float32)
-        reward[ends - 1] = log_reward
-        group = np.where(summary.has_group, summary.group_id, prompt)
-        leaves |= {
-            "prompt": torch.from_numpy(prompt[owner]),
-            "group_id": torch.from_numpy(group[owner]),
-            "policy_version": torch.from_numpy(summary.policy_version[owner]),
-            "log_reward": torch.from_numpy(log_reward[owner]),
-            ("next", "terminated"): torch.from_numpy(done_terminated),
-            ("next", "truncated"): torch.from_numpy(done & ~done_terminated),
-            ("next", "reward"): torch.from_numpy(reward),
-        }
-    return TensorDict(leaves, batch_size=[T])
-
-
 class TokenSink:
     """The token storage of one import, opened (created on a new buffer, after the buffer's
     facts) on a thread of its own from the start, while the files are read; its layout is
@@ -186,7 +127,7 @@ class TokenSink:
         self.storage: ZarrStorage | None = None
         self.appender: BulkAppender | None = None
         self.r0 = 0
-        self.waiting: list[TensorDict] = []  # token rows waiting for the storage to open
+        self.waiting: list[TokenRows | TensorDict] = []  # rows waiting for the storage
         self.kept: list[Columns] = []  # a version 1 buffer's blocks, appended at ``finish``
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="zarrl-open")
         self._tasks = [self._pool.submit(self._open)]  # run in order on that thread
@@ -197,14 +138,21 @@ class TokenSink:
         self.opened()
         self._put_facts()
 
+    def prepare(self, has_ref: bool) -> None:
+        """Asks for the storage's layout as soon as the import knows whether its records carry
+        reference log-probs (the token schema depends on nothing else), so that the layout is
+        made on the opening thread while the first block is validated."""
+        if not self.legacy:
+            self._ask_layout(TokenRows.empty(has_ref))
+
     def add(self, cols: Columns, has_ref: bool) -> None:
         """Appends the token rows of good records ``cols`` after those before."""
         if self.legacy:
             self.kept.append(cols)
             return
-        rows = token_rows(cols, self.c_next, has_ref)
+        rows = TokenRows(cols, self.c_next, has_ref)
         self.c_next += cols.n
-        self._ask_layout(rows)
+        self._ask_layout(TokenRows.empty(has_ref))
         self.waiting.append(rows)
         if len(self.waiting) > MAX_WAITING_BLOCKS or self._tasks[-1].done():
             self._drain()
@@ -215,8 +163,8 @@ class TokenSink:
         if self.legacy:
             cols = concat_columns(self.kept)
             summary = summarize(cols, self.facts.eos_id)
-            rows = token_rows(cols, self.c0, has_ref, legacy=(prompt, summary))
-            self._ask_layout(rows)
+            rows = legacy_token_rows(cols, self.c0, has_ref, prompt, summary)
+            self._ask_layout(rows[:1])
             self.waiting.append(rows)
         self._drain()
         self.appender.finish()
@@ -244,9 +192,9 @@ class TokenSink:
         for task in self._tasks:
             task.result()
 
-    def _ask_layout(self, rows: TensorDict) -> None:
+    def _ask_layout(self, example: TensorDict) -> None:
         if not self._layout_asked:
-            self._tasks.append(self._pool.submit(self._layout, rows[:1]))
+            self._tasks.append(self._pool.submit(self._layout, example))
             self._layout_asked = True
 
     def _drain(self) -> None:

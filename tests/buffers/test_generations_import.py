@@ -98,6 +98,10 @@ def test_token_rows_follow_the_flat_layout(tmp_path):
         "action", "completion", "position", "ref_log_prob", "sample_log_prob"
     ]  # fmt: skip
     assert [k for k, _ in group["next"].arrays()] == ["done"]
+    assert group["action"].dtype == np.int32 and group["completion"].dtype == np.int64
+    for name in ("sample_log_prob", "ref_log_prob"):  # noise to any fast codec: stored raw
+        chain = [type(c).__name__ for c in group[name].compressors]
+        assert chain == ["Crc32cCodec"] and group[name].filters == (), name
     import xarray as xr  # the import's arrays open as one dataset
 
     ds = xr.open_zarr(str(tmp_path / "buf" / "imports" / imp[0]), consolidated=False)
@@ -111,6 +115,26 @@ def test_token_rows_follow_the_flat_layout(tmp_path):
     assert np.array_equal(imp[1]["completion_log_reward"][:], np.float32(want))
     facts = zarr.open_group(str(tmp_path / "buf"), mode="r").attrs["zarrl_generations"]
     assert (facts["vocab_size"], facts["eos_id"], facts["max_new_tokens"]) == (VOCAB, EOS, MAX_NEW)
+
+
+def test_a_buffer_with_int64_tokens_takes_more_imports_in_its_own_dtype(tmp_path, monkeypatch):
+    """Buffers made before int32 token ids keep their int64 ``action``: a later import writes
+    into it, and batches (widened to int64) and TorchRL's slice sampler read both imports."""
+    from zarrl.buffers.generations import token_rows
+
+    first, second = make_records(6, seed=60, min_len=2), make_records(5, seed=61, min_len=2)
+    with monkeypatch.context() as m:
+        m.setattr(token_rows, "ACTION_DTYPE", np.int64)
+        import_generations([write_jsonl(tmp_path / "a.jsonl", first)], tmp_path / "buf", **FACTS)
+    import_generations([write_parquet(tmp_path / "b.parquet", second)], tmp_path / "buf")
+    assert zarr.open_array(str(tmp_path / "buf" / "tokens" / "action")).dtype == np.int64
+    with GenerationsBuffer.open(tmp_path / "buf") as buf:
+        _check_holds(buf, first + second)
+        assert buf.completions(torch.tensor([0]))["tokens", "response"].dtype == torch.int64
+        rows = buf.storage[torch.arange(len(buf.storage))]
+        owner = rows["completion"]
+        tokens = sum((r["completion_ids"] for r in first + second), [])
+        assert rows["action"].tolist() == tokens and owner.tolist() == sorted(owner.tolist())
 
 
 def test_second_import_appends_and_shares_known_prompts(tmp_path):
@@ -669,7 +693,7 @@ def test_a_bad_row_in_a_late_block_commits_nothing(tmp_path, small_chunks, monke
     monkeypatch.setattr(
         token_sink.BulkAppender,
         "append",
-        lambda self, td: (bulk.append(td.shape[0]), real_append(self, td)),
+        lambda self, rows: (bulk.append(len(rows)), real_append(self, rows)),
     )
     records = make_records(40, seed=42, min_len=3)
     records[37]["logprobs"][1] = 0.5
