@@ -49,9 +49,9 @@ class Gatherer:
         """Leaves ``keys`` (default: all) at ring positions ``rows`` (int64 ``[N]``) as
         ``{path: [N, *tail, *shape]}`` on the device; raises ``StaleRead`` when a reader loaded
         chunks the writer has recycled since its last refresh."""
-        keys = list(self.log.header.schema) if keys is None else keys
+        keys = [*self.log.header.schema, *self.index.attached] if keys is None else keys
         out = {}
-        columns = self.index.columns
+        columns = self.index.readable
         big = [k for k in keys if k not in columns]
         if big:
             phys = self.ring.phys(rows)
@@ -62,7 +62,7 @@ class Gatherer:
             out.update(got)
         for k in keys:
             if k in columns:
-                out[k] = torch.index_select(columns[k], 0, rows)  # much faster than [rows]
+                out[k] = self.index.gather(k, rows)
         if all(out[k].device == self.device for k in keys):
             return {k: out[k] for k in keys}
         return {k: out[k].to(self.device, non_blocking=True) for k in keys}

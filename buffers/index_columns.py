@@ -1,6 +1,8 @@
 """The index columns of a ``ZarrStorage``: small per-row leaves (trajectory ids, done flags,
 rewards: at most 16 bytes per element by default) mirrored in RAM by ring position, so samplers
-read them without touching the chunk cache; the same rows are also stored in the arrays."""
+read them without touching the chunk cache; the same rows are also stored in the arrays. A
+reader may also be given attached columns: RAM leaves that are not stored (values its owner
+derives from other tables), served by position as the mirrored ones."""
 
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ class IndexColumns:
     """``{path: [rows, *tail, *shape]}`` tensors by ring position (grown on demand)."""
 
     def __init__(self, enabled: bool = True) -> None:
-        self.columns: dict[str, torch.Tensor] = {}
+        self.columns: dict[str, torch.Tensor] = {}  # mirrors of stored index keys
+        self.attached: dict[str, torch.Tensor] = {}  # RAM-only leaves (``attach``)
         self.enabled = enabled
 
     def build(self, header: Header) -> None:
@@ -43,21 +46,45 @@ class IndexColumns:
         }
 
     def __contains__(self, path: str) -> bool:
-        return path in self.columns
+        """Whether ``path`` is read from RAM (mirrored or attached)."""
+        return path in self.columns or path in self.attached
 
     def __bool__(self) -> bool:
+        """Whether stored index keys are mirrored (what a refresh reloads)."""
         return bool(self.columns)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.columns)
+        """The paths read from RAM: mirrored, then attached."""
+        return iter([*self.columns, *self.attached])
+
+    @property
+    def readable(self) -> dict[str, torch.Tensor]:
+        """Every column read from RAM, by path."""
+        return {**self.columns, **self.attached} if self.attached else self.columns
+
+    def attach(self, columns: dict[str, torch.Tensor]) -> None:
+        """Replaces the attached columns (``{path: [rows, ...]}`` by ring position)."""
+        self.attached = dict(columns)
 
     def gather(self, path: str, rows: torch.Tensor) -> torch.Tensor:
         """Column ``path`` at ring positions ``rows`` (int64 ``[N]``)."""
-        return torch.index_select(self.columns[path], 0, rows)  # much faster than [rows]
+        column = self.readable[path]
+        if path in self.attached and rows.numel() and int(rows.max()) >= column.shape[0]:
+            raise self._short(path, int(rows.max()) + 1)
+        return torch.index_select(column, 0, rows)  # much faster than [rows]
 
     def head(self, path: str, n: int) -> torch.Tensor:
         """The first ``n`` ring positions of column ``path`` (a view)."""
-        return self.columns[path][:n]
+        column = self.readable[path]
+        if path in self.attached and n > column.shape[0]:
+            raise self._short(path, n)
+        return column[:n]
+
+    def _short(self, path: str, n: int) -> RuntimeError:
+        return RuntimeError(
+            f"the attached column {path!r} holds {self.attached[path].shape[0]} rows, "
+            f"{n} were read: the storage grew (a refresh) since its owner attached it"
+        )
 
     def ensure_rows(self, n: int) -> None:
         """Grows every column (geometrically) to hold ``n`` ring positions."""

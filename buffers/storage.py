@@ -272,6 +272,32 @@ class ZarrStorage(TensorStorage):
                 raise RuntimeError("Cannot get elements out of a non-initialized storage.")
             return self.gatherer.gather(rows, keys)
 
+    def attach_columns(self, columns: Mapping[Any, torch.Tensor]) -> None:
+        """Serves RAM leaves that are not stored (``{key: [rows, ...]}`` by ring position,
+        e.g. values the owner derives from its own tables) with the stored ones in every read
+        (``get``, ``storage[:]``, ``read``), so TorchRL's samplers find them as stored keys.
+        Read-only storages only; each column covers the live rows; a later call replaces
+        them all (after a ``refresh`` that adds rows, attach longer ones)."""
+        with self.guard.lock, self.guard.naming():
+            if not self.read_only:
+                raise ValueError(f"{self.where}: only a read-only storage takes attached columns")
+            if self.log.header is None:
+                raise RuntimeError(f"{self.where}: no layout yet (no row was ever written)")
+            n = self._len0()
+            attached = {}
+            for key, column in columns.items():
+                path = key_path(key)
+                if path in self.log.header.schema:
+                    raise ValueError(f"{self.where}: {path!r} is a stored leaf, not attachable")
+                if not isinstance(column, torch.Tensor) or column.ndim < 1 or len(column) < n:
+                    raise ValueError(
+                        f"{self.where}: the attached column {path!r} must be a tensor of at "
+                        f"least {n} rows (the live rows)"
+                    )
+                attached[path] = column
+            self.index.attach(attached)
+            self._bump_mutation_revision()
+
     @serialized
     def get(self, index) -> TensorDictBase | torch.Tensor:
         if self.log.header is None:

@@ -28,3 +28,44 @@ def test_a_disabled_mirror_builds_no_column():
     index.ensure_rows(10)
     index.write(slice(0, 1), {"done": torch.tensor([[True]])})  # nothing to write into
     assert not index.columns
+
+
+def test_attached_columns_are_read_with_the_stored_leaves_and_checked(tmp_path):
+    """``ZarrStorage.attach_columns``: RAM leaves that are not stored, returned by ``get``,
+    ``storage[:]`` and TorchRL's slice sampler as stored keys; refused on a writer, for a
+    stored leaf and when too short; a reader that grew past them says so."""
+    import pytest
+    from tensordict import TensorDict
+    from torchrl.data import ReplayBuffer, SliceSampler
+    from zarrl.buffers import ZarrStorage
+
+    rows = TensorDict({"obs": torch.arange(12.0)}, batch_size=[12])
+    writer = ZarrStorage(None, path=tmp_path / "s", chunk_rows=4)
+    writer.set(torch.arange(12), rows)
+    writer.flush()
+    traj = torch.arange(12) // 3
+    with pytest.raises(ValueError, match="only a read-only storage"):
+        writer.attach_columns({"traj": traj})
+    reader = ZarrStorage.open(tmp_path / "s", mode="r")
+    with pytest.raises(ValueError, match="'obs' is a stored leaf"):
+        reader.attach_columns({"obs": torch.zeros(12)})
+    with pytest.raises(ValueError, match="at least 12 rows"):
+        reader.attach_columns({"traj": traj[:5]})
+    reader.attach_columns({"traj": traj, ("next", "done"): torch.arange(12) % 3 == 2})
+    assert reader[:]["traj"].tolist() == traj.tolist()
+    got = reader.get(torch.tensor([7, 2]))
+    assert got["traj"].tolist() == [2, 0] and got["next", "done"].tolist() == [False, True]
+    assert got["obs"].tolist() == [7.0, 2.0]
+    rb = ReplayBuffer(
+        storage=reader, sampler=SliceSampler(slice_len=3, traj_key="traj"), batch_size=6
+    )
+    windows = rb.sample().reshape(2, 3)
+    assert (windows["traj"] == windows["traj"][:, :1]).all()
+    assert (windows["obs"] == windows["traj"] * 3.0 + torch.arange(3.0)).all()
+    writer.set(torch.arange(12, 14), TensorDict({"obs": torch.zeros(2)}, batch_size=[2]))
+    writer.flush()
+    reader.refresh()  # 14 rows now, the columns cover 12
+    with pytest.raises(RuntimeError, match="'traj' holds 12 rows, 14 were read"):
+        reader[:]
+    reader.close()
+    writer.close()
