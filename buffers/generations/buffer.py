@@ -13,6 +13,7 @@ from tensordict import TensorDict
 
 from ..storage import ZarrStorage
 from .layout import Facts, Tables, load_tables, open_root, read_facts, token_path
+from .token_index import derived_index, stores_index
 from .token_mirror import TokenMirror, mirror_bytes_per_token
 
 MIRROR_BYTES = 1 << 30
@@ -45,7 +46,8 @@ class GenerationsBuffer:
         if facts is None:
             raise FileNotFoundError(f"{self.path}: an empty group, not a generations buffer")
         self.facts: Facts = facts
-        self.storage: ZarrStorage | None = None
+        self._tokens: ZarrStorage | None = None
+        self._indexed_rows: int | None = None  # rows the attached index leaves cover
         self._load()
 
     @classmethod
@@ -63,15 +65,16 @@ class GenerationsBuffer:
     def _load(self) -> None:
         self._tables: Tables = load_tables(self._root, self.path)
         t = self._tables
-        if self.storage is None and t.num_completions:
-            self.storage = ZarrStorage.open(
+        if self._tokens is None and t.num_completions:
+            self._tokens = ZarrStorage.open(
                 token_path(self.path), mode="r", storage_options=self.storage_options
             )
-        elif self.storage is not None:
-            self.storage.refresh()
-        if self.storage is not None and len(self.storage) < t.rows_end:
+        elif self._tokens is not None:
+            self._tokens.refresh()
+        self._indexed_rows = None
+        if self._tokens is not None and len(self._tokens) < t.rows_end:
             raise RuntimeError(
-                f"{self.path}/tokens holds {len(self.storage)} rows, its imports count {t.rows_end}"
+                f"{self.path}/tokens holds {len(self._tokens)} rows, its imports count {t.rows_end}"
             )
         self._start = torch.from_numpy(t.start)
         self._length = torch.from_numpy(t.length)
@@ -94,9 +97,25 @@ class GenerationsBuffer:
         self._root = open_root(self.path, "r", self.storage_options)
         self._load()
 
+    @property
+    def storage(self) -> ZarrStorage | None:
+        """The token ``ZarrStorage`` (read-only), ``None`` while the buffer holds no import.
+        Its rows carry ``completion``, ``position`` and ``next/done`` for TorchRL's samplers:
+        stored by format version 1 and 2 buffers, derived from the imports' lengths and
+        attached (13 bytes a token of RAM, at the first access after opening or ``refresh``)
+        for newer ones (``token_index.py``)."""
+        tokens = self._tokens
+        if tokens is None or self._indexed_rows == len(tokens):
+            return tokens
+        if not stores_index(tokens.log.header.schema):
+            t = self._tables
+            tokens.attach_columns(derived_index(t.start, t.length, len(tokens)))
+        self._indexed_rows = len(tokens)
+        return tokens
+
     def close(self) -> None:
-        if self.storage is not None:
-            self.storage.close()
+        if self._tokens is not None:
+            self._tokens.close()
 
     def __enter__(self) -> GenerationsBuffer:
         return self
@@ -226,12 +245,12 @@ class GenerationsBuffer:
         later imports, here), else from the storage."""
         keys = ["action", "sample_log_prob"] + (["ref_log_prob"] if self.has_ref else [])
         end = self._tables.rows_end
-        action_bytes = self.storage.log.header.schema["action"].nbytes
+        action_bytes = self._tokens.log.header.schema["action"].nbytes
         if end * mirror_bytes_per_token(self.has_ref, action_bytes) > self.mirror_bytes:
-            return self.storage.read(rows, keys)
+            return self._tokens.read(rows, keys)
         if self._mirror is None or self._mirror.keys != keys:
             self._mirror = TokenMirror(keys)
-        self._mirror.extend_to(self.storage, end)
+        self._mirror.extend_to(self._tokens, end)
         return self._mirror.read(rows)
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> TensorDict:

@@ -35,24 +35,22 @@ from .readers import DIGEST, LEGACY_DIGEST
 from .stores import buffer_store, has_group, tokens_location
 
 FORMAT = "zarrl.generations"
-FORMAT_VERSION = 2
-"""Version 2: the token storage holds per-token leaves only (``LEAVES``); per-completion values
-live in the imports' arrays alone. Version 1 buffers (``LEGACY_LEAVES`` too) are read, and
-appended to with their own leaves."""
+FORMAT_VERSION = 3
+"""Version 3: the token storage holds per-token data only (``LEAVES``); the index leaves
+(``INDEX_LEAVES``) are derived from the imports' lengths by readers (``token_index.py``).
+Version 2 buffers also store ``INDEX_LEAVES``; version 1 buffers ``LEGACY_LEAVES`` too. Both are
+read, and appended to with their own leaves."""
 FACTS_ATTR = "zarrl_generations"
 IMPORT_ATTR = "zarrl_generations_import"
 TOKENS = "tokens"
 IMPORTS = "imports"
 
-LEAVES = (
-    "action",
-    "sample_log_prob",
-    "ref_log_prob",
-    "position",
-    "completion",
-    ("next", "done"),
-)
+LEAVES = ("action", "sample_log_prob", "ref_log_prob")
 """Leaves of the token storage (``ref_log_prob`` only in buffers with reference log-probs)."""
+
+INDEX_LEAVES = ("completion", "position", ("next", "done"))
+"""Per-token index leaves (completion number, position in it, last-token flag): stored by format
+version 1 and 2 buffers, derived from the lengths for newer ones."""
 
 LEGACY_LEAVES = (
     "prompt",
@@ -264,7 +262,7 @@ def load_tables(root: zarr.Group, where: str) -> Tables:
     records.sort(key=lambda rg: rg[0]["completions"][0])
     parts: dict[str, list[np.ndarray]] = {name: [] for name in IMPORT_ARRAYS}
     starts: list[np.ndarray] = []
-    c_end = p_end = 0
+    c_end = p_end = r_end = 0
     prompt_tok_end = 0
     for rec, group in records:
         gwhere = f"{where}/{IMPORTS}/{rec['id']}"
@@ -285,6 +283,12 @@ def load_tables(root: zarr.Group, where: str) -> Tables:
             if n is not None and len(arr) != n:
                 raise StoreFormatError(f"{gwhere}/{name}: {len(arr)} entries, the record says {n}")
         lengths = arrays["completion_length"]
+        if r0 < r_end:
+            raise StoreFormatError(
+                f"{gwhere}/zarr.json: {IMPORT_ATTR} rows start at {r0}, inside the rows "
+                f"[..., {r_end}) of the imports before it"
+            )
+        r_end = r1
         if int(lengths.sum()) != r1 - r0 or (lengths < 1).any():
             raise StoreFormatError(
                 f"{gwhere}/completion_length: lengths do not tile rows [{r0}, {r1})"

@@ -1,7 +1,9 @@
 """The token rows of a block of good records: one row per completion token (``layout.LEAVES``),
 written by ``TokenRows.fill`` straight into the bulk appender's chunk buffers, in the stored
-dtypes, with no intermediate array per leaf (the rows of a format version 1 buffer, with their
-extra leaves, are built whole by ``legacy_token_rows``)."""
+dtypes, with no intermediate array per leaf. Format version 1 and 2 buffers also store the index
+leaves (``layout.INDEX_LEAVES``, which newer buffers derive from the lengths: ``token_index.py``);
+``fill`` writes them when the storage has them. The rows of a version 1 buffer, with its extra
+leaves, are built whole by ``legacy_token_rows``."""
 
 from __future__ import annotations
 
@@ -23,33 +25,40 @@ ACTION_DTYPE = np.int32
 is copied and encoded against int64 (buffers made before keep int64; readers widen both)."""
 
 
-def token_schema(has_ref: bool, action_dtype=None) -> dict[str, np.dtype]:
-    """Leaf path -> dtype of the token rows (``ref_log_prob`` only with reference log-probs;
-    ``action`` in ``ACTION_DTYPE`` unless given)."""
+INDEX_DTYPES = {"completion": np.int64, "position": np.int32, "next/done": np.bool_}
+"""The index leaves' dtypes (stored by format version 1 and 2 buffers, derived by readers of
+newer ones)."""
+
+
+def token_schema(has_ref: bool, action_dtype=None, with_index: bool = False) -> dict[str, np.dtype]:
+    """Leaf path -> dtype of the token rows of a new buffer: ``action`` (in ``ACTION_DTYPE``
+    unless given), ``sample_log_prob``, ``ref_log_prob`` with reference log-probs; the index
+    leaves too ``with_index`` (the leaves of a format version 1 or 2 buffer)."""
     schema = {
         "action": np.dtype(ACTION_DTYPE if action_dtype is None else action_dtype),
         "sample_log_prob": np.dtype(np.float32),
-        "position": np.dtype(np.int32),
-        "completion": np.dtype(np.int64),
-        "next/done": np.dtype(bool),
     }
     if has_ref:
         schema["ref_log_prob"] = np.dtype(np.float32)
+    if with_index:
+        schema |= {path: np.dtype(dt) for path, dt in INDEX_DTYPES.items()}
     return schema
 
 
 class TokenRows:
     """The token rows ``[T]`` of good records ``cols`` (every completion non-empty) whose first
     completion is number ``completion0`` of the buffer, as a ``bulk_append.RowSource``:
-    ``action`` (token id), ``sample_log_prob`` / ``ref_log_prob`` (float32, nats),
-    ``position`` (int32, 0 at each completion's first token), ``completion`` (int64, the
-    buffer's completion number), ``next/done`` (bool, a completion's last token)."""
+    ``action`` (token id), ``sample_log_prob`` / ``ref_log_prob`` (float32, nats); for a
+    format version 1 or 2 buffer also ``position`` (int32, 0 at each completion's first
+    token), ``completion`` (int64, the buffer's completion number) and ``next/done`` (bool, a
+    completion's last token)."""
 
     def __init__(self, cols: Columns, completion0: int, has_ref: bool) -> None:
         self.cols, self.completion0, self.has_ref = cols, completion0, has_ref
         self.lens = cols.comp_len
         self.ends = np.cumsum(self.lens)  # one past each completion's last row
         self.first = self.ends - self.lens
+        self.leaves = frozenset(token_schema(has_ref, with_index=True))
 
     def __len__(self) -> int:
         return int(self.ends[-1]) if len(self.ends) else 0
@@ -67,9 +76,9 @@ class TokenRows:
         }
         return TensorDict(leaves, batch_size=[1])
 
-    def rows(self, a: int, b: int, action_dtype=None) -> TensorDict:
-        """Rows ``[a, b)`` as a TensorDict (fresh arrays)."""
-        schema = token_schema(self.has_ref, action_dtype)
+    def rows(self, a: int, b: int, action_dtype=None, with_index: bool = False) -> TensorDict:
+        """Rows ``[a, b)`` as a TensorDict (fresh arrays; ``token_schema``'s arguments)."""
+        schema = token_schema(self.has_ref, action_dtype, with_index)
         arrays = {path: np.empty(b - a, dtype=dt) for path, dt in schema.items()}
         self.fill(arrays, a, b)
         leaves = {path_key(p): torch.from_numpy(v) for p, v in arrays.items()}
@@ -78,12 +87,17 @@ class TokenRows:
     def fill(self, out: Mapping[str, np.ndarray], a: int, b: int) -> None:
         """Rows ``[a, b)`` into ``out`` (leaf path -> ``[b - a]`` array of the stored dtype):
         the token leaves cast as they are copied (ids were checked against the vocabulary,
-        log-probs are finite), the index leaves computed in place from the lengths."""
+        log-probs are finite), the index leaves, where ``out`` has them, computed in place
+        from the lengths."""
         cols = self.cols
         np.copyto(out["action"], cols.comp_tok[a:b], casting="unsafe")
         np.copyto(out["sample_log_prob"], cols.logp[a:b], casting="same_kind")
         if self.has_ref:
             np.copyto(out["ref_log_prob"], cols.ref[a:b], casting="same_kind")
+        if "completion" in out:
+            self._fill_index(out, a, b)
+
+    def _fill_index(self, out: Mapping[str, np.ndarray], a: int, b: int) -> None:
         j0 = int(np.searchsorted(self.ends, a, side="right"))  # the completion holding row a
         j1 = int(np.searchsorted(self.first, b, side="left"))  # completions starting before b
         starts = self.first[j0 + 1 : j1] - a  # completions starting in (a, b), as offsets
@@ -111,7 +125,7 @@ def legacy_token_rows(
     row, from ``prompt`` (the records' prompt index ``[n]``) and their ``summary``."""
     source = TokenRows(cols, completion0, has_ref)
     T = len(source)
-    td = source.rows(0, T, action_dtype=np.int64)
+    td = source.rows(0, T, action_dtype=np.int64, with_index=True)
     owner = np.repeat(np.arange(cols.n), cols.comp_len)
     done = td.get(("next", "done")).numpy()
     log_reward = summary.log_reward

@@ -26,10 +26,11 @@ Parquet file took a median 296-316 ms with 2**19 rows, 383-388 ms with 2**18 and
 2**20 (0.79 M tokens: 76, 82 and 96 ms: a file smaller than one 2**20-row chunk goes through
 the chunk pool)."""
 
-INDEX_KEYS = ["completion", "position", ("next", "done")]
-"""The token storage's ``index_keys`` (13 bytes a token), mirrored in RAM by the storages that
-read a buffer (not by an import's, ``mirror_index=False``): what TorchRL's slice samplers look up
-(trajectory key, end flag). The other leaves are read through the chunk cache."""
+INDEX_KEYS: list = []
+"""The token storage's ``index_keys`` in a new buffer: none (its leaves are per-token data; the
+index leaves TorchRL's slice samplers look up are derived from the imports' lengths by readers,
+``token_index.py``). Format version 1 and 2 buffers stored and mirrored ``completion``,
+``position`` and ``next/done``."""
 
 TOKEN_CODECS: dict[str, list] = {"sample_log_prob": [], "ref_log_prob": []}
 """Codecs of the token leaves (``ZarrStorage(compressors=...)``): the log-probs are stored

@@ -83,22 +83,22 @@ def test_token_rows_follow_the_flat_layout(tmp_path):
     (imp,) = zarr.open_group(str(tmp_path / "buf" / "imports"), mode="r").groups()
     r0, r1 = imp[1].attrs["zarrl_generations_import"]["rows"]
     assert (r0, r1) == (0, sum(lengths))
-    rows = {key: group[key][r0:r1] for key in ("action", "completion", "position")}
-    rows["next/done"] = group["next/done"][r0:r1]
+    assert group["action"][r0:r1].tolist() == sum((r["completion_ids"] for r in records), [])
+    # per-token data only: per-completion values live in the import's arrays, never repeated
+    # per token, and the index leaves are derived from the lengths by readers
+    assert sorted(k for k, _ in group.arrays()) == ["action", "ref_log_prob", "sample_log_prob"]
+    assert [k for k, _ in group.groups()] == [".zarrl"]  # its seal table; no "next" group
+    assert group["action"].dtype == np.int32
     owner = np.repeat(np.arange(12), lengths)
-    assert rows["action"].tolist() == sum((r["completion_ids"] for r in records), [])
-    assert rows["completion"].tolist() == owner.tolist()
     first = np.cumsum(lengths) - lengths
-    assert rows["position"].tolist() == (np.arange(len(owner)) - first[owner]).tolist()
     last = np.zeros(len(owner), dtype=bool)
     last[first + np.array(lengths) - 1] = True
-    assert rows["next/done"].tolist() == last.tolist()
-    # per-completion values live in the import's arrays only, never repeated per token
-    assert sorted(k for k, _ in group.arrays()) == [
-        "action", "completion", "position", "ref_log_prob", "sample_log_prob"
-    ]  # fmt: skip
-    assert [k for k, _ in group["next"].arrays()] == ["done"]
-    assert group["action"].dtype == np.int32 and group["completion"].dtype == np.int64
+    with GenerationsBuffer.open(tmp_path / "buf") as buf:
+        rows = buf.storage[:]
+        assert rows["completion"].tolist() == owner.tolist()
+        assert rows["position"].tolist() == (np.arange(len(owner)) - first[owner]).tolist()
+        assert rows["next", "done"].tolist() == last.tolist()
+        assert rows["action"].tolist() == group["action"][r0:r1].tolist()
     for name in ("sample_log_prob", "ref_log_prob"):  # noise to any fast codec: stored raw
         chain = [type(c).__name__ for c in group[name].compressors]
         assert chain == ["Crc32cCodec"] and group[name].filters == (), name
@@ -135,6 +135,35 @@ def test_a_buffer_with_int64_tokens_takes_more_imports_in_its_own_dtype(tmp_path
         owner = rows["completion"]
         tokens = sum((r["completion_ids"] for r in first + second), [])
         assert rows["action"].tolist() == tokens and owner.tolist() == sorted(owner.tolist())
+
+
+def test_a_version_2_buffer_keeps_storing_its_index_leaves(tmp_path, monkeypatch):
+    """A buffer whose token storage stores ``completion``, ``position`` and ``next/done``
+    (format version 2) takes a later import with them computed per row, and its readers use
+    the stored leaves (nothing attached)."""
+    from zarrl.buffers.generations import token_rows, token_sink
+
+    first, second = make_records(5, seed=62, min_len=2), make_records(4, seed=63, min_len=2)
+    real_schema = token_rows.token_schema
+    with monkeypatch.context() as m:
+        m.setattr(token_rows, "token_schema", lambda *a, **k: real_schema(a[0], with_index=True))
+        m.setattr(token_sink, "INDEX_KEYS", ["completion", "position", ("next", "done")])
+        import_generations([write_jsonl(tmp_path / "a.jsonl", first)], tmp_path / "buf", **FACTS)
+    import_generations([write_parquet(tmp_path / "b.parquet", second)], tmp_path / "buf")
+    group = zarr.open_group(str(tmp_path / "buf" / "tokens"), mode="r")
+    lengths = [len(r["completion_ids"]) for r in first + second]
+    owner = np.repeat(np.arange(9), lengths)
+    T = len(owner)
+    assert group["completion"][:T].tolist() == owner.tolist()  # the second import's rows too
+    first_row = np.cumsum(lengths) - lengths
+    assert group["position"][:T].tolist() == (np.arange(T) - first_row[owner]).tolist()
+    with GenerationsBuffer.open(tmp_path / "buf") as buf:
+        _check_holds(buf, first + second)
+        assert buf.storage.index.attached == {}  # read from the store, not derived
+        assert (
+            buf.storage[:]["next", "done"].nonzero().flatten().tolist()
+            == (np.cumsum(lengths) - 1).tolist()
+        )
 
 
 def test_second_import_appends_and_shares_known_prompts(tmp_path):
@@ -533,11 +562,16 @@ def test_a_killed_import_is_invisible_and_the_next_one_is_exact(tmp_path, monkey
         assert buf.num_completions == 4
         assert buf.num_prompts == len(expected(first)["prompts"])
         assert len(buf.storage) > buf.num_tokens  # the killed import's rows, uncounted
+        uncounted = buf.storage[:]["completion"][buf.num_tokens :]
+        assert uncounted.numel() and (uncounted == -1).all()  # in no completion's windows
         _check_holds(buf, first)
     third = make_records(6, seed=20)
     import_generations([write_jsonl(tmp_path / "b.jsonl", third)], tmp_path / "buf")
     with GenerationsBuffer.open(tmp_path / "buf") as buf:
         _check_holds(buf, first + third)
+        completion = buf.storage[:]["completion"]
+        r0 = buf.imports[1]["rows"][0]  # the third import's rows begin past the killed ones
+        assert r0 > 4 and completion[r0:].unique().tolist() == list(range(4, 10))
 
 
 def test_field_map_errors_name_the_entry():
@@ -574,6 +608,17 @@ def test_a_damaged_import_record_is_named(tmp_path):
         GenerationsBuffer.open(tmp_path / "b")
     root = zarr.open_group(str(tmp_path / "b"), mode="a")
     put_group_attributes(group, {"zarrl_generations_import": record})
+    import_generations(
+        [write_jsonl(tmp_path / "c.jsonl", make_records(2, seed=26))], tmp_path / "b"
+    )
+    (later,) = [g for n, g in root["imports"].groups() if n != name]
+    second = dict(later.attrs["zarrl_generations_import"])
+    r0, r1 = second["rows"]
+    overlapping = {**second, "rows": [r0 - 1, r1 - 1]}  # shares a row with the first import
+    put_group_attributes(later, {"zarrl_generations_import": overlapping})
+    with pytest.raises(StoreFormatError, match=rf"rows start at {r0 - 1}, inside the rows"):
+        GenerationsBuffer.open(tmp_path / "b")
+    put_group_attributes(later, {"zarrl_generations_import": second})
     facts = dict(root.attrs["zarrl_generations"])
     put_group_attributes(root, {"zarrl_generations": {**facts, "eos_id": VOCAB}})
     with pytest.raises(StoreFormatError, match="eos_id is not below vocab_size"):
