@@ -7,7 +7,7 @@ side with the baselines of issue 16, in one run.
   else line by line with ``json.loads``: its ratio against ``pyarrow.json`` alone is printed
   too); the import hashes the file, validates every row, builds the token rows and commits them
   durably (fsync) with the import record. For scale, the floor of any durable import: the token
-  rows' bytes (29 a token, uncompressed) written to files and fsynced, nothing else;
+  rows' bytes (12 a token, uncompressed) written to files and fsynced, nothing else;
 * whole-completion sampling, ``B = 256``: ``GenerationsBuffer.sample`` against a TorchRL
   ``ReplayBuffer`` over ``LazyTensorStorage`` holding the same completions padded to the length
   limit (``[N, max_new_tokens]`` plus a mask; target <= 1.0x the time);
@@ -141,16 +141,12 @@ def pyarrow_json_alone(path: Path) -> None:
 
 
 def durable_write_floor(logs: dict, tmp: Path) -> None:
-    """The token rows' bytes (int64 token, float32 log-prob and reference log-prob, int32
-    position, int64 completion, bool end flag: 29 a token) written to six files, fsynced."""
-    T = int(logs["lengths"].sum())
+    """The token rows' bytes (int32 token, float32 log-prob and reference log-prob: 12 a
+    token, what a buffer stores per token) written to three files, fsynced."""
     leaves = [
-        logs["tokens"].astype(np.int64),
+        logs["tokens"].astype(np.int32),
         logs["logprobs"].astype(np.float32),
         logs["ref"].astype(np.float32),
-        np.zeros(T, dtype=np.int32),
-        np.zeros(T, dtype=np.int64),
-        np.zeros(T, dtype=bool),
     ]
     folder = tmp / "floor"
     folder.mkdir(exist_ok=True)
