@@ -126,6 +126,9 @@ class RowSource(Protocol):
     """Rows ``[len(source)]`` of a storage's schema that write themselves straight into the
     appender's chunk buffers (no intermediate arrays), e.g. rows derived from columns."""
 
+    leaves: frozenset[str]
+    """Every leaf path ``fill`` can write (a superset of the stored schema's)."""
+
     def __len__(self) -> int: ...
 
     def example(self) -> TensorDictBase:
@@ -146,6 +149,7 @@ class TensorDictRows:
 
     def __init__(self, td: TensorDictBase) -> None:
         self.td = td
+        self.leaves = frozenset(key_path(k) for k in td.keys(True, True))
 
     def __len__(self) -> int:
         return self.td.shape[0]
@@ -203,13 +207,12 @@ class BulkAppender:
         # a row source must name its leaves (it writes them in the stored dtypes)
         if isinstance(data, TensorDictBase):
             validate(example, header)
-        else:
-            leaves = {key_path(k) for k in example.keys(True, True)}
-            if leaves != set(header.schema):
-                raise ValueError(
-                    f"{self.storage.where}: the rows' leaves {sorted(leaves)} are not the "
-                    f"stored ones {sorted(header.schema)}; nothing was written"
-                )
+        elif not set(header.schema) <= set(source.leaves):
+            raise ValueError(
+                f"{self.storage.where}: the rows have no leaf "
+                f"{sorted(set(header.schema) - set(source.leaves))} of the stored schema "
+                f"{sorted(header.schema)}; nothing was written"
+            )
         R = header.chunk_rows
         i = 0
         if not self.filled:  # the head chunk first, through the pool
