@@ -19,13 +19,13 @@ from .prompts import prompt_index
 from .records import Columns, concat_columns
 from .token_rows import TokenRows, legacy_token_rows
 
-TOKEN_CHUNK_ROWS = 1 << 19
-"""Token rows per chunk of a new buffer (about 15 MB of the 6 leaves before compression):
-fewer chunk files per token than ``ZarrStorage``'s default chunks (4 to 8 MiB), and file
-creation costs 0.1-0.4 ms each on the machines measured. Alternated imports of a 7.8 M-token
-Parquet file took a median 296-316 ms with 2**19 rows, 383-388 ms with 2**18 and 308 ms with
-2**20 (0.79 M tokens: 76, 82 and 96 ms: a file smaller than one 2**20-row chunk goes through
-the chunk pool)."""
+TOKEN_CHUNK_ROWS = 1 << 20
+"""Token rows per chunk of a new buffer (12 MB of the 3 leaves before compression): fewer chunk
+files per token than ``ZarrStorage``'s default chunks (4 to 8 MiB), and file creation costs
+0.1-0.4 ms each on the machines measured. Alternated imports (format version 3) of a 7.8
+M-token Parquet file: median 228 ms with 2**20 rows against 246 ms with 2**19 (min 209 and
+216); of a 0.79 M-token file, 79 against 86 ms (the last, partly filled chunk is written in
+bulk too, so a file smaller than a chunk pays nothing for its size)."""
 
 INDEX_KEYS: list = []
 """The token storage's ``index_keys`` in a new buffer: none (its leaves are per-token data; the
