@@ -51,8 +51,7 @@ class Gatherer:
         chunks the writer has recycled since its last refresh."""
         keys = [*self.log.header.schema, *self.index.attached] if keys is None else keys
         out = {}
-        columns = self.index.readable
-        big = [k for k in keys if k not in columns]
+        big = [k for k in keys if k not in self.index]
         if big:
             phys = self.ring.phys(rows)
             got, loaded = self.hot.gather(phys, big)
@@ -61,7 +60,7 @@ class Gatherer:
                 self.reader.check_not_stale(int(phys[fresh].min()))
             out.update(got)
         for k in keys:
-            if k in columns:
+            if k in self.index:
                 out[k] = self.index.gather(k, rows)
         if all(out[k].device == self.device for k in keys):
             return {k: out[k] for k in keys}

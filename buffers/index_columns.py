@@ -6,7 +6,7 @@ derives from other tables), served by position as the mirrored ones."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -27,7 +27,8 @@ class IndexColumns:
 
     def __init__(self, enabled: bool = True) -> None:
         self.columns: dict[str, torch.Tensor] = {}  # mirrors of stored index keys
-        self.attached: dict[str, torch.Tensor] = {}  # RAM-only leaves (``attach``)
+        self.attached: dict[str, torch.Tensor | Callable[[], torch.Tensor]] = {}  # ``attach``
+        self.attached_rows = 0
         self.enabled = enabled
 
     def build(self, header: Header) -> None:
@@ -57,33 +58,47 @@ class IndexColumns:
         """The paths read from RAM: mirrored, then attached."""
         return iter([*self.columns, *self.attached])
 
-    @property
-    def readable(self) -> dict[str, torch.Tensor]:
-        """Every column read from RAM, by path."""
-        return {**self.columns, **self.attached} if self.attached else self.columns
-
-    def attach(self, columns: dict[str, torch.Tensor]) -> None:
-        """Replaces the attached columns (``{path: [rows, ...]}`` by ring position)."""
+    def attach(
+        self, columns: dict[str, torch.Tensor | Callable[[], torch.Tensor]], rows: int
+    ) -> None:
+        """Replaces the attached columns: ``{path: [rows, ...]}`` by ring position, or a
+        callable returning it when first read (checked then to hold at least ``rows``)."""
         self.attached = dict(columns)
+        self.attached_rows = rows
 
     def gather(self, path: str, rows: torch.Tensor) -> torch.Tensor:
         """Column ``path`` at ring positions ``rows`` (int64 ``[N]``)."""
-        column = self.readable[path]
+        column = self._column(path)
         if path in self.attached and rows.numel() and int(rows.max()) >= column.shape[0]:
             raise self._short(path, int(rows.max()) + 1)
         return torch.index_select(column, 0, rows)  # much faster than [rows]
 
     def head(self, path: str, n: int) -> torch.Tensor:
         """The first ``n`` ring positions of column ``path`` (a view)."""
-        column = self.readable[path]
+        column = self._column(path)
         if path in self.attached and n > column.shape[0]:
             raise self._short(path, n)
         return column[:n]
 
-    def _short(self, path: str, n: int) -> RuntimeError:
+    def _column(self, path: str) -> torch.Tensor:
+        """A mirrored column, or an attached one (computed at its first read)."""
+        if path in self.columns:
+            return self.columns[path]
+        column = self.attached[path]
+        if callable(column):
+            column = column()
+            if not isinstance(column, torch.Tensor) or column.ndim < 1:
+                raise TypeError(f"the attached column {path!r} is not a tensor [rows, ...]")
+            if column.shape[0] < self.attached_rows:
+                raise self._short(path, self.attached_rows, column.shape[0])
+            self.attached[path] = column
+        return column
+
+    def _short(self, path: str, n: int, held: int | None = None) -> RuntimeError:
+        held = self.attached[path].shape[0] if held is None else held
         return RuntimeError(
-            f"the attached column {path!r} holds {self.attached[path].shape[0]} rows, "
-            f"{n} were read: the storage grew (a refresh) since its owner attached it"
+            f"the attached column {path!r} holds {held} rows, {n} were read: the storage grew "
+            "(a refresh) since its owner attached it"
         )
 
     def ensure_rows(self, n: int) -> None:

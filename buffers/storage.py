@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -272,12 +272,16 @@ class ZarrStorage(TensorStorage):
                 raise RuntimeError("Cannot get elements out of a non-initialized storage.")
             return self.gatherer.gather(rows, keys)
 
-    def attach_columns(self, columns: Mapping[Any, torch.Tensor]) -> None:
+    def attach_columns(
+        self, columns: Mapping[Any, torch.Tensor | Callable[[], torch.Tensor]]
+    ) -> None:
         """Serves RAM leaves that are not stored (``{key: [rows, ...]}`` by ring position,
         e.g. values the owner derives from its own tables) with the stored ones in every read
-        (``get``, ``storage[:]``, ``read``), so TorchRL's samplers find them as stored keys.
-        Read-only storages only; each column covers the live rows; a later call replaces
-        them all (after a ``refresh`` that adds rows, attach longer ones)."""
+        (``get``, ``storage[:]``, ``read``), so TorchRL's samplers find them as stored keys. A
+        value may be a callable returning the column, called when the column is first read
+        (nothing is computed for a reader that never reads it). Read-only storages only; each
+        column covers the live rows; a later call replaces them all (after a ``refresh`` that
+        adds rows, attach longer ones)."""
         with self.guard.lock, self.guard.naming():
             if not self.read_only:
                 raise ValueError(f"{self.where}: only a read-only storage takes attached columns")
@@ -289,13 +293,15 @@ class ZarrStorage(TensorStorage):
                 path = key_path(key)
                 if path in self.log.header.schema:
                     raise ValueError(f"{self.where}: {path!r} is a stored leaf, not attachable")
-                if not isinstance(column, torch.Tensor) or column.ndim < 1 or len(column) < n:
+                if not callable(column) and (
+                    not isinstance(column, torch.Tensor) or column.ndim < 1 or len(column) < n
+                ):
                     raise ValueError(
                         f"{self.where}: the attached column {path!r} must be a tensor of at "
-                        f"least {n} rows (the live rows)"
+                        f"least {n} rows (the live rows), or a callable returning one"
                     )
                 attached[path] = column
-            self.index.attach(attached)
+            self.index.attach(attached, n)
             self._bump_mutation_revision()
 
     @serialized

@@ -13,7 +13,7 @@ from tensordict import TensorDict
 
 from ..storage import ZarrStorage
 from .layout import Facts, Tables, load_tables, open_root, read_facts, token_path
-from .token_index import derived_index, stores_index
+from .token_index import lazy_index, stores_index
 from .token_mirror import TokenMirror, mirror_bytes_per_token
 
 MIRROR_BYTES = 1 << 30
@@ -101,15 +101,15 @@ class GenerationsBuffer:
     def storage(self) -> ZarrStorage | None:
         """The token ``ZarrStorage`` (read-only), ``None`` while the buffer holds no import.
         Its rows carry ``completion``, ``position`` and ``next/done`` for TorchRL's samplers:
-        stored by format version 1 and 2 buffers, derived from the imports' lengths and
-        attached (13 bytes a token of RAM, at the first access after opening or ``refresh``)
-        for newer ones (``token_index.py``)."""
+        stored by format version 1 and 2 buffers, derived from the imports' lengths for newer
+        ones (``token_index.py``: 13 bytes a token of RAM, computed when a read first needs
+        them, e.g. TorchRL's ``SliceSampler``; batches of whole completions never do)."""
         tokens = self._tokens
         if tokens is None or self._indexed_rows == len(tokens):
             return tokens
         if not stores_index(tokens.log.header.schema):
             t = self._tables
-            tokens.attach_columns(derived_index(t.start, t.length, len(tokens)))
+            tokens.attach_columns(lazy_index(t.start, t.length, len(tokens)))
         self._indexed_rows = len(tokens)
         return tokens
 

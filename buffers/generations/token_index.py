@@ -11,10 +11,16 @@ Version 1 and 2 buffers store them in the token storage itself.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
 
 from .token_rows import INDEX_DTYPES
+
+INDEX_KEYS = ("completion", "position", ("next", "done"))
 
 
 def stores_index(schema: dict) -> bool:
@@ -23,7 +29,20 @@ def stores_index(schema: dict) -> bool:
     return all(path in schema for path in INDEX_DTYPES)
 
 
-def derived_index(start: np.ndarray, length: np.ndarray, rows: int) -> dict[str, torch.Tensor]:
+def lazy_index(
+    start: np.ndarray, length: np.ndarray, rows: int
+) -> dict[Any, Callable[[], torch.Tensor]]:
+    """``derived_index`` as one callable per leaf (``ZarrStorage.attach_columns``), the three
+    computed together at the first call of any."""
+    computed = functools.cache(lambda: derived_index(start, length, rows))
+
+    def leaf(key: Any) -> Callable[[], torch.Tensor]:
+        return lambda: computed()[key]
+
+    return {key: leaf(key) for key in INDEX_KEYS}
+
+
+def derived_index(start: np.ndarray, length: np.ndarray, rows: int) -> dict[Any, torch.Tensor]:
     """The index leaves ``{key: [rows]}`` of a token storage of ``rows`` rows whose
     completions start at rows ``start`` with ``length`` tokens each (int64 ``[C]``, completion
     order; their rows disjoint and below ``rows``, as ``layout.load_tables`` checks)."""

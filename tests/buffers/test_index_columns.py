@@ -69,3 +69,30 @@ def test_attached_columns_are_read_with_the_stored_leaves_and_checked(tmp_path):
         reader[:]
     reader.close()
     writer.close()
+
+
+def test_an_attached_column_given_as_a_callable_is_computed_at_its_first_read(tmp_path):
+    import pytest
+    from tensordict import TensorDict
+    from zarrl.buffers import ZarrStorage
+
+    writer = ZarrStorage(None, path=tmp_path / "s", chunk_rows=4)
+    writer.set(torch.arange(6), TensorDict({"obs": torch.arange(6.0)}, batch_size=[6]))
+    writer.flush()
+    reader = ZarrStorage.open(tmp_path / "s", mode="r")
+    calls = []
+
+    def traj() -> torch.Tensor:
+        calls.append(1)
+        return torch.arange(6) // 2
+
+    reader.attach_columns({"traj": traj, "short": lambda: torch.zeros(4)})
+    assert reader.read(torch.tensor([5]), ["obs"])["obs"].tolist() == [5.0]
+    assert calls == []  # a read that does not need it computes nothing
+    assert reader.read(torch.tensor([5, 0]), ["traj"])["traj"].tolist() == [2, 0]
+    assert reader.read(torch.tensor([3]), ["traj"])["traj"].tolist() == [1]
+    assert calls == [1]  # once
+    with pytest.raises(RuntimeError, match="'short' holds 4 rows, 6 were read"):
+        reader.read(torch.tensor([0]), ["short"])
+    reader.close()
+    writer.close()
