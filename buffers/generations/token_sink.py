@@ -217,8 +217,8 @@ class TokenSink:
         """Opens or creates the token storage."""
         self._put_facts()  # a new buffer's group holds its facts before any member
         path = token_path(self.where)
-        # an import only appends: no RAM mirror of the index columns (neither the buffer's
-        # rows reloaded at opening nor the import's copied; 13 bytes a token)
+        # an import only appends: no RAM mirror of index columns (a version 2 buffer's:
+        # neither its rows reloaded at opening nor the import's copied; 13 bytes a token)
         opts = {
             "storage_options": self.storage_options,
             "min_commit_interval": IMPORT_COMMIT_INTERVAL,
