@@ -10,9 +10,9 @@ exactly as for the chunks the storage writes ahead itself; the rows are counted 
 commit (``flush``), never before. A crash before it leaves the chunk files past the commit:
 nothing counts them and the next appends overwrite them.
 
-``BulkAppender`` accepts rows in pieces of any size: the rows up to the next chunk boundary and
-the remainder after the last whole chunk go through ``ZarrStorage.set`` (the chunk pool), the
-whole chunks in between through ``append_chunks``.
+``BulkAppender`` accepts rows in pieces of any size: the rows up to the next chunk boundary go
+through ``ZarrStorage.set`` (the chunk pool), the chunks after it through ``append_chunks``, the
+last one partly filled (``append_chunks(rows=)``: zeros past its rows).
 """
 
 from __future__ import annotations
@@ -170,8 +170,8 @@ class BulkAppender:
     """Appends rows given in pieces of any size to a growing ``ZarrStorage``: the rows before
     the first chunk boundary through ``set``, then every whole chunk in bulk
     (``ZarrStorage.append_chunks``) from a buffer the pieces are written into; ``finish()``
-    appends the rows of the last, partly filled chunk through ``set`` and commits them
-    (``flush``); ``abandon()`` closes the storage without committing any of them.
+    appends the last, partly filled chunk the same way and commits the rows (``flush``);
+    ``abandon()`` closes the storage without committing any of them.
 
     A piece is a TensorDict of the store's schema or a ``RowSource`` (rows that write
     themselves into the buffers). The chunk buffers (one chunk of every leaf each, made from

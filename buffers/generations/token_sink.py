@@ -25,7 +25,7 @@ files per token than ``ZarrStorage``'s default chunks (4 to 8 MiB), and file cre
 0.1-0.4 ms each on the machines measured. Alternated imports (format version 3) of a 7.8
 M-token Parquet file: median 228 ms with 2**20 rows against 246 ms with 2**19 (min 209 and
 216); of a 0.79 M-token file, 79 against 86 ms (the last, partly filled chunk is written in
-bulk too, so a file smaller than a chunk pays nothing for its size)."""
+bulk too, no longer staged in the chunk pool)."""
 
 INDEX_KEYS: list = []
 """The token storage's ``index_keys`` in a new buffer: none (its leaves are per-token data; the
