@@ -38,7 +38,15 @@ from .layout import (
 )
 from .prefetch import prefetched
 from .prompts import prompt_index
-from .readers import DIGEST, LEGACY_DIGEST, digest, format_of, parse_field_map, read_blocks
+from .readers import (
+    DIGEST,
+    LEGACY_DIGEST,
+    digest,
+    format_of,
+    known_has_ref,
+    parse_field_map,
+    read_blocks,
+)
 from .records import GenerationsImportError, Problem, validate
 from .stores import check_import_lock, import_lock
 from .token_sink import Summary, TokenSink, concat_summaries, summarize
@@ -193,12 +201,22 @@ def _read_all(
     problems, has_ref)``; ``reports`` get their counts."""
     blocks: list[Summary] = []
     problems: list[Problem] = []
+    # the token storage's layout made while the first block is read, when the first file's
+    # metadata settles whether its records carry reference log-probs
+    guess = known_has_ref(reports[0].path, fmap) if has_ref is None and reports else None
+    if guess is not None:
+        sink.prepare(guess)
     for report in reports:
         # the next block is read and decoded on a thread while this one is validated and added
         with contextlib.closing(prefetched(read_blocks(report.path, fmap))) as file_blocks:
             for cols in file_blocks:
                 if has_ref is None and cols.n:
                     has_ref = bool(cols.ref_len[0] >= 0)
+                    if guess is not None and guess != has_ref:
+                        raise GenerationsImportError(
+                            f"{report.path}: its Parquet statistics say every record carries "
+                            "ref_logprobs, yet the first record has none (a damaged file)"
+                        )
                     sink.prepare(has_ref)
                 ok, bad = validate(
                     cols,

@@ -550,6 +550,41 @@ def read_parquet(path: str | os.PathLike, field_map: Mapping[str, str]) -> Itera
     )
 
 
+def known_has_ref(path: str | os.PathLike, field_map: Mapping[str, str]) -> bool | None:
+    """Whether the file's first record carries ``ref_logprobs``, when its metadata settles it
+    before any row is decoded (``None`` otherwise): a Parquet file whose columns have no
+    reference log-probs does not; one whose reference column's statistics count no null and no
+    empty list in its first non-empty row group does (every record of it carries some). JSON
+    Lines and ``datasets`` folders: ``None``. The import makes the token storage's layout from
+    it while the first block is read (and refuses a file whose first record disagrees)."""
+    if format_of(path) != "parquet":
+        return None
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except Exception:  # the reading names what is wrong with the file
+        return None
+    sources = arrow_sources(meta.schema.to_arrow_schema().names, field_map)
+    column = sources.get("ref_logprobs")
+    if column is None:
+        return False
+    for i in range(meta.num_row_groups):
+        group = meta.row_group(i)
+        if group.num_rows == 0:
+            continue
+        leaves = [
+            group.column(j)
+            for j in range(group.num_columns)
+            if group.column(j).path_in_schema.split(".")[0] == column
+        ]
+        if len(leaves) != 1 or leaves[0].statistics is None:
+            return None
+        stats = leaves[0].statistics
+        return True if stats.has_null_count and stats.null_count == 0 else None
+    return None
+
+
 def read_datasets(path: str | os.PathLike, field_map: Mapping[str, str]) -> Iterator[Columns]:
     """A folder written by ``Dataset.save_to_disk`` (one split: a ``DatasetDict`` folder is
     refused with its split names); read as one Arrow table, in blocks."""

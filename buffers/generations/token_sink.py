@@ -145,7 +145,8 @@ class TokenSink:
     def prepare(self, has_ref: bool) -> None:
         """Asks for the storage's layout as soon as the import knows whether its records carry
         reference log-probs (the token schema depends on nothing else), so that the layout is
-        made on the opening thread while the first block is validated."""
+        made on the opening thread while the first block is read or validated; the first call
+        decides (the importer checks that the records agree)."""
         if not self.legacy:
             self._ask_layout(TokenRows.empty(has_ref))
 

@@ -166,6 +166,47 @@ def test_a_version_2_buffer_keeps_storing_its_index_leaves(tmp_path, monkeypatch
         )
 
 
+def test_a_parquet_footer_settles_whether_records_carry_reference_log_probs(tmp_path):
+    """``known_has_ref``: what the first record will say, from the file's metadata alone, so
+    the token layout is made while the first block is read; ``None`` when it cannot tell."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from zarrl.buffers.generations.readers import known_has_ref
+
+    with_ref = write_parquet(tmp_path / "a.parquet", make_records(6, seed=64))
+    without = write_parquet(tmp_path / "b.parquet", make_records(6, seed=65, ref=False))
+    records = make_records(6, seed=66)
+    del records[4]["ref_logprobs"]  # null in one row: the statistics count it
+    holed = write_parquet(tmp_path / "c.parquet", records)
+    table = pa.Table.from_pylist(make_records(6, seed=67))
+    pq.write_table(table, tmp_path / "d.parquet", write_statistics=False)
+    assert known_has_ref(with_ref, {}) is True
+    assert known_has_ref(without, {}) is False
+    assert known_has_ref(holed, {}) is None
+    assert known_has_ref(tmp_path / "d.parquet", {}) is None
+    assert known_has_ref(write_jsonl(tmp_path / "e.jsonl", make_records(2, seed=68)), {}) is None
+    table = pa.Table.from_pylist(make_records(4, seed=69))
+    trl = table.rename_columns(
+        ["ref_per_token_logps" if n == "ref_logprobs" else n for n in table.column_names]
+    )
+    pq.write_table(trl, tmp_path / "f.parquet")
+    assert known_has_ref(tmp_path / "f.parquet", {}) is True  # TRL's name, mapped
+
+
+def test_records_that_contradict_their_parquet_statistics_are_refused(tmp_path, monkeypatch):
+    """A damaged footer that claims reference log-probs the first record lacks: a clear error
+    naming the file, and nothing of the new buffer is left."""
+    src = write_parquet(tmp_path / "a.parquet", make_records(5, seed=70, ref=False))
+    monkeypatch.setattr(importer_module, "known_has_ref", lambda path, fmap: True)
+    with pytest.raises(GenerationsImportError, match=r"a\.parquet: its Parquet statistics say"):
+        import_generations([src], tmp_path / "buf", **FACTS)
+    assert not GenerationsBuffer_exists(tmp_path / "buf")
+    monkeypatch.undo()
+    import_generations([src], tmp_path / "buf", **FACTS)
+    with GenerationsBuffer.open(tmp_path / "buf") as buf:
+        assert buf.num_completions == 5 and not buf.has_ref
+
+
 def test_second_import_appends_and_shares_known_prompts(tmp_path):
     first, second = make_records(10, seed=3, ref=False), make_records(7, seed=3, ref=False)
     import_generations([write_jsonl(tmp_path / "a.jsonl", first)], tmp_path / "buf", **FACTS)
