@@ -18,9 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .layout import INDEX_LEAVES
 from .token_rows import INDEX_DTYPES
-
-INDEX_KEYS = ("completion", "position", ("next", "done"))
 
 
 def stores_index(schema: dict) -> bool:
@@ -39,7 +38,7 @@ def lazy_index(
     def leaf(key: Any) -> Callable[[], torch.Tensor]:
         return lambda: computed()[key]
 
-    return {key: leaf(key) for key in INDEX_KEYS}
+    return {key: leaf(key) for key in INDEX_LEAVES}
 
 
 def derived_index(start: np.ndarray, length: np.ndarray, rows: int) -> dict[Any, torch.Tensor]:
