@@ -563,9 +563,10 @@ def known_has_ref(path: str | os.PathLike, field_map: Mapping[str, str]) -> bool
 
     try:
         meta = pq.ParquetFile(path).metadata
+        names = meta.schema.to_arrow_schema().names
     except Exception:  # the reading names what is wrong with the file
         return None
-    sources = arrow_sources(meta.schema.to_arrow_schema().names, field_map)
+    sources = arrow_sources(names, field_map)
     column = sources.get("ref_logprobs")
     if column is None:
         return False
