@@ -35,8 +35,6 @@ RESERVE_CHUNKS = 8
 """A bulk append that grows the arrays makes room for at least this many more chunks (array
 metadata only, zeros past the commit): a growing import rewrites every leaf's metadata a few
 times instead of at every doubling."""
-ALIGN = 64
-"""Byte alignment of each leaf's array inside a chunk buffer's one allocation."""
 
 
 def check_bulk(storage: Any) -> None:
@@ -265,17 +263,11 @@ class BulkAppender:
 
     def _new_rows(self, rows: int) -> tuple[TensorDictBase, dict[str, np.ndarray]]:
         """Uninitialized rows ``[rows]`` of the stored schema: a TensorDict and its leaves'
-        arrays by path (the same memory), carved out of one allocation: numpy asks the
-        kernel for huge pages for one that large, and first-touch faults of 4 KiB pages cost
-        about 0.45 ms a MiB on the machines measured."""
-        schema = self.storage.log.header.schema
-        sizes = {path: -(-rows * spec.nbytes // ALIGN) * ALIGN for path, spec in schema.items()}
-        memory = np.empty(sum(sizes.values()), dtype=np.uint8)
-        arrays, at = {}, 0
-        for path, spec in schema.items():
-            block = memory[at : at + rows * spec.nbytes]
-            arrays[path] = block.view(spec.dtype).reshape(rows, *spec.shape)
-            at += sizes[path]
+        arrays by path (the same memory)."""
+        arrays = {
+            path: np.empty((rows, *spec.shape), dtype=spec.dtype)
+            for path, spec in self.storage.log.header.schema.items()
+        }
         td = TensorDict(
             {path_key(p): torch.from_numpy(a) for p, a in arrays.items()}, batch_size=[rows]
         )
