@@ -19,7 +19,10 @@ import numpy as np
 import torch
 
 from .layout import INDEX_LEAVES
-from .token_rows import INDEX_DTYPES
+
+INDEX_DTYPES = {"completion": np.int64, "position": np.int32, "next/done": np.bool_}
+"""The index leaves' dtypes by path (stored by format version 1 and 2 buffers, derived by
+readers of newer ones)."""
 
 
 def stores_index(schema: dict) -> bool:

@@ -16,6 +16,7 @@ from tensordict import TensorDict
 
 from ..format import path_key
 from .records import Columns
+from .token_index import INDEX_DTYPES, derived_index
 
 if TYPE_CHECKING:
     from .token_sink import Summary
@@ -23,11 +24,6 @@ if TYPE_CHECKING:
 ACTION_DTYPE = np.int32
 """Dtype of ``action`` (the token id) in new buffers: any vocabulary fits, and it halves what
 is copied and encoded against int64 (buffers made before keep int64; readers widen both)."""
-
-
-INDEX_DTYPES = {"completion": np.int64, "position": np.int32, "next/done": np.bool_}
-"""The index leaves' dtypes (stored by format version 1 and 2 buffers, derived by readers of
-newer ones)."""
 
 
 def token_schema(has_ref: bool, action_dtype=None, with_index: bool = False) -> dict[str, np.dtype]:
@@ -59,13 +55,14 @@ class TokenRows:
         self.ends = np.cumsum(self.lens)  # one past each completion's last row
         self.first = self.ends - self.lens
         self.leaves = frozenset(token_schema(has_ref, with_index=True))
+        self._index: dict | None = None  # the block's index leaves, derived once if written
 
     def __len__(self) -> int:
         return int(self.ends[-1]) if len(self.ends) else 0
 
     def example(self) -> TensorDict:
-        """The first row, in the dtypes of a new buffer."""
-        return self.rows(0, min(1, len(self)))
+        """One row of a new buffer's token schema (``empty``)."""
+        return self.empty(self.has_ref)
 
     @staticmethod
     def empty(has_ref: bool) -> TensorDict:
@@ -98,23 +95,14 @@ class TokenRows:
             self._fill_index(out, a, b)
 
     def _fill_index(self, out: Mapping[str, np.ndarray], a: int, b: int) -> None:
-        j0 = int(np.searchsorted(self.ends, a, side="right"))  # the completion holding row a
-        j1 = int(np.searchsorted(self.first, b, side="left"))  # completions starting before b
-        starts = self.first[j0 + 1 : j1] - a  # completions starting in (a, b), as offsets
-        completion = out["completion"]  # a running count of starts
-        completion.fill(0)
-        completion[starts] = 1
-        np.cumsum(completion, out=completion, dtype=completion.dtype)
-        completion += self.completion0 + j0
-        position = out["position"]  # ones, restarted at each start
-        position.fill(1)
-        position[0] = a - self.first[j0]
-        position[starts] = 1 - self.lens[j0 : j1 - 1]
-        np.cumsum(position, out=position, dtype=position.dtype)
-        done = out["next/done"]
-        done.fill(False)
-        last = self.ends[j0:j1] - 1
-        done[last[last < b] - a] = True
+        """The index leaves of rows ``[a, b)``: the block's, derived once from its lengths as
+        readers of newer buffers derive them (``token_index.derived_index``)."""
+        if self._index is None:
+            self._index = derived_index(self.first, self.lens, len(self))
+        index = self._index
+        np.copyto(out["completion"], index["completion"][a:b].numpy() + self.completion0)
+        np.copyto(out["position"], index["position"][a:b].numpy())
+        np.copyto(out["next/done"], index["next", "done"][a:b].numpy())
 
 
 def legacy_token_rows(
